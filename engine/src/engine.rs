@@ -1,0 +1,845 @@
+//! [`Engine`]: open a data directory, write entries with group commit, and hand readers the
+//! committed log. Reads live in `read.rs`, Raft's log operations in `log.rs`, scavenging in
+//! `scavenge.rs`.
+//!
+//! Concurrency: one `RwLock<State>` orders every write (validation, index and position
+//! assignment, framing into the writer's queue) and serves readers' index lookups; one writer
+//! thread owns all disk writes and syncs. Writers never touch the disk themselves, so any
+//! number of concurrent appends share one write and one fdatasync.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use zerocopy::IntoBytes;
+
+use crate::error::{AppendError, Failed, OpenError};
+use crate::format::{self, EntryKind, EventToEncode, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES};
+use crate::io::{IoMode, SyncIo, Write, BATCH_WRITES_MAX};
+use crate::recovery;
+use crate::segment::{sync_dir, SegmentFile};
+use crate::state::{Callback, OpenStats, Seg, State};
+use crate::summary;
+use crate::types::{
+    validate_event_type, validate_stream_name, AppendResult, DeleteKind, ExpectedVersion,
+    StreamMetadata, StreamWrite,
+};
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// Segment files roll over at this size (a larger single record gets a segment of its own).
+    pub segment_bytes_max: u64,
+    /// Write path.
+    pub io_mode: IoMode,
+    /// Single-node mode: an entry is committed as soon as it is durable. Off under Raft,
+    /// which moves the commit point with [`Engine::set_commit_index`].
+    pub commit_on_durable: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            segment_bytes_max: 64 << 20,
+            io_mode: IoMode::Auto,
+            commit_on_durable: true,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Sets the segment size.
+    pub fn segment_bytes_max(mut self, bytes: u64) -> Self {
+        self.segment_bytes_max = bytes;
+        self
+    }
+
+    /// Sets the write path.
+    pub fn io_mode(mut self, mode: IoMode) -> Self {
+        self.io_mode = mode;
+        self
+    }
+
+    /// Sets whether durable means committed (single node) or Raft decides.
+    pub fn commit_on_durable(mut self, yes: bool) -> Self {
+        self.commit_on_durable = yes;
+        self
+    }
+}
+
+/// A write queued for the writer thread: bytes for one segment file at one offset.
+pub(crate) struct Chunk {
+    pub(crate) file: Arc<SegmentFile>,
+    pub(crate) offset: u64,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) new_file: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) chunks: Vec<Chunk>,
+    /// Highest index framed into `chunks`.
+    pub(crate) last_index: u64,
+    /// The writer is between taking chunks and publishing them.
+    pub(crate) busy: bool,
+    pub(crate) shutdown: bool,
+    /// Spent buffers, kept to avoid allocating on the hot path.
+    pub(crate) free: Vec<Vec<u8>>,
+}
+
+/// Spent buffers kept for reuse.
+const FREE_BUFFERS_MAX: usize = 8;
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: EngineConfig,
+    pub(crate) state: RwLock<State>,
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) queue_cv: Condvar,
+    /// Signalled when the writer finishes a batch (used to wait for the queue to drain).
+    pub(crate) idle_cv: Condvar,
+    pub(crate) io_mode: IoMode,
+}
+
+/// The storage engine. Cheap to clone; all clones share one log. Dropping the last clone
+/// stops the writer after it has written everything queued.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+    /// One scavenge at a time.
+    pub(crate) scavenge_lock: Arc<Mutex<()>>,
+    _writer: Arc<WriterHandle>,
+}
+
+struct WriterHandle {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.inner.queue.lock().shutdown = true;
+        self.inner.queue_cv.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+        self.inner.state.write().closed = true;
+    }
+}
+
+/// What an entry proposed by this node turns into before it is framed.
+pub(crate) struct Prepared {
+    pub(crate) kind: EntryKind,
+    pub(crate) count: u32,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Engine {
+    /// Opens (or creates) the store in `dir`, recovering from whatever a crash left.
+    pub fn open(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine, OpenError> {
+        let dir = dir.as_ref().to_path_buf();
+        if config.segment_bytes_max < 4096 || config.segment_bytes_max > (1 << 31) {
+            return Err(OpenError::Config(
+                "segment_bytes_max must be in 4 KiB ..= 2 GiB".into(),
+            ));
+        }
+        fs::create_dir_all(&dir).map_err(|e| OpenError::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        let state = recovery::load(&dir, &config)?;
+        let io = SyncIo::new(config.io_mode).map_err(|e| OpenError::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        let io_mode = io.mode();
+        let inner = Arc::new(Inner {
+            dir,
+            config,
+            state: RwLock::new(state),
+            queue: Mutex::new(Queue::default()),
+            queue_cv: Condvar::new(),
+            idle_cv: Condvar::new(),
+            io_mode,
+        });
+        let writer_inner = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("quiver-writer".into())
+            .spawn(move || writer_loop(&writer_inner, io))
+            .map_err(|e| OpenError::Io {
+                path: inner.dir.clone(),
+                source: e,
+            })?;
+        let handle = WriterHandle {
+            inner: inner.clone(),
+            thread: Mutex::new(Some(thread)),
+        };
+        Ok(Engine {
+            inner,
+            scavenge_lock: Arc::default(),
+            _writer: Arc::new(handle),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The write path in use (Auto resolves to one of the others).
+    pub fn io_mode(&self) -> IoMode {
+        self.inner.io_mode
+    }
+
+    /// What the last open did.
+    pub fn open_stats(&self) -> OpenStats {
+        self.inner.state.read().open_stats
+    }
+
+    /// Appends events to one stream; returns once they are durable and committed.
+    pub fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<crate::EventData>,
+    ) -> Result<AppendResult, AppendError> {
+        let write = StreamWrite {
+            stream: stream.to_string(),
+            expected,
+            events,
+        };
+        self.append_multi(vec![write])
+    }
+
+    /// Appends to several streams in one atomic entry: all or nothing.
+    pub fn append_multi(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, AppendError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.append_with(writes, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// Starts an append and calls `done` with the outcome once it is durable and committed
+    /// (or at once, on a validation error). `done` runs on the writer thread or the caller's:
+    /// it must be quick, e.g. send on a channel.
+    pub fn append_with(
+        &self,
+        writes: Vec<StreamWrite>,
+        done: impl FnOnce(Result<AppendResult, AppendError>) + Send + 'static,
+    ) {
+        let mut st = self.inner.state.write();
+        let prepared = match prepare_append(&mut st, &writes) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(st);
+                return done(Err(e));
+            }
+        };
+        match prepared {
+            AppendPlan::Idempotent(mut result) => {
+                // The original may not be committed yet: answer when everything before now is.
+                let wait_for = st.next_index - 1;
+                result.index = wait_for.min(result.index);
+                let cb = Callback::new(move |r| done(r.map(|_| result).map_err(Into::into)));
+                if st.commit_index >= wait_for {
+                    drop(st);
+                    return cb.call(Ok(wait_for));
+                }
+                st.waiters.push_back((wait_for, cb));
+            }
+            AppendPlan::Write { prepared, result } => match self.inner.frame(&mut st, prepared) {
+                Ok(index) => {
+                    let cb = Callback::new(move |r| {
+                        done(
+                            r.map(|index| AppendResult { index, ..result })
+                                .map_err(Into::into),
+                        )
+                    });
+                    st.waiters.push_back((index, cb));
+                }
+                Err(e) => {
+                    drop(st);
+                    done(Err(e));
+                }
+            },
+        }
+    }
+
+    /// Deletes a stream: soft (hidden, may be recreated, versions continue) or hard
+    /// (tombstone: reads and appends fail for ever).
+    pub fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        kind: DeleteKind,
+    ) -> Result<u64, AppendError> {
+        self.propose_checked(stream, |st, name| {
+            let s = st.streams.get(name);
+            check_expected(name, expected, s)?;
+            let mut body = Vec::new();
+            format::encode_delete(&mut body, name, kind);
+            Ok(Prepared {
+                kind: EntryKind::Delete,
+                count: 0,
+                body,
+            })
+        })
+    }
+
+    /// Replaces a stream's metadata.
+    pub fn set_metadata(&self, stream: &str, metadata: StreamMetadata) -> Result<u64, AppendError> {
+        self.propose_checked(stream, |st, name| {
+            check_expected(name, ExpectedVersion::Any, st.streams.get(name))?;
+            let mut body = Vec::new();
+            format::encode_metadata(&mut body, name, &metadata);
+            Ok(Prepared {
+                kind: EntryKind::Metadata,
+                count: 0,
+                body,
+            })
+        })
+    }
+
+    /// Stores a snapshot blob of `stream`'s state at `version` (replacing one at the same key).
+    pub fn put_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        data: &[u8],
+    ) -> Result<u64, AppendError> {
+        self.propose_checked(stream, |_, name| {
+            let mut body = Vec::with_capacity(data.len() + name.len() + 9);
+            format::encode_snapshot_put(&mut body, name, version, data);
+            Ok(Prepared {
+                kind: EntryKind::SnapshotPut,
+                count: 0,
+                body,
+            })
+        })
+    }
+
+    /// Removes a snapshot blob; removing one that does not exist is not an error.
+    pub fn delete_snapshot(&self, stream: &str, version: u64) -> Result<u64, AppendError> {
+        self.propose_checked(stream, |_, name| {
+            let mut body = Vec::new();
+            format::encode_snapshot_delete(&mut body, name, version);
+            Ok(Prepared {
+                kind: EntryKind::SnapshotDelete,
+                count: 0,
+                body,
+            })
+        })
+    }
+
+    /// Records a subscription checkpoint (position plus opaque state) in the log.
+    pub fn put_checkpoint(
+        &self,
+        name: &str,
+        position: u64,
+        state: &[u8],
+    ) -> Result<u64, AppendError> {
+        validate_stream_name(name).map_err(|source| AppendError::InvalidStreamName {
+            name: name.into(),
+            source,
+        })?;
+        let mut body = Vec::new();
+        format::encode_checkpoint(&mut body, name, position, state);
+        self.propose(Prepared {
+            kind: EntryKind::Checkpoint,
+            count: 0,
+            body,
+        })
+    }
+
+    /// Appends a membership change (opaque to the engine; Raft reads it back).
+    pub fn put_membership(&self, config: &[u8]) -> Result<u64, AppendError> {
+        let body = config.to_vec();
+        self.propose(Prepared {
+            kind: EntryKind::Membership,
+            count: 0,
+            body,
+        })
+    }
+
+    /// Appends a no-op entry (a new leader's first entry).
+    pub fn put_noop(&self) -> Result<u64, AppendError> {
+        self.propose(Prepared {
+            kind: EntryKind::NoOp,
+            count: 0,
+            body: Vec::new(),
+        })
+    }
+
+    fn propose_checked(
+        &self,
+        stream: &str,
+        build: impl FnOnce(&mut State, &str) -> Result<Prepared, AppendError>,
+    ) -> Result<u64, AppendError> {
+        validate_stream_name(stream).map_err(|source| AppendError::InvalidStreamName {
+            name: stream.into(),
+            source,
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut st = self.inner.state.write();
+            let prepared = build(&mut st, stream)?;
+            let index = self.inner.frame(&mut st, prepared)?;
+            let cb = Callback::new(move |r| {
+                let _ = tx.send(r);
+            });
+            st.waiters.push_back((index, cb));
+        }
+        Ok(rx.recv().map_err(|_| AppendError::Closed)??)
+    }
+
+    fn propose(&self, prepared: Prepared) -> Result<u64, AppendError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut st = self.inner.state.write();
+            let index = self.inner.frame(&mut st, prepared)?;
+            let cb = Callback::new(move |r| {
+                let _ = tx.send(r);
+            });
+            st.waiters.push_back((index, cb));
+        }
+        Ok(rx.recv().map_err(|_| AppendError::Closed)??)
+    }
+
+    /// Blocks until everything queued so far is durable.
+    pub fn flush(&self) -> Result<(), Failed> {
+        self.inner.wait_idle()
+    }
+}
+
+impl Inner {
+    /// Frames an entry at the log's tip: assigns its index, places it in a segment, queues its
+    /// bytes for the writer and adds it to the in-memory state. The caller holds the state
+    /// lock, so entries are framed in index order, and registers any waiter for the returned
+    /// index before the writer can publish it.
+    pub(crate) fn frame(&self, st: &mut State, prepared: Prepared) -> Result<u64, AppendError> {
+        if let Some(f) = &st.failed {
+            return Err(f.clone().into());
+        }
+        if st.closed {
+            return Err(AppendError::Closed);
+        }
+        if prepared.body.len() > RECORD_BODY_BYTES_MAX {
+            return Err(AppendError::TooLarge {
+                bytes: prepared.body.len(),
+                max: RECORD_BODY_BYTES_MAX,
+            });
+        }
+        let index = st.next_index;
+        let term = st.term;
+        let header = format::record_header(
+            prepared.kind,
+            index,
+            term,
+            st.next_position,
+            prepared.count,
+            &prepared.body,
+        );
+        match self.enqueue(st, &header, &prepared.body) {
+            Ok(()) => {}
+            Err(EnqueueError::Io(e)) => {
+                let failed = Failed(Arc::new(e));
+                st.failed = Some(failed.clone());
+                return Err(AppendError::Failed(failed));
+            }
+            Err(EnqueueError::Decode(e)) => panic!("an entry framed here does not apply: {e}"),
+        }
+        Ok(index)
+    }
+
+    /// Applies one framed record (header + body) to the state and queues its bytes. A record
+    /// that does not apply changes nothing and queues nothing.
+    pub(crate) fn enqueue(
+        &self,
+        st: &mut State,
+        header: &format::RecordHeader,
+        body: &[u8],
+    ) -> Result<(), EnqueueError> {
+        let rec_len = (RECORD_HEADER_BYTES + body.len()) as u64;
+        let needs_new = match st.segments.last() {
+            None => true,
+            Some(s) => s.sealed || (s.end + rec_len > s.file.capacity && !s.records.is_empty()),
+        };
+        let mut q = self.queue.lock();
+        if needs_new {
+            let capacity = self
+                .config
+                .segment_bytes_max
+                .max(format::SEGMENT_HEADER_BYTES as u64 + rec_len);
+            let (file, head) =
+                SegmentFile::create(&self.dir, st.next_index, st.next_position, capacity)
+                    .map_err(EnqueueError::Io)?;
+            if let Some(prev) = st.segments.last_mut() {
+                prev.sealed = true;
+            }
+            let file = Arc::new(file);
+            let mut buf = q.free.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(&head);
+            q.chunks.push(Chunk {
+                file: file.clone(),
+                offset: 0,
+                buf,
+                new_file: true,
+            });
+            st.segments.push(Seg {
+                file,
+                records: Vec::new(),
+                end: head.len() as u64,
+                summarized: false,
+                sealed: false,
+            });
+        }
+        let offset = st.segments.last().expect("a segment exists").end;
+        st.apply_tip(header, offset, body)
+            .map_err(EnqueueError::Decode)?;
+        let seg = st.segments.last_mut().expect("a segment exists");
+        let same = q.chunks.last().is_some_and(|c| {
+            Arc::ptr_eq(&c.file, &seg.file) && c.offset + c.buf.len() as u64 == offset
+        });
+        if !same {
+            let mut buf = q.free.pop().unwrap_or_default();
+            buf.clear();
+            q.chunks.push(Chunk {
+                file: seg.file.clone(),
+                offset,
+                buf,
+                new_file: false,
+            });
+        }
+        let chunk = q.chunks.last_mut().expect("pushed above");
+        chunk.buf.extend_from_slice(header.as_bytes());
+        chunk.buf.extend_from_slice(body);
+        seg.end += rec_len;
+        q.last_index = header.index.get();
+        drop(q);
+        self.queue_cv.notify_one();
+        Ok(())
+    }
+
+    /// Blocks until the writer has nothing queued and is not mid-batch.
+    pub(crate) fn wait_idle(&self) -> Result<(), Failed> {
+        let mut q = self.queue.lock();
+        while !q.chunks.is_empty() || q.busy {
+            self.idle_cv.wait(&mut q);
+        }
+        drop(q);
+        match &self.state.read().failed {
+            Some(f) => Err(f.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why [`Inner::enqueue`] refused a record.
+#[derive(Debug)]
+pub(crate) enum EnqueueError {
+    /// A new segment file could not be created.
+    Io(io::Error),
+    /// The record does not continue the log.
+    Decode(crate::error::DecodeError),
+}
+
+enum AppendPlan {
+    Write {
+        prepared: Prepared,
+        result: AppendResult,
+    },
+    Idempotent(AppendResult),
+}
+
+/// Checks an expected version against the writers' view of a stream.
+pub(crate) fn check_expected(
+    name: &str,
+    expected: ExpectedVersion,
+    s: Option<&crate::state::StreamState>,
+) -> Result<(), AppendError> {
+    if s.is_some_and(|s| s.tip_hard) {
+        return Err(AppendError::StreamDeleted(name.to_string()));
+    }
+    let exists = s.is_some_and(|s| s.tip_exists());
+    let last = s.and_then(|s| s.next_version.checked_sub(1));
+    let ok = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => !exists,
+        ExpectedVersion::StreamExists => exists,
+        // After a soft delete versions continue, so the last version still counts.
+        ExpectedVersion::Exact(v) => last == Some(v),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(AppendError::WrongExpectedVersion {
+        stream: name.to_string(),
+        expected,
+        actual: if exists { last } else { None },
+    })
+}
+
+/// Validates a (multi-stream) append against the writers' view and encodes its body.
+fn prepare_append(st: &mut State, writes: &[StreamWrite]) -> Result<AppendPlan, AppendError> {
+    if writes.is_empty() {
+        return Err(AppendError::InvalidRequest(
+            "an append needs at least one stream".into(),
+        ));
+    }
+    if writes.len() > u16::MAX as usize {
+        return Err(AppendError::InvalidRequest(
+            "too many streams in one append".into(),
+        ));
+    }
+    let mut names = HashSet::with_capacity(writes.len());
+    let mut ids = HashSet::new();
+    let mut total = 0usize;
+    for w in writes {
+        validate_stream_name(&w.stream).map_err(|source| AppendError::InvalidStreamName {
+            name: w.stream.clone(),
+            source,
+        })?;
+        if !names.insert(w.stream.as_str()) {
+            return Err(AppendError::InvalidRequest(format!(
+                "stream '{}' named twice",
+                w.stream
+            )));
+        }
+        if w.events.is_empty() {
+            return Err(AppendError::InvalidRequest(format!(
+                "no events for '{}'",
+                w.stream
+            )));
+        }
+        for e in &w.events {
+            validate_event_type(&e.event_type).map_err(|source| AppendError::InvalidEventType {
+                event_type: e.event_type.clone(),
+                source,
+            })?;
+            if !ids.insert(e.id) {
+                return Err(AppendError::InvalidRequest(format!(
+                    "event id {} appears twice",
+                    e.id
+                )));
+            }
+            total += format::EVENT_HEADER_BYTES + e.event_type.len() + e.data.len();
+            total += e.metadata.len();
+        }
+    }
+    if total > RECORD_BODY_BYTES_MAX {
+        return Err(AppendError::TooLarge {
+            bytes: total,
+            max: RECORD_BODY_BYTES_MAX,
+        });
+    }
+    // Idempotency: a retry resends the same ids; answer with what was stored, write nothing.
+    let mut idempotent = 0;
+    let mut first_result: Option<AppendResult> = None;
+    for w in writes {
+        if let Some(r) = find_retry(st, w)? {
+            idempotent += 1;
+            first_result = Some(match first_result {
+                None => r,
+                Some(f) => AppendResult {
+                    next_expected_version: r.next_expected_version,
+                    position_first: f.position_first.min(r.position_first),
+                    position_last: f.position_last.max(r.position_last),
+                    ..f
+                },
+            });
+        }
+    }
+    if idempotent == writes.len() {
+        return Ok(AppendPlan::Idempotent(
+            first_result.expect("at least one write"),
+        ));
+    }
+    if idempotent > 0 {
+        return Err(AppendError::IdempotencyMismatch(writes[0].stream.clone()));
+    }
+    for w in writes {
+        check_expected(&w.stream, w.expected, st.streams.get(w.stream.as_str()))?;
+    }
+    let created_us = State::now_us().max(st.last_created_us);
+    let count = writes.iter().map(|w| w.events.len()).sum::<usize>();
+    let count = u32::try_from(count)
+        .map_err(|_| AppendError::InvalidRequest("too many events in one append".into()))?;
+    let position_first = st.next_position;
+    let mut next_versions = Vec::with_capacity(writes.len());
+    for w in writes {
+        next_versions.push(
+            st.streams
+                .get(w.stream.as_str())
+                .map_or(0, |s| s.next_version),
+        );
+    }
+    let names: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
+    let mut body = Vec::with_capacity(total + 64);
+    let mut pos_delta = 0u32;
+    let events = writes.iter().enumerate().flat_map(|(slot, w)| {
+        let base = next_versions[slot];
+        w.events
+            .iter()
+            .enumerate()
+            .map(move |(i, event)| (slot, base + i as u64, event))
+    });
+    let encoded = events.map(|(slot, version, event)| {
+        let e = EventToEncode {
+            slot: slot as u16,
+            version,
+            pos_delta,
+            created_us,
+            event,
+        };
+        pos_delta += 1;
+        e
+    });
+    format::encode_append(&mut body, &names, ExactLen(encoded, count as usize));
+    let last = writes.last().expect("non-empty");
+    let last_version = next_versions[writes.len() - 1] + last.events.len() as u64 - 1;
+    let result = AppendResult {
+        next_expected_version: last_version,
+        position_first,
+        position_last: position_first + count as u64 - 1,
+        index: 0,
+        idempotent: false,
+    };
+    Ok(AppendPlan::Write {
+        prepared: Prepared {
+            kind: EntryKind::Append,
+            count,
+            body,
+        },
+        result,
+    })
+}
+
+/// An iterator with a known length (the events of an append, flattened across streams).
+struct ExactLen<I>(I, usize);
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.0.next()?;
+        self.1 -= 1;
+        Some(item)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
+
+/// If every id of `w` is stored, consecutively, in `w`'s stream, the stored result.
+fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, AppendError> {
+    let found: Vec<Option<u64>> = w
+        .events
+        .iter()
+        .map(|e| st.ids.get(&e.id.as_u128()).copied())
+        .collect();
+    if found.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mismatch = || AppendError::IdempotencyMismatch(w.stream.clone());
+    let Some(s) = st.streams.get(w.stream.as_str()) else {
+        return Err(mismatch());
+    };
+    let first = found[0].ok_or_else(mismatch)?;
+    let i = s.positions.binary_search(&first).map_err(|_| mismatch())?;
+    for (k, p) in found.iter().enumerate() {
+        if *p != s.positions.get(i + k).copied() {
+            return Err(mismatch());
+        }
+    }
+    let last = found[found.len() - 1].expect("checked above");
+    let index = st
+        .locate_position(last)
+        .map_or(0, |(si, r)| st.segments[si].first_index() + r as u64);
+    Ok(Some(AppendResult {
+        next_expected_version: s.first_version + (i + found.len() - 1) as u64,
+        position_first: first,
+        position_last: last,
+        index,
+        idempotent: true,
+    }))
+}
+
+/// The writer thread: takes whatever is queued, writes it in one go, syncs once, publishes.
+fn writer_loop(inner: &Inner, mut io: SyncIo) {
+    loop {
+        let (chunks, last_index) = {
+            let mut q = inner.queue.lock();
+            while q.chunks.is_empty() {
+                if q.shutdown {
+                    return;
+                }
+                inner.queue_cv.wait(&mut q);
+            }
+            q.busy = true;
+            (std::mem::take(&mut q.chunks), q.last_index)
+        };
+        let result = write_batch(inner, &mut io, &chunks);
+        let callbacks = {
+            let mut st = inner.state.write();
+            match result {
+                Ok(()) => {
+                    st.durable_index = st.durable_index.max(last_index);
+                    st.advance_commit()
+                        .into_iter()
+                        .map(|(cb, i)| (cb, Ok(i)))
+                        .collect()
+                }
+                Err(e) => fail(&mut st, e),
+            }
+        };
+        for (cb, r) in callbacks {
+            cb.call(r);
+        }
+        summary::write_due(inner);
+        let mut q = inner.queue.lock();
+        q.busy = false;
+        for c in chunks {
+            if q.free.len() < FREE_BUFFERS_MAX {
+                q.free.push(c.buf);
+            }
+        }
+        drop(q);
+        inner.idle_cv.notify_all();
+    }
+}
+
+fn write_batch(inner: &Inner, io: &mut SyncIo, chunks: &[Chunk]) -> io::Result<()> {
+    for group in chunks.chunks(BATCH_WRITES_MAX) {
+        let writes: Vec<Write<'_>> = group
+            .iter()
+            .map(|c| Write {
+                file: &c.file.file,
+                offset: c.offset,
+                bytes: &c.buf,
+            })
+            .collect();
+        io.write_and_sync(&writes)?;
+    }
+    if chunks.iter().any(|c| c.new_file) {
+        sync_dir(&inner.dir)?;
+    }
+    Ok(())
+}
+
+/// A write or fsync failed: after a failed fsync the page cache cannot be trusted, so the
+/// engine stops and tells every waiter.
+fn fail(st: &mut State, e: io::Error) -> Vec<(Callback, Result<u64, Failed>)> {
+    tracing::error!(error = %e, "write or fsync failed; the engine refuses writes until reopened");
+    let f = Failed(Arc::new(e));
+    st.failed = Some(f.clone());
+    let waiters = st.waiters.drain(..).chain(st.durable_waiters.drain(..));
+    waiters.map(|(_, cb)| (cb, Err(f.clone()))).collect()
+}

@@ -1,0 +1,197 @@
+//! One error enum per operation, every variant documented. A bug panics; bad input, a
+//! conflict, a failed disk or corrupted bytes come back as one of these.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a stream name or event type was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Zero bytes long.
+    #[error("name is empty")]
+    Empty,
+    /// Longer than allowed.
+    #[error("name is {len} bytes long, the limit is {max}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Holds a control character.
+    #[error("name contains a control character")]
+    ControlCharacter,
+    /// Starts with `$`, which the store keeps for itself.
+    #[error("names starting with '$' are reserved")]
+    Reserved,
+}
+
+/// Bytes that do not decode as what they claim to be. Decoders return this, never panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {what}: {detail}")]
+pub struct DecodeError {
+    /// What was being decoded.
+    pub what: &'static str,
+    /// What was wrong.
+    pub detail: String,
+}
+
+impl DecodeError {
+    pub(crate) fn new(what: &'static str, detail: impl Into<String>) -> Self {
+        DecodeError {
+            what,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Stored bytes that fail their checksum or do not decode, away from the log's tail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corruption in {} at byte offset {offset}: {detail}", file.display())]
+pub struct Corruption {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Byte offset of the bad record in that file.
+    pub offset: u64,
+    /// What was wrong.
+    pub detail: String,
+}
+
+/// Why [`crate::Engine::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file system refused an operation.
+    #[error("i/o error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A checksum or format failure that is not a torn tail.
+    #[error(transparent)]
+    Corruption(#[from] Corruption),
+    /// The configuration makes no sense.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The engine has stopped accepting writes: a write or fsync failed, and after a failed
+/// fsync the page cache can no longer be trusted (the "fsyncgate" lesson), so it refuses to
+/// go on as if nothing happened. Reopen to recover from what is on disk.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the engine failed and refuses writes until reopened: {0}")]
+pub struct Failed(pub Arc<io::Error>);
+
+/// Why an append (single or multi-stream) failed. Nothing was written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// The stream's version is not what the writer expected.
+    #[error("wrong expected version for '{stream}': expected {expected:?}, actual {actual:?}")]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: String,
+        /// What the writer expected.
+        expected: crate::ExpectedVersion,
+        /// The stream's current version (`None`: no stream).
+        actual: Option<u64>,
+    },
+    /// The stream was hard-deleted.
+    #[error("stream '{0}' is deleted for ever")]
+    StreamDeleted(String),
+    /// A bad stream name.
+    #[error("invalid stream name {name:?}: {source}")]
+    InvalidStreamName {
+        /// The name given.
+        name: String,
+        /// What was wrong.
+        source: crate::NameError,
+    },
+    /// A bad event type.
+    #[error("invalid event type {event_type:?}: {source}")]
+    InvalidEventType {
+        /// The type given.
+        event_type: String,
+        /// What was wrong.
+        source: crate::NameError,
+    },
+    /// An empty append, or a multi-stream append naming one stream twice.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Some, but not all, of the event ids are already stored in that stream: a retry must
+    /// resend exactly the same events.
+    #[error("event ids partly match events already in '{0}'")]
+    IdempotencyMismatch(String),
+    /// The entry would exceed the engine's record size limit.
+    #[error("entry of {bytes} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The engine cannot write (see [`Failed`]).
+    #[error(transparent)]
+    Failed(#[from] Failed),
+    /// The engine is shutting down.
+    #[error("the engine is closed")]
+    Closed,
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The stream has no visible events and never had (or was soft-deleted).
+    #[error("stream '{0}' not found")]
+    StreamNotFound(String),
+    /// The stream was hard-deleted.
+    #[error("stream '{0}' is deleted for ever")]
+    StreamDeleted(String),
+    /// Stored bytes failed their checksum: the engine will not serve them.
+    #[error(transparent)]
+    Corruption(#[from] Corruption),
+}
+
+/// Why a Raft-facing log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The entries do not continue the log (wrong index or position).
+    #[error("entries do not continue the log: {0}")]
+    NotContiguous(String),
+    /// The request would touch committed entries.
+    #[error("index {index} is committed (commit index {commit}); committed entries never change")]
+    Committed {
+        /// The index asked for.
+        index: u64,
+        /// The commit index.
+        commit: u64,
+    },
+    /// A received entry or segment does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A received segment failed verification.
+    #[error(transparent)]
+    Corruption(#[from] Corruption),
+    /// The file system refused.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// The engine cannot write (see [`Failed`]).
+    #[error(transparent)]
+    Failed(#[from] Failed),
+    /// The engine is shutting down.
+    #[error("the engine is closed")]
+    Closed,
+}
+
+/// Why a scavenge failed. Nothing is lost: the old segments stay until their replacements
+/// are durable.
+#[derive(Debug, thiserror::Error)]
+pub enum ScavengeError {
+    /// The file system refused.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// A segment to rewrite failed its checksum.
+    #[error(transparent)]
+    Corruption(#[from] Corruption),
+}

@@ -1,0 +1,54 @@
+//! # quiver-engine
+//!
+//! Quiver's storage engine: an append-only log of checksummed records in fixed-size segment
+//! files, read through memory maps, with a per-stream index, a stream table and an event-id
+//! index built from it. The log is shaped for Raft (every record carries its Raft index and
+//! term) because the Raft log **is** the event log: events are written once.
+//!
+//! This crate knows nothing of the network or of Raft's protocol; it must never import tokio,
+//! quinn or `quiver-raft`. `docs/STORAGE.md` describes the on-disk format byte by byte.
+//!
+//! ## Layout
+//! - `types.rs` — the user-facing vocabulary: names, expected versions, events, metadata.
+//! - `error.rs` — one error enum per operation.
+//! - `format.rs` — segment header, record frame, entry bodies; decoders never panic.
+//! - `segment.rs` — segment files, memory maps, the recovery scan.
+//! - `io.rs` — the durable write: io_uring, or pwrite + fdatasync.
+//! - `state.rs` — the in-memory index built from the log, tip and committed views.
+//! - `engine.rs` — open, append (group commit), delete, metadata, snapshots, checkpoints.
+//! - `recovery.rs` — opening a directory: summaries, replay, torn-tail cut.
+//! - `summary.rs` — per-segment summaries that keep restart work flat.
+//! - `read.rs` — lazy stream and `$all` reads, listing, snapshots.
+//! - `log.rs` — what Raft needs: follower appends, suffix truncation, segment shipping.
+//! - `scavenge.rs` — reclaiming the space of deleted and truncated events.
+#![warn(missing_docs, unreachable_pub)]
+
+mod engine;
+mod error;
+pub mod format;
+mod io;
+mod log;
+mod read;
+mod recovery;
+mod scavenge;
+pub mod segment;
+mod state;
+mod summary;
+mod types;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{
+    AppendError, Corruption, DecodeError, Failed, LogError, NameError, OpenError, ReadError,
+    ScavengeError,
+};
+pub use io::IoMode;
+pub use log::{RawRecord, SealedSegment, ENTRIES_BYTES_MAX};
+pub use read::{AllRead, ReadFrom, StreamRead, READ_CHUNK_MAX};
+pub use scavenge::ScavengeStats;
+pub use state::OpenStats;
+pub use types::{
+    validate_event_type, validate_stream_name, AllFilter, AppendResult, ContentType, DeleteKind,
+    Direction, EventData, ExpectedVersion, Matcher, RecordedEvent, Snapshot, StreamInfo,
+    StreamMetadata, StreamWrite, EVENT_TYPE_BYTES_MAX, STREAM_NAME_BYTES_MAX,
+};
+pub use uuid::Uuid;

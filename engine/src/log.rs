@@ -1,0 +1,327 @@
+//! What Raft needs from the log: its tip and terms, records to send, a follower's append of
+//! a leader's records, truncation of an uncommitted suffix, the commit point, and shipping
+//! whole sealed segments to a follower that is far behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::engine::{Engine, EnqueueError};
+use crate::error::{DecodeError, Failed, LogError};
+use crate::format::{self, decode_entry, EntryKind};
+use crate::recovery;
+use crate::segment::{self, scan, segment_name, summary_name, SegmentFile};
+use crate::state::{Callback, Seg};
+
+/// A record as Raft sends it between nodes: the frame's fields and the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Raft index.
+    pub index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Global position of its first event slot.
+    pub position: u64,
+    /// Event slots it consumes.
+    pub count: u32,
+    /// [`EntryKind`] byte.
+    pub kind: u8,
+    /// The entry body.
+    pub body: Bytes,
+}
+
+/// A sealed, fully committed segment file that can be shipped to a follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSegment {
+    /// The file.
+    pub path: PathBuf,
+    /// Raft index of its first record.
+    pub first_index: u64,
+    /// Raft index of its last record.
+    pub last_index: u64,
+}
+
+/// Most bytes one [`Engine::entries`] call returns (besides its first record).
+pub const ENTRIES_BYTES_MAX: usize = 8 << 20;
+
+impl Engine {
+    /// Index and term of the last record in the log (0, 0 when empty).
+    pub fn last_index_term(&self) -> (u64, u64) {
+        let st = self.inner.state.read();
+        (st.next_index - 1, st.last_term)
+    }
+
+    /// The highest committed index.
+    pub fn commit_index(&self) -> u64 {
+        self.inner.state.read().commit_index
+    }
+
+    /// The highest index on stable storage.
+    pub fn durable_index(&self) -> u64 {
+        self.inner.state.read().durable_index
+    }
+
+    /// Term of the record at `index` (`Some(0)` for index 0; `None` if not in the log).
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.inner.state.read().term_at(index)
+    }
+
+    /// Sets the term stamped on entries this node writes as leader. Terms never decrease.
+    pub fn set_term(&self, term: u64) {
+        let mut st = self.inner.state.write();
+        assert!(
+            term >= st.term,
+            "terms never decrease ({} -> {term})",
+            st.term
+        );
+        st.term = term;
+    }
+
+    /// Records from `from` on, up to about `max_bytes` (always at least one if any exist).
+    pub fn entries(&self, from: u64, max_bytes: usize) -> Result<Vec<RawRecord>, LogError> {
+        let max_bytes = max_bytes.min(ENTRIES_BYTES_MAX);
+        let st = self.inner.state.read();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut index = from.max(1);
+        while index < st.next_index && (out.is_empty() || bytes < max_bytes) {
+            let (s, r) = st
+                .locate_index(index)
+                .expect("indexes below the tip are in the log");
+            let (_, h, body) = st.record(s, r)?;
+            bytes += body.len() + format::RECORD_HEADER_BYTES;
+            out.push(RawRecord {
+                index,
+                term: h.term.get(),
+                position: h.position.get(),
+                count: h.count.get(),
+                kind: h.kind,
+                body,
+            });
+            index += 1;
+        }
+        Ok(out)
+    }
+
+    /// A follower's append of records from its leader. They must continue the log exactly
+    /// (truncate a conflicting suffix first). Returns once they are durable (not committed).
+    pub fn append_entries(&self, records: &[RawRecord]) -> Result<u64, LogError> {
+        for r in records {
+            let kind = EntryKind::from_byte(r.kind)?;
+            decode_entry(kind, &r.body)?;
+            if r.body.len() > format::RECORD_BODY_BYTES_MAX {
+                return Err(DecodeError::new("record", "body exceeds the record limit").into());
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let last = {
+            let mut st = self.inner.state.write();
+            if let Some(f) = &st.failed {
+                return Err(f.clone().into());
+            }
+            for r in records {
+                if r.index != st.next_index {
+                    return Err(LogError::NotContiguous(format!(
+                        "record index {}, the log continues at {}",
+                        r.index, st.next_index
+                    )));
+                }
+                let kind = EntryKind::from_byte(r.kind)?;
+                let h = format::record_header(kind, r.index, r.term, r.position, r.count, &r.body);
+                match self.inner.enqueue(&mut st, &h, &r.body) {
+                    Ok(()) => {}
+                    Err(EnqueueError::Decode(e)) => {
+                        return Err(LogError::NotContiguous(e.to_string()))
+                    }
+                    Err(EnqueueError::Io(e)) => {
+                        let f = Failed(Arc::new(e));
+                        st.failed = Some(f.clone());
+                        return Err(f.into());
+                    }
+                }
+            }
+            let last = st.next_index - 1;
+            let cb = Callback::new(move |r| {
+                let _ = tx.send(r);
+            });
+            if st.durable_index >= last {
+                drop(st);
+                cb.call(Ok(last));
+            } else {
+                st.durable_waiters.push_back((last, cb));
+            }
+            last
+        };
+        rx.recv().map_err(|_| LogError::Closed)??;
+        Ok(last)
+    }
+
+    /// Moves the commit point (Raft mode). It never moves back, and never past what is durable.
+    pub fn set_commit_index(&self, index: u64) {
+        let callbacks = {
+            let mut st = self.inner.state.write();
+            st.commit_allowed = st.commit_allowed.max(index);
+            st.advance_commit()
+        };
+        for (cb, i) in callbacks {
+            cb.call(Ok(i));
+        }
+    }
+
+    /// Removes every record from index `from` on. Only uncommitted records may go.
+    pub fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
+        loop {
+            self.inner.wait_idle()?;
+            let mut st = self.inner.state.write();
+            if st.commit_index >= from {
+                return Err(LogError::Committed {
+                    index: from,
+                    commit: st.commit_index,
+                });
+            }
+            if from >= st.next_index {
+                return Ok(());
+            }
+            {
+                let q = self.inner.queue.lock();
+                if !q.chunks.is_empty() || q.busy {
+                    continue;
+                }
+            }
+            let (s, r) = st.locate_index(from).expect("below the tip");
+            for seg in st.segments.drain(s + 1..) {
+                fs::remove_file(&seg.file.path)?;
+                remove_if_exists(&self.inner.dir.join(summary_name(seg.first_index())))?;
+            }
+            let seg = &st.segments[s];
+            if r == 0 {
+                fs::remove_file(&seg.file.path)?;
+            } else {
+                seg.file.file.set_len(seg.records[r].offset as u64)?;
+                seg.file.file.sync_all()?;
+            }
+            segment::sync_dir(&self.inner.dir)?;
+            let commit_allowed = st.commit_allowed;
+            let mut gone: Vec<_> = st.waiters.drain(..).collect();
+            gone.extend(st.durable_waiters.drain(..));
+            let mut fresh = recovery::load(&self.inner.dir, &self.inner.config)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            fresh.commit_allowed = commit_allowed.max(fresh.commit_allowed);
+            fresh.term = st.term;
+            let callbacks = fresh.advance_commit();
+            assert!(callbacks.is_empty(), "no waiters after a reload");
+            *st = fresh;
+            drop(st);
+            let lost = Failed(Arc::new(std::io::Error::other(
+                "entry removed by a log truncation",
+            )));
+            for (_, cb) in gone {
+                cb.call(Err(lost.clone()));
+            }
+            return Ok(());
+        }
+    }
+
+    /// Sealed, committed segments, oldest first: what a leader can ship whole.
+    pub fn sealed_segments(&self) -> Vec<SealedSegment> {
+        let st = self.inner.state.read();
+        st.segments
+            .iter()
+            .filter(|s| s.sealed && s.summarized && !s.records.is_empty())
+            .map(|s| SealedSegment {
+                path: s.file.path.clone(),
+                first_index: s.first_index(),
+                last_index: s.next_index() - 1,
+            })
+            .collect()
+    }
+
+    /// Installs a segment file shipped by the leader: it must continue this log exactly.
+    /// Every record is verified before it joins; the file is copied into the data directory.
+    pub fn install_segment(&self, path: &Path) -> Result<u64, LogError> {
+        let incoming = SegmentFile::open(path, false).map_err(|e| match e {
+            crate::OpenError::Corruption(c) => LogError::Corruption(c),
+            other => LogError::Io(std::io::Error::other(other.to_string())),
+        })?;
+        let mut records = 0u64;
+        scan(
+            &incoming,
+            format::SEGMENT_HEADER_BYTES as u64,
+            false,
+            |rec, body| {
+                let kind = EntryKind::from_byte(rec.header.kind)
+                    .map_err(|e| incoming.corruption(rec.offset, e.to_string()))?;
+                decode_entry(kind, body)
+                    .map_err(|e| incoming.corruption(rec.offset, e.to_string()))?;
+                records += 1;
+                Ok(())
+            },
+        )?;
+        self.inner.wait_idle()?;
+        let mut st = self.inner.state.write();
+        if incoming.first_index != st.next_index || incoming.first_position != st.next_position {
+            return Err(LogError::NotContiguous(format!(
+                "segment starts at index {}, the log continues at {}",
+                incoming.first_index, st.next_index
+            )));
+        }
+        let dest = self.inner.dir.join(segment_name(incoming.first_index));
+        let tmp = dest.with_extension("qseg.tmp");
+        fs::copy(path, &tmp)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &dest)?;
+        segment::sync_dir(&self.inner.dir)?;
+        let file = Arc::new(
+            SegmentFile::open(&dest, false).map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        if let Some(prev) = st.segments.last_mut() {
+            prev.sealed = true;
+        }
+        st.segments.push(Seg {
+            file: file.clone(),
+            records: Vec::new(),
+            end: format::SEGMENT_HEADER_BYTES as u64,
+            summarized: false,
+            sealed: true,
+        });
+        let applied = scan(
+            &file,
+            format::SEGMENT_HEADER_BYTES as u64,
+            false,
+            |rec, body| {
+                st.apply_tip(&rec.header, rec.offset, body)
+                    .map_err(|e| file.corruption(rec.offset, e.to_string()))
+            },
+        );
+        let outcome = match applied {
+            Ok(o) => o,
+            Err(c) => {
+                // Undo: drop the file and rebuild the state from what is on disk.
+                fs::remove_file(&dest)?;
+                segment::sync_dir(&self.inner.dir)?;
+                let term = st.term;
+                *st = recovery::load(&self.inner.dir, &self.inner.config)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                st.term = term;
+                return Err(c.into());
+            }
+        };
+        st.segments.last_mut().expect("pushed above").end = outcome.end;
+        st.durable_index = st.next_index - 1;
+        let callbacks = st.advance_commit();
+        drop(st);
+        for (cb, i) in callbacks {
+            cb.call(Ok(i));
+        }
+        Ok(records)
+    }
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,240 @@
+//! Scavenging: rewriting sealed, committed segments without the events that no reader can
+//! see any more (hard-deleted streams, soft-deleted or truncated versions, events past a
+//! stream's max count or max age) and without removed snapshot blobs.
+//!
+//! Nothing moves: every record keeps its Raft index, term and first position, and every
+//! surviving event keeps its position and version (each event carries its own position
+//! delta). The new file replaces the old one by rename, so a crash leaves one or the other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use zerocopy::IntoBytes;
+
+use crate::engine::Engine;
+use crate::error::{DecodeError, ScavengeError};
+use crate::format::{self, decode_entry_lazy, Entry, EntryKind, SEGMENT_HEADER_BYTES};
+use crate::segment::{summary_name, sync_dir, SegmentFile};
+use crate::state::{RecLoc, State};
+use crate::summary;
+
+/// What a scavenge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScavengeStats {
+    /// Segments examined.
+    pub segments_scanned: u64,
+    /// Segments rewritten.
+    pub segments_rewritten: u64,
+    /// Events dropped.
+    pub events_removed: u64,
+    /// Bytes no longer on disk.
+    pub bytes_reclaimed: u64,
+}
+
+/// Whether a stream's events are still visible, captured at the start of a scavenge.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    hard: bool,
+    from: u64,
+    max_age_us: Option<u64>,
+}
+
+impl Live {
+    fn keeps(&self, version: u64, created_us: u64, now: u64) -> bool {
+        !self.hard
+            && version >= self.from
+            && self
+                .max_age_us
+                .is_none_or(|age| created_us.saturating_add(age) >= now)
+    }
+}
+
+/// A rewritten segment, ready to swap in.
+struct Rewritten {
+    bytes: Vec<u8>,
+    records: Vec<RecLoc>,
+    removed_ids: Vec<u128>,
+    events_removed: u64,
+}
+
+impl Engine {
+    /// Reclaims the space of events no reader can see. Runs beside reads and appends; only
+    /// sealed, committed segments are rewritten.
+    pub fn scavenge(&self) -> Result<ScavengeStats, ScavengeError> {
+        let _one_at_a_time = self.scavenge_lock.lock();
+        let (live, snapshots, targets) = {
+            let st = self.inner.state.read();
+            let live: HashMap<Arc<str>, Live> = st
+                .streams
+                .iter()
+                .map(|(k, s)| {
+                    let live = Live {
+                        hard: s.vis_deleted == Some(crate::DeleteKind::Hard),
+                        from: s.visible_from(st.commit_position),
+                        max_age_us: s.metadata.max_age_us,
+                    };
+                    (k.clone(), live)
+                })
+                .collect();
+            let targets: Vec<_> = st
+                .segments
+                .iter()
+                .filter(|s| s.sealed && s.summarized)
+                .map(|s| (s.file.clone(), s.records.clone(), s.end))
+                .collect();
+            (live, st.snapshots.clone(), targets)
+        };
+        let now = State::now_us();
+        let mut stats = ScavengeStats::default();
+        for (file, records, end) in targets {
+            stats.segments_scanned += 1;
+            let Some(new) = rewrite(&file, &records, end, &live, &snapshots, now)? else {
+                continue;
+            };
+            stats.segments_rewritten += 1;
+            stats.events_removed += new.events_removed;
+            stats.bytes_reclaimed += end - new.bytes.len() as u64;
+            self.swap_in(&file, new)?;
+        }
+        let mut st = self.inner.state.write();
+        for (name, l) in &live {
+            if let Some(s) = st.streams.get_mut(name) {
+                let cut = if l.hard {
+                    s.next_version
+                } else {
+                    l.from.min(s.next_version)
+                };
+                if cut > s.first_version {
+                    let n = ((cut - s.first_version) as usize).min(s.positions.len());
+                    s.positions.drain(..n);
+                    s.first_version = cut;
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Replaces a segment file with its rewritten form, durably, then in memory.
+    fn swap_in(&self, old: &Arc<SegmentFile>, new: Rewritten) -> Result<(), ScavengeError> {
+        let dir = &self.inner.dir;
+        let tmp = old.path.with_extension("qseg.tmp");
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&new.bytes)?;
+        f.sync_all()?;
+        drop(f);
+        // The old summary describes old offsets: remove it first, so a crash before the new
+        // one is written leaves a segment that is scanned, never a wrong summary.
+        let summary_path = dir.join(summary_name(old.first_index));
+        match fs::remove_file(&summary_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        sync_dir(dir)?;
+        fs::rename(&tmp, &old.path)?;
+        sync_dir(dir)?;
+        let file = Arc::new(SegmentFile::open(&old.path, false).map_err(|e| match e {
+            crate::OpenError::Corruption(c) => ScavengeError::Corruption(c),
+            other => ScavengeError::Io(std::io::Error::other(other.to_string())),
+        })?);
+        let end = new.bytes.len() as u64;
+        let bytes = summary::build(&file, &new.records, end)?;
+        summary::write(dir, file.first_index, &bytes)?;
+        let mut st = self.inner.state.write();
+        if let Some(seg) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, old)) {
+            seg.file = file;
+            seg.records = new.records;
+            seg.end = end;
+        }
+        for id in new.removed_ids {
+            st.ids.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// The segment without its dead events, or `None` if nothing in it is dead.
+fn rewrite(
+    file: &SegmentFile,
+    records: &[RecLoc],
+    end: u64,
+    live: &HashMap<Arc<str>, Live>,
+    snapshots: &BTreeMap<(Arc<str>, u64), u64>,
+    now: u64,
+) -> Result<Option<Rewritten>, ScavengeError> {
+    let header = format::segment_header(file.first_index, file.first_position, file.capacity);
+    let mut out = header.as_bytes().to_vec();
+    let mut new_records = Vec::with_capacity(records.len());
+    let mut removed_ids = Vec::new();
+    let mut events_removed = 0u64;
+    let mut body_out = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let index = file.first_index + i as u64;
+        let (h, body) = file.record_at(r.offset as u64, end)?;
+        let bad = |e: DecodeError| file.corruption(r.offset as u64, e.to_string());
+        let kind = EntryKind::from_byte(h.kind).map_err(bad)?;
+        let (kind, new_body): (EntryKind, &[u8]) =
+            match decode_entry_lazy(kind, &body).map_err(bad)? {
+                Entry::Append(view) => {
+                    let mut dropped = 0u64;
+                    format::filter_append(&mut body_out, &body, &view, false, |e| {
+                        let name = view.streams[e.header.stream_slot.get() as usize];
+                        let keep = live.get(name).is_none_or(|l| {
+                            l.keeps(e.header.version.get(), e.header.created_us.get(), now)
+                        });
+                        if !keep {
+                            dropped += 1;
+                            removed_ids.push(u128::from_be_bytes(e.header.id));
+                        }
+                        keep
+                    })
+                    .map_err(bad)?;
+                    events_removed += dropped;
+                    if dropped == 0 {
+                        (kind, &body[..])
+                    } else {
+                        (kind, &body_out[..])
+                    }
+                }
+                Entry::SnapshotPut {
+                    stream, version, ..
+                } => {
+                    let key = (Arc::<str>::from(stream), version);
+                    if snapshots.get(&key) == Some(&index) {
+                        (kind, &body[..])
+                    } else {
+                        // Replaced or removed: the record stays (its index is part of the log),
+                        // its blob goes.
+                        (EntryKind::NoOp, &[][..])
+                    }
+                }
+                _ => (kind, &body[..]),
+            };
+        let offset = out.len() as u64;
+        let nh = format::record_header(
+            kind,
+            index,
+            h.term.get(),
+            h.position.get(),
+            h.count.get(),
+            new_body,
+        );
+        out.extend_from_slice(nh.as_bytes());
+        out.extend_from_slice(new_body);
+        new_records.push(RecLoc {
+            offset: offset as u32,
+            ..*r
+        });
+    }
+    if out.len() as u64 == end {
+        return Ok(None);
+    }
+    debug_assert!((out.len() as u64) < end && out.len() >= SEGMENT_HEADER_BYTES);
+    Ok(Some(Rewritten {
+        bytes: out,
+        records: new_records,
+        removed_ids,
+        events_removed,
+    }))
+}

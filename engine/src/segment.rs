@@ -1,0 +1,277 @@
+//! Segment files: naming, creation, memory maps, and the scan that recovers a segment's
+//! records on open (cutting a torn tail, refusing corruption elsewhere).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use memmap2::MmapOptions;
+use zerocopy::IntoBytes;
+
+use crate::error::{Corruption, OpenError};
+use crate::format::{
+    self, parse_record, RecordHeader, RecordParse, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+
+/// Extension of segment files.
+pub const SEGMENT_EXT: &str = "qseg";
+/// Extension of segment summary files.
+pub const SUMMARY_EXT: &str = "qidx";
+
+/// The file name of the segment whose first record has Raft index `first_index`: zero-padded
+/// so that names sort in log order.
+pub fn segment_name(first_index: u64) -> String {
+    format!("{first_index:020}.{SEGMENT_EXT}")
+}
+
+/// The file name of a segment's summary.
+pub fn summary_name(first_index: u64) -> String {
+    format!("{first_index:020}.{SUMMARY_EXT}")
+}
+
+/// One open segment file and its read-only shared mapping.
+///
+/// The mapping covers `capacity` bytes even while the file is shorter: the writer extends the
+/// file with `pwrite`, and the new bytes appear in the mapping through the page cache. Readers
+/// only ever touch bytes below the commit point, which are written, durable and never change.
+#[derive(Debug)]
+pub struct SegmentFile {
+    /// Where it lives.
+    pub path: PathBuf,
+    /// Opened read-write for the writer (and read-only for sealed segments).
+    pub file: File,
+    /// The mapping as `Bytes`, so events can be handed out without a copy.
+    pub map: Bytes,
+    /// Raft index of its first record.
+    pub first_index: u64,
+    /// Position of its first event slot.
+    pub first_position: u64,
+    /// Bytes the writer may fill.
+    pub capacity: u64,
+}
+
+fn io_err(path: &Path, source: io::Error) -> OpenError {
+    OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn map(file: &File, len: u64) -> io::Result<Bytes> {
+    // SAFETY: the mapping is read-only and shared. The engine appends to segment files and
+    // never changes bytes below the commit point, which are the only bytes readers touch; a
+    // scavenge writes a new file and renames it, so an existing mapping keeps its contents.
+    let mmap = unsafe { MmapOptions::new().len(len as usize).map(file)? };
+    Ok(Bytes::from_owner(mmap))
+}
+
+impl SegmentFile {
+    /// Creates a new, empty segment file and writes nothing yet: the writer writes the header
+    /// together with the first records, in the same durable write.
+    pub fn create(
+        dir: &Path,
+        first_index: u64,
+        first_position: u64,
+        capacity: u64,
+    ) -> io::Result<(SegmentFile, Vec<u8>)> {
+        let path = dir.join(segment_name(first_index));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let map = map(&file, capacity)?;
+        let header = format::segment_header(first_index, first_position, capacity);
+        let seg = SegmentFile {
+            path,
+            file,
+            map,
+            first_index,
+            first_position,
+            capacity,
+        };
+        Ok((seg, header.as_bytes().to_vec()))
+    }
+
+    /// Opens an existing segment file and checks its header.
+    pub fn open(path: &Path, writable: bool) -> Result<SegmentFile, OpenError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        let len = file.metadata().map_err(|e| io_err(path, e))?.len();
+        let mut head = [0u8; SEGMENT_HEADER_BYTES];
+        let n = read_prefix(&file, &mut head).map_err(|e| io_err(path, e))?;
+        let header = format::parse_segment_header(&head[..n]).map_err(|e| Corruption {
+            file: path.to_path_buf(),
+            offset: 0,
+            detail: e.to_string(),
+        })?;
+        let capacity = header.capacity.get().max(len);
+        let map = map(&file, capacity).map_err(|e| io_err(path, e))?;
+        Ok(SegmentFile {
+            path: path.to_path_buf(),
+            file,
+            map,
+            first_index: header.first_index.get(),
+            first_position: header.first_position.get(),
+            capacity,
+        })
+    }
+
+    /// A corruption error at `offset` of this file.
+    pub fn corruption(&self, offset: u64, detail: impl Into<String>) -> Corruption {
+        Corruption {
+            file: self.path.clone(),
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    /// The record at `offset`, checksum verified. `end` bounds the bytes that may be read.
+    pub fn record_at(&self, offset: u64, end: u64) -> Result<(RecordHeader, Bytes), Corruption> {
+        let end = end.min(self.map.len() as u64) as usize;
+        let start = offset as usize;
+        if start > end {
+            return Err(self.corruption(offset, "record offset beyond the segment's end"));
+        }
+        match parse_record(&self.map[start..end]) {
+            RecordParse::Ok { header, body } => {
+                let b0 = start + RECORD_HEADER_BYTES;
+                Ok((header, self.map.slice(b0..b0 + body.len())))
+            }
+            RecordParse::Bad(why) => Err(self.corruption(offset, why)),
+            RecordParse::Truncated => Err(self.corruption(offset, "record cut short")),
+            RecordParse::Zero => Err(self.corruption(offset, "zero bytes where a record belongs")),
+        }
+    }
+}
+
+fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// One record found by a scan.
+#[derive(Debug, Clone, Copy)]
+pub struct Scanned {
+    /// Byte offset of its header.
+    pub offset: u64,
+    /// Its header.
+    pub header: RecordHeader,
+}
+
+/// What a scan of a segment found.
+#[derive(Debug)]
+pub struct ScanOutcome {
+    /// Offset just past the last whole record.
+    pub end: u64,
+    /// Set when a torn tail was found at this offset (with the reason): bytes from there on
+    /// are not part of the log.
+    pub torn_at: Option<(u64, String)>,
+}
+
+/// Walks the records of `seg` from `start` to the end of the file, calling `each` on every
+/// whole record with its body.
+///
+/// A bad record is a torn tail only when it is in the last segment and no valid record
+/// follows it; otherwise it is corruption, reported with file and offset.
+pub fn scan(
+    seg: &SegmentFile,
+    start: u64,
+    is_last: bool,
+    mut each: impl FnMut(Scanned, &[u8]) -> Result<(), Corruption>,
+) -> Result<ScanOutcome, Corruption> {
+    let file_len = seg
+        .file
+        .metadata()
+        .map_err(|e| seg.corruption(0, e.to_string()))?
+        .len();
+    let bytes = &seg.map[..(file_len.min(seg.map.len() as u64)) as usize];
+    let mut at = start as usize;
+    let mut expected_index = None::<u64>;
+    while at < bytes.len() {
+        let problem = match parse_record(&bytes[at..]) {
+            RecordParse::Ok { header, body } => {
+                let index = header.index.get();
+                if let Some(want) = expected_index {
+                    if index != want {
+                        let why = format!("record index {index}, expected {want}");
+                        return Err(seg.corruption(at as u64, why));
+                    }
+                }
+                expected_index = Some(index + 1);
+                each(
+                    Scanned {
+                        offset: at as u64,
+                        header,
+                    },
+                    body,
+                )?;
+                at += RECORD_HEADER_BYTES + body.len();
+                continue;
+            }
+            RecordParse::Zero if bytes[at..].iter().all(|b| *b == 0) => {
+                // Zeros to the end of the file: space never written (or written as zeros by
+                // a file system that extended the file before the data reached it).
+                if !is_last {
+                    return Err(seg.corruption(at as u64, "zero-filled tail in a sealed segment"));
+                }
+                return Ok(ScanOutcome {
+                    end: at as u64,
+                    torn_at: Some((at as u64, "zero-filled tail".to_string())),
+                });
+            }
+            RecordParse::Zero => "zero bytes where a record belongs".to_string(),
+            RecordParse::Truncated => "record cut short".to_string(),
+            RecordParse::Bad(why) => why,
+        };
+        let after = expected_index.unwrap_or(0);
+        if !is_last || valid_record_follows(bytes, at, after) {
+            return Err(seg.corruption(at as u64, problem));
+        }
+        return Ok(ScanOutcome {
+            end: at as u64,
+            torn_at: Some((at as u64, problem)),
+        });
+    }
+    Ok(ScanOutcome {
+        end: at as u64,
+        torn_at: None,
+    })
+}
+
+/// Whether a whole, checksummed record with an index at or after `index` starts anywhere
+/// after the bad bytes at `at`. A crash only tears the unsynced suffix of the log, so a good
+/// record after a bad one means the bad one rotted: that is corruption, not a torn tail.
+pub(crate) fn valid_record_follows(bytes: &[u8], at: usize, index: u64) -> bool {
+    use zerocopy::FromBytes;
+    let mut probe = at + 1;
+    while probe + RECORD_HEADER_BYTES <= bytes.len() {
+        if let Ok((h, _)) = RecordHeader::read_from_prefix(&bytes[probe..]) {
+            let i = h.index.get();
+            // Only frames that could belong here are worth a checksum.
+            if i >= index.max(1) && i < index.saturating_add(1 << 32) {
+                if let RecordParse::Ok { .. } = parse_record(&bytes[probe..]) {
+                    return true;
+                }
+            }
+        }
+        probe += 1;
+    }
+    false
+}
+
+/// Fsyncs a directory so that file creations, renames and removals in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,509 @@
+//! The in-memory state built from the log: where each record lives, the per-stream index,
+//! the stream table, event ids, snapshots, checkpoints and membership.
+//!
+//! Every record goes through [`State::apply_tip`] when it joins the log (written by this
+//! node, received from a leader, or replayed on open): that updates what writers validate
+//! against. Changes that readers must not see before the commit point (deletes, metadata,
+//! snapshots, checkpoints) are queued and applied by [`State::advance_commit`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Corruption, DecodeError, Failed};
+use crate::format::{decode_entry_lazy, Entry, EntryKind, RecordHeader};
+use crate::segment::SegmentFile;
+use crate::types::{DeleteKind, StreamMetadata};
+
+/// Where one record lives inside its segment. Its Raft index is the segment's first index
+/// plus its place in the segment's list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecLoc {
+    pub(crate) term: u64,
+    pub(crate) position: u64,
+    pub(crate) offset: u32,
+    pub(crate) count: u32,
+}
+
+/// A segment and the records in it.
+#[derive(Debug)]
+pub(crate) struct Seg {
+    pub(crate) file: Arc<SegmentFile>,
+    pub(crate) records: Vec<RecLoc>,
+    /// Bytes of the file that hold records (written or queued).
+    pub(crate) end: u64,
+    /// A summary file exists for it (it is sealed and fully committed).
+    pub(crate) summarized: bool,
+    /// No more records go into it.
+    pub(crate) sealed: bool,
+}
+
+impl Seg {
+    pub(crate) fn first_index(&self) -> u64 {
+        self.file.first_index
+    }
+
+    /// One past the last index it holds.
+    pub(crate) fn next_index(&self) -> u64 {
+        self.file.first_index + self.records.len() as u64
+    }
+}
+
+/// A stream in the index and table.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamState {
+    /// Version of `positions[0]`.
+    pub(crate) first_version: u64,
+    /// Global position of each stored version from `first_version` on (a scavenge may trim
+    /// the front; the rest are always contiguous).
+    pub(crate) positions: Vec<u64>,
+    /// Version the next event gets.
+    pub(crate) next_version: u64,
+    /// Writers' view: hard-deleted in the log (committed or not).
+    pub(crate) tip_hard: bool,
+    /// Writers' view: `next_version` when last soft-deleted.
+    pub(crate) tip_soft_before: Option<u64>,
+    /// Readers' view: committed delete state.
+    pub(crate) vis_deleted: Option<DeleteKind>,
+    /// Readers' view: versions below this were soft-deleted.
+    pub(crate) vis_soft_before: u64,
+    /// Readers' view: committed metadata.
+    pub(crate) metadata: StreamMetadata,
+}
+
+impl StreamState {
+    /// Writers' view: the stream has events that are not soft-deleted.
+    pub(crate) fn tip_exists(&self) -> bool {
+        !self.tip_hard && self.next_version > self.tip_soft_before.unwrap_or(0)
+    }
+
+    /// Number of versions whose position is below `commit_position`.
+    pub(crate) fn committed_next_version(&self, commit_position: u64) -> u64 {
+        // A scavenge that trims a stream's whole index leaves `first_version` at its next
+        // version, so an empty index still answers right.
+        self.first_version + self.positions.partition_point(|p| *p < commit_position) as u64
+    }
+
+    /// Lowest version a reader may see (ignoring max age).
+    pub(crate) fn visible_from(&self, commit_position: u64) -> u64 {
+        let mut from = self
+            .vis_soft_before
+            .max(self.metadata.truncate_before.unwrap_or(0));
+        if let Some(max) = self.metadata.max_count {
+            from = from.max(
+                self.committed_next_version(commit_position)
+                    .saturating_sub(max),
+            );
+        }
+        from
+    }
+
+    /// Whether an event of this stream at `version` created at `created_us` is visible now.
+    pub(crate) fn event_visible(&self, version: u64, created_us: u64, from: u64, now: u64) -> bool {
+        if self.vis_deleted == Some(DeleteKind::Hard) || version < from {
+            return false;
+        }
+        match self.metadata.max_age_us {
+            Some(age) => created_us.saturating_add(age) >= now,
+            None => true,
+        }
+    }
+
+    pub(crate) fn position_of(&self, version: u64) -> Option<u64> {
+        let i = version.checked_sub(self.first_version)?;
+        self.positions.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
+/// A change readers see only once its entry is committed.
+#[derive(Debug)]
+pub(crate) enum CommitAction {
+    Delete(Arc<str>, DeleteKind),
+    Metadata(Arc<str>, StreamMetadata),
+    SnapshotPut(Arc<str>, u64),
+    SnapshotDelete(Arc<str>, u64),
+    Checkpoint(String, u64, Bytes),
+}
+
+/// Called once with the outcome of a write, on the writer thread: keep it short.
+pub(crate) struct Callback(Box<dyn FnOnce(Result<u64, Failed>) + Send>);
+
+impl Callback {
+    pub(crate) fn new(f: impl FnOnce(Result<u64, Failed>) + Send + 'static) -> Self {
+        Callback(Box::new(f))
+    }
+
+    pub(crate) fn call(self, r: Result<u64, Failed>) {
+        (self.0)(r)
+    }
+}
+
+// SAFETY: a `Callback` exposes nothing through `&self`; it can only be called by value, so
+// sharing references to it across threads cannot race (the same reasoning as `SyncWrapper`).
+unsafe impl Sync for Callback {}
+
+/// Counters that tests and benchmarks read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenStats {
+    /// Records read from segment files on open (not covered by a summary).
+    pub records_replayed: u64,
+    /// Records loaded from summaries (no payload bytes read).
+    pub records_from_summaries: u64,
+    /// Segment summaries loaded.
+    pub summaries_loaded: u64,
+    /// Bytes cut from a torn tail.
+    pub torn_bytes_cut: u64,
+}
+
+/// Everything the engine knows, guarded by one lock.
+pub(crate) struct State {
+    pub(crate) segments: Vec<Seg>,
+    pub(crate) next_index: u64,
+    pub(crate) next_position: u64,
+    pub(crate) last_term: u64,
+    /// Term stamped on entries this node writes as leader.
+    pub(crate) term: u64,
+    /// Highest index on stable storage.
+    pub(crate) durable_index: u64,
+    /// Highest index readers see.
+    pub(crate) commit_index: u64,
+    /// Events below this position are committed.
+    pub(crate) commit_position: u64,
+    /// Highest commit index Raft allowed (`u64::MAX` in single-node mode).
+    pub(crate) commit_allowed: u64,
+    pub(crate) streams: BTreeMap<Arc<str>, StreamState>,
+    pub(crate) ids: HashMap<u128, u64>,
+    /// (stream, version) → Raft index of the snapshot's record.
+    pub(crate) snapshots: BTreeMap<(Arc<str>, u64), u64>,
+    pub(crate) checkpoints: BTreeMap<String, (u64, Bytes)>,
+    pub(crate) membership: Option<(u64, Bytes)>,
+    /// Callbacks waiting for an index to be durable (Raft followers acknowledge at that point).
+    pub(crate) durable_waiters: VecDeque<(u64, Callback)>,
+    pub(crate) pending_commit: VecDeque<(u64, CommitAction)>,
+    pub(crate) waiters: VecDeque<(u64, Callback)>,
+    pub(crate) last_created_us: u64,
+    pub(crate) failed: Option<Failed>,
+    pub(crate) closed: bool,
+    pub(crate) open_stats: OpenStats,
+}
+
+impl State {
+    pub(crate) fn new(commit_allowed: u64) -> State {
+        State {
+            segments: Vec::new(),
+            next_index: 1,
+            next_position: 0,
+            last_term: 0,
+            term: 1,
+            durable_index: 0,
+            commit_index: 0,
+            commit_position: 0,
+            commit_allowed,
+            streams: BTreeMap::new(),
+            ids: HashMap::new(),
+            snapshots: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+            membership: None,
+            durable_waiters: VecDeque::new(),
+            pending_commit: VecDeque::new(),
+            waiters: VecDeque::new(),
+            last_created_us: 0,
+            failed: None,
+            closed: false,
+            open_stats: OpenStats::default(),
+        }
+    }
+
+    /// The interned name of a stream, creating its entry if needed.
+    pub(crate) fn stream_entry(&mut self, name: &str) -> (Arc<str>, &mut StreamState) {
+        let key = match self.streams.get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(name);
+                self.streams.insert(k.clone(), StreamState::default());
+                k
+            }
+        };
+        let v = self.streams.get_mut(&key).expect("inserted above");
+        (key, v)
+    }
+
+    /// Adds a record to the log's in-memory view: index, stream versions, ids, and the
+    /// commit-time actions. `body` may be a summary's stripped body.
+    pub(crate) fn apply_tip(
+        &mut self,
+        header: &RecordHeader,
+        offset: u64,
+        body: &[u8],
+    ) -> Result<(), DecodeError> {
+        let index = header.index.get();
+        let position = header.position.get();
+        assert_eq!(
+            index, self.next_index,
+            "records join the log in index order"
+        );
+        if position != self.next_position {
+            return Err(DecodeError::new(
+                "record",
+                format!("position {position}, expected {}", self.next_position),
+            ));
+        }
+        let kind = EntryKind::from_byte(header.kind)?;
+        let entry = decode_entry_lazy(kind, body)?;
+        match entry {
+            Entry::Append(view) => {
+                // Check every event before changing anything, so a bad record (from a faulty
+                // leader or a damaged summary) leaves the state as it was.
+                self.check_append(&view, header.count.get())?;
+                let names: Vec<Arc<str>> = view
+                    .streams
+                    .iter()
+                    .map(|s| self.stream_entry(s).0)
+                    .collect();
+                for e in view.events() {
+                    let h = e?.header;
+                    let st = self.streams.get_mut(&names[h.stream_slot.get() as usize]);
+                    let st = st.expect("interned above");
+                    let version = h.version.get();
+                    let pos = position + h.pos_delta.get() as u64;
+                    if version != st.first_version + st.positions.len() as u64 {
+                        // Everything before was scavenged away.
+                        st.positions.clear();
+                        st.first_version = version;
+                    }
+                    st.positions.push(pos);
+                    st.next_version = version + 1;
+                    self.ids.insert(u128::from_be_bytes(h.id), pos);
+                    self.last_created_us = self.last_created_us.max(h.created_us.get());
+                }
+            }
+            Entry::Delete { stream, kind } => {
+                let (name, st) = self.stream_entry(stream);
+                match kind {
+                    DeleteKind::Hard => st.tip_hard = true,
+                    DeleteKind::Soft => st.tip_soft_before = Some(st.next_version),
+                }
+                self.pending_commit
+                    .push_back((index, CommitAction::Delete(name, kind)));
+            }
+            Entry::Metadata { stream, metadata } => {
+                let (name, _) = self.stream_entry(stream);
+                self.pending_commit
+                    .push_back((index, CommitAction::Metadata(name, metadata)));
+            }
+            Entry::SnapshotPut {
+                stream, version, ..
+            } => {
+                let (name, _) = self.stream_entry(stream);
+                self.pending_commit
+                    .push_back((index, CommitAction::SnapshotPut(name, version)));
+            }
+            Entry::SnapshotDelete { stream, version } => {
+                let (name, _) = self.stream_entry(stream);
+                let action = CommitAction::SnapshotDelete(name, version);
+                self.pending_commit.push_back((index, action));
+            }
+            Entry::Checkpoint {
+                name,
+                position,
+                state,
+            } => {
+                let action = CommitAction::Checkpoint(
+                    name.to_string(),
+                    position,
+                    Bytes::copy_from_slice(state),
+                );
+                self.pending_commit.push_back((index, action));
+            }
+            Entry::Membership(config) => {
+                // Raft acts on the newest configuration in its log, committed or not.
+                self.membership = Some((index, Bytes::copy_from_slice(config)));
+            }
+            Entry::NoOp => {}
+        }
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("a record lives in a segment");
+        debug_assert_eq!(seg.next_index(), index);
+        seg.records.push(RecLoc {
+            term: header.term.get(),
+            position,
+            offset: u32::try_from(offset).expect("segments are below 4 GiB"),
+            count: header.count.get(),
+        });
+        self.next_index = index + 1;
+        self.next_position = position + header.count.get() as u64;
+        self.last_term = header.term.get();
+        Ok(())
+    }
+
+    /// Checks that an append's events continue their streams and stay inside their record.
+    fn check_append(
+        &self,
+        view: &crate::format::AppendView<'_>,
+        count: u32,
+    ) -> Result<(), DecodeError> {
+        let mut next: Vec<Option<u64>> = view
+            .streams
+            .iter()
+            .map(|s| self.streams.get(*s).map(|st| st.next_version))
+            .collect();
+        let mut last_delta = None::<u32>;
+        for e in view.events() {
+            let h = e?.header;
+            let delta = h.pos_delta.get();
+            if delta >= count || last_delta.is_some_and(|d| delta <= d) {
+                return Err(DecodeError::new(
+                    "event",
+                    "position outside its record or unordered",
+                ));
+            }
+            last_delta = Some(delta);
+            let slot = h.stream_slot.get() as usize;
+            let version = h.version.get();
+            // A version may skip ahead only where a scavenge dropped the dead events before it.
+            let want = next[slot].unwrap_or(0);
+            let stream = view.streams[slot];
+            if version < want {
+                return Err(DecodeError::new(
+                    "event",
+                    format!("version {version} of '{stream}' does not continue the stream"),
+                ));
+            }
+            next[slot] = Some(version + 1);
+        }
+        Ok(())
+    }
+
+    /// Moves the commit point to `min(durable, allowed)` and applies what waited for it.
+    /// Returns the callbacks to run (outside the lock).
+    pub(crate) fn advance_commit(&mut self) -> Vec<(Callback, u64)> {
+        let target = self.durable_index.min(self.commit_allowed);
+        if target > self.commit_index {
+            self.commit_index = target;
+            self.commit_position = self.position_after(target);
+            while let Some((i, _)) = self.pending_commit.front() {
+                if *i > target {
+                    break;
+                }
+                let (index, action) = self.pending_commit.pop_front().expect("peeked");
+                self.apply_commit(index, action);
+            }
+        }
+        let mut done = Vec::new();
+        while let Some((i, _)) = self.durable_waiters.front() {
+            if *i > self.durable_index {
+                break;
+            }
+            let (i, cb) = self.durable_waiters.pop_front().expect("peeked");
+            done.push((cb, i));
+        }
+        while let Some((i, _)) = self.waiters.front() {
+            if *i > self.commit_index {
+                break;
+            }
+            let (i, cb) = self.waiters.pop_front().expect("peeked");
+            done.push((cb, i));
+        }
+        done
+    }
+
+    fn apply_commit(&mut self, index: u64, action: CommitAction) {
+        match action {
+            CommitAction::Delete(name, kind) => {
+                let st = self
+                    .streams
+                    .get_mut(&name)
+                    .expect("delete of an interned stream");
+                match kind {
+                    DeleteKind::Hard => st.vis_deleted = Some(DeleteKind::Hard),
+                    DeleteKind::Soft => {
+                        // The versions that existed when the delete entered the log.
+                        st.vis_soft_before = st.tip_soft_before.unwrap_or(st.next_version);
+                        if st.vis_deleted.is_none() {
+                            st.vis_deleted = Some(DeleteKind::Soft);
+                        }
+                    }
+                }
+            }
+            CommitAction::Metadata(name, m) => {
+                self.streams.get_mut(&name).expect("interned").metadata = m;
+            }
+            CommitAction::SnapshotPut(name, version) => {
+                self.snapshots.insert((name, version), index);
+            }
+            CommitAction::SnapshotDelete(name, version) => {
+                self.snapshots.remove(&(name, version));
+            }
+            CommitAction::Checkpoint(name, position, state) => {
+                self.checkpoints.insert(name, (position, state));
+            }
+        }
+    }
+
+    /// Position just after the record with Raft index `index` (0: before everything).
+    pub(crate) fn position_after(&self, index: u64) -> u64 {
+        match self.locate_index(index) {
+            Some((s, r)) => {
+                let rec = &self.segments[s].records[r];
+                rec.position + rec.count as u64
+            }
+            None => 0,
+        }
+    }
+
+    /// (segment, record) holding Raft index `index`.
+    pub(crate) fn locate_index(&self, index: u64) -> Option<(usize, usize)> {
+        let s = self
+            .segments
+            .partition_point(|s| s.first_index() <= index)
+            .checked_sub(1)?;
+        let seg = &self.segments[s];
+        let r = usize::try_from(index - seg.first_index()).ok()?;
+        (r < seg.records.len()).then_some((s, r))
+    }
+
+    /// (segment, record) whose event slots hold `position`.
+    pub(crate) fn locate_position(&self, position: u64) -> Option<(usize, usize)> {
+        // Segments may hold no event slots at all; take the last one starting at or before.
+        let s = self
+            .segments
+            .partition_point(|s| s.file.first_position <= position && !s.records.is_empty())
+            .checked_sub(1)?;
+        let seg = &self.segments[s];
+        let r = seg
+            .records
+            .partition_point(|r| r.position + r.count as u64 <= position);
+        let rec = seg.records.get(r)?;
+        (rec.position <= position && position < rec.position + rec.count as u64).then_some((s, r))
+    }
+
+    /// Term of the record at `index` (0 for index 0).
+    pub(crate) fn term_at(&self, index: u64) -> Option<u64> {
+        if index == 0 {
+            return Some(0);
+        }
+        self.locate_index(index)
+            .map(|(s, r)| self.segments[s].records[r].term)
+    }
+
+    /// Reads the record at (segment, record) and checks its checksum.
+    pub(crate) fn record(
+        &self,
+        s: usize,
+        r: usize,
+    ) -> Result<(Arc<SegmentFile>, RecordHeader, Bytes), Corruption> {
+        let seg = &self.segments[s];
+        let (h, body) = seg.file.record_at(seg.records[r].offset as u64, seg.end)?;
+        Ok((seg.file.clone(), h, body))
+    }
+
+    /// Wall-clock time in µs since the Unix epoch.
+    pub(crate) fn now_us() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    }
+}

@@ -1,0 +1,192 @@
+//! Segment summaries (`.qidx`): for a sealed, fully committed segment, every record's header
+//! and offset with its payloads stripped (event types, data, metadata and snapshot blobs).
+//! Opening a store loads summaries instead of scanning segments, so restart work does not
+//! depend on how many payload bytes the store holds, and only the active segment is replayed.
+//!
+//! A summary is derived data: one that is missing or fails its checksum is ignored (the
+//! segment is scanned instead) and rewritten later.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::engine::Inner;
+use crate::error::{Corruption, DecodeError, OpenError};
+use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
+use crate::segment::{summary_name, sync_dir, SegmentFile};
+use crate::state::{RecLoc, State};
+
+/// The header of a summary file.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub(crate) struct SummaryHeader {
+    /// [`format::SUMMARY_MAGIC`].
+    pub(crate) magic: [u8; 8],
+    /// First Raft index of the segment.
+    pub(crate) first_index: U64,
+    /// Records summarized.
+    pub(crate) record_count: U64,
+    /// Offset just past the segment's last record.
+    pub(crate) end: U64,
+    /// Bytes of entries that follow the header.
+    pub(crate) body_len: U64,
+    /// CRC32C of those bytes.
+    pub(crate) body_crc: U32,
+    /// CRC32C of the header's first 44 bytes.
+    pub(crate) header_crc: U32,
+}
+
+/// Size of [`SummaryHeader`].
+pub(crate) const SUMMARY_HEADER_BYTES: usize = 48;
+const _: () = assert!(std::mem::size_of::<SummaryHeader>() == SUMMARY_HEADER_BYTES);
+
+/// Builds the summary of a segment from its records.
+pub(crate) fn build(
+    file: &SegmentFile,
+    records: &[RecLoc],
+    end: u64,
+) -> Result<Vec<u8>, Corruption> {
+    let mut body = Vec::with_capacity(records.len() * 96);
+    let mut stripped = Vec::new();
+    for r in records {
+        let (h, rec) = file.record_at(r.offset as u64, end)?;
+        strip(&mut stripped, &h, &rec)
+            .map_err(|e| file.corruption(r.offset as u64, e.to_string()))?;
+        body.extend_from_slice(&r.offset.to_le_bytes());
+        body.extend_from_slice(&(stripped.len() as u32).to_le_bytes());
+        body.extend_from_slice(h.as_bytes());
+        body.extend_from_slice(&stripped);
+    }
+    let mut header = SummaryHeader {
+        magic: format::SUMMARY_MAGIC,
+        first_index: U64::new(file.first_index),
+        record_count: U64::new(records.len() as u64),
+        end: U64::new(end),
+        body_len: U64::new(body.len() as u64),
+        body_crc: U32::new(crc32c::crc32c(&body)),
+        header_crc: U32::new(0),
+    };
+    header.header_crc = U32::new(crc32c::crc32c(&header.as_bytes()[..44]));
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The part of a record body the index needs.
+fn strip(out: &mut Vec<u8>, h: &RecordHeader, body: &[u8]) -> Result<(), DecodeError> {
+    out.clear();
+    match decode_entry_lazy(EntryKind::from_byte(h.kind)?, body)? {
+        Entry::Append(view) => {
+            format::filter_append(out, body, &view, true, |_| true)?;
+        }
+        Entry::SnapshotPut {
+            stream, version, ..
+        } => {
+            format::encode_snapshot_put(out, stream, version, &[]);
+        }
+        _ => out.extend_from_slice(body),
+    }
+    Ok(())
+}
+
+/// Writes a summary durably: temporary file, fsync, rename, fsync of the directory.
+pub(crate) fn write(dir: &Path, first_index: u64, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(summary_name(first_index));
+    let tmp = path.with_extension("qidx.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)
+}
+
+/// Loads the summary of `file` into the state if it exists and is intact; returns the
+/// segment's end offset, or `None` when the segment must be scanned instead.
+pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64>, OpenError> {
+    let dir = file.path.parent().unwrap_or(Path::new("."));
+    let path = dir.join(summary_name(file.first_index));
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(OpenError::Io { path, source }),
+    };
+    let Some((header, entries)) = check(&bytes, file.first_index) else {
+        tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
+        return Ok(None);
+    };
+    let corrupt = |offset: u64, e: DecodeError| Corruption {
+        file: path.clone(),
+        offset,
+        detail: e.to_string(),
+    };
+    let mut at = 0usize;
+    let mut count = 0u64;
+    while at < entries.len() {
+        let base = (SUMMARY_HEADER_BYTES + at) as u64;
+        let (offset, h, body, next) = entry_at(entries, at).map_err(|e| corrupt(base, e))?;
+        st.apply_tip(&h, offset as u64, body)
+            .map_err(|e| corrupt(base, e))?;
+        at = next;
+        count += 1;
+    }
+    if count != header.record_count.get() {
+        let e = DecodeError::new("summary", "record count does not match");
+        return Err(corrupt(0, e).into());
+    }
+    st.open_stats.summaries_loaded += 1;
+    st.open_stats.records_from_summaries += count;
+    Ok(Some(header.end.get()))
+}
+
+fn check(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, &[u8])> {
+    let (h, rest) = SummaryHeader::read_from_prefix(bytes).ok()?;
+    let ok = h.magic == format::SUMMARY_MAGIC
+        && h.header_crc.get() == crc32c::crc32c(&h.as_bytes()[..44])
+        && h.first_index.get() == first_index
+        && h.body_len.get() == rest.len() as u64
+        && h.body_crc.get() == crc32c::crc32c(rest);
+    ok.then_some((h, rest))
+}
+
+fn entry_at(b: &[u8], at: usize) -> Result<(u32, RecordHeader, &[u8], usize), DecodeError> {
+    let mut c = format::Cursor::new(&b[at..], "summary entry");
+    let offset = c.u32()?;
+    let len = c.u32()? as usize;
+    let h = RecordHeader::read_from_bytes(c.take(RECORD_HEADER_BYTES)?)
+        .map_err(|_| DecodeError::new("summary entry", "short header"))?;
+    let body = c.take(len)?;
+    Ok((offset, h, body, at + c.offset()))
+}
+
+/// Writes the summaries of sealed segments that are now fully committed. Runs on the writer
+/// thread between batches; a failure only logs (the segment is scanned on the next open).
+pub(crate) fn write_due(inner: &Inner) {
+    loop {
+        let due = {
+            let st = inner.state.read();
+            let n = st.segments.len();
+            st.segments.iter().take(n.saturating_sub(1)).find_map(|s| {
+                let done = s.sealed && !s.summarized && s.next_index() - 1 <= st.commit_index;
+                done.then(|| (s.file.clone(), s.records.clone(), s.end))
+            })
+        };
+        let Some((file, records, end)) = due else {
+            return;
+        };
+        let written = build(&file, &records, end)
+            .map_err(|c| std::io::Error::other(c.to_string()))
+            .and_then(|bytes| write(&inner.dir, file.first_index, &bytes));
+        if let Err(e) = &written {
+            tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
+        }
+        let mut st = inner.state.write();
+        if let Some(s) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, &file)) {
+            // Marked even on failure so the writer does not retry every batch.
+            s.summarized = true;
+        }
+    }
+}

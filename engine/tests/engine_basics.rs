@@ -1,0 +1,144 @@
+//! Behaviour of the public API on a real directory: appends with every expected-version kind,
+//! reads in both directions, deletes, metadata, snapshots, checkpoints, reopen.
+
+use quiver_engine::*;
+
+fn open(dir: &std::path::Path) -> Engine {
+    Engine::open(dir, EngineConfig::default().segment_bytes_max(64 * 1024)).unwrap()
+}
+
+fn ev(t: &str, data: &str) -> EventData {
+    EventData::json(t, data.as_bytes().to_vec())
+}
+
+fn versions(r: StreamRead) -> Vec<u64> {
+    r.map(|e| e.unwrap().version).collect()
+}
+
+#[test]
+fn append_read_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let r = e
+        .append(
+            "s-1",
+            ExpectedVersion::NoStream,
+            vec![ev("A", "1"), ev("B", "2")],
+        )
+        .unwrap();
+    assert_eq!(
+        (r.next_expected_version, r.position_first, r.position_last),
+        (1, 0, 1)
+    );
+    let r = e
+        .append("s-2", ExpectedVersion::Any, vec![ev("C", "3")])
+        .unwrap();
+    assert_eq!(r.position_first, 2);
+    let err = e
+        .append("s-1", ExpectedVersion::Exact(0), vec![ev("A", "x")])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppendError::WrongExpectedVersion {
+                actual: Some(1),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    e.append("s-1", ExpectedVersion::Exact(1), vec![ev("D", "4")])
+        .unwrap();
+    e.append("s-1", ExpectedVersion::StreamExists, vec![ev("E", "5")])
+        .unwrap();
+    let got: Vec<_> = e
+        .read_stream("s-1", ReadFrom::Start, Direction::Forward, 100)
+        .unwrap()
+        .map(|x| x.unwrap())
+        .collect();
+    assert_eq!(
+        got.iter().map(|x| x.event_type()).collect::<Vec<_>>(),
+        ["A", "B", "D", "E"]
+    );
+    assert_eq!(&got[2].data[..], b"4");
+    let back = versions(
+        e.read_stream("s-1", ReadFrom::End, Direction::Backward, 2)
+            .unwrap(),
+    );
+    assert_eq!(back, [3, 2]);
+    let all: Vec<u64> = e
+        .read_all(
+            ReadFrom::Start,
+            Direction::Forward,
+            100,
+            AllFilter::default(),
+        )
+        .map(|x| x.unwrap().position)
+        .collect();
+    assert_eq!(all, [0, 1, 2, 3, 4]);
+    let all_back: Vec<u64> = e
+        .read_all(
+            ReadFrom::End,
+            Direction::Backward,
+            100,
+            AllFilter::default(),
+        )
+        .map(|x| x.unwrap().position)
+        .collect();
+    assert_eq!(all_back, [4, 3, 2, 1, 0]);
+    drop(e);
+    let e = open(dir.path());
+    assert_eq!(
+        versions(
+            e.read_stream("s-1", ReadFrom::Start, Direction::Forward, 100)
+                .unwrap()
+        ),
+        [0, 1, 2, 3]
+    );
+    assert_eq!(e.stream_info("s-2").unwrap().current_version, Some(0));
+    let r = e
+        .append("s-2", ExpectedVersion::Exact(0), vec![ev("F", "6")])
+        .unwrap();
+    assert_eq!(r.position_first, 5);
+}
+
+#[test]
+fn many_segments_and_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    for i in 0..300u64 {
+        let evs = (0..10)
+            .map(|k| ev("T", &format!("{i}-{k}-{}", "x".repeat(200))))
+            .collect();
+        e.append(&format!("s-{}", i % 7), ExpectedVersion::Any, evs)
+            .unwrap();
+    }
+    let total = e
+        .read_all(
+            ReadFrom::Start,
+            Direction::Forward,
+            u64::MAX,
+            AllFilter::default(),
+        )
+        .count();
+    assert_eq!(total, 3000);
+    drop(e);
+    let e = open(dir.path());
+    let stats = e.open_stats();
+    assert!(stats.summaries_loaded > 5, "{stats:?}");
+    assert!(stats.records_replayed < 300, "{stats:?}");
+    let v = versions(
+        e.read_stream("s-3", ReadFrom::Start, Direction::Forward, u64::MAX)
+            .unwrap(),
+    );
+    assert_eq!(v, (0..v.len() as u64).collect::<Vec<_>>());
+    let total = e
+        .read_all(
+            ReadFrom::Start,
+            Direction::Forward,
+            u64::MAX,
+            AllFilter::default(),
+        )
+        .count();
+    assert_eq!(total, 3000);
+}
