@@ -104,6 +104,26 @@ pub(crate) struct Inner {
     /// Signalled when the writer finishes a batch (used to wait for the queue to drain).
     pub(crate) idle_cv: Condvar,
     pub(crate) io_mode: IoMode,
+    /// Holds an exclusive `flock` on the directory's LOCK file while open.
+    _lock: fs::File,
+}
+
+/// Takes the directory's lock: two engines writing one log would destroy it.
+fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| OpenError::Io { path: path.clone(), source: e })?;
+    // SAFETY: flock on a descriptor we own; the lock lives as long as the file.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(OpenError::Locked(path));
+    }
+    Ok(file)
 }
 
 /// The storage engine. Cheap to clone; all clones share one log. Dropping the last clone
@@ -152,6 +172,7 @@ impl Engine {
             path: dir.clone(),
             source: e,
         })?;
+        let lock = lock_dir(&dir)?;
         let state = recovery::load(&dir, &config)?;
         let io = SyncIo::new(config.io_mode).map_err(|e| OpenError::Io {
             path: dir.clone(),
@@ -166,6 +187,7 @@ impl Engine {
             queue_cv: Condvar::new(),
             idle_cv: Condvar::new(),
             io_mode,
+            _lock: lock,
         });
         let writer_inner = inner.clone();
         let thread = std::thread::Builder::new()

@@ -72,6 +72,9 @@ pub enum OpenError {
     /// A checksum or format failure that is not a torn tail.
     #[error(transparent)]
     Corruption(#[from] Corruption),
+    /// Another process (or engine) has the data directory open.
+    #[error("the data directory is in use: {} is locked", .0.display())]
+    Locked(PathBuf),
     /// The configuration makes no sense.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -43,7 +43,7 @@ pub use error::{
 };
 pub use io::IoMode;
 pub use log::{RawRecord, SealedSegment, ENTRIES_BYTES_MAX};
-pub use read::{AllRead, ReadFrom, StreamRead, READ_CHUNK_MAX};
+pub use read::{AllRead, ReadFrom, StreamRead, VerifyStats, READ_CHUNK_MAX};
 pub use scavenge::ScavengeStats;
 pub use state::OpenStats;
 pub use types::{

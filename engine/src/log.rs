@@ -79,14 +79,16 @@ impl Engine {
         st.term = term;
     }
 
-    /// Records from `from` on, up to about `max_bytes` (always at least one if any exist).
+    /// Durable records from `from` on, up to about `max_bytes` (always at least one if any
+    /// exist).
     pub fn entries(&self, from: u64, max_bytes: usize) -> Result<Vec<RawRecord>, LogError> {
         let max_bytes = max_bytes.min(ENTRIES_BYTES_MAX);
         let st = self.inner.state.read();
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut index = from.max(1);
-        while index < st.next_index && (out.is_empty() || bytes < max_bytes) {
+        // Records queued but not yet written are not in the file yet.
+        while index <= st.durable_index && (out.is_empty() || bytes < max_bytes) {
             let (s, r) = st
                 .locate_index(index)
                 .expect("indexes below the tip are in the log");

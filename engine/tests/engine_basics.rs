@@ -142,3 +142,13 @@ fn many_segments_and_summaries() {
         .count();
     assert_eq!(total, 3000);
 }
+
+#[test]
+fn a_directory_has_one_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let second = Engine::open(dir.path(), EngineConfig::default());
+    assert!(matches!(second, Err(OpenError::Locked(_))));
+    drop(e);
+    assert!(Engine::open(dir.path(), EngineConfig::default()).is_ok());
+}
