@@ -104,6 +104,8 @@ pub(crate) struct Inner {
     /// Signalled when the writer finishes a batch (used to wait for the queue to drain).
     pub(crate) idle_cv: Condvar,
     pub(crate) io_mode: IoMode,
+    pub(crate) summaries: Mutex<SummarySignal>,
+    pub(crate) summaries_cv: Condvar,
     /// Holds an exclusive `flock` on the directory's LOCK file while open.
     _lock: fs::File,
 }
@@ -117,7 +119,10 @@ fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| OpenError::Io { path: path.clone(), source: e })?;
+        .map_err(|e| OpenError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
     // SAFETY: flock on a descriptor we own; the lock lives as long as the file.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -138,17 +143,51 @@ pub struct Engine {
 
 struct WriterHandle {
     inner: Arc<Inner>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    summarizer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for WriterHandle {
     fn drop(&mut self) {
         self.inner.queue.lock().shutdown = true;
         self.inner.queue_cv.notify_all();
-        if let Some(t) = self.thread.lock().take() {
+        if let Some(t) = self.writer.lock().take() {
             let _ = t.join();
         }
         self.inner.state.write().closed = true;
+        self.inner.summaries.lock().shutdown = true;
+        self.inner.summaries_cv.notify_all();
+        if let Some(t) = self.summarizer.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Wakes the summarizer thread.
+#[derive(Default)]
+pub(crate) struct SummarySignal {
+    pending: bool,
+    shutdown: bool,
+}
+
+/// The summarizer thread: writes summaries of sealed, committed segments off the writer's
+/// path, so that building one never delays an append.
+fn summarizer_loop(inner: &Inner) {
+    loop {
+        {
+            let mut s = inner.summaries.lock();
+            while !s.pending && !s.shutdown {
+                inner.summaries_cv.wait(&mut s);
+            }
+            s.pending = false;
+            if s.shutdown {
+                // A clean shutdown leaves every summary written, for a fast restart.
+                drop(s);
+                summary::write_due(inner);
+                return;
+            }
+        }
+        summary::write_due(inner);
     }
 }
 
@@ -187,19 +226,28 @@ impl Engine {
             queue_cv: Condvar::new(),
             idle_cv: Condvar::new(),
             io_mode,
+            summaries: Mutex::default(),
+            summaries_cv: Condvar::new(),
             _lock: lock,
         });
+        let spawn_err = |e| OpenError::Io {
+            path: inner.dir.clone(),
+            source: e,
+        };
         let writer_inner = inner.clone();
-        let thread = std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("quiver-writer".into())
             .spawn(move || writer_loop(&writer_inner, io))
-            .map_err(|e| OpenError::Io {
-                path: inner.dir.clone(),
-                source: e,
-            })?;
+            .map_err(spawn_err)?;
+        let summary_inner = inner.clone();
+        let summarizer = std::thread::Builder::new()
+            .name("quiver-summary".into())
+            .spawn(move || summarizer_loop(&summary_inner))
+            .map_err(spawn_err)?;
         let handle = WriterHandle {
             inner: inner.clone(),
-            thread: Mutex::new(Some(thread)),
+            writer: Mutex::new(Some(writer)),
+            summarizer: Mutex::new(Some(summarizer)),
         };
         Ok(Engine {
             inner,
@@ -304,8 +352,9 @@ impl Engine {
         self.propose_checked(stream, |st, name| {
             let s = st.streams.get(name);
             check_expected(name, expected, s)?;
+            let next_version = s.map_or(0, |s| s.next_version);
             let mut body = Vec::new();
-            format::encode_delete(&mut body, name, kind);
+            format::encode_delete(&mut body, name, kind, next_version);
             Ok(Prepared {
                 kind: EntryKind::Delete,
                 count: 0,
@@ -777,7 +826,7 @@ fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, Appen
     let first = found[0].ok_or_else(mismatch)?;
     let i = s.positions.binary_search(&first).map_err(|_| mismatch())?;
     for (k, p) in found.iter().enumerate() {
-        if *p != s.positions.get(i + k).copied() {
+        if p.is_none() || *p != s.positions.get(i + k).copied() {
             return Err(mismatch());
         }
     }
@@ -825,7 +874,8 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
         for (cb, r) in callbacks {
             cb.call(r);
         }
-        summary::write_due(inner);
+        inner.summaries.lock().pending = true;
+        inner.summaries_cv.notify_one();
         let mut q = inner.queue.lock();
         q.busy = false;
         for c in chunks {

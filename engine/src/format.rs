@@ -421,6 +421,8 @@ pub enum Entry<'a> {
         stream: &'a str,
         /// Soft or hard.
         kind: DeleteKind,
+        /// The stream's next version when it was deleted.
+        next_version: u64,
     },
     /// Stream metadata set.
     Metadata {
@@ -505,7 +507,12 @@ pub fn decode_entry_lazy(kind: EntryKind, body: &[u8]) -> Result<Entry<'_>, Deco
                 1 => DeleteKind::Hard,
                 _ => return Err(DecodeError::new("delete", "unknown delete kind")),
             };
-            Entry::Delete { stream, kind }
+            let next_version = c.u64()?;
+            Entry::Delete {
+                stream,
+                kind,
+                next_version,
+            }
         }
         EntryKind::Metadata => {
             let stream = c.str8()?;
@@ -641,12 +648,13 @@ pub(crate) fn filter_append(
 }
 
 /// Encodes a delete body at the end of `buf`.
-pub(crate) fn encode_delete(buf: &mut Vec<u8>, stream: &str, kind: DeleteKind) {
+pub(crate) fn encode_delete(buf: &mut Vec<u8>, stream: &str, kind: DeleteKind, next: u64) {
     put_str8(buf, stream);
     buf.push(match kind {
         DeleteKind::Soft => 0,
         DeleteKind::Hard => 1,
     });
+    buf.extend_from_slice(&next.to_le_bytes());
 }
 
 /// Encodes a metadata body.

@@ -36,7 +36,7 @@ pub(crate) const BATCH_WRITES_MAX: usize = 4;
 
 /// The writer's I/O path, chosen once at open.
 pub(crate) enum SyncIo {
-    Uring(io_uring::IoUring),
+    Uring(Box<io_uring::IoUring>),
     Pwrite,
 }
 
@@ -44,9 +44,11 @@ impl SyncIo {
     pub(crate) fn new(mode: IoMode) -> io::Result<SyncIo> {
         match mode {
             IoMode::Pwrite => Ok(SyncIo::Pwrite),
-            IoMode::Uring => Ok(SyncIo::Uring(io_uring::IoUring::new(RING_ENTRIES)?)),
+            IoMode::Uring => Ok(SyncIo::Uring(Box::new(io_uring::IoUring::new(
+                RING_ENTRIES,
+            )?))),
             IoMode::Auto => match io_uring::IoUring::new(RING_ENTRIES) {
-                Ok(ring) => Ok(SyncIo::Uring(ring)),
+                Ok(ring) => Ok(SyncIo::Uring(Box::new(ring))),
                 Err(e) => {
                     tracing::info!(error = %e, "io_uring refused; writing with pwrite + fdatasync");
                     Ok(SyncIo::Pwrite)

@@ -259,7 +259,9 @@ impl AllRead {
         }
         let st = self.inner.state.read();
         let now = State::now_us();
-        let mut last_stream: Option<(Arc<str>, Option<(&StreamState, u64)>)> = None;
+        // The stream of the previous event and its visibility bound, looked up once per run.
+        type Seen<'a> = Option<(Arc<str>, Option<(&'a StreamState, u64)>)>;
+        let mut last_stream: Seen<'_> = None;
         for rec in decoded {
             // Continue after this record's last slot (or before its first, going backward).
             self.next = match self.direction {
@@ -544,14 +546,18 @@ impl Engine {
                 let n = (st.durable_index + 1).saturating_sub(s.first_index());
                 s.records[..(n as usize).min(s.records.len())].to_vec()
             };
-            st.segments.iter().map(|s| (s.file.clone(), durable(s), s.end)).collect()
+            st.segments
+                .iter()
+                .map(|s| (s.file.clone(), durable(s), s.end))
+                .collect()
         };
         let mut stats = VerifyStats::default();
         for (file, records, end) in segments {
             stats.segments += 1;
             for r in records {
                 let (h, body) = file.record_at(r.offset as u64, end)?;
-                let bad = |e: crate::error::DecodeError| file.corruption(r.offset as u64, e.to_string());
+                let bad =
+                    |e: crate::error::DecodeError| file.corruption(r.offset as u64, e.to_string());
                 crate::format::decode_entry(EntryKind::from_byte(h.kind).map_err(bad)?, &body)
                     .map_err(bad)?;
                 stats.records += 1;

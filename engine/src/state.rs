@@ -119,7 +119,7 @@ impl StreamState {
 /// A change readers see only once its entry is committed.
 #[derive(Debug)]
 pub(crate) enum CommitAction {
-    Delete(Arc<str>, DeleteKind),
+    Delete(Arc<str>, DeleteKind, u64),
     Metadata(Arc<str>, StreamMetadata),
     SnapshotPut(Arc<str>, u64),
     SnapshotDelete(Arc<str>, u64),
@@ -278,14 +278,21 @@ impl State {
                     self.last_created_us = self.last_created_us.max(h.created_us.get());
                 }
             }
-            Entry::Delete { stream, kind } => {
+            Entry::Delete {
+                stream,
+                kind,
+                next_version,
+            } => {
                 let (name, st) = self.stream_entry(stream);
+                // The record carries the stream's next version, so versions continue after
+                // a soft delete even once a scavenge has removed every older event.
+                st.next_version = st.next_version.max(next_version);
                 match kind {
                     DeleteKind::Hard => st.tip_hard = true,
-                    DeleteKind::Soft => st.tip_soft_before = Some(st.next_version),
+                    DeleteKind::Soft => st.tip_soft_before = Some(next_version),
                 }
-                self.pending_commit
-                    .push_back((index, CommitAction::Delete(name, kind)));
+                let action = CommitAction::Delete(name, kind, next_version);
+                self.pending_commit.push_back((index, action));
             }
             Entry::Metadata { stream, metadata } => {
                 let (name, _) = self.stream_entry(stream);
@@ -412,7 +419,7 @@ impl State {
 
     fn apply_commit(&mut self, index: u64, action: CommitAction) {
         match action {
-            CommitAction::Delete(name, kind) => {
+            CommitAction::Delete(name, kind, next_version) => {
                 let st = self
                     .streams
                     .get_mut(&name)
@@ -421,7 +428,7 @@ impl State {
                     DeleteKind::Hard => st.vis_deleted = Some(DeleteKind::Hard),
                     DeleteKind::Soft => {
                         // The versions that existed when the delete entered the log.
-                        st.vis_soft_before = st.tip_soft_before.unwrap_or(st.next_version);
+                        st.vis_soft_before = next_version;
                         if st.vis_deleted.is_none() {
                             st.vis_deleted = Some(DeleteKind::Soft);
                         }
