@@ -313,9 +313,12 @@ impl Engine {
         };
         match prepared {
             AppendPlan::Idempotent(mut result) => {
-                // The original may not be committed yet: answer when everything before now is.
-                let wait_for = st.next_index - 1;
-                result.index = wait_for.min(result.index);
+                // The original may not be committed yet: answer once it is.
+                let wait_for = match result.index {
+                    0 => st.next_index - 1,
+                    i => i,
+                };
+                result.index = wait_for;
                 let cb = Callback::new(move |r| done(r.map(|_| result).map_err(Into::into)));
                 if st.commit_index >= wait_for {
                     drop(st);
@@ -539,9 +542,21 @@ impl Inner {
         let rec_len = (RECORD_HEADER_BYTES + body.len()) as u64;
         let needs_new = match st.segments.last() {
             None => true,
-            Some(s) => s.sealed || (s.end + rec_len > s.file.capacity && !s.records.is_empty()),
+            Some(s) => s.sealed || s.end + rec_len > s.file.capacity,
         };
         let mut q = self.queue.lock();
+        if needs_new
+            && st
+                .segments
+                .last()
+                .is_some_and(|s| !s.sealed && s.records.is_empty())
+        {
+            // An empty segment too small for this record: replace it with one that fits (a
+            // new segment would need the same name).
+            let empty = st.segments.pop().expect("checked above");
+            q.chunks.retain(|c| !Arc::ptr_eq(&c.file, &empty.file));
+            fs::remove_file(&empty.file.path).map_err(EnqueueError::Io)?;
+        }
         if needs_new {
             let capacity = self
                 .config
@@ -857,7 +872,13 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
             q.busy = true;
             (std::mem::take(&mut q.chunks), q.last_index)
         };
-        let result = write_batch(inner, &mut io, &chunks);
+        let result = if inner.state.read().failed.is_some() {
+            // After a failed write nothing more is written: what is on disk stays as it was
+            // for the next open to judge.
+            Err(io::Error::other("the engine failed earlier"))
+        } else {
+            write_batch(inner, &mut io, &chunks)
+        };
         let callbacks = {
             let mut st = inner.state.write();
             match result {

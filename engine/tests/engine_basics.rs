@@ -152,3 +152,35 @@ fn a_directory_has_one_owner() {
     drop(e);
     assert!(Engine::open(dir.path(), EngineConfig::default()).is_ok());
 }
+
+#[test]
+fn a_record_larger_than_a_segment_gets_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let big = EventData::binary("Big", vec![7u8; 200 * 1024]);
+    e.append("big", ExpectedVersion::NoStream, vec![big.clone()])
+        .unwrap();
+    e.append("small", ExpectedVersion::NoStream, vec![ev("S", "1")])
+        .unwrap();
+    e.append(
+        "big",
+        ExpectedVersion::Exact(0),
+        vec![EventData {
+            id: Uuid::new_v4(),
+            ..big
+        }],
+    )
+    .unwrap();
+    drop(e);
+    let e = open(dir.path());
+    let got: Vec<_> = e
+        .read_stream("big", ReadFrom::Start, Direction::Forward, 10)
+        .unwrap()
+        .map(|x| x.unwrap())
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert!(got
+        .iter()
+        .all(|x| x.data.len() == 200 * 1024 && x.data.iter().all(|b| *b == 7)));
+    assert_eq!(e.verify().unwrap().records, 3);
+}
