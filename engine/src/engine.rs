@@ -21,8 +21,8 @@ use crate::error::{AppendError, Failed, OpenError};
 use crate::format::{self, EntryKind, EventToEncode, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES};
 use crate::io::{IoMode, SyncIo, Write, BATCH_WRITES_MAX};
 use crate::recovery;
-use crate::segment::{sync_dir, SegmentFile};
-use crate::state::{Callback, OpenStats, Seg, State};
+use crate::segment::{self, sync_dir, SegmentFile};
+use crate::state::{Callback, OpenStats, Origin, Seg, State};
 use crate::summary;
 use crate::types::{
     validate_event_type, validate_stream_name, AppendResult, DeleteKind, ExpectedVersion,
@@ -105,6 +105,11 @@ pub(crate) struct Inner {
     pub(crate) idle_cv: Condvar,
     pub(crate) io_mode: IoMode,
     pub(crate) summaries: Mutex<SummarySignal>,
+    /// Whether the event-id index is whole (see `ids.rs`); appends wait for it.
+    pub(crate) ids_ready: Mutex<bool>,
+    pub(crate) ids_cv: Condvar,
+    /// A pre-zeroed file ready to become the next segment.
+    pub(crate) spare: Mutex<Option<PathBuf>>,
     pub(crate) summaries_cv: Condvar,
     /// Holds an exclusive `flock` on the directory's LOCK file while open.
     _lock: fs::File,
@@ -145,6 +150,7 @@ struct WriterHandle {
     inner: Arc<Inner>,
     writer: Mutex<Option<JoinHandle<()>>>,
     summarizer: Mutex<Option<JoinHandle<()>>>,
+    id_loader: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for WriterHandle {
@@ -160,18 +166,47 @@ impl Drop for WriterHandle {
         if let Some(t) = self.summarizer.lock().take() {
             let _ = t.join();
         }
+        if let Some(t) = self.id_loader.lock().take() {
+            let _ = t.join();
+        }
     }
 }
 
-/// Wakes the summarizer thread.
+/// The spare segment left by the last run if it fits, else a new one for an empty store
+/// (so that its very first segment is pre-zeroed too), else none yet: the background thread
+/// prepares one.
+fn find_spare(
+    dir: &Path,
+    config: &EngineConfig,
+    empty: bool,
+) -> Result<Option<PathBuf>, OpenError> {
+    let path = dir.join(segment::SPARE_NAME);
+    let io_err = |e| OpenError::Io {
+        path: path.clone(),
+        source: e,
+    };
+    match fs::metadata(&path) {
+        Ok(m) if m.len() == config.segment_bytes_max => return Ok(Some(path)),
+        Ok(_) => fs::remove_file(&path).map_err(io_err)?,
+        Err(_) => {}
+    }
+    if empty {
+        return segment::prepare_spare(dir, config.segment_bytes_max)
+            .map(Some)
+            .map_err(io_err);
+    }
+    Ok(None)
+}
+
+/// Wakes the background thread.
 #[derive(Default)]
 pub(crate) struct SummarySignal {
     pending: bool,
     shutdown: bool,
 }
 
-/// The summarizer thread: writes summaries of sealed, committed segments off the writer's
-/// path, so that building one never delays an append.
+/// The background thread: writes summaries of sealed, committed segments and prepares the
+/// next pre-zeroed segment, off the writer's path, so neither ever delays an append.
 fn summarizer_loop(inner: &Inner) {
     loop {
         {
@@ -188,6 +223,12 @@ fn summarizer_loop(inner: &Inner) {
             }
         }
         summary::write_due(inner);
+        if inner.spare.lock().is_none() {
+            match segment::prepare_spare(&inner.dir, inner.config.segment_bytes_max) {
+                Ok(path) => *inner.spare.lock() = Some(path),
+                Err(e) => tracing::warn!(error = %e, "could not prepare a spare segment"),
+            }
+        }
     }
 }
 
@@ -213,6 +254,8 @@ impl Engine {
         })?;
         let lock = lock_dir(&dir)?;
         let state = recovery::load(&dir, &config)?;
+        let spare = find_spare(&dir, &config, state.segments.is_empty())?;
+        let ids_ready = state.ids_pending.is_empty();
         let io = SyncIo::new(config.io_mode).map_err(|e| OpenError::Io {
             path: dir.clone(),
             source: e,
@@ -228,6 +271,9 @@ impl Engine {
             io_mode,
             summaries: Mutex::default(),
             summaries_cv: Condvar::new(),
+            ids_ready: Mutex::new(ids_ready),
+            ids_cv: Condvar::new(),
+            spare: Mutex::new(spare),
             _lock: lock,
         });
         let spawn_err = |e| OpenError::Io {
@@ -244,10 +290,22 @@ impl Engine {
             .name("quiver-summary".into())
             .spawn(move || summarizer_loop(&summary_inner))
             .map_err(spawn_err)?;
+        let id_loader = match ids_ready {
+            true => None,
+            false => {
+                let ids_inner = inner.clone();
+                let t = std::thread::Builder::new()
+                    .name("quiver-ids".into())
+                    .spawn(move || crate::ids::load_pending(&ids_inner))
+                    .map_err(spawn_err)?;
+                Some(t)
+            }
+        };
         let handle = WriterHandle {
             inner: inner.clone(),
             writer: Mutex::new(Some(writer)),
             summarizer: Mutex::new(Some(summarizer)),
+            id_loader: Mutex::new(id_loader),
         };
         Ok(Engine {
             inner,
@@ -303,6 +361,8 @@ impl Engine {
         writes: Vec<StreamWrite>,
         done: impl FnOnce(Result<AppendResult, AppendError>) + Send + 'static,
     ) {
+        // Only right after open, while the id index of old segments is still loading.
+        self.inner.wait_ids();
         let mut st = self.inner.state.write();
         let prepared = match prepare_append(&mut st, &writes) {
             Ok(p) => p,
@@ -519,7 +579,7 @@ impl Inner {
             prepared.count,
             &prepared.body,
         );
-        match self.enqueue(st, &header, &prepared.body) {
+        match self.enqueue(st, &header, &prepared.body, Origin::Own) {
             Ok(()) => {}
             Err(EnqueueError::Io(e)) => {
                 let failed = Failed(Arc::new(e));
@@ -538,6 +598,7 @@ impl Inner {
         st: &mut State,
         header: &format::RecordHeader,
         body: &[u8],
+        origin: Origin,
     ) -> Result<(), EnqueueError> {
         let rec_len = (RECORD_HEADER_BYTES + body.len()) as u64;
         let needs_new = match st.segments.last() {
@@ -562,9 +623,23 @@ impl Inner {
                 .config
                 .segment_bytes_max
                 .max(format::SEGMENT_HEADER_BYTES as u64 + rec_len);
-            let (file, head) =
-                SegmentFile::create(&self.dir, st.next_index, st.next_position, capacity)
-                    .map_err(EnqueueError::Io)?;
+            let spare = match capacity == self.config.segment_bytes_max {
+                true => self.spare.lock().take(),
+                false => None,
+            };
+            let used_spare = spare.is_some();
+            let (file, head) = SegmentFile::create(
+                &self.dir,
+                st.next_index,
+                st.next_position,
+                capacity,
+                spare.as_deref(),
+            )
+            .map_err(EnqueueError::Io)?;
+            if used_spare {
+                self.summaries.lock().pending = true;
+                self.summaries_cv.notify_one();
+            }
             if let Some(prev) = st.segments.last_mut() {
                 prev.sealed = true;
             }
@@ -587,7 +662,7 @@ impl Inner {
             });
         }
         let offset = st.segments.last().expect("a segment exists").end;
-        st.apply_tip(header, offset, body)
+        st.apply_tip(header, offset, body, origin)
             .map_err(EnqueueError::Decode)?;
         let seg = st.segments.last_mut().expect("a segment exists");
         let same = q.chunks.last().is_some_and(|c| {
@@ -611,6 +686,14 @@ impl Inner {
         drop(q);
         self.queue_cv.notify_one();
         Ok(())
+    }
+
+    /// Blocks until the event-id index is whole.
+    pub(crate) fn wait_ids(&self) {
+        let mut ready = self.ids_ready.lock();
+        while !*ready {
+            self.ids_cv.wait(&mut ready);
+        }
     }
 
     /// Blocks until the writer has nothing queued and is not mid-batch.
@@ -895,8 +978,12 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
         for (cb, r) in callbacks {
             cb.call(r);
         }
-        inner.summaries.lock().pending = true;
-        inner.summaries_cv.notify_one();
+        // A new file means a segment was sealed; under Raft a sealed segment may only become
+        // committed later. Otherwise there is nothing for the background thread to do.
+        if chunks.iter().any(|c| c.new_file) || !inner.config.commit_on_durable {
+            inner.summaries.lock().pending = true;
+            inner.summaries_cv.notify_one();
+        }
         let mut q = inner.queue.lock();
         q.busy = false;
         for c in chunks {

@@ -18,6 +18,7 @@
 //! - `engine.rs` — open, append (group commit), delete, metadata, snapshots, checkpoints.
 //! - `recovery.rs` — opening a directory: summaries, replay, torn-tail cut.
 //! - `summary.rs` — per-segment summaries that keep restart work flat.
+//! - `ids.rs` — the event-id index of summarized segments, built in the background.
 //! - `read.rs` — lazy stream and `$all` reads, listing, snapshots.
 //! - `log.rs` — what Raft needs: follower appends, suffix truncation, segment shipping.
 //! - `scavenge.rs` — reclaiming the space of deleted and truncated events.
@@ -26,6 +27,7 @@
 mod engine;
 mod error;
 pub mod format;
+mod ids;
 mod io;
 mod log;
 mod read;

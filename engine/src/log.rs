@@ -13,7 +13,7 @@ use crate::error::{DecodeError, Failed, LogError};
 use crate::format::{self, decode_entry, EntryKind};
 use crate::recovery;
 use crate::segment::{self, scan, segment_name, summary_name, SegmentFile};
-use crate::state::{Callback, Seg};
+use crate::state::{Callback, Origin, Seg};
 
 /// A record as Raft sends it between nodes: the frame's fields and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl Engine {
                 }
                 let kind = EntryKind::from_byte(r.kind)?;
                 let h = format::record_header(kind, r.index, r.term, r.position, r.count, &r.body);
-                match self.inner.enqueue(&mut st, &h, &r.body) {
+                match self.inner.enqueue(&mut st, &h, &r.body, Origin::Foreign) {
                     Ok(()) => {}
                     Err(EnqueueError::Decode(e)) => {
                         return Err(LogError::NotContiguous(e.to_string()))
@@ -174,6 +174,7 @@ impl Engine {
 
     /// Removes every record from index `from` on. Only uncommitted records may go.
     pub fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
+        self.inner.wait_ids();
         loop {
             self.inner.wait_idle()?;
             let mut st = self.inner.state.write();
@@ -208,7 +209,7 @@ impl Engine {
             let commit_allowed = st.commit_allowed;
             let mut gone: Vec<_> = st.waiters.drain(..).collect();
             gone.extend(st.durable_waiters.drain(..));
-            let mut fresh = recovery::load(&self.inner.dir, &self.inner.config)
+            let mut fresh = recovery::load_with_ids(&self.inner.dir, &self.inner.config)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             fresh.commit_allowed = commit_allowed.max(fresh.commit_allowed);
             fresh.term = st.term;
@@ -261,6 +262,7 @@ impl Engine {
                 Ok(())
             },
         )?;
+        self.inner.wait_ids();
         self.inner.wait_idle()?;
         let mut st = self.inner.state.write();
         if incoming.first_index != st.next_index || incoming.first_position != st.next_position {
@@ -293,7 +295,7 @@ impl Engine {
             format::SEGMENT_HEADER_BYTES as u64,
             false,
             |rec, body| {
-                st.apply_tip(&rec.header, rec.offset, body)
+                st.apply_tip(&rec.header, rec.offset, body, Origin::Foreign)
                     .map_err(|e| file.corruption(rec.offset, e.to_string()))
             },
         );
@@ -304,7 +306,7 @@ impl Engine {
                 fs::remove_file(&dest)?;
                 segment::sync_dir(&self.inner.dir)?;
                 let term = st.term;
-                *st = recovery::load(&self.inner.dir, &self.inner.config)
+                *st = recovery::load_with_ids(&self.inner.dir, &self.inner.config)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 st.term = term;
                 return Err(c.into());

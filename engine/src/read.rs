@@ -168,7 +168,9 @@ impl StreamRead {
                 self.cached = Some(decode_events(&l.file, l.offset, l.end)?);
             }
             let rec = self.cached.as_ref().expect("filled above");
-            if let Some(e) = rec.events.iter().find(|e| e.position == p) {
+            // Events of a record are in position order.
+            let found = rec.events.binary_search_by_key(&p, |e| e.position);
+            if let Some(e) = found.ok().map(|i| &rec.events[i]) {
                 if max_age.is_none_or(|age| e.created_us.saturating_add(age) >= now) {
                     self.buffer.push_back(e.clone());
                 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::engine::EngineConfig;
 use crate::error::{Corruption, OpenError};
 use crate::segment::{self, scan, SegmentFile, SEGMENT_EXT};
-use crate::state::{Seg, State};
+use crate::state::{Origin, Seg, State};
 use crate::summary;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -38,7 +38,22 @@ pub(crate) fn segment_paths(dir: &Path) -> Result<Vec<PathBuf>, OpenError> {
     Ok(paths)
 }
 
-/// Rebuilds the state from the files in `dir`.
+/// Rebuilds the state from the files in `dir`, with the whole id index (for reloads after a
+/// truncation or a failed install, which are rare and must not race a background loader).
+pub(crate) fn load_with_ids(dir: &Path, config: &EngineConfig) -> Result<State, OpenError> {
+    let mut st = load(dir, config)?;
+    let pending = std::mem::take(&mut st.ids_pending);
+    let tail = std::mem::take(&mut st.ids);
+    st.ids = crate::ids::build(&pending).map_err(|e| OpenError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    st.ids.extend(tail);
+    Ok(st)
+}
+
+/// Rebuilds the state from the files in `dir`. Event ids of summarized segments are left in
+/// `ids_pending` for the background loader.
 pub(crate) fn load(dir: &Path, config: &EngineConfig) -> Result<State, OpenError> {
     let paths = segment_paths(dir)?;
     let mut st = State::new(if config.commit_on_durable {
@@ -122,7 +137,7 @@ fn replay(st: &mut State, file: &Arc<SegmentFile>, is_last: bool) -> Result<(), 
     let mut replayed = 0u64;
     let outcome = scan(file, start, is_last, |rec, body| {
         replayed += 1;
-        st.apply_tip(&rec.header, rec.offset, body)
+        st.apply_tip(&rec.header, rec.offset, body, Origin::Own)
             .map_err(|e| file.corruption(rec.offset, e.to_string()))
     })?;
     st.open_stats.records_replayed += replayed;

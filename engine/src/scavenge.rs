@@ -64,6 +64,8 @@ impl Engine {
     /// sealed, committed segments are rewritten.
     pub fn scavenge(&self) -> Result<ScavengeStats, ScavengeError> {
         let _one_at_a_time = self.scavenge_lock.lock();
+        // Removing ids must not race the loader that adds them.
+        self.inner.wait_ids();
         let (live, snapshots, targets) = {
             let st = self.inner.state.read();
             let live: HashMap<Arc<str>, Live> = st

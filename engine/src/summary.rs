@@ -18,7 +18,7 @@ use crate::engine::Inner;
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
 use crate::segment::{summary_name, sync_dir, SegmentFile};
-use crate::state::{RecLoc, State};
+use crate::state::{Origin, RecLoc, State};
 
 /// The header of a summary file.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -128,7 +128,7 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
     while at < entries.len() {
         let base = (SUMMARY_HEADER_BYTES + at) as u64;
         let (offset, h, body, next) = entry_at(entries, at).map_err(|e| corrupt(base, e))?;
-        st.apply_tip(&h, offset as u64, body)
+        st.apply_tip(&h, offset as u64, body, Origin::Summary)
             .map_err(|e| corrupt(base, e))?;
         at = next;
         count += 1;
@@ -137,9 +137,39 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         let e = DecodeError::new("summary", "record count does not match");
         return Err(corrupt(0, e).into());
     }
+    st.ids_pending.push(path.clone());
     st.open_stats.summaries_loaded += 1;
     st.open_stats.records_from_summaries += count;
     Ok(Some(header.end.get()))
+}
+
+/// Adds the event ids of a summary to `ids`. Used by the background id loader: the summary
+/// was checked when it was loaded, so a failure here means it changed underneath (a scavenge
+/// rewrote it), and the caller falls back to the segment.
+pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
+    let bytes = fs::read(path).map_err(|e| DecodeError::new("summary", e.to_string()))?;
+    let first_index = SummaryHeader::read_from_prefix(&bytes)
+        .map_err(|_| DecodeError::new("summary", "short header"))?
+        .0
+        .first_index
+        .get();
+    let (_, entries) =
+        check(&bytes, first_index).ok_or_else(|| DecodeError::new("summary", "damaged"))?;
+    let mut at = 0usize;
+    while at < entries.len() {
+        let (_, h, body, next) = entry_at(entries, at)?;
+        if EntryKind::from_byte(h.kind)? == EntryKind::Append {
+            if let Entry::Append(view) = decode_entry_lazy(EntryKind::Append, body)? {
+                for e in view.events() {
+                    let e = e?.header;
+                    let pos = h.position.get() + e.pos_delta.get() as u64;
+                    ids.insert(u128::from_be_bytes(e.id), pos);
+                }
+            }
+        }
+        at = next;
+    }
+    Ok(())
 }
 
 fn check(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, &[u8])> {

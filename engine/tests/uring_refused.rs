@@ -17,17 +17,27 @@ fn auto_falls_back_to_pwrite_when_io_uring_is_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "auto_falls_back_to_pwrite_when_io_uring_is_refused", "--nocapture"])
+        .args([
+            "--exact",
+            "auto_falls_back_to_pwrite_when_io_uring_is_refused",
+            "--nocapture",
+        ])
         .env(CHILD, dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("child: pwrite fallback ok"), "child output:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("child: pwrite fallback ok"),
+        "child output:\n{stdout}\n{stderr}"
+    );
     // Without the filter, the same store opens and holds what the fallback wrote.
     let e = Engine::open(dir.path(), EngineConfig::default()).unwrap();
-    let n = e.read_stream("s", ReadFrom::Start, Direction::Forward, u64::MAX).unwrap().count();
+    let n = e
+        .read_stream("s", ReadFrom::Start, Direction::Forward, u64::MAX)
+        .unwrap()
+        .count();
     assert_eq!(n as u64, EVENTS);
 }
 
@@ -45,7 +55,10 @@ fn child(dir: &str) {
     seccompiler::apply_filter(&program).unwrap();
 
     let forced = Engine::open(dir, EngineConfig::default().io_mode(IoMode::Uring));
-    assert!(matches!(forced, Err(OpenError::Io { .. })), "io_uring must be refused here");
+    assert!(
+        matches!(forced, Err(OpenError::Io { .. })),
+        "io_uring must be refused here"
+    );
     let e = Engine::open(dir, EngineConfig::default()).unwrap();
     assert_eq!(e.io_mode(), IoMode::Pwrite);
     for i in 0..EVENTS {
