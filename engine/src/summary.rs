@@ -159,15 +159,34 @@ pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(),
     while at < entries.len() {
         let (_, h, body, next) = entry_at(entries, at)?;
         if EntryKind::from_byte(h.kind)? == EntryKind::Append {
-            if let Entry::Append(view) = decode_entry_lazy(EntryKind::Append, body)? {
-                for e in view.events() {
-                    let e = e?.header;
-                    let pos = h.position.get() + e.pos_delta.get() as u64;
-                    ids.insert(u128::from_be_bytes(e.id), pos);
-                }
-            }
+            add_ids(body, h.position.get(), ids)?;
         }
         at = next;
+    }
+    Ok(())
+}
+
+/// The ids of a stripped append body. Stripped events are bare event headers, so this walks
+/// them at a fixed stride instead of decoding each one.
+fn add_ids(body: &[u8], position: u64, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
+    use crate::format::{EventHeader, EVENT_HEADER_BYTES};
+    let mut c = format::Cursor::new(body, "summary append");
+    for _ in 0..c.u16()? {
+        c.str8()?;
+    }
+    let n = c.u32()? as usize;
+    let len = n
+        .checked_mul(EVENT_HEADER_BYTES)
+        .ok_or_else(|| DecodeError::new("summary append", "event count overflows"))?;
+    let events = c.take(len)?;
+    c.end()?;
+    for raw in events.chunks_exact(EVENT_HEADER_BYTES) {
+        let e = EventHeader::read_from_bytes(raw)
+            .map_err(|_| DecodeError::new("summary append", "short event header"))?;
+        ids.insert(
+            u128::from_be_bytes(e.id),
+            position + e.pos_delta.get() as u64,
+        );
     }
     Ok(())
 }
