@@ -76,7 +76,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Serve { store, store_id, db_type } => {
+        Command::Serve {
+            store,
+            store_id,
+            db_type,
+        } => {
             if db_type == DbType::Cluster {
                 bail!("QUIVER_DB_TYPE=cluster is not available yet: run a single node");
             }

@@ -1,0 +1,394 @@
+//! The `engine` suite: the storage engine in-process, through its public API, on a fresh
+//! store per scenario. Every append is durable before it returns (the engine's only mode).
+//!
+//! | scenario | what is measured | latency sample |
+//! |---|---|---|
+//! | `engine_append_batch100` | 1 thread, appends of 100 events | one append call |
+//! | `engine_append_batch100_c16` | 16 threads, a stream each, appends of 100 | one append call |
+//! | `engine_append_concurrent64` | 64 threads, blocking single-event appends | one append call |
+//! | `engine_append_concurrent64_inflight` | 1 thread, 64 `append_with` in flight | to callback |
+//! | `engine_read_stream` | forward read of a 1,000,000-event stream | 1,000 events |
+//! | `engine_scan_all` | forward `$all` scan of a 1,000,000-event store | 1,000 events |
+//! | `engine_reopen_10m` | fill 10,000,000 events, close, reopen (`reopen_ms`) | one fill append |
+//!
+//! Reads run right after the fill, so the segments are in the page cache: they measure the
+//! engine, not the disk. The same holds for the reopen (it reads summaries, not payloads).
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use quiver_engine::{
+    AllFilter, AppendError, Direction, Engine, EngineConfig, ExpectedVersion, IoMode, ReadFrom,
+    RecordedEvent, StreamWrite,
+};
+
+use crate::report::{latency_histogram, micros, millis, Report};
+use crate::workload::{
+    fill, nanos, nanos_since, run_parallel, scratch_dir, stream_name, Fill, Ids, Run,
+    EVENT_DATA_BYTES,
+};
+
+/// Every scenario of the suite, in the order [`run`] is meant to be called.
+pub const SCENARIOS: &[&str] = &[
+    "engine_append_batch100",
+    "engine_append_batch100_c16",
+    "engine_append_concurrent64",
+    "engine_append_concurrent64_inflight",
+    "engine_read_stream",
+    "engine_scan_all",
+    "engine_reopen_10m",
+];
+
+/// Length of a timed scenario.
+const TIMED: Duration = Duration::from_secs(3);
+/// Length of a timed scenario with `--quick`.
+const TIMED_QUICK: Duration = Duration::from_secs(1);
+/// Events in the store that `engine_read_stream` and `engine_scan_all` read.
+const READ_EVENTS: u64 = 1_000_000;
+/// Events read between two latency samples.
+const READ_SAMPLE_EVENTS: u64 = 1_000;
+/// Events in the store `engine_reopen_10m` reopens.
+const REOPEN_EVENTS: u64 = 10_000_000;
+/// The same with `--quick`.
+const REOPEN_EVENTS_QUICK: u64 = 1_000_000;
+/// Events per append when filling a store to read or reopen.
+const FILL_BATCH: usize = 1_000;
+
+/// How the suite runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Parent of the scenarios' scratch stores (each is deleted after its scenario).
+    pub data_dir: PathBuf,
+    /// Shorter timed scenarios (1 s) and a 1,000,000-event reopen.
+    pub quick: bool,
+    /// Commit being measured, copied into every report.
+    pub git_rev: Option<String>,
+    /// Write path the stores are opened with; reports say which one was used.
+    pub io_mode: IoMode,
+}
+
+impl Options {
+    fn timed(&self) -> Duration {
+        if self.quick {
+            TIMED_QUICK
+        } else {
+            TIMED
+        }
+    }
+
+    fn config(&self) -> EngineConfig {
+        EngineConfig::default().io_mode(self.io_mode)
+    }
+}
+
+/// Runs one scenario of [`SCENARIOS`] and returns its report.
+pub fn run(scenario: &str, opts: &Options) -> Result<Report> {
+    let report = match scenario {
+        "engine_append_batch100" => append_timed(opts, scenario, 1, 100)?,
+        "engine_append_batch100_c16" => append_timed(opts, scenario, 16, 100)?,
+        "engine_append_concurrent64" => append_timed(opts, scenario, 64, 1)?
+            .with("appenders", 64)
+            .with("mode", "64 threads, each a blocking append() of one event"),
+        "engine_append_concurrent64_inflight" => append_in_flight(opts, scenario, 64)?,
+        "engine_read_stream" => read_stream(opts, scenario)?,
+        "engine_scan_all" => scan_all(opts, scenario)?,
+        "engine_reopen_10m" => reopen(opts, scenario)?,
+        other => anyhow::bail!("no scenario {other:?}; known: {}", SCENARIOS.join(", ")),
+    };
+    let report = report.with("quick", opts.quick);
+    Ok(match &opts.git_rev {
+        Some(rev) => report.with("git_rev", rev.as_str()),
+        None => report,
+    })
+}
+
+/// A fresh store for one scenario; dropping it closes the engine, then deletes the files.
+struct Store {
+    // Field order is drop order: the engine must be closed before its directory goes.
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn create(opts: &Options, scenario: &str) -> Result<Store> {
+        let dir = scratch_dir(&opts.data_dir, scenario)?;
+        let engine = Engine::open(dir.path(), opts.config())
+            .with_context(|| format!("opening a store in {}", dir.path().display()))?;
+        Ok(Store { engine, _dir: dir })
+    }
+}
+
+fn report(scenario: &str, run: &Run, engine: &Engine) -> Report {
+    Report::new(scenario, run.events, run.elapsed, &run.latency).with(
+        "io_mode",
+        format!("{:?}", engine.io_mode()).to_ascii_lowercase(),
+    )
+}
+
+/// `threads` threads, each appending batches of `batch` events to its own stream for the
+/// scenario's duration; one latency sample per append call.
+fn append_timed(opts: &Options, scenario: &str, threads: usize, batch: usize) -> Result<Report> {
+    let store = Store::create(opts, scenario)?;
+    let engine = &store.engine;
+    let duration = opts.timed();
+    let run = run_parallel(threads, |t, latency| {
+        let stream = stream_name(t);
+        let mut ids = Ids::new(t as u64 + 1);
+        let until = Instant::now() + duration;
+        let mut events = 0;
+        while Instant::now() < until {
+            let write = ids.batch(batch);
+            let began = Instant::now();
+            engine.append(&stream, ExpectedVersion::Any, write)?;
+            latency.saturating_record(nanos_since(began));
+            events += batch as u64;
+        }
+        Ok(events)
+    })?;
+    Ok(report(scenario, &run, engine)
+        .with("threads", threads)
+        .with("batch", batch)
+        .with("latency_per", "append call"))
+}
+
+/// One thread keeps `appenders` single-event appends in flight with `append_with`, each to
+/// its own stream, starting the next as soon as one completes: 64 appenders without 64
+/// threads competing for 2 cores. Latency runs from the call to the completion callback.
+fn append_in_flight(opts: &Options, scenario: &str, appenders: usize) -> Result<Report> {
+    let store = Store::create(opts, scenario)?;
+    let engine = &store.engine;
+    let streams: Vec<String> = (0..appenders).map(stream_name).collect();
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<u64, AppendError>)>();
+    let mut ids = Ids::new(1);
+    let mut start = |slot: usize| {
+        let write = StreamWrite {
+            stream: streams[slot].clone(),
+            expected: ExpectedVersion::Any,
+            events: vec![ids.event()],
+        };
+        let done_tx = done_tx.clone();
+        let began = Instant::now();
+        engine.append_with(vec![write], move |r| {
+            // Runs on the engine's writer thread, so the sample excludes our wake-up.
+            let _ = done_tx.send((slot, r.map(|_| nanos_since(began))));
+        });
+    };
+    let mut latency = latency_histogram();
+    let began = Instant::now();
+    let until = began + opts.timed();
+    (0..appenders).for_each(&mut start);
+    let (mut in_flight, mut events) = (appenders, 0u64);
+    while in_flight > 0 {
+        let (slot, r) = done_rx.recv().expect("we hold a sender");
+        latency.saturating_record(r?);
+        events += 1;
+        in_flight -= 1;
+        if Instant::now() < until {
+            start(slot);
+            in_flight += 1;
+        }
+    }
+    let run = Run {
+        latency,
+        events,
+        elapsed: began.elapsed(),
+    };
+    Ok(report(scenario, &run, engine)
+        .with("appenders", appenders)
+        .with("threads", 1)
+        .with("batch", 1)
+        .with(
+            "mode",
+            "1 thread keeping 64 append_with() of one event in flight",
+        )
+        .with("latency_per", "append_with call to its callback"))
+}
+
+/// Walks `events`, checking each with `check(i, event)`, and samples the time per
+/// [`READ_SAMPLE_EVENTS`] events. Returns the run and the payload bytes seen.
+fn timed_read<I, E>(
+    events: I,
+    mut check: impl FnMut(u64, &RecordedEvent) -> Result<()>,
+) -> Result<(Run, u64)>
+where
+    I: Iterator<Item = Result<RecordedEvent, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut latency = latency_histogram();
+    let (mut read, mut bytes) = (0u64, 0u64);
+    let began = Instant::now();
+    let mut mark = began;
+    for e in events {
+        let e = e?;
+        check(read, &e)?;
+        bytes += e.data.len() as u64;
+        read += 1;
+        if read % READ_SAMPLE_EVENTS == 0 {
+            let now = Instant::now();
+            latency.saturating_record(nanos(now - mark));
+            mark = now;
+        }
+    }
+    let elapsed = began.elapsed();
+    let run = Run {
+        latency,
+        events: read,
+        elapsed,
+    };
+    Ok((run, bytes))
+}
+
+/// Fills one stream with [`READ_EVENTS`] events, then reads it forward.
+fn read_stream(opts: &Options, scenario: &str) -> Result<Report> {
+    let store = Store::create(opts, scenario)?;
+    let engine = &store.engine;
+    let layout = Fill {
+        events: READ_EVENTS,
+        batch: FILL_BATCH,
+        streams: 1,
+        threads: 1,
+    };
+    fill(engine, layout)?;
+    let stream = stream_name(0);
+    let events = engine.read_stream(&stream, ReadFrom::Start, Direction::Forward, u64::MAX)?;
+    let (run, bytes) = timed_read(events, |i, e| {
+        ensure!(
+            e.version == i,
+            "read version {} where {i} was due",
+            e.version
+        );
+        Ok(())
+    })?;
+    ensure!(
+        run.events == READ_EVENTS,
+        "read {} events of {READ_EVENTS}",
+        run.events
+    );
+    ensure!(
+        bytes == READ_EVENTS * EVENT_DATA_BYTES as u64,
+        "payloads are short"
+    );
+    Ok(report(scenario, &run, engine)
+        .with("written_in_batches_of", FILL_BATCH)
+        .with("latency_per", "1000 events read"))
+}
+
+/// Fills 16 streams with [`READ_EVENTS`] events from 4 threads, then scans `$all` forward.
+fn scan_all(opts: &Options, scenario: &str) -> Result<Report> {
+    let store = Store::create(opts, scenario)?;
+    let engine = &store.engine;
+    let layout = Fill {
+        events: READ_EVENTS,
+        batch: FILL_BATCH,
+        streams: 16,
+        threads: 4,
+    };
+    fill(engine, layout)?;
+    let events = engine.read_all(
+        ReadFrom::Start,
+        Direction::Forward,
+        u64::MAX,
+        AllFilter::default(),
+    );
+    let (run, bytes) = timed_read(events, |i, e| {
+        ensure!(
+            e.position == i,
+            "read position {} where {i} was due",
+            e.position
+        );
+        Ok(())
+    })?;
+    ensure!(
+        run.events == READ_EVENTS,
+        "scanned {} events of {READ_EVENTS}",
+        run.events
+    );
+    ensure!(
+        bytes == READ_EVENTS * EVENT_DATA_BYTES as u64,
+        "payloads are short"
+    );
+    Ok(report(scenario, &run, engine)
+        .with("streams", layout.streams)
+        .with("written_in_batches_of", FILL_BATCH)
+        .with("latency_per", "1000 events read"))
+}
+
+/// Fills a store, closes it, and times the reopen; then reads the last event (through
+/// `$all` and its stream) and appends one more, to show the reopened store serves.
+/// `events_per_sec` and the latencies are the fill's (batches of 1,000 from 4 threads).
+fn reopen(opts: &Options, scenario: &str) -> Result<Report> {
+    let events = if opts.quick {
+        REOPEN_EVENTS_QUICK
+    } else {
+        REOPEN_EVENTS
+    };
+    let layout = Fill {
+        events,
+        batch: FILL_BATCH,
+        streams: 1_000,
+        threads: 4,
+    };
+    let dir = scratch_dir(&opts.data_dir, scenario)?;
+    let built = {
+        let engine = Engine::open(dir.path(), opts.config())?;
+        let built = fill(&engine, layout)?;
+        report(scenario, &built, &engine)
+        // The engine drops here: its writer finishes the queue and stops.
+    };
+    let began = Instant::now();
+    let engine = Engine::open(dir.path(), opts.config())?;
+    let reopen = began.elapsed();
+
+    let began = Instant::now();
+    let last = engine
+        .read_all(ReadFrom::End, Direction::Backward, 1, AllFilter::default())
+        .next()
+        .context("the reopened store is empty")??;
+    let first_read = began.elapsed();
+    ensure!(
+        last.position == events - 1,
+        "last position {}",
+        last.position
+    );
+    let in_stream = engine
+        .read_stream(&last.stream, ReadFrom::End, Direction::Backward, 1)?
+        .next()
+        .context("the last event's stream is empty")??;
+    ensure!(
+        in_stream.id == last.id,
+        "the stream's last event is not $all's"
+    );
+    let began = Instant::now();
+    let appended = engine.append(
+        &last.stream,
+        ExpectedVersion::Exact(in_stream.version),
+        Ids::new(u64::MAX).batch(1),
+    )?;
+    let first_append = began.elapsed();
+    ensure!(
+        appended.position_first == events,
+        "appended at {}",
+        appended.position_first
+    );
+
+    let stats = engine.open_stats();
+    drop(engine);
+    drop(dir);
+    Ok(built
+        .with("reopen_ms", millis(reopen))
+        .with("records_replayed", stats.records_replayed)
+        .with("records_from_summaries", stats.records_from_summaries)
+        .with("summaries_loaded", stats.summaries_loaded)
+        .with("torn_bytes_cut", stats.torn_bytes_cut)
+        .with("first_read_us", micros(first_read))
+        .with("first_append_us", micros(first_append))
+        .with("streams", layout.streams)
+        .with("threads", layout.threads)
+        .with("batch", layout.batch)
+        .with(
+            "latency_per",
+            "fill append call (events_per_sec is the fill's)",
+        ))
+}

@@ -1,0 +1,18 @@
+//! # quiver-bench
+//!
+//! The pieces Quiver's benchmarks share: the workload (256-byte events with unique ids, data
+//! directories on a real disk, stores filled quickly), latency histograms turned into one JSON
+//! line per scenario, and the scenarios of each suite. The `quiver-bench` binary (`main.rs`)
+//! runs a suite; the Criterion benchmarks in `benches/` reuse the workload.
+//!
+//! Benchmarks measure the public API only, the way a user of each crate would call it.
+//!
+//! ## Layout
+//! - `workload.rs` — events and ids, data directories, parallel timed runs, filling a store.
+//! - `report.rs` — latency histograms and the JSON line a scenario prints.
+//! - `engine_suite.rs` — the `engine` suite: appends, reads, `$all` scans, reopen.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod engine_suite;
+pub mod report;
+pub mod workload;
