@@ -768,7 +768,8 @@ fn prepare_append(st: &mut State, writes: &[StreamWrite]) -> Result<AppendPlan, 
         ));
     }
     let mut names = HashSet::with_capacity(writes.len());
-    let mut ids = HashSet::new();
+    let events = writes.iter().map(|w| w.events.len()).sum::<usize>();
+    let mut ids = HashSet::with_capacity_and_hasher(events, foldhash::fast::RandomState::default());
     let mut total = 0usize;
     for w in writes {
         validate_stream_name(&w.stream).map_err(|source| AppendError::InvalidStreamName {

@@ -350,6 +350,20 @@ pub struct AppendView<'a> {
 }
 
 impl<'a> AppendView<'a> {
+    /// Iterates the fixed headers of the events in order, stepping over types and payloads
+    /// without looking at them: for records already checked (framed here, read back under a
+    /// matching checksum, or decoded in full on receipt).
+    pub fn headers(&self) -> HeaderIter<'a> {
+        HeaderIter {
+            cursor: Cursor {
+                bytes: self.body,
+                at: self.events_at,
+                what: "event",
+            },
+            left: self.event_count,
+        }
+    }
+
     /// Iterates the events in order; each item is checked.
     pub fn events(&self) -> EventIter<'a> {
         EventIter {
@@ -361,6 +375,35 @@ impl<'a> AppendView<'a> {
             left: self.event_count,
             streams: self.streams.len(),
         }
+    }
+}
+
+/// Iterator over the event headers of an [`AppendView`] (see [`AppendView::headers`]).
+pub struct HeaderIter<'a> {
+    cursor: Cursor<'a>,
+    left: u32,
+}
+
+impl Iterator for HeaderIter<'_> {
+    type Item = Result<EventHeader, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let c = &mut self.cursor;
+        let r = c.take(EVENT_HEADER_BYTES).and_then(|raw| {
+            let h = EventHeader::read_from_bytes(raw)
+                .map_err(|_| DecodeError::new("event", "short header"))?;
+            let skip = h.type_len as usize + h.data_len.get() as usize + h.meta_len.get() as usize;
+            c.take(skip)?;
+            Ok(h)
+        });
+        if r.is_err() {
+            self.left = 0;
+        }
+        Some(r)
     }
 }
 

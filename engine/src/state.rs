@@ -285,8 +285,11 @@ impl State {
                     .map(|s| self.stream_entry(s).0)
                     .collect();
                 let single = (names.len() == 1).then(|| names[0].clone());
-                for e in view.events() {
-                    let h = e?.header;
+                for h in view.headers() {
+                    let h = h?;
+                    if h.stream_slot.get() as usize >= names.len() {
+                        return Err(DecodeError::new("event", "stream slot out of range"));
+                    }
                     let name = single
                         .as_ref()
                         .unwrap_or_else(|| &names[h.stream_slot.get() as usize]);
