@@ -783,7 +783,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decoders_never_panic(kind in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn decoders_never_panic(
+            kind in 0u8..12,
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
             if let Ok(k) = EntryKind::from_byte(kind) {
                 let _ = decode_entry(k, &body);
             }

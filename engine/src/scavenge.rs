@@ -38,16 +38,19 @@ pub struct ScavengeStats {
 struct Live {
     hard: bool,
     from: u64,
+    /// The stream's newest version. Its event stays on disk even when hidden: on open a
+    /// stream's next version is rebuilt from its events, so the last one must remain.
+    newest: Option<u64>,
     max_age_us: Option<u64>,
 }
 
 impl Live {
     fn keeps(&self, version: u64, created_us: u64, now: u64) -> bool {
-        !self.hard
-            && version >= self.from
+        let live = version >= self.from
             && self
                 .max_age_us
-                .is_none_or(|age| created_us.saturating_add(age) >= now)
+                .is_none_or(|age| created_us.saturating_add(age) >= now);
+        !self.hard && (live || Some(version) == self.newest)
     }
 }
 
@@ -66,7 +69,7 @@ impl Engine {
         let _one_at_a_time = self.scavenge_lock.lock();
         // Removing ids must not race the loader that adds them.
         self.inner.wait_ids();
-        let (live, snapshots, targets) = {
+        let (live, snapshots, targets, kept_from) = {
             let st = self.inner.state.read();
             let live: HashMap<Arc<str>, Live> = st
                 .streams
@@ -75,6 +78,7 @@ impl Engine {
                     let live = Live {
                         hard: s.vis_deleted == Some(crate::DeleteKind::Hard),
                         from: s.visible_from(st.commit_position),
+                        newest: s.next_version.checked_sub(1),
                         max_age_us: s.metadata.max_age_us,
                     };
                     (k.clone(), live)
@@ -86,7 +90,16 @@ impl Engine {
                 .filter(|s| s.sealed && s.summarized)
                 .map(|s| (s.file.clone(), s.records.clone(), s.end))
                 .collect();
-            (live, st.snapshots.clone(), targets)
+            // Events at or past this position are in segments no scavenge rewrites now, so
+            // they stay on disk and in the index even when hidden.
+            let kept_from = st
+                .segments
+                .iter()
+                .filter(|s| !(s.sealed && s.summarized))
+                .map(|s| s.file.first_position)
+                .min()
+                .unwrap_or(u64::MAX);
+            (live, st.snapshots.clone(), targets, kept_from)
         };
         let now = State::now_us();
         let mut stats = ScavengeStats::default();
@@ -103,15 +116,18 @@ impl Engine {
         let mut st = self.inner.state.write();
         for (name, l) in &live {
             if let Some(s) = st.streams.get_mut(name) {
+                // Drop from the index exactly what the rewrite dropped from disk: hidden
+                // versions below the newest, in rewritten segments.
                 let cut = if l.hard {
                     s.next_version
                 } else {
-                    l.from.min(s.next_version)
+                    l.from.min(l.newest.unwrap_or(0))
                 };
                 if cut > s.first_version {
-                    let n = ((cut - s.first_version) as usize).min(s.positions.len());
+                    let removed = s.positions.partition_point(|p| *p < kept_from);
+                    let n = ((cut - s.first_version) as usize).min(removed);
                     s.positions.drain(..n);
-                    s.first_version = cut;
+                    s.first_version += n as u64;
                 }
             }
         }
