@@ -16,6 +16,7 @@
 //! - `io.rs` — the durable write: io_uring, or pwrite + fdatasync.
 //! - `state.rs` — the in-memory index built from the log, tip and committed views.
 //! - `engine.rs` — open, append (group commit), delete, metadata, snapshots, checkpoints.
+//! - `append.rs` — an append's validation, idempotent retries, version and position assignment.
 //! - `recovery.rs` — opening a directory: summaries, replay, torn-tail cut.
 //! - `summary.rs` — per-segment summaries that keep restart work flat.
 //! - `ids.rs` — the event-id index of summarized segments, built in the background.
@@ -24,6 +25,7 @@
 //! - `scavenge.rs` — reclaiming the space of deleted and truncated events.
 #![warn(missing_docs, unreachable_pub)]
 
+mod append;
 mod engine;
 mod error;
 pub mod format;

@@ -1,0 +1,240 @@
+//! Validating an append against the writers' view of the log: names, sizes, duplicate ids,
+//! idempotent retries, expected versions; then assigning versions, positions and the
+//! timestamp, and encoding the body. Runs under the state lock, so what it checks is what the
+//! entry is framed against.
+
+use std::collections::HashSet;
+
+use crate::engine::Prepared;
+use crate::error::AppendError;
+use crate::format::{self, EntryKind, EventToEncode, RECORD_BODY_BYTES_MAX};
+use crate::state::State;
+use crate::types::{
+    validate_event_type, validate_stream_name, AppendResult, ExpectedVersion, StreamWrite,
+};
+
+pub(crate) enum AppendPlan {
+    Write {
+        prepared: Prepared,
+        result: AppendResult,
+    },
+    Idempotent(AppendResult),
+}
+
+/// Checks an expected version against the writers' view of a stream.
+pub(crate) fn check_expected(
+    name: &str,
+    expected: ExpectedVersion,
+    s: Option<&crate::state::StreamState>,
+) -> Result<(), AppendError> {
+    if s.is_some_and(|s| s.tip_hard) {
+        return Err(AppendError::StreamDeleted(name.to_string()));
+    }
+    let exists = s.is_some_and(|s| s.tip_exists());
+    let last = s.and_then(|s| s.next_version.checked_sub(1));
+    let ok = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => !exists,
+        ExpectedVersion::StreamExists => exists,
+        // After a soft delete versions continue, so the last version still counts.
+        ExpectedVersion::Exact(v) => last == Some(v),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(AppendError::WrongExpectedVersion {
+        stream: name.to_string(),
+        expected,
+        actual: if exists { last } else { None },
+    })
+}
+
+/// Validates a (multi-stream) append against the writers' view and encodes its body.
+pub(crate) fn prepare_append(
+    st: &mut State,
+    writes: &[StreamWrite],
+) -> Result<AppendPlan, AppendError> {
+    if writes.is_empty() {
+        return Err(AppendError::InvalidRequest(
+            "an append needs at least one stream".into(),
+        ));
+    }
+    if writes.len() > u16::MAX as usize {
+        return Err(AppendError::InvalidRequest(
+            "too many streams in one append".into(),
+        ));
+    }
+    let mut names = HashSet::with_capacity(writes.len());
+    let events = writes.iter().map(|w| w.events.len()).sum::<usize>();
+    let mut ids = HashSet::with_capacity_and_hasher(events, foldhash::fast::RandomState::default());
+    let mut total = 0usize;
+    for w in writes {
+        validate_stream_name(&w.stream).map_err(|source| AppendError::InvalidStreamName {
+            name: w.stream.clone(),
+            source,
+        })?;
+        if !names.insert(w.stream.as_str()) {
+            return Err(AppendError::InvalidRequest(format!(
+                "stream '{}' named twice",
+                w.stream
+            )));
+        }
+        if w.events.is_empty() {
+            return Err(AppendError::InvalidRequest(format!(
+                "no events for '{}'",
+                w.stream
+            )));
+        }
+        for e in &w.events {
+            validate_event_type(&e.event_type).map_err(|source| AppendError::InvalidEventType {
+                event_type: e.event_type.clone(),
+                source,
+            })?;
+            if !ids.insert(e.id) {
+                return Err(AppendError::InvalidRequest(format!(
+                    "event id {} appears twice",
+                    e.id
+                )));
+            }
+            total += format::EVENT_HEADER_BYTES + e.event_type.len() + e.data.len();
+            total += e.metadata.len();
+        }
+    }
+    if total > RECORD_BODY_BYTES_MAX {
+        return Err(AppendError::TooLarge {
+            bytes: total,
+            max: RECORD_BODY_BYTES_MAX,
+        });
+    }
+    // Idempotency: a retry resends the same ids; answer with what was stored, write nothing.
+    let mut idempotent = 0;
+    let mut first_result: Option<AppendResult> = None;
+    for w in writes {
+        if let Some(r) = find_retry(st, w)? {
+            idempotent += 1;
+            first_result = Some(match first_result {
+                None => r,
+                Some(f) => AppendResult {
+                    next_expected_version: r.next_expected_version,
+                    position_first: f.position_first.min(r.position_first),
+                    position_last: f.position_last.max(r.position_last),
+                    ..f
+                },
+            });
+        }
+    }
+    if idempotent == writes.len() {
+        return Ok(AppendPlan::Idempotent(
+            first_result.expect("at least one write"),
+        ));
+    }
+    if idempotent > 0 {
+        return Err(AppendError::IdempotencyMismatch(writes[0].stream.clone()));
+    }
+    for w in writes {
+        check_expected(&w.stream, w.expected, st.streams.get(w.stream.as_str()))?;
+    }
+    let created_us = State::now_us().max(st.last_created_us);
+    let count = writes.iter().map(|w| w.events.len()).sum::<usize>();
+    let count = u32::try_from(count)
+        .map_err(|_| AppendError::InvalidRequest("too many events in one append".into()))?;
+    let position_first = st.next_position;
+    let mut next_versions = Vec::with_capacity(writes.len());
+    for w in writes {
+        next_versions.push(
+            st.streams
+                .get(w.stream.as_str())
+                .map_or(0, |s| s.next_version),
+        );
+    }
+    let names: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
+    let mut body = Vec::with_capacity(total + 64);
+    let mut pos_delta = 0u32;
+    let events = writes.iter().enumerate().flat_map(|(slot, w)| {
+        let base = next_versions[slot];
+        w.events
+            .iter()
+            .enumerate()
+            .map(move |(i, event)| (slot, base + i as u64, event))
+    });
+    let encoded = events.map(|(slot, version, event)| {
+        let e = EventToEncode {
+            slot: slot as u16,
+            version,
+            pos_delta,
+            created_us,
+            event,
+        };
+        pos_delta += 1;
+        e
+    });
+    format::encode_append(&mut body, &names, ExactLen(encoded, count as usize));
+    let last = writes.last().expect("non-empty");
+    let last_version = next_versions[writes.len() - 1] + last.events.len() as u64 - 1;
+    let result = AppendResult {
+        next_expected_version: last_version,
+        position_first,
+        position_last: position_first + count as u64 - 1,
+        index: 0,
+        idempotent: false,
+    };
+    Ok(AppendPlan::Write {
+        prepared: Prepared {
+            kind: EntryKind::Append,
+            count,
+            body,
+        },
+        result,
+    })
+}
+
+/// An iterator with a known length (the events of an append, flattened across streams).
+struct ExactLen<I>(I, usize);
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.0.next()?;
+        self.1 -= 1;
+        Some(item)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
+
+/// If every id of `w` is stored, consecutively, in `w`'s stream, the stored result.
+fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, AppendError> {
+    let found: Vec<Option<u64>> = w
+        .events
+        .iter()
+        .map(|e| st.ids.get(&e.id.as_u128()).copied())
+        .collect();
+    if found.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mismatch = || AppendError::IdempotencyMismatch(w.stream.clone());
+    let Some(s) = st.streams.get(w.stream.as_str()) else {
+        return Err(mismatch());
+    };
+    let first = found[0].ok_or_else(mismatch)?;
+    let i = s.positions.binary_search(&first).map_err(|_| mismatch())?;
+    for (k, p) in found.iter().enumerate() {
+        if p.is_none() || *p != s.positions.get(i + k).copied() {
+            return Err(mismatch());
+        }
+    }
+    let last = found[found.len() - 1].expect("checked above");
+    let index = st
+        .locate_position(last)
+        .map_or(0, |(si, r)| st.segments[si].first_index() + r as u64);
+    Ok(Some(AppendResult {
+        next_expected_version: s.first_version + (i + found.len() - 1) as u64,
+        position_first: first,
+        position_last: last,
+        index,
+        idempotent: true,
+    }))
+}
