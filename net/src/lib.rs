@@ -1,11 +1,24 @@
 //! # quiver-net
 //!
-//! Quiver's network layer: length-prefixed frames and messages with decoders that never
-//! panic, the QUIC transport (quinn, rustls with the `ring` provider) and UDP broadcast
-//! discovery authenticated by the cluster secret.
+//! Quiver's network layer: the wire protocol (frames and messages, with decoders that never
+//! panic), and — as their issues land — the QUIC transport (quinn, rustls with the `ring`
+//! provider) and UDP broadcast discovery authenticated by the cluster secret.
 //!
-//! This crate knows nothing of storage: it must never depend on `quiver-engine`.
+//! This crate knows nothing of storage: it must never depend on `quiver-engine` (CI checks
+//! the dependency direction). Its message types are its own; the server converts.
 //!
-//! Status: not built yet. The issue "A single-node Quiver server and the Rust client, over
-//! QUIC" fills this crate; until then the workspace keeps its place in the layout.
+//! ## Layout
+//! - `frame.rs` — the 8-byte frame header, size limits, incremental parsing.
+//! - `wire.rs` — primitive encodings and the checked `Reader`.
+//! - `message.rs` — every request and response, encode and decode.
+//!
+//! `docs/PROTOCOL.md` is the byte-level specification.
 #![warn(missing_docs, unreachable_pub)]
+
+pub mod frame;
+pub mod message;
+pub mod wire;
+
+pub use frame::{Frame, FrameError};
+pub use message::{ErrorCode, Kind, Request, Response, ALPN, PROTOCOL_VERSION};
+pub use wire::{DecodeError, Text};
