@@ -1,8 +1,759 @@
 //! # quiver-client
 //!
-//! The crate Rust services depend on to talk to Quiver over QUIC. It depends on
-//! `quiver-net` only, never on the engine or the server.
+//! The Rust client for Quiver, over QUIC. It depends on `quiver-net` only, never on the
+//! engine or the server.
 //!
-//! Status: not built yet. The issue "A single-node Quiver server and the Rust client, over
-//! QUIC" fills this crate; until then the workspace keeps its place in the layout.
+//! ```no_run
+//! # async fn demo() -> Result<(), quiver_client::Error> {
+//! use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadOptions};
+//!
+//! // Trusts the CA a local server generated in ./quiver-data/tls/ca.pem.
+//! let client = Client::connect(ClientConfig::local("quiver-data")).await?;
+//! let event = EventData::json("AccountOpened", r#"{"owner":"ada"}"#);
+//! client.append("account-1", ExpectedVersion::NoStream, vec![event]).await?;
+//! let mut read = client.read_stream("account-1", ReadOptions::default()).await?;
+//! while let Some(event) = read.next().await? {
+//!     println!("{} {}", event.version, event.event_type);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - `lib.rs` — [`Client`], its options and results.
+//! - `error.rs` — [`Error`].
 #![warn(missing_docs, unreachable_pub)]
+
+mod error;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quiver_net::message::{self, Expected, Match, Request, Response};
+use quiver_net::quic::read_frame;
+use quiver_net::{Text, PROTOCOL_VERSION};
+use uuid::Uuid;
+
+pub use error::Error;
+
+/// Default server address.
+pub const SERVER_DEFAULT: &str = "127.0.0.1:7600";
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Server address.
+    pub server: SocketAddr,
+    /// Name the server's certificate must carry.
+    pub server_name: String,
+    /// PEM file of the certificate authority to trust.
+    pub ca_file: PathBuf,
+    /// Token, when the server requires one.
+    pub token: Option<String>,
+    /// Deadline for each request.
+    pub timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A server on this machine whose data directory is `data_dir`: trusts the CA it
+    /// generated there.
+    pub fn local(data_dir: impl AsRef<Path>) -> Self {
+        ClientConfig {
+            server: SERVER_DEFAULT.parse().expect("a valid default address"),
+            server_name: "localhost".into(),
+            ca_file: data_dir.as_ref().join("tls").join("ca.pem"),
+            token: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the server address.
+    pub fn server(mut self, addr: SocketAddr) -> Self {
+        self.server = addr;
+        self
+    }
+
+    /// Sets the CA file to trust.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = path.into();
+        self
+    }
+
+    /// Sets the token to present.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the per-request deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// What the writer expects a stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist.
+    NoStream,
+    /// The stream must exist.
+    StreamExists,
+    /// The stream's last version must be this.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    fn wire(self) -> Expected {
+        match self {
+            ExpectedVersion::Any => Expected::Any,
+            ExpectedVersion::NoStream => Expected::NoStream,
+            ExpectedVersion::StreamExists => Expected::StreamExists,
+            ExpectedVersion::Exact(v) => Expected::Exact(v),
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventData {
+    /// Its id: retrying an append with the same ids is idempotent.
+    pub id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// True for JSON data.
+    pub json: bool,
+    /// The payload.
+    pub data: Bytes,
+    /// User metadata.
+    pub metadata: Bytes,
+}
+
+impl EventData {
+    /// A JSON event with a fresh id.
+    pub fn json(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        EventData {
+            id: Uuid::new_v4(),
+            event_type: event_type.into(),
+            json: true,
+            data: data.into(),
+            metadata: Bytes::new(),
+        }
+    }
+
+    /// A binary event with a fresh id.
+    pub fn binary(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        EventData {
+            json: false,
+            ..EventData::json(event_type, data)
+        }
+    }
+
+    /// Sets the id (to make a retry recognisable).
+    pub fn id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn metadata(mut self, metadata: impl Into<Bytes>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+
+    fn wire(self) -> message::NewEvent {
+        message::NewEvent {
+            id: *self.id.as_bytes(),
+            event_type: Text::from(self.event_type),
+            content_type: u8::from(self.json),
+            data: self.data,
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Its stream.
+    pub stream: String,
+    /// Version in the stream.
+    pub version: u64,
+    /// Position in `$all`.
+    pub position: u64,
+    /// Its id.
+    pub id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// True for JSON data.
+    pub json: bool,
+    /// The payload.
+    pub data: Bytes,
+    /// User metadata.
+    pub metadata: Bytes,
+    /// When the server accepted it, µs since the Unix epoch.
+    pub created_us: u64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteResult {
+    /// The (last) stream's version after the append.
+    pub next_expected_version: u64,
+    /// Position of the first event.
+    pub position_first: u64,
+    /// Position of the last event.
+    pub position_last: u64,
+    /// True when these event ids were already stored: nothing was written again.
+    pub idempotent: bool,
+}
+
+/// Where and how a read goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    /// Start version (stream) or position (`$all`); `None`: the start (or the end, backward).
+    pub from: Option<u64>,
+    /// Newest first.
+    pub backward: bool,
+    /// At most this many events.
+    pub max_count: u64,
+    /// `$all` only: event types starting with this.
+    pub type_prefix: Option<String>,
+    /// `$all` only: stream names starting with this.
+    pub stream_prefix: Option<String>,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            from: None,
+            backward: false,
+            max_count: u64::MAX,
+            type_prefix: None,
+            stream_prefix: None,
+        }
+    }
+}
+
+impl ReadOptions {
+    /// Starts at this version or position.
+    pub fn from(mut self, at: u64) -> Self {
+        self.from = Some(at);
+        self
+    }
+
+    /// Reads newest first.
+    pub fn backward(mut self) -> Self {
+        self.backward = true;
+        self
+    }
+
+    /// Reads at most `n` events.
+    pub fn max_count(mut self, n: u64) -> Self {
+        self.max_count = n;
+        self
+    }
+
+    /// `$all` only: keeps event types with this prefix.
+    pub fn type_prefix(mut self, p: impl Into<String>) -> Self {
+        self.type_prefix = Some(p.into());
+        self
+    }
+
+    /// `$all` only: keeps streams with this prefix.
+    pub fn stream_prefix(mut self, p: impl Into<String>) -> Self {
+        self.stream_prefix = Some(p.into());
+        self
+    }
+
+    fn wire_from(&self) -> message::ReadFrom {
+        match (self.from, self.backward) {
+            (Some(v), _) => message::ReadFrom::At(v),
+            (None, false) => message::ReadFrom::Start,
+            (None, true) => message::ReadFrom::End,
+        }
+    }
+}
+
+/// A stream's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Its name.
+    pub name: String,
+    /// Version of its last event.
+    pub current_version: Option<u64>,
+    /// Soft-deleted (may be recreated).
+    pub soft_deleted: bool,
+    /// Hard-deleted (for ever).
+    pub hard_deleted: bool,
+    /// Max count, max age (µs), truncate-before and custom metadata.
+    pub metadata: StreamMetadata,
+}
+
+/// Stream metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMetadata {
+    /// Keep the newest N events.
+    pub max_count: Option<u64>,
+    /// Hide events older than this many µs.
+    pub max_age_us: Option<u64>,
+    /// Hide versions below this.
+    pub truncate_before: Option<u64>,
+    /// Opaque user metadata.
+    pub custom: Bytes,
+}
+
+fn info(i: message::StreamInfo) -> StreamInfo {
+    StreamInfo {
+        name: i.stream.as_str().to_string(),
+        current_version: i.current_version,
+        soft_deleted: i.deleted == 1,
+        hard_deleted: i.deleted == 2,
+        metadata: StreamMetadata {
+            max_count: i.metadata.max_count,
+            max_age_us: i.metadata.max_age_us,
+            truncate_before: i.metadata.truncate_before,
+            custom: i.metadata.custom,
+        },
+    }
+}
+
+/// A connection to a Quiver server. Requests may run concurrently on one client: each is its
+/// own QUIC stream.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    max_frame: usize,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects, checks the protocol version and presents the token.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        use rustls::pki_types::pem::PemObject;
+        let roots = rustls::pki_types::CertificateDer::pem_file_iter(&config.ca_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                Error::Connect(format!(
+                    "reading the CA file {}: {e}",
+                    config.ca_file.display()
+                ))
+            })?;
+        let endpoint =
+            quiver_net::quic::client_endpoint(&roots).map_err(|e| Error::Connect(e.to_string()))?;
+        let connecting = endpoint
+            .connect(config.server, &config.server_name)
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let conn = tokio::time::timeout(config.timeout, connecting)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let mut client = Client {
+            endpoint,
+            conn,
+            max_frame: quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
+            timeout: config.timeout,
+        };
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client: Text::new(concat!("quiver-client ", env!("CARGO_PKG_VERSION"))),
+            token: Bytes::from(config.token.unwrap_or_default()),
+        };
+        match client.call(&hello).await? {
+            Response::HelloOk { max_frame, .. } => client.max_frame = max_frame as usize,
+            other => return Err(Error::unexpected(other)),
+        }
+        Ok(client)
+    }
+
+    /// Sends one request on a fresh stream and returns the first response frame, with the
+    /// stream's receive side for streamed reads.
+    async fn open(&self, req: &Request) -> Result<(Response, quinn::RecvStream, BytesMut), Error> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(Error::transport)?;
+        let mut out = BytesMut::new();
+        req.encode(&mut out);
+        if out.len() - quiver_net::frame::FRAME_HEADER_BYTES > self.max_frame {
+            return Err(Error::TooLarge {
+                bytes: out.len(),
+                max: self.max_frame,
+            });
+        }
+        send.write_all(&out).await.map_err(Error::transport)?;
+        send.finish().map_err(Error::transport)?;
+        let mut buf = BytesMut::new();
+        let read = read_frame(
+            &mut recv,
+            &mut buf,
+            quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
+        );
+        let frame = tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(Error::transport)?
+            .ok_or_else(|| {
+                Error::Protocol("the server closed the stream without answering".into())
+            })?;
+        let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok((resp, recv, buf))
+    }
+
+    async fn call(&self, req: &Request) -> Result<Response, Error> {
+        let (resp, _, _) = self.open(req).await?;
+        match resp {
+            Response::Error {
+                code,
+                message,
+                actual,
+            } => Err(Error::from_wire(code, message, actual)),
+            r => Ok(r),
+        }
+    }
+
+    /// Appends events to one stream, all or nothing.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<WriteResult, Error> {
+        self.append_multi(vec![(stream.to_string(), expected, events)])
+            .await
+    }
+
+    /// Appends to several streams in one atomic write, each with its own expected version.
+    pub async fn append_multi(
+        &self,
+        writes: Vec<(String, ExpectedVersion, Vec<EventData>)>,
+    ) -> Result<WriteResult, Error> {
+        let writes = writes
+            .into_iter()
+            .map(|(stream, expected, events)| message::StreamWrite {
+                stream: Text::from(stream),
+                expected: expected.wire(),
+                events: events.into_iter().map(EventData::wire).collect(),
+            })
+            .collect();
+        match self.call(&Request::Append { writes }).await? {
+            Response::Appended {
+                next_expected_version,
+                position_first,
+                position_last,
+                idempotent,
+                ..
+            } => Ok(WriteResult {
+                next_expected_version,
+                position_first,
+                position_last,
+                idempotent,
+            }),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Reads a stream; events arrive as the server streams them.
+    pub async fn read_stream(&self, stream: &str, options: ReadOptions) -> Result<Events, Error> {
+        let req = Request::ReadStream {
+            stream: Text::from(stream),
+            from: options.wire_from(),
+            backward: options.backward,
+            max_count: options.max_count,
+        };
+        self.read(req).await
+    }
+
+    /// Reads `$all`, optionally filtered by event-type and stream-name prefixes.
+    pub async fn read_all(&self, options: ReadOptions) -> Result<Events, Error> {
+        let req = Request::ReadAll {
+            from: options.wire_from(),
+            backward: options.backward,
+            max_count: options.max_count,
+            event_type: options
+                .type_prefix
+                .clone()
+                .map(|p| Match::Prefix(Text::from(p))),
+            stream: options
+                .stream_prefix
+                .clone()
+                .map(|p| Match::Prefix(Text::from(p))),
+        };
+        self.read(req).await
+    }
+
+    async fn read(&self, req: Request) -> Result<Events, Error> {
+        let (first, recv, buf) = self.open(&req).await?;
+        let mut events = Events {
+            recv,
+            buf,
+            pending: VecDeque::new(),
+            done: false,
+            timeout: self.timeout,
+        };
+        events.take(first)?;
+        Ok(events)
+    }
+
+    /// A stream's state; `None` for a stream never written.
+    pub async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, Error> {
+        match self
+            .call(&Request::StreamInfo {
+                stream: Text::from(stream),
+            })
+            .await?
+        {
+            Response::StreamInfo(i) => Ok(i.map(info)),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Streams whose names start with `prefix`, after `after`, at most `limit`.
+    pub async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StreamInfo>, Error> {
+        let req = Request::ListStreams {
+            prefix: Text::from(prefix),
+            after: after.map(Text::from),
+            limit,
+        };
+        match self.call(&req).await? {
+            Response::Streams(list) => Ok(list.into_iter().map(info).collect()),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Replaces a stream's metadata.
+    pub async fn set_metadata(&self, stream: &str, metadata: StreamMetadata) -> Result<(), Error> {
+        let metadata = message::Metadata {
+            max_count: metadata.max_count,
+            max_age_us: metadata.max_age_us,
+            truncate_before: metadata.truncate_before,
+            custom: metadata.custom,
+        };
+        self.done(Request::SetMetadata {
+            stream: Text::from(stream),
+            metadata,
+        })
+        .await
+    }
+
+    /// Soft-deletes a stream: hidden, may be recreated, versions continue.
+    pub async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+    ) -> Result<(), Error> {
+        let req = Request::Delete {
+            stream: Text::from(stream),
+            expected: expected.wire(),
+            hard: false,
+        };
+        self.done(req).await
+    }
+
+    /// Hard-deletes a stream: reads and appends fail for ever.
+    pub async fn tombstone_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+    ) -> Result<(), Error> {
+        let req = Request::Delete {
+            stream: Text::from(stream),
+            expected: expected.wire(),
+            hard: true,
+        };
+        self.done(req).await
+    }
+
+    /// Stores a snapshot of `stream` at `version`.
+    pub async fn put_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        data: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let req = Request::SnapshotPut {
+            stream: Text::from(stream),
+            version,
+            data: data.into(),
+        };
+        self.done(req).await
+    }
+
+    /// The snapshot at exactly `version`.
+    pub async fn get_snapshot(&self, stream: &str, version: u64) -> Result<Option<Bytes>, Error> {
+        self.snapshot(stream, version, false)
+            .await
+            .map(|s| s.map(|(_, d)| d))
+    }
+
+    /// The newest snapshot at or below `version`, with its version.
+    pub async fn latest_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+    ) -> Result<Option<(u64, Bytes)>, Error> {
+        self.snapshot(stream, version, true).await
+    }
+
+    async fn snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        latest: bool,
+    ) -> Result<Option<(u64, Bytes)>, Error> {
+        match self
+            .call(&Request::SnapshotGet {
+                stream: Text::from(stream),
+                version,
+                latest,
+            })
+            .await?
+        {
+            Response::Snapshot(s) => Ok(s.map(|(_, v, d)| (v, d))),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Versions at which `stream` has snapshots.
+    pub async fn list_snapshots(&self, stream: &str) -> Result<Vec<u64>, Error> {
+        match self
+            .call(&Request::SnapshotList {
+                stream: Text::from(stream),
+            })
+            .await?
+        {
+            Response::SnapshotVersions(v) => Ok(v),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Removes a snapshot.
+    pub async fn delete_snapshot(&self, stream: &str, version: u64) -> Result<(), Error> {
+        self.done(Request::SnapshotDelete {
+            stream: Text::from(stream),
+            version,
+        })
+        .await
+    }
+
+    /// Reclaims the space of deleted and truncated events; returns the bytes reclaimed.
+    pub async fn scavenge(&self) -> Result<u64, Error> {
+        match self.call(&Request::Scavenge).await? {
+            Response::Scavenged {
+                bytes_reclaimed, ..
+            } => Ok(bytes_reclaimed),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// The server's (store id, commit position, stream count).
+    pub async fn status(&self) -> Result<(String, u64, u64), Error> {
+        match self.call(&Request::Status).await? {
+            Response::Status {
+                store_id,
+                commit_position,
+                streams,
+                ..
+            } => Ok((store_id.as_str().to_string(), commit_position, streams)),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    async fn done(&self, req: Request) -> Result<(), Error> {
+        match self.call(&req).await? {
+            Response::Done { .. } => Ok(()),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Closes the connection and waits until the server has been told.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Events of a read, arriving in frames as the server streams them.
+pub struct Events {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    pending: VecDeque<RecordedEvent>,
+    done: bool,
+    timeout: Duration,
+}
+
+impl Events {
+    fn take(&mut self, resp: Response) -> Result<(), Error> {
+        match resp {
+            Response::Events { events, more } => {
+                self.done = !more;
+                self.pending
+                    .extend(events.into_iter().map(|e| RecordedEvent {
+                        stream: e.stream.as_str().to_string(),
+                        version: e.version,
+                        position: e.position,
+                        id: Uuid::from_bytes(e.id),
+                        event_type: e.event_type.as_str().to_string(),
+                        json: e.content_type == 1,
+                        data: e.data,
+                        metadata: e.metadata,
+                        created_us: e.created_us,
+                    }));
+                Ok(())
+            }
+            Response::Error {
+                code,
+                message,
+                actual,
+            } => {
+                self.done = true;
+                Err(Error::from_wire(code, message, actual))
+            }
+            other => {
+                self.done = true;
+                Err(Error::unexpected(other))
+            }
+        }
+    }
+
+    /// The next event, or `None` at the end of the read.
+    pub async fn next(&mut self) -> Result<Option<RecordedEvent>, Error> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let read = read_frame(
+                &mut self.recv,
+                &mut self.buf,
+                quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
+            );
+            let frame = tokio::time::timeout(self.timeout, read)
+                .await
+                .map_err(|_| Error::Timeout)?
+                .map_err(Error::transport)?
+                .ok_or_else(|| Error::Protocol("the read ended without its last frame".into()))?;
+            let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+            self.take(resp)?;
+        }
+    }
+
+    /// Reads everything that is left.
+    pub async fn collect(mut self) -> Result<Vec<RecordedEvent>, Error> {
+        let mut all = Vec::new();
+        while let Some(e) = self.next().await? {
+            all.push(e);
+        }
+        Ok(all)
+    }
+}

@@ -1,8 +1,8 @@
 //! # quiver-net
 //!
 //! Quiver's network layer: the wire protocol (frames and messages, with decoders that never
-//! panic), and — as their issues land — the QUIC transport (quinn, rustls with the `ring`
-//! provider) and UDP broadcast discovery authenticated by the cluster secret.
+//! panic), the QUIC transport (quinn, rustls with the `ring` provider), and — with the
+//! cluster — UDP broadcast discovery authenticated by the cluster secret.
 //!
 //! This crate knows nothing of storage: it must never depend on `quiver-engine` (CI checks
 //! the dependency direction). Its message types are its own; the server converts.
@@ -11,12 +11,15 @@
 //! - `frame.rs` — the 8-byte frame header, size limits, incremental parsing.
 //! - `wire.rs` — primitive encodings and the checked `Reader`.
 //! - `message.rs` — every request and response, encode and decode.
+//! - `quic.rs` — QUIC endpoints (rustls with `ring` only, ALPN `quiver/1`) and frame I/O;
+//!   the only module that touches tokio or quinn.
 //!
 //! `docs/PROTOCOL.md` is the byte-level specification.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod frame;
 pub mod message;
+pub mod quic;
 pub mod wire;
 
 pub use frame::{Frame, FrameError};

@@ -1,21 +1,20 @@
 //! # quiver
 //!
-//! The `quiver` binary. `quiver serve` runs a node: today a single node that opens (and
-//! recovers) the store in its data directory and holds it until SIGTERM or SIGINT, when it
-//! flushes and exits cleanly (it runs as PID 1 in a container). `quiver verify` checks every
-//! record of a stopped store against its checksum.
-//!
-//! The network protocol, the client commands and the cluster arrive with their issues; this
-//! crate composes `quiver-engine`, `quiver-raft` and `quiver-net` and is the only place that
-//! knows all three.
+//! The `quiver` binary. `quiver serve` runs a single node: it opens (and recovers) the store
+//! in its data directory, serves clients over QUIC (TLS always; a local CA is generated into
+//! the data directory on first start), and on SIGTERM or SIGINT stops accepting, finishes
+//! requests in flight, flushes and exits (it runs as PID 1 in a container). `quiver verify`
+//! checks every record of a stopped store against its checksum.
 //!
 //! Configuration: flags > environment (`QUIVER_*`) > defaults.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use quiver_engine::{Engine, EngineConfig};
+use quiver_server::{Server, ServerConfig, LISTEN_DEFAULT};
 
 #[derive(Parser)]
 #[command(name = "quiver", version, about = "Quiver, an event store")]
@@ -48,24 +47,35 @@ enum Command {
     Serve {
         #[command(flatten)]
         store: StoreArgs,
-        /// Name of this store (logged; keys the cluster later).
+        /// Name of this store.
         #[arg(long, env = "QUIVER_STORE_ID", default_value = "quiver")]
         store_id: String,
         /// `single` or `cluster`.
         #[arg(long, env = "QUIVER_DB_TYPE", value_enum, default_value = "single")]
         db_type: DbType,
+        /// Client QUIC address (UDP).
+        #[arg(long, env = "QUIVER_LISTEN", default_value = LISTEN_DEFAULT)]
+        listen: SocketAddr,
+        /// PEM certificate chain; with --tls-key. Default: a local CA generated in the data
+        /// directory (DATA_DIR/tls/ca.pem is what clients trust).
+        #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require clients to present this token. Default: no authentication, which is why
+        /// the default address is loopback.
+        #[arg(long, env = "QUIVER_TOKEN")]
+        token: Option<String>,
+        /// Seconds a request may take to arrive.
+        #[arg(long, env = "QUIVER_TIMEOUT", default_value_t = 30)]
+        timeout: u64,
     },
     /// Check every record of a store that is not running against its checksum.
     Verify {
         #[command(flatten)]
         store: StoreArgs,
     },
-}
-
-fn open(store: &StoreArgs) -> anyhow::Result<Engine> {
-    let config = EngineConfig::default().segment_bytes_max(store.segment_mib << 20);
-    Engine::open(&store.data_dir, config)
-        .with_context(|| format!("opening the store in {}", store.data_dir.display()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,14 +90,31 @@ fn main() -> anyhow::Result<()> {
             store,
             store_id,
             db_type,
+            listen,
+            tls_cert,
+            tls_key,
+            token,
+            timeout,
         } => {
             if db_type == DbType::Cluster {
                 bail!("QUIVER_DB_TYPE=cluster is not available yet: run a single node");
             }
-            serve(&store, &store_id)
+            let config = ServerConfig {
+                segment_mib: store.segment_mib,
+                store_id,
+                listen,
+                tls_cert,
+                tls_key,
+                token,
+                request_timeout: std::time::Duration::from_secs(timeout),
+                ..ServerConfig::new(store.data_dir)
+            };
+            serve(config)
         }
         Command::Verify { store } => {
-            let engine = open(&store)?;
+            let config = EngineConfig::default().segment_bytes_max(store.segment_mib << 20);
+            let engine = Engine::open(&store.data_dir, config)
+                .with_context(|| format!("opening the store in {}", store.data_dir.display()))?;
             let v = engine.verify().context("verification failed")?;
             println!(
                 "ok: {} segments, {} records, {} events, commit index {}",
@@ -101,29 +128,38 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(store: &StoreArgs, store_id: &str) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    // Register before opening so a signal during recovery is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    let started = std::time::Instant::now();
-    let engine = open(store)?;
-    let stats = engine.open_stats();
-    tracing::info!(
-        store_id,
-        data_dir = %store.data_dir.display(),
-        io = ?engine.io_mode(),
-        events = engine.commit_position(),
-        last_index = engine.last_index_term().0,
-        summaries_loaded = stats.summaries_loaded,
-        records_replayed = stats.records_replayed,
-        torn_bytes_cut = stats.torn_bytes_cut,
-        open_ms = started.elapsed().as_millis() as u64,
-        "quiver is serving (single node)"
-    );
-    let signal = signals.forever().next();
-    tracing::info!(?signal, "shutting down");
-    engine.flush().context("flushing on shutdown")?;
-    drop(engine);
-    tracing::info!("stopped cleanly");
-    Ok(())
+fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        let server = Server::start(&config)?;
+        let engine = server.engine();
+        let stats = engine.open_stats();
+        tracing::info!(
+            store_id = config.store_id,
+            data_dir = %config.data_dir.display(),
+            listen = %server.local_addr(),
+            io = ?engine.io_mode(),
+            events = engine.commit_position(),
+            summaries_loaded = stats.summaries_loaded,
+            records_replayed = stats.records_replayed,
+            torn_bytes_cut = stats.torn_bytes_cut,
+            open_ms = started.elapsed().as_millis() as u64,
+            "quiver is serving (single node)"
+        );
+        server.run(shutdown_signal()).await?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
 }

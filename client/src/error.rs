@@ -1,0 +1,88 @@
+//! The client's errors: what the server refused, typed, and what went wrong on the way.
+
+use quiver_net::message::Response;
+use quiver_net::{ErrorCode, Text};
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream's version is not what the writer expected; `actual` is its version
+    /// (`None`: the stream does not exist).
+    #[error("wrong expected version: {message} (actual {actual:?})")]
+    WrongExpectedVersion {
+        /// The stream's version.
+        actual: Option<u64>,
+        /// The server's message.
+        message: String,
+    },
+    /// The stream was hard-deleted.
+    #[error("stream deleted: {0}")]
+    StreamDeleted(String),
+    /// The stream does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The server requires a token, or refused the one given.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Client and server speak different protocol versions.
+    #[error("unsupported protocol version: {0}")]
+    UnsupportedVersion(String),
+    /// A request larger than the server accepts.
+    #[error("request of {bytes} bytes exceeds the server's limit of {max}")]
+    TooLarge {
+        /// The request's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Any other refusal by the server.
+    #[error("server error {code:?}: {message}")]
+    Server {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The connection could not be made.
+    #[error("connecting: {0}")]
+    Connect(String),
+    /// The connection or stream failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server answered something that does not fit the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The deadline passed.
+    #[error("the request timed out")]
+    Timeout,
+}
+
+impl Error {
+    pub(crate) fn from_wire(code: ErrorCode, message: Text, actual: Option<u64>) -> Error {
+        let message = message.as_str().to_string();
+        match code {
+            ErrorCode::WrongExpectedVersion => Error::WrongExpectedVersion { actual, message },
+            ErrorCode::StreamDeleted => Error::StreamDeleted(message),
+            ErrorCode::StreamNotFound => Error::NotFound(message),
+            ErrorCode::Unauthenticated => Error::Unauthenticated(message),
+            ErrorCode::UnsupportedVersion => Error::UnsupportedVersion(message),
+            code => Error::Server { code, message },
+        }
+    }
+
+    pub(crate) fn unexpected(r: Response) -> Error {
+        match r {
+            Response::Error {
+                code,
+                message,
+                actual,
+            } => Error::from_wire(code, message, actual),
+            other => Error::Protocol(format!("unexpected response {:?}", other.kind())),
+        }
+    }
+
+    pub(crate) fn transport(e: impl std::fmt::Display) -> Error {
+        Error::Transport(e.to_string())
+    }
+}

@@ -1,0 +1,134 @@
+//! The QUIC transport: endpoints configured for Quiver (TLS through rustls with the `ring`
+//! provider only, ALPN `quiver/1`, stream limits), and frame I/O on QUIC streams.
+//!
+//! This is the only module that touches tokio or quinn; the protocol above it (`frame`,
+//! `message`) is plain bytes and is tested without sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::frame::{self, Frame, FrameError};
+use crate::message::ALPN;
+
+/// Most bidirectional streams (requests in flight) a peer may open on one connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// A connection with no traffic for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The certificate or key was refused by rustls.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// QUIC refused the TLS configuration (e.g. no TLS 1.3 cipher suite).
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+    /// The socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Why reading a frame from a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    /// The frame was refused (too large, unknown flags).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream ended in the middle of a frame.
+    #[error("the stream ended inside a frame")]
+    Truncated,
+    /// The QUIC stream failed (reset, connection lost).
+    #[error(transparent)]
+    Read(#[from] quinn::ReadError),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
+    t.max_concurrent_uni_streams(0u8.into());
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("30 s is a valid idle timeout"),
+    ));
+    t.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
+    t
+}
+
+/// A server endpoint on `addr` presenting `chain` (leaf first) with `key`.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::Endpoint, SetupError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| SetupError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport()));
+    quinn::Endpoint::server(config, addr).map_err(|source| SetupError::Bind { addr, source })
+}
+
+/// A client endpoint that trusts the certificate authorities in `roots`.
+pub fn client_endpoint(roots: &[CertificateDer<'static>]) -> Result<quinn::Endpoint, SetupError> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| SetupError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport()));
+    let bind: SocketAddr = "0.0.0.0:0".parse().expect("a valid wildcard address");
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| SetupError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Reads the next whole frame from `recv` into `buf` (which keeps any bytes past it for the
+/// next call). `Ok(None)`: the peer finished the stream cleanly between frames.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    max_payload: usize,
+) -> Result<Option<Frame>, ReadFrameError> {
+    loop {
+        if let Some(f) = frame::parse(buf, max_payload)? {
+            return Ok(Some(f));
+        }
+        // Read straight into the buffer's spare room: no intermediate copy.
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        let chunk = recv.read_chunk(buf.capacity() - buf.len(), true).await?;
+        match chunk {
+            Some(c) => buf.extend_from_slice(&c.bytes),
+            None if buf.is_empty() => return Ok(None),
+            None => return Err(ReadFrameError::Truncated),
+        }
+    }
+}

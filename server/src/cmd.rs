@@ -1,0 +1,368 @@
+//! One request, applied: decode has happened, this maps the request onto the engine and
+//! writes the response frame(s) to the stream. Reads stream their results in frames of at
+//! most [`READ_FRAME_EVENTS_MAX`] events or [`READ_FRAME_BYTES_MAX`] bytes, so a read of a
+//! million events never sits in memory at once.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quiver_engine::{
+    AllFilter, AppendError, ContentType, DeleteKind, Direction, Engine, EventData, ExpectedVersion,
+    Matcher, ReadError, ReadFrom, RecordedEvent, StreamMetadata, StreamWrite,
+};
+use quiver_net::message::{self, Expected, Match, Metadata, Request, Response, StreamInfo};
+use quiver_net::{ErrorCode, Text};
+
+/// Most events in one `Events` frame.
+pub const READ_FRAME_EVENTS_MAX: usize = 1024;
+/// A frame is sent once its payload passes this size.
+pub const READ_FRAME_BYTES_MAX: usize = 1 << 20;
+
+/// What a request handler needs.
+pub struct Ctx {
+    /// The store.
+    pub engine: Engine,
+    /// Its name.
+    pub store_id: String,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, actual: Option<u64>) -> Response {
+    Response::Error {
+        code,
+        message: Text::new(message),
+        actual,
+    }
+}
+
+fn append_error(e: AppendError) -> Response {
+    let code = match &e {
+        AppendError::WrongExpectedVersion { actual, .. } => {
+            return error(ErrorCode::WrongExpectedVersion, e.to_string(), *actual)
+        }
+        AppendError::StreamDeleted(_) => ErrorCode::StreamDeleted,
+        AppendError::InvalidStreamName { .. } | AppendError::InvalidEventType { .. } => {
+            ErrorCode::InvalidName
+        }
+        AppendError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        AppendError::IdempotencyMismatch(_) => ErrorCode::IdempotencyMismatch,
+        AppendError::TooLarge { .. } => ErrorCode::TooLarge,
+        AppendError::Failed(_) | AppendError::Closed => ErrorCode::Unavailable,
+    };
+    error(code, e.to_string(), None)
+}
+
+fn read_error(e: ReadError) -> Response {
+    let code = match &e {
+        ReadError::StreamNotFound(_) => ErrorCode::StreamNotFound,
+        ReadError::StreamDeleted(_) => ErrorCode::StreamDeleted,
+        ReadError::Corruption(_) => ErrorCode::Corruption,
+    };
+    error(code, e.to_string(), None)
+}
+
+fn expected(e: Expected) -> ExpectedVersion {
+    match e {
+        Expected::Any => ExpectedVersion::Any,
+        Expected::NoStream => ExpectedVersion::NoStream,
+        Expected::StreamExists => ExpectedVersion::StreamExists,
+        Expected::Exact(v) => ExpectedVersion::Exact(v),
+    }
+}
+
+fn read_from(f: message::ReadFrom) -> ReadFrom {
+    match f {
+        message::ReadFrom::Start => ReadFrom::Start,
+        message::ReadFrom::End => ReadFrom::End,
+        message::ReadFrom::At(v) => ReadFrom::At(v),
+    }
+}
+
+/// A filter's matcher, or why its regular expression is refused.
+fn matcher(m: Option<Match>) -> Result<Option<Matcher>, String> {
+    match m {
+        None => Ok(None),
+        Some(Match::Prefix(p)) => Ok(Some(Matcher::Prefix(p.as_str().to_string()))),
+        Some(Match::Regex(r)) => Matcher::regex(r.as_str())
+            .map(Some)
+            .map_err(|e| format!("bad regex: {e}")),
+    }
+}
+
+fn metadata_in(m: Metadata) -> StreamMetadata {
+    StreamMetadata {
+        max_count: m.max_count,
+        max_age_us: m.max_age_us,
+        truncate_before: m.truncate_before,
+        custom: m.custom,
+    }
+}
+
+fn info_out(i: quiver_engine::StreamInfo) -> StreamInfo {
+    StreamInfo {
+        stream: Text::new(i.name.to_string()),
+        current_version: i.current_version,
+        deleted: match i.deleted {
+            None => 0,
+            Some(DeleteKind::Soft) => 1,
+            Some(DeleteKind::Hard) => 2,
+        },
+        metadata: Metadata {
+            max_count: i.metadata.max_count,
+            max_age_us: i.metadata.max_age_us,
+            truncate_before: i.metadata.truncate_before,
+            custom: i.metadata.custom,
+        },
+    }
+}
+
+async fn send(stream: &mut quinn::SendStream, resp: &Response) -> Result<(), quinn::WriteError> {
+    let mut out = BytesMut::new();
+    resp.encode(&mut out);
+    stream.write_all(&out).await
+}
+
+/// Runs a blocking engine call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("engine calls do not panic")
+}
+
+/// Applies one request (never `Hello`, which the connection handles) and writes its answer.
+pub async fn apply(
+    ctx: &Arc<Ctx>,
+    req: Request,
+    out: &mut quinn::SendStream,
+) -> Result<(), quinn::WriteError> {
+    let engine = ctx.engine.clone();
+    let resp = match req {
+        Request::Hello { .. } => error(ErrorCode::InvalidRequest, "Hello was already done", None),
+        Request::Append { writes } => append(&engine, writes).await,
+        Request::ReadStream {
+            stream,
+            from,
+            backward,
+            max_count,
+        } => {
+            let dir = if backward {
+                Direction::Backward
+            } else {
+                Direction::Forward
+            };
+            match engine.read_stream(stream.as_str(), read_from(from), dir, max_count) {
+                Ok(read) => return stream_events(read, out).await,
+                Err(e) => read_error(e),
+            }
+        }
+        Request::ReadAll {
+            from,
+            backward,
+            max_count,
+            event_type,
+            stream,
+        } => {
+            let filter = match (matcher(event_type), matcher(stream)) {
+                (Ok(event_type), Ok(stream)) => AllFilter { event_type, stream },
+                (Err(e), _) | (_, Err(e)) => {
+                    return send(out, &error(ErrorCode::InvalidRequest, e, None)).await
+                }
+            };
+            let dir = if backward {
+                Direction::Backward
+            } else {
+                Direction::Forward
+            };
+            let read = engine.read_all(read_from(from), dir, max_count, filter);
+            return stream_events(read, out).await;
+        }
+        Request::StreamInfo { stream } => {
+            Response::StreamInfo(engine.stream_info(stream.as_str()).map(info_out))
+        }
+        Request::ListStreams {
+            prefix,
+            after,
+            limit,
+        } => {
+            let after = after.as_ref().map(Text::as_str);
+            let list = engine.list_streams(prefix.as_str(), after, limit.min(10_000) as usize);
+            Response::Streams(list.into_iter().map(info_out).collect())
+        }
+        Request::SetMetadata { stream, metadata } => {
+            let m = metadata_in(metadata);
+            let r = blocking(move || engine.set_metadata(stream.as_str(), m)).await;
+            r.map_or_else(append_error, |index| Response::Done { index })
+        }
+        Request::Delete {
+            stream,
+            expected: e,
+            hard,
+        } => {
+            let kind = if hard {
+                DeleteKind::Hard
+            } else {
+                DeleteKind::Soft
+            };
+            let r =
+                blocking(move || engine.delete_stream(stream.as_str(), expected(e), kind)).await;
+            r.map_or_else(append_error, |index| Response::Done { index })
+        }
+        Request::Scavenge => match blocking(move || engine.scavenge()).await {
+            Ok(s) => Response::Scavenged {
+                segments_scanned: s.segments_scanned,
+                segments_rewritten: s.segments_rewritten,
+                events_removed: s.events_removed,
+                bytes_reclaimed: s.bytes_reclaimed,
+            },
+            Err(e) => error(ErrorCode::Internal, e.to_string(), None),
+        },
+        Request::SnapshotPut {
+            stream,
+            version,
+            data,
+        } => {
+            let r = blocking(move || engine.put_snapshot(stream.as_str(), version, &data)).await;
+            r.map_or_else(append_error, |index| Response::Done { index })
+        }
+        Request::SnapshotGet {
+            stream,
+            version,
+            latest,
+        } => {
+            let r = if latest {
+                engine.latest_snapshot(stream.as_str(), version)
+            } else {
+                engine.get_snapshot(stream.as_str(), version)
+            };
+            match r {
+                Ok(s) => Response::Snapshot(
+                    s.map(|s| (Text::new(s.stream.to_string()), s.version, s.data)),
+                ),
+                Err(e) => read_error(e),
+            }
+        }
+        Request::SnapshotList { stream } => {
+            Response::SnapshotVersions(engine.list_snapshots(stream.as_str()))
+        }
+        Request::SnapshotDelete { stream, version } => {
+            let r = blocking(move || engine.delete_snapshot(stream.as_str(), version)).await;
+            r.map_or_else(append_error, |index| Response::Done { index })
+        }
+        Request::Status => Response::Status {
+            store_id: Text::new(ctx.store_id.clone()),
+            server: Text::new(concat!("quiver ", env!("CARGO_PKG_VERSION"))),
+            role: Text::new("leader"),
+            commit_position: engine.commit_position(),
+            last_index: engine.last_index_term().0,
+            streams: engine.list_streams("", None, usize::MAX).len() as u64,
+        },
+    };
+    send(out, &resp).await
+}
+
+async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response {
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        let mut events = Vec::with_capacity(w.events.len());
+        for e in w.events {
+            let content_type = match e.content_type {
+                0 => ContentType::Binary,
+                1 => ContentType::Json,
+                c => return error(ErrorCode::InvalidRequest, format!("content type {c}"), None),
+            };
+            events.push(EventData {
+                id: quiver_engine::Uuid::from_bytes(e.id),
+                event_type: e.event_type.as_str().to_string(),
+                content_type,
+                data: e.data,
+                metadata: e.metadata,
+            });
+        }
+        out.push(StreamWrite {
+            stream: w.stream.as_str().to_string(),
+            expected: expected(w.expected),
+            events,
+        });
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let engine = engine.clone();
+    // `append_with` only blocks while the id index loads after open; keep that off the
+    // async workers too.
+    blocking(move || {
+        engine.append_with(out, move |r| {
+            let _ = tx.send(r);
+        })
+    })
+    .await;
+    match rx.await {
+        Ok(Ok(r)) => Response::Appended {
+            next_expected_version: r.next_expected_version,
+            position_first: r.position_first,
+            position_last: r.position_last,
+            index: r.index,
+            idempotent: r.idempotent,
+        },
+        Ok(Err(e)) => append_error(e),
+        Err(_) => error(ErrorCode::Unavailable, "the engine stopped", None),
+    }
+}
+
+/// Streams a read's events in frames; the last frame has no `FLAG_MORE`.
+async fn stream_events(
+    events: impl Iterator<Item = Result<RecordedEvent, ReadError>>,
+    out: &mut quinn::SendStream,
+) -> Result<(), quinn::WriteError> {
+    let mut events = events.peekable();
+    loop {
+        let mut payload = BytesMut::new();
+        let mut n = 0u32;
+        let mut failure = None;
+        payload.extend_from_slice(&[0; 4]);
+        while n < READ_FRAME_EVENTS_MAX as u32 && payload.len() < READ_FRAME_BYTES_MAX {
+            match events.next() {
+                None => break,
+                Some(Ok(e)) => {
+                    message::put_event(
+                        &mut payload,
+                        &e.stream,
+                        e.version,
+                        e.position,
+                        *e.id.as_bytes(),
+                        e.event_type(),
+                        e.content_type as u8,
+                        &e.data,
+                        &e.metadata,
+                        e.created_us,
+                    );
+                    n += 1;
+                }
+                Some(Err(e)) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        payload[..4].copy_from_slice(&n.to_le_bytes());
+        // A failure ends the response with an Error frame after these events.
+        let more = failure.is_some() || events.peek().is_some();
+        let mut frame = BytesMut::with_capacity(payload.len() + 8);
+        let flags = if more {
+            quiver_net::frame::FLAG_MORE
+        } else {
+            0
+        };
+        quiver_net::frame::put_header(
+            &mut frame,
+            message::Kind::Events as u16,
+            flags,
+            payload.len(),
+        );
+        frame.extend_from_slice(&payload);
+        out.write_all(&frame).await?;
+        if let Some(e) = failure {
+            return send(out, &read_error(e)).await;
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}

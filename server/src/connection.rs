@@ -1,0 +1,194 @@
+//! Connections: the accept loop (capped), the `Hello` exchange, and one task per request
+//! stream. A peer that sends a malformed or oversized frame is disconnected; its other
+//! requests end with it, and nothing else is affected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quiver_net::message::{Request, Response};
+use quiver_net::quic::read_frame;
+use quiver_net::{ErrorCode, Text, PROTOCOL_VERSION};
+
+use crate::cmd::{self, Ctx};
+
+/// Everything a connection task needs.
+pub struct Shared {
+    /// The request context.
+    pub ctx: Arc<Ctx>,
+    /// Largest frame payload accepted.
+    pub frame_bytes_max: usize,
+    /// The token clients must present, if any.
+    pub token: Option<String>,
+    /// How long a request may take to arrive and be answered.
+    pub request_timeout: Duration,
+}
+
+/// QUIC close codes the server uses.
+pub mod close {
+    /// A clean close.
+    pub const DONE: u32 = 0;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u32 = 1;
+    /// The peer did not authenticate.
+    pub const UNAUTHENTICATED: u32 = 2;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 3;
+}
+
+async fn reply(send: &mut quinn::SendStream, resp: &Response) {
+    let mut out = BytesMut::new();
+    resp.encode(&mut out);
+    let _ = send.write_all(&out).await;
+    let _ = send.finish();
+}
+
+/// Answers with an error, then closes the connection once the answer has been delivered
+/// (closing at once would discard it) or a second has passed.
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    resp: &Response,
+    code: u32,
+) {
+    reply(send, resp).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    let reason = match resp {
+        Response::Error { message, .. } => message.as_str().as_bytes().to_vec(),
+        _ => Vec::new(),
+    };
+    conn.close(code.into(), &reason);
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: Text::new(message),
+        actual: None,
+    }
+}
+
+/// Serves one connection until the peer leaves, breaks the protocol, or the server stops.
+pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
+    let peer = conn.remote_address();
+    if let Err(why) = hello(&conn, &shared).await {
+        tracing::debug!(%peer, why, "connection refused");
+        return;
+    }
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection ended");
+                return;
+            }
+        };
+        let (conn, shared) = (conn.clone(), shared.clone());
+        tokio::spawn(async move { request(conn, shared, send, recv).await });
+    }
+}
+
+/// The first stream must carry a `Hello` with a version we speak and the right token.
+async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static str> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| "no hello stream")?;
+    let mut buf = BytesMut::new();
+    let read = tokio::time::timeout(
+        shared.request_timeout,
+        read_frame(&mut recv, &mut buf, shared.frame_bytes_max),
+    );
+    let frame = match read.await {
+        Ok(Ok(Some(f))) => f,
+        _ => {
+            conn.close(close::PROTOCOL.into(), b"expected a Hello frame");
+            return Err("no hello frame");
+        }
+    };
+    let (version, token) = match Request::decode(&frame) {
+        Ok(Request::Hello { version, token, .. }) => (version, token),
+        _ => {
+            reply(
+                &mut send,
+                &error(ErrorCode::Malformed, "the first request must be Hello"),
+            )
+            .await;
+            conn.close(close::PROTOCOL.into(), b"expected Hello");
+            return Err("first request was not Hello");
+        }
+    };
+    if version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+        );
+        refuse(
+            conn,
+            &mut send,
+            &error(ErrorCode::UnsupportedVersion, msg),
+            close::PROTOCOL,
+        )
+        .await;
+        return Err("unsupported version");
+    }
+    if let Some(want) = &shared.token {
+        if token.as_ref() != want.as_bytes() {
+            let msg = if token.is_empty() {
+                "this server requires a token"
+            } else {
+                "wrong token"
+            };
+            let resp = error(ErrorCode::Unauthenticated, msg);
+            refuse(conn, &mut send, &resp, close::UNAUTHENTICATED).await;
+            return Err("unauthenticated");
+        }
+    }
+    let ok = Response::HelloOk {
+        version: PROTOCOL_VERSION,
+        server: Text::new(concat!("quiver ", env!("CARGO_PKG_VERSION"))),
+        store_id: Text::new(shared.ctx.store_id.clone()),
+        max_frame: shared.frame_bytes_max as u32,
+    };
+    reply(&mut send, &ok).await;
+    Ok(())
+}
+
+/// One request stream: read its frame, apply it, finish the stream.
+async fn request(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let mut buf = BytesMut::new();
+    let read = tokio::time::timeout(
+        shared.request_timeout,
+        read_frame(&mut recv, &mut buf, shared.frame_bytes_max),
+    );
+    let frame = match read.await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            // Oversized or garbled: answer if we can, then drop the peer.
+            let resp = error(ErrorCode::Malformed, e.to_string());
+            refuse(&conn, &mut send, &resp, close::PROTOCOL).await;
+            return;
+        }
+        Err(_) => {
+            reply(
+                &mut send,
+                &error(ErrorCode::Timeout, "the request did not arrive in time"),
+            )
+            .await;
+            return;
+        }
+    };
+    let req = match Request::decode(&frame) {
+        Ok(r) => r,
+        Err(e) => {
+            let resp = error(ErrorCode::Malformed, e.to_string());
+            refuse(&conn, &mut send, &resp, close::PROTOCOL).await;
+            return;
+        }
+    };
+    if cmd::apply(&shared.ctx, req, &mut send).await.is_ok() {
+        let _ = send.finish();
+    }
+}

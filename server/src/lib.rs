@@ -1,0 +1,163 @@
+//! # quiver-server
+//!
+//! The `quiver` node: composes `quiver-engine` (storage) and `quiver-net` (protocol and
+//! QUIC), and — with their issues — `quiver-raft` and the HTTP operations endpoint. This is
+//! the only crate that knows them all.
+//!
+//! ## Layout
+//! - `lib.rs` — [`ServerConfig`], [`Server::start`] and [`Server::run`] with clean shutdown.
+//! - `connection.rs` — accepting connections, `Hello`, one task per request stream.
+//! - `cmd.rs` — each request applied to the engine, responses and streamed reads.
+//! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
+//! - `main.rs` — the `quiver` command line.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod cmd;
+pub mod connection;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quiver_engine::{Engine, EngineConfig};
+use quiver_net::frame::FRAME_PAYLOAD_BYTES_DEFAULT;
+
+use crate::cmd::Ctx;
+use crate::connection::{close, Shared};
+
+/// Default client address.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7600";
+/// Most connections served at once; more wait in the accept queue.
+pub const CONNECTIONS_MAX: usize = 1024;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The store's directory.
+    pub data_dir: PathBuf,
+    /// Segment size in MiB.
+    pub segment_mib: u64,
+    /// The store's name.
+    pub store_id: String,
+    /// Client QUIC address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key; both absent: a generated local CA.
+    pub tls_cert: Option<PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A token clients must present; none: no authentication (loopback default).
+    pub token: Option<String>,
+    /// Largest frame payload accepted.
+    pub frame_bytes_max: usize,
+    /// How long a request may take to arrive.
+    pub request_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a store in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            segment_mib: 64,
+            store_id: "quiver".into(),
+            listen: LISTEN_DEFAULT.parse().expect("a valid default address"),
+            tls_cert: None,
+            tls_key: None,
+            token: None,
+            frame_bytes_max: FRAME_PAYLOAD_BYTES_DEFAULT,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A started node: the store is open and the endpoint bound.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the store (recovering it) and binds the endpoint. Needs a tokio runtime.
+    pub fn start(config: &ServerConfig) -> Result<Server> {
+        let engine_config = EngineConfig::default().segment_bytes_max(config.segment_mib << 20);
+        let engine = Engine::open(&config.data_dir, engine_config)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let (chain, key) = tls::load_or_generate(
+            &config.data_dir,
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+        )?;
+        let endpoint = quiver_net::quic::server_endpoint(config.listen, chain, key)?;
+        let ctx = Arc::new(Ctx {
+            engine,
+            store_id: config.store_id.clone(),
+        });
+        let shared = Arc::new(Shared {
+            ctx,
+            frame_bytes_max: config.frame_bytes_max,
+            token: config.token.clone(),
+            request_timeout: config.request_timeout,
+        });
+        Ok(Server { endpoint, shared })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    /// The engine, for in-process callers and tests.
+    pub fn engine(&self) -> &Engine {
+        &self.shared.ctx.engine
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
+    /// finish (bounded by the request timeout), closes connections and flushes the store.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let incoming = tokio::select! {
+                _ = &mut shutdown => break,
+                i = self.endpoint.accept() => i,
+            };
+            let Some(incoming) = incoming else { break };
+            let shared = self.shared.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                match incoming.await {
+                    Ok(conn) => connection::serve(conn, shared).await,
+                    Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                }
+            });
+        }
+        tracing::info!("shutting down: no new connections");
+        self.endpoint.set_server_config(None);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(
+            self.shared.request_timeout.min(Duration::from_secs(2)),
+            drain,
+        )
+        .await;
+        self.endpoint
+            .close(close::SHUTDOWN.into(), b"server shutting down");
+        self.endpoint.wait_idle().await;
+        let engine = self.shared.ctx.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush())
+            .await
+            .expect("flush does not panic")
+            .context("flushing on shutdown")?;
+        Ok(())
+    }
+}

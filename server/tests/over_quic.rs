@@ -1,0 +1,404 @@
+//! A real server (in-process, real QUIC on loopback, real TLS with the generated CA, real
+//! engine on disk) driven through `quiver-client`: every operation, its error paths, a
+//! restart between writes and reads, peers that send garbage, and concurrent writers racing
+//! on one stream.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
+use quiver_server::{Server, ServerConfig};
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn config(dir: &std::path::Path) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::new(dir)
+    }
+}
+
+fn start(config: ServerConfig) -> Running {
+    let server = Server::start(&config).unwrap();
+    let addr = server.local_addr();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Running { addr, stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn client(dir: &std::path::Path, addr: std::net::SocketAddr) -> Client {
+    Client::connect(ClientConfig::local(dir).server(addr))
+        .await
+        .unwrap()
+}
+
+fn ev(t: &str, data: &str) -> EventData {
+    EventData::json(t, data.as_bytes().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let c = client(dir.path(), server.addr).await;
+
+    // Appends and every expected-version kind.
+    let r = c
+        .append(
+            "acct-1",
+            ExpectedVersion::NoStream,
+            vec![ev("Opened", "{}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.next_expected_version, r.position_first), (0, 0));
+    let e = ev("Deposited", r#"{"amount":5}"#);
+    let r = c
+        .append("acct-1", ExpectedVersion::Exact(0), vec![e.clone()])
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 1);
+    // A retry with the same id is idempotent.
+    let again = c
+        .append("acct-1", ExpectedVersion::Exact(0), vec![e])
+        .await
+        .unwrap();
+    assert!(again.idempotent);
+    assert_eq!(again.position_first, r.position_first);
+    match c
+        .append("acct-1", ExpectedVersion::Exact(5), vec![ev("X", "{}")])
+        .await
+    {
+        Err(Error::WrongExpectedVersion {
+            actual: Some(1), ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    match c
+        .append("nope", ExpectedVersion::StreamExists, vec![ev("X", "{}")])
+        .await
+    {
+        Err(Error::WrongExpectedVersion { actual: None, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    c.append(
+        "acct-1",
+        ExpectedVersion::StreamExists,
+        vec![ev("Withdrawn", "{}")],
+    )
+    .await
+    .unwrap();
+    // Multi-stream append: atomic.
+    let w = c
+        .append_multi(vec![
+            (
+                "acct-2".into(),
+                ExpectedVersion::NoStream,
+                vec![ev("Opened", "{}")],
+            ),
+            (
+                "ledger".into(),
+                ExpectedVersion::Any,
+                vec![ev("Moved", "{}"), ev("Moved", "{}")],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((w.position_first, w.position_last), (3, 5));
+    let failed = c
+        .append_multi(vec![
+            (
+                "acct-3".into(),
+                ExpectedVersion::NoStream,
+                vec![ev("Opened", "{}")],
+            ),
+            (
+                "acct-2".into(),
+                ExpectedVersion::NoStream,
+                vec![ev("Opened", "{}")],
+            ),
+        ])
+        .await;
+    assert!(matches!(
+        failed,
+        Err(Error::WrongExpectedVersion {
+            actual: Some(0),
+            ..
+        })
+    ));
+    assert_eq!(
+        c.stream_info("acct-3").await.unwrap(),
+        None,
+        "nothing of a failed batch lands"
+    );
+
+    // Reads.
+    let all = c
+        .read_stream("acct-1", ReadOptions::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let types: Vec<_> = all.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Opened", "Deposited", "Withdrawn"]);
+    assert_eq!(&all[1].data[..], br#"{"amount":5}"#);
+    let back = c
+        .read_stream("acct-1", ReadOptions::default().backward().max_count(2))
+        .await
+        .unwrap();
+    let v: Vec<u64> = back
+        .collect()
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(v, [2, 1]);
+    let opened = c
+        .read_all(ReadOptions::default().type_prefix("Open"))
+        .await
+        .unwrap();
+    let streams: Vec<_> = opened
+        .collect()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stream)
+        .collect();
+    assert_eq!(streams, ["acct-1", "acct-2"]);
+    assert!(matches!(
+        c.read_stream("missing", ReadOptions::default()).await,
+        Err(Error::NotFound(_))
+    ));
+
+    // Streams, metadata, deletes.
+    let list = c.list_streams("acct-", None, 10).await.unwrap();
+    assert_eq!(
+        list.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["acct-1", "acct-2"]
+    );
+    let meta = quiver_client::StreamMetadata {
+        max_count: Some(1),
+        ..Default::default()
+    };
+    c.set_metadata("acct-1", meta).await.unwrap();
+    let last = c
+        .read_stream("acct-1", ReadOptions::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(last.iter().map(|e| e.version).collect::<Vec<_>>(), [2]);
+    c.delete_stream("acct-2", ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert!(c.stream_info("acct-2").await.unwrap().unwrap().soft_deleted);
+    c.tombstone_stream("ledger", ExpectedVersion::Exact(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.append("ledger", ExpectedVersion::Any, vec![ev("X", "{}")])
+            .await,
+        Err(Error::StreamDeleted(_))
+    ));
+    assert!(matches!(
+        c.read_stream("ledger", ReadOptions::default()).await,
+        Err(Error::StreamDeleted(_))
+    ));
+
+    // Snapshots.
+    c.put_snapshot("acct-1", 1, &b"state-1"[..]).await.unwrap();
+    c.put_snapshot("acct-1", 2, &b"state-2"[..]).await.unwrap();
+    assert_eq!(
+        c.get_snapshot("acct-1", 1).await.unwrap().as_deref(),
+        Some(&b"state-1"[..])
+    );
+    assert_eq!(
+        c.latest_snapshot("acct-1", 9).await.unwrap().map(|s| s.0),
+        Some(2)
+    );
+    assert_eq!(c.list_snapshots("acct-1").await.unwrap(), [1, 2]);
+    c.delete_snapshot("acct-1", 2).await.unwrap();
+    assert_eq!(c.list_snapshots("acct-1").await.unwrap(), [1]);
+
+    // Admin.
+    c.scavenge().await.unwrap();
+    let (store, position, _) = c.status().await.unwrap();
+    assert_eq!((store.as_str(), position), ("quiver", 6));
+    c.close().await;
+    server.stop().await;
+
+    // A restart between writes and reads.
+    let server = start(config(dir.path()));
+    let c = client(dir.path(), server.addr).await;
+    let all = c
+        .read_all(ReadOptions::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    // acct-1 shows its newest only (max count 1); acct-2 is soft-deleted; ledger is gone.
+    let seen: Vec<_> = all.iter().map(|e| (e.stream.as_str(), e.version)).collect();
+    assert_eq!(seen, [("acct-1", 2)]);
+    c.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(ServerConfig {
+        token: Some("s3cret".into()),
+        ..config(dir.path())
+    });
+    let base = ClientConfig::local(dir.path()).server(server.addr);
+    assert!(matches!(
+        Client::connect(base.clone()).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    let wrong = Client::connect(base.clone().token("nope")).await;
+    assert!(matches!(wrong, Err(Error::Unauthenticated(_))));
+    let c = Client::connect(base.token("s3cret")).await.unwrap();
+    c.append("s", ExpectedVersion::Any, vec![ev("T", "{}")])
+        .await
+        .unwrap();
+    c.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_disconnects_only_its_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(ServerConfig {
+        frame_bytes_max: 4096,
+        ..config(dir.path())
+    });
+    let good = client(dir.path(), server.addr).await;
+
+    // A raw peer: hello, then a frame claiming more than the limit.
+    let ca = quiver_server::tls::read_certs(&dir.path().join("tls/ca.pem")).unwrap();
+    let endpoint = quiver_net::quic::client_endpoint(&ca).unwrap();
+    let conn = endpoint
+        .connect(server.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut out = BytesMut::new();
+    quiver_net::message::Request::Hello {
+        version: quiver_net::PROTOCOL_VERSION,
+        client: "raw".into(),
+        token: Default::default(),
+    }
+    .encode(&mut out);
+    send.write_all(&out).await.unwrap();
+    send.finish().unwrap();
+    let _ = recv.read_to_end(1 << 16).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut bad = BytesMut::new();
+    quiver_net::frame::put_header(&mut bad, 0x0101, 0, 1 << 20);
+    bad.put_slice(&[0u8; 64]);
+    let _ = send.write_all(&bad).await;
+    let _ = send.finish();
+    let answer = recv.read_to_end(1 << 16).await.unwrap_or_default();
+    let mut buf = BytesMut::from(&answer[..]);
+    let frame = quiver_net::frame::parse(&mut buf, 1 << 16)
+        .unwrap()
+        .unwrap();
+    match quiver_net::message::Response::decode(&frame).unwrap() {
+        quiver_net::message::Response::Error { code, .. } => {
+            assert_eq!(code, quiver_net::ErrorCode::Malformed)
+        }
+        other => panic!("{other:?}"),
+    }
+    // The garbling peer is gone; the well-behaved one is not.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "the server closes a connection that sent a bad frame"
+    );
+    good.append("still-fine", ExpectedVersion::NoStream, vec![ev("T", "{}")])
+        .await
+        .unwrap();
+    // And an honest request over the limit is refused by the client before it is sent.
+    let big = EventData::binary("Big", vec![0u8; 8192]);
+    assert!(matches!(
+        good.append("s", ExpectedVersion::Any, vec![big]).await,
+        Err(Error::TooLarge { .. })
+    ));
+    good.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_each_version_has_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let writers = 8;
+    let versions = 20u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let c = Arc::new(client(dir.path(), server.addr).await);
+        tasks.push(tokio::spawn(async move {
+            let (mut won, mut lost) = (Vec::new(), 0u32);
+            let mut expected = None::<u64>;
+            loop {
+                let exp = expected.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                if expected.is_some_and(|v| v + 1 >= versions) {
+                    return (won, lost);
+                }
+                let e = EventData::json("Bid", format!("{{\"writer\":{w}}}").into_bytes());
+                match c.append("auction", exp, vec![e]).await {
+                    Ok(r) => {
+                        won.push(r.next_expected_version);
+                        expected = Some(r.next_expected_version);
+                    }
+                    Err(Error::WrongExpectedVersion { actual, .. }) => {
+                        lost += 1;
+                        assert!(actual > expected, "the actual version moved on");
+                        expected = actual;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (won, _) = t.await.unwrap();
+        winners.extend(won);
+    }
+    winners.sort_unstable();
+    assert_eq!(
+        winners,
+        (0..versions).collect::<Vec<_>>(),
+        "each version won exactly once"
+    );
+    let c = client(dir.path(), server.addr).await;
+    let stored = c
+        .read_stream("auction", ReadOptions::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(stored.len() as u64, versions);
+    c.close().await;
+    server.stop().await;
+}
