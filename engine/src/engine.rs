@@ -10,6 +10,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -104,6 +105,7 @@ pub(crate) struct Inner {
     pub(crate) idle_cv: Condvar,
     pub(crate) io_mode: IoMode,
     pub(crate) summaries: Mutex<SummarySignal>,
+    pub(crate) counters: Counters,
     /// Whether the event-id index is whole (see `ids.rs`); appends wait for it.
     pub(crate) ids_ready: Mutex<bool>,
     pub(crate) ids_cv: Condvar,
@@ -197,6 +199,22 @@ fn find_spare(
     Ok(None)
 }
 
+/// Running totals of the writer's work, for metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    syncs: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+/// What the engine has done since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Group commits: one write and one fdatasync each.
+    pub syncs: u64,
+    /// Bytes written by them.
+    pub bytes_written: u64,
+}
+
 /// Wakes the background thread.
 #[derive(Default)]
 pub(crate) struct SummarySignal {
@@ -269,6 +287,7 @@ impl Engine {
             idle_cv: Condvar::new(),
             io_mode,
             summaries: Mutex::default(),
+            counters: Counters::default(),
             summaries_cv: Condvar::new(),
             ids_ready: Mutex::new(ids_ready),
             ids_cv: Condvar::new(),
@@ -321,6 +340,25 @@ impl Engine {
     /// The write path in use (Auto resolves to one of the others).
     pub fn io_mode(&self) -> IoMode {
         self.inner.io_mode
+    }
+
+    /// Writer totals since open.
+    pub fn counters(&self) -> EngineCounters {
+        EngineCounters {
+            syncs: self.inner.counters.syncs.load(Ordering::Relaxed),
+            bytes_written: self.inner.counters.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes of the log held in segment files (without their unused, pre-zeroed space).
+    pub fn data_bytes(&self) -> u64 {
+        self.inner.state.read().segments.iter().map(|s| s.end).sum()
+    }
+
+    /// Whether appends are served without waiting: the store is open, has not failed, and
+    /// its event-id index is whole.
+    pub fn is_writable(&self) -> bool {
+        *self.inner.ids_ready.lock() && self.inner.state.read().failed.is_none()
     }
 
     /// What the last open did.
@@ -741,6 +779,14 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
         } else {
             write_batch(inner, &mut io, &chunks)
         };
+        if result.is_ok() {
+            let bytes: usize = chunks.iter().map(|c| c.buf.len()).sum();
+            inner.counters.syncs.fetch_add(1, Ordering::Relaxed);
+            inner
+                .counters
+                .bytes_written
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
         let callbacks = {
             let mut st = inner.state.write();
             match result {

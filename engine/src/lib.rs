@@ -40,7 +40,7 @@ mod state;
 mod summary;
 mod types;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, EngineCounters};
 pub use error::{
     AppendError, Corruption, DecodeError, Failed, LogError, NameError, OpenError, ReadError,
     ScavengeError,

@@ -24,6 +24,8 @@ pub struct Ctx {
     pub engine: Engine,
     /// Its name.
     pub store_id: String,
+    /// What the server counts.
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, actual: Option<u64>) -> Response {
@@ -128,12 +130,54 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("engine calls do not panic")
 }
 
-/// Applies one request (never `Hello`, which the connection handles) and writes its answer.
+/// Applies one request (never `Hello`, which the connection handles), writes its answer and
+/// counts it.
 pub async fn apply(
     ctx: &Arc<Ctx>,
     req: Request,
     out: &mut quinn::SendStream,
 ) -> Result<(), quinn::WriteError> {
+    let started = std::time::Instant::now();
+    let kind = req.kind();
+    let appended = match &req {
+        Request::Append { writes } => {
+            let events = writes.iter().map(|w| w.events.len() as u64).sum::<u64>();
+            let bytes = writes.iter().flat_map(|w| &w.events);
+            Some((
+                events,
+                bytes
+                    .map(|e| (e.data.len() + e.metadata.len()) as u64)
+                    .sum::<u64>(),
+            ))
+        }
+        _ => None,
+    };
+    let resp = answer(ctx, req, out).await?;
+    if let Some(resp) = &resp {
+        match resp {
+            Response::Error { code, .. } => ctx.metrics.error(&format!("{code:?}")),
+            Response::Appended {
+                idempotent: false, ..
+            } => {
+                let (events, bytes) = appended.expect("an Appended answers an Append");
+                ctx.metrics.events_appended.inc_by(events);
+                ctx.metrics.bytes_appended.inc_by(bytes);
+            }
+            _ => {}
+        }
+        send(out, resp).await?;
+    }
+    ctx.metrics
+        .request(&format!("{kind:?}"), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The answer to a request; `None` when it was already streamed (reads).
+async fn answer(
+    ctx: &Arc<Ctx>,
+    req: Request,
+    out: &mut quinn::SendStream,
+) -> Result<Option<Response>, quinn::WriteError> {
     let engine = ctx.engine.clone();
     let resp = match req {
         Request::Hello { .. } => error(ErrorCode::InvalidRequest, "Hello was already done", None),
@@ -150,7 +194,7 @@ pub async fn apply(
                 Direction::Forward
             };
             match engine.read_stream(stream.as_str(), read_from(from), dir, max_count) {
-                Ok(read) => return stream_events(read, out).await,
+                Ok(read) => return stream_events(read, out).await.map(|()| None),
                 Err(e) => read_error(e),
             }
         }
@@ -164,7 +208,7 @@ pub async fn apply(
             let filter = match (matcher(event_type), matcher(stream)) {
                 (Ok(event_type), Ok(stream)) => AllFilter { event_type, stream },
                 (Err(e), _) | (_, Err(e)) => {
-                    return send(out, &error(ErrorCode::InvalidRequest, e, None)).await
+                    return Ok(Some(error(ErrorCode::InvalidRequest, e, None)))
                 }
             };
             let dir = if backward {
@@ -173,7 +217,7 @@ pub async fn apply(
                 Direction::Forward
             };
             let read = engine.read_all(read_from(from), dir, max_count, filter);
-            return stream_events(read, out).await;
+            return stream_events(read, out).await.map(|()| None);
         }
         Request::StreamInfo { stream } => {
             Response::StreamInfo(engine.stream_info(stream.as_str()).map(info_out))
@@ -256,7 +300,7 @@ pub async fn apply(
             streams: engine.list_streams("", None, usize::MAX).len() as u64,
         },
     };
-    send(out, &resp).await
+    Ok(Some(resp))
 }
 
 async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response {

@@ -71,6 +71,15 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 /// Serves one connection until the peer leaves, breaks the protocol, or the server stops.
 pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
     let peer = conn.remote_address();
+    shared.ctx.metrics.connections.inc();
+    // Counted down however the connection ends.
+    struct Open<'a>(&'a Shared);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.ctx.metrics.connections.dec();
+        }
+    }
+    let _open = Open(&shared);
     if let Err(why) = hello(&conn, &shared).await {
         tracing::debug!(%peer, why, "connection refused");
         return;

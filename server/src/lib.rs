@@ -9,11 +9,15 @@
 //! - `connection.rs` — accepting connections, `Hello`, one task per request stream.
 //! - `cmd.rs` — each request applied to the engine, responses and streamed reads.
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
+//! - `http.rs` — the HTTP operations endpoint: health, readiness, metrics, status.
+//! - `metrics.rs` — the Prometheus metrics.
 //! - `main.rs` — the `quiver` command line.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cmd;
 pub mod connection;
+pub mod http;
+pub mod metrics;
 pub mod tls;
 
 use std::future::Future;
@@ -31,6 +35,8 @@ use crate::connection::{close, Shared};
 
 /// Default client address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7600";
+/// Default HTTP operations address.
+pub const HTTP_DEFAULT: &str = "127.0.0.1:7680";
 /// Most connections served at once; more wait in the accept queue.
 pub const CONNECTIONS_MAX: usize = 1024;
 
@@ -45,6 +51,8 @@ pub struct ServerConfig {
     pub store_id: String,
     /// Client QUIC address.
     pub listen: SocketAddr,
+    /// HTTP operations address; `None`: no HTTP endpoint.
+    pub http: Option<SocketAddr>,
     /// PEM certificate chain and key; both absent: a generated local CA.
     pub tls_cert: Option<PathBuf>,
     /// See `tls_cert`.
@@ -65,6 +73,7 @@ impl ServerConfig {
             segment_mib: 64,
             store_id: "quiver".into(),
             listen: LISTEN_DEFAULT.parse().expect("a valid default address"),
+            http: Some(HTTP_DEFAULT.parse().expect("a valid default address")),
             tls_cert: None,
             tls_key: None,
             token: None,
@@ -77,6 +86,7 @@ impl ServerConfig {
 /// A started node: the store is open and the endpoint bound.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    http: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -92,9 +102,14 @@ impl Server {
             config.tls_key.as_deref(),
         )?;
         let endpoint = quiver_net::quic::server_endpoint(config.listen, chain, key)?;
+        let http = match config.http {
+            Some(addr) => Some(http::bind(addr).with_context(|| format!("binding HTTP {addr}"))?),
+            None => None,
+        };
         let ctx = Arc::new(Ctx {
             engine,
             store_id: config.store_id.clone(),
+            metrics: metrics::Metrics::new(),
         });
         let shared = Arc::new(Shared {
             ctx,
@@ -102,7 +117,11 @@ impl Server {
             token: config.token.clone(),
             request_timeout: config.request_timeout,
         });
-        Ok(Server { endpoint, shared })
+        Ok(Server {
+            endpoint,
+            http,
+            shared,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -110,6 +129,11 @@ impl Server {
         self.endpoint
             .local_addr()
             .expect("a bound endpoint has an address")
+    }
+
+    /// The bound HTTP operations address, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The engine, for in-process callers and tests.
@@ -120,6 +144,14 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
     /// finish (bounded by the request timeout), closes connections and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+        let http = self.http.map(|listener| {
+            let ctx = self.shared.ctx.clone();
+            let stop = async move {
+                let _ = http_stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(http::serve(listener, ctx, stop))
+        });
         let limit = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -153,6 +185,12 @@ impl Server {
         self.endpoint
             .close(close::SHUTDOWN.into(), b"server shutting down");
         self.endpoint.wait_idle().await;
+        let _ = stop_http.send(true);
+        if let Some(h) = http {
+            h.await
+                .expect("the HTTP task does not panic")
+                .context("HTTP endpoint")?;
+        }
         let engine = self.shared.ctx.engine.clone();
         tokio::task::spawn_blocking(move || engine.flush())
             .await

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use quiver_engine::{Engine, EngineConfig};
-use quiver_server::{Server, ServerConfig, LISTEN_DEFAULT};
+use quiver_server::{Server, ServerConfig, HTTP_DEFAULT, LISTEN_DEFAULT};
 
 #[derive(Parser)]
 #[command(name = "quiver", version, about = "Quiver, an event store")]
@@ -56,6 +56,9 @@ enum Command {
         /// Client QUIC address (UDP).
         #[arg(long, env = "QUIVER_LISTEN", default_value = LISTEN_DEFAULT)]
         listen: SocketAddr,
+        /// HTTP operations address (health, readiness, metrics, status); `off` for none.
+        #[arg(long, env = "QUIVER_HTTP", default_value = HTTP_DEFAULT)]
+        http: String,
         /// PEM certificate chain; with --tls-key. Default: a local CA generated in the data
         /// directory (DATA_DIR/tls/ca.pem is what clients trust).
         #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
@@ -91,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             store_id,
             db_type,
             listen,
+            http,
             tls_cert,
             tls_key,
             token,
@@ -103,6 +107,10 @@ fn main() -> anyhow::Result<()> {
                 segment_mib: store.segment_mib,
                 store_id,
                 listen,
+                http: match http.as_str() {
+                    "off" => None,
+                    addr => Some(addr.parse().with_context(|| format!("--http {addr}"))?),
+                },
                 tls_cert,
                 tls_key,
                 token,
@@ -141,6 +149,7 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
             store_id = config.store_id,
             data_dir = %config.data_dir.display(),
             listen = %server.local_addr(),
+            http = ?server.http_addr(),
             io = ?engine.io_mode(),
             events = engine.commit_position(),
             summaries_loaded = stats.summaries_loaded,

@@ -18,6 +18,7 @@ struct Running {
 fn config(dir: &std::path::Path) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        http: Some("127.0.0.1:0".parse().unwrap()),
         ..ServerConfig::new(dir)
     }
 }
@@ -401,4 +402,79 @@ async fn racing_writers_each_version_has_one_winner() {
     assert_eq!(stored.len() as u64, versions);
     c.close().await;
     server.stop().await;
+}
+
+/// A plain HTTP/1.1 GET over the real socket: status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let code = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoint_reports_health_metrics_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path())).unwrap();
+    let (quic, http) = (server.local_addr(), server.http_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let c = client(dir.path(), quic).await;
+    c.append(
+        "s",
+        ExpectedVersion::NoStream,
+        vec![ev("A", "{}"), ev("B", "{}")],
+    )
+    .await
+    .unwrap();
+    let conflict = c
+        .append("s", ExpectedVersion::NoStream, vec![ev("C", "{}")])
+        .await;
+    assert!(conflict.is_err());
+
+    assert_eq!(http_get(http, "/health/live").await.0, 200);
+    assert_eq!(http_get(http, "/health/ready").await.0, 200);
+    let (code, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "quiver_events_appended_total 2",
+        "quiver_connections 1",
+        "quiver_commit_position 2",
+        "quiver_errors_total{code=\"WrongExpectedVersion\"} 1",
+        "quiver_requests_total{kind=\"Append\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    let syncs = metrics
+        .lines()
+        .find(|l| l.starts_with("quiver_engine_syncs_total "))
+        .unwrap();
+    assert_ne!(syncs, "quiver_engine_syncs_total 0");
+    let (code, status) = http_get(http, "/status").await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["commit_position"], 2);
+    assert_eq!(status["streams"], 1);
+    assert_eq!(status["writable"], true);
+    assert_eq!(http_get(http, "/nope").await.0, 404);
+    c.close().await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
 }

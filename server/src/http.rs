@@ -1,0 +1,96 @@
+//! The HTTP operations endpoint: `/health/live` (the process answers), `/health/ready` (the
+//! store accepts writes now), `/metrics` (Prometheus text) and `/status` (JSON).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::cmd::Ctx;
+
+/// The status document.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    /// Server version.
+    pub version: &'static str,
+    /// The store's name.
+    pub store_id: String,
+    /// `leader` on a single node.
+    pub role: &'static str,
+    /// Events committed (the next position in `$all`).
+    pub commit_position: u64,
+    /// Raft index of the last entry.
+    pub last_index: u64,
+    /// Streams that have events or are deleted.
+    pub streams: u64,
+    /// Bytes of log in segment files.
+    pub data_bytes: u64,
+    /// Whether appends are served without waiting.
+    pub writable: bool,
+}
+
+fn status(ctx: &Ctx) -> Status {
+    let e = &ctx.engine;
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        store_id: ctx.store_id.clone(),
+        role: "leader",
+        commit_position: e.commit_position(),
+        last_index: e.last_index_term().0,
+        streams: e.list_streams("", None, usize::MAX).len() as u64,
+        data_bytes: e.data_bytes(),
+        writable: e.is_writable(),
+    }
+}
+
+/// The router; separate from [`serve`] so tests can drive it without a socket.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { "ok\n" }))
+        .route(
+            "/health/ready",
+            get(|State(ctx): State<Arc<Ctx>>| async move {
+                if ctx.engine.is_writable() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(ctx): State<Arc<Ctx>>| async move {
+                let body = ctx.metrics.render(&ctx.engine);
+                let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ([(header::CONTENT_TYPE, kind)], body).into_response()
+            }),
+        )
+        .route(
+            "/status",
+            get(|State(ctx): State<Arc<Ctx>>| async move { Json(status(&ctx)) }),
+        )
+        .with_state(ctx)
+}
+
+/// Binds the endpoint's socket (before the runtime serves it, so a taken port fails start).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves the endpoint on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    ctx: Arc<Ctx>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

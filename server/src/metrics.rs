@@ -1,0 +1,159 @@
+//! Prometheus metrics: requests and their latency by kind, errors by code, events and bytes
+//! appended, open connections, and the engine's own totals (group commits, bytes written,
+//! commit position, data size), read from the engine when scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use quiver_engine::Engine;
+
+/// A request kind, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// e.g. `Append`.
+    pub kind: String,
+}
+
+/// An error code, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// e.g. `WrongExpectedVersion`.
+    pub code: String,
+}
+
+type LatencyFamily = Family<KindLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s in 16 doublings.
+    Histogram::new(exponential_buckets(50e-6, 2.0, 16))
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<KindLabel, Counter>,
+    latency: LatencyFamily,
+    errors: Family<CodeLabel, Counter>,
+    /// Events acknowledged as appended.
+    pub events_appended: Counter,
+    /// Payload bytes (data + metadata) acknowledged as appended.
+    pub bytes_appended: Counter,
+    /// Connections open now.
+    pub connections: Gauge,
+    syncs: Counter,
+    bytes_written: Counter,
+    commit_position: Gauge,
+    data_bytes: Gauge,
+    seen_syncs: AtomicU64,
+    seen_bytes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `quiver_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("quiver");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            errors: Family::default(),
+            events_appended: Counter::default(),
+            bytes_appended: Counter::default(),
+            connections: Gauge::default(),
+            syncs: Counter::default(),
+            bytes_written: Counter::default(),
+            commit_position: Gauge::default(),
+            data_bytes: Gauge::default(),
+            seen_syncs: AtomicU64::new(0),
+            seen_bytes: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests handled, by kind", m.requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer, by kind",
+            m.latency.clone(),
+        );
+        registry.register("errors", "Error answers, by code", m.errors.clone());
+        registry.register(
+            "events_appended",
+            "Events durably appended",
+            m.events_appended.clone(),
+        );
+        registry.register(
+            "appended_bytes",
+            "Event data and metadata bytes durably appended",
+            m.bytes_appended.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections open",
+            m.connections.clone(),
+        );
+        registry.register(
+            "engine_syncs",
+            "Group commits (one fdatasync each)",
+            m.syncs.clone(),
+        );
+        registry.register(
+            "engine_written_bytes",
+            "Bytes written by group commits",
+            m.bytes_written.clone(),
+        );
+        registry.register(
+            "commit_position",
+            "Events committed: the next event's position in $all",
+            m.commit_position.clone(),
+        );
+        registry.register(
+            "data_bytes",
+            "Bytes of log in segment files",
+            m.data_bytes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn request(&self, kind: &str, seconds: f64) {
+        let label = KindLabel {
+            kind: kind.to_string(),
+        };
+        self.requests.get_or_create(&label).inc();
+        self.latency.get_or_create(&label).observe(seconds);
+    }
+
+    /// Counts one error answer.
+    pub fn error(&self, code: &str) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with the engine's totals brought up to date.
+    pub fn render(&self, engine: &Engine) -> String {
+        let c = engine.counters();
+        let prev = self.seen_syncs.swap(c.syncs, Ordering::Relaxed);
+        self.syncs.inc_by(c.syncs.saturating_sub(prev));
+        let prev = self.seen_bytes.swap(c.bytes_written, Ordering::Relaxed);
+        self.bytes_written
+            .inc_by(c.bytes_written.saturating_sub(prev));
+        self.commit_position.set(engine.commit_position() as i64);
+        self.data_bytes.set(engine.data_bytes() as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
