@@ -28,6 +28,7 @@ mod error;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -328,9 +329,56 @@ fn info(i: message::StreamInfo) -> StreamInfo {
 /// own QUIC stream.
 pub struct Client {
     endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    max_frame: usize,
+    conn: tokio::sync::Mutex<quinn::Connection>,
+    max_frame: AtomicUsize,
     timeout: Duration,
+    config: ClientConfig,
+}
+
+/// First wait before reconnecting; doubles per try up to [`RECONNECT_DELAY_MAX`].
+const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between reconnection tries.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Tries before a call gives up on reconnecting.
+const RECONNECT_TRIES_MAX: u32 = 6;
+
+/// Connects and says `Hello`; returns the connection and the server's frame limit.
+async fn handshake(
+    endpoint: &quinn::Endpoint,
+    config: &ClientConfig,
+) -> Result<(quinn::Connection, usize), Error> {
+    let connecting = endpoint
+        .connect(config.server, &config.server_name)
+        .map_err(|e| Error::Connect(e.to_string()))?;
+    let conn = tokio::time::timeout(config.timeout, connecting)
+        .await
+        .map_err(|_| Error::Timeout)?
+        .map_err(|e| Error::Connect(e.to_string()))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(Error::transport)?;
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+        client: Text::new(concat!("quiver-client ", env!("CARGO_PKG_VERSION"))),
+        token: Bytes::from(config.token.clone().unwrap_or_default()),
+    };
+    let mut out = BytesMut::new();
+    hello.encode(&mut out);
+    send.write_all(&out).await.map_err(Error::transport)?;
+    send.finish().map_err(Error::transport)?;
+    let mut buf = BytesMut::new();
+    let read = read_frame(
+        &mut recv,
+        &mut buf,
+        quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
+    );
+    let frame = tokio::time::timeout(config.timeout, read)
+        .await
+        .map_err(|_| Error::Timeout)?
+        .map_err(Error::transport)?
+        .ok_or_else(|| Error::Protocol("the server closed the Hello stream".into()))?;
+    match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+        Response::HelloOk { max_frame, .. } => Ok((conn, max_frame as usize)),
+        other => Err(Error::unexpected(other)),
+    }
 }
 
 impl Client {
@@ -347,41 +395,63 @@ impl Client {
             })?;
         let endpoint =
             quiver_net::quic::client_endpoint(&roots).map_err(|e| Error::Connect(e.to_string()))?;
-        let connecting = endpoint
-            .connect(config.server, &config.server_name)
-            .map_err(|e| Error::Connect(e.to_string()))?;
-        let conn = tokio::time::timeout(config.timeout, connecting)
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|e| Error::Connect(e.to_string()))?;
-        let mut client = Client {
+        let (conn, max_frame) = handshake(&endpoint, &config).await?;
+        Ok(Client {
             endpoint,
-            conn,
-            max_frame: quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
+            conn: tokio::sync::Mutex::new(conn),
+            max_frame: AtomicUsize::new(max_frame),
             timeout: config.timeout,
-        };
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            client: Text::new(concat!("quiver-client ", env!("CARGO_PKG_VERSION"))),
-            token: Bytes::from(config.token.unwrap_or_default()),
-        };
-        match client.call(&hello).await? {
-            Response::HelloOk { max_frame, .. } => client.max_frame = max_frame as usize,
-            other => return Err(Error::unexpected(other)),
+            config,
+        })
+    }
+
+    /// A stream on the current connection; if the connection is gone (server restarted,
+    /// network blip), reconnects with backoff first. Nothing has been sent at this point,
+    /// so reconnecting never repeats a request.
+    async fn stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+        let current = self.conn.lock().await.clone();
+        if current.close_reason().is_none() {
+            if let Ok(s) = current.open_bi().await {
+                return Ok(s);
+            }
         }
-        Ok(client)
+        let mut conn = self.conn.lock().await;
+        if conn.stable_id() != current.stable_id() && conn.close_reason().is_none() {
+            // Another request reconnected while this one waited.
+            return conn.open_bi().await.map_err(Error::transport);
+        }
+        let mut delay = RECONNECT_DELAY_MIN;
+        let mut last = None;
+        for _ in 0..RECONNECT_TRIES_MAX {
+            match handshake(&self.endpoint, &self.config).await {
+                Ok((fresh, max_frame)) => {
+                    self.max_frame.store(max_frame, Ordering::Relaxed);
+                    *conn = fresh;
+                    return conn.open_bi().await.map_err(Error::transport);
+                }
+                // Refusals are final: retrying with the same credentials cannot help.
+                Err(e @ (Error::Unauthenticated(_) | Error::UnsupportedVersion(_))) => {
+                    return Err(e)
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+        }
+        Err(last.unwrap_or(Error::Timeout))
     }
 
     /// Sends one request on a fresh stream and returns the first response frame, with the
     /// stream's receive side for streamed reads.
     async fn open(&self, req: &Request) -> Result<(Response, quinn::RecvStream, BytesMut), Error> {
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(Error::transport)?;
+        let (mut send, mut recv) = self.stream().await?;
+        let max_frame = self.max_frame.load(Ordering::Relaxed);
         let mut out = BytesMut::new();
         req.encode(&mut out);
-        if out.len() - quiver_net::frame::FRAME_HEADER_BYTES > self.max_frame {
+        if out.len() - quiver_net::frame::FRAME_HEADER_BYTES > max_frame {
             return Err(Error::TooLarge {
                 bytes: out.len(),
-                max: self.max_frame,
+                max: max_frame,
             });
         }
         send.write_all(&out).await.map_err(Error::transport)?;
@@ -676,7 +746,7 @@ impl Client {
 
     /// Closes the connection and waits until the server has been told.
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"bye");
+        self.conn.lock().await.close(0u32.into(), b"bye");
         self.endpoint.wait_idle().await;
     }
 }

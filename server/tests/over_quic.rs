@@ -478,3 +478,27 @@ async fn operations_endpoint_reports_health_metrics_and_status() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_after_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let addr = server.addr;
+    let c = client(dir.path(), addr).await;
+    c.append("s", ExpectedVersion::NoStream, vec![ev("A", "{}")])
+        .await
+        .unwrap();
+    server.stop().await;
+    // Same address, new process state: the next call reconnects by itself.
+    let server = start(ServerConfig {
+        listen: addr,
+        ..config(dir.path())
+    });
+    let r = c
+        .append("s", ExpectedVersion::Exact(0), vec![ev("B", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 1);
+    c.close().await;
+    server.stop().await;
+}
