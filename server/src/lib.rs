@@ -11,9 +11,11 @@
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
 //! - `http.rs` — the HTTP operations endpoint: health, readiness, metrics, status.
 //! - `metrics.rs` — the Prometheus metrics.
+//! - `cli.rs` — the client commands of the `quiver` binary (`append`, `read`, `status`, ...).
 //! - `main.rs` — the `quiver` command line.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod cli;
 pub mod cmd;
 pub mod connection;
 pub mod http;

@@ -4,7 +4,9 @@
 //! in its data directory, serves clients over QUIC (TLS always; a local CA is generated into
 //! the data directory on first start), and on SIGTERM or SIGINT stops accepting, finishes
 //! requests in flight, flushes and exits (it runs as PID 1 in a container). `quiver verify`
-//! checks every record of a stopped store against its checksum.
+//! checks every record of a stopped store against its checksum. The other commands
+//! (`append`, `read`, `read-all`, `streams`, `stream-meta`, `delete`, `snapshot`, `status`,
+//! `health`, `scavenge`) are clients of a running node: see `quiver_server::cli`.
 //!
 //! Configuration: flags > environment (`QUIVER_*`) > defaults.
 
@@ -79,16 +81,24 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    #[command(flatten)]
+    Client(quiver_server::cli::Command),
 }
 
 fn main() -> anyhow::Result<()> {
+    let command = match Cli::parse().command {
+        // The client commands print their own errors and choose their exit codes.
+        Command::Client(command) => std::process::exit(quiver_server::cli::run(command)),
+        node => node,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match Cli::parse().command {
+    match command {
+        Command::Client(_) => unreachable!("client commands return above"),
         Command::Serve {
             store,
             store_id,
