@@ -8,6 +8,7 @@
 //! - `lib.rs` — [`ServerConfig`], [`Server::start`] and [`Server::run`] with clean shutdown.
 //! - `connection.rs` — accepting connections, `Hello`, one task per request stream.
 //! - `cmd.rs` — each request applied to the engine, responses and streamed reads.
+//! - `config_file.rs` — the optional TOML configuration file (below flags and environment).
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
 //! - `http.rs` — the HTTP operations endpoint: health, readiness, metrics, status.
 //! - `metrics.rs` — the Prometheus metrics.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod config_file;
 pub mod connection;
 pub mod http;
 pub mod metrics;

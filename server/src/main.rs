@@ -21,6 +21,10 @@ use quiver_server::{Server, ServerConfig, HTTP_DEFAULT, LISTEN_DEFAULT};
 #[derive(Parser)]
 #[command(name = "quiver", version, about = "Quiver, an event store")]
 struct Cli {
+    /// TOML configuration file (keys: data_dir, listen, http, token, ...); flags and
+    /// QUIVER_* environment variables override it.
+    #[arg(long, global = true, env = "QUIVER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,6 +90,11 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The file goes in below flags and environment; it must be read before clap parses.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = quiver_server::config_file::path_from(&args) {
+        quiver_server::config_file::apply(std::path::Path::new(&path))?;
+    }
     let command = match Cli::parse().command {
         // The client commands print their own errors and choose their exit codes.
         Command::Client(command) => std::process::exit(quiver_server::cli::run(command)),
