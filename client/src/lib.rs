@@ -147,6 +147,22 @@ impl EventData {
         }
     }
 
+    /// A JSON event serialized from `value`, with a fresh id.
+    ///
+    /// ```
+    /// # use quiver_client::EventData;
+    /// #[derive(serde::Serialize)]
+    /// struct Deposited { amount: u64 }
+    /// let e = EventData::from_json("Deposited", &Deposited { amount: 5 }).unwrap();
+    /// assert_eq!(&e.data[..], br#"{"amount":5}"#);
+    /// ```
+    pub fn from_json<T: serde::Serialize + ?Sized>(
+        event_type: impl Into<String>,
+        value: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(EventData::json(event_type, serde_json::to_vec(value)?))
+    }
+
     /// A binary event with a fresh id.
     pub fn binary(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
         EventData {
