@@ -584,6 +584,54 @@ impl Client {
         Ok(events)
     }
 
+    /// Subscribes to `$all`: everything committed from `options.from` on (catch-up), then
+    /// each new commit as it happens (live), in position order, with no gap and no duplicate
+    /// between the two. Resume after a disconnect from the last position seen plus one, or
+    /// from the last checkpoint.
+    pub async fn subscribe_all(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
+        let req = Request::Subscribe {
+            stream: None,
+            from: options.wire_from(),
+            event_type: options
+                .type_prefix
+                .clone()
+                .map(|p| Match::Prefix(Text::from(p))),
+            stream_filter: options
+                .stream_prefix
+                .clone()
+                .map(|p| Match::Prefix(Text::from(p))),
+            checkpoint_every: options.checkpoint_every,
+        };
+        self.subscription(req).await
+    }
+
+    /// Subscribes to one stream from `options.from` (a version), catch-up then live.
+    pub async fn subscribe_stream(
+        &self,
+        stream: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Error> {
+        let req = Request::Subscribe {
+            stream: Some(Text::from(stream)),
+            from: options.wire_from(),
+            event_type: None,
+            stream_filter: None,
+            checkpoint_every: 0,
+        };
+        self.subscription(req).await
+    }
+
+    async fn subscription(&self, req: Request) -> Result<Subscription, Error> {
+        let (first, recv, buf) = self.open(&req).await?;
+        let mut sub = Subscription {
+            recv,
+            buf,
+            pending: VecDeque::new(),
+        };
+        sub.take(first)?;
+        Ok(sub)
+    }
+
     /// A stream's state; `None` for a stream never written.
     pub async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, Error> {
         match self
@@ -767,6 +815,146 @@ impl Client {
     }
 }
 
+/// Where a subscription starts and what it passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// First position (`$all`) or version (stream) to deliver; `None`: the beginning.
+    pub from: Option<u64>,
+    /// Start at the end: only events committed after subscribing.
+    pub from_end: bool,
+    /// `$all` only: event types starting with this.
+    pub type_prefix: Option<String>,
+    /// `$all` only: stream names starting with this.
+    pub stream_prefix: Option<String>,
+    /// `$all` only: send a checkpoint after this many positions pass without a match.
+    pub checkpoint_every: u32,
+}
+
+impl SubscribeOptions {
+    /// Starts at this position or version.
+    pub fn from(mut self, at: u64) -> Self {
+        self.from = Some(at);
+        self
+    }
+
+    /// Starts at the end.
+    pub fn from_end(mut self) -> Self {
+        self.from_end = true;
+        self
+    }
+
+    /// Keeps event types with this prefix.
+    pub fn type_prefix(mut self, p: impl Into<String>) -> Self {
+        self.type_prefix = Some(p.into());
+        self
+    }
+
+    /// Keeps streams with this prefix.
+    pub fn stream_prefix(mut self, p: impl Into<String>) -> Self {
+        self.stream_prefix = Some(p.into());
+        self
+    }
+
+    /// Asks for a checkpoint after `n` positions without a match.
+    pub fn checkpoint_every(mut self, n: u32) -> Self {
+        self.checkpoint_every = n;
+        self
+    }
+
+    fn wire_from(&self) -> message::ReadFrom {
+        match (self.from, self.from_end) {
+            (Some(v), _) => message::ReadFrom::At(v),
+            (None, true) => message::ReadFrom::End,
+            (None, false) => message::ReadFrom::Start,
+        }
+    }
+}
+
+/// What a subscription delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionMessage {
+    /// An event.
+    Event(RecordedEvent),
+    /// Everything committed when the subscription started has been delivered; live events
+    /// follow. `position`: where to resume.
+    CaughtUp {
+        /// Resume point.
+        position: u64,
+    },
+    /// Nothing more matched up to `position` (exclusive): resume from here.
+    Checkpoint {
+        /// Resume point.
+        position: u64,
+    },
+}
+
+/// A live subscription. Dropping it ends it.
+pub struct Subscription {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    pending: VecDeque<SubscriptionMessage>,
+}
+
+impl Subscription {
+    fn take(&mut self, resp: Response) -> Result<(), Error> {
+        match resp {
+            Response::Events { events, .. } => {
+                self.pending.extend(
+                    events
+                        .into_iter()
+                        .map(|e| SubscriptionMessage::Event(recorded(e))),
+                );
+                Ok(())
+            }
+            Response::CaughtUp { position } => {
+                self.pending
+                    .push_back(SubscriptionMessage::CaughtUp { position });
+                Ok(())
+            }
+            Response::Checkpoint { position } => {
+                self.pending
+                    .push_back(SubscriptionMessage::Checkpoint { position });
+                Ok(())
+            }
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// The next message; waits for live events. `None` when the server ended the
+    /// subscription (it is shutting down).
+    pub async fn next(&mut self) -> Result<Option<SubscriptionMessage>, Error> {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Ok(Some(m));
+            }
+            let max = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX;
+            let Some(frame) = read_frame(&mut self.recv, &mut self.buf, max)
+                .await
+                .map_err(Error::transport)?
+            else {
+                return Ok(None);
+            };
+            let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+            self.take(resp)?;
+        }
+    }
+}
+
+fn recorded(e: message::Event) -> RecordedEvent {
+    RecordedEvent {
+        stream: e.stream.as_str().to_string(),
+        version: e.version,
+        position: e.position,
+        id: Uuid::from_bytes(e.id),
+        event_type: e.event_type.as_str().to_string(),
+        json: e.content_type == 1,
+        data: e.data,
+        metadata: e.metadata,
+        created_us: e.created_us,
+    }
+}
+
 /// Events of a read, arriving in frames as the server streams them.
 pub struct Events {
     recv: quinn::RecvStream,
@@ -781,18 +969,7 @@ impl Events {
         match resp {
             Response::Events { events, more } => {
                 self.done = !more;
-                self.pending
-                    .extend(events.into_iter().map(|e| RecordedEvent {
-                        stream: e.stream.as_str().to_string(),
-                        version: e.version,
-                        position: e.position,
-                        id: Uuid::from_bytes(e.id),
-                        event_type: e.event_type.as_str().to_string(),
-                        json: e.content_type == 1,
-                        data: e.data,
-                        metadata: e.metadata,
-                        created_us: e.created_us,
-                    }));
+                self.pending.extend(events.into_iter().map(recorded));
                 Ok(())
             }
             Response::Error {

@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) io_mode: IoMode,
     pub(crate) summaries: Mutex<SummarySignal>,
     pub(crate) counters: Counters,
+    /// Called with the new commit position whenever it moves (see [`Engine::on_commit`]).
+    pub(crate) commit_listeners: Mutex<Vec<CommitListener>>,
     /// Whether the event-id index is whole (see `ids.rs`); appends wait for it.
     pub(crate) ids_ready: Mutex<bool>,
     pub(crate) ids_cv: Condvar,
@@ -199,6 +201,9 @@ fn find_spare(
     Ok(None)
 }
 
+/// A function told the commit position each time it moves.
+pub(crate) type CommitListener = Box<dyn Fn(u64) + Send + Sync>;
+
 /// Running totals of the writer's work, for metrics.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -288,6 +293,7 @@ impl Engine {
             io_mode,
             summaries: Mutex::default(),
             counters: Counters::default(),
+            commit_listeners: Mutex::new(Vec::new()),
             summaries_cv: Condvar::new(),
             ids_ready: Mutex::new(ids_ready),
             ids_cv: Condvar::new(),
@@ -340,6 +346,14 @@ impl Engine {
     /// The write path in use (Auto resolves to one of the others).
     pub fn io_mode(&self) -> IoMode {
         self.inner.io_mode
+    }
+
+    /// Registers `listener`, called with the commit position each time it moves (after the
+    /// entries below it are readable). It runs on the writer thread: it must be quick, e.g.
+    /// store into a watch channel. Subscriptions use it to learn that there is more to read;
+    /// they read it from the log, so a missed or merged notification loses nothing.
+    pub fn on_commit(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
+        self.inner.commit_listeners.lock().push(Box::new(listener));
     }
 
     /// Writer totals since open.
@@ -727,6 +741,14 @@ impl Inner {
         Ok(())
     }
 
+    /// Tells every commit listener the current commit position.
+    pub(crate) fn notify_commit(&self) {
+        let position = self.state.read().commit_position;
+        for listener in self.commit_listeners.lock().iter() {
+            listener(position);
+        }
+    }
+
     /// Blocks until the event-id index is whole.
     pub(crate) fn wait_ids(&self) {
         let mut ready = self.ids_ready.lock();
@@ -787,9 +809,10 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
                 .bytes_written
                 .fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        let callbacks = {
+        let (callbacks, moved) = {
             let mut st = inner.state.write();
-            match result {
+            let before = st.commit_index;
+            let callbacks = match result {
                 Ok(()) => {
                     st.durable_index = st.durable_index.max(last_index);
                     st.advance_commit()
@@ -798,10 +821,14 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
                         .collect()
                 }
                 Err(e) => fail(&mut st, e),
-            }
+            };
+            (callbacks, st.commit_index != before)
         };
         for (cb, r) in callbacks {
             cb.call(r);
+        }
+        if moved {
+            inner.notify_commit();
         }
         // A new file means a segment was sealed; under Raft a sealed segment may only become
         // committed later. Otherwise there is nothing for the background thread to do.

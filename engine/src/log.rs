@@ -170,6 +170,7 @@ impl Engine {
         for (cb, i) in callbacks {
             cb.call(Ok(i));
         }
+        self.inner.notify_commit();
     }
 
     /// Removes every record from index `from` on. Only uncommitted records may go.

@@ -37,6 +37,7 @@ pub enum Kind {
     SnapshotList = 0x010B,
     SnapshotDelete = 0x010C,
     Status = 0x010D,
+    Subscribe = 0x010E,
     HelloOk = 0x0200,
     Appended = 0x0201,
     Events = 0x0202,
@@ -47,6 +48,8 @@ pub enum Kind {
     SnapshotReply = 0x0208,
     SnapshotVersions = 0x0209,
     StatusReply = 0x020A,
+    CaughtUp = 0x020B,
+    Checkpoint = 0x020C,
     Error = 0x02FF,
 }
 
@@ -54,7 +57,7 @@ impl Kind {
     /// The kind for a frame's kind field.
     pub fn from_u16(k: u16) -> Option<Kind> {
         use Kind::*;
-        const ALL: [Kind; 25] = [
+        const ALL: [Kind; 28] = [
             Hello,
             Append,
             ReadStream,
@@ -69,6 +72,7 @@ impl Kind {
             SnapshotList,
             SnapshotDelete,
             Status,
+            Subscribe,
             HelloOk,
             Appended,
             Events,
@@ -79,6 +83,8 @@ impl Kind {
             SnapshotReply,
             SnapshotVersions,
             StatusReply,
+            CaughtUp,
+            Checkpoint,
             Error,
         ];
         ALL.into_iter().find(|x| *x as u16 == k)
@@ -305,6 +311,18 @@ pub enum Request {
         version: u64,
     },
     Status,
+    /// A transient subscription: catch up from `from`, then receive new events as they
+    /// commit, in position order, with no gap and no duplicate at the switch. `stream`:
+    /// one stream (`from` is a version); `None`: `$all` (`from` is a position), filtered by
+    /// `event_type` and `stream_filter`. `checkpoint_every`: after at least this many
+    /// positions pass without a match, the server sends a `Checkpoint` (0: never).
+    Subscribe {
+        stream: Option<Text>,
+        from: ReadFrom,
+        event_type: Option<Match>,
+        stream_filter: Option<Match>,
+        checkpoint_every: u32,
+    },
 }
 
 /// What a server answers.
@@ -356,6 +374,16 @@ pub enum Response {
         code: ErrorCode,
         message: Text,
         actual: Option<u64>,
+    },
+    /// A subscription has delivered everything committed so far; live events follow.
+    /// `position`: where it would resume (a position for `$all`, a version for a stream).
+    CaughtUp {
+        position: u64,
+    },
+    /// A subscription has scanned up to `position` (exclusive) with nothing more to deliver:
+    /// resume from here.
+    Checkpoint {
+        position: u64,
     },
 }
 
@@ -610,6 +638,7 @@ impl Request {
             Request::SnapshotList { .. } => Kind::SnapshotList,
             Request::SnapshotDelete { .. } => Kind::SnapshotDelete,
             Request::Status => Kind::Status,
+            Request::Subscribe { .. } => Kind::Subscribe,
         }
     }
 
@@ -718,6 +747,25 @@ impl Request {
                 put_str8(out, stream.as_str());
                 out.put_u64_le(*version);
             }
+            Request::Subscribe {
+                stream,
+                from,
+                event_type,
+                stream_filter,
+                checkpoint_every,
+            } => {
+                match stream {
+                    None => out.put_u8(0),
+                    Some(s) => {
+                        out.put_u8(1);
+                        put_str8(out, s.as_str());
+                    }
+                }
+                put_from(out, *from);
+                put_match(out, event_type);
+                put_match(out, stream_filter);
+                out.put_u32_le(*checkpoint_every);
+            }
         }
     }
 
@@ -801,6 +849,13 @@ impl Request {
                 version: r.u64()?,
             },
             Kind::Status => Request::Status,
+            Kind::Subscribe => Request::Subscribe {
+                stream: if r.bool()? { Some(r.str8()?) } else { None },
+                from: get_from(&mut r)?,
+                event_type: get_match(&mut r)?,
+                stream_filter: get_match(&mut r)?,
+                checkpoint_every: r.u32()?,
+            },
             other => return Err(r.error(format!("{other:?} is a response, not a request"))),
         };
         r.finish()?;
@@ -823,6 +878,8 @@ impl Response {
             Response::SnapshotVersions(_) => Kind::SnapshotVersions,
             Response::Status { .. } => Kind::StatusReply,
             Response::Error { .. } => Kind::Error,
+            Response::CaughtUp { .. } => Kind::CaughtUp,
+            Response::Checkpoint { .. } => Kind::Checkpoint,
         }
     }
 
@@ -948,6 +1005,9 @@ impl Response {
                 put_str16(out, message.as_str());
                 put_opt_u64(out, *actual);
             }
+            Response::CaughtUp { position } | Response::Checkpoint { position } => {
+                out.put_u64_le(*position)
+            }
         }
     }
 
@@ -1030,6 +1090,8 @@ impl Response {
                 message: r.str16()?,
                 actual: r.opt_u64()?,
             },
+            Kind::CaughtUp => Response::CaughtUp { position: r.u64()? },
+            Kind::Checkpoint => Response::Checkpoint { position: r.u64()? },
             other => return Err(r.error(format!("{other:?} is a request, not a response"))),
         };
         if f.flags & frame::FLAG_MORE != 0 && kind != Kind::Events {

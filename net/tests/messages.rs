@@ -180,6 +180,22 @@ fn request() -> impl Strategy<Value = Request> {
         (text(30), any::<u64>())
             .prop_map(|(stream, version)| Request::SnapshotDelete { stream, version }),
         Just(Request::Status),
+        (
+            proptest::option::of(text(30)),
+            read_from(),
+            matcher(),
+            matcher(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(stream, from, event_type, stream_filter, checkpoint_every)| Request::Subscribe {
+                    stream,
+                    from,
+                    event_type,
+                    stream_filter,
+                    checkpoint_every
+                }
+            ),
     ]
 }
 
@@ -245,6 +261,8 @@ fn response() -> impl Strategy<Value = Response> {
                 actual,
             }
         }),
+        any::<u64>().prop_map(|position| Response::CaughtUp { position }),
+        any::<u64>().prop_map(|position| Response::Checkpoint { position }),
     ]
 }
 

@@ -26,6 +26,8 @@ pub struct Ctx {
     pub store_id: String,
     /// What the server counts.
     pub metrics: crate::metrics::Metrics,
+    /// The engine's commit position, updated on every commit (subscriptions wait on it).
+    pub commits: tokio::sync::watch::Receiver<u64>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, actual: Option<u64>) -> Response {
@@ -181,6 +183,28 @@ async fn answer(
     let engine = ctx.engine.clone();
     let resp = match req {
         Request::Hello { .. } => error(ErrorCode::InvalidRequest, "Hello was already done", None),
+        Request::Subscribe {
+            stream,
+            from,
+            event_type,
+            stream_filter,
+            checkpoint_every,
+        } => {
+            let target = match stream {
+                Some(s) => crate::subscribe::Target::Stream(s.as_str().to_string()),
+                None => match (matcher(event_type), matcher(stream_filter)) {
+                    (Ok(event_type), Ok(stream)) => {
+                        crate::subscribe::Target::All(AllFilter { event_type, stream })
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        return Ok(Some(error(ErrorCode::InvalidRequest, e, None)))
+                    }
+                },
+            };
+            let next = crate::subscribe::start(ctx, &target, from);
+            crate::subscribe::run(ctx, target, next, checkpoint_every, out).await?;
+            return Ok(None);
+        }
         Request::Append { writes } => append(&engine, writes).await,
         Request::ReadStream {
             stream,
@@ -350,34 +374,58 @@ async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response 
     }
 }
 
-/// Streams a read's events in frames; the last frame has no `FLAG_MORE`.
+/// Appends one `Events` frame of `events` to `frame`.
+pub fn encode_events<'a>(
+    frame: &mut BytesMut,
+    events: impl IntoIterator<Item = &'a RecordedEvent>,
+    more: bool,
+) {
+    let flags = if more {
+        quiver_net::frame::FLAG_MORE
+    } else {
+        0
+    };
+    quiver_net::frame::encode(frame, message::Kind::Events as u16, flags, |payload| {
+        let at = payload.len();
+        payload.extend_from_slice(&[0; 4]);
+        let mut n = 0u32;
+        for e in events {
+            message::put_event(
+                payload,
+                &e.stream,
+                e.version,
+                e.position,
+                *e.id.as_bytes(),
+                e.event_type(),
+                e.content_type as u8,
+                &e.data,
+                &e.metadata,
+                e.created_us,
+            );
+            n += 1;
+        }
+        payload[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    });
+}
+
+/// Streams a read's events in frames of at most [`READ_FRAME_EVENTS_MAX`] events or about
+/// [`READ_FRAME_BYTES_MAX`] bytes; the last frame has no `FLAG_MORE`. A failure part way ends
+/// the response with an `Error` frame after the events already sent.
 async fn stream_events(
     events: impl Iterator<Item = Result<RecordedEvent, ReadError>>,
     out: &mut quinn::SendStream,
 ) -> Result<(), quinn::WriteError> {
     let mut events = events.peekable();
     loop {
-        let mut payload = BytesMut::new();
-        let mut n = 0u32;
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
         let mut failure = None;
-        payload.extend_from_slice(&[0; 4]);
-        while n < READ_FRAME_EVENTS_MAX as u32 && payload.len() < READ_FRAME_BYTES_MAX {
+        while batch.len() < READ_FRAME_EVENTS_MAX && bytes < READ_FRAME_BYTES_MAX {
             match events.next() {
                 None => break,
                 Some(Ok(e)) => {
-                    message::put_event(
-                        &mut payload,
-                        &e.stream,
-                        e.version,
-                        e.position,
-                        *e.id.as_bytes(),
-                        e.event_type(),
-                        e.content_type as u8,
-                        &e.data,
-                        &e.metadata,
-                        e.created_us,
-                    );
-                    n += 1;
+                    bytes += e.data.len() + e.metadata.len() + message::EVENT_HEADER_BYTES;
+                    batch.push(e);
                 }
                 Some(Err(e)) => {
                     failure = Some(e);
@@ -385,22 +433,9 @@ async fn stream_events(
                 }
             }
         }
-        payload[..4].copy_from_slice(&n.to_le_bytes());
-        // A failure ends the response with an Error frame after these events.
         let more = failure.is_some() || events.peek().is_some();
-        let mut frame = BytesMut::with_capacity(payload.len() + 8);
-        let flags = if more {
-            quiver_net::frame::FLAG_MORE
-        } else {
-            0
-        };
-        quiver_net::frame::put_header(
-            &mut frame,
-            message::Kind::Events as u16,
-            flags,
-            payload.len(),
-        );
-        frame.extend_from_slice(&payload);
+        let mut frame = BytesMut::with_capacity(bytes + 64);
+        encode_events(&mut frame, &batch, more);
         out.write_all(&frame).await?;
         if let Some(e) = failure {
             return send(out, &read_error(e)).await;

@@ -12,6 +12,7 @@
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
 //! - `http.rs` — the HTTP operations endpoint: health, readiness, metrics, status.
 //! - `metrics.rs` — the Prometheus metrics.
+//! - `subscribe.rs` — transient subscriptions: catch-up and live from one loop over the log.
 //! - `cli.rs` — the client commands of the `quiver` binary (`append`, `read`, `status`, ...).
 //! - `main.rs` — the `quiver` command line.
 #![warn(missing_docs, unreachable_pub)]
@@ -22,6 +23,7 @@ pub mod config_file;
 pub mod connection;
 pub mod http;
 pub mod metrics;
+pub mod subscribe;
 pub mod tls;
 
 use std::future::Future;
@@ -110,10 +112,15 @@ impl Server {
             Some(addr) => Some(http::bind(addr).with_context(|| format!("binding HTTP {addr}"))?),
             None => None,
         };
+        let (commit_tx, commits) = tokio::sync::watch::channel(engine.commit_position());
+        engine.on_commit(move |position| {
+            commit_tx.send_replace(position);
+        });
         let ctx = Arc::new(Ctx {
             engine,
             store_id: config.store_id.clone(),
             metrics: metrics::Metrics::new(),
+            commits,
         });
         let shared = Arc::new(Shared {
             ctx,

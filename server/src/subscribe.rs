@@ -1,0 +1,157 @@
+//! Transient subscriptions: catch up from a start point, then follow new commits.
+//!
+//! Catch-up and live delivery are one loop over the log: read what is committed from the
+//! next position (or version), send it, and when there is nothing more, wait for the commit
+//! position to move. Because live events are read back from the log by position, exactly
+//! like catch-up ones, the switch has no gap and no duplicate by construction, however
+//! appends race with it. A slow subscriber holds no buffer: the loop reads only when QUIC
+//! flow control lets it send, so it simply falls behind and catches up again from storage.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quiver_engine::{AllFilter, Direction, ReadError, ReadFrom, RecordedEvent};
+use quiver_net::message::{self, Response};
+use quiver_net::{ErrorCode, Text};
+
+use crate::cmd::{encode_events, Ctx};
+
+/// Events read and sent per step.
+pub const SUBSCRIBE_CHUNK_EVENTS: usize = 512;
+
+/// What to follow.
+pub enum Target {
+    /// `$all`, filtered.
+    All(AllFilter),
+    /// One stream.
+    Stream(String),
+}
+
+async fn send(out: &mut quinn::SendStream, resp: &Response) -> Result<(), quinn::WriteError> {
+    let mut buf = BytesMut::new();
+    resp.encode(&mut buf);
+    out.write_all(&buf).await
+}
+
+fn error(e: &ReadError) -> Response {
+    let code = match e {
+        ReadError::StreamDeleted(_) => ErrorCode::StreamDeleted,
+        ReadError::Corruption(_) => ErrorCode::Corruption,
+        ReadError::StreamNotFound(_) => ErrorCode::StreamNotFound,
+    };
+    Response::Error {
+        code,
+        message: Text::new(e.to_string()),
+        actual: None,
+    }
+}
+
+/// One step's read: up to a chunk of events from `next`, and where the next step starts.
+/// The third value says whether the chunk was full (more may be waiting right now).
+fn step(
+    ctx: &Ctx,
+    target: &Target,
+    next: u64,
+) -> Result<(Vec<RecordedEvent>, u64, bool), ReadError> {
+    let engine = &ctx.engine;
+    // Read the commit position first: everything below it is scanned by the read below.
+    let committed = engine.commit_position();
+    let events: Vec<RecordedEvent> = match target {
+        Target::All(filter) => {
+            if next >= committed {
+                return Ok((Vec::new(), next, false));
+            }
+            let max = SUBSCRIBE_CHUNK_EVENTS as u64;
+            let read = engine.read_all(ReadFrom::At(next), Direction::Forward, max, filter.clone());
+            read.collect::<Result<_, _>>()?
+        }
+        Target::Stream(name) => {
+            let max = SUBSCRIBE_CHUNK_EVENTS as u64;
+            match engine.read_stream(name, ReadFrom::At(next), Direction::Forward, max) {
+                Ok(read) => read.collect::<Result<_, _>>()?,
+                Err(ReadError::StreamNotFound(_)) => Vec::new(),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let full = events.len() == SUBSCRIBE_CHUNK_EVENTS;
+    let after_last = |e: &RecordedEvent| match target {
+        Target::All(_) => e.position + 1,
+        Target::Stream(_) => e.version + 1,
+    };
+    let next = match (events.last(), target) {
+        (Some(last), _) if full => after_last(last),
+        // A short read scanned every position below `committed` (and maybe more).
+        (Some(last), Target::All(_)) => after_last(last).max(committed),
+        (None, Target::All(_)) => next.max(committed),
+        (Some(last), Target::Stream(_)) => after_last(last),
+        (None, Target::Stream(_)) => next,
+    };
+    Ok((events, next, full))
+}
+
+/// Serves one subscription until the client stops reading, the server shuts down, or the
+/// stream is deleted. `next` is the first position (`$all`) or version (stream) to deliver.
+pub async fn run(
+    ctx: &Arc<Ctx>,
+    target: Target,
+    mut next: u64,
+    checkpoint_every: u32,
+    out: &mut quinn::SendStream,
+) -> Result<(), quinn::WriteError> {
+    let mut commits = ctx.commits.clone();
+    let mut caught_up = false;
+    let mut scanned = 0u64;
+    loop {
+        // Seen before reading: a commit after this point wakes the wait below.
+        let seen = *commits.borrow_and_update();
+        let (events, after, full) = match step(ctx, &target, next) {
+            Ok(s) => s,
+            Err(e) => return send(out, &error(&e)).await,
+        };
+        scanned += after - next;
+        next = after;
+        if !events.is_empty() {
+            let mut frame = BytesMut::new();
+            encode_events(&mut frame, &events, true);
+            out.write_all(&frame).await?;
+            scanned = 0;
+        }
+        if full {
+            continue;
+        }
+        if !caught_up {
+            caught_up = true;
+            scanned = 0;
+            send(out, &Response::CaughtUp { position: next }).await?;
+        } else if checkpoint_every > 0 && scanned >= u64::from(checkpoint_every) {
+            scanned = 0;
+            send(out, &Response::Checkpoint { position: next }).await?;
+        }
+        // Wait for a commit newer than the one this step started from.
+        if *commits.borrow() == seen {
+            tokio::select! {
+                changed = commits.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = out.stopped() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Where a subscription starts, from the request's `from`.
+pub fn start(ctx: &Ctx, target: &Target, from: message::ReadFrom) -> u64 {
+    match (from, target) {
+        (message::ReadFrom::Start, _) => 0,
+        (message::ReadFrom::At(v), _) => v,
+        (message::ReadFrom::End, Target::All(_)) => ctx.engine.commit_position(),
+        (message::ReadFrom::End, Target::Stream(name)) => ctx
+            .engine
+            .stream_info(name)
+            .and_then(|i| i.current_version)
+            .map_or(0, |v| v + 1),
+    }
+}

@@ -1,0 +1,277 @@
+//! Transient subscriptions against a real server: the delivered sequence is exactly the
+//! (filtered) slice of `$all` from the start point, in order, with no gap and no duplicate,
+//! while writers append during catch-up and across the switch to live; resuming from the last
+//! position seen continues exactly; filtered subscriptions send checkpoints when nothing
+//! matches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_client::{
+    Client, ClientConfig, EventData, ExpectedVersion, ReadOptions, SubscribeOptions,
+    SubscriptionMessage as Msg,
+};
+use quiver_server::{Server, ServerConfig};
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(dir: &std::path::Path) -> Running {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http: None,
+        ..ServerConfig::new(dir)
+    };
+    let server = Server::start(&config).unwrap();
+    let addr = server.local_addr();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Running { addr, stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn client(dir: &std::path::Path, addr: std::net::SocketAddr) -> Client {
+    Client::connect(ClientConfig::local(dir).server(addr))
+        .await
+        .unwrap()
+}
+
+/// Appends `batches` batches of 1–3 events, alternating types and streams, with small pauses.
+async fn write(c: Arc<Client>, tag: u64, batches: u64) {
+    for b in 0..batches {
+        let n = 1 + (b + tag) % 3;
+        let events = (0..n)
+            .map(|i| {
+                let t = if (b + i) % 2 == 0 { "Even" } else { "Odd" };
+                EventData::json(t, format!("{{\"w\":{tag},\"b\":{b}}}").into_bytes())
+            })
+            .collect();
+        let stream = format!("s-{}", (b + tag) % 4);
+        c.append(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        if b % 7 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Collects events until the subscription has passed `end` (exclusive) or delivered `want`
+/// events; checks the caught-up marker comes once.
+async fn collect_until(
+    sub: &mut quiver_client::Subscription,
+    end: u64,
+    want: usize,
+) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    let mut caught_up = 0;
+    let mut resume = 0;
+    while resume < end && got.len() < want {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the subscription keeps delivering")
+            .unwrap()
+            .expect("the subscription stays open");
+        match m {
+            Msg::Event(e) => {
+                resume = e.position + 1;
+                got.push((e.position, e.event_type));
+            }
+            Msg::CaughtUp { position } => {
+                caught_up += 1;
+                resume = resume.max(position);
+            }
+            Msg::Checkpoint { position } => resume = resume.max(position),
+        }
+    }
+    assert!(caught_up <= 1, "caught-up is announced once");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_and_filtered_subscriptions_see_exactly_the_log_while_writers_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    for round in 0..5u64 {
+        let w1 = Arc::new(client(dir.path(), server.addr).await);
+        let w2 = Arc::new(client(dir.path(), server.addr).await);
+        let reader = client(dir.path(), server.addr).await;
+        let start = reader.status().await.unwrap().1;
+        // Some history to catch up on, then subscribe while more is being written.
+        write(w1.clone(), round, 10).await;
+        let writers = tokio::spawn({
+            let (w1, w2) = (w1.clone(), w2.clone());
+            async move {
+                tokio::join!(write(w1, round * 10 + 1, 40), write(w2, round * 10 + 2, 40));
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(round * 3)).await;
+        let mut all = reader
+            .subscribe_all(SubscribeOptions::default().from(start))
+            .await
+            .unwrap();
+        let options = SubscribeOptions::default().from(start).type_prefix("Ev");
+        let mut even = reader
+            .subscribe_all(options.checkpoint_every(5))
+            .await
+            .unwrap();
+        writers.await.unwrap();
+        let end = reader.status().await.unwrap().1;
+
+        let expected: Vec<(u64, String)> = reader
+            .read_all(ReadOptions::default().from(start))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.position < end)
+            .map(|e| (e.position, e.event_type))
+            .collect();
+        assert_eq!(
+            expected.len() as u64,
+            end - start,
+            "round {round}: the log is dense"
+        );
+        let got = collect_until(&mut all, end, expected.len()).await;
+        assert_eq!(
+            got, expected,
+            "round {round}: $all subscription = the log, exactly"
+        );
+        let want_even: Vec<_> = expected
+            .iter()
+            .filter(|(_, t)| t == "Even")
+            .cloned()
+            .collect();
+        let got_even = collect_until(&mut even, end, want_even.len()).await;
+        let got_even: Vec<_> = got_even.into_iter().filter(|(p, _)| *p < end).collect();
+        assert_eq!(
+            got_even, want_even,
+            "round {round}: filtered = the filtered log"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_subscription_resumes_exactly_where_it_left_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let c = Arc::new(client(dir.path(), server.addr).await);
+    for v in 0..10u64 {
+        let e = EventData::json("V", format!("{{\"v\":{v}}}").into_bytes());
+        c.append("acct", ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+        c.append(
+            "other",
+            ExpectedVersion::Any,
+            vec![EventData::json("X", "{}")],
+        )
+        .await
+        .unwrap();
+    }
+    let mut sub = c
+        .subscribe_stream("acct", SubscribeOptions::default().from(3))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        if let Some(Msg::Event(e)) = sub.next().await.unwrap() {
+            assert_eq!(e.stream, "acct");
+            seen.push(e.version);
+        }
+    }
+    drop(sub);
+    // More events arrive while nobody listens; resume from the last version seen + 1.
+    let writer = c.clone();
+    let more = tokio::spawn(async move {
+        for _ in 0..10 {
+            writer
+                .append(
+                    "acct",
+                    ExpectedVersion::Any,
+                    vec![EventData::json("V", "{}")],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let from = seen.last().unwrap() + 1;
+    let mut sub = c
+        .subscribe_stream("acct", SubscribeOptions::default().from(from))
+        .await
+        .unwrap();
+    more.await.unwrap();
+    while seen.len() < 17 {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Msg::Event(e)) => seen.push(e.version),
+            Some(_) => {}
+            None => panic!("ended early"),
+        }
+    }
+    assert_eq!(
+        seen,
+        (3..20).collect::<Vec<_>>(),
+        "no gap, no duplicate across the resume"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_matches_nothing_still_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let c = Arc::new(client(dir.path(), server.addr).await);
+    let options = SubscribeOptions::default()
+        .type_prefix("Never")
+        .checkpoint_every(10);
+    let mut sub = c.subscribe_all(options).await.unwrap();
+    assert_eq!(
+        sub.next().await.unwrap(),
+        Some(Msg::CaughtUp { position: 0 })
+    );
+    // A steady trickle of events that never match.
+    let writer = c.clone();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            writer
+                .append("s", ExpectedVersion::Any, vec![EventData::json("T", "{}")])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut checkpoints = Vec::new();
+    while checkpoints.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Msg::Checkpoint { position }) => checkpoints.push(position),
+            other => panic!("only checkpoints expected, got {other:?}"),
+        }
+    }
+    // Each checkpoint comes once at least 10 positions passed since the last marker.
+    assert!(checkpoints[0] >= 10, "{checkpoints:?}");
+    assert!(checkpoints[1] >= checkpoints[0] + 10, "{checkpoints:?}");
+    trickle.abort();
+    server.stop().await;
+}
