@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use quiver_client::{
     Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions, RecordedEvent,
-    StreamInfo, StreamMetadata, SERVER_DEFAULT,
+    StreamInfo, StreamMetadata, SubscribeOptions, SubscriptionMessage, SERVER_DEFAULT,
 };
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -121,6 +121,38 @@ pub enum Command {
     Health(ConnOnly),
     /// Reclaim the space of deleted and truncated events.
     Scavenge(ConnOnly),
+    /// Follow $all (or one stream with --stream): print what is committed from --from on,
+    /// then each new event as it commits, until interrupted or --count events were printed.
+    ///
+    /// Output as for `read`. Catch-up and live are one read of the log by position: no gap
+    /// and no duplicate at the switch. Resume with --from LAST+1 (a position for $all, a
+    /// version for a stream).
+    Subscribe(SubscribeArgs),
+}
+
+/// `quiver subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// Follow this stream instead of $all.
+    #[arg(long, value_name = "STREAM")]
+    stream: Option<String>,
+    /// Start at this position ($all) or version (--stream). Default: the beginning.
+    #[arg(long, value_name = "N")]
+    from: Option<u64>,
+    /// Only events committed after subscribing.
+    #[arg(long, conflicts_with = "from")]
+    from_end: bool,
+    /// $all only: events whose type starts with P.
+    #[arg(long, value_name = "P", conflicts_with = "stream")]
+    type_prefix: Option<String>,
+    /// $all only: events of streams whose name starts with P.
+    #[arg(long, value_name = "P", conflicts_with = "stream")]
+    stream_prefix: Option<String>,
+    /// Exit after printing N events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 /// `quiver append`.
@@ -363,6 +395,7 @@ impl Command {
                 SnapshotCommand::Delete(a) => &a.conn,
             },
             Command::Status(a) | Command::Health(a) | Command::Scavenge(a) => &a.conn,
+            Command::Subscribe(a) => &a.conn,
         }
     }
 }
@@ -687,6 +720,39 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
             }
             Ok(())
         }
+        Command::Subscribe(a) => {
+            let mut options = SubscribeOptions::default();
+            if let Some(v) = a.from {
+                options = options.from(v);
+            }
+            if a.from_end {
+                options = options.from_end();
+            }
+            if let Some(p) = a.type_prefix {
+                options = options.type_prefix(p);
+            }
+            if let Some(p) = a.stream_prefix {
+                options = options.stream_prefix(p);
+            }
+            let mut sub = match &a.stream {
+                Some(s) => client.subscribe_stream(s, options).await?,
+                None => client.subscribe_all(options).await?,
+            };
+            let mut printed = 0u64;
+            while a.count.is_none_or(|n| printed < n) {
+                match sub.next().await? {
+                    Some(SubscriptionMessage::Event(e)) => {
+                        out.event(&e)?;
+                        // Live output: show each event as it arrives.
+                        out.flush()?;
+                        printed += 1;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            Ok(())
+        }
         Command::ReadAll(a) => {
             let mut options = read_options(a.from, a.backward, a.max);
             if let Some(p) = a.type_prefix {
@@ -893,6 +959,10 @@ struct Out<'a> {
 impl Out<'_> {
     fn line(&mut self, s: &str) -> Result<()> {
         writeln!(self.w, "{s}").map_err(Failure::io)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.w.flush().map_err(Failure::io)
     }
 
     fn event(&mut self, e: &RecordedEvent) -> Result<()> {

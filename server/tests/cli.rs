@@ -534,3 +534,51 @@ fn a_server_with_a_token_refuses_a_cli_without_it() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(lines(&stdout(&out))[0]["data"], 1);
 }
+
+#[test]
+fn subscribe_prints_history_then_live_events_and_stops_at_count() {
+    let node = start(None);
+    for i in 0..3 {
+        let data = format!("{{\"i\":{i}}}");
+        node.ok(&["append", "sub-1", "--type", "Tick", "--data", &data]);
+    }
+    // Catch up on three events, then wait for live ones: a writer adds two more.
+    let mut cmd = Command::new(QUIVER);
+    cmd.args([
+        "subscribe",
+        "--stream",
+        "sub-1",
+        "--count",
+        "5",
+        "--output",
+        "json",
+    ])
+    .args(["--server", &node.addr])
+    .env("QUIVER_DATA_DIR", node.dir.path().join("data"));
+    let child = std::thread::spawn(move || run_bounded(cmd, None));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for i in 3..5 {
+        let data = format!("{{\"i\":{i}}}");
+        node.ok(&["append", "sub-1", "--type", "Tick", "--data", &data]);
+    }
+    let out = child.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&stdout(&out));
+    let versions: Vec<_> = field(&events, "version").into_iter().cloned().collect();
+    assert_eq!(
+        versions,
+        (0..5).map(serde_json::Value::from).collect::<Vec<_>>()
+    );
+    let data: Vec<_> = field(&events, "data")
+        .into_iter()
+        .map(|d| d["i"].clone())
+        .collect();
+    assert_eq!(
+        data,
+        (0..5).map(serde_json::Value::from).collect::<Vec<_>>()
+    );
+}
