@@ -601,6 +601,7 @@ impl Client {
                 .clone()
                 .map(|p| Match::Prefix(Text::from(p))),
             checkpoint_every: options.checkpoint_every,
+            payload: options.wire_payload(),
         };
         self.subscription(req).await
     }
@@ -617,6 +618,7 @@ impl Client {
             event_type: None,
             stream_filter: None,
             checkpoint_every: 0,
+            payload: options.wire_payload(),
         };
         self.subscription(req).await
     }
@@ -829,6 +831,25 @@ pub struct SubscribeOptions {
     pub stream_prefix: Option<String>,
     /// `$all` only: send a checkpoint after this many positions pass without a match.
     pub checkpoint_every: u32,
+    /// `by_event_payload`: every test must hold on the event's JSON data.
+    pub payload: Vec<(String, PayloadOp, serde_json::Value)>,
+}
+
+/// How a payload field compares with a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadOp {
+    /// Equal.
+    Eq,
+    /// Not equal (or absent).
+    Ne,
+    /// Less than.
+    Lt,
+    /// Less than or equal.
+    Le,
+    /// Greater than.
+    Gt,
+    /// Greater than or equal.
+    Ge,
 }
 
 impl SubscribeOptions {
@@ -854,6 +875,36 @@ impl SubscribeOptions {
     pub fn stream_prefix(mut self, p: impl Into<String>) -> Self {
         self.stream_prefix = Some(p.into());
         self
+    }
+
+    /// Keeps events whose JSON data has, at the dot-separated `path`, a value that compares
+    /// with `value` as `op` says (numbers as numbers, strings as text).
+    ///
+    /// ```
+    /// # use quiver_client::{PayloadOp, SubscribeOptions};
+    /// let big_orders = SubscribeOptions::default()
+    ///     .type_prefix("OrderPlaced")
+    ///     .payload("total", PayloadOp::Gt, serde_json::json!(1000));
+    /// ```
+    pub fn payload(
+        mut self,
+        path: impl Into<String>,
+        op: PayloadOp,
+        value: serde_json::Value,
+    ) -> Self {
+        self.payload.push((path.into(), op, value));
+        self
+    }
+
+    fn wire_payload(&self) -> Vec<message::Predicate> {
+        self.payload
+            .iter()
+            .map(|(path, op, value)| message::Predicate {
+                path: Text::from(path.as_str()),
+                op: *op as u8,
+                value: Text::from(value.to_string()),
+            })
+            .collect()
     }
 
     /// Asks for a checkpoint after `n` positions without a match.

@@ -124,6 +124,17 @@ pub enum Match {
     Regex(Text),
 }
 
+/// A test on a field of an event's JSON data, for `by_event_payload` subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Predicate {
+    /// Dot-separated path to the field (`order.total`; array items by index: `lines.0`).
+    pub path: Text,
+    /// How the field compares with `value`: 0 `==`, 1 `!=`, 2 `<`, 3 `<=`, 4 `>`, 5 `>=`.
+    pub op: u8,
+    /// JSON text of the value compared with (numbers compare as numbers, strings as text).
+    pub value: Text,
+}
+
 /// An event to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -322,6 +333,9 @@ pub enum Request {
         event_type: Option<Match>,
         stream_filter: Option<Match>,
         checkpoint_every: u32,
+        /// Every predicate must hold on the event's JSON data (a non-JSON event does not
+        /// match).
+        payload: Vec<Predicate>,
     },
 }
 
@@ -753,6 +767,7 @@ impl Request {
                 event_type,
                 stream_filter,
                 checkpoint_every,
+                payload,
             } => {
                 match stream {
                     None => out.put_u8(0),
@@ -765,6 +780,12 @@ impl Request {
                 put_match(out, event_type);
                 put_match(out, stream_filter);
                 out.put_u32_le(*checkpoint_every);
+                out.put_u16_le(u16::try_from(payload.len()).expect("at most 65,535 predicates"));
+                for p in payload {
+                    put_str16(out, p.path.as_str());
+                    out.put_u8(p.op);
+                    put_str16(out, p.value.as_str());
+                }
             }
         }
     }
@@ -855,6 +876,24 @@ impl Request {
                 event_type: get_match(&mut r)?,
                 stream_filter: get_match(&mut r)?,
                 checkpoint_every: r.u32()?,
+                payload: {
+                    let n = r.u16()? as usize;
+                    let n = r.count(n, 5)?;
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let path = r.str16()?;
+                        let op = r.u8()?;
+                        if op > 5 {
+                            return Err(r.error(format!("predicate operator {op}")));
+                        }
+                        v.push(Predicate {
+                            path,
+                            op,
+                            value: r.str16()?,
+                        });
+                    }
+                    v
+                },
             },
             other => return Err(r.error(format!("{other:?} is a response, not a request"))),
         };

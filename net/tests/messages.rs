@@ -185,15 +185,23 @@ fn request() -> impl Strategy<Value = Request> {
             read_from(),
             matcher(),
             matcher(),
-            any::<u32>()
+            any::<u32>(),
+            proptest::collection::vec((text(20), 0u8..6, text(20)), 0..3),
         )
             .prop_map(
-                |(stream, from, event_type, stream_filter, checkpoint_every)| Request::Subscribe {
-                    stream,
-                    from,
-                    event_type,
-                    stream_filter,
-                    checkpoint_every
+                |(stream, from, event_type, stream_filter, checkpoint_every, preds)| {
+                    let payload =
+                        preds
+                            .into_iter()
+                            .map(|(path, op, value)| Predicate { path, op, value });
+                    Request::Subscribe {
+                        stream,
+                        from,
+                        event_type,
+                        stream_filter,
+                        checkpoint_every,
+                        payload: payload.collect(),
+                    }
                 }
             ),
     ]

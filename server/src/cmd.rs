@@ -189,7 +189,12 @@ async fn answer(
             event_type,
             stream_filter,
             checkpoint_every,
+            payload,
         } => {
+            let payload = match crate::payload::compile(&payload) {
+                Ok(p) => p,
+                Err(e) => return Ok(Some(error(ErrorCode::InvalidRequest, e, None))),
+            };
             let target = match stream {
                 Some(s) => crate::subscribe::Target::Stream(s.as_str().to_string()),
                 None => match (matcher(event_type), matcher(stream_filter)) {
@@ -202,7 +207,7 @@ async fn answer(
                 },
             };
             let next = crate::subscribe::start(ctx, &target, from);
-            crate::subscribe::run(ctx, target, next, checkpoint_every, out).await?;
+            crate::subscribe::run(ctx, target, &payload, next, checkpoint_every, out).await?;
             return Ok(None);
         }
         Request::Append { writes } => append(&engine, writes).await,

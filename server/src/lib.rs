@@ -12,6 +12,7 @@
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
 //! - `http.rs` — the HTTP operations endpoint: health, readiness, metrics, status.
 //! - `metrics.rs` — the Prometheus metrics.
+//! - `payload.rs` — `by_event_payload` predicates on JSON data.
 //! - `subscribe.rs` — transient subscriptions: catch-up and live from one loop over the log.
 //! - `cli.rs` — the client commands of the `quiver` binary (`append`, `read`, `status`, ...).
 //! - `main.rs` — the `quiver` command line.
@@ -23,6 +24,7 @@ pub mod config_file;
 pub mod connection;
 pub mod http;
 pub mod metrics;
+pub mod payload;
 pub mod subscribe;
 pub mod tls;
 

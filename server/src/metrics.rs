@@ -45,6 +45,10 @@ pub struct Metrics {
     pub bytes_appended: Counter,
     /// Connections open now.
     pub connections: Gauge,
+    /// Subscriptions open now.
+    pub subscriptions: Gauge,
+    /// Events delivered to subscriptions.
+    pub subscription_deliveries: Counter,
     syncs: Counter,
     bytes_written: Counter,
     commit_position: Gauge,
@@ -70,6 +74,8 @@ impl Metrics {
             events_appended: Counter::default(),
             bytes_appended: Counter::default(),
             connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            subscription_deliveries: Counter::default(),
             syncs: Counter::default(),
             bytes_written: Counter::default(),
             commit_position: Gauge::default(),
@@ -99,6 +105,16 @@ impl Metrics {
             "connections",
             "Client connections open",
             m.connections.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Subscriptions open",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "subscription_deliveries",
+            "Events delivered to subscriptions",
+            m.subscription_deliveries.clone(),
         );
         registry.register(
             "engine_syncs",

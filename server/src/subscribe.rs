@@ -95,26 +95,43 @@ fn step(
 pub async fn run(
     ctx: &Arc<Ctx>,
     target: Target,
+    payload: &[crate::payload::Compiled],
     mut next: u64,
     checkpoint_every: u32,
     out: &mut quinn::SendStream,
 ) -> Result<(), quinn::WriteError> {
     let mut commits = ctx.commits.clone();
+    ctx.metrics.subscriptions.inc();
+    // Counted down however the subscription ends.
+    struct Open<'a>(&'a Ctx);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.metrics.subscriptions.dec();
+        }
+    }
+    let _open = Open(ctx);
     let mut caught_up = false;
     let mut scanned = 0u64;
     loop {
         // Seen before reading: a commit after this point wakes the wait below.
         let seen = *commits.borrow_and_update();
-        let (events, after, full) = match step(ctx, &target, next) {
+        let (mut events, after, full) = match step(ctx, &target, next) {
             Ok(s) => s,
             Err(e) => return send(out, &error(&e)).await,
         };
+        events.retain(|e| {
+            let json = e.content_type == quiver_engine::ContentType::Json;
+            crate::payload::matches(payload, json, &e.data)
+        });
         scanned += after - next;
         next = after;
         if !events.is_empty() {
             let mut frame = BytesMut::new();
             encode_events(&mut frame, &events, true);
             out.write_all(&frame).await?;
+            ctx.metrics
+                .subscription_deliveries
+                .inc_by(events.len() as u64);
             scanned = 0;
         }
         if full {

@@ -275,3 +275,65 @@ async fn a_filter_that_matches_nothing_still_checkpoints() {
     trickle.abort();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_selector_delivers_exactly_the_matching_events() {
+    use quiver_client::PayloadOp;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let c = client(dir.path(), server.addr).await;
+    for total in [50, 150, 99, 101, 1000] {
+        let e = EventData::json(
+            "OrderPlaced",
+            format!("{{\"total\":{total},\"cur\":\"EUR\"}}"),
+        );
+        c.append("orders", ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    c.append(
+        "orders",
+        ExpectedVersion::Any,
+        vec![EventData::binary("OrderPlaced", "x")],
+    )
+    .await
+    .unwrap();
+    let options = SubscribeOptions::default()
+        .payload("total", PayloadOp::Gt, serde_json::json!(100))
+        .payload("cur", PayloadOp::Eq, serde_json::json!("EUR"));
+    let mut sub = c.subscribe_all(options).await.unwrap();
+    let mut totals = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Msg::Event(e)) => {
+                let v: serde_json::Value = serde_json::from_slice(&e.data).unwrap();
+                totals.push(v["total"].as_u64().unwrap());
+            }
+            Some(Msg::CaughtUp { .. }) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(totals, [150, 101, 1000]);
+    // Live events pass the same test.
+    let e = EventData::json("OrderPlaced", r#"{"total":7,"cur":"EUR"}"#);
+    c.append("orders", ExpectedVersion::Any, vec![e])
+        .await
+        .unwrap();
+    let e = EventData::json("OrderPlaced", r#"{"total":700,"cur":"EUR"}"#);
+    c.append("orders", ExpectedVersion::Any, vec![e])
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(Msg::Event(e)) => assert_eq!(&e.data[..], br#"{"total":700,"cur":"EUR"}"#),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
