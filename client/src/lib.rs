@@ -588,7 +588,10 @@ impl Client {
     /// each new commit as it happens (live), in position order, with no gap and no duplicate
     /// between the two. Resume after a disconnect from the last position seen plus one, or
     /// from the last checkpoint.
-    pub async fn subscribe_all(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
+    pub async fn subscribe_all(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<Subscription<'_>, Error> {
         let req = Request::Subscribe {
             stream: None,
             from: options.wire_from(),
@@ -611,7 +614,7 @@ impl Client {
         &self,
         stream: &str,
         options: SubscribeOptions,
-    ) -> Result<Subscription, Error> {
+    ) -> Result<Subscription<'_>, Error> {
         let req = Request::Subscribe {
             stream: Some(Text::from(stream)),
             from: options.wire_from(),
@@ -623,9 +626,12 @@ impl Client {
         self.subscription(req).await
     }
 
-    async fn subscription(&self, req: Request) -> Result<Subscription, Error> {
+    async fn subscription(&self, req: Request) -> Result<Subscription<'_>, Error> {
         let (first, recv, buf) = self.open(&req).await?;
         let mut sub = Subscription {
+            client: self,
+            request: req,
+            resume: None,
             recv,
             buf,
             pending: VecDeque::new(),
@@ -941,29 +947,44 @@ pub enum SubscriptionMessage {
 }
 
 /// A live subscription. Dropping it ends it.
-pub struct Subscription {
+pub struct Subscription<'a> {
+    client: &'a Client,
+    /// The request that started it, to resubscribe with a new start.
+    request: Request,
+    /// Where to resume: past the last event delivered or the last marker received.
+    resume: Option<u64>,
     recv: quinn::RecvStream,
     buf: BytesMut,
     pending: VecDeque<SubscriptionMessage>,
 }
 
-impl Subscription {
+impl Subscription<'_> {
     fn take(&mut self, resp: Response) -> Result<(), Error> {
+        let by_version = matches!(
+            &self.request,
+            Request::Subscribe {
+                stream: Some(_),
+                ..
+            }
+        );
+        let mut advance = |p: u64| self.resume = Some(self.resume.map_or(p, |r| r.max(p)));
         match resp {
             Response::Events { events, .. } => {
-                self.pending.extend(
-                    events
-                        .into_iter()
-                        .map(|e| SubscriptionMessage::Event(recorded(e))),
-                );
+                for e in events {
+                    advance(if by_version { e.version } else { e.position } + 1);
+                    self.pending
+                        .push_back(SubscriptionMessage::Event(recorded(e)));
+                }
                 Ok(())
             }
             Response::CaughtUp { position } => {
+                advance(position);
                 self.pending
                     .push_back(SubscriptionMessage::CaughtUp { position });
                 Ok(())
             }
             Response::Checkpoint { position } => {
+                advance(position);
                 self.pending
                     .push_back(SubscriptionMessage::Checkpoint { position });
                 Ok(())
@@ -972,23 +993,37 @@ impl Subscription {
         }
     }
 
-    /// The next message; waits for live events. `None` when the server ended the
-    /// subscription (it is shutting down).
+    /// The next message; waits for live events. If the connection drops or the server
+    /// restarts, it resubscribes by itself from just past the last event or marker it
+    /// delivered (reconnecting with backoff), so nothing is skipped or repeated; it returns
+    /// an error only when the server cannot be reached again or refuses the subscription.
     pub async fn next(&mut self) -> Result<Option<SubscriptionMessage>, Error> {
         loop {
             if let Some(m) = self.pending.pop_front() {
                 return Ok(Some(m));
             }
             let max = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX;
-            let Some(frame) = read_frame(&mut self.recv, &mut self.buf, max)
-                .await
-                .map_err(Error::transport)?
-            else {
-                return Ok(None);
+            let frame = match read_frame(&mut self.recv, &mut self.buf, max).await {
+                Ok(Some(frame)) => frame,
+                // Finished by a server going away, or cut: start again where we were.
+                Ok(None) | Err(_) => {
+                    self.resubscribe().await?;
+                    continue;
+                }
             };
             let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
             self.take(resp)?;
         }
+    }
+
+    async fn resubscribe(&mut self) -> Result<(), Error> {
+        if let (Request::Subscribe { from, .. }, Some(at)) = (&mut self.request, self.resume) {
+            *from = message::ReadFrom::At(at);
+        }
+        let (first, recv, buf) = self.client.open(&self.request).await?;
+        self.recv = recv;
+        self.buf = buf;
+        self.take(first)
     }
 }
 

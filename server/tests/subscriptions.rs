@@ -70,7 +70,7 @@ async fn write(c: Arc<Client>, tag: u64, batches: u64) {
 /// Collects events until the subscription has passed `end` (exclusive) or delivered `want`
 /// events; checks the caught-up marker comes once.
 async fn collect_until(
-    sub: &mut quiver_client::Subscription,
+    sub: &mut quiver_client::Subscription<'_>,
     end: u64,
     want: usize,
 ) -> Vec<(u64, String)> {
@@ -336,4 +336,58 @@ async fn a_payload_selector_delivers_exactly_the_matching_events() {
         other => panic!("{other:?}"),
     }
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_resumes_by_itself_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let addr = server.addr;
+    let c = client(dir.path(), addr).await;
+    for i in 0..5 {
+        let e = EventData::json("T", format!("{{\"i\":{i}}}"));
+        c.append("s", ExpectedVersion::Any, vec![e]).await.unwrap();
+    }
+    let mut sub = c.subscribe_all(SubscribeOptions::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        if let Some(Msg::Event(e)) = sub.next().await.unwrap() {
+            seen.push(e.position);
+        }
+    }
+    server.stop().await;
+    // The server comes back on the same address with more history written meanwhile.
+    let config = ServerConfig {
+        listen: addr,
+        http: None,
+        ..ServerConfig::new(dir.path())
+    };
+    let server = Server::start(&config).unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let writer = client(dir.path(), addr).await;
+    for i in 5..10 {
+        let e = EventData::json("T", format!("{{\"i\":{i}}}"));
+        writer
+            .append("s", ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    while seen.len() < 10 {
+        let m = tokio::time::timeout(Duration::from_secs(15), sub.next())
+            .await
+            .unwrap();
+        if let Some(Msg::Event(e)) = m.unwrap() {
+            seen.push(e.position);
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<_>>(),
+        "no gap and no duplicate across the restart"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
 }
