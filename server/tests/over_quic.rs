@@ -6,45 +6,11 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
+mod common;
+
+use common::{client, config, start};
 use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
 use quiver_server::{Server, ServerConfig};
-
-struct Running {
-    addr: std::net::SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn config(dir: &std::path::Path) -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http: Some("127.0.0.1:0".parse().unwrap()),
-        ..ServerConfig::new(dir)
-    }
-}
-
-fn start(config: ServerConfig) -> Running {
-    let server = Server::start(&config).unwrap();
-    let addr = server.local_addr();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    Running { addr, stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn client(dir: &std::path::Path, addr: std::net::SocketAddr) -> Client {
-    Client::connect(ClientConfig::local(dir).server(addr))
-        .await
-        .unwrap()
-}
 
 fn ev(t: &str, data: &str) -> EventData {
     EventData::json(t, data.as_bytes().to_vec())

@@ -8,43 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_client::{
-    Client, ClientConfig, EventData, ExpectedVersion, ReadOptions, SubscribeOptions,
-    SubscriptionMessage as Msg,
+    Client, EventData, ExpectedVersion, ReadOptions, SubscribeOptions, SubscriptionMessage as Msg,
 };
 use quiver_server::{Server, ServerConfig};
 
-struct Running {
-    addr: std::net::SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
+mod common;
+
+use common::{client, Running};
 
 fn start(dir: &std::path::Path) -> Running {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    common::start(ServerConfig {
         http: None,
-        ..ServerConfig::new(dir)
-    };
-    let server = Server::start(&config).unwrap();
-    let addr = server.local_addr();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    Running { addr, stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn client(dir: &std::path::Path, addr: std::net::SocketAddr) -> Client {
-    Client::connect(ClientConfig::local(dir).server(addr))
-        .await
-        .unwrap()
+        ..common::config(dir)
+    })
 }
 
 /// Appends `batches` batches of 1–3 events, alternating types and streams, with small pauses.
