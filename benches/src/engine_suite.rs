@@ -26,8 +26,8 @@ use quiver_engine::{
 
 use crate::report::{latency_histogram, micros, millis, Report};
 use crate::workload::{
-    fill, nanos, nanos_since, run_parallel, scratch_dir, stream_name, Fill, Ids, Run,
-    EVENT_DATA_BYTES,
+    fill, nanos_since, run_parallel, scratch_dir, stream_name, timed, Fill, Ids, ReadTimer, Run,
+    EVENT_DATA_BYTES, FILL_BATCH, READ_EVENTS,
 };
 
 /// Every scenario of the suite, in the order [`run`] is meant to be called.
@@ -41,20 +41,10 @@ pub const SCENARIOS: &[&str] = &[
     "engine_reopen_10m",
 ];
 
-/// Length of a timed scenario.
-const TIMED: Duration = Duration::from_secs(3);
-/// Length of a timed scenario with `--quick`.
-const TIMED_QUICK: Duration = Duration::from_secs(1);
-/// Events in the store that `engine_read_stream` and `engine_scan_all` read.
-const READ_EVENTS: u64 = 1_000_000;
-/// Events read between two latency samples.
-const READ_SAMPLE_EVENTS: u64 = 1_000;
 /// Events in the store `engine_reopen_10m` reopens.
 const REOPEN_EVENTS: u64 = 10_000_000;
 /// The same with `--quick`.
 const REOPEN_EVENTS_QUICK: u64 = 1_000_000;
-/// Events per append when filling a store to read or reopen.
-const FILL_BATCH: usize = 1_000;
 
 /// How the suite runs.
 #[derive(Debug, Clone)]
@@ -71,11 +61,7 @@ pub struct Options {
 
 impl Options {
     fn timed(&self) -> Duration {
-        if self.quick {
-            TIMED_QUICK
-        } else {
-            TIMED
-        }
+        timed(self.quick)
     }
 
     fn config(&self) -> EngineConfig {
@@ -207,7 +193,7 @@ fn append_in_flight(opts: &Options, scenario: &str, appenders: usize) -> Result<
 }
 
 /// Walks `events`, checking each with `check(i, event)`, and samples the time per
-/// [`READ_SAMPLE_EVENTS`] events. Returns the run and the payload bytes seen.
+/// 1,000 events. Returns the run and the payload bytes seen.
 fn timed_read<I, E>(
     events: I,
     mut check: impl FnMut(u64, &RecordedEvent) -> Result<()>,
@@ -216,28 +202,13 @@ where
     I: Iterator<Item = Result<RecordedEvent, E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let mut latency = latency_histogram();
-    let (mut read, mut bytes) = (0u64, 0u64);
-    let began = Instant::now();
-    let mut mark = began;
+    let mut timer = ReadTimer::start();
     for e in events {
         let e = e?;
-        check(read, &e)?;
-        bytes += e.data.len() as u64;
-        read += 1;
-        if read % READ_SAMPLE_EVENTS == 0 {
-            let now = Instant::now();
-            latency.saturating_record(nanos(now - mark));
-            mark = now;
-        }
+        check(timer.events(), &e)?;
+        timer.event(e.data.len());
     }
-    let elapsed = began.elapsed();
-    let run = Run {
-        latency,
-        events: read,
-        elapsed,
-    };
-    Ok((run, bytes))
+    Ok(timer.finish())
 }
 
 /// Fills one stream with [`READ_EVENTS`] events, then reads it forward.

@@ -11,8 +11,11 @@
 //! - `workload.rs` — events and ids, data directories, parallel timed runs, filling a store.
 //! - `report.rs` — latency histograms and the JSON line a scenario prints.
 //! - `engine_suite.rs` — the `engine` suite: appends, reads, `$all` scans, reopen.
+//! - `client_suite.rs` — the `client` suite: the server over QUIC through `quiver-client`,
+//!   started in-process or already running.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod client_suite;
 pub mod engine_suite;
 pub mod report;
 pub mod workload;

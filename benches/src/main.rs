@@ -22,18 +22,23 @@
 //! cargo run --release -p quiver-bench -- engine --scenario engine_scan_all --dir /data/b
 //! cargo run --release -p quiver-bench -- engine --io-mode pwrite   # compare write paths
 //! cargo bench -p quiver-bench                               # Criterion micro-benchmarks
+//! cargo run --release -p quiver-bench -- client            # server over QUIC, in-process
+//! cargo run --release -p quiver-bench -- client --server 127.0.0.1:7600 --ca ca.pem
 //! ```
 //!
-//! The suites: `engine` (`quiver_bench::engine_suite`; its module doc lists the scenarios).
+//! The suites: `engine` (`quiver_bench::engine_suite`) and `client`
+//! (`quiver_bench::client_suite`); their module docs list the scenarios.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use quiver_bench::engine_suite::{self, SCENARIOS};
-use quiver_bench::report::git_rev;
+use quiver_bench::client_suite::{self, default_ca_file, Remote, Suite as ClientSuite};
+use quiver_bench::engine_suite;
+use quiver_bench::report::{git_rev, Report};
 use quiver_bench::workload::{DATA_DIR_DEFAULT, DATA_DIR_ENV};
 use quiver_engine::IoMode;
 
@@ -51,6 +56,9 @@ struct Cli {
 enum Suite {
     /// The storage engine in-process: durable appends, stream reads, `$all` scans, reopen.
     Engine(EngineArgs),
+    /// The server over QUIC through quiver-client: appends from 1, 16 and 64 connections,
+    /// stream reads and `$all` scans. Starts its own server unless given --server.
+    Client(ClientArgs),
 }
 
 #[derive(Args)]
@@ -65,7 +73,31 @@ struct EngineArgs {
     #[arg(long, value_enum, default_value_t = IoModeArg::Auto)]
     io_mode: IoModeArg,
     /// Run only this scenario (repeatable); all of them by default.
-    #[arg(long = "scenario", value_parser = PossibleValuesParser::new(SCENARIOS))]
+    #[arg(long = "scenario", value_parser = PossibleValuesParser::new(engine_suite::SCENARIOS))]
+    scenarios: Vec<String>,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// QUIC address of a running server. Default: a server started in-process on
+    /// 127.0.0.1:0, on a fresh store per scenario under --dir.
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// With --server: PEM file of the CA to trust. Default: $QUIVER_DATA_DIR/tls/ca.pem,
+    /// else quiver-data/tls/ca.pem.
+    #[arg(long, env = "QUIVER_CA")]
+    ca: Option<PathBuf>,
+    /// With --server: the token to present, if the server requires one.
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Timed scenarios run 1 s instead of 3 s; the read store holds 200,000 events, not 1 M.
+    #[arg(long)]
+    quick: bool,
+    /// Parent directory of the in-process servers' stores (on the disk to measure).
+    #[arg(long, env = DATA_DIR_ENV, default_value = DATA_DIR_DEFAULT)]
+    dir: PathBuf,
+    /// Run only this scenario (repeatable); all of them by default.
+    #[arg(long = "scenario", value_parser = PossibleValuesParser::new(client_suite::SCENARIOS))]
     scenarios: Vec<String>,
 }
 
@@ -87,27 +119,65 @@ impl From<IoModeArg> for IoMode {
 }
 
 fn main() -> Result<()> {
-    let Suite::Engine(args) = Cli::parse().suite;
-    let opts = engine_suite::Options {
-        data_dir: args.dir,
-        quick: args.quick,
-        git_rev: git_rev(env!("CARGO_MANIFEST_DIR").as_ref()),
-        io_mode: args.io_mode.into(),
-    };
-    let chosen: Vec<&str> = if args.scenarios.is_empty() {
-        SCENARIOS.to_vec()
-    } else {
-        // In suite order, whatever order they were given in.
-        SCENARIOS
-            .iter()
-            .copied()
-            .filter(|s| args.scenarios.iter().any(|a| a == s))
-            .collect()
-    };
+    let git_rev = git_rev(env!("CARGO_MANIFEST_DIR").as_ref());
+    match Cli::parse().suite {
+        Suite::Engine(args) => {
+            let opts = engine_suite::Options {
+                data_dir: args.dir,
+                quick: args.quick,
+                git_rev,
+                io_mode: args.io_mode.into(),
+            };
+            let chosen = choose(engine_suite::SCENARIOS, &args.scenarios);
+            run_all(&chosen, |scenario| engine_suite::run(scenario, &opts))
+        }
+        Suite::Client(args) => {
+            let remote = args.server.map(|addr| Remote {
+                addr,
+                ca_file: args.ca.unwrap_or_else(default_ca_file),
+                token: args.token,
+            });
+            if let Some(Remote { ca_file, .. }) = &remote {
+                anyhow::ensure!(
+                    ca_file.exists(),
+                    "no CA file at {}: pass --ca FILE (or QUIVER_CA), or set QUIVER_DATA_DIR to \
+                     the server's data directory",
+                    ca_file.display()
+                );
+            }
+            let mut suite = ClientSuite::new(client_suite::Options {
+                remote,
+                data_dir: args.dir,
+                quick: args.quick,
+                git_rev,
+            })?;
+            let chosen = choose(client_suite::SCENARIOS, &args.scenarios);
+            let ran = run_all(&chosen, |scenario| suite.run(scenario));
+            let finished = suite.finish();
+            ran.and(finished)
+        }
+    }
+}
+
+/// The scenarios asked for, in suite order whatever order they were given in; all of them
+/// when none was.
+fn choose<'a>(all: &[&'a str], asked: &[String]) -> Vec<&'a str> {
+    if asked.is_empty() {
+        return all.to_vec();
+    }
+    all.iter()
+        .copied()
+        .filter(|s| asked.iter().any(|a| a == s))
+        .collect()
+}
+
+/// Runs each scenario, printing its JSON line as soon as it is done; a failed scenario is
+/// reported on stderr and the others still run.
+fn run_all(scenarios: &[&str], mut run: impl FnMut(&str) -> Result<Report>) -> Result<()> {
     let mut failed = 0;
-    for scenario in chosen {
+    for &scenario in scenarios {
         eprintln!("quiver-bench: running {scenario}");
-        match engine_suite::run(scenario, &opts) {
+        match run(scenario) {
             Ok(report) => {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{}", report.to_json_line())?;

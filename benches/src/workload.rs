@@ -26,8 +26,28 @@ pub const DATA_DIR_DEFAULT: &str = "quiver-bench-data";
 /// Environment variable that overrides [`DATA_DIR_DEFAULT`].
 pub const DATA_DIR_ENV: &str = "QUIVER_BENCH_DIR";
 
+/// Length of a timed scenario.
+pub const TIMED: Duration = Duration::from_secs(3);
+/// Length of a timed scenario with `--quick`.
+pub const TIMED_QUICK: Duration = Duration::from_secs(1);
+/// Events in the store that the read scenarios read.
+pub const READ_EVENTS: u64 = 1_000_000;
+/// Events read between two latency samples of a read.
+pub const READ_SAMPLE_EVENTS: u64 = 1_000;
+/// Events per append when filling a store to read or reopen.
+pub const FILL_BATCH: usize = 1_000;
+
+/// How long a timed scenario runs: [`TIMED`], or [`TIMED_QUICK`] with `--quick`.
+pub fn timed(quick: bool) -> Duration {
+    if quick {
+        TIMED_QUICK
+    } else {
+        TIMED
+    }
+}
+
 /// The payload of every event. Not all zeros, so nothing on the way can shortcut it.
-static PAYLOAD: [u8; EVENT_DATA_BYTES] = payload();
+pub static PAYLOAD: [u8; EVENT_DATA_BYTES] = payload();
 
 const fn payload() -> [u8; EVENT_DATA_BYTES] {
     let mut p = [0u8; EVENT_DATA_BYTES];
@@ -54,12 +74,17 @@ impl Ids {
         Ids { source, next: 1 }
     }
 
-    /// One event of [`EVENT_DATA_BYTES`] bytes. The payload is shared, not copied.
-    pub fn event(&mut self) -> EventData {
+    /// The next id.
+    pub fn id(&mut self) -> Uuid {
         let id = Uuid::from_u128((u128::from(self.source) << 64) | u128::from(self.next));
         self.next += 1;
+        id
+    }
+
+    /// One event of [`EVENT_DATA_BYTES`] bytes. The payload is shared, not copied.
+    pub fn event(&mut self) -> EventData {
         EventData {
-            id,
+            id: self.id(),
             event_type: EVENT_TYPE.to_string(),
             content_type: ContentType::Binary,
             data: PAYLOAD[..].into(),
@@ -140,6 +165,62 @@ where
         run.elapsed = began.elapsed();
         Ok(run)
     })
+}
+
+/// Times a read as it goes: one latency sample per [`READ_SAMPLE_EVENTS`] events, and the
+/// events and payload bytes seen. Whatever iterates (the engine's iterators, the client's
+/// `Events`) calls [`ReadTimer::event`] once per event.
+#[derive(Debug)]
+pub struct ReadTimer {
+    latency: Histogram<u64>,
+    events: u64,
+    bytes: u64,
+    began: Instant,
+    /// When the last sample ended, and the event count at which the next one does.
+    mark: Instant,
+    next_sample: u64,
+}
+
+impl ReadTimer {
+    /// Starts the clock.
+    pub fn start() -> Self {
+        let began = Instant::now();
+        ReadTimer {
+            latency: latency_histogram(),
+            events: 0,
+            bytes: 0,
+            began,
+            mark: began,
+            next_sample: READ_SAMPLE_EVENTS,
+        }
+    }
+
+    /// Events counted so far: the index of the next one.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Counts one event with `data_bytes` of payload.
+    pub fn event(&mut self, data_bytes: usize) {
+        self.bytes += data_bytes as u64;
+        self.events += 1;
+        if self.events == self.next_sample {
+            let now = Instant::now();
+            self.latency.saturating_record(nanos(now - self.mark));
+            self.mark = now;
+            self.next_sample += READ_SAMPLE_EVENTS;
+        }
+    }
+
+    /// Stops the clock: the run, and the payload bytes seen.
+    pub fn finish(self) -> (Run, u64) {
+        let run = Run {
+            latency: self.latency,
+            events: self.events,
+            elapsed: self.began.elapsed(),
+        };
+        (run, self.bytes)
+    }
 }
 
 /// A duration in nanoseconds, for a latency sample.

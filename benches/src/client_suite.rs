@@ -1,0 +1,574 @@
+//! The `client` suite: the server over QUIC, driven through `quiver-client` as an application
+//! would drive it: TLS, loopback UDP, one QUIC stream per request, every append durable on
+//! the server before its answer.
+//!
+//! | scenario | what is measured | latency sample |
+//! |---|---|---|
+//! | `client_append_batch100` | 1 connection, appends of 100 events in turn | append call |
+//! | `client_append_batch100_c16` | 16 connections, a stream each, appends of 100 | append call |
+//! | `client_append_concurrent64` | 64 tasks, a connection each, 1 event per append | append call |
+//! | `client_read_stream` | read a 1,000,000-event stream (200,000 `--quick`) | 1,000 events |
+//! | `client_scan_all` | read `$all` over the same store, from its first event | 1,000 events |
+//!
+//! Latency is what the caller sees: from the call to its answer, a round trip plus the
+//! server's work and fsync. The read store is written beforehand in appends of 1,000 events
+//! over one connection (`fill_events_per_sec` in the read reports).
+//!
+//! **Which server.** With `--server ADDR` the clients connect to a running server. Without
+//! it, each append scenario starts a server in-process on `127.0.0.1:0`, on a fresh store
+//! under the bench data directory (deleted afterwards) with the TLS CA it generates there;
+//! the two read scenarios share one server and its store, filled once. That server runs on
+//! its own tokio runtime (threads named `quiver-server`), the clients on another
+//! (`bench-client`), each with one worker per core, as two processes on the machine would:
+//! `perf report --sort comm` then splits the CPU between them.
+//!
+//! **Ids and names.** Each run draws a random run id. Event ids and stream names derive from
+//! it, so a second run against the same server neither collides with the first nor is
+//! answered as an idempotent retry of it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use hdrhistogram::Histogram;
+use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadOptions};
+use quiver_engine::Uuid;
+use quiver_server::ServerConfig;
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+use tokio::sync::{oneshot, Barrier};
+
+use crate::report::{latency_histogram, Report};
+use crate::workload::{
+    nanos_since, scratch_dir, timed, Ids, ReadTimer, Run, EVENT_DATA_BYTES, EVENT_TYPE, FILL_BATCH,
+    PAYLOAD, READ_EVENTS,
+};
+
+/// Every scenario of the suite, in the order [`Suite::run`] is meant to be called.
+pub const SCENARIOS: &[&str] = &[
+    "client_append_batch100",
+    "client_append_batch100_c16",
+    "client_append_concurrent64",
+    "client_read_stream",
+    "client_scan_all",
+];
+
+/// Events in the read store with `--quick`.
+const READ_EVENTS_QUICK: u64 = 200_000;
+/// Thread name of the in-process server's runtime (workers and blocking pool).
+const SERVER_THREADS: &str = "quiver-server";
+/// Thread name of the clients' runtime.
+const CLIENT_THREADS: &str = "bench-client";
+/// How long a stopping in-process server may take to drain before its runtime is dropped.
+const SERVER_STOP_MAX: Duration = Duration::from_secs(10);
+
+/// A server that is already running.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// The PEM file of the CA to trust (see [`default_ca_file`]).
+    pub ca_file: PathBuf,
+    /// Token, when the server requires one.
+    pub token: Option<String>,
+}
+
+/// How the suite runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A running server; `None`: start one in-process per scenario.
+    pub remote: Option<Remote>,
+    /// Parent of the in-process servers' scratch stores.
+    pub data_dir: PathBuf,
+    /// Shorter timed scenarios (1 s) and a 200,000-event read store.
+    pub quick: bool,
+    /// Commit being measured, copied into every report.
+    pub git_rev: Option<String>,
+}
+
+/// The CA to trust when none is given (`--ca`, `$QUIVER_CA`): the one a server on this
+/// machine generated in its data directory, `$QUIVER_DATA_DIR/tls/ca.pem`, else
+/// `quiver-data/tls/ca.pem`, as the server's own defaults put it.
+pub fn default_ca_file() -> PathBuf {
+    let data_dir: PathBuf = std::env::var_os("QUIVER_DATA_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| "quiver-data".into());
+    quiver_server::tls::tls_dir(&data_dir).join(quiver_server::tls::CA_FILE)
+}
+
+/// One run of the suite: the clients' runtime, the run id, and the store the read scenarios
+/// share once one of them has filled it.
+pub struct Suite {
+    opts: Options,
+    // Field order is drop order: the read store's server stops before the clients' runtime.
+    reads: Option<ReadStore>,
+    runtime: Runtime,
+    run_id: u64,
+    sources: u64,
+}
+
+impl Suite {
+    /// A suite ready to run scenarios; starts the clients' runtime.
+    pub fn new(opts: Options) -> Result<Suite> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(CLIENT_THREADS)
+            .build()
+            .context("starting the clients' runtime")?;
+        Ok(Suite {
+            opts,
+            reads: None,
+            runtime,
+            run_id: Uuid::new_v4().as_u64_pair().0,
+            sources: 0,
+        })
+    }
+
+    /// Runs one scenario of [`SCENARIOS`] and returns its report.
+    pub fn run(&mut self, scenario: &str) -> Result<Report> {
+        let report = match scenario {
+            "client_append_batch100" => self.append(scenario, 1, 1, 100)?,
+            "client_append_batch100_c16" => self.append(scenario, 16, 16, 100)?,
+            "client_append_concurrent64" => self.append(scenario, 64, 64, 1)?.with(
+                "mode",
+                "64 tasks, each with its own Client (connection), one single-event append \
+                 awaited at a time",
+            ),
+            "client_read_stream" => self.read_stream(scenario)?,
+            "client_scan_all" => self.scan_all(scenario)?,
+            other => anyhow::bail!("no scenario {other:?}; known: {}", SCENARIOS.join(", ")),
+        };
+        let report = report.with("quick", self.opts.quick);
+        Ok(match &self.opts.git_rev {
+            Some(rev) => report.with("git_rev", rev.as_str()),
+            None => report,
+        })
+    }
+
+    /// Stops the in-process server the read scenarios shared, if any, and says whether it
+    /// stopped cleanly (dropping the suite stops it too, but can only print a failure).
+    pub fn finish(mut self) -> Result<()> {
+        match self.reads.take().and_then(|r| r.server.local) {
+            Some(mut local) => local.stop(),
+            None => Ok(()),
+        }
+    }
+
+    /// An id generator no other appender of this run (or of another run) shares.
+    fn ids(&mut self) -> Ids {
+        self.sources += 1;
+        Ids::new(self.run_id.wrapping_add(self.sources))
+    }
+
+    /// The `i`th stream of `scenario` in this run.
+    fn stream(&self, scenario: &str, i: usize) -> String {
+        format!("{scenario}-{:08x}-{i}", self.run_id >> 32)
+    }
+
+    /// `appenders` tasks over `connections` clients (task `t` uses client
+    /// `t % connections`), each appending batches of `batch` events to its own stream for the
+    /// scenario's duration; one latency sample per append call.
+    fn append(
+        &mut self,
+        scenario: &str,
+        appenders: usize,
+        connections: usize,
+        batch: usize,
+    ) -> Result<Report> {
+        let server = Target::start(&self.opts, scenario)?;
+        let work: Vec<(String, Ids)> = (0..appenders)
+            .map(|t| (self.stream(scenario, t), self.ids()))
+            .collect();
+        let duration = timed(self.opts.quick);
+        let run = self.runtime.block_on(async {
+            let clients = connect(&server.config, connections).await?;
+            let run = run_tasks(work.into_iter().enumerate().map(|(t, (stream, ids))| {
+                let client = clients[t % connections].clone();
+                append_loop(client, stream, ids, batch, duration)
+            }))
+            .await;
+            close(clients).await;
+            run
+        })?;
+        let report = Report::new(scenario, run.events, run.elapsed, &run.latency);
+        Ok(server
+            .stop_and_describe(report)?
+            .with("connections", connections)
+            .with("appenders", appenders)
+            .with("batch", batch)
+            .with("latency_per", "append call, as the client sees it"))
+    }
+
+    /// The read store, filled on first use.
+    fn read_store(&mut self) -> Result<&ReadStore> {
+        if self.reads.is_none() {
+            let server = Target::start(&self.opts, "client_read")?;
+            let stream = self.stream("client_read", 0);
+            let events = if self.opts.quick {
+                READ_EVENTS_QUICK
+            } else {
+                READ_EVENTS
+            };
+            let ids = self.ids();
+            let filled = self
+                .runtime
+                .block_on(fill(&server.config, &stream, ids, events))?;
+            self.reads = Some(ReadStore {
+                server,
+                stream,
+                events,
+                first_position: filled.first_position,
+                fill_events_per_sec: filled.run.events_per_sec().round() as u64,
+            });
+        }
+        Ok(self.reads.as_ref().expect("filled just above"))
+    }
+
+    /// Reads the read store's stream forward, checking every version and payload.
+    fn read_stream(&mut self, scenario: &str) -> Result<Report> {
+        self.read_store()?;
+        let store = self.reads.as_ref().expect("filled by read_store");
+        let (run, bytes) = self.runtime.block_on(async {
+            let client = Client::connect(store.server.config.clone()).await?;
+            let mut timer = ReadTimer::start();
+            let mut events = client
+                .read_stream(&store.stream, ReadOptions::default())
+                .await?;
+            while let Some(e) = events.next().await? {
+                let due = timer.events();
+                ensure!(
+                    e.version == due,
+                    "read version {} where {due} was due",
+                    e.version
+                );
+                timer.event(e.data.len());
+            }
+            let read = timer.finish();
+            client.close().await;
+            Ok::<_, anyhow::Error>(read)
+        })?;
+        store.report(scenario, &run, bytes)
+    }
+
+    /// Reads `$all` forward from the read store's first event, as many events as it holds.
+    fn scan_all(&mut self, scenario: &str) -> Result<Report> {
+        self.read_store()?;
+        let store = self.reads.as_ref().expect("filled by read_store");
+        let first = store.first_position;
+        let (run, bytes) = self.runtime.block_on(async {
+            let client = Client::connect(store.server.config.clone()).await?;
+            let options = ReadOptions::default().from(first).max_count(store.events);
+            let mut timer = ReadTimer::start();
+            let mut events = client.read_all(options).await?;
+            while let Some(e) = events.next().await? {
+                let due = first + timer.events();
+                ensure!(
+                    e.position == due,
+                    "read position {} where {due} was due",
+                    e.position
+                );
+                timer.event(e.data.len());
+            }
+            let read = timer.finish();
+            client.close().await;
+            Ok::<_, anyhow::Error>(read)
+        })?;
+        store.report(scenario, &run, bytes)
+    }
+}
+
+/// The store both read scenarios read: one stream of `events` events, written in appends of
+/// [`FILL_BATCH`] with nothing else in between in `$all`.
+struct ReadStore {
+    server: Target,
+    stream: String,
+    events: u64,
+    first_position: u64,
+    fill_events_per_sec: u64,
+}
+
+impl ReadStore {
+    /// The report of a read of the whole store, after checking it was whole.
+    fn report(&self, scenario: &str, run: &Run, bytes: u64) -> Result<Report> {
+        ensure!(
+            run.events == self.events,
+            "read {} events of {}",
+            run.events,
+            self.events
+        );
+        ensure!(
+            bytes == self.events * EVENT_DATA_BYTES as u64,
+            "payloads are short"
+        );
+        let report = Report::new(scenario, run.events, run.elapsed, &run.latency);
+        Ok(self
+            .server
+            .describe(report)
+            .with("connections", 1)
+            .with("streams", 1)
+            .with("written_in_batches_of", FILL_BATCH)
+            .with("fill_events_per_sec", self.fill_events_per_sec)
+            .with("latency_per", "1000 events read"))
+    }
+}
+
+/// Where the clients connect: a running server, or one started in-process for the purpose.
+struct Target {
+    config: ClientConfig,
+    local: Option<LocalServer>,
+}
+
+impl Target {
+    /// The remote server of `opts`, or a fresh in-process one named after `scenario`.
+    fn start(opts: &Options, scenario: &str) -> Result<Target> {
+        let Some(remote) = &opts.remote else {
+            let (local, config) = LocalServer::start(opts, scenario)?;
+            return Ok(Target {
+                config,
+                local: Some(local),
+            });
+        };
+        let mut config = ClientConfig::local(".")
+            .server(remote.addr)
+            .ca_file(remote.ca_file.clone());
+        if let Some(token) = &remote.token {
+            config = config.token(token);
+        }
+        Ok(Target {
+            config,
+            local: None,
+        })
+    }
+
+    /// Adds which server was measured to `report`.
+    fn describe(&self, report: Report) -> Report {
+        let report = report.with("server_addr", self.config.server.to_string());
+        match &self.local {
+            Some(local) => report
+                .with("server", "in-process")
+                .with("io_mode", local.io_mode.as_str()),
+            None => report.with("server", "remote"),
+        }
+    }
+
+    /// Stops an in-process server (failing if it failed), then describes it in `report`.
+    fn stop_and_describe(mut self, report: Report) -> Result<Report> {
+        if let Some(local) = &mut self.local {
+            local.stop()?;
+        }
+        Ok(self.describe(report))
+    }
+}
+
+/// A server started in-process on a fresh store, on its own runtime.
+struct LocalServer {
+    io_mode: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    // Field order is drop order: the runtime (and the store with it) goes before its files.
+    runtime: Option<Runtime>,
+    _dir: TempDir,
+}
+
+impl LocalServer {
+    /// Starts a server on `127.0.0.1:0` with a fresh store; returns it and how to reach it.
+    fn start(opts: &Options, scenario: &str) -> Result<(LocalServer, ClientConfig)> {
+        let dir = scratch_dir(&opts.data_dir, scenario)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(SERVER_THREADS)
+            .build()
+            .context("starting the server's runtime")?;
+        // No HTTP operations endpoint: nothing here reads it, and its default port would
+        // collide with a real server on this machine.
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            http: None,
+            ..ServerConfig::new(dir.path())
+        };
+        // Binding the endpoint needs the runtime.
+        let server = runtime.block_on(async { quiver_server::Server::start(&config) })?;
+        let addr = server.local_addr();
+        let io_mode = format!("{:?}", server.engine().io_mode()).to_ascii_lowercase();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = runtime.spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let client = ClientConfig::local(dir.path()).server(addr);
+        let local = LocalServer {
+            io_mode,
+            stop: Some(stop),
+            task: Some(task),
+            runtime: Some(runtime),
+            _dir: dir,
+        };
+        Ok((local, client))
+    }
+
+    /// Asks the server to stop, waits for it to drain and flush, and stops its runtime.
+    fn stop(&mut self) -> Result<()> {
+        let (Some(stop), Some(task), Some(runtime)) =
+            (self.stop.take(), self.task.take(), self.runtime.take())
+        else {
+            return Ok(());
+        };
+        let _ = stop.send(());
+        let ran = runtime.block_on(async { tokio::time::timeout(SERVER_STOP_MAX, task).await });
+        runtime.shutdown_timeout(SERVER_STOP_MAX);
+        ran.context("the server did not stop in time")?
+            .context("the server task panicked")?
+            .context("the server failed")
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("quiver-bench: stopping the in-process server: {e:#}");
+        }
+    }
+}
+
+/// `n` connected clients.
+async fn connect(config: &ClientConfig, n: usize) -> Result<Vec<Arc<Client>>> {
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let client = Client::connect(config.clone())
+            .await
+            .with_context(|| format!("connecting client {i} to {}", config.server))?;
+        clients.push(Arc::new(client));
+    }
+    Ok(clients)
+}
+
+/// Closes the clients no task holds any more, so the server sees them leave.
+async fn close(clients: Vec<Arc<Client>>) {
+    let mut closing = tokio::task::JoinSet::new();
+    for client in clients.into_iter().filter_map(Arc::into_inner) {
+        closing.spawn(client.close());
+    }
+    closing.join_all().await;
+}
+
+/// Runs the `tasks`, released together, each returning its latency samples and how many
+/// events it handled: the async counterpart of `workload::run_parallel`.
+async fn run_tasks<F>(tasks: impl IntoIterator<Item = F>) -> Result<Run>
+where
+    F: Future<Output = Result<(Histogram<u64>, u64)>> + Send + 'static,
+{
+    let tasks: Vec<F> = tasks.into_iter().collect();
+    let start = Arc::new(Barrier::new(tasks.len() + 1));
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|work| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                work.await
+            })
+        })
+        .collect();
+    start.wait().await;
+    let began = Instant::now();
+    let mut run = Run {
+        latency: latency_histogram(),
+        events: 0,
+        elapsed: Duration::ZERO,
+    };
+    for h in handles {
+        let (latency, events) = h.await.context("a benchmark task panicked")??;
+        run.latency.add(&latency).expect("histograms share bounds");
+        run.events += events;
+    }
+    run.elapsed = began.elapsed();
+    Ok(run)
+}
+
+/// One event for the client: the workload's id and payload (shared, not copied).
+fn event(ids: &mut Ids) -> EventData {
+    EventData {
+        id: ids.id(),
+        event_type: EVENT_TYPE.to_string(),
+        json: false,
+        data: PAYLOAD[..].into(),
+        metadata: Default::default(),
+    }
+}
+
+/// `n` events for one append.
+fn batch(ids: &mut Ids, n: usize) -> Vec<EventData> {
+    (0..n).map(|_| event(ids)).collect()
+}
+
+/// Appends batches of `batch` events to `stream` until `duration` has passed.
+async fn append_loop(
+    client: Arc<Client>,
+    stream: String,
+    mut ids: Ids,
+    batch_events: usize,
+    duration: Duration,
+) -> Result<(Histogram<u64>, u64)> {
+    let mut latency = latency_histogram();
+    let until = Instant::now() + duration;
+    let mut events = 0;
+    while Instant::now() < until {
+        let write = batch(&mut ids, batch_events);
+        let began = Instant::now();
+        client
+            .append(&stream, ExpectedVersion::Any, write)
+            .await
+            .with_context(|| format!("appending to {stream}"))?;
+        latency.saturating_record(nanos_since(began));
+        events += batch_events as u64;
+    }
+    Ok((latency, events))
+}
+
+/// What filling the read store did.
+struct Filled {
+    run: Run,
+    first_position: u64,
+}
+
+/// Writes `events` events (a multiple of [`FILL_BATCH`]) to `stream` over one connection,
+/// checking that nothing else lands in `$all` between them.
+async fn fill(config: &ClientConfig, stream: &str, mut ids: Ids, events: u64) -> Result<Filled> {
+    let calls = events / FILL_BATCH as u64;
+    ensure!(
+        calls * FILL_BATCH as u64 == events,
+        "{events} events do not split into batches of {FILL_BATCH}"
+    );
+    let client = Client::connect(config.clone())
+        .await
+        .with_context(|| format!("connecting to {}", config.server))?;
+    let mut latency = latency_histogram();
+    let mut first_position = None;
+    let mut next_position = None;
+    let began = Instant::now();
+    for _ in 0..calls {
+        let write = batch(&mut ids, FILL_BATCH);
+        let sent = Instant::now();
+        let r = client.append(stream, ExpectedVersion::Any, write).await?;
+        latency.saturating_record(nanos_since(sent));
+        ensure!(
+            next_position.is_none_or(|p| p == r.position_first),
+            "another writer's events landed in $all between the fill's appends"
+        );
+        first_position.get_or_insert(r.position_first);
+        next_position = Some(r.position_last + 1);
+    }
+    let elapsed = began.elapsed();
+    client.close().await;
+    let run = Run {
+        latency,
+        events,
+        elapsed,
+    };
+    Ok(Filled {
+        run,
+        first_position: first_position.context("the fill wrote nothing")?,
+    })
+}
