@@ -19,6 +19,10 @@ use crate::message::ALPN;
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Socket buffer asked for (the kernel caps it at `net.core.rmem_max` / `wmem_max`). The
+/// default (~208 KB) overflows when many connections send large appends at once: measured
+/// 1,342 of 52,336 datagrams dropped with 16 connections of 100-event appends.
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// Why an endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +89,22 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| SetupError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport()));
-    quinn::Endpoint::server(config, addr).map_err(|source| SetupError::Bind { addr, source })
+    endpoint(addr, Some(config))
+}
+
+/// Binds a UDP socket with large buffers and runs a quinn endpoint on it.
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, SetupError> {
+    let bind = |source| SetupError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a smaller buffer still works, only with more drops under load.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime).map_err(bind)
 }
 
 /// A client endpoint that trusts the certificate authorities in `roots`.
@@ -103,8 +122,7 @@ pub fn client_endpoint(roots: &[CertificateDer<'static>]) -> Result<quinn::Endpo
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport()));
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("a valid wildcard address");
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| SetupError::Bind { addr: bind, source })?;
+    let mut endpoint = endpoint(bind, None)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
