@@ -1,13 +1,29 @@
 //! # quiver-raft
 //!
-//! Quiver's Raft: a sans-IO core driven by `tick`, `step`, `propose`, `ready` and
-//! `advance`, in the manner of etcd-raft's `RawNode`. Time arrives as ticks and randomness
-//! from a seed, so the core can be simulated deterministically.
+//! Quiver's Raft: a sans-IO core driven by `tick`, `step` and `propose`, handing out what to
+//! persist, send and apply through `ready` / `advance`, in the manner of etcd-raft's
+//! `RawNode`. Time arrives as ticks and randomness from a seed, so the core can be simulated
+//! deterministically (`tests/sim.rs`).
 //!
-//! This crate must never depend on tokio, quinn, `quiver-engine` or `std::fs`: the server
-//! persists what `ready` hands over (into the engine, whose log is the Raft log) and sends
-//! the messages (through `quiver-net`).
+//! This crate must never depend on tokio, quinn, `quiver-engine` or the file system (CI
+//! checks the dependency direction): the server persists what `ready` hands over (into the
+//! engine, whose log is the Raft log) and sends the messages (through `quiver-net`).
 //!
-//! Status: not built yet. The issue "A hand-written Raft, proven by deterministic
-//! simulation" fills this crate; until then the workspace keeps its place in the layout.
+//! ## Layout
+//! - `message.rs` — entries, hard state, messages.
+//! - `storage.rs` — the `Storage` trait the persisted log implements; `MemStorage`.
+//! - `quorum.rs` — majority arithmetic.
+//! - `progress.rs` — a leader's view of each follower and its pacing.
+//! - `node.rs` — `RawNode`: roles, elections (with pre-vote and check-quorum), replication,
+//!   commitment.
 #![warn(missing_docs, unreachable_pub)]
+
+mod message;
+mod node;
+mod progress;
+mod quorum;
+mod storage;
+
+pub use message::{Entry, HardState, Message, MessageKind, NodeId};
+pub use node::{Config, ProposeError, RawNode, Ready, Role};
+pub use storage::{MemStorage, Storage};
