@@ -295,15 +295,15 @@ fn seeds(count: u64, base: u64) -> impl Iterator<Item = u64> {
 
 #[test]
 fn three_nodes_many_seeds() {
-    for seed in seeds(1500, 1) {
-        run(seed, 3, 600);
+    for seed in seeds(3000, 1) {
+        run(seed, 3, 2000);
     }
 }
 
 #[test]
 fn five_nodes_many_seeds() {
-    for seed in seeds(600, 7) {
-        run(seed, 5, 800);
+    for seed in seeds(1000, 7) {
+        run(seed, 5, 2500);
     }
 }
 
@@ -311,8 +311,8 @@ fn five_nodes_many_seeds() {
 fn replay() {
     if let Ok(seed) = std::env::var("QUIVER_SEED") {
         let seed = seed.parse().expect("QUIVER_SEED is a number");
-        run(seed, 3, 600);
-        run(seed, 5, 800);
+        run(seed, 3, 2000);
+        run(seed, 5, 2500);
     }
 }
 
