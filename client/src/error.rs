@@ -19,9 +19,12 @@ pub enum Error {
     /// The stream was hard-deleted.
     #[error("stream deleted: {0}")]
     StreamDeleted(String),
-    /// The stream does not exist.
+    /// The stream (or persistent subscription group) does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A persistent subscription group of that name already exists.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// The server requires a token, or refused the one given.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -65,6 +68,7 @@ impl Error {
             ErrorCode::WrongExpectedVersion => Error::WrongExpectedVersion { actual, message },
             ErrorCode::StreamDeleted => Error::StreamDeleted(message),
             ErrorCode::StreamNotFound => Error::NotFound(message),
+            ErrorCode::AlreadyExists => Error::AlreadyExists(message),
             ErrorCode::Unauthenticated => Error::Unauthenticated(message),
             ErrorCode::UnsupportedVersion => Error::UnsupportedVersion(message),
             code => Error::Server { code, message },

@@ -21,9 +21,11 @@
 //! ## Layout
 //! - `lib.rs` — [`Client`], its options and results.
 //! - `error.rs` — [`Error`].
+//! - `persistent.rs` — persistent subscriptions: definitions, [`PersistentSubscription`].
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
+mod persistent;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -38,6 +40,9 @@ use quiver_net::{Text, PROTOCOL_VERSION};
 use uuid::Uuid;
 
 pub use error::Error;
+pub use persistent::{
+    Delivery, NackAction, PersistentDefinition, PersistentInfo, PersistentSubscription, Strategy,
+};
 
 /// Default server address.
 pub const SERVER_DEFAULT: &str = "127.0.0.1:7600";
@@ -816,6 +821,92 @@ impl Client {
         }
     }
 
+    /// Creates a persistent subscription group. Fails with [`Error::AlreadyExists`] if a
+    /// group of that name exists.
+    pub async fn create_persistent(&self, definition: &PersistentDefinition) -> Result<(), Error> {
+        self.done(Request::PersistentCreate {
+            definition: Text::new(definition_json(definition)?),
+        })
+        .await
+    }
+
+    /// Changes a group's settings (retries, timeout, strategy, max in flight); its target
+    /// and start cannot change. Fails with [`Error::NotFound`] if there is no such group.
+    pub async fn update_persistent(&self, definition: &PersistentDefinition) -> Result<(), Error> {
+        self.done(Request::PersistentUpdate {
+            definition: Text::new(definition_json(definition)?),
+        })
+        .await
+    }
+
+    /// Deletes a group: its consumers are disconnected and its state is dropped.
+    pub async fn delete_persistent(&self, group: &str) -> Result<(), Error> {
+        self.done(Request::PersistentDelete {
+            group: Text::from(group),
+        })
+        .await
+    }
+
+    /// Every group's state, by name.
+    pub async fn list_persistent(&self) -> Result<Vec<PersistentInfo>, Error> {
+        match self.call(&Request::PersistentList).await? {
+            Response::PersistentGroups(json) => serde_json::from_str(json.as_str())
+                .map_err(|e| Error::Protocol(format!("group list: {e}"))),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// One group's state.
+    pub async fn persistent_info(&self, group: &str) -> Result<PersistentInfo, Error> {
+        let req = Request::PersistentInfo {
+            group: Text::from(group),
+        };
+        match self.call(&req).await? {
+            Response::PersistentInfo(json) => serde_json::from_str(json.as_str())
+                .map_err(|e| Error::Protocol(format!("group info: {e}"))),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Delivers the group's parked events again (with a retry count of 0).
+    pub async fn replay_parked(&self, group: &str) -> Result<(), Error> {
+        self.done(Request::PersistentReplayParked {
+            group: Text::from(group),
+        })
+        .await
+    }
+
+    /// Joins a group as a consumer.
+    pub async fn connect_persistent(&self, group: &str) -> Result<PersistentSubscription, Error> {
+        let (mut send, mut recv) = self.stream().await?;
+        let req = Request::PersistentConnect {
+            group: Text::from(group),
+        };
+        let mut out = BytesMut::new();
+        req.encode(&mut out);
+        send.write_all(&out).await.map_err(Error::transport)?;
+        let mut buf = BytesMut::new();
+        let read = read_frame(
+            &mut recv,
+            &mut buf,
+            quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
+        );
+        let frame = tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(Error::transport)?
+            .ok_or_else(|| {
+                Error::Protocol("the server closed the stream without answering".into())
+            })?;
+        match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+            Response::Done { .. } => {
+                let max_frame = self.max_frame.load(Ordering::Relaxed);
+                Ok(PersistentSubscription::new(send, recv, buf, max_frame))
+            }
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Closes the connection and waits until the server has been told.
     pub async fn close(self) {
         self.conn.lock().await.close(0u32.into(), b"bye");
@@ -1027,7 +1118,11 @@ impl Subscription<'_> {
     }
 }
 
-fn recorded(e: message::Event) -> RecordedEvent {
+fn definition_json(d: &PersistentDefinition) -> Result<String, Error> {
+    serde_json::to_string(d).map_err(|e| Error::Protocol(format!("definition: {e}")))
+}
+
+pub(crate) fn recorded(e: message::Event) -> RecordedEvent {
     RecordedEvent {
         stream: e.stream.as_str().to_string(),
         version: e.version,

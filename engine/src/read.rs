@@ -507,6 +507,20 @@ impl Engine {
     pub fn checkpoint(&self, name: &str) -> Option<(u64, Bytes)> {
         self.inner.state.read().checkpoints.get(name).cloned()
     }
+
+    /// The latest checkpoint of every name starting with `prefix`, in name order: (name,
+    /// position, state).
+    pub fn checkpoints(&self, prefix: &str) -> Vec<(String, u64, Bytes)> {
+        let st = self.inner.state.read();
+        st.checkpoints
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(name, (position, state))| (name.clone(), *position, state.clone()))
+            .collect()
+    }
 }
 
 fn info(st: &State, name: &Arc<str>, s: &StreamState) -> Option<StreamInfo> {

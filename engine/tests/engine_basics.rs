@@ -184,3 +184,36 @@ fn a_record_larger_than_a_segment_gets_its_own() {
         .all(|x| x.data.len() == 200 * 1024 && x.data.iter().all(|b| *b == 7)));
     assert_eq!(e.verify().unwrap().records, 3);
 }
+
+#[test]
+fn checkpoints_by_prefix_keep_the_latest_per_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    e.put_checkpoint("psub/a", 1, b"a1").unwrap();
+    e.put_checkpoint("psub/b", 2, b"b2").unwrap();
+    e.put_checkpoint("other", 3, b"o3").unwrap();
+    e.put_checkpoint("psub/a", 7, b"a7").unwrap();
+    e.put_checkpoint("psuc", 4, b"x").unwrap();
+    let got: Vec<(String, u64, Vec<u8>)> = e
+        .checkpoints("psub/")
+        .into_iter()
+        .map(|(n, p, s)| (n, p, s.to_vec()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("psub/a".to_string(), 7, b"a7".to_vec()),
+            ("psub/b".to_string(), 2, b"b2".to_vec()),
+        ]
+    );
+    assert_eq!(e.checkpoints("").len(), 4);
+    assert!(e.checkpoints("zzz").is_empty());
+    drop(e);
+    let e = open(dir.path());
+    assert_eq!(
+        e.checkpoints("psub/").len(),
+        2,
+        "checkpoints survive a reopen"
+    );
+    assert_eq!(e.checkpoints("psub/a")[0].1, 7);
+}

@@ -2,7 +2,9 @@
 //! encodings. `docs/PROTOCOL.md` describes each one byte by byte; this file is its twin.
 //!
 //! A request is one frame on a fresh bidirectional QUIC stream; its response is one frame, or
-//! for reads a sequence of `Events` frames whose last one has no `FLAG_MORE`. Encoding writes
+//! for reads a sequence of `Events` frames whose last one has no `FLAG_MORE`; a persistent
+//! subscription's consumer stream (`PersistentConnect`) stays open both ways, carrying
+//! `Delivery` frames one way and `PersistentAck` / `PersistentNack` the other. Encoding writes
 //! straight into the outgoing buffer (no per-event allocation); decoding hands out slices of
 //! the received payload (no copies) and returns [`DecodeError`] on any malformed input.
 
@@ -38,6 +40,15 @@ pub enum Kind {
     SnapshotDelete = 0x010C,
     Status = 0x010D,
     Subscribe = 0x010E,
+    PersistentCreate = 0x010F,
+    PersistentUpdate = 0x0110,
+    PersistentDelete = 0x0111,
+    PersistentList = 0x0112,
+    PersistentInfo = 0x0113,
+    PersistentReplayParked = 0x0114,
+    PersistentConnect = 0x0115,
+    PersistentAck = 0x0116,
+    PersistentNack = 0x0117,
     HelloOk = 0x0200,
     Appended = 0x0201,
     Events = 0x0202,
@@ -50,6 +61,9 @@ pub enum Kind {
     StatusReply = 0x020A,
     CaughtUp = 0x020B,
     Checkpoint = 0x020C,
+    PersistentGroups = 0x020D,
+    PersistentInfoReply = 0x020E,
+    Delivery = 0x020F,
     Error = 0x02FF,
 }
 
@@ -57,7 +71,7 @@ impl Kind {
     /// The kind for a frame's kind field.
     pub fn from_u16(k: u16) -> Option<Kind> {
         use Kind::*;
-        const ALL: [Kind; 28] = [
+        const ALL: [Kind; 40] = [
             Hello,
             Append,
             ReadStream,
@@ -73,6 +87,15 @@ impl Kind {
             SnapshotDelete,
             Status,
             Subscribe,
+            PersistentCreate,
+            PersistentUpdate,
+            PersistentDelete,
+            PersistentList,
+            PersistentInfo,
+            PersistentReplayParked,
+            PersistentConnect,
+            PersistentAck,
+            PersistentNack,
             HelloOk,
             Appended,
             Events,
@@ -85,6 +108,9 @@ impl Kind {
             StatusReply,
             CaughtUp,
             Checkpoint,
+            PersistentGroups,
+            PersistentInfoReply,
+            Delivery,
             Error,
         ];
         ALL.into_iter().find(|x| *x as u16 == k)
@@ -230,13 +256,14 @@ pub enum ErrorCode {
     Timeout = 13,
     NotLeader = 14,
     Internal = 15,
+    AlreadyExists = 16,
 }
 
 impl ErrorCode {
     /// The code for a number; unknown numbers (from a newer server) read as `Internal`.
     pub fn from_u16(c: u16) -> ErrorCode {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 15] = [
+        const ALL: [ErrorCode; 16] = [
             WrongExpectedVersion,
             StreamDeleted,
             StreamNotFound,
@@ -252,6 +279,7 @@ impl ErrorCode {
             Timeout,
             NotLeader,
             Internal,
+            AlreadyExists,
         ];
         ALL.into_iter().find(|x| *x as u16 == c).unwrap_or(Internal)
     }
@@ -337,6 +365,39 @@ pub enum Request {
         /// match).
         payload: Vec<Predicate>,
     },
+    /// Creates a persistent subscription group; `definition` is its JSON definition.
+    PersistentCreate {
+        definition: Text,
+    },
+    /// Changes a group's settings; `definition` is its whole new JSON definition.
+    PersistentUpdate {
+        definition: Text,
+    },
+    PersistentDelete {
+        group: Text,
+    },
+    PersistentList,
+    PersistentInfo {
+        group: Text,
+    },
+    /// Delivers the group's parked events again.
+    PersistentReplayParked {
+        group: Text,
+    },
+    /// Joins a group as a consumer: the stream stays open both ways; the server sends
+    /// `Delivery` frames, the client sends `PersistentAck` / `PersistentNack` frames.
+    PersistentConnect {
+        group: Text,
+    },
+    /// On a consumer stream: these positions are handled.
+    PersistentAck {
+        positions: Vec<u64>,
+    },
+    /// On a consumer stream: these positions failed; `action` 0 retry, 1 park, 2 skip.
+    PersistentNack {
+        action: u8,
+        positions: Vec<u64>,
+    },
 }
 
 /// What a server answers.
@@ -398,6 +459,16 @@ pub enum Response {
     /// resume from here.
     Checkpoint {
         position: u64,
+    },
+    /// The persistent subscription groups, as JSON text (an array of group infos).
+    PersistentGroups(Text),
+    /// One persistent subscription group, as JSON text.
+    PersistentInfo(Text),
+    /// One event for a consumer of a persistent subscription, and how many times it was
+    /// retried before (0 on its first delivery). Always sent with `FLAG_MORE`.
+    Delivery {
+        retry_count: u32,
+        event: Event,
     },
 }
 
@@ -634,6 +705,28 @@ fn get_new_event(r: &mut Reader) -> Result<NewEvent, DecodeError> {
     })
 }
 
+fn put_positions(out: &mut BytesMut, positions: &[u64]) {
+    out.put_u32_le(u32::try_from(positions.len()).expect("below 4 G positions"));
+    for p in positions {
+        out.put_u64_le(*p);
+    }
+}
+
+fn get_positions(r: &mut Reader) -> Result<Vec<u64>, DecodeError> {
+    let n = r.u32()? as usize;
+    let n = r.count(n, 8)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.u64()?);
+    }
+    Ok(v)
+}
+
+fn get_text32(r: &mut Reader) -> Result<Text, DecodeError> {
+    let b = r.bytes32()?;
+    Text::from_utf8(b).map_err(|_| r.error("text is not UTF-8"))
+}
+
 impl Request {
     /// The frame kind.
     pub fn kind(&self) -> Kind {
@@ -653,6 +746,15 @@ impl Request {
             Request::SnapshotDelete { .. } => Kind::SnapshotDelete,
             Request::Status => Kind::Status,
             Request::Subscribe { .. } => Kind::Subscribe,
+            Request::PersistentCreate { .. } => Kind::PersistentCreate,
+            Request::PersistentUpdate { .. } => Kind::PersistentUpdate,
+            Request::PersistentDelete { .. } => Kind::PersistentDelete,
+            Request::PersistentList => Kind::PersistentList,
+            Request::PersistentInfo { .. } => Kind::PersistentInfo,
+            Request::PersistentReplayParked { .. } => Kind::PersistentReplayParked,
+            Request::PersistentConnect { .. } => Kind::PersistentConnect,
+            Request::PersistentAck { .. } => Kind::PersistentAck,
+            Request::PersistentNack { .. } => Kind::PersistentNack,
         }
     }
 
@@ -738,7 +840,19 @@ impl Request {
                 put_expected(out, *expected);
                 out.put_u8(u8::from(*hard));
             }
-            Request::Scavenge | Request::Status => {}
+            Request::Scavenge | Request::Status | Request::PersistentList => {}
+            Request::PersistentCreate { definition } | Request::PersistentUpdate { definition } => {
+                put_str16(out, definition.as_str());
+            }
+            Request::PersistentDelete { group }
+            | Request::PersistentInfo { group }
+            | Request::PersistentReplayParked { group }
+            | Request::PersistentConnect { group } => put_str8(out, group.as_str()),
+            Request::PersistentAck { positions } => put_positions(out, positions),
+            Request::PersistentNack { action, positions } => {
+                out.put_u8(*action);
+                put_positions(out, positions);
+            }
             Request::SnapshotPut {
                 stream,
                 version,
@@ -895,6 +1009,30 @@ impl Request {
                     v
                 },
             },
+            Kind::PersistentCreate => Request::PersistentCreate {
+                definition: r.str16()?,
+            },
+            Kind::PersistentUpdate => Request::PersistentUpdate {
+                definition: r.str16()?,
+            },
+            Kind::PersistentDelete => Request::PersistentDelete { group: r.str8()? },
+            Kind::PersistentList => Request::PersistentList,
+            Kind::PersistentInfo => Request::PersistentInfo { group: r.str8()? },
+            Kind::PersistentReplayParked => Request::PersistentReplayParked { group: r.str8()? },
+            Kind::PersistentConnect => Request::PersistentConnect { group: r.str8()? },
+            Kind::PersistentAck => Request::PersistentAck {
+                positions: get_positions(&mut r)?,
+            },
+            Kind::PersistentNack => {
+                let action = r.u8()?;
+                if action > 2 {
+                    return Err(r.error(format!("nack action {action}")));
+                }
+                Request::PersistentNack {
+                    action,
+                    positions: get_positions(&mut r)?,
+                }
+            }
             other => return Err(r.error(format!("{other:?} is a response, not a request"))),
         };
         r.finish()?;
@@ -919,13 +1057,16 @@ impl Response {
             Response::Error { .. } => Kind::Error,
             Response::CaughtUp { .. } => Kind::CaughtUp,
             Response::Checkpoint { .. } => Kind::Checkpoint,
+            Response::PersistentGroups(_) => Kind::PersistentGroups,
+            Response::PersistentInfo(_) => Kind::PersistentInfoReply,
+            Response::Delivery { .. } => Kind::Delivery,
         }
     }
 
     /// Appends this response as one frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         let flags = match self {
-            Response::Events { more: true, .. } => frame::FLAG_MORE,
+            Response::Events { more: true, .. } | Response::Delivery { .. } => frame::FLAG_MORE,
             _ => 0,
         };
         frame::encode(out, self.kind() as u16, flags, |out| {
@@ -1047,6 +1188,24 @@ impl Response {
             Response::CaughtUp { position } | Response::Checkpoint { position } => {
                 out.put_u64_le(*position)
             }
+            Response::PersistentGroups(json) | Response::PersistentInfo(json) => {
+                put_bytes32(out, json.as_str().as_bytes());
+            }
+            Response::Delivery { retry_count, event } => {
+                out.put_u32_le(*retry_count);
+                put_event(
+                    out,
+                    event.stream.as_str(),
+                    event.version,
+                    event.position,
+                    event.id,
+                    event.event_type.as_str(),
+                    event.content_type,
+                    &event.data,
+                    &event.metadata,
+                    event.created_us,
+                );
+            }
         }
     }
 
@@ -1131,10 +1290,16 @@ impl Response {
             },
             Kind::CaughtUp => Response::CaughtUp { position: r.u64()? },
             Kind::Checkpoint => Response::Checkpoint { position: r.u64()? },
+            Kind::PersistentGroups => Response::PersistentGroups(get_text32(&mut r)?),
+            Kind::PersistentInfoReply => Response::PersistentInfo(get_text32(&mut r)?),
+            Kind::Delivery => Response::Delivery {
+                retry_count: r.u32()?,
+                event: get_event(&mut r)?,
+            },
             other => return Err(r.error(format!("{other:?} is a request, not a response"))),
         };
-        if f.flags & frame::FLAG_MORE != 0 && kind != Kind::Events {
-            return Err(r.error("only Events frames may carry FLAG_MORE"));
+        if f.flags & frame::FLAG_MORE != 0 && !matches!(kind, Kind::Events | Kind::Delivery) {
+            return Err(r.error("only Events and Delivery frames may carry FLAG_MORE"));
         }
         r.finish()?;
         Ok(resp)

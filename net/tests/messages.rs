@@ -204,6 +204,17 @@ fn request() -> impl Strategy<Value = Request> {
                     }
                 }
             ),
+        text(200).prop_map(|definition| Request::PersistentCreate { definition }),
+        text(200).prop_map(|definition| Request::PersistentUpdate { definition }),
+        text(30).prop_map(|group| Request::PersistentDelete { group }),
+        Just(Request::PersistentList),
+        text(30).prop_map(|group| Request::PersistentInfo { group }),
+        text(30).prop_map(|group| Request::PersistentReplayParked { group }),
+        text(30).prop_map(|group| Request::PersistentConnect { group }),
+        proptest::collection::vec(any::<u64>(), 0..6)
+            .prop_map(|positions| Request::PersistentAck { positions }),
+        (0u8..3, proptest::collection::vec(any::<u64>(), 0..6))
+            .prop_map(|(action, positions)| Request::PersistentNack { action, positions }),
     ]
 }
 
@@ -262,7 +273,7 @@ fn response() -> impl Strategy<Value = Response> {
                     streams
                 }
             ),
-        (1u16..16, text(60), any::<Option<u64>>()).prop_map(|(code, message, actual)| {
+        (1u16..17, text(60), any::<Option<u64>>()).prop_map(|(code, message, actual)| {
             Response::Error {
                 code: ErrorCode::from_u16(code),
                 message,
@@ -271,6 +282,10 @@ fn response() -> impl Strategy<Value = Response> {
         }),
         any::<u64>().prop_map(|position| Response::CaughtUp { position }),
         any::<u64>().prop_map(|position| Response::Checkpoint { position }),
+        text(200).prop_map(Response::PersistentGroups),
+        text(200).prop_map(Response::PersistentInfo),
+        (any::<u32>(), event())
+            .prop_map(|(retry_count, event)| Response::Delivery { retry_count, event }),
     ]
 }
 
@@ -334,6 +349,49 @@ fn kinds_are_distinct_and_known() {
     }
     assert_eq!(Kind::from_u16(0x0101), Some(Kind::Append));
     assert_eq!(Kind::from_u16(0x0300), None);
+    assert_eq!(Kind::from_u16(0x0115), Some(Kind::PersistentConnect));
+    assert_eq!(Kind::from_u16(0x020F), Some(Kind::Delivery));
+}
+
+#[test]
+fn a_bad_nack_action_is_refused() {
+    let mut out = BytesMut::new();
+    Request::PersistentNack {
+        action: 1,
+        positions: vec![4],
+    }
+    .encode(&mut out);
+    let f = one_frame(out);
+    let mut payload = f.payload.to_vec();
+    payload[0] = 3;
+    let bad = frame::Frame {
+        payload: Bytes::from(payload),
+        ..f
+    };
+    let err = Request::decode(&bad).unwrap_err();
+    assert!(err.detail.contains("nack action"), "{err}");
+}
+
+#[test]
+fn delivery_frames_carry_more() {
+    let mut out = BytesMut::new();
+    let event = Event {
+        stream: Text::from("s"),
+        version: 1,
+        position: 2,
+        id: [7; 16],
+        event_type: Text::from("T"),
+        content_type: 1,
+        data: Bytes::from_static(b"{}"),
+        metadata: Bytes::new(),
+        created_us: 3,
+    };
+    Response::Delivery {
+        retry_count: 2,
+        event,
+    }
+    .encode(&mut out);
+    assert_eq!(one_frame(out).flags, frame::FLAG_MORE);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The client commands of the `quiver` binary: `append`, `read`, `read-all`, `streams`,
-//! `stream-meta`, `delete`, `snapshot`, `status`, `health` and `scavenge`.
+//! `stream-meta`, `delete`, `snapshot`, `subscription`, `status`, `health` and `scavenge`.
 //!
 //! Each invocation connects with `quiver-client` on a small current-thread tokio runtime,
 //! runs one command and prints human-readable text, or with `--output json` one JSON object
@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use quiver_client::{
-    Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions, RecordedEvent,
-    StreamInfo, StreamMetadata, SubscribeOptions, SubscriptionMessage, SERVER_DEFAULT,
+    Client, ClientConfig, Error, EventData, ExpectedVersion, PersistentDefinition, PersistentInfo,
+    ReadOptions, RecordedEvent, Strategy, StreamInfo, StreamMetadata, SubscribeOptions,
+    SubscriptionMessage, SERVER_DEFAULT,
 };
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -32,9 +33,10 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// A usage error: clap's, for flags and arguments (including JSON that does not parse).
     pub const USAGE: i32 = 2;
-    /// The stream's version is not the one expected (`--expected`).
+    /// The stream's version is not the one expected (`--expected`), or a subscription group
+    /// of that name already exists.
     pub const CONFLICT: i32 = 3;
-    /// The stream (or snapshot) does not exist, or the stream was deleted.
+    /// The stream (snapshot, subscription group) does not exist, or the stream was deleted.
     pub const NOT_FOUND: i32 = 4;
     /// The server requires a token, or refused the one given.
     pub const UNAUTHENTICATED: i32 = 5;
@@ -115,6 +117,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Store, fetch, list and delete snapshots.
     Snapshot(SnapshotArgs),
+    /// Manage persistent subscriptions (server-side consumer groups).
+    Subscription(SubscriptionArgs),
     /// Show the server's store id, commit position and stream count.
     Status(ConnOnly),
     /// Exit 0 and print "ok" if a Hello + Status round trip succeeds within --timeout.
@@ -372,6 +376,130 @@ pub struct SnapshotDeleteArgs {
     conn: ConnArgs,
 }
 
+/// `quiver subscription`.
+#[derive(Debug, Args)]
+pub struct SubscriptionArgs {
+    #[command(subcommand)]
+    command: SubscriptionCommand,
+}
+
+/// `quiver subscription create|update|delete|list|info|replay-parked`.
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionCommand {
+    /// Create a group: on $all (optionally filtered) or, with --stream, on one stream.
+    ///
+    /// JSON output: the group's state, as `info` prints it.
+    Create(GroupDefArgs),
+    /// Change a group's settings (retries, timeout, strategy, max in flight). Its stream,
+    /// filters and start cannot change; settings not given stay as they are.
+    Update(GroupDefArgs),
+    /// Delete a group: its consumers are disconnected, its checkpoint is dropped.
+    Delete(GroupArgs),
+    /// List the groups.
+    ///
+    /// JSON output: one object per group, as `info` prints it.
+    List(ConnOnly),
+    /// Show a group's definition, checkpoint, events in flight and parked events.
+    ///
+    /// JSON output: {"definition": {...}, "checkpoint", "next", "in_flight", "waiting",
+    /// "parked": [positions], "consumers"}.
+    Info(GroupArgs),
+    /// Deliver a group's parked events again.
+    ReplayParked(GroupArgs),
+}
+
+/// A group's definition on the command line.
+#[derive(Debug, Args)]
+pub struct GroupDefArgs {
+    /// The group's name.
+    group: String,
+    /// Follow this stream instead of $all.
+    #[arg(long, value_name = "STREAM")]
+    stream: Option<String>,
+    /// $all only: event types starting with this.
+    #[arg(long, value_name = "PREFIX", conflicts_with = "stream")]
+    type_prefix: Option<String>,
+    /// $all only: stream names starting with this.
+    #[arg(long, value_name = "PREFIX", conflicts_with = "stream")]
+    stream_prefix: Option<String>,
+    /// First position ($all) or version (--stream) to deliver. Default: 0.
+    #[arg(long, value_name = "N")]
+    start: Option<u64>,
+    /// Retries after which an event is parked. Default: 10.
+    #[arg(long, value_name = "N")]
+    max_retries: Option<u32>,
+    /// Milliseconds before an unacknowledged event is delivered again. Default: 30000.
+    #[arg(long, value_name = "MS")]
+    message_timeout_ms: Option<u64>,
+    /// Share events round robin (the default), or pin each stream to one consumer.
+    #[arg(long, value_name = "round-robin|pinned")]
+    strategy: Option<StrategyArg>,
+    /// Most events in flight for the group. Default: 100.
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// How a group shares events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Each event to the next consumer in turn.
+    RoundRobin,
+    /// Each stream's events to one consumer.
+    Pinned,
+}
+
+impl GroupDefArgs {
+    /// A new group's definition.
+    fn definition(&self) -> PersistentDefinition {
+        let d = match &self.stream {
+            Some(s) => PersistentDefinition::stream(&self.group, s),
+            None => PersistentDefinition::all(&self.group),
+        };
+        self.apply(d)
+    }
+
+    /// `d` with the settings given on the command line.
+    fn apply(&self, mut d: PersistentDefinition) -> PersistentDefinition {
+        if let Some(s) = &self.stream {
+            d.stream = s.clone();
+        }
+        if let Some(p) = &self.type_prefix {
+            d = d.type_prefix(p);
+        }
+        if let Some(p) = &self.stream_prefix {
+            d = d.stream_prefix(p);
+        }
+        if let Some(n) = self.start {
+            d = d.start(n);
+        }
+        if let Some(n) = self.max_retries {
+            d = d.max_retries(n);
+        }
+        if let Some(ms) = self.message_timeout_ms {
+            d = d.message_timeout_ms(ms);
+        }
+        if let Some(n) = self.max_in_flight {
+            d = d.max_in_flight(n);
+        }
+        match self.strategy {
+            Some(StrategyArg::RoundRobin) => d.strategy(Strategy::RoundRobin),
+            Some(StrategyArg::Pinned) => d.strategy(Strategy::Pinned),
+            None => d,
+        }
+    }
+}
+
+/// A command on one group.
+#[derive(Debug, Args)]
+pub struct GroupArgs {
+    /// The group's name.
+    group: String,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
 /// Commands with no flags but the connection's.
 #[derive(Debug, Args)]
 pub struct ConnOnly {
@@ -393,6 +521,13 @@ impl Command {
                 SnapshotCommand::Get(a) => &a.conn,
                 SnapshotCommand::List(a) => &a.conn,
                 SnapshotCommand::Delete(a) => &a.conn,
+            },
+            Command::Subscription(s) => match &s.command {
+                SubscriptionCommand::Create(a) | SubscriptionCommand::Update(a) => &a.conn,
+                SubscriptionCommand::Delete(a)
+                | SubscriptionCommand::Info(a)
+                | SubscriptionCommand::ReplayParked(a) => &a.conn,
+                SubscriptionCommand::List(a) => &a.conn,
             },
             Command::Status(a) | Command::Health(a) | Command::Scavenge(a) => &a.conn,
             Command::Subscribe(a) => &a.conn,
@@ -474,6 +609,7 @@ impl From<Error> for Failure {
             }
             Error::WrongExpectedVersion { .. } => exit::CONFLICT,
             Error::NotFound(_) | Error::StreamDeleted(_) => exit::NOT_FOUND,
+            Error::AlreadyExists(_) => exit::CONFLICT,
             Error::Unauthenticated(_) => exit::UNAUTHENTICATED,
             _ => exit::FAILURE,
         };
@@ -821,6 +957,7 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
             out.line(&format!("deleted {} ({kind})", a.stream))
         }
         Command::Snapshot(s) => snapshot(client, s.command, out).await,
+        Command::Subscription(s) => subscription(client, s.command, out).await,
         Command::Status(_) => {
             let (store_id, position, streams) = client.status().await?;
             if out.json {
@@ -950,6 +1087,105 @@ async fn snapshot(client: &Client, command: SnapshotCommand, out: &mut Out<'_>) 
     }
 }
 
+async fn subscription(
+    client: &Client,
+    command: SubscriptionCommand,
+    out: &mut Out<'_>,
+) -> Result<()> {
+    match command {
+        SubscriptionCommand::Create(a) => {
+            client.create_persistent(&a.definition()).await?;
+            let info = client.persistent_info(&a.group).await?;
+            if out.json {
+                return out.group(&info);
+            }
+            out.line(&format!("created the subscription group {}", a.group))
+        }
+        SubscriptionCommand::Update(a) => {
+            let current = client.persistent_info(&a.group).await?.definition;
+            client.update_persistent(&a.apply(current)).await?;
+            let info = client.persistent_info(&a.group).await?;
+            if out.json {
+                return out.group(&info);
+            }
+            out.line(&format!("updated the subscription group {}", a.group))
+        }
+        SubscriptionCommand::Delete(a) => {
+            client.delete_persistent(&a.group).await?;
+            if out.json {
+                let o = Obj::default()
+                    .val("group", a.group.as_str())
+                    .val("deleted", true);
+                return out.line(&o.end());
+            }
+            out.line(&format!("deleted the subscription group {}", a.group))
+        }
+        SubscriptionCommand::List(_) => {
+            for info in client.list_persistent().await? {
+                if out.json {
+                    out.group(&info)?;
+                } else {
+                    let d = &info.definition;
+                    out.line(&format!(
+                        "{}  on {}  checkpoint {}  in flight {}  parked {}  consumers {}",
+                        d.name,
+                        d.stream,
+                        info.checkpoint,
+                        info.in_flight,
+                        info.parked.len(),
+                        info.consumers
+                    ))?;
+                }
+            }
+            Ok(())
+        }
+        SubscriptionCommand::Info(a) => {
+            let info = client.persistent_info(&a.group).await?;
+            if out.json {
+                return out.group(&info);
+            }
+            let d = &info.definition;
+            let opt = |p: &Option<String>| p.clone().unwrap_or_else(|| "-".into());
+            let strategy = match d.strategy {
+                Strategy::RoundRobin => "round-robin",
+                Strategy::Pinned => "pinned",
+            };
+            let parked: Vec<String> = info.parked.iter().map(u64::to_string).collect();
+            out.line(&format!(
+                "group:            {}\nstream:           {}\ntype prefix:      {}\n\
+                 stream prefix:    {}\nstart:            {}\nstrategy:         {strategy}\n\
+                 max retries:      {}\nmessage timeout:  {} ms\nmax in flight:    {}\n\
+                 checkpoint:       {}\nnext:             {}\nin flight:        {}\n\
+                 waiting:          {}\nconsumers:        {}\nparked:           [{}]",
+                d.name,
+                d.stream,
+                opt(&d.type_prefix),
+                opt(&d.stream_prefix),
+                d.start,
+                d.max_retries,
+                d.message_timeout_ms,
+                d.max_in_flight,
+                info.checkpoint,
+                info.next,
+                info.in_flight,
+                info.waiting,
+                info.consumers,
+                parked.join(", ")
+            ))
+        }
+        SubscriptionCommand::ReplayParked(a) => {
+            client.replay_parked(&a.group).await?;
+            if out.json {
+                let o = Obj::default()
+                    .val("group", a.group.as_str())
+                    .val("replayed", true);
+                return out.line(&o.end());
+            }
+            out.line(&format!("replaying the parked events of {}", a.group))
+        }
+    }
+}
+
 /// Standard output, buffered, and how to print to it.
 struct Out<'a> {
     w: std::io::BufWriter<std::io::StdoutLock<'a>>,
@@ -963,6 +1199,13 @@ impl Out<'_> {
 
     fn flush(&mut self) -> Result<()> {
         self.w.flush().map_err(Failure::io)
+    }
+
+    /// A persistent subscription group's state, as one JSON object.
+    fn group(&mut self, info: &PersistentInfo) -> Result<()> {
+        let json = serde_json::to_string(info)
+            .map_err(|e| Failure::new(exit::FAILURE, format!("group state: {e}")))?;
+        self.line(&json)
     }
 
     fn event(&mut self, e: &RecordedEvent) -> Result<()> {

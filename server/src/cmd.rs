@@ -28,6 +28,8 @@ pub struct Ctx {
     pub metrics: crate::metrics::Metrics,
     /// The engine's commit position, updated on every commit (subscriptions wait on it).
     pub commits: tokio::sync::watch::Receiver<u64>,
+    /// Persistent subscription groups.
+    pub persistent: crate::persistent::Groups,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, actual: Option<u64>) -> Response {
@@ -62,6 +64,13 @@ fn read_error(e: ReadError) -> Response {
         ReadError::Corruption(_) => ErrorCode::Corruption,
     };
     error(code, e.to_string(), None)
+}
+
+fn persistent_done(r: Result<u64, crate::persistent::GroupError>) -> Response {
+    match r {
+        Ok(index) => Response::Done { index },
+        Err(e) => e.response(),
+    }
 }
 
 fn expected(e: Expected) -> ExpectedVersion {
@@ -211,6 +220,47 @@ async fn answer(
             return Ok(None);
         }
         Request::Append { writes } => append(&engine, writes).await,
+        Request::PersistentCreate { definition } => {
+            let groups = &ctx.persistent;
+            let done = match crate::persistent::parse_definition(definition.as_str()) {
+                Ok(d) => groups.create(d).await,
+                Err(e) => Err(e),
+            };
+            persistent_done(done)
+        }
+        Request::PersistentUpdate { definition } => {
+            let groups = &ctx.persistent;
+            let done = match crate::persistent::parse_definition(definition.as_str()) {
+                Ok(d) => groups.update(d).await,
+                Err(e) => Err(e),
+            };
+            persistent_done(done)
+        }
+        Request::PersistentDelete { group } => {
+            persistent_done(ctx.persistent.delete(group.as_str()).await)
+        }
+        Request::PersistentReplayParked { group } => {
+            persistent_done(ctx.persistent.replay_parked(group.as_str()).await)
+        }
+        Request::PersistentList => {
+            let list = ctx.persistent.list().await;
+            let json = serde_json::to_string(&list).expect("infos serialize");
+            Response::PersistentGroups(Text::new(json))
+        }
+        Request::PersistentInfo { group } => match ctx.persistent.info(group.as_str()).await {
+            Ok(info) => {
+                let json = serde_json::to_string(&info).expect("infos serialize");
+                Response::PersistentInfo(Text::new(json))
+            }
+            Err(e) => e.response(),
+        },
+        Request::PersistentConnect { .. }
+        | Request::PersistentAck { .. }
+        | Request::PersistentNack { .. } => error(
+            ErrorCode::InvalidRequest,
+            "acks and nacks belong on a PersistentConnect stream",
+            None,
+        ),
         Request::ReadStream {
             stream,
             from,

@@ -1,6 +1,7 @@
 //! Connections: the accept loop (capped), the `Hello` exchange, and one task per request
-//! stream. A peer that sends a malformed or oversized frame is disconnected; its other
-//! requests end with it, and nothing else is affected.
+//! stream (a `PersistentConnect` stream is handed, both halves, to its group). A peer that
+//! sends a malformed or oversized frame is disconnected; its other requests end with it, and
+//! nothing else is affected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,6 +198,11 @@ async fn request(
             return;
         }
     };
+    if let Request::PersistentConnect { group } = &req {
+        let max = shared.frame_bytes_max;
+        crate::persistent::serve_consumer(&shared.ctx, group.as_str(), send, recv, max).await;
+        return;
+    }
     if cmd::apply(&shared.ctx, req, &mut send).await.is_ok() {
         let _ = send.finish();
     }

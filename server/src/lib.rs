@@ -14,6 +14,7 @@
 //! - `metrics.rs` — the Prometheus metrics.
 //! - `payload.rs` — `by_event_payload` predicates on JSON data.
 //! - `subscribe.rs` — transient subscriptions: catch-up and live from one loop over the log.
+//! - `persistent.rs` — persistent subscriptions: one task per consumer group.
 //! - `cli.rs` — the client commands of the `quiver` binary (`append`, `read`, `status`, ...).
 //! - `main.rs` — the `quiver` command line.
 #![warn(missing_docs, unreachable_pub)]
@@ -25,6 +26,7 @@ pub mod connection;
 pub mod http;
 pub mod metrics;
 pub mod payload;
+pub mod persistent;
 pub mod subscribe;
 pub mod tls;
 
@@ -118,11 +120,13 @@ impl Server {
         engine.on_commit(move |position| {
             commit_tx.send_replace(position);
         });
+        let persistent = persistent::Groups::load(engine.clone(), commits.clone());
         let ctx = Arc::new(Ctx {
             engine,
             store_id: config.store_id.clone(),
             metrics: metrics::Metrics::new(),
             commits,
+            persistent,
         });
         let shared = Arc::new(Shared {
             ctx,
@@ -189,6 +193,8 @@ impl Server {
         }
         tracing::info!("shutting down: no new connections");
         self.endpoint.set_server_config(None);
+        // Groups record their state and end their consumers' streams.
+        self.shared.ctx.persistent.shutdown().await;
         let drain = async { while tasks.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(
             self.shared.request_timeout.min(Duration::from_secs(2)),

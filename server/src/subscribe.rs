@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use quiver_engine::{AllFilter, Direction, ReadError, ReadFrom, RecordedEvent};
+use quiver_engine::{AllFilter, Direction, Engine, ReadError, ReadFrom, RecordedEvent};
 use quiver_net::message::{self, Response};
 use quiver_net::{ErrorCode, Text};
 
@@ -48,12 +48,11 @@ fn error(e: &ReadError) -> Response {
 
 /// One step's read: up to a chunk of events from `next`, and where the next step starts.
 /// The third value says whether the chunk was full (more may be waiting right now).
-fn step(
-    ctx: &Ctx,
+pub(crate) fn step(
+    engine: &Engine,
     target: &Target,
     next: u64,
 ) -> Result<(Vec<RecordedEvent>, u64, bool), ReadError> {
-    let engine = &ctx.engine;
     // Read the commit position first: everything below it is scanned by the read below.
     let committed = engine.commit_position();
     let events: Vec<RecordedEvent> = match target {
@@ -115,7 +114,7 @@ pub async fn run(
     loop {
         // Seen before reading: a commit after this point wakes the wait below.
         let seen = *commits.borrow_and_update();
-        let (mut events, after, full) = match step(ctx, &target, next) {
+        let (mut events, after, full) = match step(&ctx.engine, &target, next) {
             Ok(s) => s,
             Err(e) => return send(out, &error(&e)).await,
         };

@@ -1,0 +1,259 @@
+//! Persistent subscriptions: named server-side consumer groups. The server keeps each
+//! group's checkpoint, in-flight events, retries and parked events; consumers join a group
+//! with [`crate::Client::connect_persistent`] and acknowledge what they handled.
+
+use bytes::BytesMut;
+use quiver_net::message::{Request, Response};
+use quiver_net::quic::read_frame;
+use serde::{Deserialize, Serialize};
+
+use crate::{recorded, Error, RecordedEvent};
+
+/// How a group shares events among its consumers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Each event to the next consumer in turn.
+    #[default]
+    RoundRobin,
+    /// All events of a stream to the same consumer (by a hash of the stream name), so one
+    /// stream's events are handled in order by one consumer while the consumers stay the same.
+    Pinned,
+}
+
+fn max_retries_default() -> u32 {
+    10
+}
+
+fn message_timeout_default() -> u64 {
+    30_000
+}
+
+fn max_in_flight_default() -> u32 {
+    100
+}
+
+fn all() -> String {
+    "$all".into()
+}
+
+/// A group's definition, as the server stores it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PersistentDefinition {
+    /// The group's name: 1–200 bytes, no control characters, no `/`.
+    pub name: String,
+    /// What it follows: `$all` (the default) or one stream's name.
+    #[serde(default = "all")]
+    pub stream: String,
+    /// `$all` only: event types starting with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_prefix: Option<String>,
+    /// `$all` only: stream names starting with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_prefix: Option<String>,
+    /// First position (`$all`) or version (a stream) the group delivers.
+    #[serde(default)]
+    pub start: u64,
+    /// Retries after which an event is parked.
+    #[serde(default = "max_retries_default")]
+    pub max_retries: u32,
+    /// An event not acknowledged within this many milliseconds is delivered again (which
+    /// counts as a retry).
+    #[serde(default = "message_timeout_default")]
+    pub message_timeout_ms: u64,
+    /// How events are shared among consumers.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Most events delivered and not yet acknowledged, for the whole group.
+    #[serde(default = "max_in_flight_default")]
+    pub max_in_flight: u32,
+}
+
+impl PersistentDefinition {
+    /// A group on `$all` from the beginning, with the default settings.
+    pub fn all(name: impl Into<String>) -> Self {
+        PersistentDefinition {
+            name: name.into(),
+            stream: all(),
+            type_prefix: None,
+            stream_prefix: None,
+            start: 0,
+            max_retries: max_retries_default(),
+            message_timeout_ms: message_timeout_default(),
+            strategy: Strategy::RoundRobin,
+            max_in_flight: max_in_flight_default(),
+        }
+    }
+
+    /// A group on one stream from its first version, with the default settings.
+    pub fn stream(name: impl Into<String>, stream: impl Into<String>) -> Self {
+        PersistentDefinition {
+            stream: stream.into(),
+            ..PersistentDefinition::all(name)
+        }
+    }
+
+    /// Keeps event types with this prefix (`$all` only).
+    pub fn type_prefix(mut self, p: impl Into<String>) -> Self {
+        self.type_prefix = Some(p.into());
+        self
+    }
+
+    /// Keeps streams with this prefix (`$all` only).
+    pub fn stream_prefix(mut self, p: impl Into<String>) -> Self {
+        self.stream_prefix = Some(p.into());
+        self
+    }
+
+    /// Starts at this position (`$all`) or version (a stream).
+    pub fn start(mut self, at: u64) -> Self {
+        self.start = at;
+        self
+    }
+
+    /// Sets the retries after which an event is parked.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets the message timeout.
+    pub fn message_timeout_ms(mut self, ms: u64) -> Self {
+        self.message_timeout_ms = ms;
+        self
+    }
+
+    /// Sets the strategy.
+    pub fn strategy(mut self, s: Strategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    /// Sets the most events in flight.
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+}
+
+/// A group's state, as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistentInfo {
+    /// Its definition.
+    pub definition: PersistentDefinition,
+    /// The lowest position (`$all`) or version (a stream) not yet acknowledged, skipped or
+    /// parked: after a restart the group delivers again from here.
+    pub checkpoint: u64,
+    /// The next position or version the group will read.
+    pub next: u64,
+    /// Events delivered and not yet acknowledged.
+    pub in_flight: u64,
+    /// Events waiting to be delivered (again).
+    pub waiting: u64,
+    /// Positions of the parked events.
+    pub parked: Vec<u64>,
+    /// Consumers connected.
+    pub consumers: u64,
+}
+
+/// What a consumer does with events it could not handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackAction {
+    /// Deliver again later (counts as a retry; past the group's max retries, it is parked).
+    Retry = 0,
+    /// Park now: it is kept aside until the parked events are replayed.
+    Park = 1,
+    /// Drop it: it counts as handled.
+    Skip = 2,
+}
+
+/// One event delivered to a consumer of a persistent subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The event; acknowledge it by its `position`.
+    pub event: RecordedEvent,
+    /// How many times it was retried before this delivery (0 the first time).
+    pub retry_count: u32,
+}
+
+/// A consumer's membership in a group: events arrive with [`next`](Self::next); acknowledge
+/// them with [`ack`](Self::ack) or [`nack`](Self::nack). Dropping it leaves the group; the
+/// events it had not acknowledged go to the other consumers (or wait for the next one).
+/// It does not reconnect by itself: after an error, connect again.
+pub struct PersistentSubscription {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl PersistentSubscription {
+    pub(crate) fn new(
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        buf: BytesMut,
+        max_frame: usize,
+    ) -> Self {
+        PersistentSubscription {
+            send,
+            recv,
+            buf,
+            max_frame,
+        }
+    }
+
+    /// The next event; waits until the group has one for this consumer. `None`: the server
+    /// ended the membership (the group was deleted or the server is stopping).
+    pub async fn next(&mut self) -> Result<Option<Delivery>, Error> {
+        let max = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX;
+        let frame = match read_frame(&mut self.recv, &mut self.buf, max).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Error::transport(e)),
+        };
+        match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+            Response::Delivery { retry_count, event } => Ok(Some(Delivery {
+                event: recorded(event),
+                retry_count,
+            })),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Acknowledges events by position: they are handled and will not be delivered again.
+    pub async fn ack(&mut self, positions: &[u64]) -> Result<(), Error> {
+        self.send_request(&Request::PersistentAck {
+            positions: positions.to_vec(),
+        })
+        .await
+    }
+
+    /// Refuses events by position: retry, park or skip them.
+    pub async fn nack(&mut self, action: NackAction, positions: &[u64]) -> Result<(), Error> {
+        self.send_request(&Request::PersistentNack {
+            action: action as u8,
+            positions: positions.to_vec(),
+        })
+        .await
+    }
+
+    async fn send_request(&mut self, req: &Request) -> Result<(), Error> {
+        let mut out = BytesMut::new();
+        req.encode(&mut out);
+        let bytes = out.len() - quiver_net::frame::FRAME_HEADER_BYTES;
+        if bytes > self.max_frame {
+            return Err(Error::TooLarge {
+                bytes,
+                max: self.max_frame,
+            });
+        }
+        self.send.write_all(&out).await.map_err(Error::transport)
+    }
+
+    /// Leaves the group: events not acknowledged go to other consumers.
+    pub fn close(mut self) {
+        let _ = self.send.finish();
+        let _ = self.recv.stop(0u32.into());
+    }
+}
