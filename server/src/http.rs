@@ -64,7 +64,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/metrics",
             get(|State(ctx): State<Arc<Ctx>>| async move {
-                let body = ctx.metrics.render(&ctx.engine);
+                let groups = ctx.persistent.list().await;
+                let body = ctx.metrics.render(&ctx.engine, &groups);
                 let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                 ([(header::CONTENT_TYPE, kind)], body).into_response()
             }),

@@ -26,6 +26,13 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// A persistent subscription group, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    /// The group's name.
+    pub group: String,
+}
+
 type LatencyFamily = Family<KindLabel, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -53,6 +60,10 @@ pub struct Metrics {
     bytes_written: Counter,
     commit_position: Gauge,
     data_bytes: Gauge,
+    group_lag: Family<GroupLabel, Gauge>,
+    group_in_flight: Family<GroupLabel, Gauge>,
+    group_parked: Family<GroupLabel, Gauge>,
+    group_consumers: Family<GroupLabel, Gauge>,
     seen_syncs: AtomicU64,
     seen_bytes: AtomicU64,
 }
@@ -80,6 +91,10 @@ impl Metrics {
             bytes_written: Counter::default(),
             commit_position: Gauge::default(),
             data_bytes: Gauge::default(),
+            group_lag: Family::default(),
+            group_in_flight: Family::default(),
+            group_parked: Family::default(),
+            group_consumers: Family::default(),
             seen_syncs: AtomicU64::new(0),
             seen_bytes: AtomicU64::new(0),
             registry: Registry::default(),
@@ -136,6 +151,26 @@ impl Metrics {
             "Bytes of log in segment files",
             m.data_bytes.clone(),
         );
+        registry.register(
+            "persistent_lag",
+            "Positions between a $all group's checkpoint and the commit position",
+            m.group_lag.clone(),
+        );
+        registry.register(
+            "persistent_in_flight",
+            "Events a group delivered and is waiting to hear about",
+            m.group_in_flight.clone(),
+        );
+        registry.register(
+            "persistent_parked",
+            "Parked events per group",
+            m.group_parked.clone(),
+        );
+        registry.register(
+            "persistent_consumers",
+            "Consumers connected per group",
+            m.group_consumers.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -158,7 +193,29 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the engine's totals brought up to date.
-    pub fn render(&self, engine: &Engine) -> String {
+    pub fn render(&self, engine: &Engine, groups: &[quiver_client::PersistentInfo]) -> String {
+        self.group_lag.clear();
+        self.group_in_flight.clear();
+        self.group_parked.clear();
+        self.group_consumers.clear();
+        for g in groups {
+            let label = GroupLabel {
+                group: g.definition.name.clone(),
+            };
+            if g.definition.stream == "$all" {
+                let lag = engine.commit_position().saturating_sub(g.checkpoint);
+                self.group_lag.get_or_create(&label).set(lag as i64);
+            }
+            self.group_in_flight
+                .get_or_create(&label)
+                .set(g.in_flight as i64);
+            self.group_parked
+                .get_or_create(&label)
+                .set(g.parked.len() as i64);
+            self.group_consumers
+                .get_or_create(&label)
+                .set(g.consumers as i64);
+        }
         let c = engine.counters();
         let prev = self.seen_syncs.swap(c.syncs, Ordering::Relaxed);
         self.syncs.inc_by(c.syncs.saturating_sub(prev));

@@ -428,6 +428,19 @@ async fn operations_endpoint_reports_health_metrics_and_status() {
             "missing {line:?} in\n{metrics}"
         );
     }
+    // A persistent group shows up with its lag (nothing consumed: both events).
+    let group = quiver_client::PersistentDefinition::all("billing");
+    c.create_persistent(&group).await.unwrap();
+    let (_, metrics2) = http_get(http, "/metrics").await;
+    for line in [
+        "quiver_persistent_lag{group=\"billing\"} 2",
+        "quiver_persistent_consumers{group=\"billing\"} 0",
+    ] {
+        assert!(
+            metrics2.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics2}"
+        );
+    }
     let syncs = metrics
         .lines()
         .find(|l| l.starts_with("quiver_engine_syncs_total "))
