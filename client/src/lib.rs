@@ -1035,6 +1035,13 @@ pub enum SubscriptionMessage {
         /// Resume point.
         position: u64,
     },
+    /// The subscriber lags the commit point by more than the server's limit (10,000
+    /// positions): events keep coming, from storage, and `CaughtUp` follows when it is back.
+    /// Nothing is dropped.
+    FellBehind {
+        /// Resume point.
+        position: u64,
+    },
 }
 
 /// A live subscription. Dropping it ends it.
@@ -1078,6 +1085,12 @@ impl Subscription<'_> {
                 advance(position);
                 self.pending
                     .push_back(SubscriptionMessage::Checkpoint { position });
+                Ok(())
+            }
+            Response::FellBehind { position } => {
+                advance(position);
+                self.pending
+                    .push_back(SubscriptionMessage::FellBehind { position });
                 Ok(())
             }
             other => Err(Error::unexpected(other)),

@@ -64,6 +64,7 @@ pub enum Kind {
     PersistentGroups = 0x020D,
     PersistentInfoReply = 0x020E,
     Delivery = 0x020F,
+    FellBehind = 0x0210,
     Error = 0x02FF,
 }
 
@@ -71,7 +72,7 @@ impl Kind {
     /// The kind for a frame's kind field.
     pub fn from_u16(k: u16) -> Option<Kind> {
         use Kind::*;
-        const ALL: [Kind; 40] = [
+        const ALL: [Kind; 41] = [
             Hello,
             Append,
             ReadStream,
@@ -111,6 +112,7 @@ impl Kind {
             PersistentGroups,
             PersistentInfoReply,
             Delivery,
+            FellBehind,
             Error,
         ];
         ALL.into_iter().find(|x| *x as u16 == k)
@@ -458,6 +460,12 @@ pub enum Response {
     /// A subscription has scanned up to `position` (exclusive) with nothing more to deliver:
     /// resume from here.
     Checkpoint {
+        position: u64,
+    },
+    /// A live subscription is more than the server's lag limit behind the commit point: it
+    /// is catching up from storage again (a `CaughtUp` follows when it is back). Nothing is
+    /// dropped; this says only that the subscriber is slow.
+    FellBehind {
         position: u64,
     },
     /// The persistent subscription groups, as JSON text (an array of group infos).
@@ -1056,6 +1064,7 @@ impl Response {
             Response::Status { .. } => Kind::StatusReply,
             Response::Error { .. } => Kind::Error,
             Response::CaughtUp { .. } => Kind::CaughtUp,
+            Response::FellBehind { .. } => Kind::FellBehind,
             Response::Checkpoint { .. } => Kind::Checkpoint,
             Response::PersistentGroups(_) => Kind::PersistentGroups,
             Response::PersistentInfo(_) => Kind::PersistentInfoReply,
@@ -1185,9 +1194,9 @@ impl Response {
                 put_str16(out, message.as_str());
                 put_opt_u64(out, *actual);
             }
-            Response::CaughtUp { position } | Response::Checkpoint { position } => {
-                out.put_u64_le(*position)
-            }
+            Response::CaughtUp { position }
+            | Response::Checkpoint { position }
+            | Response::FellBehind { position } => out.put_u64_le(*position),
             Response::PersistentGroups(json) | Response::PersistentInfo(json) => {
                 put_bytes32(out, json.as_str().as_bytes());
             }
@@ -1289,6 +1298,7 @@ impl Response {
                 actual: r.opt_u64()?,
             },
             Kind::CaughtUp => Response::CaughtUp { position: r.u64()? },
+            Kind::FellBehind => Response::FellBehind { position: r.u64()? },
             Kind::Checkpoint => Response::Checkpoint { position: r.u64()? },
             Kind::PersistentGroups => Response::PersistentGroups(get_text32(&mut r)?),
             Kind::PersistentInfoReply => Response::PersistentInfo(get_text32(&mut r)?),

@@ -282,6 +282,7 @@ fn response() -> impl Strategy<Value = Response> {
         }),
         any::<u64>().prop_map(|position| Response::CaughtUp { position }),
         any::<u64>().prop_map(|position| Response::Checkpoint { position }),
+        any::<u64>().prop_map(|position| Response::FellBehind { position }),
         text(200).prop_map(Response::PersistentGroups),
         text(200).prop_map(Response::PersistentInfo),
         (any::<u32>(), event())

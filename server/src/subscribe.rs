@@ -16,6 +16,10 @@ use quiver_net::{ErrorCode, Text};
 
 use crate::cmd::{encode_events, Ctx};
 
+/// A caught-up subscriber further than this many positions behind the commit point is told
+/// it fell behind.
+pub const LAG_POSITIONS_MAX: u64 = 10_000;
+
 /// Events read and sent per step.
 pub const SUBSCRIBE_CHUNK_EVENTS: usize = 512;
 
@@ -132,6 +136,13 @@ pub async fn run(
                 .subscription_deliveries
                 .inc_by(events.len() as u64);
             scanned = 0;
+        }
+        // A live `$all` subscriber that lags too far is told so; it keeps catching up from
+        // storage (there is no buffer to overflow) and hears `CaughtUp` again when back.
+        let lagging = ctx.engine.commit_position().saturating_sub(next) > LAG_POSITIONS_MAX;
+        if caught_up && lagging && matches!(target, Target::All(_)) {
+            caught_up = false;
+            send(out, &Response::FellBehind { position: next }).await?;
         }
         if full {
             continue;

@@ -68,7 +68,9 @@ async fn collect_until(
                 caught_up += 1;
                 resume = resume.max(position);
             }
-            Msg::Checkpoint { position } => resume = resume.max(position),
+            Msg::Checkpoint { position } | Msg::FellBehind { position } => {
+                resume = resume.max(position)
+            }
         }
     }
     assert!(caught_up <= 1, "caught-up is announced once");
@@ -366,4 +368,51 @@ async fn a_subscription_resumes_by_itself_across_a_server_restart() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_told_it_fell_behind_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let writer = client(dir.path(), server.addr).await;
+    let reader = client(dir.path(), server.addr).await;
+    let mut sub = reader
+        .subscribe_all(SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        sub.next().await.unwrap(),
+        Some(Msg::CaughtUp { position: 0 })
+    );
+    // The subscriber reads nothing while 30,000 events commit: QUIC flow control stops the
+    // server's sends, and the subscription falls far behind the commit point.
+    let total = 30_000u64;
+    for b in 0..total / 1_000 {
+        let events = (0..1_000)
+            .map(|i| EventData::json("T", format!("{{\"i\":{}}}", b * 1_000 + i)))
+            .collect();
+        writer
+            .append("s", ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let (mut next, mut fell_behind, mut caught_up) = (0u64, 0, 0);
+    while next < total || caught_up == 0 {
+        let m = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap();
+        match m.unwrap().unwrap() {
+            Msg::Event(e) => {
+                assert_eq!(e.position, next, "in order, no gap, no duplicate");
+                next += 1;
+            }
+            Msg::FellBehind { .. } => fell_behind += 1,
+            Msg::CaughtUp { .. } => caught_up += 1,
+            Msg::Checkpoint { .. } => {}
+        }
+    }
+    assert_eq!(next, total);
+    assert_eq!(fell_behind, 1, "told once that it fell behind");
+    assert_eq!(caught_up, 1, "and once that it caught up again");
+    server.stop().await;
 }
