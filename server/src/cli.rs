@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use quiver_client::{
-    Client, ClientConfig, Error, EventData, ExpectedVersion, PersistentDefinition, PersistentInfo,
-    ReadOptions, RecordedEvent, Strategy, StreamInfo, StreamMetadata, SubscribeOptions,
-    SubscriptionMessage, SERVER_DEFAULT,
+    Client, ClientConfig, Error, EventData, ExpectedVersion, PayloadOp, PersistentDefinition,
+    PersistentInfo, ReadOptions, RecordedEvent, Strategy, StreamInfo, StreamMetadata,
+    SubscribeOptions, SubscriptionMessage, SERVER_DEFAULT,
 };
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -155,8 +155,37 @@ pub struct SubscribeArgs {
     /// Exit after printing N events.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// Only JSON events whose data passes this test, e.g. 'total > 100' or
+    /// 'customer.tier == "gold"' (operators == != < <= > >=; the value is JSON, or else taken
+    /// as a string). Repeat to require several.
+    #[arg(long = "where", value_name = "PATH OP VALUE", value_parser = parse_where)]
+    where_: Vec<(String, PayloadOp, serde_json::Value)>,
     #[command(flatten)]
     conn: ConnArgs,
+}
+
+/// Parses `--where PATH OP VALUE`.
+fn parse_where(s: &str) -> Result<(String, PayloadOp, serde_json::Value), String> {
+    const OPS: [(&str, PayloadOp); 6] = [
+        ("==", PayloadOp::Eq),
+        ("!=", PayloadOp::Ne),
+        ("<=", PayloadOp::Le),
+        (">=", PayloadOp::Ge),
+        ("<", PayloadOp::Lt),
+        (">", PayloadOp::Gt),
+    ];
+    let (at, text, op) = OPS
+        .iter()
+        .filter_map(|(text, op)| s.find(text).map(|at| (at, *text, *op)))
+        .min_by_key(|(at, text, _)| (*at, std::cmp::Reverse(text.len())))
+        .ok_or_else(|| format!("no operator in {s:?} (use == != < <= > >=)"))?;
+    let path = s[..at].trim();
+    let raw = s[at + text.len()..].trim();
+    if path.is_empty() || raw.is_empty() {
+        return Err(format!("expected PATH OP VALUE, got {s:?}"));
+    }
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::from(raw));
+    Ok((path.to_string(), op, value))
 }
 
 /// `quiver append`.
@@ -870,6 +899,9 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
             if let Some(p) = a.stream_prefix {
                 options = options.stream_prefix(p);
             }
+            for (path, op, value) in a.where_ {
+                options = options.payload(path, op, value);
+            }
             let mut sub = match &a.stream {
                 Some(s) => client.subscribe_stream(s, options).await?,
                 None => client.subscribe_all(options).await?,
@@ -1366,6 +1398,28 @@ fn timestamp(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn where_tests_parse() {
+        let (p, op, v) = parse_where("total >= 100").unwrap();
+        assert_eq!(
+            (p.as_str(), op, v),
+            ("total", PayloadOp::Ge, serde_json::json!(100))
+        );
+        let (p, op, v) = parse_where(r#"customer.tier=="gold""#).unwrap();
+        assert_eq!(
+            (p.as_str(), op, v),
+            ("customer.tier", PayloadOp::Eq, serde_json::json!("gold"))
+        );
+        let (_, op, v) = parse_where("name != ada").unwrap();
+        assert_eq!(
+            (op, v),
+            (PayloadOp::Ne, serde_json::json!("ada")),
+            "bare words are strings"
+        );
+        assert!(parse_where("total").is_err());
+        assert!(parse_where("> 3").is_err());
+    }
 
     #[test]
     fn timestamps_are_utc() {
