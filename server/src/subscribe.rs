@@ -135,7 +135,11 @@ pub async fn run(
             ctx.metrics
                 .subscription_deliveries
                 .inc_by(events.len() as u64);
-            scanned = 0;
+            // Positions scanned past the last delivery still count toward a checkpoint.
+            scanned = match (&target, events.last()) {
+                (Target::All(_), Some(last)) => next.saturating_sub(last.position + 1),
+                _ => 0,
+            };
         }
         // A live `$all` subscriber that lags too far is told so; it keeps catching up from
         // storage (there is no buffer to overflow) and hears `CaughtUp` again when back.
