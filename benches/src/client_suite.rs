@@ -9,10 +9,20 @@
 //! | `client_append_concurrent64` | 64 tasks, a connection each, 1 event per append | append call |
 //! | `client_read_stream` | read a 1,000,000-event stream (200,000 `--quick`) | 1,000 events |
 //! | `client_scan_all` | read `$all` over the same store, from its first event | 1,000 events |
+//! | `subscribe_live_latency` | 1 subscriber on `$all` from its end, 1 writer of single events | append call → event received |
+//! | `subscribe_catchup` | subscribe to `$all` over the read store, from its first event, until caught up | 1,000 events |
+//! | `subscribe_catchup_filtered` | the same with a type prefix that 1 event in 10 matches | 1,000 events delivered |
+//! | `persistent_ack_throughput` | 1 consumer of a group on `$all` acks 200,000 events (50,000 `--quick`) | 1,000 events |
 //!
 //! Latency is what the caller sees: from the call to its answer, a round trip plus the
 //! server's work and fsync. The read store is written beforehand in appends of 1,000 events
-//! over one connection (`fill_events_per_sec` in the read reports).
+//! over one connection (`fill_events_per_sec` in the read reports); one event in
+//! [`TENTH_EVERY`] has the type [`TENTH_TYPE`] (as long as [`EVENT_TYPE`]), for the filtered
+//! catch-up. The live subscriber's writer awaits each append and then the event's arrival
+//! before the next, so its latency holds no queueing. The persistent group is created after
+//! its store is filled, starting at the fill's first event, with 256 events in flight; the
+//! consumer acks in batches of 64, and the run ends when the group's checkpoint has passed
+//! the last event.
 //!
 //! **Which server.** With `--server ADDR` the clients connect to a running server. Without
 //! it, each append scenario starts a server in-process on `127.0.0.1:0`, on a fresh store
@@ -32,19 +42,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use hdrhistogram::Histogram;
-use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{
+    Client, ClientConfig, EventData, ExpectedVersion, PersistentDefinition, ReadOptions,
+    SubscribeOptions, SubscriptionMessage,
+};
 use quiver_engine::Uuid;
 use quiver_server::ServerConfig;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
-use tokio::sync::{oneshot, Barrier};
+use tokio::sync::{mpsc, oneshot, Barrier};
 
-use crate::report::{latency_histogram, Report};
+use crate::report::{latency_histogram, micros, Report};
 use crate::workload::{
-    nanos_since, scratch_dir, timed, Ids, ReadTimer, Run, EVENT_DATA_BYTES, EVENT_TYPE, FILL_BATCH,
-    PAYLOAD, READ_EVENTS,
+    nanos, nanos_since, scratch_dir, timed, Ids, ReadTimer, Run, EVENT_DATA_BYTES, EVENT_TYPE,
+    FILL_BATCH, PAYLOAD, READ_EVENTS,
 };
 
 /// Every scenario of the suite, in the order [`Suite::run`] is meant to be called.
@@ -54,7 +67,28 @@ pub const SCENARIOS: &[&str] = &[
     "client_append_concurrent64",
     "client_read_stream",
     "client_scan_all",
+    "subscribe_live_latency",
+    "subscribe_catchup",
+    "subscribe_catchup_filtered",
+    "persistent_ack_throughput",
 ];
+
+/// Event type of one event in [`TENTH_EVERY`] of a fill (as long as [`EVENT_TYPE`]); the
+/// filtered catch-up subscribes with it as the type prefix.
+pub const TENTH_TYPE: &str = "bench-tenth";
+/// A fill's events of type [`TENTH_TYPE`]: the last of every this many.
+pub const TENTH_EVERY: u64 = 10;
+/// Events the persistent group's consumer acks.
+const PERSISTENT_EVENTS: u64 = 200_000;
+/// The same with `--quick`.
+const PERSISTENT_EVENTS_QUICK: u64 = 50_000;
+/// Most events the persistent group has in flight.
+const PERSISTENT_MAX_IN_FLIGHT: u32 = 256;
+/// Positions per ack the consumer sends (well under [`PERSISTENT_MAX_IN_FLIGHT`], so the
+/// group always has more to deliver while the consumer holds a batch).
+const ACK_BATCH: usize = 64;
+/// Longest wait for a subscription or a group to deliver before the scenario fails.
+const WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Events in the read store with `--quick`.
 const READ_EVENTS_QUICK: u64 = 200_000;
@@ -139,6 +173,10 @@ impl Suite {
             ),
             "client_read_stream" => self.read_stream(scenario)?,
             "client_scan_all" => self.scan_all(scenario)?,
+            "subscribe_live_latency" => self.live_latency(scenario)?,
+            "subscribe_catchup" => self.catch_up(scenario, None)?,
+            "subscribe_catchup_filtered" => self.catch_up(scenario, Some(TENTH_TYPE))?,
+            "persistent_ack_throughput" => self.persistent_ack(scenario)?,
             other => anyhow::bail!("no scenario {other:?}; known: {}", SCENARIOS.join(", ")),
         };
         let report = report.with("quick", self.opts.quick);
@@ -250,7 +288,7 @@ impl Suite {
             client.close().await;
             Ok::<_, anyhow::Error>(read)
         })?;
-        store.report(scenario, &run, bytes)
+        store.report(scenario, &run, bytes, store.events)
     }
 
     /// Reads `$all` forward from the read store's first event, as many events as it holds.
@@ -276,11 +314,154 @@ impl Suite {
             client.close().await;
             Ok::<_, anyhow::Error>(read)
         })?;
-        store.report(scenario, &run, bytes)
+        store.report(scenario, &run, bytes, store.events)
+    }
+
+    /// A subscriber on `$all` from its end and a writer appending single events, each
+    /// awaited and then awaited at the subscriber; one sample per event, from just before
+    /// its append call to the subscriber receiving it.
+    fn live_latency(&mut self, scenario: &str) -> Result<Report> {
+        let server = Target::start(&self.opts, scenario)?;
+        let stream = self.stream(scenario, 0);
+        let ids = self.ids();
+        let duration = timed(self.opts.quick);
+        let live = self.runtime.block_on(async {
+            let clients = connect(&server.config, 2).await?;
+            let (arrived, arrivals) = mpsc::unbounded_channel();
+            let (is_live, live) = oneshot::channel();
+            let subscriber = tokio::spawn(follow_live(clients[0].clone(), is_live, arrived));
+            let measured = match within("the subscriber going live", live).await {
+                Ok(Ok(())) => write_live(&clients[1], &stream, ids, arrivals, duration).await,
+                _ => Err(anyhow!("the subscriber did not go live")),
+            };
+            subscriber.abort();
+            let followed = subscriber.await;
+            close(clients).await;
+            if let Ok(Err(e)) = followed {
+                return Err(e.context("the live subscriber failed"));
+            }
+            measured
+        })?;
+        let run = &live.run;
+        let report = Report::new(scenario, run.events, run.elapsed, &run.latency);
+        Ok(server
+            .stop_and_describe(report)?
+            .with("connections", 2)
+            .with("event_bytes", EVENT_DATA_BYTES)
+            .with(
+                "latency_per",
+                "event: just before its append call to the subscriber receiving it",
+            )
+            .with("target_p99_us", 1000)
+            .with("append_p50_us", live.append_p50_us)
+            .with("append_p99_us", live.append_p99_us)
+            .with("received_before_append_answer", live.before_answer))
+    }
+
+    /// Subscribes to `$all` from the read store's first event (with a type prefix, if given)
+    /// and counts the events delivered until the subscription says it has caught up.
+    fn catch_up(&mut self, scenario: &str, type_prefix: Option<&str>) -> Result<Report> {
+        self.read_store()?;
+        let store = self.reads.as_ref().expect("filled by read_store");
+        let first = store.first_position;
+        let mut options = SubscribeOptions::default().from(first);
+        if let Some(prefix) = type_prefix {
+            options = options.type_prefix(prefix);
+        }
+        let (run, bytes) = self.runtime.block_on(async {
+            let client = Client::connect(store.server.config.clone()).await?;
+            let mut timer = ReadTimer::start();
+            let mut sub = client.subscribe_all(options).await?;
+            loop {
+                let message = within("the catch-up subscription", sub.next())
+                    .await??
+                    .context("the subscription ended before catching up")?;
+                match message {
+                    SubscriptionMessage::Event(e) => {
+                        let due = first + timer.events();
+                        ensure!(
+                            type_prefix.is_some() || e.position == due,
+                            "delivered position {} where {due} was due",
+                            e.position
+                        );
+                        ensure!(
+                            type_prefix.is_none_or(|p| e.event_type.starts_with(p)),
+                            "delivered an event of type {:?}",
+                            e.event_type
+                        );
+                        timer.event(e.data.len());
+                    }
+                    SubscriptionMessage::CaughtUp { .. } => break,
+                    // FellBehind only ever follows a CaughtUp.
+                    SubscriptionMessage::Checkpoint { .. }
+                    | SubscriptionMessage::FellBehind { .. } => {}
+                }
+            }
+            let read = timer.finish();
+            drop(sub);
+            client.close().await;
+            Ok::<_, anyhow::Error>(read)
+        })?;
+        let Some(prefix) = type_prefix else {
+            return Ok(store
+                .report(scenario, &run, bytes, store.events)?
+                .with("latency_per", "1000 events delivered"));
+        };
+        let scanned_per_sec = store.events as f64 / run.elapsed.as_secs_f64();
+        Ok(store
+            .report(scenario, &run, bytes, store.events / TENTH_EVERY)?
+            .with("type_prefix", prefix)
+            .with("positions_scanned", store.events)
+            .with("scanned_per_sec", scanned_per_sec.round() as u64)
+            .with("latency_per", "1000 matching events delivered"))
+    }
+
+    /// Fills a fresh store, creates a group on `$all` from the fill's first event, and
+    /// times one consumer receiving and acking every event until the group's checkpoint
+    /// has passed the last one.
+    fn persistent_ack(&mut self, scenario: &str) -> Result<Report> {
+        let server = Target::start(&self.opts, scenario)?;
+        let stream = self.stream(scenario, 0);
+        let group = format!("{stream}-group");
+        let events = if self.opts.quick {
+            PERSISTENT_EVENTS_QUICK
+        } else {
+            PERSISTENT_EVENTS
+        };
+        let ids = self.ids();
+        let (filled, (run, bytes)) = self.runtime.block_on(async {
+            let filled = fill(&server.config, &stream, ids, events).await?;
+            let client = Client::connect(server.config.clone()).await?;
+            let first = filled.first_position;
+            let definition = PersistentDefinition::all(group.as_str())
+                .start(first)
+                .max_in_flight(PERSISTENT_MAX_IN_FLIGHT);
+            client.create_persistent(&definition).await?;
+            let consumed = consume_and_ack(&client, &group, first..first + events).await;
+            client.delete_persistent(&group).await?;
+            client.close().await;
+            Ok::<_, anyhow::Error>((filled, consumed?))
+        })?;
+        ensure!(
+            bytes == events * EVENT_DATA_BYTES as u64,
+            "payloads are short"
+        );
+        let report = Report::new(scenario, run.events, run.elapsed, &run.latency);
+        Ok(server
+            .stop_and_describe(report)?
+            .with("consumers", 1)
+            .with("max_in_flight", PERSISTENT_MAX_IN_FLIGHT)
+            .with("ack_batch", ACK_BATCH)
+            .with("written_in_batches_of", FILL_BATCH)
+            .with(
+                "fill_events_per_sec",
+                filled.run.events_per_sec().round() as u64,
+            )
+            .with("latency_per", "1000 events delivered and acked"))
     }
 }
 
-/// The store both read scenarios read: one stream of `events` events, written in appends of
+/// The store the read and catch-up scenarios read: one stream of `events` events, written in appends of
 /// [`FILL_BATCH`] with nothing else in between in `$all`.
 struct ReadStore {
     server: Target,
@@ -291,16 +472,16 @@ struct ReadStore {
 }
 
 impl ReadStore {
-    /// The report of a read of the whole store, after checking it was whole.
-    fn report(&self, scenario: &str, run: &Run, bytes: u64) -> Result<Report> {
+    /// The report of a read of the store that should have seen `events` events, after
+    /// checking it saw them whole.
+    fn report(&self, scenario: &str, run: &Run, bytes: u64, events: u64) -> Result<Report> {
         ensure!(
-            run.events == self.events,
-            "read {} events of {}",
-            run.events,
-            self.events
+            run.events == events,
+            "read {} events of {events}",
+            run.events
         );
         ensure!(
-            bytes == self.events * EVENT_DATA_BYTES as u64,
+            bytes == events * EVENT_DATA_BYTES as u64,
             "payloads are short"
         );
         let report = Report::new(scenario, run.events, run.elapsed, &run.latency);
@@ -488,10 +669,10 @@ where
 }
 
 /// One event for the client: the workload's id and payload (shared, not copied).
-fn event(ids: &mut Ids) -> EventData {
+fn event(ids: &mut Ids, event_type: &str) -> EventData {
     EventData {
         id: ids.id(),
-        event_type: EVENT_TYPE.to_string(),
+        event_type: event_type.to_string(),
         json: false,
         data: PAYLOAD[..].into(),
         metadata: Default::default(),
@@ -500,7 +681,17 @@ fn event(ids: &mut Ids) -> EventData {
 
 /// `n` events for one append.
 fn batch(ids: &mut Ids, n: usize) -> Vec<EventData> {
-    (0..n).map(|_| event(ids)).collect()
+    (0..n).map(|_| event(ids, EVENT_TYPE)).collect()
+}
+
+/// The type of a fill's `i`th event: [`TENTH_TYPE`] for one in [`TENTH_EVERY`], else
+/// [`EVENT_TYPE`].
+fn fill_type(i: u64) -> &'static str {
+    if i % TENTH_EVERY == TENTH_EVERY - 1 {
+        TENTH_TYPE
+    } else {
+        EVENT_TYPE
+    }
 }
 
 /// Appends batches of `batch` events to `stream` until `duration` has passed.
@@ -533,8 +724,8 @@ struct Filled {
     first_position: u64,
 }
 
-/// Writes `events` events (a multiple of [`FILL_BATCH`]) to `stream` over one connection,
-/// checking that nothing else lands in `$all` between them.
+/// Writes `events` events (a multiple of [`FILL_BATCH`], typed by [`fill_type`]) to
+/// `stream` over one connection, checking that nothing else lands in `$all` between them.
 async fn fill(config: &ClientConfig, stream: &str, mut ids: Ids, events: u64) -> Result<Filled> {
     let calls = events / FILL_BATCH as u64;
     ensure!(
@@ -548,8 +739,11 @@ async fn fill(config: &ClientConfig, stream: &str, mut ids: Ids, events: u64) ->
     let mut first_position = None;
     let mut next_position = None;
     let began = Instant::now();
-    for _ in 0..calls {
-        let write = batch(&mut ids, FILL_BATCH);
+    for call in 0..calls {
+        let first = call * FILL_BATCH as u64;
+        let write = (first..first + FILL_BATCH as u64)
+            .map(|i| event(&mut ids, fill_type(i)))
+            .collect();
         let sent = Instant::now();
         let r = client.append(stream, ExpectedVersion::Any, write).await?;
         latency.saturating_record(nanos_since(sent));
@@ -571,4 +765,150 @@ async fn fill(config: &ClientConfig, stream: &str, mut ids: Ids, events: u64) ->
         run,
         first_position: first_position.context("the fill wrote nothing")?,
     })
+}
+
+/// `work`, or an error if it takes longer than [`WAIT_MAX`].
+async fn within<T>(what: &str, work: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(WAIT_MAX, work)
+        .await
+        .map_err(|_| anyhow!("{what}: nothing within {WAIT_MAX:?}"))
+}
+
+/// Follows `$all` from its end: says when it is live (caught up), then sends each event's
+/// position and the moment it was received, until the receiving side goes away.
+async fn follow_live(
+    client: Arc<Client>,
+    is_live: oneshot::Sender<()>,
+    arrived: mpsc::UnboundedSender<(u64, Instant)>,
+) -> Result<()> {
+    let mut sub = client
+        .subscribe_all(SubscribeOptions::default().from_end())
+        .await?;
+    let mut is_live = Some(is_live);
+    while let Some(message) = sub.next().await? {
+        match message {
+            SubscriptionMessage::Event(e) => {
+                if arrived.send((e.position, Instant::now())).is_err() {
+                    return Ok(());
+                }
+            }
+            SubscriptionMessage::CaughtUp { .. } => {
+                if let Some(tx) = is_live.take() {
+                    let _ = tx.send(());
+                }
+            }
+            // A writer awaiting each event cannot leave the subscriber behind; if it did
+            // fall behind, its events still come, with their (late) arrival times.
+            SubscriptionMessage::Checkpoint { .. } | SubscriptionMessage::FellBehind { .. } => {}
+        }
+    }
+    bail!("the server ended the subscription")
+}
+
+/// What the live subscriber's writer measured.
+struct Live {
+    /// Append call → event received at the subscriber, one sample per event.
+    run: Run,
+    /// The append calls alone (call → answer), µs.
+    append_p50_us: f64,
+    append_p99_us: f64,
+    /// Events the subscriber received before the writer had the append's answer.
+    before_answer: u64,
+}
+
+/// Appends single events to `stream` for `duration`, each awaited and then awaited at the
+/// subscriber (`arrivals`, matched by position), so no event waits behind another.
+async fn write_live(
+    client: &Client,
+    stream: &str,
+    mut ids: Ids,
+    mut arrivals: mpsc::UnboundedReceiver<(u64, Instant)>,
+    duration: Duration,
+) -> Result<Live> {
+    let mut latency = latency_histogram();
+    let mut append = latency_histogram();
+    let mut before_answer = 0;
+    let began = Instant::now();
+    let until = began + duration;
+    let mut events = 0;
+    while Instant::now() < until {
+        let write = vec![event(&mut ids, EVENT_TYPE)];
+        let sent = Instant::now();
+        let written = client
+            .append(stream, ExpectedVersion::Any, write)
+            .await
+            .with_context(|| format!("appending to {stream}"))?;
+        let answered = Instant::now();
+        append.saturating_record(nanos(answered - sent));
+        let position = written.position_first;
+        let received = loop {
+            let (p, at) = within("the live subscriber", arrivals.recv())
+                .await?
+                .context("the live subscriber stopped")?;
+            // Positions below come from other writers (a shared `--server`).
+            if p == position {
+                break at;
+            }
+            ensure!(p < position, "the subscriber skipped position {position}");
+        };
+        latency.saturating_record(nanos(received.saturating_duration_since(sent)));
+        before_answer += u64::from(received < answered);
+        events += 1;
+    }
+    let p_us = |q: f64| micros(Duration::from_nanos(append.value_at_quantile(q)));
+    Ok(Live {
+        run: Run {
+            latency,
+            events,
+            elapsed: began.elapsed(),
+        },
+        append_p50_us: p_us(0.5),
+        append_p99_us: p_us(0.99),
+        before_answer,
+    })
+}
+
+/// Joins `group` as its one consumer and acks every event delivered, in batches of
+/// [`ACK_BATCH`], until the group's checkpoint has passed `positions`; returns the run
+/// (one sample per 1,000 events) and the payload bytes received.
+async fn consume_and_ack(
+    client: &Client,
+    group: &str,
+    positions: std::ops::Range<u64>,
+) -> Result<(Run, u64)> {
+    let events = positions.end - positions.start;
+    let mut timer = ReadTimer::start();
+    let mut consumer = client.connect_persistent(group).await?;
+    let mut unacked = Vec::with_capacity(ACK_BATCH);
+    while timer.events() < events {
+        let delivery = within("the persistent group", consumer.next())
+            .await??
+            .context("the server ended the membership")?;
+        let position = delivery.event.position;
+        ensure!(
+            positions.contains(&position),
+            "delivered position {position}, outside {positions:?}"
+        );
+        ensure!(
+            delivery.retry_count == 0,
+            "position {position} was delivered again"
+        );
+        timer.event(delivery.event.data.len());
+        unacked.push(position);
+        if unacked.len() == ACK_BATCH || timer.events() == events {
+            consumer.ack(&unacked).await?;
+            unacked.clear();
+        }
+    }
+    // The acks are one-way: done when the group's checkpoint says they all arrived.
+    within("the group's checkpoint", async {
+        while client.persistent_info(group).await?.checkpoint < positions.end {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await??;
+    let consumed = timer.finish();
+    consumer.close();
+    Ok(consumed)
 }

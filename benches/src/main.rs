@@ -24,6 +24,7 @@
 //! cargo bench -p quiver-bench                               # Criterion micro-benchmarks
 //! cargo run --release -p quiver-bench -- client            # server over QUIC, in-process
 //! cargo run --release -p quiver-bench -- client --server 127.0.0.1:7600 --ca ca.pem
+//! cargo run --release -p quiver-bench -- client --scenario subscribe_live_latency
 //! ```
 //!
 //! The suites: `engine` (`quiver_bench::engine_suite`) and `client`
@@ -57,7 +58,8 @@ enum Suite {
     /// The storage engine in-process: durable appends, stream reads, `$all` scans, reopen.
     Engine(EngineArgs),
     /// The server over QUIC through quiver-client: appends from 1, 16 and 64 connections,
-    /// stream reads and `$all` scans. Starts its own server unless given --server.
+    /// stream reads and `$all` scans, live and catch-up subscriptions, a persistent group's
+    /// acks. Starts its own server unless given --server.
     Client(ClientArgs),
 }
 
