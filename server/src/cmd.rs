@@ -429,6 +429,22 @@ async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response 
     }
 }
 
+/// Writes one stored event in the wire's event layout (no allocation).
+pub fn put_recorded(payload: &mut BytesMut, e: &RecordedEvent) {
+    message::put_event(
+        payload,
+        &e.stream,
+        e.version,
+        e.position,
+        *e.id.as_bytes(),
+        e.event_type(),
+        e.content_type as u8,
+        &e.data,
+        &e.metadata,
+        e.created_us,
+    );
+}
+
 /// Appends one `Events` frame of `events` to `frame`.
 pub fn encode_events<'a>(
     frame: &mut BytesMut,
@@ -445,18 +461,7 @@ pub fn encode_events<'a>(
         payload.extend_from_slice(&[0; 4]);
         let mut n = 0u32;
         for e in events {
-            message::put_event(
-                payload,
-                &e.stream,
-                e.version,
-                e.position,
-                *e.id.as_bytes(),
-                e.event_type(),
-                e.content_type as u8,
-                &e.data,
-                &e.metadata,
-                e.created_us,
-            );
+            put_recorded(payload, e);
             n += 1;
         }
         payload[at..at + 4].copy_from_slice(&n.to_le_bytes());

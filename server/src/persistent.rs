@@ -24,7 +24,7 @@ use quiver_client::{PersistentDefinition, PersistentInfo, Strategy};
 use quiver_engine::{
     validate_stream_name, AllFilter, Direction, Engine, Matcher, ReadFrom, RecordedEvent,
 };
-use quiver_net::message::{self, Kind, Request, Response};
+use quiver_net::message::{Kind, Request, Response};
 use quiver_net::quic::read_frame;
 use quiver_net::{ErrorCode, Text};
 use serde::{Deserialize, Serialize};
@@ -859,18 +859,7 @@ fn encode_delivery(out: &mut BytesMut, retry_count: u32, e: &RecordedEvent) {
     let kind = Kind::Delivery as u16;
     quiver_net::frame::encode(out, kind, quiver_net::frame::FLAG_MORE, |payload| {
         payload.put_u32_le(retry_count);
-        message::put_event(
-            payload,
-            &e.stream,
-            e.version,
-            e.position,
-            *e.id.as_bytes(),
-            e.event_type(),
-            e.content_type as u8,
-            &e.data,
-            &e.metadata,
-            e.created_us,
-        );
+        crate::cmd::put_recorded(payload, e);
     });
 }
 
