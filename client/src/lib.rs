@@ -600,14 +600,8 @@ impl Client {
         let req = Request::Subscribe {
             stream: None,
             from: options.wire_from(),
-            event_type: options
-                .type_prefix
-                .clone()
-                .map(|p| Match::Prefix(Text::from(p))),
-            stream_filter: options
-                .stream_prefix
-                .clone()
-                .map(|p| Match::Prefix(Text::from(p))),
+            event_type: filter(&options.type_prefix, &options.type_regex),
+            stream_filter: filter(&options.stream_prefix, &options.stream_regex),
             checkpoint_every: options.checkpoint_every,
             payload: options.wire_payload(),
         };
@@ -926,6 +920,10 @@ pub struct SubscribeOptions {
     pub type_prefix: Option<String>,
     /// `$all` only: stream names starting with this.
     pub stream_prefix: Option<String>,
+    /// `$all` only: event types matching this regular expression (instead of a prefix).
+    pub type_regex: Option<String>,
+    /// `$all` only: stream names matching this regular expression (instead of a prefix).
+    pub stream_regex: Option<String>,
     /// `$all` only: send a checkpoint after this many positions pass without a match.
     pub checkpoint_every: u32,
     /// `by_event_payload`: every test must hold on the event's JSON data.
@@ -1004,6 +1002,19 @@ impl SubscribeOptions {
             .collect()
     }
 
+    /// Keeps event types matching this regular expression (checked by the server; anchor it
+    /// with `^…$` for an exact type).
+    pub fn type_regex(mut self, r: impl Into<String>) -> Self {
+        self.type_regex = Some(r.into());
+        self
+    }
+
+    /// Keeps streams whose names match this regular expression.
+    pub fn stream_regex(mut self, r: impl Into<String>) -> Self {
+        self.stream_regex = Some(r.into());
+        self
+    }
+
     /// Asks for a checkpoint after `n` positions without a match.
     pub fn checkpoint_every(mut self, n: u32) -> Self {
         self.checkpoint_every = n;
@@ -1016,6 +1027,15 @@ impl SubscribeOptions {
             (None, true) => message::ReadFrom::End,
             (None, false) => message::ReadFrom::Start,
         }
+    }
+}
+
+/// A subscription filter: the regular expression when given, else the prefix.
+fn filter(prefix: &Option<String>, regex: &Option<String>) -> Option<Match> {
+    match (regex, prefix) {
+        (Some(r), _) => Some(Match::Regex(Text::from(r.as_str()))),
+        (None, Some(p)) => Some(Match::Prefix(Text::from(p.as_str()))),
+        (None, None) => None,
     }
 }
 

@@ -152,6 +152,12 @@ pub struct SubscribeArgs {
     /// $all only: events of streams whose name starts with P.
     #[arg(long, value_name = "P", conflicts_with = "stream")]
     stream_prefix: Option<String>,
+    /// $all only: events whose type matches this regular expression ('^Order(Placed|Paid)$').
+    #[arg(long, value_name = "RE", conflicts_with_all = ["stream", "type_prefix"])]
+    type_regex: Option<String>,
+    /// $all only: events of streams whose name matches this regular expression.
+    #[arg(long, value_name = "RE", conflicts_with_all = ["stream", "stream_prefix"])]
+    stream_regex: Option<String>,
     /// Exit after printing N events.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -898,6 +904,12 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
             }
             if let Some(p) = a.stream_prefix {
                 options = options.stream_prefix(p);
+            }
+            if let Some(r) = a.type_regex {
+                options = options.type_regex(r);
+            }
+            if let Some(r) = a.stream_regex {
+                options = options.stream_regex(r);
             }
             for (path, op, value) in a.where_ {
                 options = options.payload(path, op, value);

@@ -589,3 +589,45 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regular_expressions_select_exact_types_and_stream_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let c = client(dir.path(), server.addr).await;
+    for (stream, t) in [
+        ("order-1", "OrderPlaced"),
+        ("order-2", "OrderPlacedLate"),
+        ("user-1", "OrderPlaced"),
+        ("order-3", "OrderPaid"),
+    ] {
+        c.append(stream, ExpectedVersion::Any, vec![EventData::json(t, "{}")])
+            .await
+            .unwrap();
+    }
+    let options = SubscribeOptions::default()
+        .type_regex("^OrderPlaced$")
+        .stream_regex("^order-");
+    let mut sub = c.subscribe_all(options).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Msg::Event(e)) => got.push((e.stream, e.event_type)),
+            Some(Msg::CaughtUp { .. }) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, [("order-1".to_string(), "OrderPlaced".to_string())]);
+    let bad = c
+        .subscribe_all(SubscribeOptions::default().type_regex("("))
+        .await;
+    assert!(
+        matches!(bad, Err(quiver_client::Error::Server { .. })),
+        "a bad regex is refused"
+    );
+    server.stop().await;
+}
