@@ -139,7 +139,9 @@ async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static
         return Err("unsupported version");
     }
     if let Some(want) = &shared.token {
-        if token.as_ref() != want.as_bytes() {
+        // Constant time: how much of a guess matched must not show in the answer's timing.
+        let matches: bool = subtle::ConstantTimeEq::ct_eq(token.as_ref(), want.as_bytes()).into();
+        if !matches {
             let msg = if token.is_empty() {
                 "this server requires a token"
             } else {
