@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -348,10 +349,12 @@ fn info(i: message::StreamInfo) -> StreamInfo {
 
 /// A connection to a Quiver server. Requests may run concurrently on one client: each is its
 /// own QUIC stream.
+/// Clones are cheap and share one connection.
+#[derive(Clone)]
 pub struct Client {
     endpoint: quinn::Endpoint,
-    conn: tokio::sync::Mutex<quinn::Connection>,
-    max_frame: AtomicUsize,
+    conn: Arc<tokio::sync::Mutex<quinn::Connection>>,
+    max_frame: Arc<AtomicUsize>,
     timeout: Duration,
     config: ClientConfig,
 }
@@ -419,8 +422,8 @@ impl Client {
         let (conn, max_frame) = handshake(&endpoint, &config).await?;
         Ok(Client {
             endpoint,
-            conn: tokio::sync::Mutex::new(conn),
-            max_frame: AtomicUsize::new(max_frame),
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            max_frame: Arc::new(AtomicUsize::new(max_frame)),
             timeout: config.timeout,
             config,
         })
@@ -895,7 +898,14 @@ impl Client {
         match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
             Response::Done { .. } => {
                 let max_frame = self.max_frame.load(Ordering::Relaxed);
-                Ok(PersistentSubscription::new(send, recv, buf, max_frame))
+                Ok(PersistentSubscription::new(
+                    self.clone(),
+                    group,
+                    send,
+                    recv,
+                    buf,
+                    max_frame,
+                ))
             }
             other => Err(Error::unexpected(other)),
         }

@@ -180,8 +180,12 @@ pub struct Delivery {
 /// A consumer's membership in a group: events arrive with [`next`](Self::next); acknowledge
 /// them with [`ack`](Self::ack) or [`nack`](Self::nack). Dropping it leaves the group; the
 /// events it had not acknowledged go to the other consumers (or wait for the next one).
-/// It does not reconnect by itself: after an error, connect again.
+/// If the connection drops or the server restarts, [`next`](Self::next) joins the group
+/// again by itself (reconnecting with backoff); the group redelivers what was not
+/// acknowledged.
 pub struct PersistentSubscription {
+    client: crate::Client,
+    group: String,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     buf: BytesMut,
@@ -190,12 +194,16 @@ pub struct PersistentSubscription {
 
 impl PersistentSubscription {
     pub(crate) fn new(
+        client: crate::Client,
+        group: &str,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         buf: BytesMut,
         max_frame: usize,
     ) -> Self {
         PersistentSubscription {
+            client,
+            group: group.to_string(),
             send,
             recv,
             buf,
@@ -203,14 +211,20 @@ impl PersistentSubscription {
         }
     }
 
-    /// The next event; waits until the group has one for this consumer. `None`: the server
-    /// ended the membership (the group was deleted or the server is stopping).
+    /// The next event; waits until the group has one for this consumer. When the membership
+    /// ends (connection lost, server restarted) it joins again; `None` when the group no
+    /// longer exists.
     pub async fn next(&mut self) -> Result<Option<Delivery>, Error> {
         let max = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX;
-        let frame = match read_frame(&mut self.recv, &mut self.buf, max).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(Error::transport(e)),
+        let frame = loop {
+            match read_frame(&mut self.recv, &mut self.buf, max).await {
+                Ok(Some(f)) => break f,
+                Ok(None) | Err(_) => match self.client.connect_persistent(&self.group).await {
+                    Ok(fresh) => *self = fresh,
+                    Err(Error::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                },
+            }
         };
         match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
             Response::Delivery { retry_count, event } => Ok(Some(Delivery {
@@ -222,6 +236,8 @@ impl PersistentSubscription {
     }
 
     /// Acknowledges events by position: they are handled and will not be delivered again.
+    /// If the connection was lost, the ack fails and the group delivers them again to this
+    /// consumer once [`next`](Self::next) has joined again (at least once).
     pub async fn ack(&mut self, positions: &[u64]) -> Result<(), Error> {
         self.send_request(&Request::PersistentAck {
             positions: positions.to_vec(),
