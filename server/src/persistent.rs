@@ -52,6 +52,10 @@ pub struct Record {
     pub parked: Vec<u64>,
     /// The group was deleted.
     pub deleted: bool,
+    /// Retry counts of events delivered and refused (or timed out) and not yet handled, by
+    /// position: they survive a restart like the checkpoint.
+    #[serde(default)]
+    pub retries: BTreeMap<u64, u32>,
 }
 
 /// Why a group operation was refused.
@@ -215,6 +219,7 @@ impl Groups {
             definition: d,
             parked: Vec::new(),
             deleted: false,
+            retries: BTreeMap::new(),
         };
         let index = write(&self.engine, &record).await?;
         let name = record.definition.name.clone();
@@ -372,8 +377,10 @@ struct Group {
     /// The checkpoint last recorded.
     recorded: u64,
     last_write: Instant,
-    /// The record must be written now (parked set or definition changed).
+    /// The record must be written now (parked set, retry counts or definition changed).
     urgent: bool,
+    /// Retry counts recorded before a restart, for events not read again yet.
+    restored_retries: BTreeMap<u64, u32>,
 }
 
 /// FNV-1a: a stable hash of a stream name, for the pinned strategy.
@@ -399,6 +406,7 @@ impl Group {
             backlog: VecDeque::new(),
             pending: BTreeMap::new(),
             parked: record.parked.into_iter().collect(),
+            restored_retries: record.retries,
             consumers: Vec::new(),
             next_consumer: 0,
             round_robin: 0,
@@ -427,11 +435,18 @@ impl Group {
     }
 
     fn record(&self, deleted: bool) -> Record {
+        let mut retries = self.restored_retries.clone();
+        for (pos, p) in &self.pending {
+            if p.retries > 0 {
+                retries.insert(*pos, p.retries);
+            }
+        }
         Record {
             definition: self.def.clone(),
             checkpoint: self.checkpoint(),
             parked: self.parked.iter().copied().collect(),
             deleted,
+            retries,
         }
     }
 
@@ -523,12 +538,13 @@ impl Group {
                 continue;
             }
             let position = event.position;
+            let retries = self.restored_retries.remove(&position).unwrap_or(0);
             self.pending.insert(
                 position,
                 Pending {
                     seq: self.seq(&event),
                     event,
-                    retries: 0,
+                    retries,
                     consumer: None,
                     deadline: Instant::now(),
                     replay: false,
@@ -593,6 +609,8 @@ impl Group {
             self.park(position);
         } else {
             p.consumer = None;
+            // Retry state goes through the log too, so a restart keeps counting.
+            self.urgent = true;
         }
     }
 

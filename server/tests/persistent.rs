@@ -568,3 +568,42 @@ async fn a_consumer_rejoins_its_group_by_itself_after_a_server_restart() {
     assert_eq!(rest, (5..15).collect::<BTreeSet<u64>>());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let addr = server.addr;
+    let c = client(dir.path(), addr).await;
+    append(&c, &["s"], 1).await;
+    c.create_persistent(&PersistentDefinition::all("g").max_retries(5))
+        .await
+        .unwrap();
+    let mut sub = connect(&c, "g").await;
+    for expected in 0..3 {
+        let d = recv(&mut sub).await;
+        assert_eq!(d.retry_count, expected);
+        sub.nack(NackAction::Retry, &[d.event.position])
+            .await
+            .unwrap();
+    }
+    // Three refusals so far: the record says 3 for position 0.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(sub);
+    server.stop().await;
+    let server = common::start(ServerConfig {
+        listen: addr,
+        http: None,
+        ..common::config(dir.path())
+    });
+    let c = client(dir.path(), addr).await;
+    let mut sub = connect(&c, "g").await;
+    let d = recv(&mut sub).await;
+    assert_eq!(
+        (d.event.position, d.retry_count),
+        (0, 3),
+        "the count went on across the restart"
+    );
+    sub.ack(&[0]).await.unwrap();
+    server.stop().await;
+}
