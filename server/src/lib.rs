@@ -120,11 +120,13 @@ impl Server {
         engine.on_commit(move |position| {
             commit_tx.send_replace(position);
         });
-        let persistent = persistent::Groups::load(engine.clone(), commits.clone());
+        let metrics = metrics::Metrics::new();
+        let counters = metrics.groups.clone();
+        let persistent = persistent::Groups::load(engine.clone(), commits.clone(), counters);
         let ctx = Arc::new(Ctx {
             engine,
             store_id: config.store_id.clone(),
-            metrics: metrics::Metrics::new(),
+            metrics,
             commits,
             persistent,
         });

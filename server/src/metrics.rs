@@ -35,6 +35,30 @@ pub struct GroupLabel {
 
 type LatencyFamily = Family<KindLabel, Histogram, fn() -> Histogram>;
 
+/// Per-group counters of persistent subscriptions; clones share the same counters, so the
+/// group tasks count into what `/metrics` shows.
+#[derive(Clone, Debug, Default)]
+pub struct GroupCounters {
+    /// Events delivered to a consumer (first deliveries and redeliveries).
+    pub deliveries: Family<GroupLabel, Counter>,
+    /// Deliveries of an event delivered before (after a retry nack, a timeout, a consumer
+    /// leaving, or a replay).
+    pub redeliveries: Family<GroupLabel, Counter>,
+    /// Events acknowledged.
+    pub acks: Family<GroupLabel, Counter>,
+    /// Events refused (retry, park or skip).
+    pub nacks: Family<GroupLabel, Counter>,
+}
+
+impl GroupCounters {
+    /// The label for `group`.
+    pub fn label(group: &str) -> GroupLabel {
+        GroupLabel {
+            group: group.to_string(),
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s in 16 doublings.
     Histogram::new(exponential_buckets(50e-6, 2.0, 16))
@@ -60,6 +84,8 @@ pub struct Metrics {
     bytes_written: Counter,
     commit_position: Gauge,
     data_bytes: Gauge,
+    /// Persistent subscription counters, shared with the groups.
+    pub groups: GroupCounters,
     group_lag: Family<GroupLabel, Gauge>,
     group_in_flight: Family<GroupLabel, Gauge>,
     group_parked: Family<GroupLabel, Gauge>,
@@ -91,6 +117,7 @@ impl Metrics {
             bytes_written: Counter::default(),
             commit_position: Gauge::default(),
             data_bytes: Gauge::default(),
+            groups: GroupCounters::default(),
             group_lag: Family::default(),
             group_in_flight: Family::default(),
             group_parked: Family::default(),
@@ -166,6 +193,22 @@ impl Metrics {
             "Parked events per group",
             m.group_parked.clone(),
         );
+        registry.register(
+            "persistent_deliveries",
+            "Events a group delivered to consumers",
+            m.groups.deliveries.clone(),
+        );
+        registry.register(
+            "persistent_redeliveries",
+            "Deliveries of events delivered before",
+            m.groups.redeliveries.clone(),
+        );
+        registry.register(
+            "persistent_acks",
+            "Events acknowledged",
+            m.groups.acks.clone(),
+        );
+        registry.register("persistent_nacks", "Events refused", m.groups.nacks.clone());
         registry.register(
             "persistent_consumers",
             "Consumers connected per group",

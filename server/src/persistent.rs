@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::cmd::Ctx;
+use crate::metrics::GroupCounters;
 use crate::subscribe::{step, Target};
 
 /// Checkpoint names of groups start with this.
@@ -165,6 +166,7 @@ struct Handle {
 pub struct Groups {
     engine: Engine,
     commits: watch::Receiver<u64>,
+    counters: GroupCounters,
     groups: tokio::sync::Mutex<HashMap<String, Handle>>,
     /// Set by [`Groups::shutdown`]: no group starts after it.
     closed: std::sync::atomic::AtomicBool,
@@ -172,7 +174,7 @@ pub struct Groups {
 
 impl Groups {
     /// Loads the groups recorded in the store and starts them. Needs a tokio runtime.
-    pub fn load(engine: Engine, commits: watch::Receiver<u64>) -> Groups {
+    pub fn load(engine: Engine, commits: watch::Receiver<u64>, counters: GroupCounters) -> Groups {
         let mut groups = HashMap::new();
         for (name, _, state) in engine.checkpoints(CHECKPOINT_PREFIX) {
             let record: Record = match serde_json::from_slice(&state) {
@@ -193,12 +195,13 @@ impl Groups {
                 }
             };
             let group = record.definition.name.clone();
-            let state = Group::new(&engine, &commits, record, target);
+            let state = Group::new(&engine, &commits, &counters, record, target);
             groups.insert(group, spawn(state));
         }
         Groups {
             engine,
             commits,
+            counters,
             groups: tokio::sync::Mutex::new(groups),
             closed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -223,7 +226,7 @@ impl Groups {
         };
         let index = write(&self.engine, &record).await?;
         let name = record.definition.name.clone();
-        let state = Group::new(&self.engine, &self.commits, record, target);
+        let state = Group::new(&self.engine, &self.commits, &self.counters, record, target);
         groups.insert(name, spawn(state));
         Ok(index)
     }
@@ -351,6 +354,8 @@ struct Pending {
     /// Replayed from the parked set: it stays parked in the record until handled, and it
     /// does not hold the checkpoint back.
     replay: bool,
+    /// Delivered at least once (so the next delivery is a redelivery).
+    delivered: bool,
 }
 
 struct Consumer {
@@ -381,6 +386,8 @@ struct Group {
     urgent: bool,
     /// Retry counts recorded before a restart, for events not read again yet.
     restored_retries: BTreeMap<u64, u32>,
+    counters: GroupCounters,
+    label: crate::metrics::GroupLabel,
 }
 
 /// FNV-1a: a stable hash of a stream name, for the pinned strategy.
@@ -394,10 +401,13 @@ impl Group {
     fn new(
         engine: &Engine,
         commits: &watch::Receiver<u64>,
+        counters: &GroupCounters,
         record: Record,
         target: Target,
     ) -> Group {
         Group {
+            label: GroupCounters::label(&record.definition.name),
+            counters: counters.clone(),
             def: record.definition,
             target,
             engine: engine.clone(),
@@ -507,8 +517,14 @@ impl Group {
             let p = self.pending.get_mut(&position).expect("looked up above");
             let consumer = &self.consumers[c];
             if consumer.tx.send((p.retries, p.event.clone())).is_ok() {
+                let again = p.retries > 0 || p.delivered;
                 p.consumer = Some(consumer.id);
                 p.deadline = deadline;
+                p.delivered = true;
+                self.counters.deliveries.get_or_create(&self.label).inc();
+                if again {
+                    self.counters.redeliveries.get_or_create(&self.label).inc();
+                }
                 return true;
             }
             // Gone: its stream task tells us too, but do not wait for that.
@@ -548,6 +564,7 @@ impl Group {
                     consumer: None,
                     deadline: Instant::now(),
                     replay: false,
+                    delivered: false,
                 },
             );
             if !self.deliver(position) {
@@ -651,6 +668,8 @@ impl Group {
                             consumer: None,
                             deadline: Instant::now(),
                             replay: true,
+                            // It was delivered before it was parked.
+                            delivered: true,
                         },
                     );
                 }
@@ -712,8 +731,14 @@ impl Group {
                 let _ = reply.send(id);
             }
             Cmd::Disconnect(id) => self.disconnect(id),
-            Cmd::Ack(positions) => positions.into_iter().for_each(|p| self.handled(p)),
+            Cmd::Ack(positions) => {
+                let n = positions.len() as u64;
+                self.counters.acks.get_or_create(&self.label).inc_by(n);
+                positions.into_iter().for_each(|p| self.handled(p));
+            }
             Cmd::Nack(action, positions) => {
+                let n = positions.len() as u64;
+                self.counters.nacks.get_or_create(&self.label).inc_by(n);
                 for p in positions {
                     match action {
                         0 => self.retry(p),

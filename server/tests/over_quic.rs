@@ -441,6 +441,44 @@ async fn operations_endpoint_reports_health_metrics_and_status() {
             "missing {line:?} in\n{metrics2}"
         );
     }
+    // A consumer acks one event, refuses the other once, then acks its redelivery.
+    let mut sub = c.connect_persistent("billing").await.unwrap();
+    let first = sub.next().await.unwrap().unwrap();
+    sub.ack(&[first.event.position]).await.unwrap();
+    let second = sub.next().await.unwrap().unwrap();
+    let nack = quiver_client::NackAction::Retry;
+    sub.nack(nack, &[second.event.position]).await.unwrap();
+    let again = sub.next().await.unwrap().unwrap();
+    assert_eq!(
+        (again.event.position, again.retry_count),
+        (second.event.position, 1)
+    );
+    sub.ack(&[again.event.position]).await.unwrap();
+    let counted = async {
+        loop {
+            let (_, m) = http_get(http, "/metrics").await;
+            if m.lines()
+                .any(|l| l == "quiver_persistent_acks_total{group=\"billing\"} 2")
+            {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let metrics3 = tokio::time::timeout(std::time::Duration::from_secs(10), counted)
+        .await
+        .expect("the acks are counted");
+    for line in [
+        "quiver_persistent_deliveries_total{group=\"billing\"} 3",
+        "quiver_persistent_redeliveries_total{group=\"billing\"} 1",
+        "quiver_persistent_nacks_total{group=\"billing\"} 1",
+    ] {
+        assert!(
+            metrics3.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics3}"
+        );
+    }
+    sub.close();
     let syncs = metrics
         .lines()
         .find(|l| l.starts_with("quiver_engine_syncs_total "))

@@ -26,9 +26,20 @@ pub fn config(dir: &Path) -> ServerConfig {
     }
 }
 
-/// Starts a server with `config` on the current tokio runtime.
+/// Starts a server with `config` on the current tokio runtime. A restart on the address of
+/// a server that just stopped retries for a while: its socket closes asynchronously.
 pub fn start(config: ServerConfig) -> Running {
-    let server = Server::start(&config).unwrap();
+    let started = std::time::Instant::now();
+    let server = loop {
+        match Server::start(&config) {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(5) => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("the server did not start: {e:#}"),
+        }
+    };
     let addr = server.local_addr();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
