@@ -408,14 +408,16 @@ async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response 
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     let engine = engine.clone();
-    // `append_with` only blocks while the id index loads after open; keep that off the
-    // async workers too.
-    blocking(move || {
-        engine.append_with(out, move |r| {
-            let _ = tx.send(r);
-        })
-    })
-    .await;
+    let done = move |r| {
+        let _ = tx.send(r);
+    };
+    // `append_with` frames under a short lock and returns; it blocks only while the id
+    // index loads after open, and only then is the call moved off the async workers.
+    if engine.is_writable() {
+        engine.append_with(out, done);
+    } else {
+        blocking(move || engine.append_with(out, done)).await;
+    }
     match rx.await {
         Ok(Ok(r)) => Response::Appended {
             next_expected_version: r.next_expected_version,
