@@ -10,12 +10,13 @@
 //! engine, whose log is the Raft log) and sends the messages (through `quiver-net`).
 //!
 //! ## Layout
-//! - `message.rs` — entries, hard state, messages.
-//! - `storage.rs` — the `Storage` trait the persisted log implements; `MemStorage`.
+//! - `message.rs` — entries, hard state, memberships, messages.
+//! - `storage.rs` — the `Storage` trait the persisted log implements (entries, memberships,
+//!   sealed segments); `MemStorage`.
 //! - `quorum.rs` — majority arithmetic.
 //! - `progress.rs` — a leader's view of each follower and its pacing.
 //! - `node.rs` — `RawNode`: roles, elections (with pre-vote and check-quorum), replication,
-//!   commitment.
+//!   commitment, membership changes, leadership transfer, ReadIndex, segment shipping.
 #![warn(missing_docs, unreachable_pub)]
 
 mod message;
@@ -24,6 +25,9 @@ mod progress;
 mod quorum;
 mod storage;
 
-pub use message::{Entry, HardState, Message, MessageKind, NodeId};
-pub use node::{Config, ProposeError, RawNode, Ready, Role};
-pub use storage::{MemStorage, Storage};
+pub use message::{
+    DecodeError, Entry, EntryKind, HardState, Membership, MembershipChange, Message, MessageKind,
+    NodeId,
+};
+pub use node::{Config, RawNode, ReadState, Ready, Refused, Role};
+pub use storage::{MemStorage, SegmentChunk, SegmentMeta, Storage};

@@ -5,11 +5,7 @@ use quiver_raft::{
 };
 
 fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        data: format!("{index}@{term}").into_bytes(),
-    }
+    Entry::normal(index, term, format!("{index}@{term}").into_bytes())
 }
 
 fn node(id: u64, log: &[Entry], term: u64, commit: u64) -> RawNode<MemStorage> {
@@ -148,6 +144,7 @@ fn a_stale_duplicate_append_does_not_truncate_newer_entries() {
             prev_term: 1,
             entries,
             commit,
+            read: 0,
         },
     };
     n2.step(append(1, vec![entry(2, 1), entry(3, 1)], 1));

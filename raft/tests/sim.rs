@@ -1,9 +1,15 @@
 //! Deterministic simulation of the Raft core: 3- and 5-node clusters over a simulated network
-//! that drops, delays, reorders and duplicates messages and partitions nodes (one-way too),
-//! with crashes that lose everything not persisted. After every step it checks election
-//! safety (at most one leader per term) and state-machine safety (every node applies the same
-//! entry at each index: nothing committed is ever lost or changed); at the end of each run
-//! it heals the cluster and checks liveness (a leader is elected and a new proposal commits).
+//! that drops, delays, reorders and duplicates messages and partitions nodes (one-way too,
+//! minority or majority), with crashes that lose everything not persisted, membership changes
+//! (learners added, promoted, nodes removed), leadership transfers, ReadIndex reads on leaders
+//! and followers, and followers far enough behind to be sent sealed segments.
+//!
+//! Checked after every step: election safety (at most one leader per term), leader
+//! completeness (a new leader holds every entry applied anywhere), state-machine safety (every
+//! node applies the same entry at each index, in order: nothing committed is lost or changed)
+//! and linearizable reads (a read index covers every entry applied before the read began).
+//! At the end of each run: log matching between every pair of nodes, then, after healing,
+//! liveness (a leader is elected and a new proposal commits within a bound).
 //!
 //! Every run is a pure function of its seed; a failure prints the seed, and
 //! `QUIVER_SEED=<seed> cargo test -p quiver-raft --test sim -- replay` replays it. The long
@@ -11,7 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use quiver_raft::{Config, Entry, MemStorage, Message, RawNode, Role, Storage};
+use quiver_raft::{
+    Config, Entry, MemStorage, MembershipChange, Message, RawNode, Refused, Role, Storage,
+};
 
 /// splitmix64: the simulation's only randomness.
 struct Rng(u64);
@@ -34,11 +42,26 @@ impl Rng {
     }
 }
 
+/// Nodes that may join a run besides the initial ones.
+const EXTRA_NODES: usize = 3;
+
+#[derive(Default)]
+struct Stats {
+    memberships: u64,
+    transfers: u64,
+    reads: u64,
+    segments: u64,
+}
+
 struct Sim {
+    /// Initial voters.
     n: usize,
     seed: u64,
     rng: Rng,
+    /// Index `id - 1`; `None`: down (crashed, or never started).
     nodes: Vec<Option<RawNode<MemStorage>>>,
+    /// Ever started (an extra node starts when it is added as a learner).
+    started: Vec<bool>,
     /// What each node persisted (kept across its crashes).
     disks: Vec<MemStorage>,
     /// Messages in flight: (deliver at step, message).
@@ -53,48 +76,93 @@ struct Sim {
     committed: Vec<(u64, Vec<u8>)>,
     leaders: BTreeMap<u64, u64>,
     proposals: u64,
+    /// Reads in progress: ctx → how many entries had been applied somewhere when it began.
+    reads: BTreeMap<u64, usize>,
+    next_ctx: u64,
+    stats: Stats,
 }
 
 impl Sim {
     fn new(seed: u64, n: usize) -> Sim {
+        let total = n + EXTRA_NODES;
         let mut sim = Sim {
             n,
             seed,
             rng: Rng(seed),
-            nodes: Vec::new(),
-            disks: vec![MemStorage::default(); n],
+            nodes: (0..total).map(|_| None).collect(),
+            started: vec![false; total],
+            disks: vec![MemStorage::with_segments(4); total],
             net: Vec::new(),
             blocked: BTreeSet::new(),
             drop_percent: 0,
             step: 0,
-            applied: vec![0; n],
+            applied: vec![0; total],
             committed: Vec::new(),
             leaders: BTreeMap::new(),
             proposals: 0,
+            reads: BTreeMap::new(),
+            next_ctx: 0,
+            stats: Stats::default(),
         };
         for i in 0..n {
-            let node = sim.boot(i);
-            sim.nodes.push(Some(node));
+            sim.start(i);
         }
         sim
     }
 
     fn ids(&self) -> Vec<u64> {
-        (1..=self.n as u64).collect()
+        (1..=self.nodes.len() as u64).collect()
     }
 
-    fn boot(&mut self, i: usize) -> RawNode<MemStorage> {
-        let mut config = Config::new(i as u64 + 1, self.ids(), self.seed ^ self.step);
+    fn start(&mut self, i: usize) {
+        let bootstrap: Vec<u64> = (1..=self.n as u64).collect();
+        let mut config = Config::new(i as u64 + 1, bootstrap, self.seed ^ self.step);
         config.entries_per_append_max = 4;
         config.in_flight_max = 4;
-        RawNode::new(config, self.disks[i].clone())
+        config.in_flight_bytes_max = 64;
+        config.uncommitted_bytes_max = 256;
+        config.ship_lag_min = 6;
+        config.chunk_bytes = 40;
+        config.chunks_in_flight = 2;
+        self.started[i] = true;
+        self.applied[i] = 0;
+        self.nodes[i] = Some(RawNode::new(config, self.disks[i].clone()));
     }
 
     fn fail(&self, why: String) -> ! {
+        let mut state = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(n) = node {
+                let m = n.membership();
+                state += &format!(
+                    "\n  node {}: {:?} term {} leader {:?} commit {} last {} applied {} \
+                     voters {:?} learners {:?}",
+                    i + 1,
+                    n.role(),
+                    n.term(),
+                    n.leader(),
+                    n.commit(),
+                    n.last_index(),
+                    self.applied[i],
+                    m.voters,
+                    m.learners
+                );
+            } else if self.started[i] {
+                state += &format!("\n  node {}: down", i + 1);
+            }
+        }
         panic!(
-            "seed {} (n = {}) step {}: {why}",
+            "seed {} (n = {}) step {}: {why}{state}",
             self.seed, self.n, self.step
         );
+    }
+
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|i| {
+            self.nodes[*i]
+                .as_ref()
+                .is_some_and(|n| n.role() == Role::Leader)
+        })
     }
 
     /// Persists, sends and applies what node `i` has ready, checking safety.
@@ -106,16 +174,28 @@ impl Sim {
             let ready = node.ready();
             let disk = node.storage_mut();
             disk.append(&ready.entries);
+            let mut bad_chunk = None;
+            for c in &ready.chunks {
+                if let Err(e) = disk.write_chunk(c) {
+                    bad_chunk = Some(e);
+                }
+                self.stats.segments += c.done as u64;
+            }
             if let Some(hs) = ready.hard_state {
                 disk.set_hard_state(hs);
             }
             self.disks[i] = node.storage().clone();
+            if let Some(e) = bad_chunk {
+                self.fail(format!("node {} could not persist a chunk: {e}", i + 1));
+            }
             for m in ready.messages.iter().cloned() {
                 let delay = 1 + self.rng.below(4);
                 self.net.push((self.step + delay, m));
             }
             for e in &ready.committed {
-                let Entry { index, term, data } = e;
+                let Entry {
+                    index, term, data, ..
+                } = e;
                 if *index != self.applied[i] + 1 {
                     let why = format!("node {} applied {index} after {}", i + 1, self.applied[i]);
                     self.fail(why);
@@ -131,13 +211,39 @@ impl Sim {
                     None => self.committed.push((*term, data.clone())),
                 }
             }
+            for r in &ready.reads {
+                self.stats.reads += 1;
+                if let Some(before) = self.reads.remove(&r.ctx) {
+                    if (r.index as usize) < before {
+                        self.fail(format!(
+                            "read {} on node {} got index {}, but {before} entries were applied before it began",
+                            r.ctx,
+                            i + 1,
+                            r.index
+                        ));
+                    }
+                }
+            }
             node.advance(ready);
         }
+        let node = self.nodes[i].as_ref().expect("checked above");
         if node.role() == Role::Leader {
             let (term, id) = (node.term(), i as u64 + 1);
-            if let Some(other) = self.leaders.insert(term, id) {
-                if other != id {
-                    self.fail(format!("two leaders in term {term}: {other} and {id}"));
+            match self.leaders.insert(term, id) {
+                Some(other) if other != id => {
+                    self.fail(format!("two leaders in term {term}: {other} and {id}"))
+                }
+                Some(_) => {}
+                None => {
+                    // Leader completeness: everything applied anywhere is in the new leader's log.
+                    for (k, (t, _)) in self.committed.iter().enumerate() {
+                        if node.term_of(k as u64 + 1) != Some(*t) {
+                            self.fail(format!(
+                                "leader {id} of term {term} lacks committed index {}",
+                                k + 1
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -161,15 +267,18 @@ impl Sim {
             let later = self.step + 1 + self.rng.below(8);
             self.net.push((later, m.clone()));
         }
+        if std::env::var_os("QUIVER_TRACE").is_some() {
+            eprintln!("step {}: {m:?}", self.step);
+        }
         let to = (m.to - 1) as usize;
-        if let Some(node) = self.nodes[to].as_mut() {
+        if let Some(node) = self.nodes.get_mut(to).and_then(|n| n.as_mut()) {
             node.step(m);
             self.drain(to);
         }
     }
 
     fn fault(&mut self) {
-        match self.rng.below(6) {
+        match self.rng.below(10) {
             0 => {
                 // Partition: a random minority or majority cut off, maybe one way only.
                 self.blocked.clear();
@@ -193,41 +302,128 @@ impl Sim {
             1 => self.blocked.clear(),
             2 => {
                 // Crash: everything not persisted is lost.
-                let i = self.rng.below(self.n as u64) as usize;
+                let i = self.rng.below(self.nodes.len() as u64) as usize;
                 self.nodes[i] = None;
             }
             3 => {
-                let i = self.rng.below(self.n as u64) as usize;
-                if self.nodes[i].is_none() {
-                    self.applied[i] = 0;
-                    let node = self.boot(i);
-                    self.nodes[i] = Some(node);
+                let i = self.rng.below(self.nodes.len() as u64) as usize;
+                if self.nodes[i].is_none() && self.started[i] {
+                    self.start(i);
                 }
             }
             4 => self.drop_percent = self.rng.below(30),
-            _ => self.drop_percent = 0,
-        }
-    }
-
-    fn propose(&mut self) {
-        for i in 0..self.n {
-            if let Some(node) = self.nodes[i].as_mut() {
-                if node.role() == Role::Leader {
-                    self.proposals += 1;
-                    let data = format!("p{}", self.proposals).into_bytes();
-                    node.propose(data).expect("a leader accepts proposals");
-                    self.drain(i);
-                    return;
+            5 => self.drop_percent = 0,
+            6 | 7 => self.change_membership(),
+            8 => self.transfer(),
+            _ => {
+                // A burst of proposals, so followers fall far behind.
+                for _ in 0..8 {
+                    self.propose();
                 }
             }
         }
+    }
+
+    /// The leader adds a new node as a learner, promotes a learner, or removes a member.
+    fn change_membership(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let node = self.nodes[l].as_ref().expect("the leader is up");
+        let m = node.membership().clone();
+        let unused = (0..self.nodes.len())
+            .find(|i| !self.started[*i] && !m.retired.contains(&(*i as u64 + 1)));
+        let change = match self.rng.below(3) {
+            0 => match unused {
+                Some(i) => MembershipChange::AddLearner(i as u64 + 1),
+                None => return,
+            },
+            1 => match m.learners.iter().next() {
+                Some(id) => MembershipChange::Promote(*id),
+                None => return,
+            },
+            _ => {
+                let members: Vec<u64> = m.members().collect();
+                let id = members[self.rng.below(members.len() as u64) as usize];
+                if m.voters.contains(&id) && m.voters.len() <= 3 {
+                    return;
+                }
+                MembershipChange::Remove(id)
+            }
+        };
+        let node = self.nodes[l].as_mut().expect("the leader is up");
+        match node.propose_membership(change) {
+            Ok(_) => {
+                self.stats.memberships += 1;
+                if let MembershipChange::AddLearner(id) = change {
+                    self.start((id - 1) as usize);
+                }
+                self.drain(l);
+            }
+            Err(
+                Refused::NotReady
+                | Refused::ChangePending
+                | Refused::NotCaughtUp
+                | Refused::Transferring,
+            ) => {
+                if std::env::var_os("QUIVER_TRACE_REFUSED").is_some() {
+                    eprintln!("{change:?}: {:?}", node.propose_membership(change));
+                }
+            }
+            Err(e) => self.fail(format!("membership change {change:?} refused: {e}")),
+        }
+    }
+
+    fn transfer(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let node = self.nodes[l].as_mut().expect("the leader is up");
+        let voters: Vec<u64> = node
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != l as u64 + 1)
+            .collect();
+        if voters.is_empty() {
+            return;
+        }
+        let to = voters[self.rng.below(voters.len() as u64) as usize];
+        if node.transfer_leadership(to).is_ok() {
+            self.stats.transfers += 1;
+        }
+        self.drain(l);
+    }
+
+    fn propose(&mut self) -> bool {
+        let Some(l) = self.leader() else { return false };
+        self.proposals += 1;
+        let data = format!("p{}", self.proposals).into_bytes();
+        let node = self.nodes[l].as_mut().expect("the leader is up");
+        let ok = match node.propose(data) {
+            Ok(_) => true,
+            Err(Refused::Transferring | Refused::Backpressure) => false,
+            Err(e) => self.fail(format!("a leader refused a proposal: {e}")),
+        };
+        self.drain(l);
+        ok
+    }
+
+    /// A read on a random node that is up (leaders answer; followers forward).
+    fn read(&mut self) {
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        let Some(node) = self.nodes[i].as_mut() else {
+            return;
+        };
+        self.next_ctx += 1;
+        if node.read_index(self.next_ctx).is_ok() {
+            self.reads.insert(self.next_ctx, self.committed.len());
+        }
+        self.drain(i);
     }
 
     fn run_step(&mut self, faults: bool) {
         self.step += 1;
         match self.rng.below(100) {
             0..=39 => {
-                let i = self.rng.below(self.n as u64) as usize;
+                let i = self.rng.below(self.nodes.len() as u64) as usize;
                 if let Some(node) = self.nodes[i].as_mut() {
                     node.tick();
                     self.drain(i);
@@ -238,7 +434,10 @@ impl Sim {
                     self.deliver_some();
                 }
             }
-            80..=89 => self.propose(),
+            80..=86 => {
+                self.propose();
+            }
+            87..=89 => self.read(),
             _ if faults => self.fault(),
             _ => {}
         }
@@ -247,11 +446,35 @@ impl Sim {
     fn heal(&mut self) {
         self.blocked.clear();
         self.drop_percent = 0;
-        for i in 0..self.n {
-            if self.nodes[i].is_none() {
-                self.applied[i] = 0;
-                let node = self.boot(i);
-                self.nodes[i] = Some(node);
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].is_none() && self.started[i] {
+                self.start(i);
+            }
+        }
+    }
+
+    /// Log matching: two logs with the same term at an index hold the same entries up to it.
+    fn check_log_matching(&self) {
+        let disks: Vec<(usize, &MemStorage)> = (0..self.nodes.len())
+            .filter(|i| self.started[*i])
+            .map(|i| (i, &self.disks[i]))
+            .collect();
+        for (a, da) in &disks {
+            for (b, db) in &disks {
+                if a >= b {
+                    continue;
+                }
+                let common = da.last_index().min(db.last_index());
+                let Some(top) = (1..=common).rev().find(|i| da.term(*i) == db.term(*i)) else {
+                    continue;
+                };
+                if da.entries(1, top + 1, usize::MAX) != db.entries(1, top + 1, usize::MAX) {
+                    self.fail(format!(
+                        "nodes {} and {} agree on the term at {top} but not on what precedes it",
+                        a + 1,
+                        b + 1
+                    ));
+                }
             }
         }
     }
@@ -263,15 +486,8 @@ impl Sim {
         let mut proposed = false;
         for _ in 0..20_000 {
             self.run_step(false);
-            if !proposed
-                && self
-                    .nodes
-                    .iter()
-                    .flatten()
-                    .any(|n| n.role() == Role::Leader)
-            {
-                self.propose();
-                proposed = true;
+            if !proposed && self.leader().is_some() {
+                proposed = self.propose();
             }
             if proposed && self.committed.len() > before {
                 return;
@@ -281,12 +497,14 @@ impl Sim {
     }
 }
 
-fn run(seed: u64, n: usize, steps: u64) {
+fn run(seed: u64, n: usize, steps: u64) -> Sim {
     let mut sim = Sim::new(seed, n);
     for _ in 0..steps {
         sim.run_step(true);
     }
+    sim.check_log_matching();
     sim.check_liveness();
+    sim
 }
 
 fn seeds(count: u64, base: u64) -> impl Iterator<Item = u64> {
@@ -295,7 +513,7 @@ fn seeds(count: u64, base: u64) -> impl Iterator<Item = u64> {
 
 #[test]
 fn three_nodes_many_seeds() {
-    for seed in seeds(3000, 1) {
+    for seed in seeds(2000, 1) {
         run(seed, 3, 2000);
     }
 }
@@ -324,7 +542,9 @@ fn soak() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let started = std::time::Instant::now();
-    let mut seed = started.elapsed().as_nanos() as u64 ^ 0x5EED;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x5EED, |d| d.as_nanos() as u64);
     let mut runs = 0u64;
     while started.elapsed().as_secs() < secs {
         seed = seed
@@ -344,7 +564,8 @@ fn a_single_node_commits_its_own_proposals() {
     }
     assert_eq!(node.role(), Role::Leader);
     node.propose(b"x".to_vec()).unwrap();
-    let mut applied = Vec::new();
+    node.read_index(7).unwrap();
+    let (mut applied, mut reads) = (Vec::new(), Vec::new());
     while node.has_ready() {
         let ready = node.ready();
         node.storage_mut().append(&ready.entries);
@@ -352,6 +573,7 @@ fn a_single_node_commits_its_own_proposals() {
             node.storage_mut().set_hard_state(hs);
         }
         applied.extend(ready.committed.iter().map(|e| e.data.clone()));
+        reads.extend(ready.reads.iter().map(|r| (r.ctx, r.index)));
         node.advance(ready);
     }
     assert_eq!(
@@ -360,24 +582,80 @@ fn a_single_node_commits_its_own_proposals() {
         "the no-op, then the proposal"
     );
     assert_eq!(node.storage().last_index(), 2);
+    assert_eq!(reads, vec![(7, 2)], "a lone voter is its own quorum");
 }
 
 #[test]
-fn runs_exercise_elections_commits_and_faults() {
-    // A simulator that never elects or commits would pass every safety check: make sure it
-    // does both, across crashes and partitions.
+fn runs_exercise_every_feature() {
+    // A simulator that never elects, commits, changes membership, transfers, reads or ships
+    // would pass every safety check: make sure it does all of them, across faults.
     let (mut commits, mut terms, mut proposals) = (0, 0, 0);
+    let mut stats = Stats::default();
+    let mut shipped = 0u64;
     for seed in seeds(50, 99) {
         let mut sim = Sim::new(seed, 3);
-        for _ in 0..600 {
+        for _ in 0..2000 {
             sim.run_step(true);
+            if let Some(l) = sim.leader() {
+                let node = sim.nodes[l].as_ref().expect("up");
+                shipped += sim.ids().iter().any(|id| node.is_shipping_to(*id)) as u64;
+            }
         }
+        sim.check_log_matching();
         sim.check_liveness();
         commits += sim.committed.len();
         terms += sim.leaders.len();
         proposals += sim.proposals;
+        stats.memberships += sim.stats.memberships;
+        stats.transfers += sim.stats.transfers;
+        stats.reads += sim.stats.reads;
+        stats.segments += sim.stats.segments;
     }
-    eprintln!("50 runs: {terms} terms with a leader, {proposals} proposals, {commits} committed");
+    eprintln!(
+        "50 runs: {terms} terms with a leader, {proposals} proposals, {commits} committed, \
+         {} membership changes, {} transfers, {} reads served, {} segments installed \
+         ({shipped} steps shipping)",
+        stats.memberships, stats.transfers, stats.reads, stats.segments
+    );
     assert!(terms >= 50, "leaders elected in {terms} terms over 50 runs");
     assert!(commits >= 500, "{commits} entries committed over 50 runs");
+    assert!(stats.memberships >= 50, "{} membership changes", stats.memberships);
+    assert!(stats.transfers >= 50, "{} transfers", stats.transfers);
+    assert!(stats.reads >= 200, "{} reads served", stats.reads);
+    assert!(stats.segments >= 20, "{} segments installed", stats.segments);
 }
+
+/// A transfer hands leadership to the target without waiting for an election timeout.
+#[test]
+fn leadership_transfer_elects_the_target() {
+    for seed in seeds(20, 3) {
+        let mut sim = Sim::new(seed, 3);
+        while sim.leader().is_none() || sim.nodes.iter().flatten().any(|n| n.has_ready()) {
+            sim.run_step(false);
+        }
+        // Let the no-op commit everywhere.
+        for _ in 0..200 {
+            sim.run_step(false);
+        }
+        let Some(l) = sim.leader() else { continue };
+        let to = if l == 0 { 2 } else { 1 };
+        let node = sim.nodes[l].as_mut().expect("up");
+        let term = node.term();
+        node.transfer_leadership(to).expect("a leader can transfer");
+        assert_eq!(node.propose(b"x".to_vec()), Err(Refused::Transferring));
+        sim.drain(l);
+        let mut done = false;
+        for _ in 0..400 {
+            sim.step += 1;
+            sim.deliver_some();
+            if sim.leader() == Some(to as usize - 1) {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "seed {seed}: node {to} did not take over from {}", l + 1);
+        let new = sim.nodes[to as usize - 1].as_ref().expect("up");
+        assert!(new.term() > term);
+    }
+}
+
