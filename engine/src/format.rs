@@ -659,6 +659,27 @@ pub(crate) fn encode_append<'a>(
     }
 }
 
+/// The body of an append of `events` to one `stream`, the first at version `first_version`
+/// (0 for a new stream): what a Raft leader frames as a record of kind [`EntryKind::Append`]
+/// with `events.len()` slots. The caller checked the stream's expected version.
+pub fn encode_stream_append(
+    stream: &str,
+    first_version: u64,
+    created_us: u64,
+    events: &[EventData],
+) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let encoded = events.iter().enumerate().map(|(k, event)| EventToEncode {
+        slot: 0,
+        version: first_version + k as u64,
+        pos_delta: k as u32,
+        created_us,
+        event,
+    });
+    encode_append(&mut buf, &[stream], encoded);
+    buf
+}
+
 /// Re-encodes an append body keeping only the events for which `keep` is true; with
 /// `strip` it also drops types, data and metadata (the form kept in segment summaries).
 pub(crate) fn filter_append(

@@ -41,6 +41,9 @@ pub struct SealedSegment {
     pub first_index: u64,
     /// Raft index of its last record.
     pub last_index: u64,
+    /// Bytes from the start of the file to the end of its last record (the rest of the
+    /// file is zeros): what is shipped.
+    pub bytes: u64,
 }
 
 /// Most bytes one [`Engine::entries`] call returns (besides its first record).
@@ -68,15 +71,11 @@ impl Engine {
         self.inner.state.read().term_at(index)
     }
 
-    /// Sets the term stamped on entries this node writes as leader. Terms never decrease.
+    /// Raises the term stamped on entries this node writes as leader (a lower one is
+    /// ignored: terms never decrease).
     pub fn set_term(&self, term: u64) {
         let mut st = self.inner.state.write();
-        assert!(
-            term >= st.term,
-            "terms never decrease ({} -> {term})",
-            st.term
-        );
-        st.term = term;
+        st.term = st.term.max(term);
     }
 
     /// Durable records from `from` on, up to about `max_bytes` (always at least one if any
@@ -238,17 +237,29 @@ impl Engine {
                 path: s.file.path.clone(),
                 first_index: s.first_index(),
                 last_index: s.next_index() - 1,
+                bytes: s.end,
             })
             .collect()
     }
 
-    /// Installs a segment file shipped by the leader: it must continue this log exactly.
-    /// Every record is verified before it joins; the file is copied into the data directory.
+    /// Position of the next event slot: where the record after the last one starts.
+    pub fn next_position(&self) -> u64 {
+        self.inner.state.read().next_position
+    }
+
+    /// Installs a segment file shipped by the leader. Every record is verified before it
+    /// joins. When it continues this log exactly, the file is copied into the data directory;
+    /// when this log already holds its first records (their terms must match), only the rest
+    /// is appended, as a follower appends (truncate a conflicting suffix first).
     pub fn install_segment(&self, path: &Path) -> Result<u64, LogError> {
         let incoming = SegmentFile::open(path, false).map_err(|e| match e {
             crate::OpenError::Corruption(c) => LogError::Corruption(c),
             other => LogError::Io(std::io::Error::other(other.to_string())),
         })?;
+        let next = self.last_index_term().0 + 1;
+        if incoming.first_index < next {
+            return self.install_segment_tail(&incoming, next);
+        }
         let mut records = 0u64;
         scan(
             &incoming,
@@ -321,6 +332,47 @@ impl Engine {
             cb.call(Ok(i));
         }
         Ok(records)
+    }
+}
+
+impl Engine {
+    /// Appends the records of `incoming` from index `next` on; those before must match.
+    fn install_segment_tail(&self, incoming: &SegmentFile, next: u64) -> Result<u64, LogError> {
+        let mut rest = Vec::new();
+        let mut mismatch = None;
+        scan(
+            incoming,
+            format::SEGMENT_HEADER_BYTES as u64,
+            false,
+            |rec, body| {
+                let h = &rec.header;
+                let (index, term) = (h.index.get(), h.term.get());
+                if index < next {
+                    if self.term_at(index) != Some(term) && mismatch.is_none() {
+                        mismatch = Some(index);
+                    }
+                } else {
+                    rest.push(RawRecord {
+                        index,
+                        term,
+                        position: h.position.get(),
+                        count: h.count.get(),
+                        kind: h.kind,
+                        body: Bytes::copy_from_slice(body),
+                    });
+                }
+                Ok(())
+            },
+        )?;
+        if let Some(index) = mismatch {
+            return Err(LogError::NotContiguous(format!(
+                "the segment's record {index} has another term than this log's"
+            )));
+        }
+        if !rest.is_empty() {
+            self.append_entries(&rest)?;
+        }
+        Ok(rest.len() as u64)
     }
 }
 

@@ -467,8 +467,11 @@ impl<S: Storage> RawNode<S> {
                 }
                 if let Some((to, elapsed, sent)) = self.transfer {
                     // A transfer that did not happen within an election timeout is abandoned.
-                    self.transfer = (elapsed + 1 < self.config.election_ticks)
-                        .then_some((to, elapsed + 1, sent));
+                    self.transfer = (elapsed + 1 < self.config.election_ticks).then_some((
+                        to,
+                        elapsed + 1,
+                        sent,
+                    ));
                 }
                 if self.election_elapsed >= self.config.election_ticks {
                     self.election_elapsed = 0;
@@ -659,7 +662,11 @@ impl<S: Storage> RawNode<S> {
             .apply(change)
             .map_err(Refused::InvalidChange)?;
         if let MembershipChange::Promote(id) = change {
-            if self.progress.get(&id).is_none_or(|p| p.matched < self.commit) {
+            if self
+                .progress
+                .get(&id)
+                .is_none_or(|p| p.matched < self.commit)
+            {
                 return Err(Refused::NotCaughtUp);
             }
         }
@@ -788,9 +795,18 @@ impl<S: Storage> RawNode<S> {
             return;
         };
         let mut can = p.can_send(self.config.in_flight_max, self.config.in_flight_bytes_max);
-        if can && p.settled() && last + 1 >= p.next + self.config.ship_lag_min {
-            if let Some(meta) = self.storage.segment_at(p.next) {
-                let prev_term = self.term_at(meta.first - 1).expect("below the commit index");
+        // A follower far behind is sent entries up to the next sealed segment, then that
+        // segment and the ones after it whole.
+        let mut boundary = None;
+        if can && last + 1 >= p.next + self.config.ship_lag_min {
+            boundary = self.storage.segment_from(p.next);
+        }
+        let p = self.progress.get(&to).expect("checked above");
+        if let Some(meta) = boundary.filter(|m| m.first == p.next) {
+            if p.settled() {
+                let prev_term = self
+                    .term_at(meta.first - 1)
+                    .expect("below the commit index");
                 let p = self.progress.get_mut(&to).expect("checked above");
                 p.ship(Shipping {
                     first: meta.first,
@@ -803,7 +819,11 @@ impl<S: Storage> RawNode<S> {
                     stalled: 0,
                 });
                 can = false;
+            } else if p.mode == Mode::Replicate {
+                // Wait for the appends in flight, then ship.
+                can = false;
             }
+            // Probing: an empty probe finds out whether the follower holds what precedes.
         }
         if let Some(Mode::Ship(_)) = self.progress.get(&to).map(|p| p.mode) {
             if heartbeat {
@@ -827,7 +847,10 @@ impl<S: Storage> RawNode<S> {
             return;
         };
         let entries = if can {
-            let hi = (last + 1).min(next + self.config.entries_per_append_max as u64);
+            let mut hi = (last + 1).min(next + self.config.entries_per_append_max as u64);
+            if let Some(meta) = boundary {
+                hi = hi.min(meta.first.max(next));
+            }
             self.entries(next, hi, self.config.append_bytes_max)
         } else {
             Vec::new()
@@ -1174,7 +1197,13 @@ impl<S: Storage> RawNode<S> {
         self.unstable.push(e);
     }
 
-    fn handle_segment(&mut self, from: NodeId, chunk: SegmentChunk, last_term: u64, prev_term: u64) {
+    fn handle_segment(
+        &mut self,
+        from: NodeId,
+        chunk: SegmentChunk,
+        last_term: u64,
+        prev_term: u64,
+    ) {
         let (first, last) = (chunk.first, chunk.last);
         let accept = MessageKind::AppendResp {
             reject: false,

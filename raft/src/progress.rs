@@ -66,9 +66,7 @@ impl Progress {
     pub(crate) fn can_send(&self, count_max: usize, bytes_max: usize) -> bool {
         match self.mode {
             Mode::Probe => self.in_flight.is_empty(),
-            Mode::Replicate => {
-                self.in_flight.len() < count_max && self.in_flight_bytes < bytes_max
-            }
+            Mode::Replicate => self.in_flight.len() < count_max && self.in_flight_bytes < bytes_max,
             Mode::Ship(_) => false,
         }
     }
@@ -100,7 +98,11 @@ impl Progress {
             // The probe (or a heartbeat standing in for a lost one) was answered.
             self.forget_in_flight();
         } else {
-            while self.in_flight.front().is_some_and(|(last, _)| *last <= index) {
+            while self
+                .in_flight
+                .front()
+                .is_some_and(|(last, _)| *last <= index)
+            {
                 let (_, bytes) = self.in_flight.pop_front().expect("checked");
                 self.in_flight_bytes -= bytes;
             }

@@ -46,8 +46,12 @@ pub trait Storage {
     fn entries(&self, lo: u64, hi: u64, max_bytes: usize) -> Vec<Entry>;
     /// Every persisted membership entry, oldest first (few: one per change).
     fn memberships(&self) -> Vec<(u64, Membership)>;
+    /// The first sealed, committed segment that starts at or after `index`, if any.
+    fn segment_from(&self, index: u64) -> Option<SegmentMeta>;
     /// The sealed, committed segment that starts at `first`, if there is one.
-    fn segment_at(&self, first: u64) -> Option<SegmentMeta>;
+    fn segment_at(&self, first: u64) -> Option<SegmentMeta> {
+        self.segment_from(first).filter(|s| s.first == first)
+    }
     /// Up to `max` bytes of segment `first` from `offset`.
     fn segment_bytes(&self, first: u64, offset: u64, max: usize) -> Vec<u8>;
 }
@@ -207,11 +211,13 @@ impl Storage for MemStorage {
             .collect()
     }
 
-    fn segment_at(&self, first: u64) -> Option<SegmentMeta> {
+    fn segment_from(&self, index: u64) -> Option<SegmentMeta> {
         let k = self.segment_entries;
-        if k == 0 || first == 0 || (first - 1) % k != 0 {
+        if k == 0 {
             return None;
         }
+        // Segments start at 1, k + 1, 2k + 1, ...
+        let first = (index.max(1) - 1).div_ceil(k) * k + 1;
         let last = first + k - 1;
         if last > self.hard.commit.min(self.last_index()) {
             return None;
@@ -257,6 +263,8 @@ mod tests {
             commit: 7,
         });
         assert_eq!(a.segment_at(2), None, "segments start at 1, 4, 7, ...");
+        assert_eq!(a.segment_from(2).map(|s| s.first), Some(4));
+        assert_eq!(a.segment_from(4).map(|s| s.first), Some(4));
         assert_eq!(a.segment_at(7), None, "7..=9 is not full");
         let meta = a.segment_at(4).expect("4..=6 is sealed");
         let mut b = MemStorage::default();

@@ -619,10 +619,18 @@ fn runs_exercise_every_feature() {
     );
     assert!(terms >= 50, "leaders elected in {terms} terms over 50 runs");
     assert!(commits >= 500, "{commits} entries committed over 50 runs");
-    assert!(stats.memberships >= 50, "{} membership changes", stats.memberships);
+    assert!(
+        stats.memberships >= 50,
+        "{} membership changes",
+        stats.memberships
+    );
     assert!(stats.transfers >= 50, "{} transfers", stats.transfers);
     assert!(stats.reads >= 200, "{} reads served", stats.reads);
-    assert!(stats.segments >= 20, "{} segments installed", stats.segments);
+    assert!(
+        stats.segments >= 20,
+        "{} segments installed",
+        stats.segments
+    );
 }
 
 /// A transfer hands leadership to the target without waiting for an election timeout.
@@ -653,9 +661,12 @@ fn leadership_transfer_elects_the_target() {
                 break;
             }
         }
-        assert!(done, "seed {seed}: node {to} did not take over from {}", l + 1);
+        assert!(
+            done,
+            "seed {seed}: node {to} did not take over from {}",
+            l + 1
+        );
         let new = sim.nodes[to as usize - 1].as_ref().expect("up");
         assert!(new.term() > term);
     }
 }
-

@@ -27,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod payload;
 pub mod persistent;
+pub mod raft_log;
 pub mod subscribe;
 pub mod tls;
 

@@ -1,0 +1,371 @@
+//! The engine as Raft's log: [`quiver_raft::Storage`] over [`quiver_engine::Engine`], and the
+//! writes a Raft `Ready` asks of a node. There is one log: a Raft entry is an engine record,
+//! a sealed segment file is what a far-behind follower is sent, and the Raft hard state (term,
+//! vote) is the only other file (`raft-state` in the data directory).
+//!
+//! An entry's data maps to a record as follows: a membership entry is a record of kind
+//! `Membership` whose body is the encoded membership; an empty normal entry (a new leader's
+//! no-op) is a `NoOp` record; any other normal entry is a command, `[kind u8][slots u32 LE]
+//! [body]` (see [`command`]), whose record takes the next free positions. Positions follow
+//! from the log itself, so every node derives the same ones.
+//!
+//! Reading the log is infallible in the `Storage` trait: an engine that can no longer read
+//! its own durable records (an I/O error or a checksum failure) stops the node with a panic
+//! naming the cause, rather than let Raft act on a log it cannot see.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use quiver_engine::format::EntryKind as RecordKind;
+use quiver_engine::{DecodeError, Engine, LogError, RawRecord};
+use quiver_raft::{Entry, EntryKind, HardState, Membership, Ready, SegmentChunk, SegmentMeta};
+
+/// The file holding the Raft hard state, in the engine's data directory.
+pub const HARD_STATE_FILE: &str = "raft-state";
+const HARD_STATE_MAGIC: &[u8; 4] = b"QRHS";
+const HARD_STATE_BYTES: usize = 4 + 8 + 8 + 8 + 4;
+/// Where shipped segments are received before they join the log.
+const INCOMING_DIR: &str = "incoming";
+
+/// A command entry's data: a record of `kind` consuming `slots` positions, with `body`.
+/// `kind` must be an engine record kind other than `Membership` and `NoOp`.
+pub fn command(kind: RecordKind, slots: u32, body: &[u8]) -> Vec<u8> {
+    debug_assert!(!matches!(kind, RecordKind::Membership | RecordKind::NoOp));
+    let mut data = Vec::with_capacity(5 + body.len());
+    data.push(kind as u8);
+    data.extend_from_slice(&slots.to_le_bytes());
+    data.extend_from_slice(body);
+    data
+}
+
+fn bad(detail: impl Into<String>) -> LogError {
+    LogError::Decode(DecodeError {
+        what: "raft entry",
+        detail: detail.into(),
+    })
+}
+
+/// (kind, slots, body) of the record that stores `e`.
+fn to_record(e: &Entry) -> Result<(u8, u32, Bytes), LogError> {
+    match e.kind {
+        EntryKind::Membership => {
+            Membership::decode(&e.data).map_err(|err| bad(err.to_string()))?;
+            Ok((
+                RecordKind::Membership as u8,
+                0,
+                Bytes::copy_from_slice(&e.data),
+            ))
+        }
+        EntryKind::Normal if e.data.is_empty() => Ok((RecordKind::NoOp as u8, 0, Bytes::new())),
+        EntryKind::Normal => {
+            let Some((&kind, rest)) = e.data.split_first() else {
+                return Err(bad("empty command"));
+            };
+            let Some((slots, body)) = rest.split_first_chunk::<4>() else {
+                return Err(bad("command shorter than its header"));
+            };
+            let k = RecordKind::from_byte(kind)?;
+            if matches!(k, RecordKind::Membership | RecordKind::NoOp) {
+                return Err(bad("a command may not be a membership or a no-op"));
+            }
+            Ok((
+                kind,
+                u32::from_le_bytes(*slots),
+                Bytes::copy_from_slice(body),
+            ))
+        }
+    }
+}
+
+/// The entry a record stores.
+fn from_record(r: &RawRecord) -> Entry {
+    let (kind, data) = match RecordKind::from_byte(r.kind) {
+        Ok(RecordKind::Membership) => (EntryKind::Membership, r.body.to_vec()),
+        Ok(RecordKind::NoOp) => (EntryKind::Normal, Vec::new()),
+        _ => {
+            let mut data = Vec::with_capacity(5 + r.body.len());
+            data.push(r.kind);
+            data.extend_from_slice(&r.count.to_le_bytes());
+            data.extend_from_slice(&r.body);
+            (EntryKind::Normal, data)
+        }
+    };
+    Entry {
+        index: r.index,
+        term: r.term,
+        kind,
+        data,
+    }
+}
+
+/// Raft's view of an engine opened with `commit_on_durable(false)`.
+pub struct EngineLog {
+    engine: Engine,
+    hard: HardState,
+    /// Membership entries in the log, oldest first.
+    memberships: Vec<(u64, Membership)>,
+    /// A segment being received: (first index, file).
+    staging: Option<(u64, PathBuf, File)>,
+}
+
+impl EngineLog {
+    /// Raft over `engine`: reads the hard state and finds the membership entries (a scan of
+    /// the log at start-up; few logs hold many records of that kind, but all are read).
+    pub fn open(engine: Engine) -> Result<EngineLog, LogError> {
+        let mut hard = read_hard_state(&engine.dir().join(HARD_STATE_FILE))?;
+        engine.set_term(hard.term.max(engine.last_index_term().1));
+        // The engine's commit point only ever moved on Raft's word, and sealed, summarized
+        // segments are committed: take whichever knows more.
+        let last = engine.last_index_term().0;
+        hard.commit = hard.commit.max(engine.commit_index()).min(last);
+        engine.set_commit_index(hard.commit);
+        let mut log = EngineLog {
+            engine,
+            hard,
+            memberships: Vec::new(),
+            staging: None,
+        };
+        log.scan_memberships(1)?;
+        Ok(log)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn scan_memberships(&mut self, from: u64) -> Result<(), LogError> {
+        let last = self.engine.last_index_term().0;
+        let mut next = from.max(1);
+        while next <= last {
+            let records = self
+                .engine
+                .entries(next, quiver_engine::ENTRIES_BYTES_MAX)?;
+            let Some(r) = records.last() else { break };
+            next = r.index + 1;
+            for r in records
+                .iter()
+                .filter(|r| r.kind == RecordKind::Membership as u8)
+            {
+                let m = Membership::decode(&r.body).map_err(|e| bad(e.to_string()))?;
+                self.memberships.push((r.index, m));
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists what `ready` asks: entries (replacing a conflicting suffix), segment chunks
+    /// (a last chunk installs its segment) and the hard state. Returns once all is durable.
+    pub fn persist(&mut self, ready: &Ready) -> Result<(), LogError> {
+        self.append(&ready.entries)?;
+        for c in &ready.chunks {
+            self.write_chunk(c)?;
+        }
+        if let Some(hs) = ready.hard_state {
+            self.set_hard_state(hs)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the engine's commit point past `committed` (what Raft says is committed): the
+    /// events become visible to reads and subscriptions.
+    pub fn apply(&self, committed: &[Entry]) {
+        if let Some(last) = committed.last() {
+            self.engine.set_commit_index(last.index);
+        }
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), LogError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.engine.last_index_term().0 {
+            self.engine.truncate_suffix(first.index)?;
+            self.memberships.retain(|(i, _)| *i < first.index);
+        }
+        let mut position = self.engine.next_position();
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            let (kind, count, body) = to_record(e)?;
+            records.push(RawRecord {
+                index: e.index,
+                term: e.term,
+                position,
+                count,
+                kind,
+                body,
+            });
+            position += u64::from(count);
+        }
+        self.engine.append_entries(&records)?;
+        for e in entries.iter().filter(|e| e.kind == EntryKind::Membership) {
+            let m = Membership::decode(&e.data).map_err(|err| bad(err.to_string()))?;
+            self.memberships.push((e.index, m));
+        }
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: HardState) -> Result<(), LogError> {
+        // The commit index can always be learned again from the leader: it is written only
+        // along with a new term or vote, which must be durable before anyone hears of them.
+        if (hs.term, hs.vote) != (self.hard.term, self.hard.vote) {
+            if hs.term > self.hard.term {
+                self.engine.set_term(hs.term);
+            }
+            write_hard_state(self.engine.dir(), &hs)?;
+        }
+        self.hard = hs;
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, c: &SegmentChunk) -> Result<(), LogError> {
+        if c.offset == 0 {
+            let dir = self.engine.dir().join(INCOMING_DIR);
+            fs::create_dir_all(&dir)?;
+            let path = dir.join(format!("{:020}.qseg", c.first));
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            self.staging = Some((c.first, path, file));
+        }
+        let Some((first, path, file)) = &self.staging else {
+            return Err(LogError::NotContiguous("a chunk of no segment".into()));
+        };
+        if *first != c.first || file.metadata()?.len() != c.offset {
+            return Err(LogError::NotContiguous(format!(
+                "chunk of segment {} at {} does not continue what was received",
+                c.first, c.offset
+            )));
+        }
+        file.write_all_at(&c.data, c.offset)?;
+        if !c.done {
+            return Ok(());
+        }
+        file.sync_all()?;
+        let path = path.clone();
+        self.staging = None;
+        // The segment replaces the log from its first index, except committed entries,
+        // which it holds too: the engine appends only what follows them.
+        let from = c.first.max(self.engine.commit_index() + 1);
+        if from <= self.engine.last_index_term().0 {
+            self.engine.truncate_suffix(from)?;
+        }
+        self.engine.install_segment(&path)?;
+        fs::remove_file(&path)?;
+        self.memberships.retain(|(i, _)| *i < c.first);
+        self.scan_memberships(c.first)
+    }
+}
+
+fn read_hard_state(path: &Path) -> Result<HardState, LogError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HardState::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let corrupt = |detail: &str| {
+        LogError::Decode(DecodeError {
+            what: "raft hard state",
+            detail: format!("{}: {detail}", path.display()),
+        })
+    };
+    if bytes.len() != HARD_STATE_BYTES || &bytes[..4] != HARD_STATE_MAGIC {
+        return Err(corrupt("wrong length or magic"));
+    }
+    let (body, crc) = bytes.split_at(HARD_STATE_BYTES - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let u = |k: usize| u64::from_le_bytes(body[k..k + 8].try_into().expect("8 bytes"));
+    Ok(HardState {
+        term: u(4),
+        vote: Some(u(12)).filter(|v| *v != 0),
+        commit: u(20),
+    })
+}
+
+/// Writes the hard state to a new file, syncs it, and renames it over the old one.
+fn write_hard_state(dir: &Path, hs: &HardState) -> Result<(), LogError> {
+    let mut body = Vec::with_capacity(HARD_STATE_BYTES);
+    body.extend_from_slice(HARD_STATE_MAGIC);
+    body.extend_from_slice(&hs.term.to_le_bytes());
+    body.extend_from_slice(&hs.vote.unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(&hs.commit.to_le_bytes());
+    let crc = crc32c::crc32c(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{HARD_STATE_FILE}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(HARD_STATE_FILE))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl quiver_raft::Storage for EngineLog {
+    fn hard_state(&self) -> HardState {
+        self.hard
+    }
+
+    fn last_index(&self) -> u64 {
+        self.engine.last_index_term().0
+    }
+
+    fn term(&self, index: u64) -> Option<u64> {
+        self.engine.term_at(index)
+    }
+
+    fn entries(&self, lo: u64, hi: u64, max_bytes: usize) -> Vec<Entry> {
+        let records = self
+            .engine
+            .entries(lo, max_bytes)
+            .unwrap_or_else(|e| panic!("the engine cannot read its own log at {lo}: {e}"));
+        records
+            .iter()
+            .take_while(|r| r.index < hi)
+            .map(from_record)
+            .collect()
+    }
+
+    fn memberships(&self) -> Vec<(u64, Membership)> {
+        self.memberships.clone()
+    }
+
+    fn segment_from(&self, index: u64) -> Option<SegmentMeta> {
+        let s = self
+            .engine
+            .sealed_segments()
+            .into_iter()
+            .find(|s| s.first_index >= index)?;
+        Some(SegmentMeta {
+            first: s.first_index,
+            last: s.last_index,
+            last_term: self.engine.term_at(s.last_index)?,
+            size: s.bytes,
+        })
+    }
+
+    fn segment_bytes(&self, first: u64, offset: u64, max: usize) -> Vec<u8> {
+        let Some(s) = self
+            .engine
+            .sealed_segments()
+            .into_iter()
+            .find(|s| s.first_index == first)
+        else {
+            return Vec::new();
+        };
+        let len = s.bytes.saturating_sub(offset).min(max as u64) as usize;
+        let mut buf = vec![0; len];
+        match File::open(&s.path).and_then(|f| f.read_exact_at(&mut buf, offset)) {
+            Ok(()) => buf,
+            // Gone (a scavenge replaced it): the leader falls back to sending entries.
+            Err(_) => Vec::new(),
+        }
+    }
+}
