@@ -17,5 +17,6 @@
 
 pub mod client_suite;
 pub mod engine_suite;
+pub mod raft_suite;
 pub mod report;
 pub mod workload;

@@ -22,13 +22,14 @@
 //! cargo run --release -p quiver-bench -- engine --scenario engine_scan_all --dir /data/b
 //! cargo run --release -p quiver-bench -- engine --io-mode pwrite   # compare write paths
 //! cargo bench -p quiver-bench                               # Criterion micro-benchmarks
+//! cargo run --release -p quiver-bench -- raft              # 3 Raft nodes over engines
 //! cargo run --release -p quiver-bench -- client            # server over QUIC, in-process
 //! cargo run --release -p quiver-bench -- client --server 127.0.0.1:7600 --ca ca.pem
 //! cargo run --release -p quiver-bench -- client --scenario subscribe_live_latency
 //! ```
 //!
-//! The suites: `engine` (`quiver_bench::engine_suite`) and `client`
-//! (`quiver_bench::client_suite`); their module docs list the scenarios.
+//! The suites: `engine` (`quiver_bench::engine_suite`), `raft` (`quiver_bench::raft_suite`)
+//! and `client` (`quiver_bench::client_suite`); their module docs list the scenarios.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -38,9 +39,9 @@ use anyhow::Result;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiver_bench::client_suite::{self, default_ca_file, Remote, Suite as ClientSuite};
-use quiver_bench::engine_suite;
 use quiver_bench::report::{git_rev, Report};
 use quiver_bench::workload::{DATA_DIR_DEFAULT, DATA_DIR_ENV};
+use quiver_bench::{engine_suite, raft_suite};
 use quiver_engine::IoMode;
 
 #[derive(Parser)]
@@ -57,6 +58,9 @@ struct Cli {
 enum Suite {
     /// The storage engine in-process: durable appends, stream reads, `$all` scans, reopen.
     Engine(EngineArgs),
+    /// Three Raft nodes in-process over engines and channels: committed entries/s and
+    /// commit latency, with the bare engine measured alongside.
+    Raft(RaftArgs),
     /// The server over QUIC through quiver-client: appends from 1, 16 and 64 connections,
     /// stream reads and `$all` scans, live and catch-up subscriptions, a persistent group's
     /// acks. Starts its own server unless given --server.
@@ -76,6 +80,19 @@ struct EngineArgs {
     io_mode: IoModeArg,
     /// Run only this scenario (repeatable); all of them by default.
     #[arg(long = "scenario", value_parser = PossibleValuesParser::new(engine_suite::SCENARIOS))]
+    scenarios: Vec<String>,
+}
+
+#[derive(Args)]
+struct RaftArgs {
+    /// Timed scenarios run 1 s instead of 3 s.
+    #[arg(long)]
+    quick: bool,
+    /// Parent directory of the scratch stores (must be on the disk to measure, not tmpfs).
+    #[arg(long, env = DATA_DIR_ENV, default_value = DATA_DIR_DEFAULT)]
+    dir: PathBuf,
+    /// Run only this scenario (repeatable); all of them by default.
+    #[arg(long = "scenario", value_parser = PossibleValuesParser::new(raft_suite::SCENARIOS))]
     scenarios: Vec<String>,
 }
 
@@ -132,6 +149,15 @@ fn main() -> Result<()> {
             };
             let chosen = choose(engine_suite::SCENARIOS, &args.scenarios);
             run_all(&chosen, |scenario| engine_suite::run(scenario, &opts))
+        }
+        Suite::Raft(args) => {
+            let opts = raft_suite::Options {
+                data_dir: args.dir,
+                quick: args.quick,
+                git_rev,
+            };
+            let chosen = choose(raft_suite::SCENARIOS, &args.scenarios);
+            run_all(&chosen, |scenario| raft_suite::run(scenario, &opts))
         }
         Suite::Client(args) => {
             let remote = args.server.map(|addr| Remote {

@@ -193,6 +193,19 @@ pub struct Message {
     pub kind: MessageKind,
 }
 
+impl Message {
+    /// Whether this message may leave before the `Ready` it came in is persisted. A leader's
+    /// appends and segment chunks may (dissertation 10.2.1: the leader writes its own log in
+    /// parallel with its followers, and counts itself only once persisted); everything else
+    /// (answers, votes, vote requests) depends on the term, vote or entries being durable.
+    pub fn may_precede_persistence(&self) -> bool {
+        matches!(
+            self.kind,
+            MessageKind::Append { .. } | MessageKind::Segment { .. }
+        )
+    }
+}
+
 /// The message kinds: Raft paper figure 2, pre-vote (dissertation 9.6), leadership transfer
 /// (3.10), ReadIndex (6.4), and segment shipping (Quiver's snapshots are sealed segments).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -155,7 +155,8 @@ pub struct ReadState {
 
 /// What the application must do next, in order: persist `entries` (a first entry at or
 /// below the persisted last index replaces the suffix from there), `chunks` and
-/// `hard_state`; then send `messages`; apply `committed`; serve `reads` once applied up to
+/// `hard_state`; then send `messages` (those for which [`Message::may_precede_persistence`]
+/// holds may be sent before persisting); apply `committed`; serve `reads` once applied up to
 /// their index; then call [`RawNode::advance`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Ready {
@@ -955,9 +956,10 @@ impl<S: Storage> RawNode<S> {
                 last_index,
                 last_term,
             } => {
+                // Whether the candidate is a voter is not ours to judge: our membership may
+                // be behind (it may have been promoted in entries we lack).
                 let grant = m.term > self.term
                     && !self.hears_leader()
-                    && self.is_voter(m.from)
                     && self.up_to_date(last_index, last_term);
                 let kind = MessageKind::PreVoteResp { reject: !grant };
                 // A grant answers in the asked term so the asker can count it; a refusal
@@ -992,8 +994,7 @@ impl<S: Storage> RawNode<S> {
             } => {
                 let free = self.vote.is_none_or(|v| v == m.from);
                 let grant = free && self.role == Role::Follower || self.vote == Some(m.from);
-                let grant =
-                    grant && self.is_voter(m.from) && self.up_to_date(last_index, last_term);
+                let grant = grant && self.up_to_date(last_index, last_term);
                 if grant {
                     self.vote = Some(m.from);
                     self.election_elapsed = 0;

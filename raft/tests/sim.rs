@@ -2,7 +2,9 @@
 //! that drops, delays, reorders and duplicates messages and partitions nodes (one-way too,
 //! minority or majority), with crashes that lose everything not persisted, membership changes
 //! (learners added, promoted, nodes removed), leadership transfers, ReadIndex reads on leaders
-//! and followers, and followers far enough behind to be sent sealed segments.
+//! and followers, and followers far enough behind to be sent sealed segments. Appends leave
+//! before the sender persists (as `Message::may_precede_persistence` allows), and a node
+//! sometimes crashes right after sending them, before its write.
 //!
 //! Checked after every step: election safety (at most one leader per term), leader
 //! completeness (a new leader holds every entry applied anywhere), state-machine safety (every
@@ -80,6 +82,8 @@ struct Sim {
     reads: BTreeMap<u64, usize>,
     next_ctx: u64,
     stats: Stats,
+    /// Faults are on (off once healed for the liveness check).
+    faults: bool,
 }
 
 impl Sim {
@@ -103,6 +107,7 @@ impl Sim {
             reads: BTreeMap::new(),
             next_ctx: 0,
             stats: Stats::default(),
+            faults: true,
         };
         for i in 0..n {
             sim.start(i);
@@ -172,6 +177,19 @@ impl Sim {
         };
         while node.has_ready() {
             let ready = node.ready();
+            // Appends may leave before the node persists; sometimes it crashes right then.
+            for m in ready
+                .messages
+                .iter()
+                .filter(|m| m.may_precede_persistence())
+            {
+                let delay = 1 + self.rng.below(4);
+                self.net.push((self.step + delay, m.clone()));
+            }
+            if self.faults && !ready.entries.is_empty() && self.rng.chance(1) {
+                self.nodes[i] = None;
+                return;
+            }
             let disk = node.storage_mut();
             disk.append(&ready.entries);
             let mut bad_chunk = None;
@@ -188,9 +206,13 @@ impl Sim {
             if let Some(e) = bad_chunk {
                 self.fail(format!("node {} could not persist a chunk: {e}", i + 1));
             }
-            for m in ready.messages.iter().cloned() {
+            for m in ready
+                .messages
+                .iter()
+                .filter(|m| !m.may_precede_persistence())
+            {
                 let delay = 1 + self.rng.below(4);
-                self.net.push((self.step + delay, m));
+                self.net.push((self.step + delay, m.clone()));
             }
             for e in &ready.committed {
                 let Entry {
@@ -444,6 +466,7 @@ impl Sim {
     }
 
     fn heal(&mut self) {
+        self.faults = false;
         self.blocked.clear();
         self.drop_percent = 0;
         for i in 0..self.nodes.len() {
@@ -523,6 +546,17 @@ fn five_nodes_many_seeds() {
     for seed in seeds(1000, 7) {
         run(seed, 5, 2500);
     }
+}
+
+/// Seeds that once failed, each for a bug since fixed: a full in-flight byte window that a
+/// heartbeat never freed (1566117103711); a follower that restarted mid-segment and was
+/// never resent the start (812257345321, n = 5); voters refusing a candidate their lagging
+/// membership did not list as a voter, leaving no one able to win (422055287272).
+#[test]
+fn seeds_that_found_bugs() {
+    run(1566117103711, 3, 2000);
+    run(812257345321, 5, 2500);
+    run(422055287272, 3, 2000);
 }
 
 #[test]
