@@ -536,7 +536,7 @@ fn seeds(count: u64, base: u64) -> impl Iterator<Item = u64> {
 
 #[test]
 fn three_nodes_many_seeds() {
-    for seed in seeds(2000, 1) {
+    for seed in seeds(3000, 1) {
         run(seed, 3, 2000);
     }
 }
