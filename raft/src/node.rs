@@ -792,9 +792,13 @@ impl<S: Storage> RawNode<S> {
     /// Sends `to` what it is missing, within its pacing; a heartbeat goes regardless.
     fn send_append(&mut self, to: NodeId, heartbeat: bool) {
         let last = self.last_index();
-        let Some(p) = self.progress.get(&to) else {
+        let Some(p) = self.progress.get_mut(&to) else {
             return;
         };
+        if p.mode == Mode::Replicate {
+            p.resync();
+        }
+        let p = self.progress.get(&to).expect("checked above");
         let mut can = p.can_send(self.config.in_flight_max, self.config.in_flight_bytes_max);
         // A follower far behind is sent entries up to the next sealed segment, then that
         // segment and the ones after it whole.
@@ -802,7 +806,6 @@ impl<S: Storage> RawNode<S> {
         if can && last + 1 >= p.next + self.config.ship_lag_min {
             boundary = self.storage.segment_from(p.next);
         }
-        let p = self.progress.get(&to).expect("checked above");
         if let Some(meta) = boundary.filter(|m| m.first == p.next) {
             if p.settled() {
                 let prev_term = self
@@ -821,7 +824,11 @@ impl<S: Storage> RawNode<S> {
                 });
                 can = false;
             } else if p.mode == Mode::Replicate {
-                // Wait for the appends in flight, then ship.
+                // Appends in flight: wait for their answers, then ship.
+                self.progress
+                    .get_mut(&to)
+                    .expect("checked above")
+                    .wait_for_answers();
                 can = false;
             }
             // Probing: an empty probe finds out whether the follower holds what precedes.

@@ -46,6 +46,8 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// Highest read round the follower answered in this term (ReadIndex).
     pub(crate) read_acked: u64,
+    /// Waiting at a segment boundary for the answers to appends in flight.
+    waiting: bool,
 }
 
 impl Progress {
@@ -59,6 +61,7 @@ impl Progress {
             in_flight_bytes: 0,
             recent_active: true,
             read_acked: 0,
+            waiting: false,
         }
     }
 
@@ -89,6 +92,7 @@ impl Progress {
     fn forget_in_flight(&mut self) {
         self.in_flight.clear();
         self.in_flight_bytes = 0;
+        self.waiting = false;
     }
 
     /// The follower matches up to `index`. Returns whether that is news.
@@ -111,24 +115,51 @@ impl Progress {
         if news {
             self.matched = index;
         }
+        if self.in_flight.is_empty() {
+            self.waiting = false;
+        }
         let shipped = matches!(self.mode, Mode::Ship(s) if index >= s.last);
         if news && self.mode == Mode::Probe || shipped {
+            // What was sent while probing is unknown: continue right after the match.
             self.mode = Mode::Replicate;
             self.forget_in_flight();
+            self.next = index + 1;
         }
         self.next = self.next.max(index + 1);
         news
     }
 
-    /// A heartbeat was answered while the window is full: appends were probably lost, so one
-    /// slot is freed (the follower refuses the next append if there is a gap, which turns
-    /// this follower back to probing).
+    /// A heartbeat was answered with nothing new while the window is full, or while the
+    /// leader waits at a segment boundary for the answers to its appends: appends were
+    /// probably lost, so one slot is freed. Once none is left, the follower is sent
+    /// everything after `matched` again (after a gap it refuses, which turns it to probing;
+    /// entries it holds it ignores).
     pub(crate) fn heartbeat_answered(&mut self, count_max: usize, bytes_max: usize) {
         self.recent_active = true;
-        if self.mode == Mode::Replicate && !self.can_send(count_max, bytes_max) {
+        let full = !self.can_send(count_max, bytes_max);
+        if self.mode == Mode::Replicate && (full || self.waiting) {
             if let Some((_, bytes)) = self.in_flight.pop_front() {
                 self.in_flight_bytes -= bytes;
             }
+            if self.in_flight.is_empty() {
+                self.next = self.matched + 1;
+                self.waiting = false;
+            }
+        }
+    }
+
+    /// Appends are in flight and the next index starts a segment to ship: wait for their
+    /// answers (see [`Progress::heartbeat_answered`]).
+    pub(crate) fn wait_for_answers(&mut self) {
+        self.waiting = true;
+    }
+
+    /// Nothing is in flight, yet `next` is past what is known to match (the answers were
+    /// lost): start again after `matched`.
+    pub(crate) fn resync(&mut self) {
+        if self.in_flight.is_empty() {
+            self.next = self.matched + 1;
+            self.waiting = false;
         }
     }
 
