@@ -1219,13 +1219,19 @@ impl<S: Storage> RawNode<S> {
             hint: 0,
             read: 0,
         };
+        // A stale chunk of another segment must not disturb the one being received.
+        let receiving = self.incoming.is_some_and(|inc| inc.first == first);
         if self.term_at(last) == Some(last_term) {
             // Already here (log matching): nothing to install.
-            self.incoming = None;
+            if receiving {
+                self.incoming = None;
+            }
             return self.send(from, accept);
         }
         if first == 0 || last < first || self.term_at(first - 1) != Some(prev_term) {
-            self.incoming = None;
+            if receiving {
+                self.incoming = None;
+            }
             let prev = first.saturating_sub(1);
             let kind = MessageKind::AppendResp {
                 reject: true,

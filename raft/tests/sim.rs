@@ -564,13 +564,16 @@ fn five_nodes_many_seeds() {
 /// never resent the start (812257345321, n = 5); voters refusing a candidate their lagging
 /// membership did not list as a voter, leaving no one able to win (422055287272); a leader
 /// waiting at a segment boundary for answers to appends that were lost, and a probe answered
-/// late that left `next` past the match (12462254766374279219, found by the soak).
+/// late that left `next` past the match (12462254766374279219, found by the soak); stale
+/// chunks of segments a follower already held throwing away the one it was receiving, over
+/// and over (2283753878113364427, the soak).
 #[test]
 fn seeds_that_found_bugs() {
     run(1566117103711, 3, 2000);
     run(812257345321, 5, 2500);
     run(422055287272, 3, 2000);
     run(12462254766374279219, 5, 2000);
+    run(2283753878113364427, 5, steps_for(5));
 }
 
 #[test]
