@@ -1,44 +1,15 @@
 //! Scenarios from the Raft paper, driven message by message.
 
-use quiver_raft::{
-    Config, Entry, HardState, MemStorage, Message, MessageKind, RawNode, Role, Storage,
-};
+mod common;
 
-fn entry(index: u64, term: u64) -> Entry {
-    Entry::normal(index, term, format!("{index}@{term}").into_bytes())
-}
+use common::{drain, entry, storage_with, to};
+use quiver_raft::{Config, Entry, MemStorage, Message, MessageKind, RawNode, Role, Storage};
 
 fn node(id: u64, log: &[Entry], term: u64, commit: u64) -> RawNode<MemStorage> {
-    let mut storage = MemStorage::default();
-    storage.append(log);
-    storage.set_hard_state(HardState {
-        term,
-        vote: None,
-        commit,
-    });
     let mut config = Config::new(id, vec![1, 2, 3], id);
     // One entry per append, so an old entry can be acknowledged alone.
     config.entries_per_append_max = 1;
-    RawNode::new(config, storage)
-}
-
-/// Persists what the node has ready and returns the messages it sends.
-fn drain(n: &mut RawNode<MemStorage>) -> Vec<Message> {
-    let mut out = Vec::new();
-    while n.has_ready() {
-        let ready = n.ready();
-        n.storage_mut().append(&ready.entries);
-        if let Some(hs) = ready.hard_state {
-            n.storage_mut().set_hard_state(hs);
-        }
-        out.extend(ready.messages.iter().cloned());
-        n.advance(ready);
-    }
-    out
-}
-
-fn to(msgs: &[Message], id: u64) -> Vec<Message> {
-    msgs.iter().filter(|m| m.to == id).cloned().collect()
+    RawNode::new(config, storage_with(log, term, commit))
 }
 
 /// Paper 5.4.2 (Figure 8): a leader does not commit an entry of an earlier term by counting

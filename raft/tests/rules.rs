@@ -5,6 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod common;
+
+use common::{drain, drain_all, entry, storage_with, to};
 use quiver_raft::{
     Config, Entry, EntryKind, HardState, MemStorage, Membership, MembershipChange, Message,
     MessageKind, RawNode, ReadState, Refused, Role, Storage,
@@ -13,10 +16,6 @@ use quiver_raft::{
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn entry(index: u64, term: u64) -> Entry {
-    Entry::normal(index, term, format!("{index}@{term}").into_bytes())
-}
 
 fn membership_entry(index: u64, term: u64, voters: &[u64], learners: &[u64]) -> Entry {
     let m = Membership {
@@ -34,44 +33,8 @@ fn membership_entry(index: u64, term: u64, voters: &[u64], learners: &[u64]) -> 
 
 /// A lone node of the bootstrap cluster {1, 2, 3} over a log that already holds `log`.
 fn node(id: u64, log: &[Entry], term: u64, commit: u64) -> RawNode<MemStorage> {
-    let mut storage = MemStorage::default();
-    storage.append(log);
-    storage.set_hard_state(HardState {
-        term,
-        vote: None,
-        commit,
-    });
+    let storage = storage_with(log, term, commit);
     RawNode::new(Config::new(id, vec![1, 2, 3], id), storage)
-}
-
-/// Persists everything the node has ready (entries, chunks, hard state), as the application
-/// must, and returns the messages it sends and the reads it confirms.
-fn drain_all(n: &mut RawNode<MemStorage>) -> (Vec<Message>, Vec<ReadState>) {
-    let (mut out, mut reads) = (Vec::new(), Vec::new());
-    while n.has_ready() {
-        let ready = n.ready();
-        n.storage_mut().append(&ready.entries);
-        for c in &ready.chunks {
-            n.storage_mut()
-                .write_chunk(c)
-                .expect("a shipped chunk persists");
-        }
-        if let Some(hs) = ready.hard_state {
-            n.storage_mut().set_hard_state(hs);
-        }
-        out.extend(ready.messages.iter().cloned());
-        reads.extend(ready.reads.iter().copied());
-        n.advance(ready);
-    }
-    (out, reads)
-}
-
-fn drain(n: &mut RawNode<MemStorage>) -> Vec<Message> {
-    drain_all(n).0
-}
-
-fn to(msgs: &[Message], id: u64) -> Vec<Message> {
-    msgs.iter().filter(|m| m.to == id).cloned().collect()
 }
 
 fn all(_: &Message) -> bool {
