@@ -690,8 +690,7 @@ impl Inner {
             )
             .map_err(EnqueueError::Io)?;
             if used_spare {
-                self.summaries.lock().pending = true;
-                self.summaries_cv.notify_one();
+                self.wake_summarizer();
             }
             if let Some(prev) = st.segments.last_mut() {
                 prev.sealed = true;
@@ -739,6 +738,12 @@ impl Inner {
         drop(q);
         self.queue_cv.notify_one();
         Ok(())
+    }
+
+    /// Asks the background thread to look for segments to summarize.
+    pub(crate) fn wake_summarizer(&self) {
+        self.summaries.lock().pending = true;
+        self.summaries_cv.notify_one();
     }
 
     /// Tells every commit listener the current commit position.
@@ -833,8 +838,7 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
         // A new file means a segment was sealed; under Raft a sealed segment may only become
         // committed later. Otherwise there is nothing for the background thread to do.
         if chunks.iter().any(|c| c.new_file) || !inner.config.commit_on_durable {
-            inner.summaries.lock().pending = true;
-            inner.summaries_cv.notify_one();
+            inner.wake_summarizer();
         }
         let mut q = inner.queue.lock();
         q.busy = false;

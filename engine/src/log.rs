@@ -161,15 +161,22 @@ impl Engine {
 
     /// Moves the commit point (Raft mode). It never moves back, and never past what is durable.
     pub fn set_commit_index(&self, index: u64) {
-        let callbacks = {
+        let (callbacks, moved) = {
             let mut st = self.inner.state.write();
+            let before = st.commit_index;
             st.commit_allowed = st.commit_allowed.max(index);
-            st.advance_commit()
+            let callbacks = st.advance_commit();
+            (callbacks, st.commit_index != before)
         };
         for (cb, i) in callbacks {
             cb.call(Ok(i));
         }
         self.inner.notify_commit();
+        if moved {
+            // Sealed segments may have just become fully committed: summarize them (and so
+            // make them shippable) without waiting for the next write to wake the thread.
+            self.inner.wake_summarizer();
+        }
     }
 
     /// Removes every record from index `from` on. Only uncommitted records may go.
