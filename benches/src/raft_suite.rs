@@ -1,6 +1,7 @@
 //! The `raft` suite: three Raft nodes in one process, each over its own engine (the engine is
 //! Raft's storage, `quiver_server::raft_log`), talking through channels instead of QUIC. The
-//! leader keeps a window of proposals in flight, each one 1 KiB event (an entry of about
+//! leader keeps a window of proposals in flight (after a 1 s warm-up that is not measured, in
+//! both runs), each one 1 KiB event (an entry of about
 //! 1.1 KiB); proposals made while the nodes are busy go out together, so Raft batches them into
 //! one append and one fdatasync per node. Each scenario first runs the bare engine with the
 //! same events and window, so the report carries the cost Raft adds, measured in the same run.
@@ -44,6 +45,10 @@ pub const ENTRY_DATA_BYTES: usize = 1024;
 const NODES: u64 = 3;
 /// The nodes' clock.
 const TICK: Duration = Duration::from_millis(10);
+/// Load before measuring, in both runs: the engines prepare their first spare segment
+/// (64 MiB of zeroes) in the background just after opening, which would otherwise take
+/// CPU from the first second of the measure.
+const WARMUP: Duration = Duration::from_secs(1);
 
 /// How the suite runs.
 #[derive(Debug, Clone)]
@@ -110,7 +115,7 @@ fn bare_engine(
     let dir = scratch_dir(&opts.data_dir, &format!("{scenario}-engine"))?;
     let engine = Engine::open(dir.path(), EngineConfig::default())
         .with_context(|| format!("opening a store in {}", dir.path().display()))?;
-    let (done_tx, done_rx) = mpsc::channel::<Result<u64, AppendError>>();
+    let (done_tx, done_rx) = mpsc::channel::<(Instant, Result<u64, AppendError>)>();
     let mut ids = Ids::new(1);
     let mut start = || {
         let write = StreamWrite {
@@ -121,24 +126,28 @@ fn bare_engine(
         let done_tx = done_tx.clone();
         let began = Instant::now();
         engine.append_with(vec![write], move |r| {
-            let _ = done_tx.send(r.map(|_| nanos_since(began)));
+            let _ = done_tx.send((began, r.map(|_| nanos_since(began))));
         });
     };
     let mut latency = latency_histogram();
-    let began = Instant::now();
-    let until = began + duration;
+    let measure_from = Instant::now() + WARMUP;
+    let until = measure_from + duration;
     (0..window).for_each(|_| start());
     let (mut in_flight, mut events) = (window, 0u64);
     while in_flight > 0 {
-        latency.saturating_record(done_rx.recv().expect("we hold a sender")?);
-        events += 1;
+        let (began, r) = done_rx.recv().expect("we hold a sender");
+        let nanos = r?;
+        if began >= measure_from {
+            latency.saturating_record(nanos);
+            events += 1;
+        }
         in_flight -= 1;
         if Instant::now() < until {
             start();
             in_flight += 1;
         }
     }
-    let rate = events as f64 / began.elapsed().as_secs_f64();
+    let rate = events as f64 / measure_from.elapsed().as_secs_f64();
     drop(engine);
     Ok((rate, latency))
 }
@@ -189,7 +198,7 @@ fn cluster(
     for (k, t) in threads.into_iter().enumerate() {
         if k == 0 {
             // Let the run happen, then stop everyone.
-            thread::sleep(duration + Duration::from_secs(2));
+            thread::sleep(WARMUP + duration + Duration::from_secs(2));
             stop.store(true, Ordering::Relaxed);
             for tx in &txs {
                 let _ = tx.send(Input::Stop);
@@ -220,13 +229,16 @@ fn node_loop(
     duration: Duration,
 ) -> Result<Option<Measured>> {
     let mut config = Config::new(id, (1..=NODES).collect(), id);
-    // Node 1 campaigns first, so the run does not wait on a split vote.
-    config.election_ticks = if id == 1 { 10 } else { 50 };
+    // Node 1 campaigns first, so the run does not wait on a split vote. Timeouts of 0.3 s and
+    // 1 s (the followers') ride out fsync stalls on a busy disk without an election.
+    config.election_ticks = if id == 1 { 30 } else { 100 };
     let mut node = RawNode::new(config, log);
     let mut next_tick = Instant::now() + TICK;
     let mut ids = Ids::new(id);
     let mut version = 0u64;
-    let mut proposed: HashMap<u64, Instant> = HashMap::new();
+    let stream = format!("bench-node{id}");
+    // Index → when it was proposed, and whether inside the measure.
+    let mut proposed: HashMap<u64, (Instant, bool)> = HashMap::new();
     let mut latency = latency_histogram();
     let mut run: Option<(Instant, u64)> = None;
     let mut result = None;
@@ -255,13 +267,16 @@ fn node_loop(
             next_tick += TICK;
         }
         if node.role() == Role::Leader {
-            let (began, _) = *run.get_or_insert((Instant::now(), 0));
-            while began.elapsed() < duration && proposed.len() < window {
-                let body = encode_stream_append("bench", version, 1, &[event(&mut ids)]);
+            let (measure_from, _) = *run.get_or_insert((Instant::now() + WARMUP, 0));
+            while Instant::now() < measure_from + duration && proposed.len() < window {
+                // A stream per node: a new leader (should one take over) never conflicts
+                // with versions its predecessor proposed.
+                let body = encode_stream_append(&stream, version, 1, &[event(&mut ids)]);
                 let data = command(RecordKind::Append, 1, &body);
                 let index = node.propose(data)?;
                 version += 1;
-                proposed.insert(index, Instant::now());
+                let now = Instant::now();
+                proposed.insert(index, (now, now >= measure_from));
             }
         }
         while node.has_ready() {
@@ -280,20 +295,23 @@ fn node_loop(
             }
             node.storage().apply(&ready.committed);
             for e in &ready.committed {
-                if let Some(t) = proposed.remove(&e.index) {
-                    latency.saturating_record(nanos_since(t));
-                    if let Some((_, n)) = run.as_mut() {
-                        *n += 1;
+                if let Some((t, measured)) = proposed.remove(&e.index) {
+                    if measured {
+                        latency.saturating_record(nanos_since(t));
+                        if let Some((_, n)) = run.as_mut() {
+                            *n += 1;
+                        }
                     }
                 }
             }
             node.advance(ready);
         }
-        if let Some((began, events)) = run {
-            if began.elapsed() >= duration && proposed.is_empty() && result.is_none() {
+        if let Some((measure_from, events)) = run {
+            let done = Instant::now() >= measure_from + duration && proposed.is_empty();
+            if done && result.is_none() {
                 result = Some(Measured {
                     events,
-                    elapsed: began.elapsed(),
+                    elapsed: measure_from.elapsed(),
                     latency: latency.clone(),
                 });
             }
