@@ -201,7 +201,13 @@ struct PendingRead {
 #[derive(Debug, Clone, Copy)]
 struct Incoming {
     first: u64,
+    last: u64,
     last_term: u64,
+    /// Who is sending it, and in which term: another leader's file of the same entries
+    /// need not be the same bytes (its own segment boundaries, a scavenge), so chunks are
+    /// only ever joined to chunks from the same sender.
+    from: NodeId,
+    term: u64,
     received: u64,
 }
 
@@ -1242,7 +1248,12 @@ impl<S: Storage> RawNode<S> {
             return self.send(from, kind);
         }
         let received = match self.incoming {
-            Some(inc) if inc.first == first && inc.last_term == last_term => inc.received,
+            Some(inc)
+                if (inc.first, inc.last, inc.last_term) == (first, last, last_term)
+                    && (inc.from, inc.term) == (from, self.term) =>
+            {
+                inc.received
+            }
             _ => 0,
         };
         if chunk.offset != received {
@@ -1266,7 +1277,10 @@ impl<S: Storage> RawNode<S> {
         } else {
             self.incoming = Some(Incoming {
                 first,
+                last,
                 last_term,
+                from,
+                term: self.term,
                 received,
             });
             let kind = MessageKind::SegmentResp {

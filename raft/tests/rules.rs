@@ -1305,3 +1305,53 @@ fn appends_stop_at_the_in_flight_byte_bound_and_resume_on_acknowledgement() {
     let out = net.deliver(ack);
     assert_eq!(appended_to(&out, 2), vec![indexes[3]]);
 }
+
+/// Segment shipping: chunks are joined only to chunks from the same leader in the same term.
+/// Another leader's file of the same entries need not hold the same bytes (its own segment
+/// boundaries, a scavenge), so a new leader continuing at an offset is refused and starts
+/// over, and its first chunk replaces what the old leader had sent.
+#[test]
+fn chunks_from_another_leader_are_not_joined_to_what_was_received() {
+    let mut n3 = node(3, &[], 1, 0);
+    let chunk = |from: u64, term: u64, offset: u64| Message {
+        from,
+        to: 3,
+        term,
+        kind: MessageKind::Segment {
+            first: 1,
+            last: 4,
+            last_term: 1,
+            prev_term: 0,
+            offset,
+            data: vec![7; 10],
+            done: false,
+        },
+    };
+    let answer = |msgs: Vec<Message>| match msgs.last().map(|m| &m.kind) {
+        Some(MessageKind::SegmentResp {
+            received, reject, ..
+        }) => (*received, *reject),
+        other => panic!("expected a SegmentResp, got {other:?}"),
+    };
+    n3.step(chunk(1, 2, 0));
+    assert_eq!(
+        answer(drain(&mut n3)),
+        (10, false),
+        "leader 1's first chunk"
+    );
+    // Node 2 leads term 3 and continues where it believes node 3 is.
+    n3.step(chunk(2, 3, 10));
+    assert_eq!(
+        answer(drain(&mut n3)),
+        (0, true),
+        "not joined to leader 1's bytes: start over"
+    );
+    n3.step(chunk(2, 3, 0));
+    assert_eq!(answer(drain(&mut n3)), (10, false));
+    n3.step(chunk(2, 3, 10));
+    assert_eq!(
+        answer(drain(&mut n3)),
+        (20, false),
+        "leader 2's chunks join each other"
+    );
+}
