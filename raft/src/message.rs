@@ -4,7 +4,7 @@
 pub type NodeId = u64;
 
 /// What an entry carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
     /// Application data (in Quiver: an encoded engine record body); empty for a new
     /// leader's no-op.
@@ -15,7 +15,7 @@ pub enum EntryKind {
 }
 
 /// One log entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Entry {
     /// Position in the log, from 1.
     pub index: u64,
@@ -40,7 +40,7 @@ impl Entry {
 }
 
 /// What must be durable before any message that depends on it is sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct HardState {
     /// The latest term this node has seen.
     pub term: u64,
@@ -52,7 +52,7 @@ pub struct HardState {
 
 /// Who is in the cluster: voters elect and count toward commitment; learners only receive
 /// the log (a new node catches up as a learner before it is promoted).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Membership {
     /// Voting members.
     pub voters: std::collections::BTreeSet<NodeId>,
@@ -63,7 +63,7 @@ pub struct Membership {
 }
 
 /// One change of membership (one server at a time, dissertation 4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MembershipChange {
     /// Add a new node as a learner. Its id must never have been used.
     AddLearner(NodeId),
@@ -74,7 +74,7 @@ pub enum MembershipChange {
 }
 
 /// A membership entry's bytes are not a membership.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DecodeError(pub &'static str);
 
 impl std::fmt::Display for DecodeError {
@@ -181,7 +181,7 @@ impl Membership {
 }
 
 /// A message between two nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Message {
     /// Sender.
     pub from: NodeId,
@@ -208,7 +208,7 @@ impl Message {
 
 /// The message kinds: Raft paper figure 2, pre-vote (dissertation 9.6), leadership transfer
 /// (3.10), ReadIndex (6.4), and segment shipping (Quiver's snapshots are sealed segments).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MessageKind {
     /// Would you vote for me in `term`? Changes no one's term.
     PreVote {

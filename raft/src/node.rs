@@ -38,7 +38,7 @@ use crate::quorum;
 use crate::storage::{SegmentChunk, Storage};
 
 /// How a node is set up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Config {
     /// This node.
     pub id: NodeId,
@@ -95,7 +95,7 @@ impl Config {
 }
 
 /// A node's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Follows a leader (or waits for one). Learners are always followers.
     Follower,
@@ -108,7 +108,7 @@ pub enum Role {
 }
 
 /// Why a proposal, membership change, transfer or read was refused. Nothing changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refused {
     /// Only a leader does this; the hint is the leader this node knows of, if any.
     NotLeader(Option<NodeId>),
@@ -145,7 +145,7 @@ impl std::fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 /// A linearizable read may be served once this node has applied up to `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReadState {
     /// The tag given to [`RawNode::read_index`].
     pub ctx: u64,
@@ -158,7 +158,7 @@ pub struct ReadState {
 /// `hard_state`; then send `messages` (those for which [`Message::may_precede_persistence`]
 /// holds may be sent before persisting); apply `committed`; serve `reads` once applied up to
 /// their index; then call [`RawNode::advance`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct Ready {
     /// New hard state to persist, if it changed.
     pub hard_state: Option<HardState>,
@@ -175,7 +175,7 @@ pub struct Ready {
 }
 
 /// A small, seeded generator (splitmix64): the core has no other source of randomness.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Rng(u64);
 
 impl Rng {
@@ -189,7 +189,7 @@ impl Rng {
 }
 
 /// A read waiting for its quorum round (`seq` 0: for the leader's first commit in its term).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PendingRead {
     ctx: u64,
     from: NodeId,
@@ -198,7 +198,7 @@ struct PendingRead {
 }
 
 /// A segment a follower is receiving.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Incoming {
     first: u64,
     last: u64,
@@ -211,7 +211,9 @@ struct Incoming {
     received: u64,
 }
 
-/// The Raft state machine over a persisted log `S`.
+/// The Raft state machine over a persisted log `S`. It is `Clone + Hash + Eq` when `S` is,
+/// so a model checker can take whole nodes as its state (`tests/model.rs`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct RawNode<S: Storage> {
     config: Config,
     storage: S,

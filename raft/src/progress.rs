@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 /// How the leader sends to a follower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Mode {
     /// Where the logs diverge is unknown: one append at a time, waiting for its answer.
     Probe,
@@ -15,7 +15,7 @@ pub(crate) enum Mode {
 }
 
 /// A segment on its way to a follower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Shipping {
     pub(crate) first: u64,
     pub(crate) last: u64,
@@ -31,7 +31,7 @@ pub(crate) struct Shipping {
 }
 
 /// A follower, as its leader sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Progress {
     /// Highest index known to match the leader's log.
     pub(crate) matched: u64,

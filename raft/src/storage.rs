@@ -5,7 +5,7 @@
 use crate::message::{DecodeError, Entry, EntryKind, HardState, Membership};
 
 /// A sealed segment: committed entries `first..=last` that a leader can ship as bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SegmentMeta {
     /// Index of its first entry.
     pub first: u64,
@@ -18,7 +18,7 @@ pub struct SegmentMeta {
 }
 
 /// A chunk of a segment to persist (see [`crate::Ready::chunks`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SegmentChunk {
     /// The segment's first index.
     pub first: u64,
@@ -58,7 +58,7 @@ pub trait Storage {
 
 /// An in-memory [`Storage`] for tests and the simulator. With `segment_entries` set, every
 /// full run of that many entries that is committed counts as a sealed segment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct MemStorage {
     hard: HardState,
     log: Vec<Entry>,

@@ -566,7 +566,8 @@ fn five_nodes_many_seeds() {
 /// waiting at a segment boundary for answers to appends that were lost, and a probe answered
 /// late that left `next` past the match (12462254766374279219, found by the soak); stale
 /// chunks of segments a follower already held throwing away the one it was receiving, over
-/// and over (2283753878113364427, the soak).
+/// and over (2283753878113364427, the soak); chunks from an old leader joined to a segment a
+/// new one was sending (517179746121701783, the soak, 37 minutes in).
 #[test]
 fn seeds_that_found_bugs() {
     run(1566117103711, 3, 2000);
@@ -574,6 +575,7 @@ fn seeds_that_found_bugs() {
     run(422055287272, 3, 2000);
     run(12462254766374279219, 5, 2000);
     run(2283753878113364427, 5, steps_for(5));
+    run(517179746121701783, 5, steps_for(5));
 }
 
 #[test]
