@@ -599,7 +599,14 @@ fn soak() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x5EED, |d| d.as_nanos() as u64);
     let mut runs = 0u64;
+    let mut reported = 0;
     while started.elapsed().as_secs() < secs {
+        // A line every 5 minutes, so a soak stopped early still says how far it got.
+        let minutes = started.elapsed().as_secs() / 300;
+        if minutes > reported {
+            reported = minutes;
+            eprintln!("soak: {runs} runs in {} min, no failure", minutes * 5);
+        }
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
