@@ -168,7 +168,14 @@ impl Progress {
     /// an older probe changes nothing).
     pub(crate) fn refused(&mut self, rejected: u64, hint: u64) -> bool {
         self.recent_active = true;
-        if rejected < self.matched {
+        // Only a refusal of what is outstanding counts: a late one (a duplicate, or an answer
+        // to an older probe) would move `next` away from where the logs really diverge.
+        let stale = match self.mode {
+            Mode::Replicate => rejected <= self.matched,
+            Mode::Probe => rejected + 1 != self.next,
+            Mode::Ship(s) => rejected + 1 != s.first,
+        };
+        if stale {
             return false;
         }
         // Never below what is known to match; never past what was refused.

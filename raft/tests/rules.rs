@@ -1355,3 +1355,38 @@ fn chunks_from_another_leader_are_not_joined_to_what_was_received() {
         "leader 2's chunks join each other"
     );
 }
+
+/// Fast backtracking (paper 5.3): while probing, only the refusal of the outstanding probe
+/// moves `next`. A late refusal of an older append (a duplicate, say) would move it away from
+/// where the logs diverge, and a network full of them kept a follower from ever catching up.
+#[test]
+fn a_late_refusal_does_not_move_a_probe() {
+    let not_2 = |m: &Message| m.to != 2 && m.from != 2;
+    let mut net = Net::new(&[1, 2, 3], &[], 0, |_| {});
+    net.elect(1, not_2);
+    for k in 0..8u8 {
+        net.n(1).propose(vec![k]).unwrap();
+    }
+    let out = net.drain(1);
+    net.settle(out, not_2);
+    let term = net.n(1).term();
+    // Node 1 probes node 2 from index 1 (its first append, never answered). A refusal of an
+    // append after index 5 arrives late.
+    net.n(1).step(Message {
+        from: 2,
+        to: 1,
+        term,
+        kind: MessageKind::AppendResp {
+            reject: true,
+            index: 5,
+            hint: 5,
+            read: 0,
+        },
+    });
+    let out = net.drain(1);
+    assert!(
+        !out.iter().any(|m| m.to == 2
+            && matches!(m.kind, MessageKind::Append { prev_index, .. } if prev_index > 0)),
+        "the probe did not move: {out:?}"
+    );
+}

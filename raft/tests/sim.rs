@@ -567,7 +567,9 @@ fn five_nodes_many_seeds() {
 /// late that left `next` past the match (12462254766374279219, found by the soak); stale
 /// chunks of segments a follower already held throwing away the one it was receiving, over
 /// and over (2283753878113364427, the soak); chunks from an old leader joined to a segment a
-/// new one was sending (517179746121701783, the soak, 37 minutes in).
+/// new one was sending (517179746121701783, the soak, 37 minutes in); late refusals of old
+/// appends moving a probe away from where the logs diverged (3991899061874589095 and
+/// 10213810933408121139, the soak, after 15 and 2 minutes).
 #[test]
 fn seeds_that_found_bugs() {
     run(1566117103711, 3, 2000);
@@ -576,6 +578,8 @@ fn seeds_that_found_bugs() {
     run(12462254766374279219, 5, 2000);
     run(2283753878113364427, 5, steps_for(5));
     run(517179746121701783, 5, steps_for(5));
+    run(3991899061874589095, 5, steps_for(5));
+    run(10213810933408121139, 5, steps_for(5));
 }
 
 #[test]
