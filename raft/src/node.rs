@@ -557,7 +557,7 @@ impl<S: Storage> RawNode<S> {
         self.votes.clear();
         self.votes.insert(self.config.id, true);
         self.reset_timeout();
-        if self.granted() >= self.quorum() {
+        if self.counted(true) >= self.quorum() {
             return self.become_leader();
         }
         let (last_index, last_term) = (self.last_index(), self.last_term());
@@ -993,12 +993,10 @@ impl<S: Storage> RawNode<S> {
                     return self.become_follower(m.term, None);
                 }
                 if self.role == Role::PreCandidate && m.term == self.term + 1 {
-                    self.votes.insert(m.from, !reject);
-                    if self.granted() >= self.quorum() {
-                        self.campaign(false);
-                    } else if self.refused() >= self.quorum() {
-                        let term = self.term;
-                        self.become_follower(term, None);
+                    match self.tally(m.from, !reject) {
+                        Some(true) => self.campaign(false),
+                        Some(false) => self.become_follower(self.term, None),
+                        None => {}
                     }
                 }
             }
@@ -1018,12 +1016,10 @@ impl<S: Storage> RawNode<S> {
             }
             MessageKind::VoteResp { reject } => {
                 if self.role == Role::Candidate {
-                    self.votes.insert(m.from, !reject);
-                    if self.granted() >= self.quorum() {
-                        self.become_leader();
-                    } else if self.refused() >= self.quorum() {
-                        let term = self.term;
-                        self.become_follower(term, None);
+                    match self.tally(m.from, !reject) {
+                        Some(true) => self.become_leader(),
+                        Some(false) => self.become_follower(self.term, None),
+                        None => {}
                     }
                 }
             }
@@ -1109,20 +1105,26 @@ impl<S: Storage> RawNode<S> {
         self.leader.is_some() && self.election_elapsed < self.config.election_ticks
     }
 
-    fn granted(&self) -> usize {
+    /// Voters of the current membership whose answer was `granted`.
+    fn counted(&self, granted: bool) -> usize {
         let voters = &self.membership().voters;
         self.votes
             .iter()
-            .filter(|(n, g)| **g && voters.contains(n))
+            .filter(|(n, g)| **g == granted && voters.contains(n))
             .count()
     }
 
-    fn refused(&self) -> usize {
-        let voters = &self.membership().voters;
-        self.votes
-            .iter()
-            .filter(|(n, g)| !**g && voters.contains(n))
-            .count()
+    /// Records `from`'s answer; `Some(true)` once a quorum granted, `Some(false)` once a
+    /// quorum refused, `None` while undecided.
+    fn tally(&mut self, from: NodeId, granted: bool) -> Option<bool> {
+        self.votes.insert(from, granted);
+        if self.counted(true) >= self.quorum() {
+            Some(true)
+        } else if self.counted(false) >= self.quorum() {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// Paper 5.4.1: the candidate's log ends in a later term, or the same term and no shorter.

@@ -308,6 +308,16 @@ fn write_hard_state(dir: &Path, hs: &HardState) -> Result<(), LogError> {
     Ok(())
 }
 
+impl EngineLog {
+    /// The first sealed, committed segment starting at or after `index`.
+    fn sealed_from(&self, index: u64) -> Option<quiver_engine::SealedSegment> {
+        self.engine
+            .sealed_segments()
+            .into_iter()
+            .find(|s| s.first_index >= index)
+    }
+}
+
 impl quiver_raft::Storage for EngineLog {
     fn hard_state(&self) -> HardState {
         self.hard
@@ -338,11 +348,7 @@ impl quiver_raft::Storage for EngineLog {
     }
 
     fn segment_from(&self, index: u64) -> Option<SegmentMeta> {
-        let s = self
-            .engine
-            .sealed_segments()
-            .into_iter()
-            .find(|s| s.first_index >= index)?;
+        let s = self.sealed_from(index)?;
         Some(SegmentMeta {
             first: s.first_index,
             last: s.last_index,
@@ -352,12 +358,7 @@ impl quiver_raft::Storage for EngineLog {
     }
 
     fn segment_bytes(&self, first: u64, offset: u64, max: usize) -> Vec<u8> {
-        let Some(s) = self
-            .engine
-            .sealed_segments()
-            .into_iter()
-            .find(|s| s.first_index == first)
-        else {
+        let Some(s) = self.sealed_from(first).filter(|s| s.first_index == first) else {
             return Vec::new();
         };
         let len = s.bytes.saturating_sub(offset).min(max as u64) as usize;
