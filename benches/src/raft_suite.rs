@@ -282,15 +282,11 @@ fn node_loop(
         while node.has_ready() {
             let ready = node.ready();
             // Appends leave before the leader's own write: the disks work in parallel.
-            let (early, late): (Vec<&Message>, Vec<&Message>) = ready
-                .messages
-                .iter()
-                .partition(|m| m.may_precede_persistence());
-            for m in early {
+            for m in &ready.early {
                 let _ = peers[m.to as usize - 1].send(Input::Message(m.clone()));
             }
             node.storage_mut().persist(&ready)?;
-            for m in late {
+            for m in &ready.messages {
                 let _ = peers[m.to as usize - 1].send(Input::Message(m.clone()));
             }
             node.storage().apply(&ready.committed);

@@ -194,11 +194,13 @@ pub struct Message {
 }
 
 impl Message {
-    /// Whether this message may leave before the `Ready` it came in is persisted. A leader's
-    /// appends and segment chunks may (dissertation 10.2.1: the leader writes its own log in
-    /// parallel with its followers, and counts itself only once persisted); everything else
-    /// (answers, votes, vote requests) depends on the term, vote or entries being durable.
-    pub fn may_precede_persistence(&self) -> bool {
+    /// Whether this kind of message may leave before the `Ready` it came in is persisted,
+    /// given that the `Ready` changes neither term nor vote (the core decides: `Ready.early`).
+    /// A leader's appends and segment chunks may (dissertation 10.2.1: the leader writes its
+    /// own log in parallel with its followers, and counts itself only once persisted);
+    /// everything else (answers, votes, vote requests) depends on the term, vote or entries
+    /// being durable.
+    pub(crate) fn may_precede_persistence(&self) -> bool {
         matches!(
             self.kind,
             MessageKind::Append { .. } | MessageKind::Segment { .. }

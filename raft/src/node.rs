@@ -62,6 +62,9 @@ pub struct Config {
     pub chunks_in_flight: usize,
     /// Seed of the node's randomness (election timeouts).
     pub seed: u64,
+    /// The last index the application has applied from earlier runs (its state machine
+    /// already holds it): committed entries up to it are not handed out again.
+    pub applied: u64,
 }
 
 impl Config {
@@ -83,7 +86,20 @@ impl Config {
             chunk_bytes: 1 << 20,
             chunks_in_flight: 4,
             seed,
+            applied: 0,
         }
+    }
+
+    /// Whether the configuration can run: node ids are never 0 (a persisted vote of 0 reads
+    /// as "no vote"), and heartbeats come more often than elections.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.id == 0 || self.voters.contains(&0) || self.learners.contains(&0) {
+            return Err("node id 0 is reserved");
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err("heartbeats must come more often than elections");
+        }
+        Ok(())
     }
 }
 
@@ -146,15 +162,27 @@ pub struct ReadState {
     pub index: u64,
 }
 
-/// What the application must do next, in order: persist `entries` (a first entry at or
-/// below the persisted last index replaces the suffix from there), `chunks` and
-/// `hard_state`; then send `messages` (those for which [`Message::may_precede_persistence`]
-/// holds may be sent before persisting); apply `committed`; serve `reads` once applied up to
-/// their index; then call [`RawNode::advance`].
+/// What the application must do next, in order:
+/// 1. send `early` at once if it likes (a leader's appends and chunks; they may leave before
+///    the leader persists its own entries, dissertation 10.2.1, because the core counts its
+///    own entries only once persisted; they are only ever early when this `Ready` changes
+///    neither term nor vote, which every message depends on);
+/// 2. persist `hard_state` first, then `entries` (a first entry at or below the persisted
+///    last index replaces the suffix from there), then `chunks`;
+/// 3. send `messages`;
+/// 4. apply `committed`; serve `reads` once applied up to their index;
+/// 5. call [`RawNode::advance`] with this `Ready`.
+///
+/// Persisting may take its time: between `ready` and `advance` the node may go on taking
+/// ticks, messages and proposals (what they cause goes into the next `Ready`), but `ready`
+/// is not called again until `advance`. `advance` acknowledges entries by index and term, so
+/// a suffix replaced meanwhile is written again, never taken as persisted.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct Ready {
     /// New hard state to persist, if it changed.
     pub hard_state: Option<HardState>,
+    /// Messages that may be sent before persisting.
+    pub early: Vec<Message>,
     /// Entries to persist.
     pub entries: Vec<Entry>,
     /// Segment chunks to persist, after `entries`; a `done` chunk installs its segment.
@@ -242,16 +270,28 @@ pub struct RawNode<S: Storage> {
     chunks_out: Vec<SegmentChunk>,
     /// Proposals arrived since the last `ready`: appends go out once, batched.
     broadcast_due: bool,
+    /// A `Ready` was handed out and not yet advanced.
+    ready_out: bool,
 }
 
 impl<S: Storage> RawNode<S> {
     /// A node over `storage`, resuming from its persisted hard state and log.
     pub fn new(config: Config, storage: S) -> RawNode<S> {
-        assert!(
-            config.election_ticks > config.heartbeat_ticks,
-            "heartbeats beat elections"
-        );
+        if let Err(why) = config.check() {
+            panic!("invalid Raft configuration: {why}");
+        }
         let hs = storage.hard_state();
+        let last = storage.last_index();
+        let (term, vote) = match storage.term(last) {
+            // Entries of a later term than the persisted hard state: a driver that wrote
+            // entries before their hard state stopped between the two. Whom this node voted
+            // for in that term is unknown: take it as itself, so that no other candidate can
+            // be given a second vote in the term.
+            Some(t) if t > hs.term => (t, Some(config.id)),
+            _ => (hs.term, hs.vote),
+        };
+        // What the application applied before is committed, whatever the hard state says.
+        let applied = config.applied.min(last);
         let bootstrap = Membership {
             voters: config.voters.iter().copied().collect(),
             learners: config.learners.iter().copied().collect(),
@@ -261,10 +301,10 @@ impl<S: Storage> RawNode<S> {
             rng: Rng(config.seed ^ config.id.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             config,
             unstable: Vec::new(),
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit.min(storage.last_index()),
-            applied: 0,
+            term,
+            vote,
+            commit: hs.commit.max(applied).min(last),
+            applied,
             role: Role::Follower,
             leader: None,
             election_elapsed: 0,
@@ -285,6 +325,7 @@ impl<S: Storage> RawNode<S> {
             incoming: None,
             chunks_out: Vec::new(),
             broadcast_due: false,
+            ready_out: false,
         };
         node.reload_confs();
         node.reset_timeout();
@@ -364,6 +405,13 @@ impl<S: Storage> RawNode<S> {
             }
         }
         self.storage.term(index)
+    }
+
+    /// Term of the entry at `index` in the unstable tail, if the tail holds it.
+    fn term_at_unstable(&self, index: u64) -> Option<u64> {
+        let first = self.unstable.first()?.index;
+        let k = index.checked_sub(first)?;
+        self.unstable.get(k as usize).map(|e| e.term)
     }
 
     /// Last index that is persisted and still part of the log (a persisted suffix being
@@ -594,6 +642,11 @@ impl<S: Storage> RawNode<S> {
 
     /// What to do next (see [`Ready`]).
     pub fn ready(&mut self) -> Ready {
+        assert!(
+            !self.ready_out,
+            "advance the last Ready before asking for another"
+        );
+        self.ready_out = true;
         if std::mem::take(&mut self.broadcast_due) && self.role == Role::Leader {
             self.broadcast_append(false);
         }
@@ -609,11 +662,27 @@ impl<S: Storage> RawNode<S> {
         } else {
             Vec::new()
         };
+        let mut messages = std::mem::take(&mut self.messages);
+        // Every message depends on the term and vote it carries being durable: only when
+        // this Ready leaves them as persisted may a leader's appends go first (with a term or
+        // vote still to write, a crash could let this node lead the same term again and send
+        // other entries under it).
+        let keeps_vote = (hs.term, hs.vote) == (self.persisted_hard.term, self.persisted_hard.vote);
+        let early = if keeps_vote {
+            let (early, rest) = messages
+                .into_iter()
+                .partition(|m| m.may_precede_persistence());
+            messages = rest;
+            early
+        } else {
+            Vec::new()
+        };
         Ready {
             hard_state: (hs != self.persisted_hard).then_some(hs),
+            early,
             entries: self.unstable.clone(),
             chunks: std::mem::take(&mut self.chunks_out),
-            messages: std::mem::take(&mut self.messages),
+            messages,
             committed,
             reads: std::mem::take(&mut self.reads_out),
         }
@@ -621,6 +690,8 @@ impl<S: Storage> RawNode<S> {
 
     /// The application persisted, sent and applied what `ready` handed out.
     pub fn advance(&mut self, ready: Ready) {
+        assert!(self.ready_out, "advance follows ready");
+        self.ready_out = false;
         if let Some(hs) = ready.hard_state {
             self.persisted_hard = hs;
         }
@@ -630,8 +701,13 @@ impl<S: Storage> RawNode<S> {
                 installed || self.storage.last_index() == last.index,
                 "persist entries before advance"
             );
-            // Keep what was added to the unstable tail since `ready`.
-            self.unstable.retain(|e| e.index > last.index);
+            // What was persisted is stable only if the log still holds it: the same index
+            // and term (log matching) means every entry up to it is the same (etcd-raft's
+            // `stableTo`). A suffix replaced since `ready` (a step in between took a newer
+            // leader's entries) stays unstable and is written again by the next Ready.
+            if self.term_at_unstable(last.index) == Some(last.term) {
+                self.unstable.retain(|e| e.index > last.index);
+            }
         }
         if installed {
             self.reload_confs();
@@ -640,7 +716,8 @@ impl<S: Storage> RawNode<S> {
             self.applied = last.index;
         }
         if self.role == Role::Leader {
-            let persisted = self.storage.last_index();
+            // Its own entries count once persisted and still in its log.
+            let persisted = self.persisted_last();
             let id = self.config.id;
             if self
                 .progress

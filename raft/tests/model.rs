@@ -70,7 +70,8 @@ impl State {
             if let Some(hs) = ready.hard_state {
                 node.storage_mut().set_hard_state(hs);
             }
-            self.net.extend(ready.messages.iter().cloned());
+            self.net
+                .extend(ready.early.iter().chain(&ready.messages).cloned());
             self.applied[i].extend(ready.committed.iter().map(|e| (e.index, e.term)));
             node.advance(ready);
         }

@@ -64,7 +64,8 @@ impl Cluster {
             let ready = node.ready();
             node.storage_mut().persist(&ready).expect("persist");
             node.storage().apply(&ready.committed);
-            self.queue.extend(ready.messages.iter().cloned());
+            self.queue
+                .extend(ready.early.iter().chain(&ready.messages).cloned());
             node.advance(ready);
         }
     }

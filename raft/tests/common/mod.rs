@@ -35,7 +35,7 @@ pub fn drain_all(n: &mut RawNode<MemStorage>) -> (Vec<Message>, Vec<ReadState>) 
         if let Some(hs) = ready.hard_state {
             n.storage_mut().set_hard_state(hs);
         }
-        out.extend(ready.messages.iter().cloned());
+        out.extend(ready.early.iter().chain(&ready.messages).cloned());
         reads.extend(ready.reads.iter().copied());
         n.advance(ready);
     }
