@@ -167,8 +167,11 @@ pub struct ReadState {
 ///    the leader persists its own entries, dissertation 10.2.1, because the core counts its
 ///    own entries only once persisted; they are only ever early when this `Ready` changes
 ///    neither term nor vote, which every message depends on);
-/// 2. persist `hard_state` first, then `entries` (a first entry at or below the persisted
-///    last index replaces the suffix from there), then `chunks`;
+/// 2. persist `entries` (a first entry at or below the persisted last index replaces the
+///    suffix from there), then `chunks`, then `hard_state` last: its commit index may cover
+///    the entries just written, so it must not be durable before them (a node restarted
+///    between the two finds entries of a term later than its hard state's, and takes that
+///    term, voting for no one else in it);
 /// 3. send `messages`;
 /// 4. apply `committed`; serve `reads` once applied up to their index;
 /// 5. call [`RawNode::advance`] with this `Ready`.
@@ -499,7 +502,7 @@ impl<S: Storage> RawNode<S> {
             }
             _ => {
                 if self.election_elapsed >= self.election_timeout {
-                    if self.is_voter(self.config.id) {
+                    if self.may_campaign() {
                         self.campaign_pre();
                     } else {
                         self.reset_timeout();

@@ -9,10 +9,10 @@ use common::{drain, entry, storage_with};
 use quiver_raft::{Config, Entry, MemStorage, Message, MessageKind, RawNode, Ready, Role, Storage};
 
 fn persist(n: &mut RawNode<MemStorage>, ready: &Ready) {
+    n.storage_mut().append(&ready.entries);
     if let Some(hs) = ready.hard_state {
         n.storage_mut().set_hard_state(hs);
     }
-    n.storage_mut().append(&ready.entries);
 }
 
 fn lone_voter_with_learner(id: u64, storage: MemStorage) -> RawNode<MemStorage> {

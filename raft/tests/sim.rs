@@ -1,26 +1,34 @@
-//! Deterministic simulation of the Raft core: 3- and 5-node clusters over a simulated network
-//! that drops, delays, reorders and duplicates messages and partitions nodes (one-way too,
-//! minority or majority), with crashes that lose everything not persisted, membership changes
-//! (learners added, promoted, nodes removed), leadership transfers, ReadIndex reads on leaders
-//! and followers, and followers far enough behind to be sent sealed segments. Appends leave
-//! before the sender persists (as `Message::may_precede_persistence` allows), and a node
-//! sometimes crashes right after sending them, before its write.
+//! Deterministic simulation of the Raft core: clusters of 1 voter with learners, 2, 3 and 5
+//! voters over a simulated network that drops, delays, reorders and duplicates messages and
+//! partitions nodes (one-way too, minority or majority), with membership changes (learners
+//! added, promoted, members removed, down to one voter in the small clusters), leadership
+//! transfers, ReadIndex reads on leaders and followers, and followers far enough behind to be
+//! sent sealed segments.
 //!
-//! Checked after every step: election safety (at most one leader per term), leader
-//! completeness (a new leader holds every entry applied anywhere), state-machine safety (every
-//! node applies the same entry at each index, in order: nothing committed is lost or changed)
-//! and linearizable reads (a read index covers every entry applied before the read began).
-//! At the end of each run: log matching between every pair of nodes, then, after healing,
-//! liveness (a leader is elected and a new proposal commits within a bound).
+//! Persistence is asynchronous, as a pipelined server's is: a node's `Ready` may stay
+//! unwritten while the node goes on taking messages and ticks; its `early` messages leave at
+//! once. A node crashes, losing everything not persisted, before a write, between writing its
+//! entries and its hard state, or after both but before sending.
 //!
-//! Every run is a pure function of its seed; a failure prints the seed, and
-//! `QUIVER_SEED=<seed> cargo test -p quiver-raft --test sim -- replay` replays it. The long
-//! soak: `QUIVER_SOAK_SECS=3600 cargo test -p quiver-raft --release --test sim -- --ignored`.
+//! Checked on every drain of a node (so also on a leader's first): election safety (one leader
+//! per term); leader completeness (a new leader holds every entry applied anywhere); one vote
+//! per voter and term, across crashes (a ledger of every vote granted); log matching, on every
+//! write (an index and term written anywhere always holds the same entry after the same
+//! term); state-machine safety (every node applies the same entry at each index, in order:
+//! nothing committed is lost or changed); linearizable reads (a read index covers every entry
+//! applied before the read began). At the end of each run: log matching between every pair of
+//! nodes, then, after healing, liveness (a leader is elected and a new proposal commits).
+//!
+//! Every run is a pure function of its seed and shape; a failure prints both, and
+//! `QUIVER_SEED=<seed> cargo test -p quiver-raft --test sim -- replay` replays the seed in
+//! every shape. The long soak:
+//! `QUIVER_SOAK_SECS=3600 cargo test -p quiver-raft --release --test sim -- --ignored`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use quiver_raft::{
-    Config, Entry, MemStorage, MembershipChange, Message, RawNode, Refused, Role, Storage,
+    Config, Entry, MemStorage, MembershipChange, Message, MessageKind, RawNode, Ready, Refused,
+    Role, Storage,
 };
 
 /// splitmix64: the simulation's only randomness.
@@ -42,6 +50,10 @@ impl Rng {
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
+
+    fn chance_per_mille(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
 }
 
 /// Nodes that may join a run besides the initial ones.
@@ -53,10 +65,39 @@ struct Stats {
     transfers: u64,
     reads: u64,
     segments: u64,
+    /// Times a node stepped while its `Ready` was still being written.
+    stepped_while_writing: u64,
+    /// Crashes between writing entries and hard state.
+    torn_writes: u64,
 }
 
+/// A cluster's bootstrap: voters 1..=voters, then learners.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    voters: usize,
+    learners: usize,
+}
+
+const THREE: Shape = Shape {
+    voters: 3,
+    learners: 0,
+};
+const FIVE: Shape = Shape {
+    voters: 5,
+    learners: 0,
+};
+const LONE: Shape = Shape {
+    voters: 1,
+    learners: 2,
+};
+const TWO: Shape = Shape {
+    voters: 2,
+    learners: 1,
+};
+
 struct Sim {
-    /// Initial voters.
+    shape: Shape,
+    /// Initial members.
     n: usize,
     seed: u64,
     rng: Rng,
@@ -84,12 +125,20 @@ struct Sim {
     stats: Stats,
     /// Faults are on (off once healed for the liveness check).
     faults: bool,
+    /// Per node, a `Ready` handed out and not yet persisted, and the step its write ends.
+    pending: Vec<Option<(Ready, u64)>>,
+    /// Every vote granted: (voter, term) → candidate.
+    votes: BTreeMap<(u64, u64), u64>,
+    /// Every entry ever written anywhere: (index, term) → (term before it, entry).
+    written: HashMap<(u64, u64), (u64, Entry)>,
 }
 
 impl Sim {
-    fn new(seed: u64, n: usize) -> Sim {
+    fn new(seed: u64, shape: Shape) -> Sim {
+        let n = shape.voters + shape.learners;
         let total = n + EXTRA_NODES;
         let mut sim = Sim {
+            shape,
             n,
             seed,
             rng: Rng(seed),
@@ -108,6 +157,9 @@ impl Sim {
             next_ctx: 0,
             stats: Stats::default(),
             faults: true,
+            pending: (0..total).map(|_| None).collect(),
+            votes: BTreeMap::new(),
+            written: HashMap::new(),
         };
         for i in 0..n {
             sim.start(i);
@@ -120,8 +172,10 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
-        let bootstrap: Vec<u64> = (1..=self.n as u64).collect();
+        let voters = self.shape.voters as u64;
+        let bootstrap: Vec<u64> = (1..=voters).collect();
         let mut config = Config::new(i as u64 + 1, bootstrap, self.seed ^ self.step);
+        config.learners = (voters + 1..=self.n as u64).collect();
         config.entries_per_append_max = 4;
         config.in_flight_max = 4;
         config.in_flight_bytes_max = 64;
@@ -131,6 +185,7 @@ impl Sim {
         config.chunks_in_flight = 2;
         self.started[i] = true;
         self.applied[i] = 0;
+        self.pending[i] = None;
         self.nodes[i] = Some(RawNode::new(config, self.disks[i].clone()));
     }
 
@@ -158,9 +213,9 @@ impl Sim {
         }
         state += &format!("\n  {} messages in flight", self.net.len());
         panic!(
-            "seed {} (n = {}) step {}: {why}{state}\nreplay: QUIVER_SEED={} cargo test -p \
+            "seed {} ({:?}) step {}: {why}{state}\nreplay: QUIVER_SEED={} cargo test -p \
              quiver-raft --test sim -- replay",
-            self.seed, self.n, self.step, self.seed
+            self.seed, self.shape, self.step, self.seed
         );
     }
 
@@ -172,103 +227,238 @@ impl Sim {
         })
     }
 
-    /// Persists, sends and applies what node `i` has ready, checking safety.
+    /// Hands out, persists, sends and applies what node `i` has ready, checking safety. Under
+    /// faults a `Ready` may stay unpersisted for a while (the node goes on stepping), and the
+    /// node may crash at any point of its write.
     fn drain(&mut self, i: usize) {
-        let Some(node) = self.nodes[i].as_mut() else {
+        if self.nodes[i].is_none() {
             return;
-        };
-        while node.has_ready() {
-            let ready = node.ready();
-            // Appends may leave before the node persists; sometimes it crashes right then.
-            for m in ready
-                .messages
-                .iter()
-                .filter(|m| m.may_precede_persistence())
-            {
-                let delay = 1 + self.rng.below(4);
-                self.net.push((self.step + delay, m.clone()));
+        }
+        self.check_leader(i);
+        loop {
+            if let Some((ready, done_at)) = self.pending[i].take() {
+                if self.faults && self.step < done_at {
+                    // Still being written.
+                    self.stats.stepped_while_writing += 1;
+                    self.pending[i] = Some((ready, done_at));
+                    return;
+                }
+                if !self.persist(i, ready) {
+                    return;
+                }
+                self.check_leader(i);
+                continue;
             }
-            if self.faults && !ready.entries.is_empty() && self.rng.chance(1) {
-                self.nodes[i] = None;
+            let node = self.nodes[i].as_mut().expect("checked above");
+            if !node.has_ready() {
                 return;
             }
-            let disk = node.storage_mut();
-            disk.append(&ready.entries);
-            let mut bad_chunk = None;
-            for c in &ready.chunks {
-                if let Err(e) = disk.write_chunk(c) {
-                    bad_chunk = Some(e);
-                }
-                self.stats.segments += c.done as u64;
+            let ready = node.ready();
+            if std::env::var("QUIVER_TRACE_NODE").is_ok_and(|v| v == (i + 1).to_string()) {
+                eprintln!(
+                    "step {}: node {} ready: hs {:?} entries {:?} committed {:?} chunks {}",
+                    self.step,
+                    i + 1,
+                    ready.hard_state,
+                    ready
+                        .entries
+                        .iter()
+                        .map(|e| (e.index, e.term))
+                        .collect::<Vec<_>>(),
+                    ready
+                        .committed
+                        .iter()
+                        .map(|e| (e.index, e.term))
+                        .collect::<Vec<_>>(),
+                    ready.chunks.len()
+                );
             }
-            if let Some(hs) = ready.hard_state {
-                disk.set_hard_state(hs);
+            for m in &ready.early {
+                self.send(m);
             }
+            // Half the writes take a while, during which the node goes on stepping.
+            let done_at = if self.rng.chance(50) {
+                self.step
+            } else {
+                self.step + 1 + self.rng.below(8)
+            };
+            self.pending[i] = Some((ready, done_at));
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        if std::env::var("QUIVER_TRACE_NODE").is_ok_and(|v| v == (i + 1).to_string()) {
+            eprintln!("step {}: node {} crashes", self.step, i + 1);
+        }
+        self.nodes[i] = None;
+        self.pending[i] = None;
+    }
+
+    /// Writes node `i`'s `ready` (hard state, entries, chunks), sends its messages, applies,
+    /// and advances; false if the node crashed on the way.
+    fn persist(&mut self, i: usize, ready: Ready) -> bool {
+        if self.faults && self.rng.chance_per_mille(3) {
+            self.crash(i);
+            return false;
+        }
+        let node = self.nodes[i].as_mut().expect("up");
+        let disk = node.storage_mut();
+        disk.append(&ready.entries);
+        let mut bad_chunk = None;
+        let mut installed = Vec::new();
+        for c in &ready.chunks {
+            if let Err(e) = disk.write_chunk(c) {
+                bad_chunk = Some(e);
+            }
+            if c.done {
+                self.stats.segments += 1;
+                installed.push((c.first, c.last));
+            }
+        }
+        self.disks[i] = node.storage().clone();
+        if let Some(e) = bad_chunk {
+            self.fail(format!("node {} could not persist a chunk: {e}", i + 1));
+        }
+        if ready.hard_state.is_some() && self.faults && self.rng.chance_per_mille(5) {
+            // Between the entries and the hard state.
+            self.stats.torn_writes += 1;
+            self.crash(i);
+            return false;
+        }
+        let node = self.nodes[i].as_mut().expect("up");
+        if let Some(hs) = ready.hard_state {
+            node.storage_mut().set_hard_state(hs);
             self.disks[i] = node.storage().clone();
-            if let Some(e) = bad_chunk {
-                self.fail(format!("node {} could not persist a chunk: {e}", i + 1));
+        }
+        let mut wrote: Vec<u64> = ready.entries.iter().map(|e| e.index).collect();
+        for (first, last) in installed {
+            wrote.extend(first..=last);
+        }
+        self.check_written(i, &wrote);
+        if self.faults && self.rng.chance_per_mille(3) {
+            // Written, but nothing said yet.
+            self.crash(i);
+            return false;
+        }
+        for m in &ready.messages {
+            self.send(m);
+        }
+        for e in &ready.committed {
+            let Entry {
+                index, term, data, ..
+            } = e;
+            if *index != self.applied[i] + 1 {
+                let why = format!("node {} applied {index} after {}", i + 1, self.applied[i]);
+                self.fail(why);
             }
-            for m in ready
-                .messages
-                .iter()
-                .filter(|m| !m.may_precede_persistence())
-            {
-                let delay = 1 + self.rng.below(4);
-                self.net.push((self.step + delay, m.clone()));
+            self.applied[i] = *index;
+            let at = (*index - 1) as usize;
+            match self.committed.get(at) {
+                Some((t, d)) if (t, d) != (term, data) => self.fail(format!(
+                    "node {} applied ({term}, {data:?}) at {index}, others applied ({t}, {d:?})",
+                    i + 1
+                )),
+                Some(_) => {}
+                None => self.committed.push((*term, data.clone())),
             }
-            for e in &ready.committed {
-                let Entry {
-                    index, term, data, ..
-                } = e;
-                if *index != self.applied[i] + 1 {
-                    let why = format!("node {} applied {index} after {}", i + 1, self.applied[i]);
-                    self.fail(why);
+        }
+        for r in &ready.reads {
+            self.stats.reads += 1;
+            if let Some(before) = self.reads.remove(&r.ctx) {
+                if (r.index as usize) < before {
+                    self.fail(format!(
+                        "read {} on node {} got index {}, but {before} entries were applied before it began",
+                        r.ctx,
+                        i + 1,
+                        r.index
+                    ));
                 }
-                self.applied[i] = *index;
-                let at = (*index - 1) as usize;
-                match self.committed.get(at) {
-                    Some((t, d)) if (t, d) != (term, data) => self.fail(format!(
-                        "node {} applied ({term}, {data:?}) at {index}, others applied ({t}, {d:?})",
-                        i + 1
-                    )),
-                    Some(_) => {}
-                    None => self.committed.push((*term, data.clone())),
+            }
+        }
+        self.nodes[i].as_mut().expect("up").advance(ready);
+        true
+    }
+
+    /// Puts `m` on the network, recording the votes it grants.
+    fn send(&mut self, m: &Message) {
+        let vote = match m.kind {
+            MessageKind::VoteResp { reject: false } => Some(m.to),
+            MessageKind::Vote { .. } => Some(m.from),
+            _ => None,
+        };
+        if let Some(candidate) = vote {
+            self.record_vote(m.from, m.term, candidate);
+        }
+        let delay = 1 + self.rng.below(4);
+        self.net.push((self.step + delay, m.clone()));
+    }
+
+    fn record_vote(&mut self, voter: u64, term: u64, candidate: u64) {
+        if let Some(other) = self.votes.insert((voter, term), candidate) {
+            if other != candidate {
+                self.fail(format!(
+                    "node {voter} voted for {other} and for {candidate} in term {term}"
+                ));
+            }
+        }
+    }
+
+    /// Log matching, as entries are written: an index and term always hold the same entry,
+    /// after the same term.
+    fn check_written(&mut self, i: usize, indexes: &[u64]) {
+        let disk = &self.disks[i];
+        let mut found = Vec::new();
+        for &index in indexes {
+            let Some(e) = disk.entries(index, index + 1, usize::MAX).pop() else {
+                continue;
+            };
+            let before = disk.term(index - 1).expect("the log is contiguous");
+            found.push((before, e));
+        }
+        for (before, e) in found {
+            match self.written.get(&(e.index, e.term)) {
+                Some((b, other)) if (*b, other) != (before, &e) => self.fail(format!(
+                    "node {} wrote {:?} after term {before} at ({}, {}), where another wrote \
+                     {other:?} after term {b}",
+                    i + 1,
+                    e.data,
+                    e.index,
+                    e.term
+                )),
+                Some(_) => {}
+                None => {
+                    self.written.insert((e.index, e.term), (before, e));
                 }
             }
-            for r in &ready.reads {
-                self.stats.reads += 1;
-                if let Some(before) = self.reads.remove(&r.ctx) {
-                    if (r.index as usize) < before {
+        }
+    }
+
+    /// Election safety and leader completeness, whenever node `i` is seen leading.
+    fn check_leader(&mut self, i: usize) {
+        let Some(node) = self.nodes[i].as_ref() else {
+            return;
+        };
+        if node.role() != Role::Leader {
+            return;
+        }
+        let (term, id) = (node.term(), i as u64 + 1);
+        match self.leaders.insert(term, id) {
+            Some(other) if other != id => {
+                self.fail(format!("two leaders in term {term}: {other} and {id}"))
+            }
+            Some(_) => {}
+            None => {
+                // Leader completeness: everything applied anywhere is in the new leader's log.
+                for (k, (t, _)) in self.committed.iter().enumerate() {
+                    if node.term_of(k as u64 + 1) != Some(*t) {
                         self.fail(format!(
-                            "read {} on node {} got index {}, but {before} entries were applied before it began",
-                            r.ctx,
-                            i + 1,
-                            r.index
+                            "leader {id} of term {term} lacks committed index {}",
+                            k + 1
                         ));
                     }
                 }
-            }
-            node.advance(ready);
-        }
-        let node = self.nodes[i].as_ref().expect("checked above");
-        if node.role() == Role::Leader {
-            let (term, id) = (node.term(), i as u64 + 1);
-            match self.leaders.insert(term, id) {
-                Some(other) if other != id => {
-                    self.fail(format!("two leaders in term {term}: {other} and {id}"))
-                }
-                Some(_) => {}
-                None => {
-                    // Leader completeness: everything applied anywhere is in the new leader's log.
-                    for (k, (t, _)) in self.committed.iter().enumerate() {
-                        if node.term_of(k as u64 + 1) != Some(*t) {
-                            self.fail(format!(
-                                "leader {id} of term {term} lacks committed index {}",
-                                k + 1
-                            ));
-                        }
-                    }
-                }
+                // A lone voter elects itself without a message: its vote is its own.
+                self.record_vote(id, term, id);
             }
         }
     }
@@ -327,7 +517,7 @@ impl Sim {
             2 => {
                 // Crash: everything not persisted is lost.
                 let i = self.rng.below(self.nodes.len() as u64) as usize;
-                self.nodes[i] = None;
+                self.crash(i);
             }
             3 => {
                 let i = self.rng.below(self.nodes.len() as u64) as usize;
@@ -367,7 +557,9 @@ impl Sim {
             _ => {
                 let members: Vec<u64> = m.members().collect();
                 let id = members[self.rng.below(members.len() as u64) as usize];
-                if m.voters.contains(&id) && m.voters.len() <= 3 {
+                // Small clusters go down to one voter; larger ones keep three.
+                let floor = if self.shape.voters < 3 { 1 } else { 3 };
+                if m.voters.contains(&id) && m.voters.len() <= floor {
                     return;
                 }
                 MembershipChange::Remove(id)
@@ -445,6 +637,15 @@ impl Sim {
 
     fn run_step(&mut self, faults: bool) {
         self.step += 1;
+        // Writes that are done let their nodes go on.
+        for i in 0..self.nodes.len() {
+            if self.pending[i]
+                .as_ref()
+                .is_some_and(|(_, at)| *at <= self.step)
+            {
+                self.drain(i);
+            }
+        }
         match self.rng.below(100) {
             0..=39 => {
                 let i = self.rng.below(self.nodes.len() as u64) as usize;
@@ -528,16 +729,16 @@ impl Sim {
 
 /// Fault steps before the liveness check, by cluster size: the same in the test command, the
 /// soak and `replay`, so that a seed replays exactly.
-fn steps_for(n: usize) -> u64 {
-    if n == 3 {
-        2000
-    } else {
-        2500
+fn steps_for(shape: Shape) -> u64 {
+    match shape.voters {
+        5 => 2500,
+        3 => 2000,
+        _ => 1500,
     }
 }
 
-fn run(seed: u64, n: usize, steps: u64) -> Sim {
-    let mut sim = Sim::new(seed, n);
+fn run(seed: u64, shape: Shape, steps: u64) -> Sim {
+    let mut sim = Sim::new(seed, shape);
     for _ in 0..steps {
         sim.run_step(true);
     }
@@ -553,14 +754,28 @@ fn seeds(count: u64, base: u64) -> impl Iterator<Item = u64> {
 #[test]
 fn three_nodes_many_seeds() {
     for seed in seeds(3000, 1) {
-        run(seed, 3, steps_for(3));
+        run(seed, THREE, steps_for(THREE));
     }
 }
 
 #[test]
 fn five_nodes_many_seeds() {
     for seed in seeds(1000, 7) {
-        run(seed, 5, steps_for(5));
+        run(seed, FIVE, steps_for(FIVE));
+    }
+}
+
+#[test]
+fn one_voter_with_learners_many_seeds() {
+    for seed in seeds(1000, 11) {
+        run(seed, LONE, steps_for(LONE));
+    }
+}
+
+#[test]
+fn two_voters_many_seeds() {
+    for seed in seeds(1000, 13) {
+        run(seed, TWO, steps_for(TWO));
     }
 }
 
@@ -574,29 +789,35 @@ fn five_nodes_many_seeds() {
 /// and over (2283753878113364427, the soak); chunks from an old leader joined to a segment a
 /// new one was sending (517179746121701783, the soak, 37 minutes in); late refusals of old
 /// appends moving a probe away from where the logs diverged (3991899061874589095 and
-/// 10213810933408121139, the soak, after 15 and 2 minutes).
+/// 10213810933408121139, the soak, after 15 and 2 minutes). The simulator has changed since
+/// (asynchronous writes, crash points, more shapes), so these seeds no longer replay the runs
+/// that found the bugs; they stay as runs of their own.
 #[test]
 fn seeds_that_found_bugs() {
-    run(1566117103711, 3, 2000);
-    run(812257345321, 5, 2500);
-    run(422055287272, 3, 2000);
-    run(12462254766374279219, 5, 2000);
-    run(2283753878113364427, 5, steps_for(5));
-    run(517179746121701783, 5, steps_for(5));
-    run(3991899061874589095, 5, steps_for(5));
-    run(10213810933408121139, 5, steps_for(5));
+    run(1566117103711, THREE, 2000);
+    run(812257345321, FIVE, 2500);
+    run(422055287272, THREE, 2000);
+    run(12462254766374279219, FIVE, 2000);
+    run(2283753878113364427, FIVE, steps_for(FIVE));
+    run(517179746121701783, FIVE, steps_for(FIVE));
+    run(3991899061874589095, FIVE, steps_for(FIVE));
+    run(10213810933408121139, FIVE, steps_for(FIVE));
     // Not core bugs: after healing, thousands of queued duplicates and resends took longer to
     // drain than the liveness bound, until the healed network was made to keep up.
-    run(12223126243681972943, 5, steps_for(5));
-    run(13847730106678704051, 5, steps_for(5));
+    run(12223126243681972943, FIVE, steps_for(FIVE));
+    run(13847730106678704051, FIVE, steps_for(FIVE));
+    // With Figure 8's check removed, the soak found "leader 3 of term 5 lacks committed index
+    // 43" here after 282 s (a review's mutation run).
+    run(16492532593759206798, FIVE, steps_for(FIVE));
 }
 
 #[test]
 fn replay() {
     if let Ok(seed) = std::env::var("QUIVER_SEED") {
         let seed = seed.parse().expect("QUIVER_SEED is a number");
-        run(seed, 3, steps_for(3));
-        run(seed, 5, steps_for(5));
+        for shape in [THREE, FIVE, LONE, TWO] {
+            run(seed, shape, steps_for(shape));
+        }
     }
 }
 
@@ -623,8 +844,8 @@ fn soak() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let n = 3 + 2 * (seed % 2) as usize;
-        run(seed, n, steps_for(n));
+        let shape = [THREE, FIVE, LONE, TWO][(seed % 4) as usize];
+        run(seed, shape, steps_for(shape));
         runs += 1;
     }
     eprintln!("soak: {runs} runs in {secs} s, no failure");
@@ -667,7 +888,7 @@ fn runs_exercise_every_feature() {
     let mut stats = Stats::default();
     let mut shipped = 0u64;
     for seed in seeds(50, 99) {
-        let mut sim = Sim::new(seed, 3);
+        let mut sim = Sim::new(seed, THREE);
         for _ in 0..2000 {
             sim.run_step(true);
             if let Some(l) = sim.leader() {
@@ -684,34 +905,49 @@ fn runs_exercise_every_feature() {
         stats.transfers += sim.stats.transfers;
         stats.reads += sim.stats.reads;
         stats.segments += sim.stats.segments;
+        stats.stepped_while_writing += sim.stats.stepped_while_writing;
+        stats.torn_writes += sim.stats.torn_writes;
     }
     eprintln!(
         "50 runs: {terms} terms with a leader, {proposals} proposals, {commits} committed, \
          {} membership changes, {} transfers, {} reads served, {} segments installed \
-         ({shipped} steps shipping)",
-        stats.memberships, stats.transfers, stats.reads, stats.segments
+         ({shipped} steps shipping), {} steps while a Ready was being written, {} crashes \
+         between entries and hard state",
+        stats.memberships,
+        stats.transfers,
+        stats.reads,
+        stats.segments,
+        stats.stepped_while_writing,
+        stats.torn_writes
     );
     assert!(terms >= 50, "leaders elected in {terms} terms over 50 runs");
     assert!(commits >= 500, "{commits} entries committed over 50 runs");
     assert!(
-        stats.memberships >= 50,
+        stats.memberships >= 30,
         "{} membership changes",
         stats.memberships
     );
     assert!(stats.transfers >= 50, "{} transfers", stats.transfers);
-    assert!(stats.reads >= 200, "{} reads served", stats.reads);
+    assert!(stats.reads >= 100, "{} reads served", stats.reads);
     assert!(
         stats.segments >= 20,
         "{} segments installed",
         stats.segments
     );
+    assert!(
+        stats.stepped_while_writing >= 1000,
+        "{} steps while writing",
+        stats.stepped_while_writing
+    );
+    assert!(stats.torn_writes >= 3, "{} torn writes", stats.torn_writes);
 }
 
 /// A transfer hands leadership to the target without waiting for an election timeout.
 #[test]
 fn leadership_transfer_elects_the_target() {
     for seed in seeds(20, 3) {
-        let mut sim = Sim::new(seed, 3);
+        let mut sim = Sim::new(seed, THREE);
+        sim.faults = false;
         while sim.leader().is_none() || sim.nodes.iter().flatten().any(|n| n.has_ready()) {
             sim.run_step(false);
         }

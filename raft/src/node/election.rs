@@ -53,8 +53,27 @@ impl<S: Storage> RawNode<S> {
         }
     }
 
+    /// Whether this node may stand for election: it is a voter, or its log holds an
+    /// uncommitted change that removed it from the voters of the last committed membership.
+    /// The second keeps a cluster live when a leader that removed itself restarts holding
+    /// the only copy of its removal and what followed: it may lead again (counting only the
+    /// votes of the new voters), commit its removal, and then step down (diss. 4.2.2: a
+    /// leader not in the new configuration manages the cluster until it commits).
+    pub(super) fn may_campaign(&self) -> bool {
+        let id = self.config.id;
+        self.is_voter(id)
+            || self
+                .confs
+                .iter()
+                .rev()
+                .find(|(i, _)| *i <= self.commit)
+                .is_some_and(|(_, m)| m.voters.contains(&id))
+    }
+
     pub(super) fn campaign_pre(&mut self) {
-        if self.membership().voters.len() == 1 {
+        let id = self.config.id;
+        if self.membership().voters.iter().all(|v| *v == id) {
+            // Its own vote is a quorum (or no one else's is needed): nothing to ask.
             return self.campaign(false);
         }
         self.role = Role::PreCandidate;
