@@ -31,7 +31,7 @@ use quiver_engine::{
     AppendError, ContentType, Engine, EngineConfig, EventData, ExpectedVersion, StreamWrite,
 };
 use quiver_raft::{Config, Message, RawNode, Role};
-use quiver_server::raft_log::{command, EngineLog};
+use quiver_server::raft_log::{self, command, EngineLog};
 
 use crate::report::{latency_histogram, Report};
 use crate::workload::{nanos_since, scratch_dir, timed, Ids, EVENT_TYPE};
@@ -232,6 +232,7 @@ fn node_loop(
     // Node 1 campaigns first, so the run does not wait on a split vote. Timeouts of 0.3 s and
     // 1 s (the followers') ride out fsync stalls on a busy disk without an election.
     config.election_ticks = if id == 1 { 30 } else { 100 };
+    config.applied = log.applied();
     let mut node = RawNode::new(config, log);
     let mut next_tick = Instant::now() + TICK;
     let mut ids = Ids::new(id);
@@ -273,7 +274,7 @@ fn node_loop(
                 // with versions its predecessor proposed.
                 let body = encode_stream_append(&stream, version, 1, &[event(&mut ids)]);
                 let data = command(RecordKind::Append, 1, &body);
-                let index = node.propose(data)?;
+                let index = raft_log::propose(&mut node, data)?;
                 version += 1;
                 let now = Instant::now();
                 proposed.insert(index, (now, now >= measure_from));
@@ -289,7 +290,7 @@ fn node_loop(
             for m in &ready.messages {
                 let _ = peers[m.to as usize - 1].send(Input::Message(m.clone()));
             }
-            node.storage().apply(&ready.committed);
+            node.storage_mut().apply(&ready.committed)?;
             for e in &ready.committed {
                 if let Some((t, measured)) = proposed.remove(&e.index) {
                     if measured {

@@ -12,6 +12,11 @@
 //! Reading the log is infallible in the `Storage` trait: an engine that can no longer read
 //! its own durable records (an I/O error or a checksum failure) stops the node with a panic
 //! naming the cause, rather than let Raft act on a log it cannot see.
+//!
+//! Proposals are checked before they enter Raft ([`propose`]): a leader's appends may leave
+//! before its own write, so a command the engine would refuse must never be proposed, or
+//! every node would fail-stop on it. The commit index is kept in `raft-commit` as well (see
+//! [`EngineLog::apply`]) so that what was readable before a restart is readable after it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -19,9 +24,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use quiver_engine::format::EntryKind as RecordKind;
+use quiver_engine::format::{self, EntryKind as RecordKind};
 use quiver_engine::{DecodeError, Engine, LogError, RawRecord};
-use quiver_raft::{Entry, EntryKind, HardState, Membership, Ready, SegmentChunk, SegmentMeta};
+use quiver_raft::{
+    Entry, EntryKind, HardState, Membership, RawNode, Ready, Refused, SegmentChunk, SegmentMeta,
+};
 
 /// The file holding the Raft hard state, in the engine's data directory.
 pub const HARD_STATE_FILE: &str = "raft-state";
@@ -29,6 +36,10 @@ const HARD_STATE_MAGIC: &[u8; 4] = b"QRHS";
 const HARD_STATE_BYTES: usize = 4 + 8 + 8 + 8 + 4;
 /// Where shipped segments are received before they join the log.
 const INCOMING_DIR: &str = "incoming";
+/// The commit index as last applied: two slots of (sequence u64, commit u64, CRC32C u32),
+/// written in place in turn; the valid slot with the higher sequence is the mark.
+pub const COMMIT_FILE: &str = "raft-commit";
+const COMMIT_SLOT_BYTES: usize = 8 + 8 + 4;
 
 /// A command entry's data: a record of `kind` consuming `slots` positions, with `body`.
 /// `kind` must be an engine record kind other than `Membership` and `NoOp`.
@@ -71,6 +82,10 @@ fn to_record(e: &Entry) -> Result<(u8, u32, Bytes), LogError> {
             if matches!(k, RecordKind::Membership | RecordKind::NoOp) {
                 return Err(bad("a command may not be a membership or a no-op"));
             }
+            if body.len() > format::RECORD_BODY_BYTES_MAX {
+                return Err(bad("command body exceeds the record limit"));
+            }
+            format::decode_entry(k, body)?;
             Ok((
                 kind,
                 u32::from_le_bytes(*slots),
@@ -78,6 +93,28 @@ fn to_record(e: &Entry) -> Result<(u8, u32, Bytes), LogError> {
             ))
         }
     }
+}
+
+/// Why a proposal was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The command is not one the engine would store; nothing was proposed.
+    #[error("invalid command: {0}")]
+    Invalid(LogError),
+    /// Raft refused it (not the leader, back-pressure, …); nothing was proposed.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// Proposes a command (see [`command`]) to `node`, after checking that the engine would store
+/// it: every node writes what a leader proposes, so a command the engine refuses is refused
+/// here, before any node has seen it.
+pub fn propose(node: &mut RawNode<EngineLog>, data: Vec<u8>) -> Result<u64, ProposeError> {
+    if data.is_empty() {
+        return Err(ProposeError::Invalid(bad("empty command")));
+    }
+    to_record(&Entry::normal(0, 0, data.clone())).map_err(ProposeError::Invalid)?;
+    Ok(node.propose(data)?)
 }
 
 /// The entry a record stores.
@@ -105,6 +142,9 @@ fn from_record(r: &RawRecord) -> Entry {
 pub struct EngineLog {
     engine: Engine,
     hard: HardState,
+    /// `raft-commit`, and the sequence and commit of its newest slot.
+    commit_file: File,
+    commit_mark: (u64, u64),
     /// Membership entries in the log, oldest first.
     memberships: Vec<(u64, Membership)>,
     /// A segment being received: (first index, file).
@@ -117,14 +157,26 @@ impl EngineLog {
     pub fn open(engine: Engine) -> Result<EngineLog, LogError> {
         let mut hard = read_hard_state(&engine.dir().join(HARD_STATE_FILE))?;
         engine.set_term(hard.term.max(engine.last_index_term().1));
+        let (commit_file, commit_mark) = open_commit_mark(engine.dir())?;
         // The engine's commit point only ever moved on Raft's word, and sealed, summarized
         // segments are committed: take whichever knows more.
         let last = engine.last_index_term().0;
-        hard.commit = hard.commit.max(engine.commit_index()).min(last);
+        let commit = hard.commit.max(commit_mark.1).max(engine.commit_index());
+        if commit > last {
+            // Every commit mark is written after the entries it covers were durable: a log
+            // that ends before it lost entries that were acknowledged. Refuse, loudly.
+            return Err(bad(format!(
+                "the commit index is {commit} but the log ends at {last}: committed entries \
+                 were lost"
+            )));
+        }
+        hard.commit = commit;
         engine.set_commit_index(hard.commit);
         let mut log = EngineLog {
             engine,
             hard,
+            commit_file,
+            commit_mark,
             memberships: Vec::new(),
             staging: None,
         };
@@ -135,6 +187,12 @@ impl EngineLog {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The last index the engine has applied (made visible to reads): give it to Raft as
+    /// `Config::applied`, so a restart does not hand the whole log out again.
+    pub fn applied(&self) -> u64 {
+        self.engine.commit_index()
     }
 
     fn scan_memberships(&mut self, from: u64) -> Result<(), LogError> {
@@ -157,8 +215,10 @@ impl EngineLog {
         Ok(())
     }
 
-    /// Persists what `ready` asks: entries (replacing a conflicting suffix), segment chunks
-    /// (a last chunk installs its segment) and the hard state. Returns once all is durable.
+    /// Persists what `ready` asks, in the order Raft requires: entries (replacing a
+    /// conflicting suffix), segment chunks (a last chunk installs its segment), then the hard
+    /// state. Returns once all is durable. Entries are all checked before anything is
+    /// written or truncated: a bad one is an error that changes nothing.
     pub fn persist(&mut self, ready: &Ready) -> Result<(), LogError> {
         self.append(&ready.entries)?;
         for c in &ready.chunks {
@@ -171,25 +231,44 @@ impl EngineLog {
     }
 
     /// Moves the engine's commit point past `committed` (what Raft says is committed): the
-    /// events become visible to reads and subscriptions.
-    pub fn apply(&self, committed: &[Entry]) {
-        if let Some(last) = committed.last() {
-            self.engine.set_commit_index(last.index);
+    /// events become visible to reads and subscriptions. The commit index is first written
+    /// to `raft-commit` (in place, without a sync: a process that restarts finds it in the
+    /// page cache, so what was readable stays readable; after a power cut an older mark may
+    /// be found and the leader's next append brings the rest, and never a mark beyond the
+    /// durable log, since the entries were synced before they were applied).
+    pub fn apply(&mut self, committed: &[Entry]) -> Result<(), LogError> {
+        let Some(last) = committed.last() else {
+            return Ok(());
+        };
+        if last.index > self.commit_mark.1 {
+            let seq = self.commit_mark.0 + 1;
+            let mut slot = Vec::with_capacity(COMMIT_SLOT_BYTES);
+            slot.extend_from_slice(&seq.to_le_bytes());
+            slot.extend_from_slice(&last.index.to_le_bytes());
+            slot.extend_from_slice(&crc32c::crc32c(&slot).to_le_bytes());
+            let at = (seq % 2) * COMMIT_SLOT_BYTES as u64;
+            self.commit_file.write_all_at(&slot, at)?;
+            self.commit_mark = (seq, last.index);
         }
+        self.engine.set_commit_index(last.index);
+        Ok(())
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), LogError> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
+        let checked = entries
+            .iter()
+            .map(to_record)
+            .collect::<Result<Vec<_>, _>>()?;
         if first.index <= self.engine.last_index_term().0 {
             self.engine.truncate_suffix(first.index)?;
             self.memberships.retain(|(i, _)| *i < first.index);
         }
         let mut position = self.engine.next_position();
         let mut records = Vec::with_capacity(entries.len());
-        for e in entries {
-            let (kind, count, body) = to_record(e)?;
+        for (e, (kind, count, body)) in entries.iter().zip(checked) {
             records.push(RawRecord {
                 index: e.index,
                 term: e.term,
@@ -244,10 +323,15 @@ impl EngineLog {
             )));
         }
         file.write_all_at(&c.data, c.offset)?;
+        // Answered as persisted: make it so (a restart discards a half-received segment all
+        // the same, since the core starts a segment over after one).
+        file.sync_data()?;
+        if c.offset == 0 {
+            File::open(path.parent().expect("in incoming/"))?.sync_all()?;
+        }
         if !c.done {
             return Ok(());
         }
-        file.sync_all()?;
         let path = path.clone();
         self.staging = None;
         // The segment replaces the log from its first index, except committed entries,
@@ -290,8 +374,36 @@ fn read_hard_state(path: &Path) -> Result<HardState, LogError> {
     })
 }
 
+/// Opens (creating) `raft-commit` and reads its mark: (sequence, commit), (0, 0) if none.
+fn open_commit_mark(dir: &Path) -> Result<(File, (u64, u64)), LogError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(dir.join(COMMIT_FILE))?;
+    let mut bytes = vec![0; 2 * COMMIT_SLOT_BYTES];
+    let len = (file.metadata()?.len() as usize).min(bytes.len());
+    file.read_exact_at(&mut bytes[..len], 0)?;
+    let mark = bytes
+        .chunks_exact(COMMIT_SLOT_BYTES)
+        .filter_map(|slot| {
+            let (body, crc) = slot.split_at(16);
+            (crc32c::crc32c(body).to_le_bytes() == crc).then(|| {
+                let u = |k: usize| u64::from_le_bytes(body[k..k + 8].try_into().expect("8"));
+                (u(0), u(8))
+            })
+        })
+        .max()
+        .unwrap_or((0, 0));
+    Ok((file, mark))
+}
+
 /// Writes the hard state to a new file, syncs it, and renames it over the old one.
 fn write_hard_state(dir: &Path, hs: &HardState) -> Result<(), LogError> {
+    if hs.vote == Some(0) {
+        return Err(bad("node id 0 is reserved (a vote of 0 is stored as none)"));
+    }
     let mut body = Vec::with_capacity(HARD_STATE_BYTES);
     body.extend_from_slice(HARD_STATE_MAGIC);
     body.extend_from_slice(&hs.term.to_le_bytes());

@@ -10,7 +10,7 @@ use std::path::Path;
 use quiver_engine::format::{encode_stream_append, EntryKind as RecordKind};
 use quiver_engine::{Engine, EngineConfig, EventData, RawRecord};
 use quiver_raft::{Config, Message, MessageKind, RawNode, Role, Storage};
-use quiver_server::raft_log::{command, EngineLog};
+use quiver_server::raft_log::{self, command, EngineLog};
 
 const SEGMENT_BYTES: u64 = 64 << 10;
 
@@ -21,6 +21,7 @@ fn open(id: u64, dir: &Path) -> RawNode<EngineLog> {
     let engine = Engine::open(dir, config).expect("engine opens");
     let log = EngineLog::open(engine).expect("raft log opens");
     let mut c = Config::new(id, vec![1, 2, 3], id);
+    c.applied = log.applied();
     c.ship_lag_min = 32;
     c.chunk_bytes = 16 << 10;
     RawNode::new(c, log)
@@ -63,7 +64,7 @@ impl Cluster {
         while node.has_ready() {
             let ready = node.ready();
             node.storage_mut().persist(&ready).expect("persist");
-            node.storage().apply(&ready.committed);
+            node.storage_mut().apply(&ready.committed).expect("apply");
             self.queue
                 .extend(ready.early.iter().chain(&ready.messages).cloned());
             node.advance(ready);
@@ -128,7 +129,7 @@ impl Cluster {
             let body = encode_stream_append("acct", self.next_version, 1, &[event]);
             let data = command(RecordKind::Append, 1, &body);
             let node = self.nodes[l as usize - 1].as_mut().unwrap();
-            node.propose(data).expect("the leader takes proposals");
+            raft_log::propose(node, data).expect("the leader takes proposals");
             self.next_version += 1;
             if k % 10 == 9 {
                 self.drain(l);
@@ -250,4 +251,152 @@ fn a_bad_command_is_refused_and_loses_nothing() {
     };
     assert!(node.storage_mut().persist(&short).is_err());
     assert_eq!(node.storage().last_index(), 0, "nothing was written");
+}
+
+fn deposit(version: u64) -> Vec<u8> {
+    let event = EventData::json("Deposited", b"{}".to_vec());
+    command(
+        RecordKind::Append,
+        1,
+        &encode_stream_append("acct", version, 1, &[event]),
+    )
+}
+
+/// A batch with one bad entry writes nothing and truncates nothing: every entry is checked
+/// before the conflicting suffix is removed.
+#[test]
+fn a_bad_entry_truncates_nothing() {
+    let c = Cluster::new();
+    let mut node = c.nodes.into_iter().next().unwrap().unwrap();
+    let good: Vec<quiver_raft::Entry> = (1..=3)
+        .map(|i| quiver_raft::Entry::normal(i, 1, deposit(i - 1)))
+        .collect();
+    let ready = quiver_raft::Ready {
+        entries: good.clone(),
+        ..Default::default()
+    };
+    node.storage_mut()
+        .persist(&ready)
+        .expect("valid entries persist");
+    let mut bad_body = deposit(1);
+    bad_body.truncate(bad_body.len() - 3);
+    let replacing = quiver_raft::Ready {
+        entries: vec![
+            quiver_raft::Entry::normal(2, 2, deposit(1)),
+            quiver_raft::Entry::normal(3, 2, bad_body),
+        ],
+        ..Default::default()
+    };
+    assert!(node.storage_mut().persist(&replacing).is_err());
+    assert_eq!(node.storage().last_index(), 3);
+    assert_eq!(node.storage().entries(1, 4, usize::MAX), good, "untouched");
+}
+
+/// A command the engine would refuse is refused at the proposal, before any node sees it.
+#[test]
+fn a_bad_proposal_never_enters_the_log() {
+    let mut c = Cluster::new();
+    let l = c.elect();
+    let node = c.nodes[l as usize - 1].as_mut().unwrap();
+    let last = node.last_index();
+    let mut data = deposit(0);
+    data.truncate(data.len() - 3);
+    let err = raft_log::propose(node, data).unwrap_err();
+    assert!(matches!(err, raft_log::ProposeError::Invalid(_)), "{err}");
+    assert!(raft_log::propose(node, Vec::new()).is_err(), "empty");
+    assert_eq!(node.last_index(), last, "nothing was proposed");
+    raft_log::propose(node, deposit(0)).expect("a good one is taken");
+}
+
+/// What was readable stays readable across a restart, before any leader speaks; the restart
+/// does not hand the applied log out again.
+#[test]
+fn a_restart_keeps_the_commit_index_and_what_was_applied() {
+    let mut c = Cluster::new();
+    c.propose(30);
+    let follower = (1..=3).find(|id| Some(*id) != c.leader()).unwrap();
+    assert_eq!(c.events(follower), Some(30));
+    c.nodes[follower as usize - 1] = None;
+    let dir = c.dirs[follower as usize - 1].path().to_path_buf();
+    let mut node = open(follower, &dir);
+    assert_eq!(
+        node.storage()
+            .engine()
+            .stream_info("acct")
+            .and_then(|s| s.current_version),
+        Some(29),
+        "readable at once"
+    );
+    let ready = node.ready();
+    assert!(
+        ready.committed.is_empty(),
+        "re-applied {} entries",
+        ready.committed.len()
+    );
+    node.advance(ready);
+}
+
+/// A log without `raft-state` (a node stopped between writing its first entries and its
+/// hard state): the term is the log's, and the node votes for no one else in it.
+#[test]
+fn a_missing_hard_state_takes_the_term_of_the_log() {
+    let mut c = Cluster::new();
+    c.propose(5);
+    let term = c.node(1).term();
+    c.nodes[0] = None;
+    let dir = c.dirs[0].path().to_path_buf();
+    std::fs::remove_file(dir.join(raft_log::HARD_STATE_FILE)).unwrap();
+    let node = open(1, &dir);
+    assert_eq!(node.term(), term);
+    let mut node = node;
+    let ready = node.ready();
+    let hs = ready.hard_state.expect("the raised term is written");
+    assert_eq!((hs.term, hs.vote), (term, Some(1)));
+    node.storage_mut().persist(&ready).unwrap();
+    node.advance(ready);
+}
+
+/// A commit index beyond the end of the log means committed entries were lost: refuse to
+/// open, naming it, rather than silently lower it.
+#[test]
+fn a_log_shorter_than_its_commit_index_is_refused() {
+    let mut c = Cluster::new();
+    c.propose(5);
+    c.nodes[0] = None;
+    let dir = c.dirs[0].path().to_path_buf();
+    // A mark in the second slot, newer than any written, beyond the log.
+    let mut slot = Vec::new();
+    slot.extend_from_slice(&u64::MAX.to_le_bytes());
+    slot.extend_from_slice(&1_000u64.to_le_bytes());
+    slot.extend_from_slice(&crc32c::crc32c(&slot).to_le_bytes());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(raft_log::COMMIT_FILE))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &slot, 20).unwrap();
+    let config = EngineConfig::default()
+        .commit_on_durable(false)
+        .segment_bytes_max(SEGMENT_BYTES);
+    let engine = Engine::open(&dir, config).expect("engine opens");
+    let err = EngineLog::open(engine).err().expect("refused");
+    assert!(
+        err.to_string().contains("committed entries were lost"),
+        "{err}"
+    );
+}
+
+/// Node id 0 cannot be voted for: its vote would read back as none.
+#[test]
+fn a_vote_for_node_zero_is_refused() {
+    let c = Cluster::new();
+    let mut node = c.nodes.into_iter().next().unwrap().unwrap();
+    let ready = quiver_raft::Ready {
+        hard_state: Some(quiver_raft::HardState {
+            term: 1,
+            vote: Some(0),
+            commit: 0,
+        }),
+        ..Default::default()
+    };
+    assert!(node.storage_mut().persist(&ready).is_err());
 }
