@@ -382,7 +382,7 @@ fn open_commit_mark(dir: &Path) -> Result<(File, (u64, u64)), LogError> {
         .read(true)
         .write(true)
         .open(dir.join(COMMIT_FILE))?;
-    let mut bytes = vec![0; 2 * COMMIT_SLOT_BYTES];
+    let mut bytes = [0; 2 * COMMIT_SLOT_BYTES];
     let len = (file.metadata()?.len() as usize).min(bytes.len());
     file.read_exact_at(&mut bytes[..len], 0)?;
     let mark = bytes
