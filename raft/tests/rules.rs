@@ -1390,3 +1390,139 @@ fn a_late_refusal_does_not_move_a_probe() {
         "the probe did not move: {out:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by `cargo mutants`: rules no other test pinned down
+// ---------------------------------------------------------------------------------------------
+
+fn pre_vote(from: u64, term: u64, last_index: u64, last_term: u64) -> Message {
+    Message {
+        from,
+        to: 1,
+        term,
+        kind: MessageKind::PreVote {
+            last_index,
+            last_term,
+        },
+    }
+}
+
+/// The answer to a pre-vote in `msgs`: (term, granted).
+fn pre_vote_answer(msgs: &[Message], to: u64) -> (u64, bool) {
+    msgs.iter()
+        .find_map(|m| match m.kind {
+            MessageKind::PreVoteResp { reject } if m.to == to => Some((m.term, !reject)),
+            _ => None,
+        })
+        .expect("an answer")
+}
+
+/// Diss. 9.6: a pre-vote is granted only for a term beyond the voter's, by a voter that hears
+/// no live leader, to a candidate whose log is at least as up to date; each condition alone
+/// refuses.
+#[test]
+fn a_pre_vote_needs_a_later_term_no_live_leader_and_an_up_to_date_log() {
+    let mut n = node(1, &[entry(1, 1), entry(2, 2)], 2, 0);
+    n.step(pre_vote(2, 3, 2, 2));
+    assert_eq!(
+        pre_vote_answer(&drain(&mut n), 2),
+        (3, true),
+        "all three hold"
+    );
+    n.step(pre_vote(2, 2, 2, 2));
+    assert!(!pre_vote_answer(&drain(&mut n), 2).1, "not a later term");
+    n.step(pre_vote(3, 3, 1, 1));
+    assert!(!pre_vote_answer(&drain(&mut n), 3).1, "a log behind ours");
+    n.step(pre_vote(3, 3, 5, 1));
+    assert!(
+        !pre_vote_answer(&drain(&mut n), 3).1,
+        "longer, but of an older term"
+    );
+    // Node 2 leads term 2: node 1 hears it.
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term: 2,
+        kind: MessageKind::Append {
+            prev_index: 2,
+            prev_term: 2,
+            entries: Vec::new(),
+            commit: 0,
+            read: 0,
+        },
+    });
+    drain(&mut n);
+    n.step(pre_vote(3, 3, 2, 2));
+    assert!(!pre_vote_answer(&drain(&mut n), 3).1, "a live leader");
+}
+
+/// Diss. 9.6: a pre-candidate counts only answers to the round it asked (term + 1); a
+/// refusal from a node of its own term is one refusal among others, while a refusal from a
+/// later term ends the round at once.
+#[test]
+fn a_pre_candidate_counts_only_its_own_round() {
+    let five = |id| {
+        RawNode::new(
+            Config::new(id, vec![1, 2, 3, 4, 5], id),
+            storage_with(&[entry(1, 1)], 2, 1),
+        )
+    };
+    let mut n = five(1);
+    while n.role() != Role::PreCandidate {
+        n.tick();
+    }
+    drain(&mut n);
+    let answer = |from, term, reject| Message {
+        from,
+        to: 1,
+        term,
+        kind: MessageKind::PreVoteResp { reject },
+    };
+    n.step(answer(2, 2, true));
+    assert_eq!(n.role(), Role::PreCandidate, "one refusal of our own term");
+    n.step(answer(3, 2, false));
+    n.step(answer(4, 2, false));
+    assert_eq!(
+        n.role(),
+        Role::PreCandidate,
+        "grants of an earlier round do not count"
+    );
+    n.step(answer(3, 3, false));
+    n.step(answer(4, 3, false));
+    assert_eq!(
+        (n.role(), n.term()),
+        (Role::Candidate, 3),
+        "a quorum of this round"
+    );
+
+    let mut m = five(1);
+    while m.role() != Role::PreCandidate {
+        m.tick();
+    }
+    drain(&mut m);
+    m.step(answer(2, 7, true));
+    assert_eq!(
+        (m.role(), m.term()),
+        (Role::Follower, 7),
+        "a later term ends it"
+    );
+
+    // A follower that asked nothing ignores grants.
+    let mut f = five(1);
+    f.step(answer(2, 3, false));
+    f.step(answer(3, 3, false));
+    f.step(answer(4, 3, false));
+    assert_eq!(f.role(), Role::Follower);
+}
+
+/// Diss. 3.10: leadership goes only to another voter.
+#[test]
+fn leadership_is_transferred_only_to_another_voter() {
+    let mut net = Net::new(&[1, 2, 3], &[4], 0, |_| {});
+    net.elect(1, all);
+    let invalid = Err(Refused::InvalidChange("the target must be another voter"));
+    assert_eq!(net.n(1).transfer_leadership(1), invalid, "itself");
+    assert_eq!(net.n(1).transfer_leadership(4), invalid, "a learner");
+    assert_eq!(net.n(1).transfer_leadership(9), invalid, "a stranger");
+    assert!(net.n(1).propose(b"x".to_vec()).is_ok(), "no transfer began");
+}

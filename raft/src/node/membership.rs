@@ -41,9 +41,8 @@ impl<S: Storage> RawNode<S> {
                 p
             });
         }
-        if self.transfer.is_some_and(|(to, ..)| !self.is_voter(to)) {
-            self.transfer = None;
-        }
+        // A transfer's target stays a voter: while one runs, every proposal (membership
+        // changes too) is refused, and a leader's memberships change only by its proposals.
     }
 
     /// Proposes one membership change. It takes effect as soon as it is in the log; the
@@ -72,5 +71,38 @@ impl<S: Storage> RawNode<S> {
         let index = self.append_local(EntryKind::Membership, next.encode());
         self.broadcast_due = true;
         Ok(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::message::{Entry, EntryKind, Membership};
+    use crate::storage::MemStorage;
+    use crate::{Config, RawNode};
+
+    /// A persisted membership that the unstable tail replaces is not in effect: the log
+    /// being written no longer holds it.
+    #[test]
+    fn a_membership_being_replaced_is_not_in_effect() {
+        let wider = Membership {
+            voters: [1, 2, 3, 4].into_iter().collect(),
+            ..Membership::default()
+        };
+        let mut storage = MemStorage::default();
+        storage.append(&[
+            Entry::normal(1, 1, b"a".to_vec()),
+            Entry {
+                index: 2,
+                term: 1,
+                kind: EntryKind::Membership,
+                data: wider.encode(),
+            },
+        ]);
+        let mut n = RawNode::new(Config::new(1, vec![1, 2, 3], 1), storage);
+        assert_eq!(n.membership(), &wider);
+        n.unstable = vec![Entry::normal(2, 2, b"b".to_vec())];
+        n.reload_confs();
+        let voters: Vec<u64> = n.membership().voters.iter().copied().collect();
+        assert_eq!(voters, vec![1, 2, 3], "back to the bootstrap");
     }
 }
