@@ -262,6 +262,10 @@ pub enum MessageKind {
         /// Rejected only: where the follower's log could match from (its last index, or the
         /// index before the conflicting term's first entry), for fast backtracking.
         hint: u64,
+        /// Rejected only: the term of the follower's entry at `hint` (0: none). The leader
+        /// goes back to its own last entry of that term or earlier, skipping the follower's
+        /// whole run of an older term in one round trip (etcd-raft's `findConflictByTerm`).
+        hint_term: u64,
         /// The `read` of the append this answers.
         read: u64,
     },

@@ -545,6 +545,7 @@ impl<S: Storage> RawNode<S> {
                     reject: true,
                     index: 0,
                     hint: 0,
+                    hint_term: 0,
                     read: 0,
                 };
                 self.send(m.from, kind);
@@ -598,10 +599,11 @@ impl<S: Storage> RawNode<S> {
                 reject,
                 index,
                 hint,
+                hint_term,
                 read,
             } => {
                 if self.role == Role::Leader {
-                    self.handle_append_resp(m.from, reject, index, hint, read);
+                    self.handle_append_resp(m.from, reject, index, (hint, hint_term), read);
                 }
             }
             MessageKind::SegmentResp {

@@ -199,6 +199,7 @@ fn a_leader_does_not_count_entries_it_has_not_persisted() {
             reject: false,
             index,
             hint: 0,
+            hint_term: 0,
             read: 0,
         },
     });
@@ -226,6 +227,7 @@ fn tick_until_leader_of_three(n1: &mut RawNode<MemStorage>) {
                         reject: false,
                         index: entries.last().map_or(prev_index, |e| e.index),
                         hint: 0,
+                        hint_term: 0,
                         read: 0,
                     },
                     _ => continue,

@@ -1168,6 +1168,7 @@ fn a_follower_that_already_holds_the_segment_accepts_without_installing() {
                 reject: false,
                 index: 4,
                 hint: 0,
+                hint_term: 0,
                 read: 0
             },
         }]
@@ -1380,6 +1381,7 @@ fn a_late_refusal_does_not_move_a_probe() {
             reject: true,
             index: 5,
             hint: 5,
+            hint_term: 0,
             read: 0,
         },
     });
@@ -1525,4 +1527,48 @@ fn leadership_is_transferred_only_to_another_voter() {
     assert_eq!(net.n(1).transfer_leadership(4), invalid, "a learner");
     assert_eq!(net.n(1).transfer_leadership(9), invalid, "a stranger");
     assert!(net.n(1).propose(b"x".to_vec()).is_ok(), "no transfer began");
+}
+
+/// Diss. 5.3 with etcd-raft's refinement: a follower whose log holds a long divergent run of
+/// an older term is found in one round trip, not one per index: its refusal carries the term
+/// at its hint, and the leader skips back to its own last entry of that term.
+#[test]
+fn a_long_divergent_tail_of_an_older_term_is_skipped_at_once() {
+    let common: Vec<Entry> = (1..=9).map(|i| entry(i, 1)).collect();
+    let theirs: Vec<Entry> = common
+        .iter()
+        .cloned()
+        .chain((10..=100).map(|i| entry(i, 2)))
+        .collect();
+    let ours: Vec<Entry> = common
+        .iter()
+        .cloned()
+        .chain((10..=100).map(|i| entry(i, 3)))
+        .collect();
+    let mut net = Net::with_storage(
+        &[1, 2, 3],
+        &[],
+        |_| {},
+        |id| storage_with(if id == 2 { &theirs } else { &ours }, 3, 9),
+    );
+    let mut refusals = 0;
+    for _ in 0..100 {
+        net.n(1).tick();
+        if net.n(1).role() != Role::Follower {
+            break;
+        }
+    }
+    let out = net.drain(1);
+    net.settle(out, |m| {
+        if m.from == 2 && matches!(m.kind, MessageKind::AppendResp { reject: true, .. }) {
+            refusals += 1;
+        }
+        true
+    });
+    assert_eq!(net.n(1).role(), Role::Leader);
+    assert!(net.same_log(1, 2, 100), "node 2 caught up");
+    assert_eq!(
+        refusals, 1,
+        "one refusal, then the leader knows where to start"
+    );
 }

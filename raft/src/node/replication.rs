@@ -170,13 +170,25 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// The refusal hint for an append after (`prev_index`, `prev_term`): the last index whose
-    /// term is not after `prev_term`, so the leader skips a whole conflicting term at once.
-    pub(super) fn refusal_hint(&self, prev_index: u64, prev_term: u64) -> u64 {
+    /// term is not after `prev_term`, so the leader skips a whole conflicting term at once,
+    /// and the term there, so the leader can skip back over this node's run of that term.
+    pub(super) fn refusal_hint(&self, prev_index: u64, prev_term: u64) -> (u64, u64) {
         let mut hint = prev_index.min(self.last_index());
         while hint > self.commit && self.term_at(hint).is_some_and(|t| t > prev_term) {
             hint -= 1;
         }
-        hint
+        (hint, self.term_at(hint).unwrap_or(0))
+    }
+
+    /// Where the leader's log could match a follower that refused with (`hint`, `hint_term`):
+    /// the leader's last index at or below `hint` whose term is not after `hint_term` (an
+    /// entry of a later term there cannot be the follower's), never below `matched`.
+    fn match_hint(&self, hint: u64, hint_term: u64, matched: u64) -> u64 {
+        let mut i = hint.min(self.last_index());
+        while i > matched && self.term_at(i).is_some_and(|t| t > hint_term) {
+            i -= 1;
+        }
+        i
     }
 
     pub(super) fn handle_append(
@@ -211,10 +223,12 @@ impl<S: Storage> RawNode<S> {
                 .expect("the commit index is in the log");
         }
         if self.term_at(prev_index) != Some(prev_term) {
+            let (hint, hint_term) = self.refusal_hint(prev_index, prev_term);
             let kind = MessageKind::AppendResp {
                 reject: true,
                 index: prev_index,
-                hint: self.refusal_hint(prev_index, prev_term),
+                hint,
+                hint_term,
                 read,
             };
             return self.send(from, kind);
@@ -238,6 +252,7 @@ impl<S: Storage> RawNode<S> {
             reject: false,
             index: last_new,
             hint: 0,
+            hint_term: 0,
             read,
         };
         self.send(from, kind);
@@ -271,12 +286,14 @@ impl<S: Storage> RawNode<S> {
         from: NodeId,
         reject: bool,
         index: u64,
-        hint: u64,
+        (hint, hint_term): (u64, u64),
         read: u64,
     ) {
-        let Some(p) = self.progress.get_mut(&from) else {
+        let Some(matched) = self.progress.get(&from).map(|p| p.matched) else {
             return;
         };
+        let hint = self.match_hint(hint, hint_term, matched);
+        let p = self.progress.get_mut(&from).expect("checked above");
         p.read_acked = p.read_acked.max(read);
         if reject {
             if p.refused(index, hint) {

@@ -55,6 +55,7 @@ impl<S: Storage> RawNode<S> {
             reject: false,
             index: last,
             hint: 0,
+            hint_term: 0,
             read: 0,
         };
         // A stale chunk of another segment must not disturb the one being received.
@@ -71,10 +72,12 @@ impl<S: Storage> RawNode<S> {
                 self.incoming = None;
             }
             let prev = first.saturating_sub(1);
+            let (hint, hint_term) = self.refusal_hint(prev, prev_term);
             let kind = MessageKind::AppendResp {
                 reject: true,
                 index: prev,
-                hint: self.refusal_hint(prev, prev_term),
+                hint,
+                hint_term,
                 read: 0,
             };
             return self.send(from, kind);
