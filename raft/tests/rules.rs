@@ -1572,3 +1572,16 @@ fn a_long_divergent_tail_of_an_older_term_is_skipped_at_once() {
         "one refusal, then the leader knows where to start"
     );
 }
+
+/// The uncommitted bound never refuses a proposal when nothing is uncommitted: one larger
+/// than the bound alone goes through (or it could never be proposed).
+#[test]
+fn a_proposal_larger_than_the_bound_goes_when_nothing_is_uncommitted() {
+    let mut net = Net::new(&[1, 2, 3], &[], 0, |c| c.uncommitted_bytes_max = 10);
+    net.elect(1, all);
+    let index = net.n(1).propose(vec![1; 25]).expect("alone, it goes");
+    assert_eq!(net.n(1).propose(vec![2; 1]), Err(Refused::Backpressure));
+    let out = net.drain(1);
+    net.settle(out, all);
+    assert_eq!(net.n(1).commit(), index);
+}
