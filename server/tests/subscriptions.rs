@@ -10,7 +10,7 @@ use std::time::Duration;
 use quiver_client::{
     Client, EventData, ExpectedVersion, ReadOptions, SubscribeOptions, SubscriptionMessage as Msg,
 };
-use quiver_server::{Server, ServerConfig};
+use quiver_server::ServerConfig;
 
 mod common;
 
@@ -335,16 +335,12 @@ async fn a_subscription_resumes_by_itself_across_a_server_restart() {
     }
     server.stop().await;
     // The server comes back on the same address with more history written meanwhile.
-    let config = ServerConfig {
+    // Its socket closes asynchronously: common::start retries the just-freed address.
+    let server = common::start(ServerConfig {
         listen: addr,
         http: None,
         ..ServerConfig::new(dir.path())
-    };
-    let server = Server::start(&config).unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
+    });
     let writer = client(dir.path(), addr).await;
     for i in 5..10 {
         let e = EventData::json("T", format!("{{\"i\":{i}}}"));
@@ -366,8 +362,7 @@ async fn a_subscription_resumes_by_itself_across_a_server_restart() {
         (0..10).collect::<Vec<_>>(),
         "no gap and no duplicate across the restart"
     );
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
