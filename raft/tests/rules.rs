@@ -1585,3 +1585,62 @@ fn a_proposal_larger_than_the_bound_goes_when_nothing_is_uncommitted() {
     net.settle(out, all);
     assert_eq!(net.n(1).commit(), index);
 }
+
+/// Node 3 holds `held` entries (no-op included) of a cluster whose leader then commits up to
+/// `last` with node 2 alone (4-entry segments: 1..=4, 5..=8, …). Returns the entries and
+/// the segments (by first index) the leader sends node 3 until it has caught up.
+fn catch_up(held: u64, last: u64, tune: impl Fn(&mut Config)) -> (Vec<u64>, Vec<u64>) {
+    let mut net = Net::new(&[1, 2, 3], &[], 4, tune);
+    net.elect(1, all);
+    let cut3 = |m: &Message| m.to != 3 && m.from != 3;
+    for k in 2..=last {
+        net.n(1).propose(vec![k as u8; 10]).unwrap();
+        let out = net.drain(1);
+        if k <= held {
+            net.settle(out, all);
+        } else {
+            net.settle(out, cut3);
+        }
+    }
+    assert_eq!(net.n(3).last_index(), held);
+    assert_eq!(net.n(1).commit(), last);
+    let (mut entries, mut segments) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        net.tick(1, |m| {
+            let one = std::slice::from_ref(m);
+            entries.extend(appended_to(one, 3));
+            for (first, offset) in chunks_to(one, 3) {
+                if offset == 0 && !segments.contains(&first) {
+                    segments.push(first);
+                }
+            }
+            true
+        });
+        if net.n(3).commit() == last {
+            break;
+        }
+    }
+    assert!(net.same_log(3, 1, last), "node 3 caught up");
+    entries.sort_unstable();
+    entries.dedup();
+    (entries, segments)
+}
+
+/// Segment shipping starts at `ship_lag_min` entries behind, not before: a follower missing
+/// exactly that many at a segment boundary is sent the segment, one missing fewer is sent
+/// entries.
+#[test]
+fn shipping_starts_at_exactly_the_lag_bound() {
+    let (entries, segments) = catch_up(4, 8, ship_config);
+    assert_eq!((entries, segments), (vec![], vec![5]), "4 behind: shipped");
+    let five = |c: &mut Config| {
+        ship_config(c);
+        c.ship_lag_min = 5;
+    };
+    let (entries, segments) = catch_up(4, 8, five);
+    assert_eq!(
+        (entries, segments),
+        (vec![5, 6, 7, 8], vec![]),
+        "4 behind with a bound of 5: entries, though 5..=8 is sealed"
+    );
+}
