@@ -11,6 +11,10 @@
 //! - `frame.rs` — the 8-byte frame header, size limits, incremental parsing.
 //! - `wire.rs` — primitive encodings and the checked `Reader`.
 //! - `message.rs` — every request and response, encode and decode.
+//! - `peer.rs` — the peer protocol's messages (Raft messages between nodes, mirroring
+//!   `quiver-raft`'s without depending on it) and authentication frames, encode and decode.
+//! - `peer_quic.rs` — the peer endpoint: ALPN `quiver-peer/1`, authentication with the
+//!   cluster secret, per-peer bounded queues, reconnects.
 //! - `quic.rs` — QUIC endpoints (rustls with `ring` only, ALPN `quiver/1`) and frame I/O;
 //!   the only module that touches tokio or quinn.
 //!
@@ -19,6 +23,7 @@
 
 pub mod frame;
 pub mod message;
+pub mod peer;
 pub mod quic;
 pub mod wire;
 
