@@ -65,8 +65,8 @@ def peer(kind, body, frm=1, to=2, term=3):  # a peer message: version, from, to,
 def entry(index, kind, data): return u64(index) + u64(3) + u8(kind) + bytes32(data)
 
 peers = {
-    "auth": msg(0x0300, u8(1) + u64(1) + u64(2) + bytes(range(32))),
-    "auth_ok": msg(0x0301, u8(1) + u64(2) + u64(1) + bytes(range(32))),
+    "auth": msg(0x0300, u8(1) + u64(1) + u64(2) + u64(0x1234) + bytes(range(32))),
+    "auth_ok": msg(0x0301, u8(1) + u64(2) + u64(1) + u64(0x5678) + bytes(range(32))),
     "pre_vote": peer(0x0310, u64(10) + u64(2)),
     "pre_vote_resp": peer(0x0311, u8(1)),
     "vote": peer(0x0312, u64(10) + u64(2) + u8(1)),

@@ -24,6 +24,7 @@
 pub mod frame;
 pub mod message;
 pub mod peer;
+pub mod peer_quic;
 pub mod quic;
 pub mod wire;
 

@@ -42,15 +42,15 @@ pub const MESSAGE_HEADER_BYTES: usize = 1 + 8 + 8 + 8;
 pub const ENTRY_HEADER_BYTES: usize = 8 + 8 + 1 + 4;
 /// Size of an authentication proof (HMAC-SHA256).
 pub const PROOF_BYTES: usize = 32;
-/// An authentication frame's payload: version, from, to, proof.
-pub const AUTH_PAYLOAD_BYTES: usize = 1 + 8 + 8 + PROOF_BYTES;
+/// An authentication frame's payload: version, from, to, incarnation, proof.
+pub const AUTH_PAYLOAD_BYTES: usize = 1 + 8 + 8 + 8 + PROOF_BYTES;
 /// Entry or chunk data at least this long is handed to the socket as its own `Bytes` by
 /// [`PeerMessage::encode_chunks`] instead of being copied into the frame buffer.
 pub const SHARED_DATA_BYTES_MIN: usize = 1024;
 
 const _: () = assert!(PEER_FRAME_PAYLOAD_BYTES_MAX < u32::MAX as usize);
 const _: () = assert!(MESSAGE_HEADER_BYTES == 25 && ENTRY_HEADER_BYTES == 21);
-const _: () = assert!(AUTH_PAYLOAD_BYTES == 49);
+const _: () = assert!(AUTH_PAYLOAD_BYTES == 57);
 
 /// Frame kinds of the peer protocol (`0x03xx`; the client protocol uses `0x01xx`/`0x02xx`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -569,6 +569,9 @@ pub struct AuthFrame {
     pub from: u64,
     /// The node id the sender believes it talks to.
     pub to: u64,
+    /// Random at each start of the sender's endpoint: a new incarnation tells the other side
+    /// that the sender restarted, so its connections to the old process are dead.
+    pub incarnation: u64,
     /// HMAC-SHA256 over the session and both ids.
     pub proof: [u8; PROOF_BYTES],
 }
@@ -580,6 +583,7 @@ impl AuthFrame {
             b.put_u8(PEER_VERSION);
             b.put_u64_le(self.from);
             b.put_u64_le(self.to);
+            b.put_u64_le(self.incarnation);
             b.put_slice(&self.proof);
         });
     }
@@ -597,7 +601,7 @@ impl AuthFrame {
         if version != PEER_VERSION {
             return Err(PeerDecodeError::Version(version));
         }
-        let (from, to) = (r.u64()?, r.u64()?);
+        let (from, to, incarnation) = (r.u64()?, r.u64()?, r.u64()?);
         let mut proof = [0u8; PROOF_BYTES];
         proof.copy_from_slice(&r.take(PROOF_BYTES)?);
         r.finish()?;
@@ -605,6 +609,7 @@ impl AuthFrame {
             role,
             from,
             to,
+            incarnation,
             proof,
         })
     }

@@ -209,9 +209,13 @@ proptest! {
     }
 
     #[test]
-    fn auth_frames_round_trip(from in any::<u64>(), to in any::<u64>(), proof in any::<[u8; 32]>(), dialer in any::<bool>()) {
+    fn auth_frames_round_trip(
+        [from, to, incarnation] in any::<[u64; 3]>(),
+        proof in any::<[u8; 32]>(),
+        dialer in any::<bool>(),
+    ) {
         let role = if dialer { Role::Dialer } else { Role::Acceptor };
-        let a = AuthFrame { role, from, to, proof };
+        let a = AuthFrame { role, from, to, incarnation, proof };
         let mut out = BytesMut::new();
         a.encode(&mut out);
         let f = one_frame(out);
