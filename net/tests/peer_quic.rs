@@ -186,6 +186,24 @@ async fn a_node_without_the_secret_is_refused_and_delivers_nothing() {
 }
 
 #[tokio::test]
+async fn a_dial_that_reaches_another_node_is_refused() {
+    // A believes node 5 lives at B's address; B is node 2. Both know the secret.
+    let (a, _a_rx) = node(1, SECRET);
+    let (b, mut b_rx) = node(2, SECRET);
+    a.add_peer(5, b.local_addr());
+    for s in 0..5 {
+        a.send(append(1, 5, s, 10)).unwrap();
+    }
+    until(&b, "B refusing a dial meant for node 5", |s| {
+        s.connections_refused >= 1
+    })
+    .await;
+    until(&a, "A's dial failing", |s| s.connect_failures >= 1).await;
+    assert_eq!(b.stats().connections_accepted, 0);
+    assert!(b_rx.try_recv().is_err());
+}
+
+#[tokio::test]
 async fn a_dead_peer_does_not_block_a_live_one() {
     // A socket that swallows every datagram: the dial to it hangs until the handshake timeout.
     let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -33,6 +33,28 @@ fn proof_input(role: Role, from: u64, to: u64, incarnation: u64, exported: &[u8;
     m
 }
 
+/// `role`'s proof for a connection from `from` to `to` in the session that exported `e`.
+fn prove(
+    key: &hmac::Key,
+    role: Role,
+    from: u64,
+    to: u64,
+    incarnation: u64,
+    e: &[u8; 32],
+) -> [u8; 32] {
+    let tag = hmac::sign(key, &proof_input(role, from, to, incarnation, e));
+    let mut p = [0u8; PROOF_BYTES];
+    p.copy_from_slice(tag.as_ref());
+    p
+}
+
+/// Whether `a` carries a valid proof for the session that exported `e`, compared in constant
+/// time (`ring::hmac::verify`).
+fn check(key: &hmac::Key, a: &AuthFrame, e: &[u8; 32]) -> bool {
+    let input = proof_input(a.role, a.from, a.to, a.incarnation, e);
+    hmac::verify(key, &input, &a.proof).is_ok()
+}
+
 fn exported(conn: &quinn::Connection) -> Result<[u8; 32], Refusal> {
     let mut e = [0u8; 32];
     conn.export_keying_material(&mut e, EXPORTER_LABEL, b"")
@@ -187,15 +209,11 @@ pub(super) fn bind(
 
 impl Shared {
     fn proof(&self, role: Role, from: u64, to: u64, incarnation: u64, e: &[u8; 32]) -> [u8; 32] {
-        let tag = hmac::sign(&self.key, &proof_input(role, from, to, incarnation, e));
-        let mut p = [0u8; PROOF_BYTES];
-        p.copy_from_slice(tag.as_ref());
-        p
+        prove(&self.key, role, from, to, incarnation, e)
     }
 
     fn verify(&self, a: &AuthFrame, e: &[u8; 32]) -> bool {
-        let input = proof_input(a.role, a.from, a.to, a.incarnation, e);
-        hmac::verify(&self.key, &input, &a.proof).is_ok()
+        check(&self.key, a, e)
     }
 
     /// The dialer's side of the handshake on a fresh connection to node `to`: prove, then
@@ -228,6 +246,12 @@ impl Shared {
             .await?
             .ok_or_else(|| Refusal::protocol("the acceptor sent no proof"))?;
         let theirs = AuthFrame::decode(&f, Role::Acceptor)?;
+        if !self.verify(&theirs, &e) {
+            return Err(Refusal {
+                code: close::AUTH_FAILED,
+                reason: "the acceptor did not prove the cluster secret".into(),
+            });
+        }
         if theirs.from != to || theirs.to != self.id {
             return Err(Refusal {
                 code: close::WRONG_NODE,
@@ -235,12 +259,6 @@ impl Shared {
                     "expected node {to}, reached node {} (which expected {})",
                     theirs.from, theirs.to
                 ),
-            });
-        }
-        if !self.verify(&theirs, &e) {
-            return Err(Refusal {
-                code: close::AUTH_FAILED,
-                reason: "the acceptor did not prove the cluster secret".into(),
             });
         }
         Ok(theirs.incarnation)
@@ -288,5 +306,82 @@ impl Shared {
             .map_err(|e| Refusal::protocol(format!("sending the proof: {e}")))?;
         let _ = send.finish();
         Ok(theirs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(key: &hmac::Key, role: Role, from: u64, to: u64, e: &[u8; 32]) -> AuthFrame {
+        AuthFrame {
+            role,
+            from,
+            to,
+            incarnation: 9,
+            proof: prove(key, role, from, to, 9, e),
+        }
+    }
+
+    /// Each input of the proof matters: a proof is good for one session, one direction, one
+    /// pair of nodes, one incarnation, and one secret.
+    #[test]
+    fn a_proof_holds_only_for_its_session_role_ids_and_secret() {
+        let key = derive_key(b"the cluster secret, 32 bytes....");
+        let (e1, e2) = ([1u8; 32], [2u8; 32]);
+        let good = frame(&key, Role::Dialer, 1, 2, &e1);
+        assert!(check(&key, &good, &e1));
+        // Relayed into another TLS session (a machine in the middle).
+        assert!(!check(&key, &good, &e2));
+        // Reflected back to its sender as the acceptor's answer.
+        assert!(!check(
+            &key,
+            &AuthFrame {
+                role: Role::Acceptor,
+                from: 2,
+                to: 1,
+                ..good.clone()
+            },
+            &e1
+        ));
+        assert!(!check(
+            &key,
+            &AuthFrame {
+                role: Role::Acceptor,
+                ..good.clone()
+            },
+            &e1
+        ));
+        // Claimed for other nodes, or another incarnation.
+        assert!(!check(
+            &key,
+            &AuthFrame {
+                from: 3,
+                ..good.clone()
+            },
+            &e1
+        ));
+        assert!(!check(
+            &key,
+            &AuthFrame {
+                to: 3,
+                ..good.clone()
+            },
+            &e1
+        ));
+        assert!(!check(
+            &key,
+            &AuthFrame {
+                incarnation: 10,
+                ..good.clone()
+            },
+            &e1
+        ));
+        // Another secret.
+        let other = derive_key(b"another cluster secret, 32 bytes");
+        assert!(!check(&other, &good, &e1));
+        // The derived key is not the secret itself: a tag made with the raw secret fails.
+        let raw = hmac::Key::new(hmac::HMAC_SHA256, b"the cluster secret, 32 bytes....");
+        assert!(!check(&key, &frame(&raw, Role::Dialer, 1, 2, &e1), &e1));
     }
 }

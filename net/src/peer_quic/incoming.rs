@@ -24,21 +24,30 @@ async fn serve_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         shared.counters.connections_refused.fetch_add(1, Relaxed);
         warn!(%remote, "peer connection refused: {why}");
     };
-    let handshake = async {
-        let conn = incoming.await.map_err(|e| (None, e.to_string()))?;
-        match shared.authenticate_from(&conn).await {
-            Ok(a) => Ok((conn, a)),
-            Err(r) => {
-                r.close(&conn);
-                Err((Some(r.code), r.reason))
-            }
+    // Bounded: each connection still in its handshake holds buffers it has not proven it
+    // deserves, so a flood of them is refused rather than served.
+    let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
+        incoming.refuse();
+        return refused(&"too many handshakes in progress");
+    };
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return refused(&e),
+        Err(_) => return refused(&"the TLS handshake timed out"),
+    };
+    let auth = match tokio::time::timeout_at(deadline, shared.authenticate_from(&conn)).await {
+        Ok(Ok(auth)) => auth,
+        Ok(Err(r)) => {
+            r.close(&conn);
+            return refused(&r.reason);
+        }
+        Err(_) => {
+            conn.close(close::HANDSHAKE_TIMEOUT.into(), b"authentication timed out");
+            return refused(&"authentication timed out");
         }
     };
-    let (conn, auth) = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
-        Ok(Ok(ok)) => ok,
-        Ok(Err((_, why))) => return refused(&why),
-        Err(_) => return refused(&"the handshake timed out"),
-    };
+    drop(permit);
     let peer = auth.from;
     shared.counters.connections_accepted.fetch_add(1, Relaxed);
     info!(%remote, peer, "peer connection authenticated");

@@ -90,6 +90,8 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-quiver-peer-auth";
 pub const PEER_UNI_STREAMS_MAX: u32 = 4;
 /// A connection silent for this long is dead; keep-alives go out four times as often.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Incoming connections in their handshake at once; more are refused.
+pub const HANDSHAKES_MAX: usize = 64;
 /// Largest batch of queued messages a writer hands QUIC in one call.
 pub const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
 
@@ -282,6 +284,7 @@ pub(super) struct Shared {
     /// Authenticated incoming connections, by node id: a newer one closes the older.
     pub(super) incoming: Mutex<HashMap<u64, quinn::Connection>>,
     pub(super) deliver: mpsc::Sender<PeerMessage>,
+    pub(super) handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// A node's peer endpoint. Dropping it closes every connection.
@@ -325,6 +328,7 @@ impl PeerEndpoint {
             peers: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
             deliver,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX)),
         });
         let accept = tokio::spawn(incoming::accept_loop(shared.clone(), endpoint.clone()));
         info!(id = config.id, addr = %config.listen, "peer endpoint listening");

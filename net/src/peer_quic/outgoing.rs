@@ -156,3 +156,24 @@ async fn write_loop(
         c.bytes_sent.fetch_add(bytes as u64, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_half_of_it_random() {
+        let (min, max) = (Duration::from_millis(50), Duration::from_secs(2));
+        for failures in 1..40 {
+            let full = (min * 2u32.pow((failures - 1).min(16))).min(max);
+            let delays: Vec<Duration> = (0..64).map(|_| backoff(min, max, failures)).collect();
+            assert!(
+                delays.iter().all(|d| *d >= full / 2 && *d < full),
+                "{failures}"
+            );
+            // Jittered: 64 draws from [full/2, full) are not all the same.
+            assert!(delays.iter().any(|d| *d != delays[0]), "{failures}");
+        }
+    }
+}
