@@ -13,12 +13,15 @@
 //! - `message.rs` — every request and response, encode and decode.
 //! - `peer.rs` — the peer protocol's messages (Raft messages between nodes, mirroring
 //!   `quiver-raft`'s without depending on it) and authentication frames, encode and decode.
-//! - `peer_quic.rs` — the peer endpoint: ALPN `quiver-peer/1`, authentication with the
+//! - `quic.rs` — QUIC endpoints (rustls with `ring` only, ALPN `quiver/1`) and frame I/O.
+//! - `peer_quic/` — the peer endpoint: ALPN `quiver-peer/1`, authentication with the
 //!   cluster secret, per-peer bounded queues, reconnects.
-//! - `quic.rs` — QUIC endpoints (rustls with `ring` only, ALPN `quiver/1`) and frame I/O;
-//!   the only module that touches tokio or quinn.
 //!
-//! `docs/PROTOCOL.md` is the byte-level specification.
+//! Only `quic.rs` and `peer_quic/` touch tokio or quinn; the protocols (`frame`, `message`,
+//! `peer`) are plain bytes, tested without sockets.
+//!
+//! `docs/PROTOCOL.md` is the client protocol's byte-level specification, `docs/PEERS.md`
+//! the peer protocol's.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod frame;
