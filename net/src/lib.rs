@@ -4,8 +4,10 @@
 //! panic), the QUIC transport (quinn, rustls with the `ring` provider), and — with the
 //! cluster — UDP broadcast discovery authenticated by the cluster secret.
 //!
-//! This crate knows nothing of storage: it must never depend on `quiver-engine` (CI checks
-//! the dependency direction). Its message types are its own; the server converts.
+//! This crate knows nothing of storage or of the Raft core: it must never depend on
+//! `quiver-engine` or `quiver-raft` (the client crate depends on this one; CI checks the
+//! dependency direction). Its message types are its own, the peer protocol's included; the
+//! server converts (`server/src/peer_map.rs`).
 //!
 //! ## Layout
 //! - `frame.rs` — the 8-byte frame header, size limits, incremental parsing.

@@ -84,6 +84,16 @@ async fn until(ep: &PeerEndpoint, what: &str, done: impl Fn(&PeerStats) -> bool)
     }
 }
 
+/// Node `id` started again on `addr`, once the old one's socket is closed.
+async fn rebind(id: u64, addr: SocketAddr) -> (PeerEndpoint, mpsc::Receiver<PeerMessage>) {
+    loop {
+        match PeerEndpoint::bind(config(id, addr, SECRET)) {
+            Ok(ok) => return ok,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn two_nodes_exchange_messages_both_ways_in_order() {
     let (a, mut a_rx) = node(1, SECRET);
@@ -255,15 +265,9 @@ async fn a_restarted_peer_is_reached_again() {
     drop(b_rx);
 
     // The same node, a new process: same id and address, a new certificate.
-    let rebind = async {
-        loop {
-            match PeerEndpoint::bind(config(2, b_addr, SECRET)) {
-                Ok(ok) => return ok,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    };
-    let (b2, mut b2_rx) = timeout(WAIT, rebind).await.expect("the port is free again");
+    let (b2, mut b2_rx) = timeout(WAIT, rebind(2, b_addr))
+        .await
+        .expect("the port is free");
     b2.add_peer(1, a.local_addr());
     // A keeps sending, as Raft would (heartbeats), until one gets through.
     let mut s = 1;
@@ -284,4 +288,117 @@ async fn a_restarted_peer_is_reached_again() {
     assert_eq!(seq(&recv(&mut a_rx).await), 99);
     let sa = a.stats();
     assert!(sa.connects >= 2, "A dialed again: {sa:?}");
+}
+
+#[tokio::test]
+async fn a_crashed_and_restarted_peer_is_redialed_before_the_idle_timeout() {
+    let (a, mut a_rx) = node(1, SECRET);
+    // B runs on a runtime of its own, so that it can die the way kill -9 kills: its runtime
+    // stops without a single packet more, and no CONNECTION_CLOSE reaches A.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (b, mut b_rx) = {
+        let _in_b = rt.enter();
+        node(2, SECRET)
+    };
+    let b_addr = b.local_addr();
+    a.add_peer(2, b_addr);
+    a.send(append(1, 2, 0, 10)).unwrap();
+    assert_eq!(seq(&recv(&mut b_rx).await), 0);
+    rt.shutdown_background();
+    drop((b, b_rx));
+
+    // A's connection to the dead B looks alive until the idle timeout: writes go into it.
+    let (b2, mut b2_rx) = timeout(WAIT, rebind(2, b_addr))
+        .await
+        .expect("the port is free");
+    let restarted = std::time::Instant::now();
+    // B2 dials A (Raft answers or campaigns): A learns of the new incarnation.
+    b2.add_peer(1, a.local_addr());
+    b2.send(append(2, 1, 7, 10)).unwrap();
+    assert_eq!(seq(&recv(&mut a_rx).await), 7);
+    let mut s = 1;
+    let first = timeout(WAIT, async {
+        loop {
+            let _ = a.send(append(1, 2, s, 10));
+            s += 1;
+            if let Ok(Some(m)) = timeout(Duration::from_millis(20), b2_rx.recv()).await {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("A reaches the restarted B");
+    assert_eq!(first.from, 1);
+    let waited = restarted.elapsed();
+    assert!(
+        waited < quiver_net::peer_quic::PEER_IDLE_TIMEOUT / 2,
+        "A redialed at once, not after the idle timeout: {waited:?}"
+    );
+}
+
+/// Throughput of one link, for the record (docs/PEERS.md): appends of 100 entries of 256 B,
+/// as a leader sends them, from one node to another, as fast as the queue takes them.
+/// `cargo test --release -p quiver-net --test peer_quic -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_of_one_link() {
+    let (a, _a_rx) = node(1, SECRET);
+    let (b, mut b_rx) = node(2, SECRET);
+    a.add_peer(2, b.local_addr());
+    let batch = |s: u64| PeerMessage {
+        from: 1,
+        to: 2,
+        term: 1,
+        kind: PeerMessageKind::Append {
+            prev_index: s * 100,
+            prev_term: 1,
+            entries: (0..100)
+                .map(|k| PeerEntry {
+                    index: s * 100 + k + 1,
+                    term: 1,
+                    kind: PeerEntryKind::Normal,
+                    data: Bytes::from(vec![7u8; 256]),
+                })
+                .collect(),
+            commit: s * 100,
+            read: s,
+        },
+    };
+    // Warm up: the connection is up.
+    a.send(batch(0)).unwrap();
+    recv(&mut b_rx).await;
+    let n = 20_000u64;
+    let started = std::time::Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < n {
+            recv(&mut b_rx).await;
+            got += 1;
+        }
+    });
+    let mut s = 1;
+    while s <= n {
+        match a.send(batch(s)) {
+            Ok(()) => s += 1,
+            Err(SendError::QueueFull(_)) => tokio::task::yield_now().await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Dropped messages were refused by send and resent above, so all n arrive.
+    timeout(Duration::from_secs(120), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let st = a.stats();
+    println!(
+        "{n} appends of 100 x 256 B in {secs:.2} s: {:.0} appends/s, {:.0} entries/s, {:.0} MB/s",
+        n as f64 / secs,
+        n as f64 * 100.0 / secs,
+        st.bytes_sent as f64 / secs / 1e6
+    );
 }
