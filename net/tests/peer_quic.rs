@@ -84,6 +84,15 @@ async fn until(ep: &PeerEndpoint, what: &str, done: impl Fn(&PeerStats) -> bool)
     }
 }
 
+/// Stops `b`'s runtime and every task on it, then drops what is left of `b`: no packet goes
+/// out after the runtime stopped, as when a process is killed.
+fn crash(rt: tokio::runtime::Runtime, b: PeerEndpoint) {
+    std::thread::spawn(move || rt.shutdown_timeout(Duration::from_secs(5)))
+        .join()
+        .unwrap();
+    drop(b);
+}
+
 /// Node `id` started again on `addr`, once the old one's socket is closed.
 async fn rebind(id: u64, addr: SocketAddr) -> (PeerEndpoint, mpsc::Receiver<PeerMessage>) {
     loop {
@@ -308,8 +317,8 @@ async fn a_crashed_and_restarted_peer_is_redialed_before_the_idle_timeout() {
     a.add_peer(2, b_addr);
     a.send(append(1, 2, 0, 10)).unwrap();
     assert_eq!(seq(&recv(&mut b_rx).await), 0);
-    rt.shutdown_background();
-    drop((b, b_rx));
+    crash(rt, b);
+    drop(b_rx);
 
     // A's connection to the dead B looks alive until the idle timeout: writes go into it.
     let (b2, mut b2_rx) = timeout(WAIT, rebind(2, b_addr))
@@ -320,6 +329,51 @@ async fn a_crashed_and_restarted_peer_is_redialed_before_the_idle_timeout() {
     b2.add_peer(1, a.local_addr());
     b2.send(append(2, 1, 7, 10)).unwrap();
     assert_eq!(seq(&recv(&mut a_rx).await), 7);
+    let mut s = 1;
+    let first = timeout(WAIT, async {
+        loop {
+            let _ = a.send(append(1, 2, s, 10));
+            s += 1;
+            if let Ok(Some(m)) = timeout(Duration::from_millis(20), b2_rx.recv()).await {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("A reaches the restarted B");
+    assert_eq!(first.from, 1);
+    let waited = restarted.elapsed();
+    assert!(
+        waited < quiver_net::peer_quic::PEER_IDLE_TIMEOUT / 2,
+        "A redialed at once, not after the idle timeout: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_and_restarted_peer_that_stays_silent_is_redialed_at_once() {
+    // As above, but the restarted B sends nothing (a follower waits to hear from its
+    // leader): only A's own packets can tell it, through B's stateless reset.
+    let (a, _a_rx) = node(1, SECRET);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (b, mut b_rx) = {
+        let _in_b = rt.enter();
+        node(2, SECRET)
+    };
+    let b_addr = b.local_addr();
+    a.add_peer(2, b_addr);
+    a.send(append(1, 2, 0, 10)).unwrap();
+    assert_eq!(seq(&recv(&mut b_rx).await), 0);
+    crash(rt, b);
+    drop(b_rx);
+
+    let (_b2, mut b2_rx) = timeout(WAIT, rebind(2, b_addr))
+        .await
+        .expect("the port is free");
+    let restarted = std::time::Instant::now();
     let mut s = 1;
     let first = timeout(WAIT, async {
         loop {

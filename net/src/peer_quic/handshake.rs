@@ -187,9 +187,48 @@ pub(super) fn tls_configs(
     Ok((server, client))
 }
 
+/// The key of the node's QUIC stateless resets. quinn draws it at random per endpoint by
+/// default (and connection ids that embed a random key, which a new process does not
+/// recognize), so a node that restarted could not reset the connections its previous process
+/// had: their peers would keep writing into them until the idle timeout. Derived from the
+/// secret and the node id, with connection ids it does not need to recognize
+/// ([`RandomCid`]), the restarted process answers a packet of an old connection with a reset
+/// the peer accepts, and the peer dials again at once. Only holders of the secret can forge
+/// one, and they are trusted with far more.
+pub(super) fn reset_key(secret: &[u8], id: u64) -> hmac::Key {
+    let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut label = b"quiver peer stateless reset key v1".to_vec();
+    label.extend_from_slice(&id.to_le_bytes());
+    hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, &label).as_ref())
+}
+
+/// Random 8-byte connection ids, all of which `validate` accepts (the trait's default): an
+/// endpoint answers a packet for any connection it does not know with a stateless reset
+/// (rate-limited and smaller than the packet, by quinn), not only for ids it issued itself.
+struct RandomCid;
+
+impl quinn::ConnectionIdGenerator for RandomCid {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut b = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut b)
+            .expect("the OS random generator works");
+        quinn::ConnectionId::new(&b)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
 pub(super) fn bind(
     addr: SocketAddr,
     server: quinn::ServerConfig,
+    reset_key: hmac::Key,
 ) -> Result<quinn::Endpoint, SetupError> {
     let err = |source| SetupError::Bind { addr, source };
     let socket = std::net::UdpSocket::bind(addr).map_err(err)?;
@@ -198,13 +237,9 @@ pub(super) fn bind(
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
     let runtime = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(err)
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(|| Box::new(RandomCid));
+    quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(err)
 }
 
 impl Shared {

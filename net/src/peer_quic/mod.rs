@@ -307,7 +307,8 @@ impl PeerEndpoint {
             return Err(PeerSetupError::ZeroId);
         }
         let (server, client) = handshake::tls_configs(config.cert_chain, config.key)?;
-        let endpoint = handshake::bind(config.listen, server)?;
+        let reset = handshake::reset_key(&config.secret, config.id);
+        let endpoint = handshake::bind(config.listen, server, reset)?;
         let (deliver, incoming) = mpsc::channel(config.incoming_max.max(1));
         let shared = Arc::new(Shared {
             id: config.id,
