@@ -59,7 +59,31 @@ frames = {
     "too_large": u16(4) + u8(2) + frame(requests["hello"]),
 }
 
-for target, seeds in [("frame_parse", frames), ("request_decode", requests), ("response_decode", responses)]:
+def peer(kind, body, frm=1, to=2, term=3):  # a peer message: version, from, to, term, fields
+    return msg(kind, u8(1) + u64(frm) + u64(to) + u64(term) + body)
+
+def entry(index, kind, data): return u64(index) + u64(3) + u8(kind) + bytes32(data)
+
+peers = {
+    "auth": msg(0x0300, u8(1) + u64(1) + u64(2) + u64(0x1234) + bytes(range(32))),
+    "auth_ok": msg(0x0301, u8(1) + u64(2) + u64(1) + u64(0x5678) + bytes(range(32))),
+    "pre_vote": peer(0x0310, u64(10) + u64(2)),
+    "pre_vote_resp": peer(0x0311, u8(1)),
+    "vote": peer(0x0312, u64(10) + u64(2) + u8(1)),
+    "vote_resp": peer(0x0313, u8(0)),
+    "append": peer(0x0314, u64(9) + u64(2) + u64(8) + u64(4) + u32(2)
+                   + entry(10, 0, b"event batch") + entry(11, 1, u32(1) + u64(1) + u32(0) + u32(0))),
+    "heartbeat": peer(0x0314, u64(9) + u64(2) + u64(8) + u64(4) + u32(0)),
+    "append_resp": peer(0x0315, u8(1) + u64(9) + u64(5) + u64(4)),
+    "timeout_now": peer(0x0316, b""),
+    "read_index": peer(0x0317, u64(77)),
+    "read_index_resp": peer(0x0318, u64(77) + u64(12)),
+    "segment": peer(0x0319, u64(1) + u64(9) + u64(3) + u64(0) + u64(0) + bytes32(b"segment bytes") + u8(1)),
+    "segment_resp": peer(0x031A, u64(1) + u64(4096) + u8(0)),
+}
+
+for target, seeds in [("frame_parse", frames), ("request_decode", requests), ("response_decode", responses),
+                      ("peer_decode", peers)]:
     os.makedirs(f"corpus/{target}", exist_ok=True)
     for name, data in seeds.items():
         with open(f"corpus/{target}/seed-{name}", "wb") as f:

@@ -26,6 +26,7 @@ pub mod connection;
 pub mod http;
 pub mod metrics;
 pub mod payload;
+pub mod peer_map;
 pub mod persistent;
 pub mod raft_log;
 pub mod subscribe;
