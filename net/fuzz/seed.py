@@ -74,7 +74,7 @@ peers = {
     "append": peer(0x0314, u64(9) + u64(2) + u64(8) + u64(4) + u32(2)
                    + entry(10, 0, b"event batch") + entry(11, 1, u32(1) + u64(1) + u32(0) + u32(0))),
     "heartbeat": peer(0x0314, u64(9) + u64(2) + u64(8) + u64(4) + u32(0)),
-    "append_resp": peer(0x0315, u8(1) + u64(9) + u64(5) + u64(4)),
+    "append_resp": peer(0x0315, u8(1) + u64(9) + u64(5) + u64(2) + u64(4)),
     "timeout_now": peer(0x0316, b""),
     "read_index": peer(0x0317, u64(77)),
     "read_index_resp": peer(0x0318, u64(77) + u64(12)),

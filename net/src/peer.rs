@@ -162,6 +162,7 @@ pub enum PeerMessageKind {
         reject: bool,
         index: u64,
         hint: u64,
+        hint_term: u64,
         read: u64,
     },
     /// Campaign now.
@@ -284,7 +285,7 @@ impl PeerMessage {
                             .map(|e| ENTRY_HEADER_BYTES + e.data.len())
                             .sum::<usize>()
                 }
-                K::AppendResp { .. } => 1 + 8 + 8 + 8,
+                K::AppendResp { .. } => 1 + 8 + 8 + 8 + 8,
                 K::TimeoutNow => 0,
                 K::ReadIndex { .. } => 8,
                 K::ReadIndexResp { .. } => 16,
@@ -369,11 +370,13 @@ impl PeerMessage {
                 reject,
                 index,
                 hint,
+                hint_term,
                 read,
             } => {
                 b.put_u8(u8::from(*reject));
                 b.put_u64_le(*index);
                 b.put_u64_le(*hint);
+                b.put_u64_le(*hint_term);
                 b.put_u64_le(*read);
             }
             K::TimeoutNow => {}
@@ -448,6 +451,7 @@ impl PeerMessage {
                 reject: r.bool()?,
                 index: r.u64()?,
                 hint: r.u64()?,
+                hint_term: r.u64()?,
                 read: r.u64()?,
             },
             PeerKind::TimeoutNow => K::TimeoutNow,

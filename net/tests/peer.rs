@@ -73,11 +73,12 @@ fn kind() -> impl Strategy<Value = PeerMessageKind> {
         }),
         any::<bool>().prop_map(|reject| K::VoteResp { reject }),
         append,
-        (any::<bool>(), any::<[u64; 3]>()).prop_map(|(reject, [index, hint, read])| {
+        (any::<bool>(), any::<[u64; 4]>()).prop_map(|(reject, [index, hint, hint_term, read])| {
             K::AppendResp {
                 reject,
                 index,
                 hint,
+                hint_term,
                 read,
             }
         }),
