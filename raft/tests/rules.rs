@@ -1644,3 +1644,37 @@ fn shipping_starts_at_exactly_the_lag_bound() {
         "4 behind with a bound of 5: entries, though 5..=8 is sealed"
     );
 }
+
+/// Paper 5.3: an append whose entries do not follow `prev_index` one by one is not something
+/// a leader sends; it is ignored whole (no answer, nothing taken), as is one carrying a
+/// membership that does not decode.
+#[test]
+fn a_malformed_append_is_ignored_whole() {
+    let mut n = node(2, &[entry(1, 1)], 1, 0);
+    let append = |entries: Vec<Entry>| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        kind: MessageKind::Append {
+            prev_index: 1,
+            prev_term: 1,
+            entries,
+            commit: 0,
+            read: 0,
+        },
+    };
+    n.step(append(vec![entry(2, 1), entry(4, 1)]));
+    assert_eq!(n.last_index(), 1, "a gap");
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|m| matches!(m.kind, MessageKind::AppendResp { .. })),
+        "no answer"
+    );
+    let mut bad = membership_entry(3, 1, &[1, 2, 3], &[]);
+    bad.data.truncate(3);
+    n.step(append(vec![entry(2, 1), bad]));
+    assert_eq!(n.last_index(), 1, "an undecodable membership");
+    n.step(append(vec![entry(2, 1), entry(3, 1)]));
+    assert_eq!(n.last_index(), 3, "a well-formed one is taken");
+}
