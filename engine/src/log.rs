@@ -201,6 +201,13 @@ impl Engine {
                 }
             }
             let (s, r) = st.locate_index(from).expect("below the tip");
+            // The segment that will be the active one again loses its summary first: records
+            // appended to it later would otherwise be hidden by it on the next open.
+            let active = if r == 0 { s.checked_sub(1) } else { Some(s) };
+            if let Some(a) = active {
+                let first = st.segments[a].first_index();
+                remove_if_exists(&self.inner.dir.join(summary_name(first)))?;
+            }
             for seg in st.segments.drain(s + 1..) {
                 fs::remove_file(&seg.file.path)?;
                 remove_if_exists(&self.inner.dir.join(summary_name(seg.first_index())))?;

@@ -118,6 +118,12 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
         return Ok(None);
     };
+    if !ends_the_segment(file, header.end.get()) {
+        // Records follow the summarized end: the segment grew after the summary was written
+        // (a truncation made it the active segment again). The summary is stale.
+        tracing::warn!(file = %path.display(), "ignoring a stale segment summary; scanning");
+        return Ok(None);
+    }
     let corrupt = |offset: u64, e: DecodeError| Corruption {
         file: path.clone(),
         offset,
@@ -141,6 +147,21 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
     st.open_stats.summaries_loaded += 1;
     st.open_stats.records_from_summaries += count;
     Ok(Some(header.end.get()))
+}
+
+/// Whether `end` is where the segment's records stop: past it the file holds only zeros
+/// (pre-zeroed space) or nothing. Checking one record header's worth is enough: a record
+/// written after the summary starts exactly at `end`, and a record header is never all zeros.
+fn ends_the_segment(file: &SegmentFile, end: u64) -> bool {
+    let Ok(meta) = file.file.metadata() else {
+        return false;
+    };
+    let len = meta.len().min(file.map.len() as u64);
+    if end > len || end < format::SEGMENT_HEADER_BYTES as u64 {
+        return false;
+    }
+    let stop = (end + RECORD_HEADER_BYTES as u64).min(len);
+    format::all_zero(&file.map[end as usize..stop as usize])
 }
 
 /// Adds the event ids of a summary to `ids`. Used by the background id loader: the summary
