@@ -114,6 +114,9 @@ pub(crate) struct Inner {
     /// A pre-zeroed file ready to become the next segment.
     pub(crate) spare: Mutex<Option<PathBuf>>,
     pub(crate) summaries_cv: Condvar,
+    /// Failures the unit tests inject into the writer.
+    #[cfg(test)]
+    pub(crate) faults: TestFaults,
     /// Holds an exclusive `flock` on the directory's LOCK file while open.
     _lock: fs::File,
 }
@@ -298,6 +301,8 @@ impl Engine {
             ids_ready: Mutex::new(ids_ready),
             ids_cv: Condvar::new(),
             spare: Mutex::new(spare),
+            #[cfg(test)]
+            faults: TestFaults::default(),
             _lock: lock,
         });
         let spawn_err = |e| OpenError::Io {
@@ -430,10 +435,20 @@ impl Engine {
                     i => i,
                 };
                 result.index = wait_for;
+                if st.closed && st.commit_index < wait_for {
+                    drop(st);
+                    return done(Err(AppendError::Closed));
+                }
                 let cb = Callback::new(move |r| done(r.map(|_| result).map_err(Into::into)));
                 if st.commit_index >= wait_for {
                     drop(st);
                     return cb.call(Ok(wait_for));
+                }
+                // After fail-stop (or close) nothing more becomes committed: the original's
+                // waiters were failed already, and a parked retry would wait for ever.
+                if let Some(f) = st.failed.clone() {
+                    drop(st);
+                    return cb.call(Err(f));
                 }
                 // Waiters stay in index order: the writer releases them from the front.
                 let at = st.waiters.partition_point(|(i, _)| *i <= wait_for);
@@ -852,7 +867,24 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
     }
 }
 
+/// Failures a unit test can inject into the writer.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct TestFaults {
+    /// The next batch is written (it reaches the page cache) but its sync reports EIO, as a
+    /// failed writeback does.
+    pub(crate) fail_next_sync: std::sync::atomic::AtomicBool,
+}
+
 fn write_batch(inner: &Inner, io: &mut SyncIo, chunks: &[Chunk]) -> io::Result<()> {
+    #[cfg(test)]
+    if inner.faults.fail_next_sync.swap(false, Ordering::SeqCst) {
+        use std::os::unix::fs::FileExt;
+        for c in chunks {
+            c.file.file.write_all_at(&c.buf, c.offset)?;
+        }
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
     for group in chunks.chunks(BATCH_WRITES_MAX) {
         let writes: Vec<Write<'_>> = group
             .iter()

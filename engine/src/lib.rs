@@ -40,6 +40,9 @@ mod state;
 mod summary;
 mod types;
 
+#[cfg(test)]
+mod fault_tests;
+
 pub use engine::{Engine, EngineConfig, EngineCounters};
 pub use error::{
     AppendError, Corruption, DecodeError, Failed, LogError, NameError, OpenError, ReadError,
