@@ -214,7 +214,8 @@ pub fn scan(
         .len();
     let bytes = &seg.map[..(file_len.min(seg.map.len() as u64)) as usize];
     let mut at = start as usize;
-    let mut expected_index = None::<u64>;
+    // The first record must have the index the header promises: nothing else ties the two.
+    let mut expected_index = (start == SEGMENT_HEADER_BYTES as u64).then_some(seg.first_index);
     while at < bytes.len() {
         let problem = match parse_record(&bytes[at..]) {
             RecordParse::Ok { header, body } => {

@@ -260,10 +260,14 @@ impl State {
     ) -> Result<(), DecodeError> {
         let index = header.index.get();
         let position = header.position.get();
-        assert_eq!(
-            index, self.next_index,
-            "records join the log in index order"
-        );
+        // Reachable with damaged or hostile input (a summary, a shipped segment): an error,
+        // never a panic.
+        if index != self.next_index {
+            return Err(DecodeError::new(
+                "record",
+                format!("index {index}, expected {}", self.next_index),
+            ));
+        }
         if position != self.next_position {
             return Err(DecodeError::new(
                 "record",

@@ -95,3 +95,50 @@ fn truncation_at_a_segment_boundary_leaves_no_stale_summary() {
     let engine = Engine::open(dir.path(), raft_config()).expect("reopen after a clean close");
     assert_eq!(engine.last_index_term(), tip);
 }
+
+/// A segment file whose header says it starts at index `header_index` and whose one record
+/// has index `record_index`, pre-zeroed to 64 KiB.
+fn crafted_segment(path: &Path, header_index: u64, record_index: u64) {
+    use zerocopy::IntoBytes;
+    let capacity = 64 << 10;
+    let mut bytes = format::segment_header(header_index, 0, capacity)
+        .as_bytes()
+        .to_vec();
+    let body = encode_stream_append("s", 0, 1, &[EventData::json("E", "{}")]);
+    let h = format::record_header(EntryKind::Append, record_index, 1, 0, 1, &body);
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(&body);
+    bytes.resize(capacity as usize, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Bug 9: the first record's index was never checked against the segment header; open
+/// panicked on an assertion instead of reporting the damage, and so did `install_segment`
+/// (with the state lock held) for a file from a faulty leader.
+#[test]
+fn first_record_index_must_match_the_segment_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join(segment::segment_name(1));
+    crafted_segment(&seg, 1, 2);
+    match Engine::open(dir.path(), EngineConfig::default()) {
+        Err(OpenError::Corruption(c)) => {
+            assert_eq!(c.file, seg);
+            assert_eq!(c.offset, format::SEGMENT_HEADER_BYTES as u64, "{c}");
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("a record with the wrong index was accepted"),
+    }
+
+    let shipped_dir = tempfile::tempdir().unwrap();
+    let shipped = shipped_dir.path().join(segment::segment_name(1));
+    crafted_segment(&shipped, 1, 3);
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower = open_raft(follower_dir.path());
+    let refused = follower.install_segment(&shipped).unwrap_err();
+    assert!(matches!(refused, LogError::Corruption(_)), "{refused}");
+    assert_eq!(follower.last_index_term(), (0, 0));
+    // The engine still works: its lock was not poisoned by a panic.
+    follower
+        .append_entries(&records_of("s", 1, 1, 1, 10))
+        .unwrap();
+}
