@@ -728,8 +728,8 @@ pub(crate) fn encode_delete(buf: &mut Vec<u8>, stream: &str, kind: DeleteKind, n
     buf.extend_from_slice(&next.to_le_bytes());
 }
 
-/// Encodes a metadata body.
-pub(crate) fn encode_metadata(buf: &mut Vec<u8>, stream: &str, m: &StreamMetadata) {
+/// Encodes a metadata body (a Raft leader proposes it; tests build logs with it).
+pub fn encode_metadata(buf: &mut Vec<u8>, stream: &str, m: &StreamMetadata) {
     put_str8(buf, stream);
     let flags = u8::from(m.max_count.is_some())
         | (u8::from(m.max_age_us.is_some()) << 1)

@@ -38,8 +38,9 @@ pub struct ScavengeStats {
 struct Live {
     hard: bool,
     from: u64,
-    /// The stream's newest version. Its event stays on disk even when hidden: on open a
-    /// stream's next version is rebuilt from its events, so the last one must remain.
+    /// The stream's newest committed version. Its event stays on disk even when hidden: on
+    /// open a stream's next version is rebuilt from its events, so the last one must remain,
+    /// and only committed versions are safe from a `truncate_suffix`.
     newest: Option<u64>,
     max_age_us: Option<u64>,
 }
@@ -78,7 +79,10 @@ impl Engine {
                     let live = Live {
                         hard: s.vis_deleted == Some(crate::DeleteKind::Hard),
                         from: s.visible_from(st.commit_position),
-                        newest: s.next_version.checked_sub(1),
+                        // Committed, not the writers' tip: under Raft the tip's newest
+                        // version may be truncated away later, and the stream's versions
+                        // must still continue from what stays.
+                        newest: s.committed_next_version(st.commit_position).checked_sub(1),
                         max_age_us: s.metadata.max_age_us,
                     };
                     (k.clone(), live)

@@ -142,3 +142,72 @@ fn first_record_index_must_match_the_segment_header() {
         .append_entries(&records_of("s", 1, 1, 1, 10))
         .unwrap();
 }
+
+/// One record appending `stream`'s event `version` (of `bytes` bytes) at `index`/`position`.
+fn one_event(index: u64, position: u64, stream: &str, version: u64, bytes: usize) -> RawRecord {
+    let event = EventData::json("E", vec![b'x'; bytes]);
+    RawRecord {
+        index,
+        term: 1,
+        position,
+        count: 1,
+        kind: EntryKind::Append as u8,
+        body: Bytes::from(encode_stream_append(stream, version, 1, &[event])),
+    }
+}
+
+/// Bug 2: scavenge kept a stream's newest version as writers see it, which under Raft may
+/// be uncommitted. With v0–v7 committed and hidden and v8 durable but uncommitted, it dropped
+/// v0–v7; truncating v8 then left no event of the stream anywhere, and `NoStream` succeeded
+/// at version 0. The newest *committed* version must stay on disk.
+#[test]
+fn scavenge_keeps_the_newest_committed_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_raft(dir.path());
+    let mut log: Vec<RawRecord> = (0..8).map(|v| one_event(v + 1, v, "s", v, 1024)).collect();
+    let mut body = Vec::new();
+    let hide = StreamMetadata {
+        truncate_before: Some(8),
+        ..StreamMetadata::default()
+    };
+    format::encode_metadata(&mut body, "s", &hide);
+    log.push(RawRecord {
+        index: 9,
+        term: 1,
+        position: 8,
+        count: 0,
+        kind: EntryKind::Metadata as u8,
+        body: Bytes::from(body),
+    });
+    // Filler on another stream until the first segment is sealed.
+    for k in 0..12u64 {
+        log.push(one_event(10 + k, 8 + k, "f", k, 1024));
+    }
+    let v8 = one_event(22, 20, "s", 8, 16);
+    log.push(v8);
+    engine.append_entries(&log).unwrap();
+    engine.set_commit_index(21);
+    drop(engine); // writes the summary of the sealed first segment
+    let engine = open_raft(dir.path());
+    engine.set_commit_index(21);
+    let stats = engine.scavenge().unwrap();
+    assert!(stats.events_removed > 0, "{stats:?}");
+    engine.truncate_suffix(22).unwrap();
+    drop(engine);
+
+    let engine = open_raft(dir.path());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let write = StreamWrite {
+        stream: "s".into(),
+        expected: ExpectedVersion::NoStream,
+        events: vec![EventData::json("E", "{}")],
+    };
+    engine.append_with(vec![write], move |r| tx.send(r).unwrap());
+    let answer = rx
+        .try_recv()
+        .expect("a wrong expected version is answered at once");
+    match answer {
+        Err(AppendError::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Some(7)),
+        other => panic!("stream 's' must still exist at version 7: {other:?}"),
+    }
+}
