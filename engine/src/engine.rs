@@ -192,8 +192,20 @@ fn find_spare(
         source: e,
     };
     match fs::metadata(&path) {
-        Ok(m) if m.len() == config.segment_bytes_max => return Ok(Some(path)),
-        Ok(_) => fs::remove_file(&path).map_err(io_err)?,
+        Ok(m) if m.len() == config.segment_bytes_max && all_zeros(&path).map_err(io_err)? => {
+            return Ok(Some(path))
+        }
+        Ok(m) => {
+            // A roll renames the spare into place, and the rename is durable only at the
+            // directory sync after the new segment's data: a power cut in between leaves a
+            // "spare" holding a header and records. Those records were never acknowledged
+            // (that needs the directory sync), but reused, they would reappear after the new
+            // segment's first records.
+            if m.len() == config.segment_bytes_max {
+                tracing::warn!(file = %path.display(), "discarding a spare that is not all zeros");
+            }
+            fs::remove_file(&path).map_err(io_err)?;
+        }
         Err(_) => {}
     }
     if empty {
@@ -202,6 +214,28 @@ fn find_spare(
             .map_err(io_err);
     }
     Ok(None)
+}
+
+/// Whether every byte of the file is zero (read in 1 MiB chunks: once per open, and the file
+/// is one segment long).
+fn all_zeros(path: &Path) -> io::Result<bool> {
+    use std::io::Read;
+    if cfg!(feature = "mutation-no-spare-check") {
+        return Ok(true);
+    }
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if !format::all_zero(&buf[..n]) {
+            return Ok(false);
+        }
+    }
 }
 
 /// A function told the commit position each time it moves.
