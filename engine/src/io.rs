@@ -118,23 +118,12 @@ fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> i
             unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("io_uring queue full"))?;
         }
     }
-    ring.submit_and_wait(n)?;
-    let mut results = [0i32; 2 * BATCH_WRITES_MAX];
-    let mut seen = 0;
-    while seen < n {
-        for cqe in ring.completion() {
-            results[cqe.user_data() as usize] = cqe.result();
-            seen += 1;
-        }
-        if seen < n {
-            ring.submit_and_wait(n - seen)?;
-        }
-    }
+    let results = wait_all(ring, n)?;
     // A short write or a cancelled link is finished the plain way: correctness first.
     let mut redo = false;
     for (i, w) in writes.iter().enumerate() {
         let r = results[i];
-        if r < 0 && r != -libc::ECANCELED {
+        if r < 0 && !redo_plainly(r) {
             return Err(io::Error::from_raw_os_error(-r));
         }
         if r < 0 || r as usize != w.bytes.len() {
@@ -146,11 +135,55 @@ fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> i
     }
     for (i, w) in writes.iter().enumerate() {
         let r = results[writes.len() + i];
-        if redo || r == -libc::ECANCELED {
+        if redo || redo_plainly(r) {
             w.file.sync_data()?;
         } else if r < 0 {
             return Err(io::Error::from_raw_os_error(-r));
         }
     }
     Ok(())
+}
+
+/// A completion that is finished the plain way (pwrite, fdatasync) rather than failed: a link
+/// cancelled after a short write, or an operation interrupted by a signal.
+fn redo_plainly(result: i32) -> bool {
+    result == -libc::ECANCELED || result == -libc::EINTR || result == -libc::EAGAIN
+}
+
+/// Submits what is queued and waits until all `n` operations have completed; returns their
+/// results by `user_data`.
+///
+/// The kernel reads the batch's buffers until each operation completes, so this never returns
+/// while any is in flight: a signal (EINTR, even with SA_RESTART: `io_uring_enter` is not
+/// restarted) or a full completion queue (EBUSY) only means "wait again". An error with
+/// nothing in flight is returned; with operations in flight there is no sound way out (the
+/// buffers would be freed under the kernel), so the process aborts.
+fn wait_all(ring: &mut io_uring::IoUring, n: usize) -> io::Result<[i32; 2 * BATCH_WRITES_MAX]> {
+    let mut results = [0i32; 2 * BATCH_WRITES_MAX];
+    let mut submitted = 0usize;
+    let mut seen = 0usize;
+    while seen < n {
+        match ring.submit_and_wait(n - seen) {
+            Ok(k) => submitted += k,
+            Err(e) if retry_wait(&e) => {}
+            Err(e) if submitted == seen => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, in_flight = submitted - seen,
+                    "io_uring wait failed with writes in flight; aborting");
+                std::process::abort();
+            }
+        }
+        for cqe in ring.completion() {
+            let slot = cqe.user_data() as usize;
+            assert!(slot < n, "a completion of this batch");
+            results[slot] = cqe.result();
+            seen += 1;
+        }
+    }
+    Ok(results)
+}
+
+fn retry_wait(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+        || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY))
 }
