@@ -40,6 +40,10 @@ pub struct EngineConfig {
     /// Single-node mode: an entry is committed as soon as it is durable. Off under Raft,
     /// which moves the commit point with [`Engine::set_commit_index`].
     pub commit_on_durable: bool,
+    /// An index the caller knows was durable before this open (Raft's persisted commit
+    /// index): recovery treats damage at or below it as corruption, never as a torn tail.
+    /// 0: none (recovery then relies on the watermarks the records carry).
+    pub durable_floor: u64,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +52,7 @@ impl Default for EngineConfig {
             segment_bytes_max: 64 << 20,
             io_mode: IoMode::Auto,
             commit_on_durable: true,
+            durable_floor: 0,
         }
     }
 }
@@ -65,6 +70,12 @@ impl EngineConfig {
         self
     }
 
+    /// Sets the index known to be durable (see [`EngineConfig::durable_floor`]).
+    pub fn durable_floor(mut self, index: u64) -> Self {
+        self.durable_floor = index;
+        self
+    }
+
     /// Sets whether durable means committed (single node) or Raft decides.
     pub fn commit_on_durable(mut self, yes: bool) -> Self {
         self.commit_on_durable = yes;
@@ -78,6 +89,9 @@ pub(crate) struct Chunk {
     pub(crate) offset: u64,
     pub(crate) buf: Vec<u8>,
     pub(crate) new_file: bool,
+    /// Each record in `buf`: where its header starts, its body's CRC32C and length. The
+    /// writer stamps the durable watermark into each header just before the write.
+    pub(crate) records: Vec<(usize, u32, usize)>,
 }
 
 #[derive(Default)]
@@ -753,6 +767,7 @@ impl Inner {
                 offset: 0,
                 buf,
                 new_file: true,
+                records: Vec::new(),
             });
             st.segments.push(Seg {
                 file,
@@ -777,9 +792,13 @@ impl Inner {
                 offset,
                 buf,
                 new_file: false,
+                records: Vec::new(),
             });
         }
         let chunk = q.chunks.last_mut().expect("pushed above");
+        chunk
+            .records
+            .push((chunk.buf.len(), crc32c::crc32c(body), body.len()));
         chunk.buf.extend_from_slice(header.as_bytes());
         chunk.buf.extend_from_slice(body);
         seg.end += rec_len;
@@ -837,7 +856,7 @@ pub(crate) enum EnqueueError {
 /// The writer thread: takes whatever is queued, writes it in one go, syncs once, publishes.
 fn writer_loop(inner: &Inner, mut io: SyncIo) {
     loop {
-        let (chunks, last_index) = {
+        let (mut chunks, last_index) = {
             let mut q = inner.queue.lock();
             while q.chunks.is_empty() {
                 if q.shutdown {
@@ -848,11 +867,16 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
             q.busy = true;
             (std::mem::take(&mut q.chunks), q.last_index)
         };
-        let result = if inner.state.read().failed.is_some() {
+        let (failed, durable) = {
+            let st = inner.state.read();
+            (st.failed.is_some(), st.durable_index)
+        };
+        let result = if failed {
             // After a failed write nothing more is written: what is on disk stays as it was
             // for the next open to judge.
             Err(io::Error::other("the engine failed earlier"))
         } else {
+            stamp_durable(&mut chunks, durable);
             write_batch(inner, &mut io, &chunks)
         };
         if result.is_ok() {
@@ -874,7 +898,14 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
                         .map(|(cb, i)| (cb, Ok(i)))
                         .collect()
                 }
-                Err(e) => fail(&mut st, e),
+                Err(e) => {
+                    let from = st.durable_index + 1;
+                    let callbacks = fail(&mut st, e);
+                    // Before anyone hears of the failure: a restart must drop this batch
+                    // even if its pages sit in the page cache, marked clean.
+                    mark_failed(inner, from, failed);
+                    callbacks
+                }
             };
             (callbacks, st.commit_index != before)
         };
@@ -898,6 +929,34 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
         }
         drop(q);
         inner.idle_cv.notify_all();
+    }
+}
+
+/// Stamps every record of the batch with the index through which the log is durable now
+/// (`durable`): the watermark recovery trusts (docs/STORAGE.md, "Recovery").
+fn stamp_durable(chunks: &mut [Chunk], durable: u64) {
+    use zerocopy::FromBytes;
+    for c in chunks {
+        for &(at, body_crc, body_len) in &c.records {
+            let bytes = &mut c.buf[at..at + RECORD_HEADER_BYTES];
+            let h = format::RecordHeader::mut_from_bytes(bytes).expect("a header's bytes");
+            debug_assert!(
+                h.index.get() > durable,
+                "queued records are not durable yet"
+            );
+            h.stamp_durable(durable, body_crc, body_len);
+        }
+    }
+}
+
+/// Writes the failed-sync mark (once: `already` says the engine had failed before).
+fn mark_failed(inner: &Inner, from: u64, already: bool) {
+    if already {
+        return;
+    }
+    if let Err(e) = crate::failmark::write(&inner.dir, from) {
+        tracing::error!(error = %e, from_index = from,
+            "could not record the failed sync; restart this store only after a reboot");
     }
 }
 

@@ -64,10 +64,40 @@ pub struct RecordHeader {
     pub count: U32,
     /// [`EntryKind`] as a byte.
     pub kind: u8,
-    /// Zero.
-    pub flags: u8,
-    /// Zero.
-    pub reserved: [u8; 2],
+    /// The durable watermark this record carries, as a 24-bit little-endian distance back
+    /// from its own index: every record with an index at or below `index - lag` was durable
+    /// when this record was written. 0: no claim (stores written before the watermark). The
+    /// writer stamps it just before the write; recovery trusts it (docs/STORAGE.md).
+    pub durable_lag: [u8; 3],
+}
+
+/// Largest distance a record's watermark can express; a larger one is stored as this (which
+/// claims less than the truth, so it is always safe).
+pub const DURABLE_LAG_MAX: u64 = (1 << 24) - 1;
+
+impl RecordHeader {
+    /// The index through which the log was durable when this record was written, if the
+    /// record says.
+    pub fn durable_through(&self) -> Option<u64> {
+        let [a, b, c] = self.durable_lag;
+        let lag = u64::from_le_bytes([a, b, c, 0, 0, 0, 0, 0]);
+        (lag != 0).then(|| self.index.get().saturating_sub(lag))
+    }
+
+    /// Stamps the watermark `durable` (below this record's index) and recomputes the
+    /// checksum from the body's own CRC32C (`body_crc` over `body_len` bytes), without
+    /// reading the body again.
+    pub fn stamp_durable(&mut self, durable: u64, body_crc: u32, body_len: usize) {
+        let lag = self
+            .index
+            .get()
+            .saturating_sub(durable)
+            .min(DURABLE_LAG_MAX);
+        let b = lag.to_le_bytes();
+        self.durable_lag = [b[0], b[1], b[2]];
+        let head = crc32c::crc32c(&self.as_bytes()[8..]);
+        self.crc = U32::new(crc32c::crc32c_combine(head, body_crc, body_len));
+    }
 }
 
 /// The fixed part of each event inside an append body.
@@ -161,8 +191,7 @@ pub fn record_header(
         position: U64::new(position),
         count: U32::new(count),
         kind: kind as u8,
-        flags: 0,
-        reserved: [0; 2],
+        durable_lag: [0; 3],
     };
     h.crc = U32::new(record_crc(&h, body));
     h

@@ -73,18 +73,39 @@ impl SyncIo {
             "a batch touches at most {BATCH_WRITES_MAX} files"
         );
         match self {
-            SyncIo::Pwrite => {
-                for w in writes {
-                    w.file.write_all_at(w.bytes, w.offset)?;
-                }
-                for w in writes {
-                    w.file.sync_data()?;
-                }
-                Ok(())
-            }
+            SyncIo::Pwrite => pwrite_and_sync(writes),
+            // The mutation check runs the plain path, whose syncs it switches off.
+            SyncIo::Uring(_) if cfg!(feature = "mutation-no-fsync") => pwrite_and_sync(writes),
             SyncIo::Uring(ring) => uring_write_and_sync(ring, writes),
         }
     }
+}
+
+fn pwrite_and_sync(writes: &[Write<'_>]) -> io::Result<()> {
+    for w in writes {
+        w.file.write_all_at(w.bytes, w.offset)?;
+    }
+    for w in writes {
+        sync_data(w.file)?;
+    }
+    Ok(())
+}
+
+/// `fdatasync`: the engine's only way of making file data durable (std retries EINTR).
+/// Feature `mutation-no-fsync`, for the mutation check only, makes it a no-op.
+pub(crate) fn sync_data(file: &File) -> io::Result<()> {
+    if cfg!(feature = "mutation-no-fsync") {
+        return Ok(());
+    }
+    file.sync_data()
+}
+
+/// `fsync`: data and metadata (a directory's entries, a file's size).
+pub(crate) fn sync_all(file: &File) -> io::Result<()> {
+    if cfg!(feature = "mutation-no-fsync") {
+        return Ok(());
+    }
+    file.sync_all()
 }
 
 fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> io::Result<()> {
@@ -136,7 +157,7 @@ fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> i
     for (i, w) in writes.iter().enumerate() {
         let r = results[writes.len() + i];
         if redo || redo_plainly(r) {
-            w.file.sync_data()?;
+            sync_data(w.file)?;
         } else if r < 0 {
             return Err(io::Error::from_raw_os_error(-r));
         }

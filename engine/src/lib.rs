@@ -17,7 +17,9 @@
 //! - `state.rs` — the in-memory index built from the log, tip and committed views.
 //! - `engine.rs` — open, append (group commit), delete, metadata, snapshots, checkpoints.
 //! - `append.rs` — an append's validation, idempotent retries, version and position assignment.
-//! - `recovery.rs` — opening a directory: summaries, replay, torn-tail cut.
+//! - `recovery.rs` — opening a directory: summaries, replay, torn tail or corruption by the
+//!   durable watermark.
+//! - `failmark.rs` — the mark a failed sync leaves, so a restart drops the failed batch.
 //! - `summary.rs` — per-segment summaries that keep restart work flat.
 //! - `ids.rs` — the event-id index of summarized segments, built in the background.
 //! - `read.rs` — lazy stream and `$all` reads, listing, snapshots.
@@ -28,6 +30,7 @@
 mod append;
 mod engine;
 mod error;
+mod failmark;
 pub mod format;
 mod ids;
 mod io;

@@ -208,18 +208,19 @@ impl Engine {
                 let first = st.segments[a].first_index();
                 remove_if_exists(&self.inner.dir.join(summary_name(first)))?;
             }
-            for seg in st.segments.drain(s + 1..) {
-                fs::remove_file(&seg.file.path)?;
+            // Whole segments go first, newest first, and the directory is synced before the
+            // cut: a crash must never leave a cut segment followed by the old later ones.
+            let doomed = if r == 0 { s } else { s + 1 };
+            for seg in st.segments[doomed..].iter().rev() {
                 remove_if_exists(&self.inner.dir.join(summary_name(seg.first_index())))?;
-            }
-            let seg = &st.segments[s];
-            if r == 0 {
                 fs::remove_file(&seg.file.path)?;
-            } else {
-                seg.file.file.set_len(seg.records[r].offset as u64)?;
-                seg.file.file.sync_all()?;
             }
             segment::sync_dir(&self.inner.dir)?;
+            if r > 0 {
+                let seg = &st.segments[s];
+                rewrite_prefix(&seg.file, seg.records[r].offset as u64)?;
+                segment::sync_dir(&self.inner.dir)?;
+            }
             let commit_allowed = st.commit_allowed;
             let mut gone: Vec<_> = st.waiters.drain(..).collect();
             gone.extend(st.durable_waiters.drain(..));
@@ -275,10 +276,10 @@ impl Engine {
             return self.install_segment_tail(&incoming, next);
         }
         let mut records = 0u64;
-        scan(
+        let checked = scan(
             &incoming,
             format::SEGMENT_HEADER_BYTES as u64,
-            false,
+            u64::MAX,
             |rec, body| {
                 let kind = EntryKind::from_byte(rec.header.kind)
                     .map_err(|e| incoming.corruption(rec.offset, e.to_string()))?;
@@ -288,6 +289,7 @@ impl Engine {
                 Ok(())
             },
         )?;
+        refuse_bad(&incoming, &checked)?;
         self.inner.wait_ids();
         self.inner.wait_idle()?;
         let mut st = self.inner.state.write();
@@ -300,7 +302,7 @@ impl Engine {
         let dest = self.inner.dir.join(segment_name(incoming.first_index));
         let tmp = dest.with_extension("qseg.tmp");
         fs::copy(path, &tmp)?;
-        fs::File::open(&tmp)?.sync_all()?;
+        crate::io::sync_all(&fs::File::open(&tmp)?)?;
         fs::rename(&tmp, &dest)?;
         segment::sync_dir(&self.inner.dir)?;
         let file = Arc::new(
@@ -319,12 +321,16 @@ impl Engine {
         let applied = scan(
             &file,
             format::SEGMENT_HEADER_BYTES as u64,
-            false,
+            u64::MAX,
             |rec, body| {
                 st.apply_tip(&rec.header, rec.offset, body, Origin::Foreign)
                     .map_err(|e| file.corruption(rec.offset, e.to_string()))
             },
         );
+        let applied = applied.and_then(|o| match o.bad {
+            Some((at, why)) => Err(file.corruption(at, why)),
+            None => Ok(o),
+        });
         let outcome = match applied {
             Ok(o) => o,
             Err(c) => {
@@ -354,10 +360,10 @@ impl Engine {
     fn install_segment_tail(&self, incoming: &SegmentFile, next: u64) -> Result<u64, LogError> {
         let mut rest = Vec::new();
         let mut mismatch = None;
-        scan(
+        let checked = scan(
             incoming,
             format::SEGMENT_HEADER_BYTES as u64,
-            false,
+            u64::MAX,
             |rec, body| {
                 let h = &rec.header;
                 let (index, term) = (h.index.get(), h.term.get());
@@ -378,6 +384,7 @@ impl Engine {
                 Ok(())
             },
         )?;
+        refuse_bad(incoming, &checked)?;
         if let Some(index) = mismatch {
             return Err(LogError::NotContiguous(format!(
                 "the segment's record {index} has another term than this log's"
@@ -387,6 +394,34 @@ impl Engine {
             self.append_entries(&rest)?;
         }
         Ok(rest.len() as u64)
+    }
+}
+
+/// Replaces a segment file with a copy of its first `keep` bytes, of the same length (the
+/// rest sparse: zeros), by write, sync, rename. The old file is never shrunk or changed:
+/// readers may hold `Bytes` into its memory map (`entries`, reads), and shrinking a mapped
+/// file turns their next touch into SIGBUS. The old inode lives on, unlinked, until the last
+/// of them is dropped.
+fn rewrite_prefix(old: &SegmentFile, keep: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let len = old.file.metadata()?.len();
+    let keep_bytes = old
+        .written()
+        .map_err(|c| std::io::Error::other(c.to_string()))?;
+    let keep_bytes = &keep_bytes[..(keep as usize).min(keep_bytes.len())];
+    let tmp = old.path.with_extension("qseg.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(keep_bytes)?;
+    f.set_len(len)?;
+    crate::io::sync_all(&f)?;
+    fs::rename(&tmp, &old.path)
+}
+
+/// A shipped segment is whole and verified, or refused: bad bytes in it are corruption.
+fn refuse_bad(file: &SegmentFile, outcome: &segment::ScanOutcome) -> Result<(), LogError> {
+    match &outcome.bad {
+        Some((at, why)) => Err(file.corruption(*at, why.clone()).into()),
+        None => Ok(()),
     }
 }
 

@@ -144,7 +144,7 @@ impl Engine {
         let tmp = old.path.with_extension("qseg.tmp");
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&new.bytes)?;
-        f.sync_all()?;
+        crate::io::sync_all(&f)?;
         drop(f);
         // The old summary describes old offsets: remove it first, so a crash before the new
         // one is written leaves a segment that is scanned, never a wrong summary.
@@ -234,7 +234,7 @@ fn rewrite(
                 _ => (kind, &body[..]),
             };
         let offset = out.len() as u64;
-        let nh = format::record_header(
+        let mut nh = format::record_header(
             kind,
             index,
             h.term.get(),
@@ -242,6 +242,9 @@ fn rewrite(
             h.count.get(),
             new_body,
         );
+        // The watermark is part of what the record says about the log: it stays.
+        nh.durable_lag = h.durable_lag;
+        nh.crc = zerocopy::little_endian::U32::new(format::record_crc(&nh, new_body));
         out.extend_from_slice(nh.as_bytes());
         out.extend_from_slice(new_body);
         new_records.push(RecLoc {

@@ -99,7 +99,7 @@ pub(crate) fn write(dir: &Path, first_index: u64, bytes: &[u8]) -> std::io::Resu
     let tmp = path.with_extension("qidx.tmp");
     let mut f = fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    crate::io::sync_all(&f)?;
     fs::rename(&tmp, &path)?;
     sync_dir(dir)
 }

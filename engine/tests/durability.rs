@@ -292,3 +292,225 @@ fn leftover_spare_with_records_is_not_reused() {
     );
     assert!(got == want);
 }
+
+/// Offsets of the records of a segment file, walking its frames up to the first thing that
+/// is not a whole record.
+fn record_offsets(path: &Path) -> Vec<u64> {
+    use quiver_engine::format::{parse_record, RecordParse, RECORD_HEADER_BYTES};
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = format::SEGMENT_HEADER_BYTES;
+    let mut out = Vec::new();
+    while let RecordParse::Ok { body, .. } = parse_record(&bytes[at..]) {
+        out.push(at as u64);
+        at += RECORD_HEADER_BYTES + body.len();
+    }
+    out
+}
+
+fn flip_bit(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn big_raft_config() -> EngineConfig {
+    EngineConfig::default()
+        .commit_on_durable(false)
+        .segment_bytes_max(1 << 20)
+}
+
+/// Bug 3: a batch that holds the tail of segment N and the header of N+1 can leave, after a
+/// power cut, a torn record at N's end and a header-less N+1. Recovery took N+1 for the last
+/// segment, so N's torn tail was "corruption in a sealed segment" and the store refused to
+/// open after an ordinary crash.
+#[test]
+fn torn_tail_before_a_half_created_segment_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig::default().segment_bytes_max(16 << 10);
+    let engine = Engine::open(dir.path(), config.clone()).unwrap();
+    let mut v = 0u64;
+    while files_with(dir.path(), SEGMENT_EXT).len() < 2 {
+        let data = vec![v as u8; 700];
+        engine
+            .append(
+                "s",
+                ExpectedVersion::Any,
+                vec![EventData::binary("E", data)],
+            )
+            .unwrap();
+        v += 1;
+    }
+    for _ in 0..3 {
+        let data = vec![v as u8; 700];
+        engine
+            .append(
+                "s",
+                ExpectedVersion::Any,
+                vec![EventData::binary("E", data)],
+            )
+            .unwrap();
+        v += 1;
+    }
+    drop(engine);
+    let last = files_with(dir.path(), SEGMENT_EXT).pop().unwrap();
+    let offsets = record_offsets(&last);
+    let first: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    // The last record torn (its second half never reached the disk), and the next segment
+    // created with a header that never did either.
+    let torn = *offsets.last().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    for b in &mut bytes[torn as usize + 400..torn as usize + 740] {
+        *b = 0;
+    }
+    std::fs::write(&last, bytes).unwrap();
+    let next = dir
+        .path()
+        .join(segment::segment_name(first + offsets.len() as u64));
+    std::fs::write(&next, vec![0u8; 16 << 10]).unwrap();
+
+    let engine = Engine::open(dir.path(), config).expect("an ordinary crash opens");
+    assert_eq!(
+        engine.stream_info("s").unwrap().current_version,
+        Some(v - 2)
+    );
+    assert!(engine.open_stats().torn_bytes_cut > 0);
+    assert!(!next.exists(), "the half-created segment is gone");
+    engine
+        .append(
+            "s",
+            ExpectedVersion::Exact(v - 2),
+            vec![EventData::json("E", "{}")],
+        )
+        .unwrap();
+}
+
+/// Bug 8, first half: a flipped bit in the last acknowledged record was cut silently as a
+/// torn tail. Under Raft the commit index, persisted by Raft, is a durable mark the caller
+/// hands to open: a bad record at or below it is corruption, with file and offset.
+#[test]
+fn damage_below_the_durable_floor_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
+    for i in 1..=20 {
+        engine
+            .append_entries(&records_of("s", i, i, 1, 300))
+            .unwrap();
+    }
+    engine.set_commit_index(20);
+    drop(engine);
+    let seg = files_with(dir.path(), SEGMENT_EXT).pop().unwrap();
+    let offsets = record_offsets(&seg);
+    assert_eq!(offsets.len(), 20);
+    flip_bit(&seg, offsets[19] + 100);
+    match Engine::open(dir.path(), big_raft_config().durable_floor(20)) {
+        Err(OpenError::Corruption(c)) => {
+            assert_eq!(c.file, seg);
+            assert_eq!(c.offset, offsets[19], "{c}");
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(e) => panic!(
+            "the committed record 20 was cut: the log ends at {}",
+            e.last_index_term().0
+        ),
+    }
+    // Without the floor nothing on disk vouches for record 20 (no later record was written
+    // once it was durable): it is indistinguishable from a torn write, and is cut.
+    let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
+    assert_eq!(engine.last_index_term().0, 19);
+}
+
+/// Bug 8: a bad record followed by records that were written after it was durable is damage
+/// to synced bytes, never a torn tail: the watermark the later records carry says so.
+#[test]
+fn damage_below_a_later_records_watermark_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig::default().segment_bytes_max(1 << 20);
+    let engine = Engine::open(dir.path(), config.clone()).unwrap();
+    for i in 0..20u64 {
+        let data = vec![i as u8; 300];
+        engine
+            .append(
+                "s",
+                ExpectedVersion::Any,
+                vec![EventData::binary("E", data)],
+            )
+            .unwrap();
+    }
+    drop(engine);
+    let seg = files_with(dir.path(), SEGMENT_EXT).pop().unwrap();
+    let offsets = record_offsets(&seg);
+    flip_bit(&seg, offsets[18] + 100);
+    match Engine::open(dir.path(), config) {
+        Err(OpenError::Corruption(c)) => {
+            assert_eq!(
+                (c.file.as_path(), c.offset),
+                (seg.as_path(), offsets[18]),
+                "{c}"
+            );
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(e) => panic!(
+            "record 19 was cut: the log ends at {}",
+            e.last_index_term().0
+        ),
+    }
+}
+
+/// Bug 8, second half: one unsynced batch of several records may reach the disk page by
+/// page; a lost early page ("bad record, then good records") is a torn tail when the good
+/// records' own watermark does not cover the bad one.
+#[test]
+fn torn_early_page_of_an_unsynced_batch_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
+    for i in 1..=10 {
+        engine
+            .append_entries(&records_of("s", i, i, 1, 300))
+            .unwrap();
+    }
+    // One call: one batch, written together after record 10 was durable.
+    engine
+        .append_entries(&records_of("s", 11, 14, 1, 300))
+        .unwrap();
+    drop(engine);
+    let seg = files_with(dir.path(), SEGMENT_EXT).pop().unwrap();
+    let offsets = record_offsets(&seg);
+    assert_eq!(offsets.len(), 14);
+    flip_bit(&seg, offsets[10] + 100);
+    let engine = Engine::open(dir.path(), big_raft_config()).expect("a torn batch opens");
+    assert_eq!(engine.last_index_term().0, 10);
+    assert!(engine.open_stats().torn_bytes_cut > 0);
+    // The log continues where it was cut.
+    engine
+        .append_entries(&records_of("s", 11, 11, 2, 10))
+        .unwrap();
+}
+
+/// Bug 7: `entries()` hands out record bodies as `Bytes` into the segment's memory map, and
+/// `truncate_suffix` shrank the file under them: touching a body afterwards was SIGBUS (or
+/// read zeros). A truncation must leave bodies already handed out intact.
+#[test]
+fn bodies_handed_out_survive_a_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
+    let written = records_of("s", 1, 12, 1, 1500);
+    engine.append_entries(&written).unwrap();
+    let held = engine.entries(1, 1 << 20).unwrap();
+    assert_eq!(held.len(), 12);
+    engine.truncate_suffix(4).unwrap();
+    assert_eq!(engine.last_index_term().0, 3);
+    for (h, w) in held.iter().zip(&written) {
+        assert!(
+            h.body[..] == w.body[..],
+            "record {} changed under its reader",
+            h.index
+        );
+    }
+    // The log goes on from the cut.
+    engine
+        .append_entries(&records_of("s", 4, 4, 2, 10))
+        .unwrap();
+    drop(engine);
+    let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
+    assert_eq!(engine.last_index_term(), (4, 2));
+}
