@@ -161,7 +161,8 @@ fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
-    /// One scavenge at a time.
+    /// One scavenge at a time, and none during a reload from disk (truncate_suffix,
+    /// install_segment).
     pub(crate) scavenge_lock: Arc<Mutex<()>>,
     _writer: Arc<WriterHandle>,
 }
