@@ -22,8 +22,9 @@ use crate::error::{AppendError, Failed, OpenError};
 use crate::format::{self, EntryKind, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES};
 use crate::io::{IoMode, SyncIo, Write, BATCH_WRITES_MAX};
 use crate::recovery;
-use crate::segment::{self, sync_dir, SegmentFile};
+use crate::segment::{self, SegmentFile};
 use crate::state::{Callback, OpenStats, Origin, Seg, State};
+use crate::storage::{self, RealStorage, Storage};
 use crate::summary;
 use crate::types::{
     validate_stream_name, AppendResult, DeleteKind, ExpectedVersion, StreamMetadata, StreamWrite,
@@ -44,6 +45,9 @@ pub struct EngineConfig {
     /// index): recovery treats damage at or below it as corruption, never as a torn tail.
     /// 0: none (recovery then relies on the watermarks the records carry).
     pub durable_floor: u64,
+    /// The file system under the engine: [`RealStorage`], or a simulated disk in tests
+    /// ([`crate::storage::sim::SimDisk`]). Anything but the real one forces the pwrite path.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +57,7 @@ impl Default for EngineConfig {
             io_mode: IoMode::Auto,
             commit_on_durable: true,
             durable_floor: 0,
+            storage: Arc::new(RealStorage),
         }
     }
 }
@@ -67,6 +72,12 @@ impl EngineConfig {
     /// Sets the write path.
     pub fn io_mode(mut self, mode: IoMode) -> Self {
         self.io_mode = mode;
+        self
+    }
+
+    /// Sets the storage under the engine.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
         self
     }
 
@@ -219,12 +230,12 @@ fn find_spare(
             if m.len() == config.segment_bytes_max {
                 tracing::warn!(file = %path.display(), "discarding a spare that is not all zeros");
             }
-            fs::remove_file(&path).map_err(io_err)?;
+            config.storage.remove_file(&path).map_err(io_err)?;
         }
         Err(_) => {}
     }
     if empty {
-        return segment::prepare_spare(dir, config.segment_bytes_max)
+        return segment::prepare_spare(&*config.storage, dir, config.segment_bytes_max)
             .map(Some)
             .map_err(io_err);
     }
@@ -298,7 +309,8 @@ fn summarizer_loop(inner: &Inner) {
         }
         summary::write_due(inner);
         if inner.spare.lock().is_none() {
-            match segment::prepare_spare(&inner.dir, inner.config.segment_bytes_max) {
+            let (s, size) = (&*inner.config.storage, inner.config.segment_bytes_max);
+            match segment::prepare_spare(s, &inner.dir, size) {
                 Ok(path) => *inner.spare.lock() = Some(path),
                 Err(e) => tracing::warn!(error = %e, "could not prepare a spare segment"),
             }
@@ -330,7 +342,7 @@ impl Engine {
         let state = recovery::load(&dir, &config)?;
         let spare = find_spare(&dir, &config, state.segments.is_empty())?;
         let ids_ready = state.ids_pending.is_empty();
-        let io = SyncIo::new(config.io_mode).map_err(|e| OpenError::Io {
+        let io = SyncIo::new(config.io_mode, &*config.storage).map_err(|e| OpenError::Io {
             path: dir.clone(),
             source: e,
         })?;
@@ -733,7 +745,10 @@ impl Inner {
             // new segment would need the same name).
             let empty = st.segments.pop().expect("checked above");
             q.chunks.retain(|c| !Arc::ptr_eq(&c.file, &empty.file));
-            fs::remove_file(&empty.file.path).map_err(EnqueueError::Io)?;
+            self.config
+                .storage
+                .remove_file(&empty.file.path)
+                .map_err(EnqueueError::Io)?;
         }
         if needs_new {
             let capacity = self
@@ -746,6 +761,7 @@ impl Inner {
             };
             let used_spare = spare.is_some();
             let (file, head) = SegmentFile::create(
+                &*self.config.storage,
                 &self.dir,
                 st.next_index,
                 st.next_position,
@@ -955,7 +971,7 @@ fn mark_failed(inner: &Inner, from: u64, already: bool) {
     if already {
         return;
     }
-    if let Err(e) = crate::failmark::write(&inner.dir, from) {
+    if let Err(e) = crate::failmark::write(&*inner.config.storage, &inner.dir, from) {
         tracing::error!(error = %e, from_index = from,
             "could not record the failed sync; restart this store only after a reboot");
     }
@@ -988,10 +1004,10 @@ fn write_batch(inner: &Inner, io: &mut SyncIo, chunks: &[Chunk]) -> io::Result<(
                 bytes: &c.buf,
             })
             .collect();
-        io.write_and_sync(&writes)?;
+        io.write_and_sync(&*inner.config.storage, &writes)?;
     }
     if chunks.iter().any(|c| c.new_file) {
-        sync_dir(&inner.dir)?;
+        storage::sync_dir(&*inner.config.storage, &inner.dir)?;
     }
     Ok(())
 }

@@ -7,25 +7,24 @@
 //! Format (20 bytes): magic `QFAIL\x01\0\0`, u64 first index, CRC32C of the 16 bytes before.
 
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::Path;
+
+use crate::storage::{self, Storage};
 
 /// The mark's file name.
 pub(crate) const NAME: &str = "sync-failed";
 const MAGIC: [u8; 8] = *b"QFAIL\x01\0\0";
 
 /// Records durably that records from `first_index` on may not be on disk.
-pub(crate) fn write(dir: &Path, first_index: u64) -> io::Result<()> {
+pub(crate) fn write(s: &dyn Storage, dir: &Path, first_index: u64) -> io::Result<()> {
     let mut bytes = MAGIC.to_vec();
     bytes.extend_from_slice(&first_index.to_le_bytes());
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     let tmp = dir.join("sync-failed.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    crate::io::sync_data(&f)?;
-    fs::rename(&tmp, dir.join(NAME))?;
-    crate::segment::sync_dir(dir)
+    storage::write_file_atomic(s, &tmp, &dir.join(NAME), &bytes, 0)?;
+    storage::sync_dir(s, dir)
 }
 
 /// The first index the mark names, if there is a mark. A mark that does not decode still
@@ -50,7 +49,7 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<u64>> {
 }
 
 /// Removes the mark once recovery has dropped the failed batch durably.
-pub(crate) fn clear(dir: &Path) -> io::Result<()> {
-    fs::remove_file(dir.join(NAME))?;
-    crate::segment::sync_dir(dir)
+pub(crate) fn clear(s: &dyn Storage, dir: &Path) -> io::Result<()> {
+    s.remove_file(&dir.join(NAME))?;
+    storage::sync_dir(s, dir)
 }

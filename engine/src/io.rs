@@ -11,6 +11,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+use crate::storage::{self, RealStorage, Storage};
+
 /// Which write path to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {
@@ -41,7 +43,12 @@ pub(crate) enum SyncIo {
 }
 
 impl SyncIo {
-    pub(crate) fn new(mode: IoMode) -> io::Result<SyncIo> {
+    /// The write path for `mode`; always pwrite when `storage` is not the real file system
+    /// (io_uring would bypass it).
+    pub(crate) fn new(mode: IoMode, storage: &dyn Storage) -> io::Result<SyncIo> {
+        if !storage.uring_allowed() {
+            return Ok(SyncIo::Pwrite);
+        }
         match mode {
             IoMode::Pwrite => Ok(SyncIo::Pwrite),
             IoMode::Uring => Ok(SyncIo::Uring(Box::new(io_uring::IoUring::new(
@@ -67,45 +74,34 @@ impl SyncIo {
 
     /// Writes every buffer at its offset, then makes the data of every file written durable.
     /// Returns only when all of it is on stable storage, or with the first error.
-    pub(crate) fn write_and_sync(&mut self, writes: &[Write<'_>]) -> io::Result<()> {
+    pub(crate) fn write_and_sync(
+        &mut self,
+        storage: &dyn Storage,
+        writes: &[Write<'_>],
+    ) -> io::Result<()> {
         assert!(
             writes.len() <= BATCH_WRITES_MAX,
             "a batch touches at most {BATCH_WRITES_MAX} files"
         );
         match self {
-            SyncIo::Pwrite => pwrite_and_sync(writes),
+            SyncIo::Pwrite => pwrite_and_sync(storage, writes),
             // The mutation check runs the plain path, whose syncs it switches off.
-            SyncIo::Uring(_) if cfg!(feature = "mutation-no-fsync") => pwrite_and_sync(writes),
+            SyncIo::Uring(_) if cfg!(feature = "mutation-no-fsync") => {
+                pwrite_and_sync(storage, writes)
+            }
             SyncIo::Uring(ring) => uring_write_and_sync(ring, writes),
         }
     }
 }
 
-fn pwrite_and_sync(writes: &[Write<'_>]) -> io::Result<()> {
+fn pwrite_and_sync(storage: &dyn Storage, writes: &[Write<'_>]) -> io::Result<()> {
     for w in writes {
-        w.file.write_all_at(w.bytes, w.offset)?;
+        storage::write_all_at(storage, w.file, w.bytes, w.offset)?;
     }
     for w in writes {
-        sync_data(w.file)?;
+        storage::sync_data(storage, w.file)?;
     }
     Ok(())
-}
-
-/// `fdatasync`: the engine's only way of making file data durable (std retries EINTR).
-/// Feature `mutation-no-fsync`, for the mutation check only, makes it a no-op.
-pub(crate) fn sync_data(file: &File) -> io::Result<()> {
-    if cfg!(feature = "mutation-no-fsync") {
-        return Ok(());
-    }
-    file.sync_data()
-}
-
-/// `fsync`: data and metadata (a directory's entries, a file's size).
-pub(crate) fn sync_all(file: &File) -> io::Result<()> {
-    if cfg!(feature = "mutation-no-fsync") {
-        return Ok(());
-    }
-    file.sync_all()
 }
 
 fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> io::Result<()> {
@@ -157,7 +153,7 @@ fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> i
     for (i, w) in writes.iter().enumerate() {
         let r = results[writes.len() + i];
         if redo || redo_plainly(r) {
-            sync_data(w.file)?;
+            storage::sync_data(&RealStorage, w.file)?;
         } else if r < 0 {
             return Err(io::Error::from_raw_os_error(-r));
         }

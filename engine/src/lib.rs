@@ -13,7 +13,9 @@
 //! - `error.rs` — one error enum per operation.
 //! - `format.rs` — segment header, record frame, entry bodies; decoders never panic.
 //! - `segment.rs` — segment files, memory maps, the recovery scan.
-//! - `io.rs` — the durable write: io_uring, or pwrite + fdatasync.
+//! - `storage.rs` — the file system behind one trait: real, or simulated (`storage/sim.rs`:
+//!   power cuts, torn sectors, lost renames, failed writes and syncs).
+//! - `io.rs` — the durable write: io_uring, or pwrite + fdatasync through the storage.
 //! - `state.rs` — the in-memory index built from the log, tip and committed views.
 //! - `engine.rs` — open, append (group commit), delete, metadata, snapshots, checkpoints.
 //! - `append.rs` — an append's validation, idempotent retries, version and position assignment.
@@ -40,6 +42,7 @@ mod recovery;
 mod scavenge;
 pub mod segment;
 mod state;
+pub mod storage;
 mod summary;
 mod types;
 

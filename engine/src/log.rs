@@ -14,6 +14,7 @@ use crate::format::{self, decode_entry, EntryKind};
 use crate::recovery;
 use crate::segment::{self, scan, segment_name, summary_name, SegmentFile};
 use crate::state::{Callback, Origin, Seg};
+use crate::storage::{self, Storage};
 
 /// A record as Raft sends it between nodes: the frame's fields and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,22 +209,24 @@ impl Engine {
             // The segment that will be the active one again loses its summary first: records
             // appended to it later would otherwise be hidden by it on the next open.
             let active = if r == 0 { s.checked_sub(1) } else { Some(s) };
+            let disk = &*self.inner.config.storage;
             if let Some(a) = active {
                 let first = st.segments[a].first_index();
-                remove_if_exists(&self.inner.dir.join(summary_name(first)))?;
+                storage::remove_if_exists(disk, &self.inner.dir.join(summary_name(first)))?;
             }
             // Whole segments go first, newest first, and the directory is synced before the
             // cut: a crash must never leave a cut segment followed by the old later ones.
             let doomed = if r == 0 { s } else { s + 1 };
             for seg in st.segments[doomed..].iter().rev() {
-                remove_if_exists(&self.inner.dir.join(summary_name(seg.first_index())))?;
-                fs::remove_file(&seg.file.path)?;
+                let summary = self.inner.dir.join(summary_name(seg.first_index()));
+                storage::remove_if_exists(disk, &summary)?;
+                disk.remove_file(&seg.file.path)?;
             }
-            segment::sync_dir(&self.inner.dir)?;
+            storage::sync_dir(disk, &self.inner.dir)?;
             if r > 0 {
                 let seg = &st.segments[s];
-                rewrite_prefix(&seg.file, seg.records[r].offset as u64)?;
-                segment::sync_dir(&self.inner.dir)?;
+                rewrite_prefix(disk, &seg.file, seg.records[r].offset as u64)?;
+                storage::sync_dir(disk, &self.inner.dir)?;
             }
             let commit_allowed = st.commit_allowed;
             let mut gone: Vec<_> = st.waiters.drain(..).collect();
@@ -307,10 +310,10 @@ impl Engine {
         }
         let dest = self.inner.dir.join(segment_name(incoming.first_index));
         let tmp = dest.with_extension("qseg.tmp");
-        fs::copy(path, &tmp)?;
-        crate::io::sync_all(&fs::File::open(&tmp)?)?;
-        fs::rename(&tmp, &dest)?;
-        segment::sync_dir(&self.inner.dir)?;
+        let disk = &*self.inner.config.storage;
+        let shipped = fs::read(path)?;
+        storage::write_file_atomic(disk, &tmp, &dest, &shipped, 0)?;
+        storage::sync_dir(disk, &self.inner.dir)?;
         let file = Arc::new(
             SegmentFile::open(&dest, false).map_err(|e| std::io::Error::other(e.to_string()))?,
         );
@@ -341,8 +344,8 @@ impl Engine {
             Ok(o) => o,
             Err(c) => {
                 // Undo: drop the file and rebuild the state from what is on disk.
-                fs::remove_file(&dest)?;
-                segment::sync_dir(&self.inner.dir)?;
+                disk.remove_file(&dest)?;
+                storage::sync_dir(disk, &self.inner.dir)?;
                 let term = st.term;
                 *st = recovery::load_with_ids(&self.inner.dir, &self.inner.config)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -408,19 +411,14 @@ impl Engine {
 /// readers may hold `Bytes` into its memory map (`entries`, reads), and shrinking a mapped
 /// file turns their next touch into SIGBUS. The old inode lives on, unlinked, until the last
 /// of them is dropped.
-fn rewrite_prefix(old: &SegmentFile, keep: u64) -> std::io::Result<()> {
-    use std::io::Write as _;
+fn rewrite_prefix(disk: &dyn Storage, old: &SegmentFile, keep: u64) -> std::io::Result<()> {
     let len = old.file.metadata()?.len();
     let keep_bytes = old
         .written()
         .map_err(|c| std::io::Error::other(c.to_string()))?;
     let keep_bytes = &keep_bytes[..(keep as usize).min(keep_bytes.len())];
     let tmp = old.path.with_extension("qseg.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(keep_bytes)?;
-    f.set_len(len)?;
-    crate::io::sync_all(&f)?;
-    fs::rename(&tmp, &old.path)
+    storage::write_file_atomic(disk, &tmp, &old.path, keep_bytes, len)
 }
 
 /// A shipped segment is whole and verified, or refused: bad bytes in it are corruption.
@@ -428,12 +426,5 @@ fn refuse_bad(file: &SegmentFile, outcome: &segment::ScanOutcome) -> Result<(), 
     match &outcome.bad {
         Some((at, why)) => Err(file.corruption(*at, why.clone()).into()),
         None => Ok(()),
-    }
-}
-
-fn remove_if_exists(path: &Path) -> std::io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }

@@ -20,8 +20,9 @@ use crate::engine::EngineConfig;
 use crate::error::{Corruption, OpenError};
 use crate::failmark;
 use crate::format::SEGMENT_HEADER_BYTES;
-use crate::segment::{self, scan, watermark_after, SegmentFile, SEGMENT_EXT, SUMMARY_EXT};
+use crate::segment::{scan, watermark_after, SegmentFile, SEGMENT_EXT, SUMMARY_EXT};
 use crate::state::{Origin, Seg, State};
+use crate::storage::{self, Storage};
 use crate::summary;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -33,13 +34,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
 
 /// Segment files in `dir`, in log order. Leftover temporary files from an interrupted
 /// scavenge or summary are removed.
-pub(crate) fn segment_paths(dir: &Path) -> Result<Vec<PathBuf>, OpenError> {
+pub(crate) fn segment_paths(s: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>, OpenError> {
     let mut paths = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if ext == "tmp" {
-            fs::remove_file(&path).map_err(io_err(&path))?;
+            s.remove_file(&path).map_err(io_err(&path))?;
         } else if ext == SEGMENT_EXT {
             paths.push(path);
         }
@@ -75,7 +76,8 @@ struct Damage<'a> {
 /// Rebuilds the state from the files in `dir`. Event ids of summarized segments are left in
 /// `ids_pending` for the background loader.
 pub(crate) fn load(dir: &Path, config: &EngineConfig) -> Result<State, OpenError> {
-    let paths = segment_paths(dir)?;
+    let disk = &*config.storage;
+    let paths = segment_paths(disk, dir)?;
     let failed_from = failmark::read(dir).map_err(io_err(dir))?;
     let stop_before = failed_from.unwrap_or(u64::MAX);
     let mut st = State::new(if config.commit_on_durable {
@@ -117,8 +119,8 @@ pub(crate) fn load(dir: &Path, config: &EngineConfig) -> Result<State, OpenError
                 why,
             };
             judge(&damage, &bytes, later, config, stop_before)?;
-            remove_segments(dir, &paths[i..])?;
-            reactivate_last(&mut st, dir)?;
+            remove_segments(disk, dir, &paths[i..])?;
+            reactivate_last(disk, &mut st, dir)?;
             break;
         }
         let file = Arc::new(opened.expect("a bad header is a problem above"));
@@ -149,9 +151,9 @@ pub(crate) fn load(dir: &Path, config: &EngineConfig) -> Result<State, OpenError
             }
         }
         if replay(&mut st, &file, later, config, stop_before)? {
-            remove_segments(dir, later)?;
+            remove_segments(disk, dir, later)?;
             if !is_last {
-                reactivate_last(&mut st, dir)?;
+                reactivate_last(disk, &mut st, dir)?;
             }
             break;
         }
@@ -160,12 +162,12 @@ pub(crate) fn load(dir: &Path, config: &EngineConfig) -> Result<State, OpenError
         // What the last segment holds is the log from now on, and the next records' watermark
         // will say so: make sure it is on disk, not only in the page cache (a previous process
         // may have died before its sync).
-        crate::io::sync_data(&seg.file.file).map_err(io_err(&seg.file.path))?;
-        segment::sync_dir(dir).map_err(io_err(dir))?;
+        storage::sync_data(disk, &seg.file.file).map_err(io_err(&seg.file.path))?;
+        storage::sync_dir(disk, dir).map_err(io_err(dir))?;
     }
     if failed_from.is_some() {
         // The failed batch is gone from the files, durably: the mark has done its job.
-        failmark::clear(dir).map_err(io_err(dir))?;
+        failmark::clear(disk, dir).map_err(io_err(dir))?;
     }
     st.durable_index = st.next_index - 1;
     st.term = st.last_term.max(1);
@@ -221,7 +223,7 @@ fn judge(
 }
 
 /// Removes segment files (and their summaries) that lie past the log's end, durably.
-fn remove_segments(dir: &Path, paths: &[PathBuf]) -> Result<(), OpenError> {
+fn remove_segments(disk: &dyn Storage, dir: &Path, paths: &[PathBuf]) -> Result<(), OpenError> {
     if paths.is_empty() {
         return Ok(());
     }
@@ -229,24 +231,21 @@ fn remove_segments(dir: &Path, paths: &[PathBuf]) -> Result<(), OpenError> {
     for path in paths.iter().rev() {
         tracing::warn!(file = %path.display(), "removing a segment past the log's end");
         let summary = path.with_extension(SUMMARY_EXT);
-        match fs::remove_file(&summary) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&summary)(e)),
-            _ => {}
-        }
-        fs::remove_file(path).map_err(io_err(path))?;
+        storage::remove_if_exists(disk, &summary).map_err(io_err(&summary))?;
+        disk.remove_file(path).map_err(io_err(path))?;
     }
-    segment::sync_dir(dir).map_err(io_err(dir))
+    storage::sync_dir(disk, dir).map_err(io_err(dir))
 }
 
 /// The segment before a cut becomes the active one: writable, unsealed, without summary.
-fn reactivate_last(st: &mut State, dir: &Path) -> Result<(), OpenError> {
+fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(), OpenError> {
     let Some(seg) = st.segments.last_mut() else {
         return Ok(());
     };
     let path = seg.file.path.clone();
     let summary = path.with_extension(SUMMARY_EXT);
-    match fs::remove_file(&summary) {
-        Ok(()) => segment::sync_dir(dir).map_err(io_err(dir))?,
+    match disk.remove_file(&summary) {
+        Ok(()) => storage::sync_dir(disk, dir).map_err(io_err(dir))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(&summary)(e)),
     }
@@ -287,7 +286,9 @@ fn replay(
     // A sealed segment's file was opened read-only; cutting needs it writable.
     let writable = SegmentFile::open(&file.path, true)?;
     let len = file.written()?.len() as u64;
-    writable.zero_from(at).map_err(io_err(&file.path))?;
+    writable
+        .zero_from(&*config.storage, at)
+        .map_err(io_err(&file.path))?;
     // Every byte from the cut to the end of the file is no longer part of the log (the file
     // keeps its length: those bytes are zeros now).
     st.open_stats.torn_bytes_cut += len - at;

@@ -7,8 +7,6 @@
 //! delta). The new file replaces the old one by rename, so a crash leaves one or the other.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use zerocopy::IntoBytes;
@@ -16,8 +14,9 @@ use zerocopy::IntoBytes;
 use crate::engine::Engine;
 use crate::error::{DecodeError, ScavengeError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, SEGMENT_HEADER_BYTES};
-use crate::segment::{summary_name, sync_dir, SegmentFile};
+use crate::segment::{summary_name, SegmentFile};
 use crate::state::{RecLoc, State};
+use crate::storage;
 use crate::summary;
 
 /// What a scavenge did.
@@ -141,28 +140,26 @@ impl Engine {
     /// Replaces a segment file with its rewritten form, durably, then in memory.
     fn swap_in(&self, old: &Arc<SegmentFile>, new: Rewritten) -> Result<(), ScavengeError> {
         let dir = &self.inner.dir;
+        let s = &*self.inner.config.storage;
         let tmp = old.path.with_extension("qseg.tmp");
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&new.bytes)?;
-        crate::io::sync_all(&f)?;
+        let f = s.create(&tmp)?;
+        storage::write_all_at(s, &f, &new.bytes, 0)?;
+        storage::sync_data(s, &f)?;
         drop(f);
         // The old summary describes old offsets: remove it first, so a crash before the new
         // one is written leaves a segment that is scanned, never a wrong summary.
         let summary_path = dir.join(summary_name(old.first_index));
-        match fs::remove_file(&summary_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        sync_dir(dir)?;
-        fs::rename(&tmp, &old.path)?;
-        sync_dir(dir)?;
+        storage::remove_if_exists(s, &summary_path)?;
+        storage::sync_dir(s, dir)?;
+        s.rename(&tmp, &old.path)?;
+        storage::sync_dir(s, dir)?;
         let file = Arc::new(SegmentFile::open(&old.path, false).map_err(|e| match e {
             crate::OpenError::Corruption(c) => ScavengeError::Corruption(c),
             other => ScavengeError::Io(std::io::Error::other(other.to_string())),
         })?);
         let end = new.bytes.len() as u64;
         let bytes = summary::build(&file, &new.records, end)?;
-        summary::write(dir, file.first_index, &bytes)?;
+        summary::write(s, dir, file.first_index, &bytes)?;
         let mut st = self.inner.state.write();
         if let Some(seg) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, old)) {
             seg.file = file;

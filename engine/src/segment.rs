@@ -1,7 +1,7 @@
 //! Segment files: naming, creation, memory maps, and the scan that recovers a segment's
 //! records on open (cutting a torn tail, refusing corruption elsewhere).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,7 @@ use crate::error::{Corruption, OpenError};
 use crate::format::{
     self, parse_record, RecordHeader, RecordParse, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
+use crate::storage::{self, Storage};
 
 /// Extension of segment files.
 pub const SEGMENT_EXT: &str = "qseg";
@@ -73,6 +74,7 @@ impl SegmentFile {
     /// one: overwriting written zeros lets `fdatasync` skip the metadata commit that growing
     /// a file costs (measured: about twice the syncs per second; docs/STORAGE.md).
     pub fn create(
+        storage: &dyn Storage,
         dir: &Path,
         first_index: u64,
         first_position: u64,
@@ -88,14 +90,10 @@ impl SegmentFile {
                         "segment exists",
                     ));
                 }
-                fs::rename(spare, &path)?;
+                storage.rename(spare, &path)?;
                 OpenOptions::new().read(true).write(true).open(&path)?
             }
-            None => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)?,
+            None => storage.create_new(&path)?,
         };
         let map = map(&file, capacity)?;
         let header = format::segment_header(first_index, first_position, capacity);
@@ -151,8 +149,7 @@ impl SegmentFile {
     /// is overwritten with zeros, durably. The file keeps its length, so a pre-zeroed
     /// segment stays pre-zeroed, and a memory map of it never loses pages (a shrink would
     /// turn a reader's touch into SIGBUS). Returns the bytes zeroed.
-    pub fn zero_from(&self, at: u64) -> io::Result<u64> {
-        use std::os::unix::fs::FileExt;
+    pub fn zero_from(&self, storage: &dyn Storage, at: u64) -> io::Result<u64> {
         let written = self
             .written()
             .map_err(|c| io::Error::other(c.to_string()))?;
@@ -165,10 +162,10 @@ impl SegmentFile {
         let mut off = at;
         while off < end {
             let n = (end - off).min(zeros.len());
-            self.file.write_all_at(&zeros[..n], off as u64)?;
+            storage::write_all_at(storage, &self.file, &zeros[..n], off as u64)?;
             off += n;
         }
-        crate::io::sync_data(&self.file)?;
+        storage::sync_data(storage, &self.file)?;
         Ok((end - at) as u64)
     }
 
@@ -324,24 +321,18 @@ pub const SPARE_NAME: &str = "next.spare";
 
 /// Writes a pre-zeroed spare segment file of `capacity` bytes, durably, and returns its path.
 /// It is written under a temporary name and renamed, so a spare that exists is whole.
-pub fn prepare_spare(dir: &Path, capacity: u64) -> io::Result<PathBuf> {
-    use std::io::Write;
+pub fn prepare_spare(storage: &dyn Storage, dir: &Path, capacity: u64) -> io::Result<PathBuf> {
     let path = dir.join(SPARE_NAME);
     let tmp = dir.join("next.spare.tmp");
-    let mut f = File::create(&tmp)?;
+    let f = storage.create(&tmp)?;
     let zeros = vec![0u8; 1 << 20];
-    let mut left = capacity;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        f.write_all(&zeros[..n])?;
-        left -= n as u64;
+    let mut at = 0u64;
+    while at < capacity {
+        let n = (capacity - at).min(zeros.len() as u64) as usize;
+        storage::write_all_at(storage, &f, &zeros[..n], at)?;
+        at += n as u64;
     }
-    crate::io::sync_all(&f)?;
-    fs::rename(&tmp, &path)?;
+    storage::sync_data(storage, &f)?;
+    storage.rename(&tmp, &path)?;
     Ok(path)
-}
-
-/// Fsyncs a directory so that file creations, renames and removals in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    crate::io::sync_all(&File::open(dir)?)
 }

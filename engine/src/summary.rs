@@ -7,7 +7,6 @@
 //! segment is scanned instead) and rewritten later.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,8 +16,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::engine::Inner;
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
-use crate::segment::{summary_name, sync_dir, SegmentFile};
+use crate::segment::{summary_name, SegmentFile};
 use crate::state::{Origin, RecLoc, State};
+use crate::storage::{self, Storage};
 
 /// The header of a summary file.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -94,14 +94,16 @@ fn strip(out: &mut Vec<u8>, h: &RecordHeader, body: &[u8]) -> Result<(), DecodeE
 }
 
 /// Writes a summary durably: temporary file, fsync, rename, fsync of the directory.
-pub(crate) fn write(dir: &Path, first_index: u64, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write(
+    s: &dyn Storage,
+    dir: &Path,
+    first_index: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let path = dir.join(summary_name(first_index));
     let tmp = path.with_extension("qidx.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    crate::io::sync_all(&f)?;
-    fs::rename(&tmp, &path)?;
-    sync_dir(dir)
+    storage::write_file_atomic(s, &tmp, &path, bytes, 0)?;
+    storage::sync_dir(s, dir)
 }
 
 /// Loads the summary of `file` into the state if it exists and is intact; returns the
@@ -249,7 +251,10 @@ pub(crate) fn write_due(inner: &Inner) {
         };
         let written = build(&file, &records, end)
             .map_err(|c| std::io::Error::other(c.to_string()))
-            .and_then(|bytes| write(&inner.dir, file.first_index, &bytes));
+            .and_then(|bytes| {
+                let s = &*inner.config.storage;
+                write(s, &inner.dir, file.first_index, &bytes)
+            });
         if let Err(e) = &written {
             tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
         }
