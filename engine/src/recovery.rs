@@ -239,16 +239,27 @@ fn remove_segments(disk: &dyn Storage, dir: &Path, paths: &[PathBuf]) -> Result<
 
 /// The segment before a cut becomes the active one: writable, unsealed, without summary.
 fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(), OpenError> {
-    let Some(seg) = st.segments.last_mut() else {
+    let Some(seg) = st.segments.last() else {
         return Ok(());
     };
     let path = seg.file.path.clone();
     let summary = path.with_extension(SUMMARY_EXT);
+    if let Some(at) = st.ids_pending.iter().position(|p| *p == summary) {
+        // Its event ids were left to the background loader, which reads the summary: take
+        // them now, before the summary goes.
+        st.ids_pending.remove(at);
+        summary::load_ids(&summary, &mut st.ids).map_err(|e| Corruption {
+            file: summary.clone(),
+            offset: 0,
+            detail: e.to_string(),
+        })?;
+    }
     match disk.remove_file(&summary) {
         Ok(()) => storage::sync_dir(disk, dir).map_err(io_err(dir))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(&summary)(e)),
     }
+    let seg = st.segments.last_mut().expect("checked above");
     seg.file = Arc::new(SegmentFile::open(&path, true)?);
     seg.sealed = false;
     seg.summarized = false;
