@@ -139,6 +139,11 @@ pub(crate) struct Inner {
     /// A pre-zeroed file ready to become the next segment.
     pub(crate) spare: Mutex<Option<PathBuf>>,
     pub(crate) summaries_cv: Condvar,
+    /// One change to the set of files at a time: a scavenge, a summary write, and the
+    /// truncations and installs that reload the state from disk. A reload replaces every
+    /// segment of the state, so a summary or scavenge working from the old state would
+    /// write a file that no longer describes the log.
+    pub(crate) files_lock: Mutex<()>,
     /// Failures the unit tests inject into the writer.
     #[cfg(test)]
     pub(crate) faults: TestFaults,
@@ -172,9 +177,6 @@ fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
-    /// One scavenge at a time, and none during a reload from disk (truncate_suffix,
-    /// install_segment).
-    pub(crate) scavenge_lock: Arc<Mutex<()>>,
     _writer: Arc<WriterHandle>,
 }
 
@@ -362,6 +364,7 @@ impl Engine {
             ids_ready: Mutex::new(ids_ready),
             ids_cv: Condvar::new(),
             spare: Mutex::new(spare),
+            files_lock: Mutex::new(()),
             #[cfg(test)]
             faults: TestFaults::default(),
             _lock: lock,
@@ -399,7 +402,6 @@ impl Engine {
         };
         Ok(Engine {
             inner,
-            scavenge_lock: Arc::default(),
             _writer: Arc::new(handle),
         })
     }

@@ -182,10 +182,9 @@ impl Engine {
 
     /// Removes every record from index `from` on. Only uncommitted records may go.
     pub fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
-        // The reload below removes `*.tmp` files and replaces every segment in the state: a
-        // scavenge in flight would lose its temporary file or swap a file the state no longer
-        // describes.
-        let _no_scavenge = self.scavenge_lock.lock();
+        // The reload below replaces every segment in the state: a scavenge or summary write
+        // in flight would write a file the state no longer describes.
+        let _files = self.inner.files_lock.lock();
         self.inner.wait_ids();
         loop {
             self.inner.wait_idle()?;
@@ -283,7 +282,7 @@ impl Engine {
             return self.install_segment_tail(&incoming, next);
         }
         // As in truncate_suffix: an undo reloads the state from disk.
-        let _no_scavenge = self.scavenge_lock.lock();
+        let _files = self.inner.files_lock.lock();
         let mut records = 0u64;
         let checked = scan(
             &incoming,

@@ -32,15 +32,20 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
     }
 }
 
-/// Segment files in `dir`, in log order. Leftover temporary files from an interrupted
-/// scavenge or summary are removed.
-pub(crate) fn segment_paths(s: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>, OpenError> {
+/// Segment files in `dir`, in log order. With `clean`, leftover temporary files from an
+/// interrupted scavenge, summary or spare are removed (only on open: a reload while the
+/// engine runs must not delete the background thread's file in progress).
+pub(crate) fn segment_paths(
+    s: &dyn Storage,
+    dir: &Path,
+    clean: bool,
+) -> Result<Vec<PathBuf>, OpenError> {
     let mut paths = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if ext == "tmp" {
-            s.remove_file(&path).map_err(io_err(&path))?;
+        if ext == "tmp" && clean {
+            storage::remove_if_exists(s, &path).map_err(io_err(&path))?;
         } else if ext == SEGMENT_EXT {
             paths.push(path);
         }
@@ -52,7 +57,7 @@ pub(crate) fn segment_paths(s: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>,
 /// Rebuilds the state from the files in `dir`, with the whole id index (for reloads after a
 /// truncation or a failed install, which are rare and must not race a background loader).
 pub(crate) fn load_with_ids(dir: &Path, config: &EngineConfig) -> Result<State, OpenError> {
-    let mut st = load(dir, config)?;
+    let mut st = load_files(dir, config, false)?;
     let pending = std::mem::take(&mut st.ids_pending);
     let tail = std::mem::take(&mut st.ids);
     st.ids = crate::ids::build(&pending).map_err(|e| OpenError::Io {
@@ -76,8 +81,12 @@ struct Damage<'a> {
 /// Rebuilds the state from the files in `dir`. Event ids of summarized segments are left in
 /// `ids_pending` for the background loader.
 pub(crate) fn load(dir: &Path, config: &EngineConfig) -> Result<State, OpenError> {
+    load_files(dir, config, true)
+}
+
+fn load_files(dir: &Path, config: &EngineConfig, clean: bool) -> Result<State, OpenError> {
     let disk = &*config.storage;
-    let paths = segment_paths(disk, dir)?;
+    let paths = segment_paths(disk, dir, clean)?;
     let failed_from = failmark::read(dir).map_err(io_err(dir))?;
     let stop_before = failed_from.unwrap_or(u64::MAX);
     let mut st = State::new(if config.commit_on_durable {

@@ -66,7 +66,7 @@ impl Engine {
     /// Reclaims the space of events no reader can see. Runs beside reads and appends; only
     /// sealed, committed segments are rewritten.
     pub fn scavenge(&self) -> Result<ScavengeStats, ScavengeError> {
-        let _one_at_a_time = self.scavenge_lock.lock();
+        let _one_at_a_time = self.inner.files_lock.lock();
         // Removing ids must not race the loader that adds them.
         self.inner.wait_ids();
         let (live, snapshots, targets, kept_from) = {

@@ -238,6 +238,10 @@ fn entry_at(b: &[u8], at: usize) -> Result<(u32, RecordHeader, &[u8], usize), De
 /// thread between batches; a failure only logs (the segment is scanned on the next open).
 pub(crate) fn write_due(inner: &Inner) {
     loop {
+        // Held while the summary is built and written: a truncation meanwhile could remove
+        // the segment, and a summary left for a segment that is gone would describe the
+        // next segment to get that name.
+        let _files = inner.files_lock.lock();
         let due = {
             let st = inner.state.read();
             let n = st.segments.len();
