@@ -90,8 +90,28 @@ pub struct Failed(pub Arc<io::Error>);
 impl Failed {
     /// Whether this is a refusal for want of space (the engine goes on), not a failure.
     pub(crate) fn is_no_space(&self) -> bool {
-        crate::io::is_no_space_on_write(&self.0)
+        is_no_space_on_write(&self.0)
     }
+}
+
+/// A write refused for want of space, before any sync: nothing of the batch was made
+/// durable and the page cache holds nothing the disk was told to keep, so the engine can
+/// refuse the batch, cut what reached the file, and go on (unlike a failed sync).
+#[derive(Debug)]
+pub(crate) struct NoSpaceOnWrite;
+
+impl std::fmt::Display for NoSpaceOnWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no space left on the device for a write")
+    }
+}
+
+impl std::error::Error for NoSpaceOnWrite {}
+
+/// Whether `e` is a write refused for want of space (see [`NoSpaceOnWrite`]).
+pub(crate) fn is_no_space_on_write(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<NoSpaceOnWrite>())
 }
 
 /// Why an append (single or multi-stream) failed. Nothing was written.

@@ -1,5 +1,5 @@
 //! Unit tests that inject write and sync failures into the writer thread (see
-//! `engine::TestFaults`): fail-stop, retries after it, and what a restart trusts.
+//! `inner::TestFaults`): fail-stop, retries after it, and what a restart trusts.
 
 use std::sync::atomic::Ordering;
 

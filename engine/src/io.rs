@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+use crate::error::NoSpaceOnWrite;
 use crate::storage::{self, RealStorage, Storage};
 
 /// Which write path to use.
@@ -94,32 +95,12 @@ impl SyncIo {
     }
 }
 
-/// A write refused for want of space, before any sync: nothing of the batch was made
-/// durable and the page cache holds nothing the disk was told to keep, so the engine can
-/// refuse the batch, cut what reached the file, and go on (unlike a failed sync).
-#[derive(Debug)]
-pub(crate) struct NoSpaceOnWrite;
-
-impl std::fmt::Display for NoSpaceOnWrite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no space left on the device for a write")
-    }
-}
-
-impl std::error::Error for NoSpaceOnWrite {}
-
 /// Marks ENOSPC from a write (not from a sync) as [`NoSpaceOnWrite`].
 fn write_stage(e: io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(libc::ENOSPC) => io::Error::new(io::ErrorKind::StorageFull, NoSpaceOnWrite),
         _ => e,
     }
-}
-
-/// Whether `e` is a write refused for want of space (see [`NoSpaceOnWrite`]).
-pub(crate) fn is_no_space_on_write(e: &io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| inner.is::<NoSpaceOnWrite>())
 }
 
 fn pwrite_and_sync(storage: &dyn Storage, writes: &[Write<'_>]) -> io::Result<()> {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::engine::{Engine, EnqueueError};
+use crate::engine::Engine;
 use crate::error::{DecodeError, Failed, LogError};
 use crate::format::{self, decode_entry, EntryKind};
+use crate::inner::EnqueueError;
 use crate::recovery;
 use crate::segment::{self, scan, segment_name, summary_name, SegmentFile};
 use crate::state::{Callback, Origin, Seg};

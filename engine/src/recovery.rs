@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::engine::EngineConfig;
+use crate::config::EngineConfig;
 use crate::error::{Corruption, OpenError};
 use crate::failmark;
 use crate::format::SEGMENT_HEADER_BYTES;

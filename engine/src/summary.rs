@@ -13,7 +13,6 @@ use std::sync::Arc;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::engine::Inner;
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
 use crate::segment::{summary_name, SegmentFile};
@@ -232,40 +231,4 @@ fn entry_at(b: &[u8], at: usize) -> Result<(u32, RecordHeader, &[u8], usize), De
         .map_err(|_| DecodeError::new("summary entry", "short header"))?;
     let body = c.take(len)?;
     Ok((offset, h, body, at + c.offset()))
-}
-
-/// Writes the summaries of sealed segments that are now fully committed. Runs on the writer
-/// thread between batches; a failure only logs (the segment is scanned on the next open).
-pub(crate) fn write_due(inner: &Inner) {
-    loop {
-        // Held while the summary is built and written: a truncation meanwhile could remove
-        // the segment, and a summary left for a segment that is gone would describe the
-        // next segment to get that name.
-        let _files = inner.files_lock.lock();
-        let due = {
-            let st = inner.state.read();
-            let n = st.segments.len();
-            st.segments.iter().take(n.saturating_sub(1)).find_map(|s| {
-                let done = s.sealed && !s.summarized && s.next_index() - 1 <= st.commit_index;
-                done.then(|| (s.file.clone(), s.records.clone(), s.end))
-            })
-        };
-        let Some((file, records, end)) = due else {
-            return;
-        };
-        let written = build(&file, &records, end)
-            .map_err(|c| std::io::Error::other(c.to_string()))
-            .and_then(|bytes| {
-                let s = &*inner.config.storage;
-                write(s, &inner.dir, file.first_index, &bytes)
-            });
-        if let Err(e) = &written {
-            tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
-        }
-        let mut st = inner.state.write();
-        if let Some(s) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, &file)) {
-            // Marked even on failure so the writer does not retry every batch.
-            s.summarized = true;
-        }
-    }
 }
