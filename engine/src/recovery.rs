@@ -167,6 +167,24 @@ fn load_files(dir: &Path, config: &EngineConfig, clean: bool) -> Result<State, O
             break;
         }
     }
+    if st.next_index <= config.durable_floor {
+        // A record the caller knows was durable is gone without a trace (not even damage:
+        // zeros where it was). The disk lost synced bytes: refuse, never start short.
+        let (file, offset) = match st.segments.last() {
+            Some(seg) => (seg.file.path.clone(), seg.end),
+            None => (dir.to_path_buf(), 0),
+        };
+        return Err(Corruption {
+            file,
+            offset,
+            detail: format!(
+                "the log ends at index {}, below the durable floor {}",
+                st.next_index - 1,
+                config.durable_floor
+            ),
+        }
+        .into());
+    }
     if let Some(seg) = st.segments.last() {
         // What the last segment holds is the log from now on, and the next records' watermark
         // will say so: make sure it is on disk, not only in the page cache (a previous process

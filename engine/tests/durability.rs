@@ -571,3 +571,38 @@ fn a_full_disk_refuses_writes_and_reads_go_on() {
         assert_eq!((*version, data[0]), (v as u64, v as u8));
     }
 }
+
+/// Bug 8, with a floor: a committed record that vanished without a trace (its bytes zeros,
+/// as a lost write leaves them) is not a clean end of the log either: open refuses rather
+/// than start below the durable floor (where Raft's `.min(last)` lowered the commit index).
+#[test]
+fn a_log_ending_below_the_durable_floor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
+    for i in 1..=20 {
+        engine
+            .append_entries(&records_of("s", i, i, 1, 300))
+            .unwrap();
+    }
+    engine.set_commit_index(20);
+    drop(engine);
+    let seg = files_with(dir.path(), SEGMENT_EXT).pop().unwrap();
+    let offsets = record_offsets(&seg);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[offsets[19] as usize..].fill(0);
+    std::fs::write(&seg, bytes).unwrap();
+    match Engine::open(dir.path(), big_raft_config().durable_floor(20)) {
+        Err(OpenError::Corruption(c)) => {
+            assert_eq!(
+                (c.file.as_path(), c.offset),
+                (seg.as_path(), offsets[19]),
+                "{c}"
+            );
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(e) => panic!("opened short: the log ends at {}", e.last_index_term().0),
+    }
+    // With the floor where the log really ends, it opens.
+    let engine = Engine::open(dir.path(), big_raft_config().durable_floor(19)).unwrap();
+    assert_eq!(engine.last_index_term().0, 19);
+}
