@@ -84,10 +84,9 @@ impl RecordHeader {
         (lag != 0).then(|| self.index.get().saturating_sub(lag))
     }
 
-    /// Stamps the watermark `durable` (below this record's index) and recomputes the
-    /// checksum from the body's own CRC32C (`body_crc` over `body_len` bytes), without
-    /// reading the body again.
-    pub fn stamp_durable(&mut self, durable: u64, body_crc: u32, body_len: usize) {
+    /// Stamps the watermark `durable` (below this record's index). The caller recomputes the
+    /// checksum ([`record_crc`]) over the stamped header and the body.
+    pub fn stamp_durable(&mut self, durable: u64) {
         let lag = self
             .index
             .get()
@@ -95,8 +94,6 @@ impl RecordHeader {
             .min(DURABLE_LAG_MAX);
         let b = lag.to_le_bytes();
         self.durable_lag = [b[0], b[1], b[2]];
-        let head = crc32c::crc32c(&self.as_bytes()[8..]);
-        self.crc = U32::new(crc32c::crc32c_combine(head, body_crc, body_len));
     }
 }
 

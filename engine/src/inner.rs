@@ -34,9 +34,9 @@ pub(crate) struct Chunk {
     pub(crate) offset: u64,
     pub(crate) buf: Vec<u8>,
     pub(crate) new_file: bool,
-    /// Each record in `buf`: where its header starts, its body's CRC32C and length. The
-    /// writer stamps the durable watermark into each header just before the write.
-    pub(crate) records: Vec<(usize, u32, usize)>,
+    /// Each record in `buf`: where its header starts and its body's length. The writer
+    /// stamps the durable watermark into each header just before the write.
+    pub(crate) records: Vec<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -244,9 +244,7 @@ impl Inner {
             });
         }
         let chunk = q.chunks.last_mut().expect("pushed above");
-        chunk
-            .records
-            .push((chunk.buf.len(), crc32c::crc32c(body), body.len()));
+        chunk.records.push((chunk.buf.len(), body.len()));
         chunk.buf.extend_from_slice(header.as_bytes());
         chunk.buf.extend_from_slice(body);
         seg.end += rec_len;
@@ -443,18 +441,23 @@ pub(crate) fn writer_loop(inner: &Inner, mut io: SyncIo) {
 }
 
 /// Stamps every record of the batch with the index through which the log is durable now
-/// (`durable`): the watermark recovery trusts (docs/STORAGE.md, "Recovery").
+/// (`durable`): the watermark recovery trusts (docs/STORAGE.md, "Recovery"). The checksum is
+/// recomputed in one pass over the header's covered bytes and the body, which lie together
+/// in the buffer (hardware CRC32C: tens of GB/s; `crc32c_combine` cost microseconds per
+/// record, measured as half the throughput of 64 single-event appends in flight).
 fn stamp_durable(chunks: &mut [Chunk], durable: u64) {
     use zerocopy::FromBytes;
     for c in chunks {
-        for &(at, body_crc, body_len) in &c.records {
+        for &(at, body_len) in &c.records {
             let bytes = &mut c.buf[at..at + RECORD_HEADER_BYTES];
             let h = format::RecordHeader::mut_from_bytes(bytes).expect("a header's bytes");
             debug_assert!(
                 h.index.get() > durable,
                 "queued records are not durable yet"
             );
-            h.stamp_durable(durable, body_crc, body_len);
+            h.stamp_durable(durable);
+            let crc = crc32c::crc32c(&c.buf[at + 8..at + RECORD_HEADER_BYTES + body_len]);
+            c.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
         }
     }
 }
