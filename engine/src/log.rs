@@ -203,10 +203,13 @@ impl Engine {
         loop {
             self.inner.wait_idle()?;
             let mut st = self.inner.state.write();
-            if st.commit_index >= from {
+            // The durable floor (Raft's persisted commit index) is committed too, even before
+            // Raft has moved the engine's commit point up to it after a restart.
+            let commit = st.commit_index.max(self.inner.config.durable_floor);
+            if commit >= from {
                 return Err(LogError::Committed {
                     index: from,
-                    commit: st.commit_index,
+                    commit,
                 });
             }
             if from >= st.next_index {

@@ -606,3 +606,25 @@ fn a_log_ending_below_the_durable_floor_is_refused() {
     let engine = Engine::open(dir.path(), big_raft_config().durable_floor(19)).unwrap();
     assert_eq!(engine.last_index_term().0, 19);
 }
+
+/// What `durable_floor` vouches for is committed: a truncation below it is refused even
+/// before Raft has moved the engine's commit point after a restart (the reload would
+/// otherwise find the log ending below the floor, after the cut was made).
+#[test]
+fn truncation_below_the_durable_floor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), big_raft_config()).unwrap();
+    engine
+        .append_entries(&records_of("s", 1, 10, 1, 100))
+        .unwrap();
+    drop(engine);
+    let engine = Engine::open(dir.path(), big_raft_config().durable_floor(8)).unwrap();
+    let refused = engine.truncate_suffix(5).unwrap_err();
+    assert!(
+        matches!(refused, LogError::Committed { commit: 8, .. }),
+        "{refused}"
+    );
+    assert_eq!(engine.last_index_term().0, 10);
+    engine.truncate_suffix(9).unwrap();
+    assert_eq!(engine.last_index_term().0, 8);
+}
