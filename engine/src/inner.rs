@@ -552,7 +552,7 @@ fn write_batch(inner: &Inner, io: &mut SyncIo, chunks: &[Chunk]) -> io::Result<(
 
 /// A write or fsync failed: after a failed fsync the page cache cannot be trusted, so the
 /// engine stops and tells every waiter.
-fn fail(st: &mut State, e: io::Error) -> Vec<(Callback, Result<u64, Failed>)> {
+pub(crate) fn fail(st: &mut State, e: io::Error) -> Vec<(Callback, Result<u64, Failed>)> {
     tracing::error!(error = %e, "write or fsync failed; the engine refuses writes until reopened");
     let f = Failed(Arc::new(e));
     st.failed = Some(f.clone());

@@ -222,34 +222,33 @@ impl Engine {
                 }
             }
             let (s, r) = st.locate_index(from).expect("below the tip");
-            // The segment that will be the active one again loses its summary first: records
-            // appended to it later would otherwise be hidden by it on the next open.
-            let active = if r == 0 { s.checked_sub(1) } else { Some(s) };
-            let disk = &*self.inner.config.storage;
-            if let Some(a) = active {
-                let first = st.segments[a].first_index();
-                storage::remove_if_exists(disk, &self.inner.dir.join(summary_name(first)))?;
-            }
-            // Whole segments go first, newest first, and the directory is synced before the
-            // cut: a crash must never leave a cut segment followed by the old later ones.
-            let doomed = if r == 0 { s } else { s + 1 };
-            for seg in st.segments[doomed..].iter().rev() {
-                let summary = self.inner.dir.join(summary_name(seg.first_index()));
-                storage::remove_if_exists(disk, &summary)?;
-                disk.remove_file(&seg.file.path)?;
-            }
-            storage::sync_dir(disk, &self.inner.dir)?;
-            if r > 0 {
-                let seg = &st.segments[s];
-                rewrite_prefix(disk, &seg.file, seg.records[r].offset as u64)?;
-                storage::sync_dir(disk, &self.inner.dir)?;
-            }
-            let commit_allowed = st.commit_allowed;
+            let cut = self.cut_suffix(&st, s, r).and_then(|()| {
+                recovery::load_with_ids(&self.inner.dir, &self.inner.config)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
             let mut gone: Vec<_> = st.waiters.drain(..).collect();
             gone.extend(st.durable_waiters.drain(..));
-            let mut fresh = recovery::load_with_ids(&self.inner.dir, &self.inner.config)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            fresh.commit_allowed = commit_allowed.max(fresh.commit_allowed);
+            let mut fresh = match cut {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    // Cut in part, or not reloaded: the state may describe records that are
+                    // gone. Stop; a reopen rebuilds it from what is on disk.
+                    let why = std::io::Error::new(e.kind(), e.to_string());
+                    let failed = crate::inner::fail(&mut st, why);
+                    drop(st);
+                    for (cb, r) in failed {
+                        cb.call(r);
+                    }
+                    let f = Failed(Arc::new(std::io::Error::other(
+                        "a log truncation failed part way",
+                    )));
+                    for (_, cb) in gone {
+                        cb.call(Err(f.clone()));
+                    }
+                    return Err(e.into());
+                }
+            };
+            fresh.commit_allowed = st.commit_allowed.max(fresh.commit_allowed);
             fresh.term = st.term;
             let callbacks = fresh.advance_commit();
             assert!(callbacks.is_empty(), "no waiters after a reload");
@@ -263,6 +262,33 @@ impl Engine {
             }
             return Ok(());
         }
+    }
+
+    /// Removes the records from (segment `s`, record `r`) on from the files, durably.
+    fn cut_suffix(&self, st: &crate::state::State, s: usize, r: usize) -> std::io::Result<()> {
+        let disk = &*self.inner.config.storage;
+        // The segment that will be the active one again loses its summary first: records
+        // appended to it later would otherwise be hidden by it on the next open.
+        let active = if r == 0 { s.checked_sub(1) } else { Some(s) };
+        if let Some(a) = active {
+            let first = st.segments[a].first_index();
+            storage::remove_if_exists(disk, &self.inner.dir.join(summary_name(first)))?;
+        }
+        // Whole segments go first, newest first, and the directory is synced before the
+        // cut: a crash must never leave a cut segment followed by the old later ones.
+        let doomed = if r == 0 { s } else { s + 1 };
+        for seg in st.segments[doomed..].iter().rev() {
+            let summary = self.inner.dir.join(summary_name(seg.first_index()));
+            storage::remove_if_exists(disk, &summary)?;
+            disk.remove_file(&seg.file.path)?;
+        }
+        storage::sync_dir(disk, &self.inner.dir)?;
+        if r > 0 {
+            let seg = &st.segments[s];
+            rewrite_prefix(disk, &seg.file, seg.records[r].offset as u64)?;
+            storage::sync_dir(disk, &self.inner.dir)?;
+        }
+        Ok(())
     }
 
     /// Sealed, committed segments, oldest first: what a leader can ship whole.

@@ -142,7 +142,12 @@ fn workload(engine: &Engine, m: &mut Model, rng: &mut SimRng, steps: u64) {
             ));
             if r.is_err() {
                 // Cut short by the fault: the truncation may or may not have happened (in
-                // part); those entries were uncommitted, so either is right.
+                // part); those entries were uncommitted, so either is right. The engine must
+                // not go on from a state that may describe records no longer on disk.
+                assert!(
+                    !engine.is_writable(),
+                    "a failed truncation stops the engine"
+                );
                 m.durable = m.durable.min(from as usize - 1);
                 return;
             }
