@@ -387,12 +387,28 @@ impl Engine {
             Ok(o) => o,
             Err(c) => {
                 // Undo: drop the file and rebuild the state from what is on disk.
-                disk.remove_file(&dest)?;
-                storage::sync_dir(disk, &self.inner.dir)?;
-                let term = st.term;
-                *st = recovery::load_with_ids(&self.inner.dir, &self.inner.config)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                st.term = term;
+                let undone = disk
+                    .remove_file(&dest)
+                    .and_then(|()| storage::sync_dir(disk, &self.inner.dir))
+                    .and_then(|()| {
+                        recovery::load_with_ids(&self.inner.dir, &self.inner.config)
+                            .map_err(|e| std::io::Error::other(e.to_string()))
+                    });
+                match undone {
+                    Ok(fresh) => {
+                        let term = st.term;
+                        *st = fresh;
+                        st.term = term;
+                    }
+                    Err(e) => {
+                        // The state holds a segment that may be gone: stop (see truncate).
+                        let failed = crate::inner::fail(&mut st, e);
+                        drop(st);
+                        for (cb, r) in failed {
+                            cb.call(r);
+                        }
+                    }
+                }
                 return Err(c.into());
             }
         };
