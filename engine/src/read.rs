@@ -13,9 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::engine::{Engine, Inner};
+use crate::engine::Engine;
 use crate::error::{Corruption, ReadError};
 use crate::format::{decode_entry_lazy, Entry, EntryKind};
+use crate::inner::Inner;
 use crate::segment::SegmentFile;
 use crate::state::{State, StreamState};
 use crate::types::{AllFilter, DeleteKind, Direction, RecordedEvent, Snapshot, StreamInfo};

@@ -52,7 +52,9 @@ fn append_error(e: AppendError) -> Response {
         AppendError::InvalidRequest(_) => ErrorCode::InvalidRequest,
         AppendError::IdempotencyMismatch(_) => ErrorCode::IdempotencyMismatch,
         AppendError::TooLarge { .. } => ErrorCode::TooLarge,
-        AppendError::Failed(_) | AppendError::Closed => ErrorCode::Unavailable,
+        AppendError::Failed(_) | AppendError::NoSpace | AppendError::Closed => {
+            ErrorCode::Unavailable
+        }
     };
     error(code, e.to_string(), None)
 }
