@@ -1678,3 +1678,37 @@ fn a_malformed_append_is_ignored_whole() {
     n.step(append(vec![entry(2, 1), entry(3, 1)]));
     assert_eq!(n.last_index(), 3, "a well-formed one is taken");
 }
+
+/// Diss. 4.1: a truncation reverts only the memberships it removes; one before the cut stays
+/// in effect.
+#[test]
+fn a_truncation_keeps_the_memberships_before_it() {
+    let log = vec![
+        entry(1, 1),
+        membership_entry(2, 1, &[1, 2, 3], &[4]),
+        entry(3, 1),
+        entry(4, 1),
+    ];
+    let mut n2 = node(2, &log, 1, 2);
+    assert!(n2.membership().learners.contains(&4));
+    // Leader 3 of term 2 replaces entries 3 and 4.
+    n2.step(Message {
+        from: 3,
+        to: 2,
+        term: 2,
+        kind: MessageKind::Append {
+            prev_index: 2,
+            prev_term: 1,
+            entries: vec![entry(3, 2)],
+            commit: 2,
+            read: 0,
+        },
+    });
+    assert_eq!(n2.term_of(3), Some(2));
+    assert!(
+        n2.membership().learners.contains(&4),
+        "the membership at 2 is still in the log"
+    );
+    drain(&mut n2);
+    assert!(n2.membership().learners.contains(&4));
+}
