@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use quiver_net::message::{Request, Response};
-use quiver_net::quic::read_frame;
+use quiver_net::quic::{read_frame, ReadFrameError};
 use quiver_net::{ErrorCode, Text, PROTOCOL_VERSION};
 
 use crate::cmd::{self, Ctx};
@@ -99,6 +99,7 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
 }
 
 /// The first stream must carry a `Hello` with a version we speak and the right token.
+/// Anything else is answered with an `Error` frame before the connection is closed.
 async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static str> {
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| "no hello stream")?;
     let mut buf = BytesMut::new();
@@ -106,23 +107,37 @@ async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static
         shared.request_timeout,
         read_frame(&mut recv, &mut buf, shared.frame_bytes_max),
     );
+    let not_hello = |why: String| error(ErrorCode::Malformed, why);
     let frame = match read.await {
         Ok(Ok(Some(f))) => f,
-        _ => {
-            conn.close(close::PROTOCOL.into(), b"expected a Hello frame");
+        Ok(Err(ReadFrameError::Read(_))) => {
+            // The client reset the stream or left: nobody to answer.
+            conn.close(close::PROTOCOL.into(), b"the Hello stream was reset");
+            return Err("hello stream reset");
+        }
+        outcome => {
+            let resp = match outcome {
+                Ok(Ok(None)) => {
+                    not_hello("the first request must be Hello; its stream was empty".into())
+                }
+                Ok(Err(e)) => not_hello(format!("the first request must be Hello: {e}")),
+                _ => error(ErrorCode::Timeout, "Hello did not arrive in time"),
+            };
+            refuse(conn, &mut send, &resp, close::PROTOCOL).await;
             return Err("no hello frame");
         }
     };
     let (version, token) = match Request::decode(&frame) {
         Ok(Request::Hello { version, token, .. }) => (version, token),
-        _ => {
-            reply(
-                &mut send,
-                &error(ErrorCode::Malformed, "the first request must be Hello"),
-            )
-            .await;
-            conn.close(close::PROTOCOL.into(), b"expected Hello");
+        Ok(other) => {
+            let why = format!("the first request must be Hello, not {:?}", other.kind());
+            refuse(conn, &mut send, &not_hello(why), close::PROTOCOL).await;
             return Err("first request was not Hello");
+        }
+        Err(e) => {
+            let why = format!("the first request must be Hello: {e}");
+            refuse(conn, &mut send, &not_hello(why), close::PROTOCOL).await;
+            return Err("first request did not decode");
         }
     };
     if version != PROTOCOL_VERSION {
@@ -176,7 +191,16 @@ async fn request(
     );
     let frame = match read.await {
         Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => {
+            // Finished with no bytes: no request, but nothing broken either.
+            let why = "an empty request stream: each request stream carries one request frame";
+            reply(&mut send, &error(ErrorCode::InvalidRequest, why)).await;
+            return;
+        }
+        Ok(Err(ReadFrameError::Read(_))) => {
+            // The client reset this stream (it gave up on the request) or left: no answer.
+            return;
+        }
         Ok(Err(e)) => {
             // Oversized or garbled: answer if we can, then drop the peer.
             let resp = error(ErrorCode::Malformed, e.to_string());
