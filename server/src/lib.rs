@@ -141,7 +141,8 @@ impl Server {
         let shared = Arc::new(Shared {
             ctx,
             frame_bytes_max: config.frame_bytes_max,
-            token: config.token.clone(),
+            // An empty token (`QUIVER_TOKEN=`) is no token: it would refuse every other one.
+            token: config.token.clone().filter(|t| !t.is_empty()),
             request_timeout: config.request_timeout,
         });
         Ok(Server {

@@ -157,3 +157,26 @@ async fn an_empty_request_stream_is_answered_invalid_request_and_the_connection_
     conn.close(0u8.into(), b"done");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_any_token_is_accepted_and_an_empty_one_configured_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    // `QUIVER_TOKEN=` in an environment gives an empty token: no authentication, not a
+    // requirement that refuses every client that sends one.
+    let server = start(quiver_server::ServerConfig {
+        token: Some(String::new()),
+        ..config(dir.path())
+    });
+    let conn = connect(dir.path(), server.addr).await;
+    let hello = encode(&Request::Hello {
+        version: quiver_net::PROTOCOL_VERSION,
+        client: Text::from("raw"),
+        token: bytes::Bytes::from_static(b"not-needed"),
+    });
+    assert!(matches!(
+        exchange(&conn, &hello).await,
+        Response::HelloOk { .. }
+    ));
+    conn.close(0u8.into(), b"done");
+    server.stop().await;
+}
