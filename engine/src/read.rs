@@ -149,7 +149,8 @@ impl RecordCursor {
             return Ok(None);
         };
         let delta = f.header.pos_delta.get();
-        if self.index % MARK_EVERY == 0 && (self.index / MARK_EVERY) as usize == self.marks.len() {
+        let next_mark = (self.index / MARK_EVERY) as usize == self.marks.len();
+        if self.index.is_multiple_of(MARK_EVERY) && next_mark {
             self.marks.push((self.at, delta));
         }
         self.at = f.meta_range.end;
