@@ -486,7 +486,7 @@ impl Client {
         let frame = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| Error::Timeout)?
-            .map_err(Error::transport)?
+            .map_err(Error::read)?
             .ok_or_else(|| {
                 Error::Protocol("the server closed the stream without answering".into())
             })?;
@@ -884,7 +884,7 @@ impl Client {
         let frame = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| Error::Timeout)?
-            .map_err(Error::transport)?
+            .map_err(Error::read)?
             .ok_or_else(|| {
                 Error::Protocol("the server closed the stream without answering".into())
             })?;
@@ -1217,7 +1217,7 @@ impl Events {
             let frame = tokio::time::timeout(self.timeout, read)
                 .await
                 .map_err(|_| Error::Timeout)?
-                .map_err(Error::transport)?
+                .map_err(Error::read)?
                 .ok_or_else(|| Error::Protocol("the read ended without its last frame".into()))?;
             let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
             self.take(resp)?;

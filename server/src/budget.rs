@@ -31,7 +31,7 @@ pub const BYTES_MAX_DEFAULT: usize = 256 << 20;
 
 /// The application error code of the `RESET_STREAM` that ends a response whose reader was
 /// dropped in the middle of a frame (when an `Error` frame could not be sent).
-pub const SLOW_READER_RESET: u32 = 1;
+pub const SLOW_READER_RESET: u32 = quiver_net::quic::RESET_SLOW_READER;
 
 /// Why a response could not be sent.
 #[derive(Debug, thiserror::Error)]

@@ -92,6 +92,11 @@ async fn start() -> (Node, Client) {
     panic!("no node started after 3 attempts");
 }
 
+async fn start_client(node: &Node) -> Client {
+    let config = ClientConfig::local(node.dir.path().join("data")).server(node.addr);
+    Client::connect(config).await.unwrap()
+}
+
 /// The node's anonymous resident memory, in bytes.
 fn rss_anon(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -186,7 +191,24 @@ async fn stalled_readers_stay_within_the_budget() {
     assert_eq!(written.unwrap().next_expected_version, EVENTS - 1);
     let before = rss_anon(pid);
 
-    // Readers that ask for the whole stream and never read a byte of the answer.
+    // First, a read through the Rust client that takes one event, then stalls: it will be
+    // the longest waiting, so the first dropped.
+    let rust_client = start_client(&node).await;
+    let mut stalled_rust = rust_client
+        .read_stream("big", ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(stalled_rust.next().await.unwrap().unwrap().version, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(node.http, "quiver_slow_client_holders").await != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the Rust client's read never stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Then readers that ask for the whole stream and never read a byte of the answer.
     let conns = [raw_connection(&node).await, raw_connection(&node).await];
     let mut stalled = Vec::new();
     for i in 0..READERS {
@@ -221,7 +243,7 @@ async fn stalled_readers_stay_within_the_budget() {
         let holders = metric(node.http, "quiver_slow_client_holders").await;
         let dropped = metric(node.http, "quiver_slow_readers_dropped_total").await;
         if let (Some(h), Some(d)) = (holders, dropped) {
-            if h + d == READERS as u64 {
+            if h + d == READERS as u64 + 1 {
                 let held = metric(node.http, "quiver_slow_client_held_bytes").await;
                 break (held.unwrap(), d);
             }
@@ -280,5 +302,21 @@ async fn stalled_readers_stay_within_the_budget() {
         }
     }
     assert!(told >= 1, "no stalled reader heard why it was dropped");
+    // The Rust client's stalled read, the first dropped, ends with a clear Unavailable
+    // whichever way it was told.
+    let ended = loop {
+        match stalled_rust.next().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    match ended {
+        Err(quiver_client::Error::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::Unavailable, "{message}");
+            assert!(message.contains("slowest reader"), "{message}");
+        }
+        other => panic!("a dropped read ended with {other:?}"),
+    }
+    rust_client.close().await;
     client.close().await;
 }
