@@ -185,10 +185,13 @@ pub async fn apply(
             }
             _ => {}
         }
-        send(ctx, out, resp).await?;
     }
+    // Counted before the answer leaves: a client that has its answer sees it counted.
     ctx.metrics
         .request(&format!("{kind:?}"), started.elapsed().as_secs_f64());
+    if let Some(resp) = &resp {
+        send(ctx, out, resp).await?;
+    }
     Ok(())
 }
 
