@@ -89,9 +89,10 @@ async def main():
     async def spec_bytes():
         for name in ["hello-request", "hello-ok", "append-request", "appended",
                      "read-stream-request", "events", "subscribe-request", "caught-up",
-                     "error"]:
+                     "error", "status-request"]:
             expect(name in examples, f"the spec has no example {name!r}")
         expect(w.hello(client="py") == examples["hello-request"], "Hello bytes differ")
+        expect(w.status() == examples["status-request"], "Status bytes differ")
         append = w.append([("order-1", (w.NO_STREAM, 0), [spec_event()])])
         expect(append == examples["append-request"], "Append bytes differ")
         read = w.read_stream("order-1", (w.FROM_START, 0), False, 10)

@@ -50,6 +50,21 @@ fn check_response(name: &str, resp: Response) {
     assert_eq!(Response::decode(&one_frame(&example(name))).unwrap(), resp);
 }
 
+/// The event of the examples, as stored (its timestamp fixed).
+fn spec_event() -> Event {
+    Event {
+        stream: Text::from("order-1"),
+        version: 0,
+        position: 0,
+        id: ID,
+        event_type: Text::from("Created"),
+        content_type: 1,
+        data: Bytes::from_static(br#"{"a":1}"#),
+        metadata: Bytes::new(),
+        created_us: 1_700_000_000_000_000,
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -111,17 +126,7 @@ fn every_worked_example_is_what_the_codec_says() {
     check_response(
         "events",
         Response::Events {
-            events: vec![Event {
-                stream: Text::from("order-1"),
-                version: 0,
-                position: 0,
-                id: ID,
-                event_type: Text::from("Created"),
-                content_type: 1,
-                data: Bytes::from_static(br#"{"a":1}"#),
-                metadata: Bytes::new(),
-                created_us: 1_700_000_000_000_000,
-            }],
+            events: vec![spec_event()],
             more: false,
         },
     );
@@ -137,6 +142,41 @@ fn every_worked_example_is_what_the_codec_says() {
         },
     );
     check_response("caught-up", Response::CaughtUp { position: 1 });
+    check_request("status-request", Request::Status);
+    check_response("done", Response::Done { index: 5 });
+    check_request(
+        "snapshot-get-request",
+        Request::SnapshotGet {
+            stream: Text::from("order-1"),
+            version: u64::MAX,
+            latest: true,
+        },
+    );
+    check_response(
+        "snapshot-reply",
+        Response::Snapshot(Some((
+            Text::from("order-1"),
+            0,
+            Bytes::from_static(br#"{"n":1}"#),
+        ))),
+    );
+    check_request(
+        "persistent-connect-request",
+        Request::PersistentConnect {
+            group: Text::from("billing"),
+        },
+    );
+    check_response(
+        "delivery",
+        Response::Delivery {
+            retry_count: 0,
+            event: spec_event(),
+        },
+    );
+    check_request(
+        "persistent-ack-request",
+        Request::PersistentAck { positions: vec![0] },
+    );
     check_response(
         "error",
         Response::Error {
