@@ -4,7 +4,11 @@
 //! memory: QUIC flow control lets the server hand a stream only as much as the client's
 //! window allows, and a client that does not read never opens it. Each such frame is counted
 //! here from the moment it is encoded until QUIC has accepted its last byte, together with
-//! the fixed state of the request that waits with it (a read's look-ahead of events).
+//! the fixed state of the request that waits with it (a read's look-ahead of events). A
+//! request frame is counted the same way while it arrives, from its header (which announces
+//! its length) to its last byte: a client that trickles or stalls a large request holds
+//! memory just as one that does not read (`connection::read_held`; a dropped request is
+//! answered `Unavailable` and its stream stopped).
 //!
 //! The total never passes [`Budget::bytes_max`] (except by one frame larger than the whole
 //! budget, which is then held alone). When a new frame would pass it, the holders that have
@@ -134,6 +138,16 @@ impl Budget {
     }
 }
 
+impl Hold {
+    /// Completes when the budget drops this holder (never, if it is not dropped).
+    pub async fn dropped(&mut self) {
+        if (&mut self.dropped).await.is_err() {
+            // The budget is gone without dropping it: wait for ever.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         let mut st = self.budget.state.lock().expect("never poisoned");
@@ -161,7 +175,7 @@ pub async fn write(
     while at < frame.len() {
         tokio::select! {
             biased;
-            _ = &mut hold.dropped => {
+            () = hold.dropped() => {
                 drop(hold);
                 tell(out, at == 0, budget.bytes_max).await;
                 return Err(SendError::Dropped);

@@ -320,3 +320,76 @@ async fn stalled_readers_stay_within_the_budget() {
     rust_client.close().await;
     client.close().await;
 }
+
+/// Requests that announce a large frame and then trickle or stall are held against the same
+/// budget: past it the one that has been arriving longest is answered `Unavailable` and its
+/// stream stopped, and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_requests_stay_within_the_budget() {
+    const REQUESTS: usize = 40;
+    const ANNOUNCED: usize = 1 << 20;
+    let (node, client) = start().await;
+    let conn = raw_connection(&node).await;
+    let mut stalled = Vec::new();
+    for _ in 0..REQUESTS {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut out = BytesMut::new();
+        quiver_net::frame::put_header(&mut out, 0x0101, 0, ANNOUNCED);
+        out.extend_from_slice(&[0u8; 1000]);
+        send.write_all(&out).await.unwrap();
+        stalled.push((send, recv));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (held, dropped) = loop {
+        let holders = metric(node.http, "quiver_slow_client_holders").await;
+        let dropped = metric(node.http, "quiver_slow_readers_dropped_total").await;
+        if let (Some(h), Some(d)) = (holders, dropped) {
+            if h + d == REQUESTS as u64 {
+                let held = metric(node.http, "quiver_slow_client_held_bytes").await;
+                break (held.unwrap(), d);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled requests never settled: holders {holders:?}, dropped {dropped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let budget = BUDGET_MIB << 20;
+    assert!(held <= budget, "{held} bytes held, budget {budget}");
+    assert!(
+        dropped >= 1,
+        "more announced bytes than the budget, yet none was dropped"
+    );
+    // The first request (the longest arriving) was dropped and told so.
+    let (_send, recv) = &mut stalled[0];
+    let answer = recv.read_to_end(1 << 16).await.unwrap();
+    let mut buf = BytesMut::from(&answer[..]);
+    let frame = quiver_net::frame::parse(&mut buf, 1 << 16)
+        .unwrap()
+        .unwrap();
+    match Response::decode(&frame).unwrap() {
+        Response::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::Unavailable, "{}", message.as_str());
+            assert!(message.as_str().contains("request dropped"), "{message:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The connection, and the server, go on serving.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut out = BytesMut::new();
+    Request::Status.encode(&mut out);
+    send.write_all(&out).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 16).await.unwrap();
+    let mut buf = BytesMut::from(&answer[..]);
+    let frame = quiver_net::frame::parse(&mut buf, 1 << 16)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        Response::decode(&frame).unwrap(),
+        Response::Status { .. }
+    ));
+    client.status().await.unwrap();
+    client.close().await;
+}
