@@ -105,12 +105,12 @@ async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static
     let mut buf = BytesMut::new();
     let read = tokio::time::timeout(
         shared.request_timeout,
-        read_frame(&mut recv, &mut buf, shared.frame_bytes_max),
+        read_held(shared, &mut recv, &mut buf),
     );
     let not_hello = |why: String| error(ErrorCode::Malformed, why);
     let frame = match read.await {
         Ok(Ok(Some(f))) => f,
-        Ok(Err(ReadFrameError::Read(_))) => {
+        Ok(Err(Inbound::Frame(ReadFrameError::Read(_)))) => {
             // The client reset the stream or left: nobody to answer.
             conn.close(close::PROTOCOL.into(), b"the Hello stream was reset");
             return Err("hello stream reset");
@@ -120,8 +120,16 @@ async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static
                 Ok(Ok(None)) => {
                     not_hello("the first request must be Hello; its stream was empty".into())
                 }
-                Ok(Err(e)) => not_hello(format!("the first request must be Hello: {e}")),
-                _ => error(ErrorCode::Timeout, "Hello did not arrive in time"),
+                Ok(Err(Inbound::Frame(e))) => {
+                    not_hello(format!("the first request must be Hello: {e}"))
+                }
+                Ok(Err(Inbound::Dropped)) => error(
+                    ErrorCode::Unavailable,
+                    "Hello dropped: it was arriving slowest when the server's budget for slow \
+                     clients was full; connect again",
+                ),
+                Ok(Ok(Some(_))) => unreachable!("a frame is handled above"),
+                Err(_) => error(ErrorCode::Timeout, "Hello did not arrive in time"),
             };
             refuse(conn, &mut send, &resp, close::PROTOCOL).await;
             return Err("no hello frame");

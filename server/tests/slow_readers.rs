@@ -117,16 +117,21 @@ async fn metric(http: SocketAddr, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// A connection that has said Hello, made by hand so that nothing reads its streams.
-async fn raw_connection(node: &Node) -> quinn::Connection {
+/// A connection made by hand, before any `Hello`.
+async fn bare_connection(node: &Node) -> quinn::Connection {
     let ca_file = node.dir.path().join("data/tls/ca.pem");
     let ca = quiver_server::tls::read_certs(&ca_file).unwrap();
     let endpoint = quiver_net::quic::client_endpoint(&ca).unwrap();
-    let conn = endpoint
+    endpoint
         .connect(node.addr, "localhost")
         .unwrap()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A connection that has said Hello, made by hand so that nothing reads its streams.
+async fn raw_connection(node: &Node) -> quinn::Connection {
+    let conn = bare_connection(node).await;
     let hello = Request::Hello {
         version: quiver_net::PROTOCOL_VERSION,
         client: Text::from("stalled"),
@@ -321,6 +326,69 @@ async fn stalled_readers_stay_within_the_budget() {
     client.close().await;
 }
 
+/// Waits (bounded) until `n` holders are counted, each holding or dropped; returns the bytes
+/// held and the holders dropped.
+async fn settled(node: &Node, n: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let holders = metric(node.http, "quiver_slow_client_holders").await;
+        let dropped = metric(node.http, "quiver_slow_readers_dropped_total").await;
+        if let (Some(h), Some(d)) = (holders, dropped) {
+            if h + d == n {
+                let held = metric(node.http, "quiver_slow_client_held_bytes").await;
+                return (held.unwrap(), d);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: holders {holders:?}, dropped {dropped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Connections whose `Hello` announces a large frame and stalls are held against the budget
+/// too: past it the oldest is answered `Unavailable` and closed (code 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_hellos_stay_within_the_budget() {
+    const CONNECTIONS: usize = 10;
+    let (node, client) = start().await;
+    let mut stalled = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let conn = bare_connection(&node).await;
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut out = BytesMut::new();
+        quiver_net::frame::put_header(&mut out, 0x0100, 0, 1 << 20);
+        out.extend_from_slice(&[0u8; 100]);
+        send.write_all(&out).await.unwrap();
+        stalled.push((conn, send, recv));
+    }
+    let (held, dropped) = settled(&node, CONNECTIONS as u64).await;
+    let budget = BUDGET_MIB << 20;
+    assert!(held <= budget, "{held} bytes held, budget {budget}");
+    assert!(
+        dropped >= 1,
+        "more announced bytes than the budget, yet none was dropped"
+    );
+    let (conn, _send, recv) = &mut stalled[0];
+    let answer = recv.read_to_end(1 << 16).await.unwrap();
+    let mut buf = BytesMut::from(&answer[..]);
+    let frame = quiver_net::frame::parse(&mut buf, 1 << 16)
+        .unwrap()
+        .unwrap();
+    match Response::decode(&frame).unwrap() {
+        Response::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::Unavailable, "{}", message.as_str());
+            assert!(message.as_str().contains("Hello dropped"), "{message:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    assert!(closed.is_ok(), "the connection is closed after the answer");
+    client.status().await.unwrap();
+    client.close().await;
+}
+
 /// Requests that announce a large frame and then trickle or stall are held against the same
 /// budget: past it the one that has been arriving longest is answered `Unavailable` and its
 /// stream stopped, and the connection goes on serving.
@@ -339,22 +407,7 @@ async fn stalled_requests_stay_within_the_budget() {
         send.write_all(&out).await.unwrap();
         stalled.push((send, recv));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (held, dropped) = loop {
-        let holders = metric(node.http, "quiver_slow_client_holders").await;
-        let dropped = metric(node.http, "quiver_slow_readers_dropped_total").await;
-        if let (Some(h), Some(d)) = (holders, dropped) {
-            if h + d == REQUESTS as u64 {
-                let held = metric(node.http, "quiver_slow_client_held_bytes").await;
-                break (held.unwrap(), d);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stalled requests never settled: holders {holders:?}, dropped {dropped:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (held, dropped) = settled(&node, REQUESTS as u64).await;
     let budget = BUDGET_MIB << 20;
     assert!(held <= budget, "{held} bytes held, budget {budget}");
     assert!(
