@@ -390,6 +390,11 @@ impl<'a> AppendView<'a> {
         }
     }
 
+    /// Byte offset, within the body, of the first event.
+    pub fn events_offset(&self) -> usize {
+        self.events_at
+    }
+
     /// Iterates the events in order; each item is checked.
     pub fn events(&self) -> EventIter<'a> {
         EventIter {
@@ -454,6 +459,29 @@ impl<'a> Iterator for EventIter<'a> {
         }
         Some(r)
     }
+}
+
+/// Decodes and checks the one event that starts `at` bytes into an append `body` whose
+/// stream table has `streams` names; the event ends at its `meta_range.end`. This lets a
+/// reader walk a large record one event at a time, keeping only an offset.
+pub fn decode_event_at(
+    body: &[u8],
+    at: usize,
+    streams: usize,
+) -> Result<EventView<'_>, DecodeError> {
+    if at > body.len() {
+        return Err(DecodeError::new("event", "offset beyond the body"));
+    }
+    let mut one = EventIter {
+        cursor: Cursor {
+            bytes: body,
+            at,
+            what: "event",
+        },
+        left: 1,
+        streams,
+    };
+    one.decode_one()
 }
 
 impl<'a> EventIter<'a> {
