@@ -1712,3 +1712,29 @@ fn a_truncation_keeps_the_memberships_before_it() {
     drain(&mut n2);
     assert!(n2.membership().learners.contains(&4));
 }
+
+/// Pipelining (diss. 10.2.1): the window holds exactly `in_flight_max` appends, and exactly
+/// `in_flight_bytes_max` bytes of entry data; the next one waits.
+#[test]
+fn the_window_holds_exactly_its_bounds() {
+    let count_of_appends = |tune: fn(&mut Config), size: usize| {
+        let mut net = Net::new(&[1, 2, 3], &[], 0, tune);
+        net.elect(1, all);
+        let mut sent = 0;
+        for k in 0..5u8 {
+            net.n(1).propose(vec![k; size]).unwrap();
+            sent += appended_to(&net.drain(1), 2).len();
+        }
+        sent
+    };
+    assert_eq!(
+        count_of_appends(|c| c.in_flight_max = 2, 1),
+        2,
+        "two appends"
+    );
+    assert_eq!(
+        count_of_appends(|c| c.in_flight_bytes_max = 10, 5),
+        2,
+        "5 + 5 bytes fill a window of 10"
+    );
+}
