@@ -37,6 +37,33 @@ fn records_of(stream: &str, first: u64, last: u64, term: u64, bytes: usize) -> V
         .collect()
 }
 
+/// Appends one binary event of `size` bytes, each byte `v` (as u8), to stream "s"; then v += 1.
+fn put(engine: &Engine, v: &mut u64, size: usize) {
+    let data = vec![*v as u8; size];
+    engine
+        .append(
+            "s",
+            ExpectedVersion::Any,
+            vec![EventData::binary("E", data)],
+        )
+        .unwrap();
+    *v += 1;
+}
+
+/// Writes events of `size` bytes until a second segment exists, then `more` into it, and
+/// closes the engine. Returns how many were written.
+fn into_a_second_segment(dir: &Path, config: &EngineConfig, size: usize, more: usize) -> u64 {
+    let engine = Engine::open(dir, config.clone()).unwrap();
+    let mut v = 0u64;
+    while files_with(dir, SEGMENT_EXT).len() < 2 {
+        put(&engine, &mut v, size);
+    }
+    for _ in 0..more {
+        put(&engine, &mut v, size);
+    }
+    v
+}
+
 fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -236,32 +263,8 @@ fn read_all_data(engine: &Engine) -> Vec<(String, u64, Vec<u8>)> {
 fn leftover_spare_with_records_is_not_reused() {
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig::default().segment_bytes_max(64 << 10);
-    let engine = Engine::open(dir.path(), config.clone()).unwrap();
-    let mut v = 0u64;
-    while files_with(dir.path(), SEGMENT_EXT).len() < 2 {
-        let data = vec![v as u8; 1024];
-        engine
-            .append(
-                "s",
-                ExpectedVersion::Any,
-                vec![EventData::binary("E", data)],
-            )
-            .unwrap();
-        v += 1;
-    }
     // More records in the second segment, all of the same size.
-    for _ in 0..5 {
-        let data = vec![v as u8; 1024];
-        engine
-            .append(
-                "s",
-                ExpectedVersion::Any,
-                vec![EventData::binary("E", data)],
-            )
-            .unwrap();
-        v += 1;
-    }
-    drop(engine);
+    let v = into_a_second_segment(dir.path(), &config, 1024, 5);
     let segs = files_with(dir.path(), SEGMENT_EXT);
     let spare = dir.path().join(segment::SPARE_NAME);
     std::fs::rename(&segs[1], &spare).unwrap();
@@ -327,31 +330,7 @@ fn big_raft_config() -> EngineConfig {
 fn torn_tail_before_a_half_created_segment_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig::default().segment_bytes_max(16 << 10);
-    let engine = Engine::open(dir.path(), config.clone()).unwrap();
-    let mut v = 0u64;
-    while files_with(dir.path(), SEGMENT_EXT).len() < 2 {
-        let data = vec![v as u8; 700];
-        engine
-            .append(
-                "s",
-                ExpectedVersion::Any,
-                vec![EventData::binary("E", data)],
-            )
-            .unwrap();
-        v += 1;
-    }
-    for _ in 0..3 {
-        let data = vec![v as u8; 700];
-        engine
-            .append(
-                "s",
-                ExpectedVersion::Any,
-                vec![EventData::binary("E", data)],
-            )
-            .unwrap();
-        v += 1;
-    }
-    drop(engine);
+    let v = into_a_second_segment(dir.path(), &config, 700, 3);
     let last = files_with(dir.path(), SEGMENT_EXT).pop().unwrap();
     let offsets = record_offsets(&last);
     let first: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
