@@ -7,6 +7,7 @@
 //! ## Layout
 //! - `lib.rs` — [`ServerConfig`], [`Server::start`] and [`Server::run`] with clean shutdown.
 //! - `connection.rs` — accepting connections, `Hello`, one task per request stream.
+//! - `cluster/` — cluster mode: the Raft loop over the engine, peers, cluster status.
 //! - `cmd.rs` — each request applied to the engine, responses and streamed reads.
 //! - `config_file.rs` — the optional TOML configuration file (below flags and environment).
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
@@ -20,6 +21,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod config_file;
 pub mod connection;

@@ -7,13 +7,15 @@
 //! checks every record of a stopped store against its checksum. The other commands
 //! (`append`, `read`, `read-all`, `streams`, `stream-meta`, `delete`, `snapshot`, `status`,
 //! `health`, `scavenge`) are clients of a running node: see `quiver_server::cli`.
+//! `quiver serve --db-type cluster` runs a Raft node instead (`quiver_server::cluster`), and
+//! `quiver cluster status` shows a node's view of its cluster.
 //!
 //! Configuration: flags > environment (`QUIVER_*`) > defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use quiver_engine::{Engine, EngineConfig};
 use quiver_server::{Server, ServerConfig, HTTP_DEFAULT, LISTEN_DEFAULT};
@@ -33,7 +35,7 @@ struct Cli {
 enum DbType {
     /// One node; a write is committed when it is durable here.
     Single,
-    /// A Raft cluster (not available yet).
+    /// A Raft cluster node (forming and electing; client commands not served yet).
     Cluster,
 }
 
@@ -45,6 +47,47 @@ struct StoreArgs {
     /// Segment files roll over at this many MiB.
     #[arg(long, env = "QUIVER_SEGMENT_MIB", default_value_t = 64)]
     segment_mib: u64,
+}
+
+/// Cluster mode only (`--db-type cluster`).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// This node's id (not 0). Kept in DATA_DIR/node-id on first start; a later start with
+    /// another id is refused. Default: the file's, else a random one.
+    #[arg(long, env = "QUIVER_NODE_ID")]
+    node_id: Option<u64>,
+    /// The voters of a new cluster and their peer addresses: id=host:port,... (the same
+    /// list on every node).
+    #[arg(long, env = "QUIVER_INITIAL_MEMBERS", value_name = "ID=ADDR,...")]
+    initial_members: Option<String>,
+    /// Peer address (UDP) for the other nodes.
+    #[arg(long, env = "QUIVER_PEER_LISTEN",
+          default_value = quiver_server::cluster::config::PEER_LISTEN_DEFAULT)]
+    peer_listen: SocketAddr,
+    /// The cluster secret (at least 16 bytes; 32 random bytes recommended). Prefer the
+    /// environment or --cluster-secret-file: a flag is visible in the process list.
+    #[arg(long, env = "QUIVER_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// A file holding the cluster secret (a trailing line break is ignored).
+    #[arg(long, env = "QUIVER_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show a node's role, term, leader, commit and applied index, members and peer links
+    /// (from its HTTP endpoint's /status).
+    Status {
+        /// The node's HTTP operations address.
+        #[arg(long, env = "QUIVER_HTTP", default_value = HTTP_DEFAULT)]
+        http: SocketAddr,
+        /// Print the JSON object instead.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +122,13 @@ enum Command {
         /// Seconds a request may take to arrive.
         #[arg(long, env = "QUIVER_TIMEOUT", default_value_t = 30)]
         timeout: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// A cluster node's view of its cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Check every record of a store that is not running against its checksum.
     Verify {
@@ -118,10 +168,8 @@ fn main() -> anyhow::Result<()> {
             tls_key,
             token,
             timeout,
+            cluster,
         } => {
-            if db_type == DbType::Cluster {
-                bail!("QUIVER_DB_TYPE=cluster is not available yet: run a single node");
-            }
             let config = ServerConfig {
                 segment_mib: store.segment_mib,
                 store_id,
@@ -136,7 +184,27 @@ fn main() -> anyhow::Result<()> {
                 request_timeout: std::time::Duration::from_secs(timeout),
                 ..ServerConfig::new(store.data_dir)
             };
-            serve(config)
+            match db_type {
+                DbType::Single => serve(config),
+                DbType::Cluster => serve_cluster(config, cluster),
+            }
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::Status {
+                    http,
+                    json,
+                    timeout,
+                },
+        } => {
+            use quiver_server::cluster::status_cli;
+            let status = status_cli::fetch(http, std::time::Duration::from_secs(timeout))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status_cli::render(&status));
+            }
+            Ok(())
         }
         Command::Verify { store } => {
             let config = EngineConfig::default().segment_bytes_max(store.segment_mib << 20);
@@ -178,6 +246,41 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
             "quiver is serving (single node)"
         );
         server.run(shutdown_signal()).await?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> {
+    use quiver_server::cluster::{config as cc, ClusterConfig, ConfigError};
+    // Checked before anything is opened or bound: a node without a usable secret or member
+    // list must not start at all.
+    let secret = cc::load_secret(
+        args.cluster_secret.as_deref(),
+        args.cluster_secret_file.as_deref(),
+    )?;
+    let members = cc::parse_members(
+        args.initial_members
+            .as_deref()
+            .ok_or(ConfigError::MissingMembers)?,
+    )?;
+    let (node_id, generated) = cc::node_id(&config.data_dir, args.node_id)?;
+    if generated {
+        tracing::info!(node_id, "generated a node id, kept in the data directory");
+    }
+    if !members.iter().any(|(id, _)| *id == node_id) {
+        tracing::warn!(
+            node_id,
+            "this node is not in --initial-members: it will not campaign, and waits to be \
+             added to the cluster"
+        );
+    }
+    let cluster = ClusterConfig::new(node_id, members, args.peer_listen, secret);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        quiver_server::cluster::serve(&config, &cluster, shutdown_signal()).await?;
         tracing::info!("stopped cleanly");
         Ok(())
     })
