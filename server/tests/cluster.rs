@@ -349,6 +349,67 @@ fn a_node_with_the_wrong_secret_is_refused_and_changes_nothing() {
     );
 }
 
+#[test]
+fn a_node_that_cannot_persist_stops_and_says_so_while_the_others_go_on() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let (leader, _, _) = c.wait_for_leader(FORM_LIMIT, None);
+    let mut others = (1..=3).filter(|id| *id != leader);
+    let (broken, other) = (others.next().unwrap(), others.next().unwrap());
+    // The broken node can no longer write its hard state: the temporary file's name is
+    // taken by a directory (which stops root as well as anyone). With the leader gone, its
+    // next term change or vote fails to persist.
+    let blocked = c.node(broken).dir.join("data").join("raft-state.tmp");
+    std::fs::create_dir_all(&blocked).unwrap();
+    c.node(leader).kill();
+    let deadline = Instant::now() + FORM_LIMIT;
+    let failed = loop {
+        if let Some(s) = c.node(broken).status().filter(|s| s.failed.is_some()) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {broken} did not fail-stop\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(failed.role, "failed");
+    assert!(!failed.ready);
+    let why = failed.failed.unwrap();
+    assert!(why.contains("persisting a Ready failed"), "{why}");
+    let http = c.node(broken).http;
+    let (code, _) = status_cli::http_get(http, "/health/ready", Duration::from_secs(1)).unwrap();
+    assert_eq!(code, 503, "a failed node is not ready");
+    let log = c.node(broken).log();
+    let lines = log.lines().filter(|l| l.contains("fail-stop")).count();
+    assert_eq!(lines, 1, "one clear line: {log}");
+    // The old leader comes back; with the third node it is a majority again.
+    let members = c.members.clone();
+    c.node(leader).start(&members, SECRET, true);
+    let deadline = Instant::now() + FORM_LIMIT;
+    loop {
+        let statuses: Vec<ClusterStatus> = [leader, other]
+            .iter()
+            .filter_map(|id| c.nodes[*id as usize - 1].status())
+            .collect();
+        if statuses.len() == 2 && agreed_leader(&statuses).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader without node {broken}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = c.node(broken).status().unwrap();
+    assert_eq!(
+        s.role, "failed",
+        "a failed node stays stopped until restarted"
+    );
+}
+
 /// Runs `quiver serve --db-type cluster ARGS` expecting it to exit at once with an error;
 /// returns its stderr.
 fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {

@@ -377,16 +377,22 @@ impl Driver {
             .members()
             .filter(|id| *id != me)
             .collect();
+        if members == self.peers {
+            return;
+        }
+        // `add_peer` spawns the link's task: on the server's runtime, not the loop's.
         let _guard = self.runtime.enter();
-        for id in members.difference(&self.peers.clone()) {
-            match self.addresses.get(id) {
+        let new: Vec<u64> = members.difference(&self.peers).copied().collect();
+        for id in new {
+            match self.addresses.get(&id) {
                 Some(addr) => {
                     tracing::info!(peer = id, %addr, "sending to a member");
-                    self.endpoint.add_peer(*id, *addr);
-                    self.peers.insert(*id);
+                    self.endpoint.add_peer(id, *addr);
+                    self.peers.insert(id);
                 }
                 None => {
-                    if self.unreachable.insert(*id) {
+                    // A member added later (`cluster add`, not built yet) brings its address.
+                    if self.unreachable.insert(id) {
                         tracing::warn!(peer = id, "a member has no known peer address");
                     }
                 }
