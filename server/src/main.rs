@@ -55,7 +55,7 @@ struct ClusterArgs {
     /// This node's id (not 0). Kept in DATA_DIR/node-id on first start; a later start with
     /// another id is refused. Default: the file's, else a random one.
     #[arg(long, env = "QUIVER_NODE_ID")]
-    node_id: Option<u64>,
+    node_id: Option<String>,
     /// The voters of a new cluster and their peer addresses: id=host:port,... (the same
     /// list on every node).
     #[arg(long, env = "QUIVER_INITIAL_MEMBERS", value_name = "ID=ADDR,...")]
@@ -63,7 +63,7 @@ struct ClusterArgs {
     /// Peer address (UDP) for the other nodes.
     #[arg(long, env = "QUIVER_PEER_LISTEN",
           default_value = quiver_server::cluster::config::PEER_LISTEN_DEFAULT)]
-    peer_listen: SocketAddr,
+    peer_listen: String,
     /// The cluster secret (at least 16 bytes; 32 random bytes recommended). Prefer the
     /// environment or --cluster-secret-file: a flag is visible in the process list.
     #[arg(long, env = "QUIVER_CLUSTER_SECRET", hide_env_values = true)]
@@ -264,7 +264,18 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
             .as_deref()
             .ok_or(ConfigError::MissingMembers)?,
     )?;
-    let (node_id, generated) = cc::node_id(&config.data_dir, args.node_id)?;
+    // Parsed here rather than by clap, so that a cluster variable in the environment of a
+    // single node changes nothing there.
+    let flag = args
+        .node_id
+        .map(|id| id.parse::<u64>())
+        .transpose()
+        .context("--node-id must be a number")?;
+    let peer_listen: SocketAddr = args
+        .peer_listen
+        .parse()
+        .with_context(|| format!("--peer-listen {}", args.peer_listen))?;
+    let (node_id, generated) = cc::node_id(&config.data_dir, flag)?;
     if generated {
         tracing::info!(node_id, "generated a node id, kept in the data directory");
     }
@@ -275,7 +286,7 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
              added to the cluster"
         );
     }
-    let cluster = ClusterConfig::new(node_id, members, args.peer_listen, secret);
+    let cluster = ClusterConfig::new(node_id, members, peer_listen, secret);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

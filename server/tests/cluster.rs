@@ -14,8 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use quiver_engine::format::{encode_stream_append, EntryKind as RecordKind};
+use quiver_engine::{Engine, EngineConfig, EventData};
+use quiver_raft::Refused;
 use quiver_server::cluster::status_cli;
-use quiver_server::cluster::ClusterStatus;
+use quiver_server::cluster::{
+    ClusterConfig, ClusterHandle, ClusterNode, ClusterStatus, RequestError,
+};
+use quiver_server::raft_log::{command, EngineLog};
 
 const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
 const SECRET: &str = "a cluster secret for the tests, 40 bytes";
@@ -488,55 +494,68 @@ fn a_cluster_node_does_not_start_without_a_good_secret_or_with_another_id() {
     );
 }
 
-/// Three nodes in this process (engines in temporary directories, peers on loopback): a
-/// proposal on the leader is acknowledged once committed and is applied on every node; a
-/// follower refuses proposals, naming the leader; a read index on a follower covers the
-/// acknowledged write.
-#[test]
-fn proposals_commit_on_every_node_and_read_index_covers_them() {
-    use quiver_engine::format::{encode_stream_append, EntryKind as RecordKind};
-    use quiver_engine::{Engine, EngineConfig, EventData};
-    use quiver_raft::Refused;
-    use quiver_server::cluster::{ClusterConfig, ClusterNode, RequestError};
-    use quiver_server::raft_log::{command, EngineLog};
+// ---------------------------------------------------------------------------------------
+// In process: the Raft loop's own API (`propose`, `read_index`), which no client reaches yet
+// ---------------------------------------------------------------------------------------
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Three nodes in this process, engines in `root`, peers on loopback; returns them, their
+/// engines and the id of the leader they agree on.
+async fn in_process(root: &Path) -> (Vec<ClusterNode>, Vec<Engine>, u64) {
+    let members: Vec<(u64, SocketAddr)> = (1..=3)
+        .map(|id| {
+            let addr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+            (id, addr)
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    let mut engines = Vec::new();
+    for (id, addr) in &members {
+        let config = EngineConfig::default().commit_on_durable(false);
+        let engine = Engine::open(root.join(format!("n{id}")), config).unwrap();
+        let log = EngineLog::open(engine.clone()).unwrap();
+        let cc = ClusterConfig::new(*id, members.clone(), *addr, SECRET.into());
+        nodes.push(ClusterNode::start(log, &cc).unwrap());
+        engines.push(engine);
+    }
+    let handles: Vec<ClusterHandle> = nodes.iter().map(|n| n.handle()).collect();
+    let deadline = Instant::now() + FORM_LIMIT;
+    let leader = loop {
+        let statuses: Vec<ClusterStatus> = handles.iter().map(|h| h.status()).collect();
+        if let Some((leader, _)) = agreed_leader(&statuses) {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "no leader: {statuses:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (nodes, engines, leader)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    runtime.block_on(async {
-        let ports: Vec<SocketAddr> = (0..3)
-            .map(|_| format!("127.0.0.1:{}", free_udp_port()).parse().unwrap())
-            .collect();
-        let members: Vec<(u64, SocketAddr)> = (1..=3).zip(ports.iter().copied()).collect();
-        let mut nodes = Vec::new();
-        let mut engines = Vec::new();
-        for (id, addr) in &members {
-            let config = EngineConfig::default().commit_on_durable(false);
-            let engine = Engine::open(root.path().join(format!("n{id}")), config).unwrap();
-            let log = EngineLog::open(engine.clone()).unwrap();
-            let cc = ClusterConfig::new(*id, members.clone(), *addr, SECRET.into());
-            nodes.push(ClusterNode::start(log, &cc).unwrap());
-            engines.push(engine);
-        }
-        let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-        let deadline = Instant::now() + FORM_LIMIT;
-        let leader = loop {
-            let statuses: Vec<ClusterStatus> = handles.iter().map(|h| h.status()).collect();
-            if let Some((leader, _)) = agreed_leader(&statuses) {
-                break leader;
-            }
-            assert!(Instant::now() < deadline, "no leader: {statuses:#?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let on_leader = &handles[leader as usize - 1];
-        let follower = &handles[(leader as usize) % 3];
+        .unwrap()
+}
 
-        let event = EventData::json("Tested", r#"{"n":1}"#);
-        let body = encode_stream_append("cluster-test", 0, 1, &[event]);
-        let data = command(RecordKind::Append, 1, &body);
+/// An append of one event at `version` of `stream`, as a Raft command.
+fn append_command(stream: &str, version: u64) -> Vec<u8> {
+    let event = EventData::json("Tested", r#"{"n":1}"#);
+    let body = encode_stream_append(stream, version, 1, &[event]);
+    command(RecordKind::Append, 1, &body)
+}
+
+/// A proposal on the leader is acknowledged once committed and is applied on every node; a
+/// follower refuses proposals, naming the leader; an invalid command never reaches Raft; a
+/// read index asked on a follower covers the acknowledged write.
+#[test]
+fn proposals_commit_on_every_node_and_read_index_covers_them() {
+    let root = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (nodes, engines, leader) = in_process(root.path()).await;
+        let on_leader = nodes[leader as usize - 1].handle();
+        let follower = nodes[(leader as usize) % 3].handle();
+        let data = append_command("cluster-test", 0);
         let wait = Duration::from_secs(10);
         match follower.propose(data.clone(), wait).await {
             Err(RequestError::Refused(Refused::NotLeader(Some(l)))) => assert_eq!(l, leader),
@@ -569,5 +588,41 @@ fn proposals_commit_on_every_node_and_read_index_covers_them() {
         for n in nodes {
             n.shutdown().await;
         }
+    });
+}
+
+/// A leader cut off from both followers cannot commit: its proposal is never acknowledged,
+/// and once it steps down (check-quorum, within about one election timeout) the caller is
+/// told that leadership was lost, the entry's outcome unknown; a read asked meanwhile is
+/// never answered with an index, and is reported lost when the leader steps down.
+#[test]
+fn a_proposal_that_cannot_commit_is_never_acknowledged() {
+    let root = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (mut nodes, engines, leader) = in_process(root.path()).await;
+        let lead = nodes.remove(leader as usize - 1);
+        // Dropped, not shut down: their loops stop and their connections close at once.
+        drop(nodes);
+        let h = lead.handle();
+        let engine = &engines[leader as usize - 1];
+        let before = engine.commit_index();
+        let wait = Duration::from_secs(10);
+        let (proposed, read) = tokio::join!(
+            h.propose(append_command("lost", 0), wait),
+            h.read_index(wait)
+        );
+        match proposed {
+            Err(RequestError::LeadershipLost(index)) => assert!(index > before),
+            other => panic!("expected LeadershipLost, got {other:?}"),
+        }
+        assert_eq!(
+            read,
+            Err(RequestError::ReadLost),
+            "a cut-off leader served a read"
+        );
+        assert_eq!(engine.commit_index(), before, "nothing committed");
+        assert!(engine.stream_info("lost").is_none());
+        assert!(!h.is_ready(), "a node without a leader is not ready");
+        lead.shutdown().await;
     });
 }

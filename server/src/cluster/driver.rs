@@ -50,13 +50,18 @@ pub enum RequestError {
     /// Another leader's entry took the index: the proposal is not in the log.
     #[error("entry {0} was replaced by another leader's: not committed")]
     Overwritten(u64),
+    /// A read index was lost with a change of leader (the core drops reads waiting at a
+    /// leader that steps down); ask again.
+    #[error("the read was lost with a change of leader: ask again")]
+    ReadLost,
     /// No answer within the caller's time limit (for a proposal: outcome unknown).
     #[error("no answer in time")]
     Timeout,
     /// Too many requests are waiting already.
     #[error("too many requests waiting")]
     Busy,
-    /// The Raft loop has stopped (shutdown, or fail-stop: see the status).
+    /// The Raft loop has stopped (shutdown, or fail-stop: see the status). For a proposal
+    /// the outcome is unknown.
     #[error("the Raft loop has stopped")]
     Stopped,
 }
@@ -104,8 +109,8 @@ pub(crate) struct Driver {
     unreachable: BTreeSet<u64>,
     /// Proposals by index: (term proposed in, who waits).
     proposals: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, RequestError>>)>,
-    /// Reads asked of the core, by ctx.
-    reads_asked: HashMap<u64, oneshot::Sender<Result<u64, RequestError>>>,
+    /// Reads asked of the core, by ctx: (term asked in, asked as leader, who waits).
+    reads_asked: HashMap<u64, (u64, bool, oneshot::Sender<Result<u64, RequestError>>)>,
     /// Reads confirmed, waiting to be applied up to their index.
     reads_confirmed: Vec<(u64, oneshot::Sender<Result<u64, RequestError>>)>,
     next_ctx: u64,
@@ -223,7 +228,6 @@ impl Driver {
             }
             self.handle_ready()?;
             self.sync_peers();
-            self.publish();
         }
     }
 
@@ -269,7 +273,9 @@ impl Driver {
                 self.next_ctx += 1;
                 match self.node.read_index(ctx) {
                     Ok(()) => {
-                        self.reads_asked.insert(ctx, done);
+                        let leads = self.node.role() == Role::Leader;
+                        self.reads_asked
+                            .insert(ctx, (self.node.term(), leads, done));
                     }
                     Err(r) => {
                         let _ = done.send(Err(RequestError::Refused(r)));
@@ -281,6 +287,7 @@ impl Driver {
 
     /// Carries out every `Ready`, in the contract's order.
     fn handle_ready(&mut self) -> Result<(), Failure> {
+        let mut committed = Vec::new();
         while self.node.has_ready() {
             let mut ready = self.node.ready();
             // A leader's appends may leave before its own write (the disks work in
@@ -303,15 +310,21 @@ impl Driver {
                     } else {
                         Err(RequestError::Overwritten(e.index))
                     };
-                    let _ = done.send(outcome);
+                    committed.push((done, outcome));
                 }
             }
             for r in std::mem::take(&mut ready.reads) {
-                if let Some(done) = self.reads_asked.remove(&r.ctx) {
+                if let Some((_, _, done)) = self.reads_asked.remove(&r.ctx) {
                     self.reads_confirmed.push((r.index, done));
                 }
             }
             self.node.advance(ready);
+        }
+        // Published before anyone is answered: a caller that hears back sees a status at
+        // least as new as its answer.
+        self.publish();
+        for (done, outcome) in committed {
+            let _ = done.send(outcome);
         }
         // A read is served once this node has applied up to its index.
         let applied = self.node.storage().applied();
@@ -323,6 +336,7 @@ impl Driver {
             let _ = done.send(Ok(index));
         }
         self.fail_lost_proposals();
+        self.fail_lost_reads();
         Ok(())
     }
 
@@ -361,10 +375,27 @@ impl Driver {
         }
     }
 
+    /// Reads asked in an earlier term, or asked as leader of a node that no longer leads,
+    /// will not be answered (the core dropped them): their callers are told at once.
+    fn fail_lost_reads(&mut self) {
+        let (leads, term) = (self.node.role() == Role::Leader, self.node.term());
+        let lost: Vec<u64> = self
+            .reads_asked
+            .iter()
+            .filter(|(_, (t, as_leader, _))| *t != term || (*as_leader && !leads))
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in lost {
+            if let Some((_, _, done)) = self.reads_asked.remove(&ctx) {
+                let _ = done.send(Err(RequestError::ReadLost));
+            }
+        }
+    }
+
     /// Forgets requests whose caller stopped waiting (timed out).
     fn prune_abandoned(&mut self) {
         self.proposals.retain(|_, (_, done)| !done.is_closed());
-        self.reads_asked.retain(|_, done| !done.is_closed());
+        self.reads_asked.retain(|_, (_, _, done)| !done.is_closed());
         self.reads_confirmed.retain(|(_, done)| !done.is_closed());
     }
 
