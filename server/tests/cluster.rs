@@ -499,7 +499,8 @@ fn a_cluster_node_does_not_start_without_a_good_secret_or_with_another_id() {
 // ---------------------------------------------------------------------------------------
 
 /// Three nodes in this process, engines in `root`, peers on loopback; returns them, their
-/// engines and the id of the leader they agree on.
+/// engines and the id of the leader they agree on, once every node has applied its whole
+/// log (the leader's no-op included: nothing is left in flight).
 async fn in_process(root: &Path) -> (Vec<ClusterNode>, Vec<Engine>, u64) {
     let members: Vec<(u64, SocketAddr)> = (1..=3)
         .map(|id| {
@@ -521,10 +522,16 @@ async fn in_process(root: &Path) -> (Vec<ClusterNode>, Vec<Engine>, u64) {
     let deadline = Instant::now() + FORM_LIMIT;
     let leader = loop {
         let statuses: Vec<ClusterStatus> = handles.iter().map(|h| h.status()).collect();
-        if let Some((leader, _)) = agreed_leader(&statuses) {
+        let settled = statuses
+            .iter()
+            .all(|s| s.ready && s.applied >= 1 && s.applied == s.last_index);
+        if let Some((leader, _)) = agreed_leader(&statuses).filter(|_| settled) {
             break leader;
         }
-        assert!(Instant::now() < deadline, "no leader: {statuses:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "no settled leader: {statuses:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     (nodes, engines, leader)

@@ -95,14 +95,14 @@ pub(crate) struct View {
 
 /// The loop's state: the core and what waits on it.
 pub(crate) struct Driver {
-    pub(crate) node: RawNode<EngineLog>,
-    pub(crate) endpoint: Arc<PeerEndpoint>,
+    node: RawNode<EngineLog>,
+    endpoint: Arc<PeerEndpoint>,
     /// The server's runtime: peer links are tasks on it, not on the loop's own.
-    pub(crate) runtime: tokio::runtime::Handle,
+    runtime: tokio::runtime::Handle,
     /// Where each known node's peer endpoint is.
-    pub(crate) addresses: BTreeMap<u64, SocketAddr>,
-    pub(crate) tick: Duration,
-    pub(crate) view: Arc<Mutex<View>>,
+    addresses: BTreeMap<u64, SocketAddr>,
+    tick: Duration,
+    view: Arc<Mutex<View>>,
     /// Ids on the endpoint now.
     peers: BTreeSet<u64>,
     /// Members with no known address, already logged.
