@@ -66,15 +66,13 @@ pub enum RequestError {
     Stopped,
 }
 
+/// Where the outcome of a proposal or a read goes.
+type Answer = oneshot::Sender<Result<u64, RequestError>>;
+
 /// What the handle asks of the loop.
 pub(crate) enum Request {
-    Propose {
-        data: Vec<u8>,
-        done: oneshot::Sender<Result<u64, RequestError>>,
-    },
-    ReadIndex {
-        done: oneshot::Sender<Result<u64, RequestError>>,
-    },
+    Propose { data: Vec<u8>, done: Answer },
+    ReadIndex { done: Answer },
 }
 
 /// What the loop publishes after each turn, for status pages and readiness.
@@ -108,11 +106,11 @@ pub(crate) struct Driver {
     /// Members with no known address, already logged.
     unreachable: BTreeSet<u64>,
     /// Proposals by index: (term proposed in, who waits).
-    proposals: BTreeMap<u64, (u64, oneshot::Sender<Result<u64, RequestError>>)>,
+    proposals: BTreeMap<u64, (u64, Answer)>,
     /// Reads asked of the core, by ctx: (term asked in, asked as leader, who waits).
-    reads_asked: HashMap<u64, (u64, bool, oneshot::Sender<Result<u64, RequestError>>)>,
+    reads_asked: HashMap<u64, (u64, bool, Answer)>,
     /// Reads confirmed, waiting to be applied up to their index.
-    reads_confirmed: Vec<(u64, oneshot::Sender<Result<u64, RequestError>>)>,
+    reads_confirmed: Vec<(u64, Answer)>,
     next_ctx: u64,
     dropped_not_member: u64,
 }
