@@ -501,7 +501,7 @@ fn a_cluster_node_does_not_start_without_a_good_secret_or_with_another_id() {
 /// Three nodes in this process, engines in `root`, peers on loopback; returns them, their
 /// engines and the id of the leader they agree on, once every node has applied its whole
 /// log (the leader's no-op included: nothing is left in flight).
-async fn in_process(root: &Path) -> (Vec<ClusterNode>, Vec<Engine>, u64) {
+async fn in_process(root: &Path) -> InProcess {
     let members: Vec<(u64, SocketAddr)> = (1..=3)
         .map(|id| {
             let addr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
@@ -534,7 +534,20 @@ async fn in_process(root: &Path) -> (Vec<ClusterNode>, Vec<Engine>, u64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    (nodes, engines, leader)
+    InProcess {
+        nodes,
+        engines,
+        leader,
+        members,
+    }
+}
+
+/// See [`in_process`].
+struct InProcess {
+    nodes: Vec<ClusterNode>,
+    engines: Vec<Engine>,
+    leader: u64,
+    members: Vec<(u64, SocketAddr)>,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -559,7 +572,12 @@ fn append_command(stream: &str, version: u64) -> Vec<u8> {
 fn proposals_commit_on_every_node_and_read_index_covers_them() {
     let root = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let (nodes, engines, leader) = in_process(root.path()).await;
+        let InProcess {
+            nodes,
+            engines,
+            leader,
+            ..
+        } = in_process(root.path()).await;
         let on_leader = nodes[leader as usize - 1].handle();
         let follower = nodes[(leader as usize) % 3].handle();
         let data = append_command("cluster-test", 0);
@@ -606,7 +624,12 @@ fn proposals_commit_on_every_node_and_read_index_covers_them() {
 fn a_proposal_that_cannot_commit_is_never_acknowledged() {
     let root = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let (mut nodes, engines, leader) = in_process(root.path()).await;
+        let InProcess {
+            mut nodes,
+            engines,
+            leader,
+            ..
+        } = in_process(root.path()).await;
         let lead = nodes.remove(leader as usize - 1);
         // Dropped, not shut down: their loops stop and their connections close at once.
         drop(nodes);
@@ -631,5 +654,64 @@ fn a_proposal_that_cannot_commit_is_never_acknowledged() {
         assert!(engine.stream_info("lost").is_none());
         assert!(!h.is_ready(), "a node without a leader is not ready");
         lead.shutdown().await;
+    });
+}
+
+/// A process that has the secret but is not a member (id 9, never added) gets through the
+/// handshake, but the Raft loop drops what it sends: a forced vote request in term 1,000
+/// with a longer log, which would make any member that stepped it leave its leader for the
+/// new term, moves no member's term or leader, and is counted.
+#[test]
+fn messages_from_a_node_that_is_not_a_member_are_dropped() {
+    use quiver_net::peer::{PeerMessage, PeerMessageKind};
+    use quiver_net::peer_quic::{PeerConfig, PeerEndpoint};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let root = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let c = in_process(root.path()).await;
+        let handles: Vec<ClusterHandle> = c.nodes.iter().map(|n| n.handle()).collect();
+        let before: Vec<(u64, Option<u64>)> = handles
+            .iter()
+            .map(|h| h.status())
+            .map(|s| (s.term, s.leader))
+            .collect();
+        let ck = rcgen::generate_simple_self_signed(vec!["quiver-peer".into()]).unwrap();
+        let chain = vec![CertificateDer::from(ck.cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let (stranger, _incoming) =
+            PeerEndpoint::bind(PeerConfig::new(9, listen, SECRET, chain, key)).unwrap();
+        for (id, addr) in &c.members {
+            stranger.add_peer(*id, *addr);
+        }
+        let deadline = Instant::now() + FORM_LIMIT;
+        loop {
+            for (id, _) in &c.members {
+                let _ = stranger.send(PeerMessage {
+                    from: 9,
+                    to: *id,
+                    term: 1000,
+                    kind: PeerMessageKind::Vote {
+                        last_index: 1000,
+                        last_term: 999,
+                        transfer: true,
+                    },
+                });
+            }
+            let statuses: Vec<ClusterStatus> = handles.iter().map(|h| h.status()).collect();
+            let moved: Vec<(u64, Option<u64>)> =
+                statuses.iter().map(|s| (s.term, s.leader)).collect();
+            assert_eq!(moved, before, "a non-member moved a term or a leader");
+            if statuses.iter().all(|s| s.messages_from_non_members >= 1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not dropped: {statuses:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(stranger);
+        for n in c.nodes {
+            n.shutdown().await;
+        }
     });
 }
