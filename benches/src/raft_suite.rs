@@ -181,12 +181,8 @@ fn cluster(
     let mut threads = Vec::new();
     for (k, rx) in rxs.into_iter().enumerate() {
         let id = k as u64 + 1;
-        let engine = Engine::open(
-            dirs[k].path(),
-            EngineConfig::default().commit_on_durable(false),
-        )
-        .with_context(|| format!("opening node {id}'s store"))?;
-        let log = EngineLog::open(engine)?;
+        let log = EngineLog::open(dirs[k].path(), EngineConfig::default())
+            .with_context(|| format!("opening node {id}'s store"))?;
         let peers = txs.clone();
         let stop = stop.clone();
         threads.push(thread::spawn(move || {

@@ -89,4 +89,24 @@ impl Error {
     pub(crate) fn transport(e: impl std::fmt::Display) -> Error {
         Error::Transport(e.to_string())
     }
+
+    /// A response stream that failed. A reset with the slow-reader code means the server
+    /// dropped this read or subscription to stay within its memory budget.
+    pub(crate) fn read(e: quiver_net::quic::ReadFrameError) -> Error {
+        use quiver_net::quic::{ReadFrameError, RESET_SLOW_READER};
+        match &e {
+            ReadFrameError::Read(quinn::ReadError::Reset(code))
+                if code.into_inner() == u64::from(RESET_SLOW_READER) =>
+            {
+                Error::Server {
+                    code: ErrorCode::Unavailable,
+                    message: "the server dropped this response as the slowest reader (its \
+                              memory budget for slow clients was full); read again from the \
+                              next event"
+                        .into(),
+                }
+            }
+            _ => Error::transport(e),
+        }
+    }
 }

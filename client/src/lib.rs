@@ -48,6 +48,11 @@ pub use persistent::{
 /// Default server address.
 pub const SERVER_DEFAULT: &str = "127.0.0.1:7600";
 
+/// Largest response payload read. A response may pass the largest request by its own
+/// headers: a stored event or snapshot can be nearly 64 MiB, and its `Events` or
+/// `SnapshotReply` wrapping adds a few bytes (docs/PROTOCOL.md, limits).
+pub const RESPONSE_PAYLOAD_BYTES_MAX: usize = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX + 1024;
+
 /// How to reach a server.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -389,11 +394,7 @@ async fn handshake(
     send.write_all(&out).await.map_err(Error::transport)?;
     send.finish().map_err(Error::transport)?;
     let mut buf = BytesMut::new();
-    let read = read_frame(
-        &mut recv,
-        &mut buf,
-        quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
-    );
+    let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
     let frame = tokio::time::timeout(config.timeout, read)
         .await
         .map_err(|_| Error::Timeout)?
@@ -481,15 +482,11 @@ impl Client {
         send.write_all(&out).await.map_err(Error::transport)?;
         send.finish().map_err(Error::transport)?;
         let mut buf = BytesMut::new();
-        let read = read_frame(
-            &mut recv,
-            &mut buf,
-            quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
-        );
+        let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
         let frame = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| Error::Timeout)?
-            .map_err(Error::transport)?
+            .map_err(Error::read)?
             .ok_or_else(|| {
                 Error::Protocol("the server closed the stream without answering".into())
             })?;
@@ -883,15 +880,11 @@ impl Client {
         req.encode(&mut out);
         send.write_all(&out).await.map_err(Error::transport)?;
         let mut buf = BytesMut::new();
-        let read = read_frame(
-            &mut recv,
-            &mut buf,
-            quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
-        );
+        let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
         let frame = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| Error::Timeout)?
-            .map_err(Error::transport)?
+            .map_err(Error::read)?
             .ok_or_else(|| {
                 Error::Protocol("the server closed the stream without answering".into())
             })?;
@@ -1136,7 +1129,7 @@ impl Subscription<'_> {
             if let Some(m) = self.pending.pop_front() {
                 return Ok(Some(m));
             }
-            let max = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX;
+            let max = RESPONSE_PAYLOAD_BYTES_MAX;
             let frame = match read_frame(&mut self.recv, &mut self.buf, max).await {
                 Ok(Some(frame)) => frame,
                 // Finished by a server going away, or cut: start again where we were.
@@ -1220,15 +1213,11 @@ impl Events {
             if self.done {
                 return Ok(None);
             }
-            let read = read_frame(
-                &mut self.recv,
-                &mut self.buf,
-                quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX,
-            );
+            let read = read_frame(&mut self.recv, &mut self.buf, RESPONSE_PAYLOAD_BYTES_MAX);
             let frame = tokio::time::timeout(self.timeout, read)
                 .await
                 .map_err(|_| Error::Timeout)?
-                .map_err(Error::transport)?
+                .map_err(Error::read)?
                 .ok_or_else(|| Error::Protocol("the read ended without its last frame".into()))?;
             let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
             self.take(resp)?;

@@ -215,7 +215,7 @@ impl PersistentSubscription {
     /// ends (connection lost, server restarted) it joins again; `None` when the group no
     /// longer exists.
     pub async fn next(&mut self) -> Result<Option<Delivery>, Error> {
-        let max = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX;
+        let max = crate::RESPONSE_PAYLOAD_BYTES_MAX;
         let frame = loop {
             match read_frame(&mut self.recv, &mut self.buf, max).await {
                 Ok(Some(f)) => break f,

@@ -5,13 +5,19 @@
 
 use std::collections::HashSet;
 
-use crate::engine::Prepared;
 use crate::error::AppendError;
 use crate::format::{self, EntryKind, EventToEncode, RECORD_BODY_BYTES_MAX};
 use crate::state::State;
 use crate::types::{
     validate_event_type, validate_stream_name, AppendResult, ExpectedVersion, StreamWrite,
 };
+
+/// What an entry proposed by this node turns into before it is framed.
+pub(crate) struct Prepared {
+    pub(crate) kind: EntryKind,
+    pub(crate) count: u32,
+    pub(crate) body: Vec<u8>,
+}
 
 pub(crate) enum AppendPlan {
     Write {

@@ -10,113 +10,26 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use zerocopy::IntoBytes;
 
-use crate::append::{check_expected, prepare_append, AppendPlan};
+use crate::append::{check_expected, prepare_append, AppendPlan, Prepared};
+use crate::config::EngineConfig;
 use crate::error::{AppendError, Failed, OpenError};
-use crate::format::{self, EntryKind, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES};
-use crate::io::{IoMode, SyncIo, Write, BATCH_WRITES_MAX};
+use crate::format::{self, EntryKind};
+#[cfg(test)]
+use crate::inner::TestFaults;
+use crate::inner::{writer_loop, Counters, Inner, Queue};
+use crate::io::{IoMode, SyncIo};
 use crate::recovery;
-use crate::segment::{self, sync_dir, SegmentFile};
-use crate::state::{Callback, OpenStats, Origin, Seg, State};
-use crate::summary;
+use crate::segment;
+use crate::state::{Callback, OpenStats, State};
 use crate::types::{
     validate_stream_name, AppendResult, DeleteKind, ExpectedVersion, StreamMetadata, StreamWrite,
 };
-
-/// How the engine is set up.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct EngineConfig {
-    /// Segment files roll over at this size (a larger single record gets a segment of its own).
-    pub segment_bytes_max: u64,
-    /// Write path.
-    pub io_mode: IoMode,
-    /// Single-node mode: an entry is committed as soon as it is durable. Off under Raft,
-    /// which moves the commit point with [`Engine::set_commit_index`].
-    pub commit_on_durable: bool,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            segment_bytes_max: 64 << 20,
-            io_mode: IoMode::Auto,
-            commit_on_durable: true,
-        }
-    }
-}
-
-impl EngineConfig {
-    /// Sets the segment size.
-    pub fn segment_bytes_max(mut self, bytes: u64) -> Self {
-        self.segment_bytes_max = bytes;
-        self
-    }
-
-    /// Sets the write path.
-    pub fn io_mode(mut self, mode: IoMode) -> Self {
-        self.io_mode = mode;
-        self
-    }
-
-    /// Sets whether durable means committed (single node) or Raft decides.
-    pub fn commit_on_durable(mut self, yes: bool) -> Self {
-        self.commit_on_durable = yes;
-        self
-    }
-}
-
-/// A write queued for the writer thread: bytes for one segment file at one offset.
-pub(crate) struct Chunk {
-    pub(crate) file: Arc<SegmentFile>,
-    pub(crate) offset: u64,
-    pub(crate) buf: Vec<u8>,
-    pub(crate) new_file: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct Queue {
-    pub(crate) chunks: Vec<Chunk>,
-    /// Highest index framed into `chunks`.
-    pub(crate) last_index: u64,
-    /// The writer is between taking chunks and publishing them.
-    pub(crate) busy: bool,
-    pub(crate) shutdown: bool,
-    /// Spent buffers, kept to avoid allocating on the hot path.
-    pub(crate) free: Vec<Vec<u8>>,
-}
-
-/// Spent buffers kept for reuse.
-const FREE_BUFFERS_MAX: usize = 8;
-
-pub(crate) struct Inner {
-    pub(crate) dir: PathBuf,
-    pub(crate) config: EngineConfig,
-    pub(crate) state: RwLock<State>,
-    pub(crate) queue: Mutex<Queue>,
-    pub(crate) queue_cv: Condvar,
-    /// Signalled when the writer finishes a batch (used to wait for the queue to drain).
-    pub(crate) idle_cv: Condvar,
-    pub(crate) io_mode: IoMode,
-    pub(crate) summaries: Mutex<SummarySignal>,
-    pub(crate) counters: Counters,
-    /// Called with the new commit position whenever it moves (see [`Engine::on_commit`]).
-    pub(crate) commit_listeners: Mutex<Vec<CommitListener>>,
-    /// Whether the event-id index is whole (see `ids.rs`); appends wait for it.
-    pub(crate) ids_ready: Mutex<bool>,
-    pub(crate) ids_cv: Condvar,
-    /// A pre-zeroed file ready to become the next segment.
-    pub(crate) spare: Mutex<Option<PathBuf>>,
-    pub(crate) summaries_cv: Condvar,
-    /// Holds an exclusive `flock` on the directory's LOCK file while open.
-    _lock: fs::File,
-}
 
 /// Takes the directory's lock: two engines writing one log would destroy it.
 fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
@@ -144,8 +57,6 @@ fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
-    /// One scavenge at a time.
-    pub(crate) scavenge_lock: Arc<Mutex<()>>,
     _writer: Arc<WriterHandle>,
 }
 
@@ -189,26 +100,50 @@ fn find_spare(
         source: e,
     };
     match fs::metadata(&path) {
-        Ok(m) if m.len() == config.segment_bytes_max => return Ok(Some(path)),
-        Ok(_) => fs::remove_file(&path).map_err(io_err)?,
+        Ok(m) if m.len() == config.segment_bytes_max && all_zeros(&path).map_err(io_err)? => {
+            return Ok(Some(path))
+        }
+        Ok(m) => {
+            // A roll renames the spare into place, and the rename is durable only at the
+            // directory sync after the new segment's data: a power cut in between leaves a
+            // "spare" holding a header and records. Those records were never acknowledged
+            // (that needs the directory sync), but reused, they would reappear after the new
+            // segment's first records.
+            if m.len() == config.segment_bytes_max {
+                tracing::warn!(file = %path.display(), "discarding a spare that is not all zeros");
+            }
+            config.storage.remove_file(&path).map_err(io_err)?;
+        }
         Err(_) => {}
     }
     if empty {
-        return segment::prepare_spare(dir, config.segment_bytes_max)
+        return segment::prepare_spare(&*config.storage, dir, config.segment_bytes_max)
             .map(Some)
             .map_err(io_err);
     }
     Ok(None)
 }
 
-/// A function told the commit position each time it moves.
-pub(crate) type CommitListener = Box<dyn Fn(u64) + Send + Sync>;
-
-/// Running totals of the writer's work, for metrics.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    syncs: AtomicU64,
-    bytes_written: AtomicU64,
+/// Whether every byte of the file is zero (read in 1 MiB chunks: once per open, and the file
+/// is one segment long).
+fn all_zeros(path: &Path) -> io::Result<bool> {
+    use std::io::Read;
+    if cfg!(feature = "mutation-no-spare-check") {
+        return Ok(true);
+    }
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if !format::all_zero(&buf[..n]) {
+            return Ok(false);
+        }
+    }
 }
 
 /// What the engine has done since it opened.
@@ -218,47 +153,6 @@ pub struct EngineCounters {
     pub syncs: u64,
     /// Bytes written by them.
     pub bytes_written: u64,
-}
-
-/// Wakes the background thread.
-#[derive(Default)]
-pub(crate) struct SummarySignal {
-    pending: bool,
-    shutdown: bool,
-}
-
-/// The background thread: writes summaries of sealed, committed segments and prepares the
-/// next pre-zeroed segment, off the writer's path, so neither ever delays an append.
-fn summarizer_loop(inner: &Inner) {
-    loop {
-        {
-            let mut s = inner.summaries.lock();
-            while !s.pending && !s.shutdown {
-                inner.summaries_cv.wait(&mut s);
-            }
-            s.pending = false;
-            if s.shutdown {
-                // A clean shutdown leaves every summary written, for a fast restart.
-                drop(s);
-                summary::write_due(inner);
-                return;
-            }
-        }
-        summary::write_due(inner);
-        if inner.spare.lock().is_none() {
-            match segment::prepare_spare(&inner.dir, inner.config.segment_bytes_max) {
-                Ok(path) => *inner.spare.lock() = Some(path),
-                Err(e) => tracing::warn!(error = %e, "could not prepare a spare segment"),
-            }
-        }
-    }
-}
-
-/// What an entry proposed by this node turns into before it is framed.
-pub(crate) struct Prepared {
-    pub(crate) kind: EntryKind,
-    pub(crate) count: u32,
-    pub(crate) body: Vec<u8>,
 }
 
 impl Engine {
@@ -278,7 +172,7 @@ impl Engine {
         let state = recovery::load(&dir, &config)?;
         let spare = find_spare(&dir, &config, state.segments.is_empty())?;
         let ids_ready = state.ids_pending.is_empty();
-        let io = SyncIo::new(config.io_mode).map_err(|e| OpenError::Io {
+        let io = SyncIo::new(config.io_mode, &*config.storage).map_err(|e| OpenError::Io {
             path: dir.clone(),
             source: e,
         })?;
@@ -298,6 +192,10 @@ impl Engine {
             ids_ready: Mutex::new(ids_ready),
             ids_cv: Condvar::new(),
             spare: Mutex::new(spare),
+            files_lock: Mutex::new(()),
+            no_space: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            faults: TestFaults::default(),
             _lock: lock,
         });
         let spawn_err = |e| OpenError::Io {
@@ -312,7 +210,7 @@ impl Engine {
         let summary_inner = inner.clone();
         let summarizer = std::thread::Builder::new()
             .name("quiver-summary".into())
-            .spawn(move || summarizer_loop(&summary_inner))
+            .spawn(move || crate::background::summarizer_loop(&summary_inner))
             .map_err(spawn_err)?;
         let id_loader = match ids_ready {
             true => None,
@@ -320,7 +218,7 @@ impl Engine {
                 let ids_inner = inner.clone();
                 let t = std::thread::Builder::new()
                     .name("quiver-ids".into())
-                    .spawn(move || crate::ids::load_pending(&ids_inner))
+                    .spawn(move || crate::background::load_ids(&ids_inner))
                     .map_err(spawn_err)?;
                 Some(t)
             }
@@ -333,7 +231,6 @@ impl Engine {
         };
         Ok(Engine {
             inner,
-            scavenge_lock: Arc::default(),
             _writer: Arc::new(handle),
         })
     }
@@ -372,7 +269,8 @@ impl Engine {
     /// Whether appends are served without waiting: the store is open, has not failed, and
     /// its event-id index is whole.
     pub fn is_writable(&self) -> bool {
-        *self.inner.ids_ready.lock() && self.inner.state.read().failed.is_none()
+        let st = self.inner.state.read();
+        *self.inner.ids_ready.lock() && st.failed.is_none() && !st.no_space
     }
 
     /// What the last open did.
@@ -414,6 +312,9 @@ impl Engine {
     ) {
         // Only right after open, while the id index of old segments is still loading.
         self.inner.wait_ids();
+        if let Err(f) = self.inner.recover_space() {
+            return done(Err(f.into()));
+        }
         let mut st = self.inner.state.write();
         let prepared = match prepare_append(&mut st, &writes) {
             Ok(p) => p,
@@ -430,10 +331,20 @@ impl Engine {
                     i => i,
                 };
                 result.index = wait_for;
+                if st.closed && st.commit_index < wait_for {
+                    drop(st);
+                    return done(Err(AppendError::Closed));
+                }
                 let cb = Callback::new(move |r| done(r.map(|_| result).map_err(Into::into)));
                 if st.commit_index >= wait_for {
                     drop(st);
                     return cb.call(Ok(wait_for));
+                }
+                // After fail-stop (or close) nothing more becomes committed: the original's
+                // waiters were failed already, and a parked retry would wait for ever.
+                if let Some(f) = st.failed.clone() {
+                    drop(st);
+                    return cb.call(Err(f));
                 }
                 // Waiters stay in index order: the writer releases them from the front.
                 let at = st.waiters.partition_point(|(i, _)| *i <= wait_for);
@@ -572,6 +483,7 @@ impl Engine {
             name: stream.into(),
             source,
         })?;
+        self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
             let mut st = self.inner.state.write();
@@ -586,6 +498,7 @@ impl Engine {
     }
 
     fn propose(&self, prepared: Prepared) -> Result<u64, AppendError> {
+        self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
             let mut st = self.inner.state.write();
@@ -602,280 +515,4 @@ impl Engine {
     pub fn flush(&self) -> Result<(), Failed> {
         self.inner.wait_idle()
     }
-}
-
-impl Inner {
-    /// Frames an entry at the log's tip: assigns its index, places it in a segment, queues its
-    /// bytes for the writer and adds it to the in-memory state. The caller holds the state
-    /// lock, so entries are framed in index order, and registers any waiter for the returned
-    /// index before the writer can publish it.
-    pub(crate) fn frame(&self, st: &mut State, prepared: Prepared) -> Result<u64, AppendError> {
-        if let Some(f) = &st.failed {
-            return Err(f.clone().into());
-        }
-        if st.closed {
-            return Err(AppendError::Closed);
-        }
-        if prepared.body.len() > RECORD_BODY_BYTES_MAX {
-            return Err(AppendError::TooLarge {
-                bytes: prepared.body.len(),
-                max: RECORD_BODY_BYTES_MAX,
-            });
-        }
-        let index = st.next_index;
-        let term = st.term;
-        let header = format::record_header(
-            prepared.kind,
-            index,
-            term,
-            st.next_position,
-            prepared.count,
-            &prepared.body,
-        );
-        match self.enqueue(st, &header, &prepared.body, Origin::Own) {
-            Ok(()) => {}
-            Err(EnqueueError::Io(e)) => {
-                let failed = Failed(Arc::new(e));
-                st.failed = Some(failed.clone());
-                return Err(AppendError::Failed(failed));
-            }
-            Err(EnqueueError::Decode(e)) => panic!("an entry framed here does not apply: {e}"),
-        }
-        Ok(index)
-    }
-
-    /// Applies one framed record (header + body) to the state and queues its bytes. A record
-    /// that does not apply changes nothing and queues nothing.
-    pub(crate) fn enqueue(
-        &self,
-        st: &mut State,
-        header: &format::RecordHeader,
-        body: &[u8],
-        origin: Origin,
-    ) -> Result<(), EnqueueError> {
-        let rec_len = (RECORD_HEADER_BYTES + body.len()) as u64;
-        let needs_new = match st.segments.last() {
-            None => true,
-            Some(s) => s.sealed || s.end + rec_len > s.file.capacity,
-        };
-        let mut q = self.queue.lock();
-        if needs_new
-            && st
-                .segments
-                .last()
-                .is_some_and(|s| !s.sealed && s.records.is_empty())
-        {
-            // An empty segment too small for this record: replace it with one that fits (a
-            // new segment would need the same name).
-            let empty = st.segments.pop().expect("checked above");
-            q.chunks.retain(|c| !Arc::ptr_eq(&c.file, &empty.file));
-            fs::remove_file(&empty.file.path).map_err(EnqueueError::Io)?;
-        }
-        if needs_new {
-            let capacity = self
-                .config
-                .segment_bytes_max
-                .max(format::SEGMENT_HEADER_BYTES as u64 + rec_len);
-            let spare = match capacity == self.config.segment_bytes_max {
-                true => self.spare.lock().take(),
-                false => None,
-            };
-            let used_spare = spare.is_some();
-            let (file, head) = SegmentFile::create(
-                &self.dir,
-                st.next_index,
-                st.next_position,
-                capacity,
-                spare.as_deref(),
-            )
-            .map_err(EnqueueError::Io)?;
-            if used_spare {
-                self.wake_summarizer();
-            }
-            if let Some(prev) = st.segments.last_mut() {
-                prev.sealed = true;
-            }
-            let file = Arc::new(file);
-            let mut buf = q.free.pop().unwrap_or_default();
-            buf.clear();
-            buf.extend_from_slice(&head);
-            q.chunks.push(Chunk {
-                file: file.clone(),
-                offset: 0,
-                buf,
-                new_file: true,
-            });
-            st.segments.push(Seg {
-                file,
-                records: Vec::new(),
-                end: head.len() as u64,
-                summarized: false,
-                sealed: false,
-            });
-        }
-        let offset = st.segments.last().expect("a segment exists").end;
-        st.apply_tip(header, offset, body, origin)
-            .map_err(EnqueueError::Decode)?;
-        let seg = st.segments.last_mut().expect("a segment exists");
-        let same = q.chunks.last().is_some_and(|c| {
-            Arc::ptr_eq(&c.file, &seg.file) && c.offset + c.buf.len() as u64 == offset
-        });
-        if !same {
-            let mut buf = q.free.pop().unwrap_or_default();
-            buf.clear();
-            q.chunks.push(Chunk {
-                file: seg.file.clone(),
-                offset,
-                buf,
-                new_file: false,
-            });
-        }
-        let chunk = q.chunks.last_mut().expect("pushed above");
-        chunk.buf.extend_from_slice(header.as_bytes());
-        chunk.buf.extend_from_slice(body);
-        seg.end += rec_len;
-        q.last_index = header.index.get();
-        drop(q);
-        self.queue_cv.notify_one();
-        Ok(())
-    }
-
-    /// Asks the background thread to look for segments to summarize.
-    pub(crate) fn wake_summarizer(&self) {
-        self.summaries.lock().pending = true;
-        self.summaries_cv.notify_one();
-    }
-
-    /// Tells every commit listener the current commit position.
-    pub(crate) fn notify_commit(&self) {
-        let position = self.state.read().commit_position;
-        for listener in self.commit_listeners.lock().iter() {
-            listener(position);
-        }
-    }
-
-    /// Blocks until the event-id index is whole.
-    pub(crate) fn wait_ids(&self) {
-        let mut ready = self.ids_ready.lock();
-        while !*ready {
-            self.ids_cv.wait(&mut ready);
-        }
-    }
-
-    /// Blocks until the writer has nothing queued and is not mid-batch.
-    pub(crate) fn wait_idle(&self) -> Result<(), Failed> {
-        let mut q = self.queue.lock();
-        while !q.chunks.is_empty() || q.busy {
-            self.idle_cv.wait(&mut q);
-        }
-        drop(q);
-        match &self.state.read().failed {
-            Some(f) => Err(f.clone()),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Why [`Inner::enqueue`] refused a record.
-#[derive(Debug)]
-pub(crate) enum EnqueueError {
-    /// A new segment file could not be created.
-    Io(io::Error),
-    /// The record does not continue the log.
-    Decode(crate::error::DecodeError),
-}
-
-/// The writer thread: takes whatever is queued, writes it in one go, syncs once, publishes.
-fn writer_loop(inner: &Inner, mut io: SyncIo) {
-    loop {
-        let (chunks, last_index) = {
-            let mut q = inner.queue.lock();
-            while q.chunks.is_empty() {
-                if q.shutdown {
-                    return;
-                }
-                inner.queue_cv.wait(&mut q);
-            }
-            q.busy = true;
-            (std::mem::take(&mut q.chunks), q.last_index)
-        };
-        let result = if inner.state.read().failed.is_some() {
-            // After a failed write nothing more is written: what is on disk stays as it was
-            // for the next open to judge.
-            Err(io::Error::other("the engine failed earlier"))
-        } else {
-            write_batch(inner, &mut io, &chunks)
-        };
-        if result.is_ok() {
-            let bytes: usize = chunks.iter().map(|c| c.buf.len()).sum();
-            inner.counters.syncs.fetch_add(1, Ordering::Relaxed);
-            inner
-                .counters
-                .bytes_written
-                .fetch_add(bytes as u64, Ordering::Relaxed);
-        }
-        let (callbacks, moved) = {
-            let mut st = inner.state.write();
-            let before = st.commit_index;
-            let callbacks = match result {
-                Ok(()) => {
-                    st.durable_index = st.durable_index.max(last_index);
-                    st.advance_commit()
-                        .into_iter()
-                        .map(|(cb, i)| (cb, Ok(i)))
-                        .collect()
-                }
-                Err(e) => fail(&mut st, e),
-            };
-            (callbacks, st.commit_index != before)
-        };
-        for (cb, r) in callbacks {
-            cb.call(r);
-        }
-        if moved {
-            inner.notify_commit();
-        }
-        // A new file means a segment was sealed; under Raft a sealed segment may only become
-        // committed later. Otherwise there is nothing for the background thread to do.
-        if chunks.iter().any(|c| c.new_file) || !inner.config.commit_on_durable {
-            inner.wake_summarizer();
-        }
-        let mut q = inner.queue.lock();
-        q.busy = false;
-        for c in chunks {
-            if q.free.len() < FREE_BUFFERS_MAX {
-                q.free.push(c.buf);
-            }
-        }
-        drop(q);
-        inner.idle_cv.notify_all();
-    }
-}
-
-fn write_batch(inner: &Inner, io: &mut SyncIo, chunks: &[Chunk]) -> io::Result<()> {
-    for group in chunks.chunks(BATCH_WRITES_MAX) {
-        let writes: Vec<Write<'_>> = group
-            .iter()
-            .map(|c| Write {
-                file: &c.file.file,
-                offset: c.offset,
-                bytes: &c.buf,
-            })
-            .collect();
-        io.write_and_sync(&writes)?;
-    }
-    if chunks.iter().any(|c| c.new_file) {
-        sync_dir(&inner.dir)?;
-    }
-    Ok(())
-}
-
-/// A write or fsync failed: after a failed fsync the page cache cannot be trusted, so the
-/// engine stops and tells every waiter.
-fn fail(st: &mut State, e: io::Error) -> Vec<(Callback, Result<u64, Failed>)> {
-    tracing::error!(error = %e, "write or fsync failed; the engine refuses writes until reopened");
-    let f = Failed(Arc::new(e));
-    st.failed = Some(f.clone());
-    let waiters = st.waiters.drain(..).chain(st.durable_waiters.drain(..));
-    waiters.map(|(_, cb)| (cb, Err(f.clone()))).collect()
 }

@@ -87,6 +87,33 @@ pub enum OpenError {
 #[error("the engine failed and refuses writes until reopened: {0}")]
 pub struct Failed(pub Arc<io::Error>);
 
+impl Failed {
+    /// Whether this is a refusal for want of space (the engine goes on), not a failure.
+    pub(crate) fn is_no_space(&self) -> bool {
+        is_no_space_on_write(&self.0)
+    }
+}
+
+/// A write refused for want of space, before any sync: nothing of the batch was made
+/// durable and the page cache holds nothing the disk was told to keep, so the engine can
+/// refuse the batch, cut what reached the file, and go on (unlike a failed sync).
+#[derive(Debug)]
+pub(crate) struct NoSpaceOnWrite;
+
+impl std::fmt::Display for NoSpaceOnWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no space left on the device for a write")
+    }
+}
+
+impl std::error::Error for NoSpaceOnWrite {}
+
+/// Whether `e` is a write refused for want of space (see [`NoSpaceOnWrite`]).
+pub(crate) fn is_no_space_on_write(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<NoSpaceOnWrite>())
+}
+
 /// Why an append (single or multi-stream) failed. Nothing was written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
@@ -134,12 +161,25 @@ pub enum AppendError {
         /// The limit.
         max: usize,
     },
+    /// The disk is full: the write was refused and nothing of it is in the log. Reads go on,
+    /// and writes succeed again once space is freed.
+    #[error("no space left on the device: the write was refused and nothing of it is stored")]
+    NoSpace,
     /// The engine cannot write (see [`Failed`]).
     #[error(transparent)]
-    Failed(#[from] Failed),
+    Failed(Failed),
     /// The engine is shutting down.
     #[error("the engine is closed")]
     Closed,
+}
+
+impl From<Failed> for AppendError {
+    fn from(f: Failed) -> Self {
+        match f.is_no_space() {
+            true => AppendError::NoSpace,
+            false => AppendError::Failed(f),
+        }
+    }
 }
 
 /// Why a read failed.
@@ -179,12 +219,24 @@ pub enum LogError {
     /// The file system refused.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    /// The disk is full: the entries were refused (see [`AppendError::NoSpace`]).
+    #[error("no space left on the device: the entries were refused")]
+    NoSpace,
     /// The engine cannot write (see [`Failed`]).
     #[error(transparent)]
-    Failed(#[from] Failed),
+    Failed(Failed),
     /// The engine is shutting down.
     #[error("the engine is closed")]
     Closed,
+}
+
+impl From<Failed> for LogError {
+    fn from(f: Failed) -> Self {
+        match f.is_no_space() {
+            true => LogError::NoSpace,
+            false => LogError::Failed(f),
+        }
+    }
 }
 
 /// Why a scavenge failed. Nothing is lost: the old segments stay until their replacements

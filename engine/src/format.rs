@@ -64,10 +64,37 @@ pub struct RecordHeader {
     pub count: U32,
     /// [`EntryKind`] as a byte.
     pub kind: u8,
-    /// Zero.
-    pub flags: u8,
-    /// Zero.
-    pub reserved: [u8; 2],
+    /// The durable watermark this record carries, as a 24-bit little-endian distance back
+    /// from its own index: every record with an index at or below `index - lag` was durable
+    /// when this record was written. 0: no claim (stores written before the watermark). The
+    /// writer stamps it just before the write; recovery trusts it (docs/STORAGE.md).
+    pub durable_lag: [u8; 3],
+}
+
+/// Largest distance a record's watermark can express; a larger one is stored as this (which
+/// claims less than the truth, so it is always safe).
+pub const DURABLE_LAG_MAX: u64 = (1 << 24) - 1;
+
+impl RecordHeader {
+    /// The index through which the log was durable when this record was written, if the
+    /// record says.
+    pub fn durable_through(&self) -> Option<u64> {
+        let [a, b, c] = self.durable_lag;
+        let lag = u64::from_le_bytes([a, b, c, 0, 0, 0, 0, 0]);
+        (lag != 0).then(|| self.index.get().saturating_sub(lag))
+    }
+
+    /// Stamps the watermark `durable` (below this record's index). The caller recomputes the
+    /// checksum ([`record_crc`]) over the stamped header and the body.
+    pub fn stamp_durable(&mut self, durable: u64) {
+        let lag = self
+            .index
+            .get()
+            .saturating_sub(durable)
+            .min(DURABLE_LAG_MAX);
+        let b = lag.to_le_bytes();
+        self.durable_lag = [b[0], b[1], b[2]];
+    }
 }
 
 /// The fixed part of each event inside an append body.
@@ -161,8 +188,7 @@ pub fn record_header(
         position: U64::new(position),
         count: U32::new(count),
         kind: kind as u8,
-        flags: 0,
-        reserved: [0; 2],
+        durable_lag: [0; 3],
     };
     h.crc = U32::new(record_crc(&h, body));
     h
@@ -364,6 +390,11 @@ impl<'a> AppendView<'a> {
         }
     }
 
+    /// Byte offset, within the body, of the first event.
+    pub fn events_offset(&self) -> usize {
+        self.events_at
+    }
+
     /// Iterates the events in order; each item is checked.
     pub fn events(&self) -> EventIter<'a> {
         EventIter {
@@ -428,6 +459,29 @@ impl<'a> Iterator for EventIter<'a> {
         }
         Some(r)
     }
+}
+
+/// Decodes and checks the one event that starts `at` bytes into an append `body` whose
+/// stream table has `streams` names; the event ends at its `meta_range.end`. This lets a
+/// reader walk a large record one event at a time, keeping only an offset.
+pub fn decode_event_at(
+    body: &[u8],
+    at: usize,
+    streams: usize,
+) -> Result<EventView<'_>, DecodeError> {
+    if at > body.len() {
+        return Err(DecodeError::new("event", "offset beyond the body"));
+    }
+    let mut one = EventIter {
+        cursor: Cursor {
+            bytes: body,
+            at,
+            what: "event",
+        },
+        left: 1,
+        streams,
+    };
+    one.decode_one()
 }
 
 impl<'a> EventIter<'a> {
@@ -728,8 +782,8 @@ pub(crate) fn encode_delete(buf: &mut Vec<u8>, stream: &str, kind: DeleteKind, n
     buf.extend_from_slice(&next.to_le_bytes());
 }
 
-/// Encodes a metadata body.
-pub(crate) fn encode_metadata(buf: &mut Vec<u8>, stream: &str, m: &StreamMetadata) {
+/// Encodes a metadata body (a Raft leader proposes it; tests build logs with it).
+pub fn encode_metadata(buf: &mut Vec<u8>, stream: &str, m: &StreamMetadata) {
     put_str8(buf, stream);
     let flags = u8::from(m.max_count.is_some())
         | (u8::from(m.max_age_us.is_some()) << 1)

@@ -7,8 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::engine::Inner;
-use crate::error::{DecodeError, Failed};
+use crate::error::DecodeError;
 use crate::state::IdMap;
 use crate::summary;
 
@@ -26,32 +25,4 @@ pub(crate) fn build(summaries: &[PathBuf]) -> Result<IdMap, DecodeError> {
         summary::load_ids(path, &mut ids)?;
     }
     Ok(ids)
-}
-
-/// Runs on the id loader thread: builds the index of what `State::ids_pending` names and
-/// merges it with the ids added since open (which are newer, so they win).
-pub(crate) fn load_pending(inner: &Inner) {
-    let pending = std::mem::take(&mut inner.state.write().ids_pending);
-    let started = std::time::Instant::now();
-    match build(&pending) {
-        Ok(mut ids) => {
-            let mut st = inner.state.write();
-            ids.extend(st.ids.drain());
-            st.ids = ids;
-            tracing::info!(
-                ids = st.ids.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "event-id index loaded"
-            );
-        }
-        Err(e) => {
-            // A summary that loaded a moment ago no longer reads: refuse writes rather than
-            // accept appends whose retries could not be recognised.
-            tracing::error!(error = %e, "event-id index could not be built");
-            let failed = Failed(std::sync::Arc::new(std::io::Error::other(e.to_string())));
-            inner.state.write().failed = Some(failed);
-        }
-    }
-    *inner.ids_ready.lock() = true;
-    inner.ids_cv.notify_all();
 }

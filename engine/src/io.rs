@@ -11,6 +11,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+use crate::error::NoSpaceOnWrite;
+use crate::storage::{self, RealStorage, Storage};
+
 /// Which write path to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {
@@ -41,7 +44,12 @@ pub(crate) enum SyncIo {
 }
 
 impl SyncIo {
-    pub(crate) fn new(mode: IoMode) -> io::Result<SyncIo> {
+    /// The write path for `mode`; always pwrite when `storage` is not the real file system
+    /// (io_uring would bypass it).
+    pub(crate) fn new(mode: IoMode, storage: &dyn Storage) -> io::Result<SyncIo> {
+        if !storage.uring_allowed() {
+            return Ok(SyncIo::Pwrite);
+        }
         match mode {
             IoMode::Pwrite => Ok(SyncIo::Pwrite),
             IoMode::Uring => Ok(SyncIo::Uring(Box::new(io_uring::IoUring::new(
@@ -67,24 +75,42 @@ impl SyncIo {
 
     /// Writes every buffer at its offset, then makes the data of every file written durable.
     /// Returns only when all of it is on stable storage, or with the first error.
-    pub(crate) fn write_and_sync(&mut self, writes: &[Write<'_>]) -> io::Result<()> {
+    pub(crate) fn write_and_sync(
+        &mut self,
+        storage: &dyn Storage,
+        writes: &[Write<'_>],
+    ) -> io::Result<()> {
         assert!(
             writes.len() <= BATCH_WRITES_MAX,
             "a batch touches at most {BATCH_WRITES_MAX} files"
         );
         match self {
-            SyncIo::Pwrite => {
-                for w in writes {
-                    w.file.write_all_at(w.bytes, w.offset)?;
-                }
-                for w in writes {
-                    w.file.sync_data()?;
-                }
-                Ok(())
+            SyncIo::Pwrite => pwrite_and_sync(storage, writes),
+            // The mutation check runs the plain path, whose syncs it switches off.
+            SyncIo::Uring(_) if cfg!(feature = "mutation-no-fsync") => {
+                pwrite_and_sync(storage, writes)
             }
             SyncIo::Uring(ring) => uring_write_and_sync(ring, writes),
         }
     }
+}
+
+/// Marks ENOSPC from a write (not from a sync) as [`NoSpaceOnWrite`].
+fn write_stage(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => io::Error::new(io::ErrorKind::StorageFull, NoSpaceOnWrite),
+        _ => e,
+    }
+}
+
+fn pwrite_and_sync(storage: &dyn Storage, writes: &[Write<'_>]) -> io::Result<()> {
+    for w in writes {
+        storage::write_all_at(storage, w.file, w.bytes, w.offset).map_err(write_stage)?;
+    }
+    for w in writes {
+        storage::sync_data(storage, w.file)?;
+    }
+    Ok(())
 }
 
 fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> io::Result<()> {
@@ -118,39 +144,73 @@ fn uring_write_and_sync(ring: &mut io_uring::IoUring, writes: &[Write<'_>]) -> i
             unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("io_uring queue full"))?;
         }
     }
-    ring.submit_and_wait(n)?;
-    let mut results = [0i32; 2 * BATCH_WRITES_MAX];
-    let mut seen = 0;
-    while seen < n {
-        for cqe in ring.completion() {
-            results[cqe.user_data() as usize] = cqe.result();
-            seen += 1;
-        }
-        if seen < n {
-            ring.submit_and_wait(n - seen)?;
-        }
-    }
+    let results = wait_all(ring, n)?;
     // A short write or a cancelled link is finished the plain way: correctness first.
     let mut redo = false;
     for (i, w) in writes.iter().enumerate() {
         let r = results[i];
-        if r < 0 && r != -libc::ECANCELED {
-            return Err(io::Error::from_raw_os_error(-r));
+        if r < 0 && !redo_plainly(r) {
+            return Err(write_stage(io::Error::from_raw_os_error(-r)));
         }
         if r < 0 || r as usize != w.bytes.len() {
             let done = r.max(0) as usize;
             w.file
-                .write_all_at(&w.bytes[done..], w.offset + done as u64)?;
+                .write_all_at(&w.bytes[done..], w.offset + done as u64)
+                .map_err(write_stage)?;
             redo = true;
         }
     }
     for (i, w) in writes.iter().enumerate() {
         let r = results[writes.len() + i];
-        if redo || r == -libc::ECANCELED {
-            w.file.sync_data()?;
+        if redo || redo_plainly(r) {
+            storage::sync_data(&RealStorage, w.file)?;
         } else if r < 0 {
             return Err(io::Error::from_raw_os_error(-r));
         }
     }
     Ok(())
+}
+
+/// A completion that is finished the plain way (pwrite, fdatasync) rather than failed: a link
+/// cancelled after a short write, or an operation interrupted by a signal.
+fn redo_plainly(result: i32) -> bool {
+    result == -libc::ECANCELED || result == -libc::EINTR || result == -libc::EAGAIN
+}
+
+/// Submits what is queued and waits until all `n` operations have completed; returns their
+/// results by `user_data`.
+///
+/// The kernel reads the batch's buffers until each operation completes, so this never returns
+/// while any is in flight: a signal (EINTR, even with SA_RESTART: `io_uring_enter` is not
+/// restarted) or a full completion queue (EBUSY) only means "wait again". An error with
+/// nothing in flight is returned; with operations in flight there is no sound way out (the
+/// buffers would be freed under the kernel), so the process aborts.
+fn wait_all(ring: &mut io_uring::IoUring, n: usize) -> io::Result<[i32; 2 * BATCH_WRITES_MAX]> {
+    let mut results = [0i32; 2 * BATCH_WRITES_MAX];
+    let mut submitted = 0usize;
+    let mut seen = 0usize;
+    while seen < n {
+        match ring.submit_and_wait(n - seen) {
+            Ok(k) => submitted += k,
+            Err(e) if retry_wait(&e) => {}
+            Err(e) if submitted == seen => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, in_flight = submitted - seen,
+                    "io_uring wait failed with writes in flight; aborting");
+                std::process::abort();
+            }
+        }
+        for cqe in ring.completion() {
+            let slot = cqe.user_data() as usize;
+            assert!(slot < n, "a completion of this batch");
+            results[slot] = cqe.result();
+            seen += 1;
+        }
+    }
+    Ok(results)
+}
+
+fn retry_wait(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+        || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY))
 }

@@ -9,27 +9,39 @@
 //! quinn or `quiver-raft`. `docs/STORAGE.md` describes the on-disk format byte by byte.
 //!
 //! ## Layout
-//! - `types.rs` — the user-facing vocabulary: names, expected versions, events, metadata.
-//! - `error.rs` — one error enum per operation.
-//! - `format.rs` — segment header, record frame, entry bodies; decoders never panic.
-//! - `segment.rs` — segment files, memory maps, the recovery scan.
-//! - `io.rs` — the durable write: io_uring, or pwrite + fdatasync.
-//! - `state.rs` — the in-memory index built from the log, tip and committed views.
-//! - `engine.rs` — open, append (group commit), delete, metadata, snapshots, checkpoints.
-//! - `append.rs` — an append's validation, idempotent retries, version and position assignment.
-//! - `recovery.rs` — opening a directory: summaries, replay, torn-tail cut.
-//! - `summary.rs` — per-segment summaries that keep restart work flat.
-//! - `ids.rs` — the event-id index of summarized segments, built in the background.
-//! - `read.rs` — lazy stream and `$all` reads, listing, snapshots.
-//! - `log.rs` — what Raft needs: follower appends, suffix truncation, segment shipping.
-//! - `scavenge.rs` — reclaiming the space of deleted and truncated events.
+//! Modules import one way only, from the bottom up (`tests/layers.rs` checks it):
+//!
+//! 0. The vocabulary. `types.rs`: names, expected versions, events, metadata; `error.rs`: one
+//!    error enum per operation.
+//! 1. Bytes and files. `format.rs`: segment header, record frame (with its durable
+//!    watermark), entry bodies, decoders that never panic; `storage.rs`: the file system
+//!    behind one trait, real or simulated (`storage/sim.rs`: power cuts, torn sectors, lost
+//!    renames, failed writes and syncs); `io.rs`: the durable write (io_uring, or pwrite +
+//!    fdatasync through the storage); `segment.rs`: segment files, memory maps, the scan;
+//!    `failmark.rs`: the mark a failed sync leaves; `config.rs`: `EngineConfig`.
+//! 2. The log's state. `state.rs`: the in-memory index built from the log, tip and committed
+//!    views; `summary.rs`: per-segment summaries that keep restart work flat; `append.rs`: an
+//!    append's validation, idempotent retries, versions and positions; `ids.rs`: the event-id
+//!    index of summarized segments; `recovery.rs`: opening a directory, torn tail or
+//!    corruption by the durable watermark.
+//! 3. The core. `inner.rs`: the state lock, framing, the writer's queue and thread (group
+//!    commit, fail-stop, refusing a batch on a full disk); `background.rs`: summaries, the
+//!    next spare, the id index, off the writer's path.
+//! 4. The API. `engine.rs`: open, append, delete, metadata, snapshots, checkpoints;
+//!    `read.rs`: lazy stream and `$all` reads, listing, snapshots; `log.rs`: what Raft needs
+//!    (follower appends, suffix truncation, segment shipping); `scavenge.rs`: reclaiming the
+//!    space of deleted and truncated events.
 #![warn(missing_docs, unreachable_pub)]
 
 mod append;
+mod background;
+mod config;
 mod engine;
 mod error;
+mod failmark;
 pub mod format;
 mod ids;
+mod inner;
 mod io;
 mod log;
 mod read;
@@ -37,10 +49,15 @@ mod recovery;
 mod scavenge;
 pub mod segment;
 mod state;
+pub mod storage;
 mod summary;
 mod types;
 
-pub use engine::{Engine, EngineConfig, EngineCounters};
+#[cfg(test)]
+mod fault_tests;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineCounters};
 pub use error::{
     AppendError, Corruption, DecodeError, Failed, LogError, NameError, OpenError, ReadError,
     ScavengeError,

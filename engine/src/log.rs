@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::engine::{Engine, EnqueueError};
+use crate::engine::Engine;
 use crate::error::{DecodeError, Failed, LogError};
 use crate::format::{self, decode_entry, EntryKind};
+use crate::inner::EnqueueError;
 use crate::recovery;
 use crate::segment::{self, scan, segment_name, summary_name, SegmentFile};
 use crate::state::{Callback, Origin, Seg};
+use crate::storage::{self, Storage};
 
 /// A record as Raft sends it between nodes: the frame's fields and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,11 +118,15 @@ impl Engine {
                 return Err(DecodeError::new("record", "body exceeds the record limit").into());
             }
         }
+        self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let last = {
             let mut st = self.inner.state.write();
             if let Some(f) = &st.failed {
                 return Err(f.clone().into());
+            }
+            if st.no_space {
+                return Err(LogError::NoSpace);
             }
             for r in records {
                 if r.index != st.next_index {
@@ -135,6 +141,13 @@ impl Engine {
                     Ok(()) => {}
                     Err(EnqueueError::Decode(e)) => {
                         return Err(LogError::NotContiguous(e.to_string()))
+                    }
+                    // Refused before anything of this call joined the log: nothing changed.
+                    Err(EnqueueError::Io(e))
+                        if e.raw_os_error() == Some(libc::ENOSPC)
+                            && r.index == records[0].index =>
+                    {
+                        return Err(LogError::NoSpace);
                     }
                     Err(EnqueueError::Io(e)) => {
                         let f = Failed(Arc::new(e));
@@ -181,14 +194,22 @@ impl Engine {
 
     /// Removes every record from index `from` on. Only uncommitted records may go.
     pub fn truncate_suffix(&self, from: u64) -> Result<(), LogError> {
+        // A batch refused for want of space is cut first: the reload below must not find it.
+        self.inner.recover_space()?;
+        // The reload below replaces every segment in the state: a scavenge or summary write
+        // in flight would write a file the state no longer describes.
+        let _files = self.inner.files_lock.lock();
         self.inner.wait_ids();
         loop {
             self.inner.wait_idle()?;
             let mut st = self.inner.state.write();
-            if st.commit_index >= from {
+            // The durable floor (Raft's persisted commit index) is committed too, even before
+            // Raft has moved the engine's commit point up to it after a restart.
+            let commit = st.commit_index.max(self.inner.config.durable_floor);
+            if commit >= from {
                 return Err(LogError::Committed {
                     index: from,
-                    commit: st.commit_index,
+                    commit,
                 });
             }
             if from >= st.next_index {
@@ -201,24 +222,33 @@ impl Engine {
                 }
             }
             let (s, r) = st.locate_index(from).expect("below the tip");
-            for seg in st.segments.drain(s + 1..) {
-                fs::remove_file(&seg.file.path)?;
-                remove_if_exists(&self.inner.dir.join(summary_name(seg.first_index())))?;
-            }
-            let seg = &st.segments[s];
-            if r == 0 {
-                fs::remove_file(&seg.file.path)?;
-            } else {
-                seg.file.file.set_len(seg.records[r].offset as u64)?;
-                seg.file.file.sync_all()?;
-            }
-            segment::sync_dir(&self.inner.dir)?;
-            let commit_allowed = st.commit_allowed;
+            let cut = self.cut_suffix(&st, s, r).and_then(|()| {
+                recovery::load_with_ids(&self.inner.dir, &self.inner.config)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
             let mut gone: Vec<_> = st.waiters.drain(..).collect();
             gone.extend(st.durable_waiters.drain(..));
-            let mut fresh = recovery::load_with_ids(&self.inner.dir, &self.inner.config)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            fresh.commit_allowed = commit_allowed.max(fresh.commit_allowed);
+            let mut fresh = match cut {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    // Cut in part, or not reloaded: the state may describe records that are
+                    // gone. Stop; a reopen rebuilds it from what is on disk.
+                    let why = std::io::Error::new(e.kind(), e.to_string());
+                    let failed = crate::inner::fail(&mut st, why);
+                    drop(st);
+                    for (cb, r) in failed {
+                        cb.call(r);
+                    }
+                    let f = Failed(Arc::new(std::io::Error::other(
+                        "a log truncation failed part way",
+                    )));
+                    for (_, cb) in gone {
+                        cb.call(Err(f.clone()));
+                    }
+                    return Err(e.into());
+                }
+            };
+            fresh.commit_allowed = st.commit_allowed.max(fresh.commit_allowed);
             fresh.term = st.term;
             let callbacks = fresh.advance_commit();
             assert!(callbacks.is_empty(), "no waiters after a reload");
@@ -232,6 +262,33 @@ impl Engine {
             }
             return Ok(());
         }
+    }
+
+    /// Removes the records from (segment `s`, record `r`) on from the files, durably.
+    fn cut_suffix(&self, st: &crate::state::State, s: usize, r: usize) -> std::io::Result<()> {
+        let disk = &*self.inner.config.storage;
+        // The segment that will be the active one again loses its summary first: records
+        // appended to it later would otherwise be hidden by it on the next open.
+        let active = if r == 0 { s.checked_sub(1) } else { Some(s) };
+        if let Some(a) = active {
+            let first = st.segments[a].first_index();
+            storage::remove_if_exists(disk, &self.inner.dir.join(summary_name(first)))?;
+        }
+        // Whole segments go first, newest first, and the directory is synced before the
+        // cut: a crash must never leave a cut segment followed by the old later ones.
+        let doomed = if r == 0 { s } else { s + 1 };
+        for seg in st.segments[doomed..].iter().rev() {
+            let summary = self.inner.dir.join(summary_name(seg.first_index()));
+            storage::remove_if_exists(disk, &summary)?;
+            disk.remove_file(&seg.file.path)?;
+        }
+        storage::sync_dir(disk, &self.inner.dir)?;
+        if r > 0 {
+            let seg = &st.segments[s];
+            rewrite_prefix(disk, &seg.file, seg.records[r].offset as u64)?;
+            storage::sync_dir(disk, &self.inner.dir)?;
+        }
+        Ok(())
     }
 
     /// Sealed, committed segments, oldest first: what a leader can ship whole.
@@ -267,11 +324,14 @@ impl Engine {
         if incoming.first_index < next {
             return self.install_segment_tail(&incoming, next);
         }
+        // As in truncate_suffix: an undo reloads the state from disk.
+        self.inner.recover_space()?;
+        let _files = self.inner.files_lock.lock();
         let mut records = 0u64;
-        scan(
+        let checked = scan(
             &incoming,
             format::SEGMENT_HEADER_BYTES as u64,
-            false,
+            u64::MAX,
             |rec, body| {
                 let kind = EntryKind::from_byte(rec.header.kind)
                     .map_err(|e| incoming.corruption(rec.offset, e.to_string()))?;
@@ -281,6 +341,7 @@ impl Engine {
                 Ok(())
             },
         )?;
+        refuse_bad(&incoming, &checked)?;
         self.inner.wait_ids();
         self.inner.wait_idle()?;
         let mut st = self.inner.state.write();
@@ -292,10 +353,10 @@ impl Engine {
         }
         let dest = self.inner.dir.join(segment_name(incoming.first_index));
         let tmp = dest.with_extension("qseg.tmp");
-        fs::copy(path, &tmp)?;
-        fs::File::open(&tmp)?.sync_all()?;
-        fs::rename(&tmp, &dest)?;
-        segment::sync_dir(&self.inner.dir)?;
+        let disk = &*self.inner.config.storage;
+        let shipped = fs::read(path)?;
+        storage::write_file_atomic(disk, &tmp, &dest, &shipped, 0)?;
+        storage::sync_dir(disk, &self.inner.dir)?;
         let file = Arc::new(
             SegmentFile::open(&dest, false).map_err(|e| std::io::Error::other(e.to_string()))?,
         );
@@ -312,22 +373,42 @@ impl Engine {
         let applied = scan(
             &file,
             format::SEGMENT_HEADER_BYTES as u64,
-            false,
+            u64::MAX,
             |rec, body| {
                 st.apply_tip(&rec.header, rec.offset, body, Origin::Foreign)
                     .map_err(|e| file.corruption(rec.offset, e.to_string()))
             },
         );
+        let applied = applied.and_then(|o| match o.bad {
+            Some((at, why)) => Err(file.corruption(at, why)),
+            None => Ok(o),
+        });
         let outcome = match applied {
             Ok(o) => o,
             Err(c) => {
                 // Undo: drop the file and rebuild the state from what is on disk.
-                fs::remove_file(&dest)?;
-                segment::sync_dir(&self.inner.dir)?;
-                let term = st.term;
-                *st = recovery::load_with_ids(&self.inner.dir, &self.inner.config)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                st.term = term;
+                let undone = disk
+                    .remove_file(&dest)
+                    .and_then(|()| storage::sync_dir(disk, &self.inner.dir))
+                    .and_then(|()| {
+                        recovery::load_with_ids(&self.inner.dir, &self.inner.config)
+                            .map_err(|e| std::io::Error::other(e.to_string()))
+                    });
+                match undone {
+                    Ok(fresh) => {
+                        let term = st.term;
+                        *st = fresh;
+                        st.term = term;
+                    }
+                    Err(e) => {
+                        // The state holds a segment that may be gone: stop (see truncate).
+                        let failed = crate::inner::fail(&mut st, e);
+                        drop(st);
+                        for (cb, r) in failed {
+                            cb.call(r);
+                        }
+                    }
+                }
                 return Err(c.into());
             }
         };
@@ -347,10 +428,10 @@ impl Engine {
     fn install_segment_tail(&self, incoming: &SegmentFile, next: u64) -> Result<u64, LogError> {
         let mut rest = Vec::new();
         let mut mismatch = None;
-        scan(
+        let checked = scan(
             incoming,
             format::SEGMENT_HEADER_BYTES as u64,
-            false,
+            u64::MAX,
             |rec, body| {
                 let h = &rec.header;
                 let (index, term) = (h.index.get(), h.term.get());
@@ -371,6 +452,7 @@ impl Engine {
                 Ok(())
             },
         )?;
+        refuse_bad(incoming, &checked)?;
         if let Some(index) = mismatch {
             return Err(LogError::NotContiguous(format!(
                 "the segment's record {index} has another term than this log's"
@@ -383,9 +465,25 @@ impl Engine {
     }
 }
 
-fn remove_if_exists(path: &Path) -> std::io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// Replaces a segment file with a copy of its first `keep` bytes, of the same length (the
+/// rest sparse: zeros), by write, sync, rename. The old file is never shrunk or changed:
+/// readers may hold `Bytes` into its memory map (`entries`, reads), and shrinking a mapped
+/// file turns their next touch into SIGBUS. The old inode lives on, unlinked, until the last
+/// of them is dropped.
+fn rewrite_prefix(disk: &dyn Storage, old: &SegmentFile, keep: u64) -> std::io::Result<()> {
+    let len = old.file.metadata()?.len();
+    let keep_bytes = old
+        .written()
+        .map_err(|c| std::io::Error::other(c.to_string()))?;
+    let keep_bytes = &keep_bytes[..(keep as usize).min(keep_bytes.len())];
+    let tmp = old.path.with_extension("qseg.tmp");
+    storage::write_file_atomic(disk, &tmp, &old.path, keep_bytes, len)
+}
+
+/// A shipped segment is whole and verified, or refused: bad bytes in it are corruption.
+fn refuse_bad(file: &SegmentFile, outcome: &segment::ScanOutcome) -> Result<(), LogError> {
+    match &outcome.bad {
+        Some((at, why)) => Err(file.corruption(*at, why.clone()).into()),
+        None => Ok(()),
     }
 }

@@ -8,17 +8,21 @@
 //! returned as [`ReadError::Corruption`] instead of bad data.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::engine::{Engine, Inner};
+use crate::engine::Engine;
 use crate::error::{Corruption, ReadError};
-use crate::format::{decode_entry_lazy, Entry, EntryKind};
+use crate::format::{decode_entry_lazy, decode_event_at, Entry, EntryKind, EventHeader};
+use crate::inner::Inner;
 use crate::segment::SegmentFile;
 use crate::state::{State, StreamState};
-use crate::types::{AllFilter, DeleteKind, Direction, RecordedEvent, Snapshot, StreamInfo};
+use crate::types::{
+    AllFilter, ContentType, DeleteKind, Direction, RecordedEvent, Snapshot, StreamInfo,
+};
 
 /// Most locations looked up under one hold of the read lock.
 pub const READ_CHUNK_MAX: usize = 512;
@@ -34,55 +38,209 @@ pub enum ReadFrom {
     At(u64),
 }
 
-/// A decoded record's events, kept while a read walks through it.
-struct DecodedRecord {
+/// A [`RecordCursor`] keeps a mark every this many events: a seek backward rewinds to the
+/// nearest mark and walks forward at most this many events.
+const MARK_EVERY: u32 = 64;
+
+/// One event found by a [`RecordCursor`], before it is made a [`RecordedEvent`].
+struct Found {
+    header: EventHeader,
+    content_type: ContentType,
+    type_range: Range<usize>,
+    data_range: Range<usize>,
+    meta_range: Range<usize>,
+}
+
+/// An append record walked one event at a time, straight from the mapping.
+///
+/// It keeps the record's body (a `Bytes` slice of the mapping, its checksum verified once),
+/// the stream table's byte ranges, the byte offset of the next event and a mark every
+/// [`MARK_EVERY`] events: never the decoded events. So a read that waits on a slow client in
+/// the middle of a 200,000-event record holds a few kilobytes (a mark is 16 bytes), where
+/// decoding the whole record held about 30 MiB.
+struct RecordCursor {
     file: Arc<SegmentFile>,
     offset: u64,
     /// First event slot.
     position: u64,
     /// Event slots.
     count: u32,
-    events: Vec<RecordedEvent>,
+    body: Bytes,
+    /// Each stream name's byte range in `body`, by stream slot.
+    names: Vec<Range<usize>>,
+    /// Events in the record (0 for entries other than appends).
+    events: u32,
+    /// Byte offset of the first event.
+    first_at: usize,
+    /// Index and byte offset of the next event.
+    index: u32,
+    at: usize,
+    /// Position delta of the event before `index`, if the cursor has stepped over one.
+    last_delta: Option<u32>,
+    /// `marks[k]`: byte offset and position delta of event `k * MARK_EVERY`.
+    marks: Vec<(usize, u32)>,
+    /// The name handed out last, shared by the events of one stream that follow each other.
+    name: Option<(u16, Arc<str>)>,
 }
 
-/// Decodes the events of the append record at `offset` of `file`.
-fn decode_events(
-    file: &Arc<SegmentFile>,
-    offset: u64,
-    end: u64,
-) -> Result<DecodedRecord, Corruption> {
-    let (h, body) = file.record_at(offset, end)?;
-    let bad = |e: crate::error::DecodeError| file.corruption(offset, e.to_string());
-    let mut events = Vec::new();
-    if EntryKind::from_byte(h.kind).map_err(bad)? == EntryKind::Append {
-        let Entry::Append(view) = decode_entry_lazy(EntryKind::Append, &body).map_err(bad)? else {
-            unreachable!("decoded as an append")
+impl RecordCursor {
+    /// Opens the record at `offset` of `file` (checksum verified), before its first event.
+    fn open(file: &Arc<SegmentFile>, offset: u64, end: u64) -> Result<RecordCursor, Corruption> {
+        let (h, body) = file.record_at(offset, end)?;
+        let bad = |e: crate::error::DecodeError| file.corruption(offset, e.to_string());
+        let (mut names, mut events, mut first_at) = (Vec::new(), 0, 0);
+        if EntryKind::from_byte(h.kind).map_err(bad)? == EntryKind::Append {
+            let Entry::Append(view) = decode_entry_lazy(EntryKind::Append, &body).map_err(bad)?
+            else {
+                unreachable!("decoded as an append")
+            };
+            // The names borrow from `body`: keep where they are, not the borrows.
+            let base = body.as_ptr() as usize;
+            names = view
+                .streams
+                .iter()
+                .map(|s| {
+                    let at = s.as_ptr() as usize - base;
+                    at..at + s.len()
+                })
+                .collect();
+            events = view.event_count;
+            first_at = view.events_offset();
+        }
+        Ok(RecordCursor {
+            file: file.clone(),
+            offset,
+            position: h.position.get(),
+            count: h.count.get(),
+            body,
+            names,
+            events,
+            first_at,
+            index: 0,
+            at: first_at,
+            last_delta: None,
+            marks: Vec::new(),
+            name: None,
+        })
+    }
+
+    fn is(&self, l: &Loc) -> bool {
+        Arc::ptr_eq(&self.file, &l.file) && self.offset == l.offset
+    }
+
+    /// Decodes the event at the cursor without moving.
+    fn peek(&self) -> Result<Option<Found>, Corruption> {
+        if self.index >= self.events {
+            return Ok(None);
+        }
+        let v = decode_event_at(&self.body, self.at, self.names.len())
+            .map_err(|e| self.file.corruption(self.offset, e.to_string()))?;
+        Ok(Some(Found {
+            header: v.header,
+            content_type: v.content_type,
+            type_range: v.type_range,
+            data_range: v.data_range,
+            meta_range: v.meta_range,
+        }))
+    }
+
+    /// Decodes the event at the cursor and moves past it.
+    fn step(&mut self) -> Result<Option<Found>, Corruption> {
+        let Some(f) = self.peek()? else {
+            return Ok(None);
         };
-        let names: Vec<Arc<str>> = view.streams.iter().map(|s| Arc::from(*s)).collect();
-        events.reserve(view.event_count as usize);
-        for e in view.events() {
-            let e = e.map_err(bad)?;
-            let eh = &e.header;
-            events.push(RecordedEvent {
-                stream: names[eh.stream_slot.get() as usize].clone(),
-                version: eh.version.get(),
-                position: h.position.get() + eh.pos_delta.get() as u64,
-                id: Uuid::from_bytes(eh.id),
-                event_type_bytes: body.slice(e.type_range),
-                content_type: e.content_type,
-                data: body.slice(e.data_range),
-                metadata: body.slice(e.meta_range),
-                created_us: eh.created_us.get(),
-            });
+        let delta = f.header.pos_delta.get();
+        let next_mark = (self.index / MARK_EVERY) as usize == self.marks.len();
+        if self.index.is_multiple_of(MARK_EVERY) && next_mark {
+            self.marks.push((self.at, delta));
+        }
+        self.at = f.meta_range.end;
+        self.index += 1;
+        self.last_delta = Some(delta);
+        Ok(Some(f))
+    }
+
+    /// Moves to mark `k` (which exists), or to the first event.
+    fn rewind(&mut self, k: Option<usize>) {
+        (self.index, self.at) = match k {
+            Some(k) => (k as u32 * MARK_EVERY, self.marks[k].0),
+            None => (0, self.first_at),
+        };
+        self.last_delta = None;
+    }
+
+    /// Moves to the first event whose position is at least `position` (or to the end).
+    fn seek_position(&mut self, position: u64) -> Result<(), Corruption> {
+        let delta = position.saturating_sub(self.position).min(u32::MAX as u64) as u32;
+        // Marks at or before the target: the last of them is the closest start.
+        let k = self
+            .marks
+            .partition_point(|&(_, d)| d <= delta)
+            .checked_sub(1);
+        let past = self.last_delta.is_some_and(|d| d >= delta);
+        let ahead = k.is_some_and(|k| k as u32 * MARK_EVERY > self.index);
+        if past || ahead {
+            self.rewind(k);
+        }
+        while let Some(f) = self.peek()? {
+            if f.header.pos_delta.get() >= delta {
+                break;
+            }
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Moves to event `index` (or to the end).
+    fn seek_index(&mut self, index: u32) -> Result<(), Corruption> {
+        let index = index.min(self.events);
+        let k = ((index / MARK_EVERY) as usize).min(self.marks.len());
+        if index < self.index || (k > 0 && (k - 1) as u32 * MARK_EVERY > self.index) {
+            self.rewind(k.checked_sub(1));
+        }
+        while self.index < index && self.step()?.is_some() {}
+        Ok(())
+    }
+
+    /// The event at `position`, if this record holds it (a scavenge may have dropped it).
+    fn event_at(&mut self, position: u64) -> Result<Option<RecordedEvent>, Corruption> {
+        self.seek_position(position)?;
+        match self.peek()? {
+            Some(f) if self.position + f.header.pos_delta.get() as u64 == position => {
+                self.step()?;
+                Ok(Some(self.recorded(f)))
+            }
+            _ => Ok(None),
         }
     }
-    Ok(DecodedRecord {
-        file: file.clone(),
-        offset,
-        position: h.position.get(),
-        count: h.count.get(),
-        events,
-    })
+
+    /// Makes a found event a [`RecordedEvent`]: its payloads are slices of the mapping.
+    fn recorded(&mut self, f: Found) -> RecordedEvent {
+        let slot = f.header.stream_slot.get();
+        let stream = match &self.name {
+            Some((s, name)) if *s == slot => name.clone(),
+            _ => {
+                // The slot was checked against the table when the event was decoded, and
+                // the table's names were checked as UTF-8 when the record was opened.
+                let raw = &self.body[self.names[slot as usize].clone()];
+                let name: Arc<str> = Arc::from(std::str::from_utf8(raw).unwrap_or(""));
+                self.name = Some((slot, name.clone()));
+                name
+            }
+        };
+        let h = &f.header;
+        RecordedEvent {
+            stream,
+            version: h.version.get(),
+            position: self.position + h.pos_delta.get() as u64,
+            id: Uuid::from_bytes(h.id),
+            event_type_bytes: self.body.slice(f.type_range),
+            content_type: f.content_type,
+            data: self.body.slice(f.data_range),
+            metadata: self.body.slice(f.meta_range),
+            created_us: h.created_us.get(),
+        }
+    }
 }
 
 /// A place to read: the record holding some position.
@@ -110,7 +268,7 @@ pub struct StreamRead {
     next: Option<u64>,
     remaining: u64,
     buffer: VecDeque<RecordedEvent>,
-    cached: Option<DecodedRecord>,
+    cached: Option<RecordCursor>,
     failed: bool,
 }
 
@@ -160,19 +318,13 @@ impl StreamRead {
             (s.metadata.max_age_us, State::now_us())
         };
         for (p, l) in wanted {
-            let hit = self
-                .cached
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(&c.file, &l.file) && c.offset == l.offset);
-            if !hit {
-                self.cached = Some(decode_events(&l.file, l.offset, l.end)?);
+            if !self.cached.as_ref().is_some_and(|c| c.is(&l)) {
+                self.cached = Some(RecordCursor::open(&l.file, l.offset, l.end)?);
             }
-            let rec = self.cached.as_ref().expect("filled above");
-            // Events of a record are in position order.
-            let found = rec.events.binary_search_by_key(&p, |e| e.position);
-            if let Some(e) = found.ok().map(|i| &rec.events[i]) {
+            let rec = self.cached.as_mut().expect("opened above");
+            if let Some(e) = rec.event_at(p)? {
                 if max_age.is_none_or(|age| e.created_us.saturating_add(age) >= now) {
-                    self.buffer.push_back(e.clone());
+                    self.buffer.push_back(e);
                 }
             }
         }
@@ -208,10 +360,14 @@ pub struct AllRead {
     next: Option<u64>,
     remaining: u64,
     buffer: VecDeque<RecordedEvent>,
+    /// The record the walk is in, when a chunk ended inside it.
+    cursor: Option<RecordCursor>,
     failed: bool,
 }
 
 impl AllRead {
+    /// Looks at the next [`READ_CHUNK_MAX`] events at most (a large record is walked over
+    /// several calls) and buffers those that are visible and pass the filter.
     fn fill(&mut self) -> Result<(), ReadError> {
         let Some(p) = self.next else { return Ok(()) };
         let mut locs = Vec::new();
@@ -255,55 +411,89 @@ impl AllRead {
                 }
             }
         }
-        let mut decoded = Vec::with_capacity(locs.len());
+        if locs.is_empty() {
+            self.next = None;
+            return Ok(());
+        }
+        // Events looked at, in walk order; `self.next` follows the last one.
+        let mut found = Vec::new();
         for l in &locs {
-            decoded.push(decode_events(&l.file, l.offset, l.end)?);
+            if found.len() >= READ_CHUNK_MAX {
+                break;
+            }
+            let mut rec = match self.cursor.take() {
+                Some(c) if c.is(l) => c,
+                _ => RecordCursor::open(&l.file, l.offset, l.end)?,
+            };
+            let room = (READ_CHUNK_MAX - found.len()) as u32;
+            let done = match self.direction {
+                Direction::Forward => {
+                    rec.seek_position(p)?;
+                    let mut n = 0;
+                    while n < room {
+                        let Some(f) = rec.step()? else { break };
+                        found.push(rec.recorded(f));
+                        n += 1;
+                    }
+                    rec.peek()?.is_none()
+                }
+                Direction::Backward => {
+                    // The events at or before `p`, the last `room` of them, newest first.
+                    rec.seek_position(p.saturating_add(1))?;
+                    let hi = rec.index;
+                    let lo = hi.saturating_sub(room);
+                    rec.seek_index(lo)?;
+                    let at = found.len();
+                    while rec.index < hi {
+                        let Some(f) = rec.step()? else { break };
+                        found.push(rec.recorded(f));
+                    }
+                    found[at..].reverse();
+                    lo == 0
+                }
+            };
+            self.next = match (self.direction, done, found.last()) {
+                (Direction::Forward, true, _) => Some(rec.position + rec.count as u64),
+                (Direction::Backward, true, _) => rec.position.checked_sub(1),
+                (Direction::Forward, false, Some(e)) => Some(e.position + 1),
+                (Direction::Backward, false, Some(e)) => e.position.checked_sub(1),
+                (_, false, None) => unreachable!("a chunk that ends inside a record took events"),
+            };
+            if !done {
+                self.cursor = Some(rec);
+            }
         }
         let st = self.inner.state.read();
         let now = State::now_us();
         // The stream of the previous event and its visibility bound, looked up once per run.
         type Seen<'a> = Option<(Arc<str>, Option<(&'a StreamState, u64)>)>;
         let mut last_stream: Seen<'_> = None;
-        for rec in decoded {
-            // Continue after this record's last slot (or before its first, going backward).
-            self.next = match self.direction {
-                Direction::Forward => Some(rec.position + rec.count as u64),
-                Direction::Backward => rec.position.checked_sub(1),
+        for e in found {
+            let in_range = match self.direction {
+                Direction::Forward => e.position >= p,
+                Direction::Backward => e.position <= p,
             };
-            let mut events = rec.events;
-            if self.direction == Direction::Backward {
-                events.reverse();
+            if !in_range || e.position >= st.commit_position {
+                continue;
             }
-            for e in events {
-                let in_range = match self.direction {
-                    Direction::Forward => e.position >= p,
-                    Direction::Backward => e.position <= p,
-                };
-                if !in_range || e.position >= st.commit_position {
-                    continue;
-                }
-                let same = last_stream
-                    .as_ref()
-                    .is_some_and(|(n, _)| Arc::ptr_eq(n, &e.stream));
-                if !same {
-                    let s = st
-                        .streams
-                        .get(&e.stream)
-                        .map(|s| (s, s.visible_from(st.commit_position)));
-                    last_stream = Some((e.stream.clone(), s));
-                }
-                let Some((_, Some((s, from)))) = &last_stream else {
-                    continue;
-                };
-                if s.event_visible(e.version, e.created_us, *from, now)
-                    && self.filter.passes(&e.stream, e.event_type())
-                {
-                    self.buffer.push_back(e);
-                }
+            let same = last_stream
+                .as_ref()
+                .is_some_and(|(n, _)| Arc::ptr_eq(n, &e.stream));
+            if !same {
+                let s = st
+                    .streams
+                    .get(&e.stream)
+                    .map(|s| (s, s.visible_from(st.commit_position)));
+                last_stream = Some((e.stream.clone(), s));
             }
-        }
-        if locs.is_empty() {
-            self.next = None;
+            let Some((_, Some((s, from)))) = &last_stream else {
+                continue;
+            };
+            if s.event_visible(e.version, e.created_us, *from, now)
+                && self.filter.passes(&e.stream, e.event_type())
+            {
+                self.buffer.push_back(e);
+            }
         }
         Ok(())
     }
@@ -410,6 +600,7 @@ impl Engine {
             next,
             remaining: max_count,
             buffer: VecDeque::new(),
+            cursor: None,
             failed: false,
         }
     }

@@ -7,8 +7,6 @@
 //! delta). The new file replaces the old one by rename, so a crash leaves one or the other.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use zerocopy::IntoBytes;
@@ -16,8 +14,9 @@ use zerocopy::IntoBytes;
 use crate::engine::Engine;
 use crate::error::{DecodeError, ScavengeError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, SEGMENT_HEADER_BYTES};
-use crate::segment::{summary_name, sync_dir, SegmentFile};
+use crate::segment::{summary_name, SegmentFile};
 use crate::state::{RecLoc, State};
+use crate::storage;
 use crate::summary;
 
 /// What a scavenge did.
@@ -38,8 +37,9 @@ pub struct ScavengeStats {
 struct Live {
     hard: bool,
     from: u64,
-    /// The stream's newest version. Its event stays on disk even when hidden: on open a
-    /// stream's next version is rebuilt from its events, so the last one must remain.
+    /// The stream's newest committed version. Its event stays on disk even when hidden: on
+    /// open a stream's next version is rebuilt from its events, so the last one must remain,
+    /// and only committed versions are safe from a `truncate_suffix`.
     newest: Option<u64>,
     max_age_us: Option<u64>,
 }
@@ -66,7 +66,7 @@ impl Engine {
     /// Reclaims the space of events no reader can see. Runs beside reads and appends; only
     /// sealed, committed segments are rewritten.
     pub fn scavenge(&self) -> Result<ScavengeStats, ScavengeError> {
-        let _one_at_a_time = self.scavenge_lock.lock();
+        let _one_at_a_time = self.inner.files_lock.lock();
         // Removing ids must not race the loader that adds them.
         self.inner.wait_ids();
         let (live, snapshots, targets, kept_from) = {
@@ -78,7 +78,10 @@ impl Engine {
                     let live = Live {
                         hard: s.vis_deleted == Some(crate::DeleteKind::Hard),
                         from: s.visible_from(st.commit_position),
-                        newest: s.next_version.checked_sub(1),
+                        // Committed, not the writers' tip: under Raft the tip's newest
+                        // version may be truncated away later, and the stream's versions
+                        // must still continue from what stays.
+                        newest: s.committed_next_version(st.commit_position).checked_sub(1),
                         max_age_us: s.metadata.max_age_us,
                     };
                     (k.clone(), live)
@@ -137,28 +140,26 @@ impl Engine {
     /// Replaces a segment file with its rewritten form, durably, then in memory.
     fn swap_in(&self, old: &Arc<SegmentFile>, new: Rewritten) -> Result<(), ScavengeError> {
         let dir = &self.inner.dir;
+        let s = &*self.inner.config.storage;
         let tmp = old.path.with_extension("qseg.tmp");
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&new.bytes)?;
-        f.sync_all()?;
+        let f = s.create(&tmp)?;
+        storage::write_all_at(s, &f, &new.bytes, 0)?;
+        storage::sync_data(s, &f)?;
         drop(f);
         // The old summary describes old offsets: remove it first, so a crash before the new
         // one is written leaves a segment that is scanned, never a wrong summary.
         let summary_path = dir.join(summary_name(old.first_index));
-        match fs::remove_file(&summary_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        sync_dir(dir)?;
-        fs::rename(&tmp, &old.path)?;
-        sync_dir(dir)?;
+        storage::remove_if_exists(s, &summary_path)?;
+        storage::sync_dir(s, dir)?;
+        s.rename(&tmp, &old.path)?;
+        storage::sync_dir(s, dir)?;
         let file = Arc::new(SegmentFile::open(&old.path, false).map_err(|e| match e {
             crate::OpenError::Corruption(c) => ScavengeError::Corruption(c),
             other => ScavengeError::Io(std::io::Error::other(other.to_string())),
         })?);
         let end = new.bytes.len() as u64;
         let bytes = summary::build(&file, &new.records, end)?;
-        summary::write(dir, file.first_index, &bytes)?;
+        summary::write(s, dir, file.first_index, &bytes)?;
         let mut st = self.inner.state.write();
         if let Some(seg) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, old)) {
             seg.file = file;
@@ -230,7 +231,7 @@ fn rewrite(
                 _ => (kind, &body[..]),
             };
         let offset = out.len() as u64;
-        let nh = format::record_header(
+        let mut nh = format::record_header(
             kind,
             index,
             h.term.get(),
@@ -238,6 +239,9 @@ fn rewrite(
             h.count.get(),
             new_body,
         );
+        // The watermark is part of what the record says about the log: it stays.
+        nh.durable_lag = h.durable_lag;
+        nh.crc = zerocopy::little_endian::U32::new(format::record_crc(&nh, new_body));
         out.extend_from_slice(nh.as_bytes());
         out.extend_from_slice(new_body);
         new_records.push(RecLoc {

@@ -1,7 +1,7 @@
 //! Segment files: naming, creation, memory maps, and the scan that recovers a segment's
 //! records on open (cutting a torn tail, refusing corruption elsewhere).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,7 @@ use crate::error::{Corruption, OpenError};
 use crate::format::{
     self, parse_record, RecordHeader, RecordParse, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
+use crate::storage::{self, Storage};
 
 /// Extension of segment files.
 pub const SEGMENT_EXT: &str = "qseg";
@@ -73,6 +74,7 @@ impl SegmentFile {
     /// one: overwriting written zeros lets `fdatasync` skip the metadata commit that growing
     /// a file costs (measured: about twice the syncs per second; docs/STORAGE.md).
     pub fn create(
+        storage: &dyn Storage,
         dir: &Path,
         first_index: u64,
         first_position: u64,
@@ -88,14 +90,10 @@ impl SegmentFile {
                         "segment exists",
                     ));
                 }
-                fs::rename(spare, &path)?;
+                storage.rename(spare, &path)?;
                 OpenOptions::new().read(true).write(true).open(&path)?
             }
-            None => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)?,
+            None => storage.create_new(&path)?,
         };
         let map = map(&file, capacity)?;
         let header = format::segment_header(first_index, first_position, capacity);
@@ -135,6 +133,40 @@ impl SegmentFile {
             first_position: header.first_position.get(),
             capacity,
         })
+    }
+
+    /// The file's bytes as far as the file goes (the mapping may be longer).
+    pub fn written(&self) -> Result<&[u8], Corruption> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| self.corruption(0, e.to_string()))?
+            .len();
+        Ok(&self.map[..(len.min(self.map.len() as u64)) as usize])
+    }
+
+    /// Ends the log in this file at `at`: everything from there to the last non-zero byte
+    /// is overwritten with zeros, durably. The file keeps its length, so a pre-zeroed
+    /// segment stays pre-zeroed, and a memory map of it never loses pages (a shrink would
+    /// turn a reader's touch into SIGBUS). Returns the bytes zeroed.
+    pub fn zero_from(&self, storage: &dyn Storage, at: u64) -> io::Result<u64> {
+        let written = self
+            .written()
+            .map_err(|c| io::Error::other(c.to_string()))?;
+        let at = at.min(written.len() as u64) as usize;
+        let end = written[at..]
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(at, |p| at + p + 1);
+        let zeros = vec![0u8; (end - at).min(1 << 20)];
+        let mut off = at;
+        while off < end {
+            let n = (end - off).min(zeros.len());
+            storage::write_all_at(storage, &self.file, &zeros[..n], off as u64)?;
+            off += n;
+        }
+        storage::sync_data(storage, &self.file)?;
+        Ok((end - at) as u64)
     }
 
     /// A corruption error at `offset` of this file.
@@ -191,30 +223,35 @@ pub struct Scanned {
 pub struct ScanOutcome {
     /// Offset just past the last whole record.
     pub end: u64,
-    /// Set when a torn tail was found at this offset (with the reason): bytes from there on
-    /// are not part of the log.
-    pub torn_at: Option<(u64, String)>,
+    /// Raft index the next record would have.
+    pub next_index: u64,
+    /// The first bytes that are neither a whole record nor zeros to the end of the file:
+    /// their offset and what is wrong. Whether that is a torn tail or corruption is the
+    /// caller's call (recovery asks the durable watermark; a shipped segment is refused).
+    pub bad: Option<(u64, String)>,
 }
 
 /// Walks the records of `seg` from `start` to the end of the file, calling `each` on every
-/// whole record with its body.
+/// whole record with its body, and stops at the first record with an index of
+/// `stop_before` or more, or at the first bad bytes.
 ///
-/// A bad record is a torn tail only when it is in the last segment and no valid record
-/// follows it; otherwise it is corruption, reported with file and offset.
+/// Records must carry consecutive indexes, starting (when `start` is the end of the header)
+/// at the header's first index: a whole record with another index is corruption.
 pub fn scan(
     seg: &SegmentFile,
     start: u64,
-    is_last: bool,
+    stop_before: u64,
     mut each: impl FnMut(Scanned, &[u8]) -> Result<(), Corruption>,
 ) -> Result<ScanOutcome, Corruption> {
-    let file_len = seg
-        .file
-        .metadata()
-        .map_err(|e| seg.corruption(0, e.to_string()))?
-        .len();
-    let bytes = &seg.map[..(file_len.min(seg.map.len() as u64)) as usize];
+    let bytes = seg.written()?;
     let mut at = start as usize;
-    let mut expected_index = None::<u64>;
+    // The first record must have the index the header promises: nothing else ties the two.
+    let mut expected_index = (start == SEGMENT_HEADER_BYTES as u64).then_some(seg.first_index);
+    let outcome = |at: usize, next: Option<u64>, bad| ScanOutcome {
+        end: at as u64,
+        next_index: next.unwrap_or(seg.first_index),
+        bad,
+    };
     while at < bytes.len() {
         let problem = match parse_record(&bytes[at..]) {
             RecordParse::Ok { header, body } => {
@@ -224,6 +261,10 @@ pub fn scan(
                         let why = format!("record index {index}, expected {want}");
                         return Err(seg.corruption(at as u64, why));
                     }
+                }
+                if index >= stop_before {
+                    let why = "written by a batch whose sync failed".to_string();
+                    return Ok(outcome(at, Some(index), Some((at as u64, why))));
                 }
                 expected_index = Some(index + 1);
                 each(
@@ -239,49 +280,40 @@ pub fn scan(
             RecordParse::Zero if format::all_zero(&bytes[at..]) => {
                 // Zeros to the end of the file: space never written. Segments are pre-zeroed,
                 // so this is the normal end of the log, not damage; nothing is cut.
-                return Ok(ScanOutcome {
-                    end: at as u64,
-                    torn_at: None,
-                });
+                return Ok(outcome(at, expected_index, None));
             }
             RecordParse::Zero => "zero bytes where a record belongs".to_string(),
             RecordParse::Truncated => "record cut short".to_string(),
             RecordParse::Bad(why) => why,
         };
-        let after = expected_index.unwrap_or(0);
-        if !is_last || valid_record_follows(bytes, at, after) {
-            return Err(seg.corruption(at as u64, problem));
-        }
-        return Ok(ScanOutcome {
-            end: at as u64,
-            torn_at: Some((at as u64, problem)),
-        });
+        return Ok(outcome(at, expected_index, Some((at as u64, problem))));
     }
-    Ok(ScanOutcome {
-        end: at as u64,
-        torn_at: None,
-    })
+    Ok(outcome(at, expected_index, None))
 }
 
-/// Whether a whole, checksummed record with an index at or after `index` starts anywhere
-/// after the bad bytes at `at`. A crash only tears the unsynced suffix of the log, so a good
-/// record after a bad one means the bad one rotted: that is corruption, not a torn tail.
-pub(crate) fn valid_record_follows(bytes: &[u8], at: usize, index: u64) -> bool {
+/// The highest durable watermark carried by any whole, checksummed record with an index of
+/// `index` or more that starts at or after `from` in `bytes` (0 if none). Used only once
+/// damage is found, to tell a torn tail (nothing written later vouches for the damaged
+/// record) from corruption (a record written later says the damaged one was durable).
+pub(crate) fn watermark_after(bytes: &[u8], from: usize, index: u64) -> u64 {
     use zerocopy::FromBytes;
-    let mut probe = at + 1;
+    let mut best = 0;
+    let mut probe = from;
     while probe + RECORD_HEADER_BYTES <= bytes.len() {
         if let Ok((h, _)) = RecordHeader::read_from_prefix(&bytes[probe..]) {
             let i = h.index.get();
             // Only frames that could belong here are worth a checksum.
             if i >= index.max(1) && i < index.saturating_add(1 << 32) {
-                if let RecordParse::Ok { .. } = parse_record(&bytes[probe..]) {
-                    return true;
+                if let RecordParse::Ok { header, body } = parse_record(&bytes[probe..]) {
+                    best = best.max(header.durable_through().unwrap_or(0));
+                    probe += RECORD_HEADER_BYTES + body.len();
+                    continue;
                 }
             }
         }
         probe += 1;
     }
-    false
+    best
 }
 
 /// Name of the pre-zeroed file waiting to become the next segment.
@@ -289,24 +321,18 @@ pub const SPARE_NAME: &str = "next.spare";
 
 /// Writes a pre-zeroed spare segment file of `capacity` bytes, durably, and returns its path.
 /// It is written under a temporary name and renamed, so a spare that exists is whole.
-pub fn prepare_spare(dir: &Path, capacity: u64) -> io::Result<PathBuf> {
-    use std::io::Write;
+pub fn prepare_spare(storage: &dyn Storage, dir: &Path, capacity: u64) -> io::Result<PathBuf> {
     let path = dir.join(SPARE_NAME);
     let tmp = dir.join("next.spare.tmp");
-    let mut f = File::create(&tmp)?;
+    let f = storage.create(&tmp)?;
     let zeros = vec![0u8; 1 << 20];
-    let mut left = capacity;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        f.write_all(&zeros[..n])?;
-        left -= n as u64;
+    let mut at = 0u64;
+    while at < capacity {
+        let n = (capacity - at).min(zeros.len() as u64) as usize;
+        storage::write_all_at(storage, &f, &zeros[..n], at)?;
+        at += n as u64;
     }
-    f.sync_all()?;
-    fs::rename(&tmp, &path)?;
+    storage::sync_data(storage, &f)?;
+    storage.rename(&tmp, &path)?;
     Ok(path)
-}
-
-/// Fsyncs a directory so that file creations, renames and removals in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }

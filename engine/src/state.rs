@@ -171,6 +171,15 @@ pub struct OpenStats {
     pub torn_bytes_cut: u64,
 }
 
+/// Bytes of a batch refused for want of space, to be cut before the log goes on.
+#[derive(Debug)]
+pub(crate) struct Cut {
+    pub(crate) file: Arc<SegmentFile>,
+    pub(crate) offset: u64,
+    /// The batch created the file: remove it.
+    pub(crate) new_file: bool,
+}
+
 /// Everything the engine knows, guarded by one lock.
 pub(crate) struct State {
     pub(crate) segments: Vec<Seg>,
@@ -203,6 +212,9 @@ pub(crate) struct State {
     pub(crate) waiters: VecDeque<(u64, Callback)>,
     pub(crate) last_created_us: u64,
     pub(crate) failed: Option<Failed>,
+    /// A batch was refused for want of space (and cut from the files): the state still holds
+    /// its records until `Inner::recover_space` reloads it. New writes are refused meanwhile.
+    pub(crate) no_space: bool,
     pub(crate) closed: bool,
     pub(crate) open_stats: OpenStats,
 }
@@ -230,6 +242,7 @@ impl State {
             waiters: VecDeque::new(),
             last_created_us: 0,
             failed: None,
+            no_space: false,
             closed: false,
             open_stats: OpenStats::default(),
         }
@@ -260,10 +273,14 @@ impl State {
     ) -> Result<(), DecodeError> {
         let index = header.index.get();
         let position = header.position.get();
-        assert_eq!(
-            index, self.next_index,
-            "records join the log in index order"
-        );
+        // Reachable with damaged or hostile input (a summary, a shipped segment): an error,
+        // never a panic.
+        if index != self.next_index {
+            return Err(DecodeError::new(
+                "record",
+                format!("index {index}, expected {}", self.next_index),
+            ));
+        }
         if position != self.next_position {
             return Err(DecodeError::new(
                 "record",

@@ -7,18 +7,17 @@
 //! segment is scanned instead) and rewritten later.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::engine::Inner;
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
-use crate::segment::{summary_name, sync_dir, SegmentFile};
+use crate::segment::{summary_name, SegmentFile};
 use crate::state::{Origin, RecLoc, State};
+use crate::storage::{self, Storage};
 
 /// The header of a summary file.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -94,14 +93,16 @@ fn strip(out: &mut Vec<u8>, h: &RecordHeader, body: &[u8]) -> Result<(), DecodeE
 }
 
 /// Writes a summary durably: temporary file, fsync, rename, fsync of the directory.
-pub(crate) fn write(dir: &Path, first_index: u64, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write(
+    s: &dyn Storage,
+    dir: &Path,
+    first_index: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let path = dir.join(summary_name(first_index));
     let tmp = path.with_extension("qidx.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    sync_dir(dir)
+    storage::write_file_atomic(s, &tmp, &path, bytes, 0)?;
+    storage::sync_dir(s, dir)
 }
 
 /// Loads the summary of `file` into the state if it exists and is intact; returns the
@@ -118,6 +119,12 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
         return Ok(None);
     };
+    if !ends_the_segment(file, header.end.get()) {
+        // Records follow the summarized end: the segment grew after the summary was written
+        // (a truncation made it the active segment again). The summary is stale.
+        tracing::warn!(file = %path.display(), "ignoring a stale segment summary; scanning");
+        return Ok(None);
+    }
     let corrupt = |offset: u64, e: DecodeError| Corruption {
         file: path.clone(),
         offset,
@@ -141,6 +148,21 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
     st.open_stats.summaries_loaded += 1;
     st.open_stats.records_from_summaries += count;
     Ok(Some(header.end.get()))
+}
+
+/// Whether `end` is where the segment's records stop: past it the file holds only zeros
+/// (pre-zeroed space) or nothing. Checking one record header's worth is enough: a record
+/// written after the summary starts exactly at `end`, and a record header is never all zeros.
+fn ends_the_segment(file: &SegmentFile, end: u64) -> bool {
+    let Ok(meta) = file.file.metadata() else {
+        return false;
+    };
+    let len = meta.len().min(file.map.len() as u64);
+    if end > len || end < format::SEGMENT_HEADER_BYTES as u64 {
+        return false;
+    }
+    let stop = (end + RECORD_HEADER_BYTES as u64).min(len);
+    format::all_zero(&file.map[end as usize..stop as usize])
 }
 
 /// Adds the event ids of a summary to `ids`. Used by the background id loader: the summary
@@ -209,33 +231,4 @@ fn entry_at(b: &[u8], at: usize) -> Result<(u32, RecordHeader, &[u8], usize), De
         .map_err(|_| DecodeError::new("summary entry", "short header"))?;
     let body = c.take(len)?;
     Ok((offset, h, body, at + c.offset()))
-}
-
-/// Writes the summaries of sealed segments that are now fully committed. Runs on the writer
-/// thread between batches; a failure only logs (the segment is scanned on the next open).
-pub(crate) fn write_due(inner: &Inner) {
-    loop {
-        let due = {
-            let st = inner.state.read();
-            let n = st.segments.len();
-            st.segments.iter().take(n.saturating_sub(1)).find_map(|s| {
-                let done = s.sealed && !s.summarized && s.next_index() - 1 <= st.commit_index;
-                done.then(|| (s.file.clone(), s.records.clone(), s.end))
-            })
-        };
-        let Some((file, records, end)) = due else {
-            return;
-        };
-        let written = build(&file, &records, end)
-            .map_err(|c| std::io::Error::other(c.to_string()))
-            .and_then(|bytes| write(&inner.dir, file.first_index, &bytes));
-        if let Err(e) = &written {
-            tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
-        }
-        let mut st = inner.state.write();
-        if let Some(s) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, &file)) {
-            // Marked even on failure so the writer does not retry every batch.
-            s.summarized = true;
-        }
-    }
 }

@@ -774,8 +774,7 @@ fn frame_bytes(index: u64, position: u64, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&h.position.get().to_le_bytes());
     out.extend_from_slice(&h.count.get().to_le_bytes());
     out.push(h.kind);
-    out.push(h.flags);
-    out.extend_from_slice(&h.reserved);
+    out.extend_from_slice(&h.durable_lag);
     out.extend_from_slice(body);
     out
 }

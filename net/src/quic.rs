@@ -19,6 +19,10 @@ use crate::message::ALPN;
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The application error code of a `RESET_STREAM` by which the server ends a response it
+/// dropped in the middle of a frame: the reader was the slowest when the server's memory
+/// budget for slow clients was full (docs/PROTOCOL.md, slow readers).
+pub const RESET_SLOW_READER: u32 = 1;
 /// Socket buffer asked for (the kernel caps it at `net.core.rmem_max` / `wmem_max`). The
 /// default (~208 KB) overflows when many connections send large appends at once: measured
 /// 1,342 of 52,336 datagrams dropped with 16 connections of 100-event appends.

@@ -1668,3 +1668,71 @@ fn shipping_starts_at_exactly_the_lag_bound() {
         "4 behind with a bound of 5: entries, though 5..=8 is sealed"
     );
 }
+
+/// Paper 5.3: an append whose entries do not follow `prev_index` one by one is not something
+/// a leader sends; it is ignored whole (no answer, nothing taken), as is one carrying a
+/// membership that does not decode.
+#[test]
+fn a_malformed_append_is_ignored_whole() {
+    let mut n = node(2, &[entry(1, 1)], 1, 0);
+    let append = |entries: Vec<Entry>| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        kind: MessageKind::Append {
+            prev_index: 1,
+            prev_term: 1,
+            entries,
+            commit: 0,
+            read: 0,
+        },
+    };
+    n.step(append(vec![entry(2, 1), entry(4, 1)]));
+    assert_eq!(n.last_index(), 1, "a gap");
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|m| matches!(m.kind, MessageKind::AppendResp { .. })),
+        "no answer"
+    );
+    let mut bad = membership_entry(3, 1, &[1, 2, 3], &[]);
+    bad.data.truncate(3);
+    n.step(append(vec![entry(2, 1), bad]));
+    assert_eq!(n.last_index(), 1, "an undecodable membership");
+    n.step(append(vec![entry(2, 1), entry(3, 1)]));
+    assert_eq!(n.last_index(), 3, "a well-formed one is taken");
+}
+
+/// Diss. 4.1: a truncation reverts only the memberships it removes; one before the cut stays
+/// in effect.
+#[test]
+fn a_truncation_keeps_the_memberships_before_it() {
+    let log = vec![
+        entry(1, 1),
+        membership_entry(2, 1, &[1, 2, 3], &[4]),
+        entry(3, 1),
+        entry(4, 1),
+    ];
+    let mut n2 = node(2, &log, 1, 2);
+    assert!(n2.membership().learners.contains(&4));
+    // Leader 3 of term 2 replaces entries 3 and 4.
+    n2.step(Message {
+        from: 3,
+        to: 2,
+        term: 2,
+        kind: MessageKind::Append {
+            prev_index: 2,
+            prev_term: 1,
+            entries: vec![entry(3, 2)],
+            commit: 2,
+            read: 0,
+        },
+    });
+    assert_eq!(n2.term_of(3), Some(2));
+    assert!(
+        n2.membership().learners.contains(&4),
+        "the membership at 2 is still in the log"
+    );
+    drain(&mut n2);
+    assert!(n2.membership().learners.contains(&4));
+}

@@ -13,6 +13,8 @@ use quiver_engine::{
 use quiver_net::message::{self, Expected, Match, Metadata, Request, Response, StreamInfo};
 use quiver_net::{ErrorCode, Text};
 
+use crate::budget::SendError;
+
 /// Most events in one `Events` frame.
 pub const READ_FRAME_EVENTS_MAX: usize = 1024;
 /// A frame is sent once its payload passes this size.
@@ -30,6 +32,8 @@ pub struct Ctx {
     pub commits: tokio::sync::watch::Receiver<u64>,
     /// Persistent subscription groups.
     pub persistent: crate::persistent::Groups,
+    /// Memory held for clients that do not take their responses, with its ceiling.
+    pub budget: Arc<crate::budget::Budget>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, actual: Option<u64>) -> Response {
@@ -52,7 +56,9 @@ fn append_error(e: AppendError) -> Response {
         AppendError::InvalidRequest(_) => ErrorCode::InvalidRequest,
         AppendError::IdempotencyMismatch(_) => ErrorCode::IdempotencyMismatch,
         AppendError::TooLarge { .. } => ErrorCode::TooLarge,
-        AppendError::Failed(_) | AppendError::Closed => ErrorCode::Unavailable,
+        AppendError::Failed(_) | AppendError::NoSpace | AppendError::Closed => {
+            ErrorCode::Unavailable
+        }
     };
     error(code, e.to_string(), None)
 }
@@ -128,10 +134,15 @@ fn info_out(i: quiver_engine::StreamInfo) -> StreamInfo {
     }
 }
 
-async fn send(stream: &mut quinn::SendStream, resp: &Response) -> Result<(), quinn::WriteError> {
+/// Sends one response frame, held against the budget until the client takes it.
+pub(crate) async fn send(
+    ctx: &Ctx,
+    stream: &mut quinn::SendStream,
+    resp: &Response,
+) -> Result<(), SendError> {
     let mut out = BytesMut::new();
     resp.encode(&mut out);
-    stream.write_all(&out).await
+    crate::budget::write(stream, &ctx.budget, &out, 0).await
 }
 
 /// Runs a blocking engine call off the async workers.
@@ -147,7 +158,7 @@ pub async fn apply(
     ctx: &Arc<Ctx>,
     req: Request,
     out: &mut quinn::SendStream,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), SendError> {
     let started = std::time::Instant::now();
     let kind = req.kind();
     let appended = match &req {
@@ -176,10 +187,13 @@ pub async fn apply(
             }
             _ => {}
         }
-        send(out, resp).await?;
     }
+    // Counted before the answer leaves: a client that has its answer sees it counted.
     ctx.metrics
         .request(&format!("{kind:?}"), started.elapsed().as_secs_f64());
+    if let Some(resp) = &resp {
+        send(ctx, out, resp).await?;
+    }
     Ok(())
 }
 
@@ -188,7 +202,7 @@ async fn answer(
     ctx: &Arc<Ctx>,
     req: Request,
     out: &mut quinn::SendStream,
-) -> Result<Option<Response>, quinn::WriteError> {
+) -> Result<Option<Response>, SendError> {
     let engine = ctx.engine.clone();
     let resp = match req {
         Request::Hello { .. } => error(ErrorCode::InvalidRequest, "Hello was already done", None),
@@ -273,7 +287,7 @@ async fn answer(
                 Direction::Forward
             };
             match engine.read_stream(stream.as_str(), read_from(from), dir, max_count) {
-                Ok(read) => return stream_events(read, out).await.map(|()| None),
+                Ok(read) => return stream_events(ctx, read, out).await.map(|()| None),
                 Err(e) => read_error(e),
             }
         }
@@ -296,7 +310,7 @@ async fn answer(
                 Direction::Forward
             };
             let read = engine.read_all(read_from(from), dir, max_count, filter);
-            return stream_events(read, out).await.map(|()| None);
+            return stream_events(ctx, read, out).await.map(|()| None);
         }
         Request::StreamInfo { stream } => {
             Response::StreamInfo(engine.stream_info(stream.as_str()).map(info_out))
@@ -470,13 +484,21 @@ pub fn encode_events<'a>(
     });
 }
 
+/// What a read holds besides its frame while it waits for its client, counted against the
+/// budget: the engine's look-ahead of at most [`quiver_engine::READ_CHUNK_MAX`] events (their
+/// payloads are slices of the mapping, not copies).
+pub const READ_STATE_BYTES: usize =
+    quiver_engine::READ_CHUNK_MAX * std::mem::size_of::<RecordedEvent>();
+
 /// Streams a read's events in frames of at most [`READ_FRAME_EVENTS_MAX`] events or about
 /// [`READ_FRAME_BYTES_MAX`] bytes; the last frame has no `FLAG_MORE`. A failure part way ends
-/// the response with an `Error` frame after the events already sent.
+/// the response with an `Error` frame after the events already sent. Each frame is held
+/// against the budget until the client takes it; a reader the budget drops ends there.
 async fn stream_events(
+    ctx: &Ctx,
     events: impl Iterator<Item = Result<RecordedEvent, ReadError>>,
     out: &mut quinn::SendStream,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), SendError> {
     let mut events = events.peekable();
     loop {
         let mut batch = Vec::new();
@@ -498,9 +520,12 @@ async fn stream_events(
         let more = failure.is_some() || events.peek().is_some();
         let mut frame = BytesMut::with_capacity(bytes + 64);
         encode_events(&mut frame, &batch, more);
-        out.write_all(&frame).await?;
+        // Only the encoded frame waits for the client, not the events it was made from.
+        drop(batch);
+        crate::budget::write(out, &ctx.budget, &frame, READ_STATE_BYTES).await?;
+        drop(frame);
         if let Some(e) = failure {
-            return send(out, &read_error(e)).await;
+            return send(ctx, out, &read_error(e)).await;
         }
         if !more {
             return Ok(());

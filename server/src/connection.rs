@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use quiver_net::message::{Request, Response};
-use quiver_net::quic::read_frame;
+use quiver_net::quic::{read_frame, ReadFrameError};
 use quiver_net::{ErrorCode, Text, PROTOCOL_VERSION};
 
 use crate::cmd::{self, Ctx};
@@ -99,30 +99,53 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
 }
 
 /// The first stream must carry a `Hello` with a version we speak and the right token.
+/// Anything else is answered with an `Error` frame before the connection is closed.
 async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static str> {
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| "no hello stream")?;
     let mut buf = BytesMut::new();
     let read = tokio::time::timeout(
         shared.request_timeout,
-        read_frame(&mut recv, &mut buf, shared.frame_bytes_max),
+        read_held(shared, &mut recv, &mut buf),
     );
+    let not_hello = |why: String| error(ErrorCode::Malformed, why);
     let frame = match read.await {
         Ok(Ok(Some(f))) => f,
-        _ => {
-            conn.close(close::PROTOCOL.into(), b"expected a Hello frame");
+        Ok(Err(Inbound::Frame(ReadFrameError::Read(_)))) => {
+            // The client reset the stream or left: nobody to answer.
+            conn.close(close::PROTOCOL.into(), b"the Hello stream was reset");
+            return Err("hello stream reset");
+        }
+        outcome => {
+            let resp = match outcome {
+                Ok(Ok(None)) => {
+                    not_hello("the first request must be Hello; its stream was empty".into())
+                }
+                Ok(Err(Inbound::Frame(e))) => {
+                    not_hello(format!("the first request must be Hello: {e}"))
+                }
+                Ok(Err(Inbound::Dropped)) => error(
+                    ErrorCode::Unavailable,
+                    "Hello dropped: it was arriving slowest when the server's budget for slow \
+                     clients was full; connect again",
+                ),
+                Ok(Ok(Some(_))) => unreachable!("a frame is handled above"),
+                Err(_) => error(ErrorCode::Timeout, "Hello did not arrive in time"),
+            };
+            refuse(conn, &mut send, &resp, close::PROTOCOL).await;
             return Err("no hello frame");
         }
     };
     let (version, token) = match Request::decode(&frame) {
         Ok(Request::Hello { version, token, .. }) => (version, token),
-        _ => {
-            reply(
-                &mut send,
-                &error(ErrorCode::Malformed, "the first request must be Hello"),
-            )
-            .await;
-            conn.close(close::PROTOCOL.into(), b"expected Hello");
+        Ok(other) => {
+            let why = format!("the first request must be Hello, not {:?}", other.kind());
+            refuse(conn, &mut send, &not_hello(why), close::PROTOCOL).await;
             return Err("first request was not Hello");
+        }
+        Err(e) => {
+            let why = format!("the first request must be Hello: {e}");
+            refuse(conn, &mut send, &not_hello(why), close::PROTOCOL).await;
+            return Err("first request did not decode");
         }
     };
     if version != PROTOCOL_VERSION {
@@ -172,23 +195,46 @@ async fn request(
     let mut buf = BytesMut::new();
     let read = tokio::time::timeout(
         shared.request_timeout,
-        read_frame(&mut recv, &mut buf, shared.frame_bytes_max),
+        read_held(&shared, &mut recv, &mut buf),
     );
     let frame = match read.await {
-        Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            // Oversized or garbled: answer if we can, then drop the peer.
-            let resp = error(ErrorCode::Malformed, e.to_string());
-            refuse(&conn, &mut send, &resp, close::PROTOCOL).await;
+        Ok(Ok(frame)) => Ok(frame),
+        Ok(Err(Inbound::Dropped)) => {
+            let why = format!(
+                "request dropped: it was arriving slowest when the server's budget for slow \
+                 clients ({} bytes) was full; send it again",
+                shared.ctx.budget.bytes_max()
+            );
+            let _ = recv.stop(quiver_net::quic::RESET_SLOW_READER.into());
+            reply(&mut send, &error(ErrorCode::Unavailable, why)).await;
             return;
         }
+        Ok(Err(Inbound::Frame(e))) => Err(e),
         Err(_) => {
             reply(
                 &mut send,
                 &error(ErrorCode::Timeout, "the request did not arrive in time"),
             )
             .await;
+            return;
+        }
+    };
+    let frame = match frame {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            // Finished with no bytes: no request, but nothing broken either.
+            let why = "an empty request stream: each request stream carries one request frame";
+            reply(&mut send, &error(ErrorCode::InvalidRequest, why)).await;
+            return;
+        }
+        Err(ReadFrameError::Read(_)) => {
+            // The client reset this stream (it gave up on the request) or left: no answer.
+            return;
+        }
+        Err(e) => {
+            // Oversized or garbled: answer if we can, then drop the peer.
+            let resp = error(ErrorCode::Malformed, e.to_string());
+            refuse(&conn, &mut send, &resp, close::PROTOCOL).await;
             return;
         }
     };
@@ -207,5 +253,43 @@ async fn request(
     }
     if cmd::apply(&shared.ctx, req, &mut send).await.is_ok() {
         let _ = send.finish();
+    }
+}
+
+/// Why a request frame was not read.
+enum Inbound {
+    /// The stream or the frame failed.
+    Frame(ReadFrameError),
+    /// The budget for slow clients dropped it while it arrived.
+    Dropped,
+}
+
+/// Reads a request frame, holding its announced size against the budget for slow clients
+/// while its payload arrives: a client that trickles large requests (or announces them and
+/// stalls) is counted like a reader that does not read, and dropped the same way.
+async fn read_held(
+    shared: &Shared,
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> Result<Option<quiver_net::frame::Frame>, Inbound> {
+    use quiver_net::frame::FRAME_HEADER_BYTES;
+    // The header alone first: its length says what the payload will hold.
+    while buf.len() < FRAME_HEADER_BYTES {
+        let want = FRAME_HEADER_BYTES - buf.len();
+        match recv.read_chunk(want, true).await {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            Ok(None) if buf.is_empty() => return Ok(None),
+            Ok(None) => return Err(Inbound::Frame(ReadFrameError::Truncated)),
+            Err(e) => return Err(Inbound::Frame(e.into())),
+        }
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    // A length over the limit is refused by `read_frame` before anything is buffered.
+    let held = FRAME_HEADER_BYTES + len.min(shared.frame_bytes_max);
+    let mut hold = shared.ctx.budget.hold(held);
+    tokio::select! {
+        biased;
+        () = hold.dropped() => Err(Inbound::Dropped),
+        read = read_frame(recv, buf, shared.frame_bytes_max) => read.map_err(Inbound::Frame),
     }
 }

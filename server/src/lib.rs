@@ -9,6 +9,7 @@
 //! - `connection.rs` — accepting connections, `Hello`, one task per request stream.
 //! - `cluster/` — cluster mode: the Raft loop over the engine, peers, cluster status.
 //! - `cmd.rs` — each request applied to the engine, responses and streamed reads.
+//! - `budget.rs` — the ceiling on memory held for clients that do not read their responses.
 //! - `config_file.rs` — the optional TOML configuration file (below flags and environment).
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
 //! - `http.rs` — the HTTP operations endpoint: health, readiness, metrics, status.
@@ -20,6 +21,7 @@
 //! - `main.rs` — the `quiver` command line.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod budget;
 pub mod cli;
 pub mod cluster;
 pub mod cmd;
@@ -77,6 +79,8 @@ pub struct ServerConfig {
     pub frame_bytes_max: usize,
     /// How long a request may take to arrive.
     pub request_timeout: Duration,
+    /// Most bytes held for clients that have not taken their responses (see `budget.rs`).
+    pub slow_client_bytes_max: usize,
 }
 
 impl ServerConfig {
@@ -93,6 +97,7 @@ impl ServerConfig {
             token: None,
             frame_bytes_max: FRAME_PAYLOAD_BYTES_DEFAULT,
             request_timeout: Duration::from_secs(30),
+            slow_client_bytes_max: budget::BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -124,7 +129,8 @@ impl Server {
         engine.on_commit(move |position| {
             commit_tx.send_replace(position);
         });
-        let metrics = metrics::Metrics::new();
+        let metrics = metrics::Metrics::new(config.slow_client_bytes_max);
+        let budget = budget::Budget::new(config.slow_client_bytes_max, metrics.budget.clone());
         let counters = metrics.groups.clone();
         let persistent = persistent::Groups::load(engine.clone(), commits.clone(), counters);
         let ctx = Arc::new(Ctx {
@@ -133,11 +139,13 @@ impl Server {
             metrics,
             commits,
             persistent,
+            budget,
         });
         let shared = Arc::new(Shared {
             ctx,
             frame_bytes_max: config.frame_bytes_max,
-            token: config.token.clone(),
+            // An empty token (`QUIVER_TOKEN=`) is no token: it would refuse every other one.
+            token: config.token.clone().filter(|t| !t.is_empty()),
             request_timeout: config.request_timeout,
         });
         Ok(Server {

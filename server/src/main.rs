@@ -122,6 +122,11 @@ enum Command {
         /// Seconds a request may take to arrive.
         #[arg(long, env = "QUIVER_TIMEOUT", default_value_t = 30)]
         timeout: u64,
+        /// Most MiB held for clients that do not read their responses; past it the slowest
+        /// reader is told and dropped.
+        #[arg(long, env = "QUIVER_SLOW_CLIENT_BUDGET_MIB", default_value_t = 256,
+              value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        slow_client_budget_mib: u64,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -168,6 +173,7 @@ fn main() -> anyhow::Result<()> {
             tls_key,
             token,
             timeout,
+            slow_client_budget_mib,
             cluster,
         } => {
             let config = ServerConfig {
@@ -182,6 +188,7 @@ fn main() -> anyhow::Result<()> {
                 tls_key,
                 token,
                 request_timeout: std::time::Duration::from_secs(timeout),
+                slow_client_bytes_max: (slow_client_budget_mib as usize) << 20,
                 ..ServerConfig::new(store.data_dir)
             };
             match db_type {

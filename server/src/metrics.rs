@@ -86,6 +86,9 @@ pub struct Metrics {
     data_bytes: Gauge,
     /// Persistent subscription counters, shared with the groups.
     pub groups: GroupCounters,
+    /// What the budget for slow clients counts, shared with it.
+    pub budget: crate::budget::BudgetMetrics,
+    budget_max: Gauge,
     group_lag: Family<GroupLabel, Gauge>,
     group_in_flight: Family<GroupLabel, Gauge>,
     group_parked: Family<GroupLabel, Gauge>,
@@ -96,13 +99,14 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(crate::budget::BYTES_MAX_DEFAULT)
     }
 }
 
 impl Metrics {
-    /// Registers every metric under the `quiver_` prefix.
-    pub fn new() -> Metrics {
+    /// Registers every metric under the `quiver_` prefix; `budget_bytes_max` is the ceiling
+    /// on memory held for slow clients, shown as a metric.
+    pub fn new(budget_bytes_max: usize) -> Metrics {
         let mut registry = Registry::with_prefix("quiver");
         let m = Metrics {
             requests: Family::default(),
@@ -118,6 +122,8 @@ impl Metrics {
             commit_position: Gauge::default(),
             data_bytes: Gauge::default(),
             groups: GroupCounters::default(),
+            budget: Default::default(),
+            budget_max: Gauge::default(),
             group_lag: Family::default(),
             group_in_flight: Family::default(),
             group_parked: Family::default(),
@@ -177,6 +183,27 @@ impl Metrics {
             "data_bytes",
             "Bytes of log in segment files",
             m.data_bytes.clone(),
+        );
+        m.budget_max.set(budget_bytes_max as i64);
+        registry.register(
+            "slow_client_budget_bytes",
+            "Most bytes held for clients that have not taken their responses",
+            m.budget_max.clone(),
+        );
+        registry.register(
+            "slow_client_held_bytes",
+            "Bytes held now for responses their clients have not taken",
+            m.budget.held_bytes.clone(),
+        );
+        registry.register(
+            "slow_client_holders",
+            "Responses holding bytes now while their clients do not take them",
+            m.budget.holders.clone(),
+        );
+        registry.register(
+            "slow_readers_dropped",
+            "Readers dropped, slowest first, to keep the held bytes within the budget",
+            m.budget.dropped.clone(),
         );
         registry.register(
             "persistent_lag",

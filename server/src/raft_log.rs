@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use quiver_engine::format::{self, EntryKind as RecordKind};
-use quiver_engine::{DecodeError, Engine, LogError, RawRecord};
+use quiver_engine::{DecodeError, Engine, EngineConfig, LogError, OpenError, RawRecord};
 use quiver_raft::{
     Entry, EntryKind, HardState, Membership, RawNode, Ready, Refused, SegmentChunk, SegmentMeta,
 };
@@ -95,6 +95,18 @@ fn to_record(e: &Entry) -> Result<(u8, u32, Bytes), LogError> {
     }
 }
 
+/// Why the Raft log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenLogError {
+    /// The engine refused to open (a damaged or short log is `Corruption`, naming the file
+    /// and offset).
+    #[error(transparent)]
+    Engine(#[from] OpenError),
+    /// The Raft files (`raft-state`, `raft-commit`) could not be read, or do not fit the log.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
 /// Why a proposal was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -152,10 +164,24 @@ pub struct EngineLog {
 }
 
 impl EngineLog {
-    /// Raft over `engine`: reads the hard state and finds the membership entries (a scan of
-    /// the log at start-up; few logs hold many records of that kind, but all are read).
-    pub fn open(engine: Engine) -> Result<EngineLog, LogError> {
-        let mut hard = read_hard_state(&engine.dir().join(HARD_STATE_FILE))?;
+    /// Opens the engine in `dir` as Raft's log (`config` with `commit_on_durable(false)`),
+    /// reads the hard state and finds the membership entries (a scan of the log at start-up;
+    /// few logs hold many records of that kind, but all are read).
+    ///
+    /// The commit index known before the engine opens (the hard state's, and the
+    /// `raft-commit` mark's) is the engine's durable floor: every entry up to it was synced
+    /// before it was committed here, so a record at or below it that is damaged or missing
+    /// is corruption, never a torn tail to cut (`OpenError::Corruption` with file and
+    /// offset), and the engine refuses to truncate below it.
+    pub fn open(dir: &Path, config: EngineConfig) -> Result<EngineLog, OpenLogError> {
+        let hard = read_hard_state(&dir.join(HARD_STATE_FILE))?;
+        let floor = hard.commit.max(read_commit_mark(dir)?.1);
+        let config = config.commit_on_durable(false).durable_floor(floor);
+        let engine = Engine::open(dir, config)?;
+        Ok(EngineLog::over(engine, hard)?)
+    }
+
+    fn over(engine: Engine, mut hard: HardState) -> Result<EngineLog, LogError> {
         engine.set_term(hard.term.max(engine.last_index_term().1));
         let (commit_file, commit_mark) = open_commit_mark(engine.dir())?;
         // The engine's commit point only ever moved on Raft's word, and sealed, summarized
@@ -382,6 +408,21 @@ fn open_commit_mark(dir: &Path) -> Result<(File, (u64, u64)), LogError> {
         .read(true)
         .write(true)
         .open(dir.join(COMMIT_FILE))?;
+    let mark = commit_mark_of(&file)?;
+    Ok((file, mark))
+}
+
+/// The mark in `raft-commit`, without creating it: (0, 0) if there is none.
+fn read_commit_mark(dir: &Path) -> Result<(u64, u64), LogError> {
+    match File::open(dir.join(COMMIT_FILE)) {
+        Ok(f) => commit_mark_of(&f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, 0)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The valid slot with the higher sequence: (sequence, commit).
+fn commit_mark_of(file: &File) -> Result<(u64, u64), LogError> {
     let mut bytes = [0; 2 * COMMIT_SLOT_BYTES];
     let len = (file.metadata()?.len() as usize).min(bytes.len());
     file.read_exact_at(&mut bytes[..len], 0)?;
@@ -396,7 +437,7 @@ fn open_commit_mark(dir: &Path) -> Result<(File, (u64, u64)), LogError> {
         })
         .max()
         .unwrap_or((0, 0));
-    Ok((file, mark))
+    Ok(mark)
 }
 
 /// Writes the hard state to a new file, syncs it, and renames it over the old one.

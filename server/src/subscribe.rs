@@ -14,7 +14,8 @@ use quiver_engine::{AllFilter, Direction, Engine, ReadError, ReadFrom, RecordedE
 use quiver_net::message::{self, Response};
 use quiver_net::{ErrorCode, Text};
 
-use crate::cmd::{encode_events, Ctx};
+use crate::budget::SendError;
+use crate::cmd::{encode_events, send, Ctx, READ_STATE_BYTES};
 
 /// A caught-up subscriber further than this many positions behind the commit point is told
 /// it fell behind.
@@ -29,12 +30,6 @@ pub enum Target {
     All(AllFilter),
     /// One stream.
     Stream(String),
-}
-
-async fn send(out: &mut quinn::SendStream, resp: &Response) -> Result<(), quinn::WriteError> {
-    let mut buf = BytesMut::new();
-    resp.encode(&mut buf);
-    out.write_all(&buf).await
 }
 
 fn error(e: &ReadError) -> Response {
@@ -102,7 +97,7 @@ pub async fn run(
     mut next: u64,
     checkpoint_every: u32,
     out: &mut quinn::SendStream,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), SendError> {
     let mut commits = ctx.commits.clone();
     ctx.metrics.subscriptions.inc();
     // Counted down however the subscription ends.
@@ -120,7 +115,7 @@ pub async fn run(
         let seen = *commits.borrow_and_update();
         let (mut events, after, full) = match step(&ctx.engine, &target, next) {
             Ok(s) => s,
-            Err(e) => return send(out, &error(&e)).await,
+            Err(e) => return send(ctx, out, &error(&e)).await,
         };
         events.retain(|e| {
             let json = e.content_type == quiver_engine::ContentType::Json;
@@ -131,22 +126,24 @@ pub async fn run(
         if !events.is_empty() {
             let mut frame = BytesMut::new();
             encode_events(&mut frame, &events, true);
-            out.write_all(&frame).await?;
-            ctx.metrics
-                .subscription_deliveries
-                .inc_by(events.len() as u64);
+            let delivered = events.len() as u64;
             // Positions scanned past the last delivery still count toward a checkpoint.
             scanned = match (&target, events.last()) {
                 (Target::All(_), Some(last)) => next.saturating_sub(last.position + 1),
                 _ => 0,
             };
+            // Only the encoded frame waits for the client, not the events it was made from.
+            drop(events);
+            crate::budget::write(out, &ctx.budget, &frame, READ_STATE_BYTES).await?;
+            drop(frame);
+            ctx.metrics.subscription_deliveries.inc_by(delivered);
         }
         // A live `$all` subscriber that lags too far is told so; it keeps catching up from
         // storage (there is no buffer to overflow) and hears `CaughtUp` again when back.
         let lagging = ctx.engine.commit_position().saturating_sub(next) > LAG_POSITIONS_MAX;
         if caught_up && lagging && matches!(target, Target::All(_)) {
             caught_up = false;
-            send(out, &Response::FellBehind { position: next }).await?;
+            send(ctx, out, &Response::FellBehind { position: next }).await?;
         }
         if full {
             continue;
@@ -154,10 +151,10 @@ pub async fn run(
         if !caught_up {
             caught_up = true;
             scanned = 0;
-            send(out, &Response::CaughtUp { position: next }).await?;
+            send(ctx, out, &Response::CaughtUp { position: next }).await?;
         } else if checkpoint_every > 0 && scanned >= u64::from(checkpoint_every) {
             scanned = 0;
-            send(out, &Response::Checkpoint { position: next }).await?;
+            send(ctx, out, &Response::Checkpoint { position: next }).await?;
         }
         // Wait for a commit newer than the one this step started from.
         if *commits.borrow() == seen {

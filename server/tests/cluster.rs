@@ -511,9 +511,8 @@ async fn in_process(root: &Path) -> InProcess {
     let mut nodes = Vec::new();
     let mut engines = Vec::new();
     for (id, addr) in &members {
-        let config = EngineConfig::default().commit_on_durable(false);
-        let engine = Engine::open(root.join(format!("n{id}")), config).unwrap();
-        let log = EngineLog::open(engine.clone()).unwrap();
+        let log = EngineLog::open(&root.join(format!("n{id}")), EngineConfig::default()).unwrap();
+        let engine = log.engine().clone();
         let cc = ClusterConfig::new(*id, members.clone(), *addr, SECRET.into());
         nodes.push(ClusterNode::start(log, &cc).unwrap());
         engines.push(engine);

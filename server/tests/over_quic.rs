@@ -519,3 +519,24 @@ async fn a_client_reconnects_after_a_server_restart() {
     c.close().await;
     server.stop().await;
 }
+
+/// A response may be larger than the largest request: a snapshot stored by a request of
+/// exactly 64 MiB comes back in a `SnapshotReply` one byte larger. The client reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_larger_than_the_largest_request_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX;
+    let server = start(ServerConfig {
+        frame_bytes_max: max,
+        segment_mib: 80,
+        ..config(dir.path())
+    });
+    let c = client(dir.path(), server.addr).await;
+    // SnapshotPut payload: str8 stream (1 + 1), u64 version, bytes32 data (4 + n).
+    let data = vec![7u8; max - 14];
+    c.put_snapshot("s", 1, data.clone()).await.unwrap();
+    let got = c.get_snapshot("s", 1).await.unwrap().expect("stored");
+    assert!(got.len() == data.len() && got.iter().all(|b| *b == 7));
+    c.close().await;
+    server.stop().await;
+}

@@ -8,18 +8,15 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use quiver_engine::format::{encode_stream_append, EntryKind as RecordKind};
-use quiver_engine::{Engine, EngineConfig, EventData, RawRecord};
+use quiver_engine::{EngineConfig, EventData, RawRecord};
 use quiver_raft::{Config, Message, MessageKind, RawNode, Role, Storage};
 use quiver_server::raft_log::{self, command, EngineLog};
 
 const SEGMENT_BYTES: u64 = 64 << 10;
 
 fn open(id: u64, dir: &Path) -> RawNode<EngineLog> {
-    let config = EngineConfig::default()
-        .commit_on_durable(false)
-        .segment_bytes_max(SEGMENT_BYTES);
-    let engine = Engine::open(dir, config).expect("engine opens");
-    let log = EngineLog::open(engine).expect("raft log opens");
+    let config = EngineConfig::default().segment_bytes_max(SEGMENT_BYTES);
+    let log = EngineLog::open(dir, config).expect("raft log opens");
     let mut c = Config::new(id, vec![1, 2, 3], id);
     c.applied = log.applied();
     c.ship_lag_min = 32;
@@ -374,13 +371,47 @@ fn a_log_shorter_than_its_commit_index_is_refused() {
         .open(dir.join(raft_log::COMMIT_FILE))
         .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &slot, 20).unwrap();
-    let config = EngineConfig::default()
-        .commit_on_durable(false)
-        .segment_bytes_max(SEGMENT_BYTES);
-    let engine = Engine::open(&dir, config).expect("engine opens");
-    let err = EngineLog::open(engine).err().expect("refused");
+    let config = EngineConfig::default().segment_bytes_max(SEGMENT_BYTES);
+    let err = EngineLog::open(&dir, config).err().expect("refused");
     assert!(
-        err.to_string().contains("committed entries were lost"),
+        matches!(
+            err,
+            raft_log::OpenLogError::Engine(quiver_engine::OpenError::Corruption(_))
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("below the durable floor"), "{err}");
+}
+
+/// A committed record damaged on disk is corruption, never a torn tail to cut: the commit
+/// index known before the engine opens is its durable floor. The last record of the log is
+/// the case a single node cannot tell from a torn write; here it is committed, so it is
+/// refused with its file and offset.
+#[test]
+fn a_damaged_committed_record_is_refused_not_cut() {
+    let mut c = Cluster::new();
+    c.propose(5);
+    let last = c.node(1).storage().last_index();
+    assert_eq!(c.node(1).commit(), last);
+    c.nodes[0] = None;
+    let dir = c.dirs[0].path().to_path_buf();
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "qseg"))
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).expect("records");
+    bytes[end - 8] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+    let config = EngineConfig::default().segment_bytes_max(SEGMENT_BYTES);
+    let err = EngineLog::open(&dir, config).err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            raft_log::OpenLogError::Engine(quiver_engine::OpenError::Corruption(_))
+        ),
         "{err}"
     );
 }

@@ -312,13 +312,16 @@ pub async fn serve(
     cluster: &ClusterConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let engine_config = EngineConfig::default()
-        .segment_bytes_max(config.segment_mib << 20)
-        .commit_on_durable(false);
-    let engine = Engine::open(&config.data_dir, engine_config)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let log = EngineLog::open(engine.clone())
-        .with_context(|| format!("opening the Raft log in {}", config.data_dir.display()))?;
+    // `EngineLog::open` opens the engine with `commit_on_durable(false)` and the durable
+    // floor its commit marks give.
+    let engine_config = EngineConfig::default().segment_bytes_max(config.segment_mib << 20);
+    let log = EngineLog::open(&config.data_dir, engine_config).with_context(|| {
+        format!(
+            "opening the store in {} as the Raft log",
+            config.data_dir.display()
+        )
+    })?;
+    let engine = log.engine().clone();
     let http = match config.http {
         Some(addr) => {
             Some(crate::http::bind(addr).with_context(|| format!("binding HTTP {addr}"))?)
@@ -368,7 +371,8 @@ fn context(engine: Engine, config: &ServerConfig) -> Arc<Ctx> {
     engine.on_commit(move |position| {
         commit_tx.send_replace(position);
     });
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::metrics::Metrics::new(config.slow_client_bytes_max);
+    let budget = crate::budget::Budget::new(config.slow_client_bytes_max, metrics.budget.clone());
     let counters = metrics.groups.clone();
     let persistent = crate::persistent::Groups::load(engine.clone(), commits.clone(), counters);
     Arc::new(Ctx {
@@ -377,5 +381,6 @@ fn context(engine: Engine, config: &ServerConfig) -> Arc<Ctx> {
         metrics,
         commits,
         persistent,
+        budget,
     })
 }

@@ -1,0 +1,101 @@
+//! The background threads: one writes the summaries of sealed, committed segments and
+//! prepares the next pre-zeroed segment, off the writer's path, so neither ever delays an
+//! append; one builds the event-id index of summarized segments right after open.
+
+use std::sync::Arc;
+
+use crate::error::Failed;
+use crate::inner::Inner;
+use crate::{ids, segment, summary};
+
+/// The background thread: writes summaries of sealed, committed segments and prepares the
+/// next pre-zeroed segment, off the writer's path, so neither ever delays an append.
+pub(crate) fn summarizer_loop(inner: &Inner) {
+    loop {
+        {
+            let mut s = inner.summaries.lock();
+            while !s.pending && !s.shutdown {
+                inner.summaries_cv.wait(&mut s);
+            }
+            s.pending = false;
+            if s.shutdown {
+                // A clean shutdown leaves every summary written, for a fast restart.
+                drop(s);
+                write_due(inner);
+                return;
+            }
+        }
+        write_due(inner);
+        if inner.spare.lock().is_none() {
+            let (s, size) = (&*inner.config.storage, inner.config.segment_bytes_max);
+            match segment::prepare_spare(s, &inner.dir, size) {
+                Ok(path) => *inner.spare.lock() = Some(path),
+                Err(e) => tracing::warn!(error = %e, "could not prepare a spare segment"),
+            }
+        }
+    }
+}
+
+/// Writes the summaries of sealed segments that are now fully committed. Runs on the writer
+/// thread between batches; a failure only logs (the segment is scanned on the next open).
+pub(crate) fn write_due(inner: &Inner) {
+    loop {
+        // Held while the summary is built and written: a truncation meanwhile could remove
+        // the segment, and a summary left for a segment that is gone would describe the
+        // next segment to get that name.
+        let _files = inner.files_lock.lock();
+        let due = {
+            let st = inner.state.read();
+            let n = st.segments.len();
+            st.segments.iter().take(n.saturating_sub(1)).find_map(|s| {
+                let done = s.sealed && !s.summarized && s.next_index() - 1 <= st.commit_index;
+                done.then(|| (s.file.clone(), s.records.clone(), s.end))
+            })
+        };
+        let Some((file, records, end)) = due else {
+            return;
+        };
+        let written = summary::build(&file, &records, end)
+            .map_err(|c| std::io::Error::other(c.to_string()))
+            .and_then(|bytes| {
+                let s = &*inner.config.storage;
+                summary::write(s, &inner.dir, file.first_index, &bytes)
+            });
+        if let Err(e) = &written {
+            tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
+        }
+        let mut st = inner.state.write();
+        if let Some(s) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, &file)) {
+            // Marked even on failure so the writer does not retry every batch.
+            s.summarized = true;
+        }
+    }
+}
+
+/// Runs on the id loader thread: builds the index of what `State::ids_pending` names and
+/// merges it with the ids added since open (which are newer, so they win).
+pub(crate) fn load_ids(inner: &Inner) {
+    let pending = std::mem::take(&mut inner.state.write().ids_pending);
+    let started = std::time::Instant::now();
+    match ids::build(&pending) {
+        Ok(mut ids) => {
+            let mut st = inner.state.write();
+            ids.extend(st.ids.drain());
+            st.ids = ids;
+            tracing::info!(
+                ids = st.ids.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "event-id index loaded"
+            );
+        }
+        Err(e) => {
+            // A summary that loaded a moment ago no longer reads: refuse writes rather than
+            // accept appends whose retries could not be recognised.
+            tracing::error!(error = %e, "event-id index could not be built");
+            let failed = Failed(std::sync::Arc::new(std::io::Error::other(e.to_string())));
+            inner.state.write().failed = Some(failed);
+        }
+    }
+    *inner.ids_ready.lock() = true;
+    inner.ids_cv.notify_all();
+}
