@@ -349,15 +349,17 @@ pub async fn serve(
         "quiver is serving (cluster node; the client protocol is not served in cluster mode yet)"
     );
     shutdown.await;
-    tracing::info!("shutting down: stopping Raft");
-    node.shutdown().await;
-    ctx.persistent.shutdown().await;
+    // HTTP first: its handlers hold handles to the node, and the peer endpoint is closed
+    // gracefully (peers told at once) only once nothing else holds it.
     let _ = stop_http.send(true);
     if let Some(h) = http {
         h.await
             .expect("the HTTP task does not panic")
             .context("HTTP endpoint")?;
     }
+    tracing::info!("shutting down: stopping Raft");
+    node.shutdown().await;
+    ctx.persistent.shutdown().await;
     tokio::task::spawn_blocking(move || engine.flush())
         .await
         .expect("flush does not panic")
