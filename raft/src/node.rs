@@ -387,6 +387,20 @@ impl<S: Storage> RawNode<S> {
         self.term_at(index)
     }
 
+    /// A leader's view of each member's log: the highest index known to match its own
+    /// (`Progress::matched`), by id, the leader itself included (its persisted last index).
+    /// Empty on any node that does not lead. Read-only, for status pages and metrics: a
+    /// follower's lag is `commit` (or `last_index`) minus its match.
+    pub fn matched(&self) -> Vec<(NodeId, u64)> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        self.progress
+            .iter()
+            .map(|(id, p)| (*id, p.matched))
+            .collect()
+    }
+
     /// Whether a segment is being shipped to `id` (leaders only).
     pub fn is_shipping_to(&self, id: NodeId) -> bool {
         self.progress

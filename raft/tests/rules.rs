@@ -362,6 +362,30 @@ fn learner_acknowledgements_do_not_count_toward_commitment() {
     assert_eq!(net.n(1).commit(), index, "a voter's ack makes a majority");
 }
 
+/// `matched`, the read-only view a status page shows: a leader reports each member's
+/// match (learners included, itself at its persisted last index), moving only on
+/// acknowledgements; a follower reports nothing.
+#[test]
+fn the_leader_reports_each_members_match_and_a_follower_none() {
+    let mut net = Net::new(&[1, 2, 3], &[4], 0, |_| {});
+    net.elect(1, all);
+    let start = net.n(1).last_index();
+    let ids: Vec<u64> = net.n(1).matched().iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4]);
+    let index = net.n(1).propose(b"x".to_vec()).unwrap();
+    let out = net.drain(1);
+    let acks = net.deliver(to(&out, 2));
+    net.deliver(acks);
+    let matched: BTreeMap<u64, u64> = net.n(1).matched().into_iter().collect();
+    assert_eq!(matched[&1], index, "the leader, once persisted");
+    assert_eq!(matched[&2], index, "acknowledged");
+    assert!(matched[&3] <= start && matched[&4] <= start, "{matched:?}");
+    assert!(
+        net.n(2).matched().is_empty(),
+        "a follower has no progress to show"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. A membership takes effect when appended
 // ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 /// Keys a file may set, with their environment variables.
-pub const KEYS: [(&str, &str); 11] = [
+pub const KEYS: [(&str, &str); 16] = [
     ("data_dir", "QUIVER_DATA_DIR"),
     ("segment_mib", "QUIVER_SEGMENT_MIB"),
     ("store_id", "QUIVER_STORE_ID"),
@@ -30,6 +30,11 @@ pub const KEYS: [(&str, &str); 11] = [
     ("token", "QUIVER_TOKEN"),
     ("timeout", "QUIVER_TIMEOUT"),
     ("slow_client_budget_mib", "QUIVER_SLOW_CLIENT_BUDGET_MIB"),
+    ("node_id", "QUIVER_NODE_ID"),
+    ("initial_members", "QUIVER_INITIAL_MEMBERS"),
+    ("peer_listen", "QUIVER_PEER_LISTEN"),
+    ("cluster_secret", "QUIVER_CLUSTER_SECRET"),
+    ("cluster_secret_file", "QUIVER_CLUSTER_SECRET_FILE"),
 ];
 
 /// The environment assignments a file asks for: `(variable, value)`, in file order, for the

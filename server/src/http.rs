@@ -31,30 +31,57 @@ pub struct Status {
     pub data_bytes: u64,
     /// Whether appends are served without waiting.
     pub writable: bool,
+    /// The node's view of its cluster (cluster mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
-fn status(ctx: &Ctx) -> Status {
+/// What the handlers read: the server's context and, in cluster mode, the Raft loop.
+#[derive(Clone)]
+struct HttpState {
+    ctx: Arc<Ctx>,
+    cluster: Option<crate::cluster::ClusterHandle>,
+}
+
+fn status(ctx: &Ctx, cluster: Option<&crate::cluster::ClusterHandle>) -> Status {
     let e = &ctx.engine;
+    let cluster = cluster.map(|c| c.status());
     Status {
         version: env!("CARGO_PKG_VERSION"),
         store_id: ctx.store_id.clone(),
-        role: "leader",
+        role: match &cluster {
+            None => "leader",
+            Some(c) if c.role == "leader" => "leader",
+            Some(c) if c.role == "failed" => "failed",
+            Some(_) => "follower",
+        },
         commit_position: e.commit_position(),
         last_index: e.last_index_term().0,
         streams: e.list_streams("", None, usize::MAX).len() as u64,
         data_bytes: e.data_bytes(),
-        writable: e.is_writable(),
+        // Cluster mode does not serve client appends yet.
+        writable: e.is_writable() && cluster.is_none(),
+        cluster,
     }
 }
 
 /// The router; separate from [`serve`] so tests can drive it without a socket.
 pub fn router(ctx: Arc<Ctx>) -> Router {
+    router_with(ctx, None)
+}
+
+/// The router of a node, in cluster mode when `cluster` is given.
+pub fn router_with(ctx: Arc<Ctx>, cluster: Option<crate::cluster::ClusterHandle>) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route(
             "/health/ready",
-            get(|State(ctx): State<Arc<Ctx>>| async move {
-                if ctx.engine.is_writable() {
+            get(|State(st): State<HttpState>| async move {
+                let ready = match &st.cluster {
+                    None => st.ctx.engine.is_writable(),
+                    Some(c) => c.is_ready(),
+                };
+                if ready {
                     (StatusCode::OK, "ready\n")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -63,7 +90,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route(
             "/metrics",
-            get(|State(ctx): State<Arc<Ctx>>| async move {
+            get(|State(st): State<HttpState>| async move {
+                let ctx = &st.ctx;
                 let groups = ctx.persistent.list().await;
                 let body = ctx.metrics.render(&ctx.engine, &groups);
                 let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -72,9 +100,11 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route(
             "/status",
-            get(|State(ctx): State<Arc<Ctx>>| async move { Json(status(&ctx)) }),
+            get(|State(st): State<HttpState>| async move {
+                Json(status(&st.ctx, st.cluster.as_ref()))
+            }),
         )
-        .with_state(ctx)
+        .with_state(HttpState { ctx, cluster })
 }
 
 /// Binds the endpoint's socket (before the runtime serves it, so a taken port fails start).
@@ -90,8 +120,18 @@ pub async fn serve(
     ctx: Arc<Ctx>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, ctx, None, shutdown).await
+}
+
+/// [`serve`], in cluster mode when `cluster` is given.
+pub async fn serve_with(
+    listener: std::net::TcpListener,
+    ctx: Arc<Ctx>,
+    cluster: Option<crate::cluster::ClusterHandle>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, router(ctx))
+    axum::serve(listener, router_with(ctx, cluster))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -7,6 +7,7 @@
 //! ## Layout
 //! - `lib.rs` — [`ServerConfig`], [`Server::start`] and [`Server::run`] with clean shutdown.
 //! - `connection.rs` — accepting connections, `Hello`, one task per request stream.
+//! - `cluster/` — cluster mode: the Raft loop over the engine, peers, cluster status.
 //! - `cmd.rs` — each request applied to the engine, responses and streamed reads.
 //! - `budget.rs` — the ceiling on memory held for clients that do not read their responses.
 //! - `config_file.rs` — the optional TOML configuration file (below flags and environment).
@@ -22,6 +23,7 @@
 
 pub mod budget;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod config_file;
 pub mod connection;

@@ -7,13 +7,15 @@
 //! checks every record of a stopped store against its checksum. The other commands
 //! (`append`, `read`, `read-all`, `streams`, `stream-meta`, `delete`, `snapshot`, `status`,
 //! `health`, `scavenge`) are clients of a running node: see `quiver_server::cli`.
+//! `quiver serve --db-type cluster` runs a Raft node instead (`quiver_server::cluster`), and
+//! `quiver cluster status` shows a node's view of its cluster.
 //!
 //! Configuration: flags > environment (`QUIVER_*`) > defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use quiver_engine::{Engine, EngineConfig};
 use quiver_server::{Server, ServerConfig, HTTP_DEFAULT, LISTEN_DEFAULT};
@@ -33,7 +35,7 @@ struct Cli {
 enum DbType {
     /// One node; a write is committed when it is durable here.
     Single,
-    /// A Raft cluster (not available yet).
+    /// A Raft cluster node (forming and electing; client commands not served yet).
     Cluster,
 }
 
@@ -45,6 +47,47 @@ struct StoreArgs {
     /// Segment files roll over at this many MiB.
     #[arg(long, env = "QUIVER_SEGMENT_MIB", default_value_t = 64)]
     segment_mib: u64,
+}
+
+/// Cluster mode only (`--db-type cluster`).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// This node's id (not 0). Kept in DATA_DIR/node-id on first start; a later start with
+    /// another id is refused. Default: the file's, else a random one.
+    #[arg(long, env = "QUIVER_NODE_ID")]
+    node_id: Option<String>,
+    /// The voters of a new cluster and their peer addresses: id=host:port,... (the same
+    /// list on every node).
+    #[arg(long, env = "QUIVER_INITIAL_MEMBERS", value_name = "ID=ADDR,...")]
+    initial_members: Option<String>,
+    /// Peer address (UDP) for the other nodes.
+    #[arg(long, env = "QUIVER_PEER_LISTEN",
+          default_value = quiver_server::cluster::config::PEER_LISTEN_DEFAULT)]
+    peer_listen: String,
+    /// The cluster secret (at least 16 bytes; 32 random bytes recommended). Prefer the
+    /// environment or --cluster-secret-file: a flag is visible in the process list.
+    #[arg(long, env = "QUIVER_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// A file holding the cluster secret (a trailing line break is ignored).
+    #[arg(long, env = "QUIVER_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show a node's role, term, leader, commit and applied index, members and peer links
+    /// (from its HTTP endpoint's /status).
+    Status {
+        /// The node's HTTP operations address.
+        #[arg(long, env = "QUIVER_HTTP", default_value = HTTP_DEFAULT)]
+        http: SocketAddr,
+        /// Print the JSON object instead.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +127,13 @@ enum Command {
         #[arg(long, env = "QUIVER_SLOW_CLIENT_BUDGET_MIB", default_value_t = 256,
               value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         slow_client_budget_mib: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// A cluster node's view of its cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Check every record of a store that is not running against its checksum.
     Verify {
@@ -124,10 +174,8 @@ fn main() -> anyhow::Result<()> {
             token,
             timeout,
             slow_client_budget_mib,
+            cluster,
         } => {
-            if db_type == DbType::Cluster {
-                bail!("QUIVER_DB_TYPE=cluster is not available yet: run a single node");
-            }
             let config = ServerConfig {
                 segment_mib: store.segment_mib,
                 store_id,
@@ -143,7 +191,27 @@ fn main() -> anyhow::Result<()> {
                 slow_client_bytes_max: (slow_client_budget_mib as usize) << 20,
                 ..ServerConfig::new(store.data_dir)
             };
-            serve(config)
+            match db_type {
+                DbType::Single => serve(config),
+                DbType::Cluster => serve_cluster(config, cluster),
+            }
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::Status {
+                    http,
+                    json,
+                    timeout,
+                },
+        } => {
+            use quiver_server::cluster::status_cli;
+            let status = status_cli::fetch(http, std::time::Duration::from_secs(timeout))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status_cli::render(&status));
+            }
+            Ok(())
         }
         Command::Verify { store } => {
             let config = EngineConfig::default().segment_bytes_max(store.segment_mib << 20);
@@ -185,6 +253,52 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
             "quiver is serving (single node)"
         );
         server.run(shutdown_signal()).await?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> {
+    use quiver_server::cluster::{config as cc, ClusterConfig, ConfigError};
+    // Checked before anything is opened or bound: a node without a usable secret or member
+    // list must not start at all.
+    let secret = cc::load_secret(
+        args.cluster_secret.as_deref(),
+        args.cluster_secret_file.as_deref(),
+    )?;
+    let members = cc::parse_members(
+        args.initial_members
+            .as_deref()
+            .ok_or(ConfigError::MissingMembers)?,
+    )?;
+    // Parsed here rather than by clap, so that a cluster variable in the environment of a
+    // single node changes nothing there.
+    let flag = args
+        .node_id
+        .map(|id| id.parse::<u64>())
+        .transpose()
+        .context("--node-id must be a number")?;
+    let peer_listen: SocketAddr = args
+        .peer_listen
+        .parse()
+        .with_context(|| format!("--peer-listen {}", args.peer_listen))?;
+    let (node_id, generated) = cc::node_id(&config.data_dir, flag)?;
+    if generated {
+        tracing::info!(node_id, "generated a node id, kept in the data directory");
+    }
+    if !members.iter().any(|(id, _)| *id == node_id) {
+        tracing::warn!(
+            node_id,
+            "this node is not in --initial-members: it will not campaign, and waits to be \
+             added to the cluster"
+        );
+    }
+    let cluster = ClusterConfig::new(node_id, members, peer_listen, secret);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        quiver_server::cluster::serve(&config, &cluster, shutdown_signal()).await?;
         tracing::info!("stopped cleanly");
         Ok(())
     })
