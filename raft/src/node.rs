@@ -275,6 +275,11 @@ pub struct RawNode<S: Storage> {
     broadcast_due: bool,
     /// A `Ready` was handed out and not yet advanced.
     ready_out: bool,
+    /// A segment's last chunk was taken and is not yet persisted: until it is, this node's
+    /// view of the log lacks the segment's entries (it was cut at the segment's first
+    /// index), so messages are held in `deferred` and stepped once it is installed.
+    installing: bool,
+    deferred: VecDeque<Message>,
 }
 
 impl<S: Storage> RawNode<S> {
@@ -329,6 +334,8 @@ impl<S: Storage> RawNode<S> {
             chunks_out: Vec::new(),
             broadcast_due: false,
             ready_out: false,
+            installing: false,
+            deferred: VecDeque::new(),
         };
         node.reload_confs();
         node.reset_timeout();
@@ -516,7 +523,7 @@ impl<S: Storage> RawNode<S> {
             }
             _ => {
                 if self.election_elapsed >= self.election_timeout {
-                    if self.may_campaign() {
+                    if self.may_campaign() && !self.installing {
                         self.campaign_pre();
                     } else {
                         self.reset_timeout();
@@ -529,6 +536,13 @@ impl<S: Storage> RawNode<S> {
     /// Takes a message from another node.
     pub fn step(&mut self, m: Message) {
         if m.to != self.config.id {
+            return;
+        }
+        if self.installing {
+            // Answering now would answer from a log that lacks the segment being installed
+            // (a vote could go to a candidate without entries this node has acknowledged;
+            // an append could find its commit index missing): wait until it is persisted.
+            self.deferred.push_back(m);
             return;
         }
         let is_pre = matches!(
@@ -730,6 +744,7 @@ impl<S: Storage> RawNode<S> {
         }
         if installed {
             self.reload_confs();
+            self.installing = false;
         }
         if let Some(last) = ready.committed.last() {
             self.applied = last.index;
@@ -745,6 +760,13 @@ impl<S: Storage> RawNode<S> {
             {
                 self.maybe_commit();
             }
+        }
+        // Messages held while a segment was installed, in the order they came.
+        while !self.installing {
+            let Some(m) = self.deferred.pop_front() else {
+                break;
+            };
+            self.step(m);
         }
     }
 

@@ -1762,3 +1762,56 @@ fn the_window_holds_exactly_its_bounds() {
         "5 + 5 bytes fill a window of 10"
     );
 }
+
+/// Segment shipping with pipelined persistence: from the moment a segment's last chunk is
+/// taken until it is persisted, the follower's view of its log lacks the segment (it was cut
+/// at the segment's first index), so messages are held and answered once it is installed.
+/// Here the follower's commit index (2) lies inside the segment: a heartbeat stepped in that
+/// window used to find its commit index missing from the log and panic.
+#[test]
+fn messages_wait_while_a_segment_is_installed() {
+    let log: Vec<Entry> = (1..=4).map(|i| entry(i, 1)).collect();
+    let mut leader_disk = storage_with(&log, 1, 4);
+    leader_disk.segment_entries = 4;
+    let meta = leader_disk.segment_from(1).expect("1..=4 is sealed");
+    let bytes = leader_disk.segment_bytes(1, 0, usize::MAX);
+    let from_1 = |kind| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        kind,
+    };
+    let mut n2 = RawNode::new(Config::new(2, vec![1, 2, 3], 2), MemStorage::default());
+    n2.step(from_1(MessageKind::Append {
+        prev_index: 0,
+        prev_term: 0,
+        entries: log[..2].to_vec(),
+        commit: 2,
+        read: 0,
+    }));
+    n2.step(from_1(MessageKind::Segment {
+        first: 1,
+        last: meta.last,
+        last_term: meta.last_term,
+        prev_term: 0,
+        offset: 0,
+        data: bytes,
+        done: true,
+    }));
+    let heartbeat = MessageKind::Append {
+        prev_index: 0,
+        prev_term: 0,
+        entries: Vec::new(),
+        commit: 4,
+        read: 7,
+    };
+    n2.step(from_1(heartbeat));
+    let out = drain(&mut n2);
+    assert_eq!(n2.storage().entries(1, 5, usize::MAX), log, "installed");
+    assert_eq!(n2.last_index(), 4);
+    assert!(
+        out.iter()
+            .any(|m| matches!(m.kind, MessageKind::AppendResp { reject: false, read: 7, .. })),
+        "the heartbeat was answered: {out:?}"
+    );
+}

@@ -409,6 +409,16 @@ impl Sim {
         let disk = &self.disks[i];
         let mut found = Vec::new();
         for &index in indexes {
+            if index > disk.last_index() {
+                // Written, then cut by a later write of the same Ready (a segment installed
+                // over it): the node would take as persisted what is gone.
+                let why = format!(
+                    "node {} wrote entry {index}, but its log now ends at {}",
+                    i + 1,
+                    disk.last_index()
+                );
+                self.fail(why);
+            }
             let Some(e) = disk.entries(index, index + 1, usize::MAX).pop() else {
                 continue;
             };

@@ -108,6 +108,7 @@ impl<S: Storage> RawNode<S> {
             // committed on the leader, so anything of ours it replaces was not.
             self.incoming = None;
             self.truncate_from(first);
+            self.installing = true;
             self.send(from, accept);
         } else {
             self.incoming = Some(Incoming {
