@@ -855,7 +855,11 @@ fn soak() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let shape = [THREE, FIVE, LONE, TWO][(seed % 4) as usize];
-        run(seed, shape, steps_for(shape));
+        // A panic outside the checks (an assertion in the core) still names its seed.
+        if let Err(panic) = std::panic::catch_unwind(|| run(seed, shape, steps_for(shape))) {
+            eprintln!("soak: seed {seed} ({shape:?}) failed; replay: QUIVER_SEED={seed}");
+            std::panic::resume_unwind(panic);
+        }
         runs += 1;
     }
     eprintln!("soak: {runs} runs in {secs} s, no failure");
