@@ -1836,3 +1836,12 @@ fn messages_wait_while_a_segment_is_installed() {
         "the heartbeat was answered: {out:?}"
     );
 }
+
+/// A follower that is merely behind, its log a prefix of the leader's, is resent exactly what
+/// it lacks: its hint is its last index, not the start of its last term's run.
+#[test]
+fn a_follower_behind_is_resent_only_what_it_lacks() {
+    let ours: Vec<Entry> = run_of(1, 20, 2).collect();
+    let theirs: Vec<Entry> = run_of(1, 12, 2).collect();
+    assert_eq!(backtrack(&ours, &theirs, 5), (1, 13));
+}
