@@ -1845,3 +1845,57 @@ fn a_follower_behind_is_resent_only_what_it_lacks() {
     let theirs: Vec<Entry> = run_of(1, 12, 2).collect();
     assert_eq!(backtrack(&ours, &theirs, 5), (1, 13));
 }
+
+/// Segment shipping, like an append: a segment is taken only if it follows this node's log
+/// (the entry before it has `prev_term`), and one that is not well formed (first index 0,
+/// or a last index before its first) is refused; nothing is persisted either way.
+#[test]
+fn a_segment_that_does_not_follow_the_log_is_refused() {
+    let chunk = |first, last, prev_term| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        kind: MessageKind::Segment {
+            first,
+            last,
+            last_term: 1,
+            prev_term,
+            offset: 0,
+            data: b"never looked at".to_vec(),
+            done: true,
+        },
+    };
+    for (first, last, prev_term, why) in [
+        (3, 6, 2, "the entry before it is of another term"),
+        (5, 8, 1, "the entry before it is missing"),
+        (0, 4, 0, "first index 0"),
+        (5, 4, 1, "last before first"),
+    ] {
+        let mut n2 = node(2, &[entry(1, 1), entry(2, 1)], 1, 1);
+        n2.step(chunk(first, last, prev_term));
+        let ready = n2.ready();
+        assert!(ready.chunks.is_empty(), "{why}: taken");
+        assert!(
+            ready
+                .messages
+                .iter()
+                .all(|m| matches!(m.kind, MessageKind::AppendResp { reject: true, .. })),
+            "{why}: {:?}",
+            ready.messages
+        );
+        assert_eq!(ready.messages.len(), 1, "{why}: answered once");
+        n2.advance(ready);
+    }
+    // A segment of one entry that follows the log is taken.
+    let log: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+    let mut leader_disk = storage_with(&log, 1, 3);
+    leader_disk.segment_entries = 1;
+    let mut n2 = node(2, &log[..2], 1, 1);
+    let mut one = chunk(3, 3, 1);
+    if let MessageKind::Segment { data, .. } = &mut one.kind {
+        *data = leader_disk.segment_bytes(3, 0, usize::MAX);
+    }
+    n2.step(one);
+    drain(&mut n2);
+    assert_eq!(n2.storage().entries(1, 4, usize::MAX), log, "installed");
+}
