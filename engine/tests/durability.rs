@@ -347,7 +347,7 @@ fn torn_tail_before_a_half_created_segment_is_cut() {
         .join(segment::segment_name(first + offsets.len() as u64));
     std::fs::write(&next, vec![0u8; 16 << 10]).unwrap();
 
-    let engine = Engine::open(dir.path(), config).expect("an ordinary crash opens");
+    let engine = Engine::open(dir.path(), config.clone()).expect("an ordinary crash opens");
     assert_eq!(
         engine.stream_info("s").unwrap().current_version,
         Some(v - 2)
@@ -361,6 +361,25 @@ fn torn_tail_before_a_half_created_segment_is_cut() {
             vec![EventData::json("E", "{}")],
         )
         .unwrap();
+    // The cut segment took the append where the torn record was: it is the active one again,
+    // and a restart finds the log whole, with nothing of the torn record.
+    let segments = files_with(dir.path(), SEGMENT_EXT);
+    assert_eq!(segments.last(), Some(&last), "no new segment was started");
+    assert!(
+        !last.with_extension(SUMMARY_EXT).exists(),
+        "the active segment has no summary"
+    );
+    drop(engine);
+    let engine = Engine::open(dir.path(), config).expect("reopens");
+    assert_eq!(
+        engine.stream_info("s").unwrap().current_version,
+        Some(v - 1)
+    );
+    assert_eq!(
+        engine.open_stats().torn_bytes_cut,
+        0,
+        "nothing torn this time"
+    );
 }
 
 /// Bug 8, first half: a flipped bit in the last acknowledged record was cut silently as a
