@@ -126,13 +126,19 @@ fn truncation_at_a_segment_boundary_leaves_no_stale_summary() {
 /// A segment file whose header says it starts at index `header_index` and whose one record
 /// has index `record_index`, pre-zeroed to 64 KiB.
 fn crafted_segment(path: &Path, header_index: u64, record_index: u64) {
+    crafted_segment_at(path, (header_index, 0), (record_index, 0), 0);
+}
+
+/// The same with positions: header (index, position), record (index, position) appending
+/// version `version` of stream "s".
+fn crafted_segment_at(path: &Path, header: (u64, u64), record: (u64, u64), version: u64) {
     use zerocopy::IntoBytes;
     let capacity = 64 << 10;
-    let mut bytes = format::segment_header(header_index, 0, capacity)
+    let mut bytes = format::segment_header(header.0, header.1, capacity)
         .as_bytes()
         .to_vec();
-    let body = encode_stream_append("s", 0, 1, &[EventData::json("E", "{}")]);
-    let h = format::record_header(EntryKind::Append, record_index, 1, 0, 1, &body);
+    let body = encode_stream_append("s", version, 1, &[EventData::json("E", "{}")]);
+    let h = format::record_header(EntryKind::Append, record.0, 1, record.1, 1, &body);
     bytes.extend_from_slice(h.as_bytes());
     bytes.extend_from_slice(&body);
     bytes.resize(capacity as usize, 0);
@@ -625,4 +631,27 @@ fn truncation_below_the_durable_floor_is_refused() {
     assert_eq!(engine.last_index_term().0, 10);
     engine.truncate_suffix(9).unwrap();
     assert_eq!(engine.last_index_term().0, 8);
+}
+
+/// A segment whose first index continues the log but whose first position does not (a
+/// position gap) is damage: below the durable floor it is reported with its file, never
+/// read as a log with a hole in `$all`.
+#[test]
+fn a_segment_whose_position_does_not_continue_the_log_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    crafted_segment_at(
+        &dir.path().join(segment::segment_name(1)),
+        (1, 0),
+        (1, 0),
+        0,
+    );
+    let second = dir.path().join(segment::segment_name(2));
+    crafted_segment_at(&second, (2, 5), (2, 5), 1);
+    // Record 2 is known durable (a Raft commit index), so this is no torn tail to cut.
+    let config = EngineConfig::default().durable_floor(2);
+    match Engine::open(dir.path(), config) {
+        Err(OpenError::Corruption(c)) => assert_eq!(c.file, second, "{c}"),
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("a log with a position gap was opened"),
+    }
 }
