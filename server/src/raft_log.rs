@@ -72,27 +72,29 @@ fn to_record(e: &Entry) -> Result<(u8, u32, Bytes), LogError> {
         }
         EntryKind::Normal if e.data.is_empty() => Ok((RecordKind::NoOp as u8, 0, Bytes::new())),
         EntryKind::Normal => {
-            let Some((&kind, rest)) = e.data.split_first() else {
-                return Err(bad("empty command"));
-            };
-            let Some((slots, body)) = rest.split_first_chunk::<4>() else {
-                return Err(bad("command shorter than its header"));
-            };
-            let k = RecordKind::from_byte(kind)?;
-            if matches!(k, RecordKind::Membership | RecordKind::NoOp) {
-                return Err(bad("a command may not be a membership or a no-op"));
-            }
-            if body.len() > format::RECORD_BODY_BYTES_MAX {
-                return Err(bad("command body exceeds the record limit"));
-            }
-            format::decode_entry(k, body)?;
-            Ok((
-                kind,
-                u32::from_le_bytes(*slots),
-                Bytes::copy_from_slice(body),
-            ))
+            let (kind, slots, body) = check_command(&e.data)?;
+            Ok((kind, slots, Bytes::copy_from_slice(body)))
         }
     }
+}
+
+/// A command's (kind, slots, body), checked as the engine will check its record.
+fn check_command(data: &[u8]) -> Result<(u8, u32, &[u8]), LogError> {
+    let Some((&kind, rest)) = data.split_first() else {
+        return Err(bad("empty command"));
+    };
+    let Some((slots, body)) = rest.split_first_chunk::<4>() else {
+        return Err(bad("command shorter than its header"));
+    };
+    let k = RecordKind::from_byte(kind)?;
+    if matches!(k, RecordKind::Membership | RecordKind::NoOp) {
+        return Err(bad("a command may not be a membership or a no-op"));
+    }
+    if body.len() > format::RECORD_BODY_BYTES_MAX {
+        return Err(bad("command body exceeds the record limit"));
+    }
+    format::decode_entry(k, body)?;
+    Ok((kind, u32::from_le_bytes(*slots), body))
 }
 
 /// Why the Raft log could not be opened.
@@ -122,10 +124,7 @@ pub enum ProposeError {
 /// it: every node writes what a leader proposes, so a command the engine refuses is refused
 /// here, before any node has seen it.
 pub fn propose(node: &mut RawNode<EngineLog>, data: Vec<u8>) -> Result<u64, ProposeError> {
-    if data.is_empty() {
-        return Err(ProposeError::Invalid(bad("empty command")));
-    }
-    to_record(&Entry::normal(0, 0, data.clone())).map_err(ProposeError::Invalid)?;
+    check_command(&data).map_err(ProposeError::Invalid)?;
     Ok(node.propose(data)?)
 }
 
@@ -175,15 +174,20 @@ impl EngineLog {
     /// offset), and the engine refuses to truncate below it.
     pub fn open(dir: &Path, config: EngineConfig) -> Result<EngineLog, OpenLogError> {
         let hard = read_hard_state(&dir.join(HARD_STATE_FILE))?;
-        let floor = hard.commit.max(read_commit_mark(dir)?.1);
+        let mark = read_commit_mark(dir)?;
+        let floor = hard.commit.max(mark.1);
         let config = config.commit_on_durable(false).durable_floor(floor);
         let engine = Engine::open(dir, config)?;
-        Ok(EngineLog::over(engine, hard)?)
+        Ok(EngineLog::over(engine, hard, mark)?)
     }
 
-    fn over(engine: Engine, mut hard: HardState) -> Result<EngineLog, LogError> {
+    fn over(
+        engine: Engine,
+        mut hard: HardState,
+        commit_mark: (u64, u64),
+    ) -> Result<EngineLog, LogError> {
         engine.set_term(hard.term.max(engine.last_index_term().1));
-        let (commit_file, commit_mark) = open_commit_mark(engine.dir())?;
+        let commit_file = open_commit_file(engine.dir())?;
         // The engine's commit point only ever moved on Raft's word, and sealed, summarized
         // segments are committed: take whichever knows more.
         let last = engine.last_index_term().0;
@@ -268,10 +272,11 @@ impl EngineLog {
         };
         if last.index > self.commit_mark.1 {
             let seq = self.commit_mark.0 + 1;
-            let mut slot = Vec::with_capacity(COMMIT_SLOT_BYTES);
-            slot.extend_from_slice(&seq.to_le_bytes());
-            slot.extend_from_slice(&last.index.to_le_bytes());
-            slot.extend_from_slice(&crc32c::crc32c(&slot).to_le_bytes());
+            let mut slot = [0u8; COMMIT_SLOT_BYTES];
+            slot[..8].copy_from_slice(&seq.to_le_bytes());
+            slot[8..16].copy_from_slice(&last.index.to_le_bytes());
+            let crc = crc32c::crc32c(&slot[..16]);
+            slot[16..].copy_from_slice(&crc.to_le_bytes());
             let at = (seq % 2) * COMMIT_SLOT_BYTES as u64;
             self.commit_file.write_all_at(&slot, at)?;
             self.commit_mark = (seq, last.index);
@@ -400,16 +405,13 @@ fn read_hard_state(path: &Path) -> Result<HardState, LogError> {
     })
 }
 
-/// Opens (creating) `raft-commit` and reads its mark: (sequence, commit), (0, 0) if none.
-fn open_commit_mark(dir: &Path) -> Result<(File, (u64, u64)), LogError> {
-    let file = OpenOptions::new()
+/// Opens (creating) `raft-commit` for writing marks.
+fn open_commit_file(dir: &Path) -> Result<File, LogError> {
+    Ok(OpenOptions::new()
         .create(true)
         .truncate(false)
-        .read(true)
         .write(true)
-        .open(dir.join(COMMIT_FILE))?;
-    let mark = commit_mark_of(&file)?;
-    Ok((file, mark))
+        .open(dir.join(COMMIT_FILE))?)
 }
 
 /// The mark in `raft-commit`, without creating it: (0, 0) if there is none.
