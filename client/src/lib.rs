@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quiver_net::message::{self, Expected, Match, Request, Response};
 use quiver_net::quic::read_frame;
-use quiver_net::{Text, PROTOCOL_VERSION};
+use quiver_net::{ErrorCode, Text, PROTOCOL_VERSION};
 use uuid::Uuid;
 
 pub use error::Error;
@@ -57,8 +57,12 @@ pub const RESPONSE_PAYLOAD_BYTES_MAX: usize = quiver_net::frame::FRAME_PAYLOAD_B
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Server address.
+    /// Server address: the one tried first.
     pub server: SocketAddr,
+    /// Other nodes of the same cluster. A request refused by a node that is not the leader,
+    /// or by one that cannot serve, or that cannot reach its node, moves on to the next
+    /// address (see [`Client`]).
+    pub others: Vec<SocketAddr>,
     /// Name the server's certificate must carry.
     pub server_name: String,
     /// PEM file of the certificate authority to trust.
@@ -75,6 +79,7 @@ impl ClientConfig {
     pub fn local(data_dir: impl AsRef<Path>) -> Self {
         ClientConfig {
             server: SERVER_DEFAULT.parse().expect("a valid default address"),
+            others: Vec::new(),
             server_name: "localhost".into(),
             ca_file: data_dir.as_ref().join("tls").join("ca.pem"),
             token: None,
@@ -86,6 +91,23 @@ impl ClientConfig {
     pub fn server(mut self, addr: SocketAddr) -> Self {
         self.server = addr;
         self
+    }
+
+    /// Sets every address of a cluster: the first is tried first. The nodes must all present
+    /// certificates for [`ClientConfig::server_name`] signed by the one CA trusted.
+    pub fn servers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let mut addrs = addrs.into_iter();
+        if let Some(first) = addrs.next() {
+            self.server = first;
+        }
+        self.others = addrs.filter(|a| *a != self.server).collect();
+        self
+    }
+
+    fn addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.server)
+            .chain(self.others.iter().copied())
+            .collect()
     }
 
     /// Sets the CA file to trust.
@@ -361,6 +383,9 @@ pub struct Client {
     conn: Arc<tokio::sync::Mutex<quinn::Connection>>,
     max_frame: Arc<AtomicUsize>,
     timeout: Duration,
+    /// Index in `addresses` of the node in use.
+    at: Arc<AtomicUsize>,
+    addresses: Arc<[SocketAddr]>,
     config: ClientConfig,
 }
 
@@ -371,13 +396,22 @@ const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 /// Tries before a call gives up on reconnecting.
 const RECONNECT_TRIES_MAX: u32 = 6;
 
-/// Connects and says `Hello`; returns the connection and the server's frame limit.
+/// Tries of one request across the nodes of a cluster: enough to outlast an election
+/// (about 1–3 s) with the waits of [`MOVE_DELAY_MIN`] doubling up to [`MOVE_DELAY_MAX`].
+const MOVE_TRIES_MAX: u32 = 12;
+/// First wait before a request moves to the next node.
+const MOVE_DELAY_MIN: Duration = Duration::from_millis(50);
+/// Longest wait before a request moves to the next node.
+const MOVE_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// Connects to `addr` and says `Hello`; returns the connection and the server's frame limit.
 async fn handshake(
     endpoint: &quinn::Endpoint,
     config: &ClientConfig,
+    addr: SocketAddr,
 ) -> Result<(quinn::Connection, usize), Error> {
     let connecting = endpoint
-        .connect(config.server, &config.server_name)
+        .connect(addr, &config.server_name)
         .map_err(|e| Error::Connect(e.to_string()))?;
     let conn = tokio::time::timeout(config.timeout, connecting)
         .await
@@ -420,12 +454,29 @@ impl Client {
             })?;
         let endpoint =
             quiver_net::quic::client_endpoint(&roots).map_err(|e| Error::Connect(e.to_string()))?;
-        let (conn, max_frame) = handshake(&endpoint, &config).await?;
+        let addresses = config.addresses();
+        let mut first = None;
+        for (at, addr) in addresses.iter().enumerate() {
+            match handshake(&endpoint, &config, *addr).await {
+                Ok(c) => {
+                    first = Some((at, c));
+                    break;
+                }
+                Err(e @ (Error::Unauthenticated(_) | Error::UnsupportedVersion(_))) => {
+                    return Err(e)
+                }
+                Err(e) if at + 1 == addresses.len() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let (at, (conn, max_frame)) = first.expect("at least one address was tried");
         Ok(Client {
             endpoint,
             conn: Arc::new(tokio::sync::Mutex::new(conn)),
             max_frame: Arc::new(AtomicUsize::new(max_frame)),
             timeout: config.timeout,
+            at: Arc::new(AtomicUsize::new(at)),
+            addresses: addresses.into(),
             config,
         })
     }
@@ -448,7 +499,8 @@ impl Client {
         let mut delay = RECONNECT_DELAY_MIN;
         let mut last = None;
         for _ in 0..RECONNECT_TRIES_MAX {
-            match handshake(&self.endpoint, &self.config).await {
+            let addr = self.address();
+            match handshake(&self.endpoint, &self.config, addr).await {
                 Ok((fresh, max_frame)) => {
                     self.max_frame.store(max_frame, Ordering::Relaxed);
                     *conn = fresh;
@@ -458,7 +510,11 @@ impl Client {
                 Err(e @ (Error::Unauthenticated(_) | Error::UnsupportedVersion(_))) => {
                     return Err(e)
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    last = Some(e);
+                    // In a cluster, the next node may answer.
+                    self.at.fetch_add(1, Ordering::Relaxed);
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RECONNECT_DELAY_MAX);
@@ -466,9 +522,74 @@ impl Client {
         Err(last.unwrap_or(Error::Timeout))
     }
 
+    /// The address of the node in use.
+    fn address(&self) -> SocketAddr {
+        self.addresses[self.at.load(Ordering::Relaxed) % self.addresses.len()]
+    }
+
+    /// Sends one request and returns the first response frame, with the stream's receive
+    /// side for streamed reads. Given several addresses, a request refused as `NotLeader` or
+    /// by a node that cannot reach it, or that could not be sent, moves on to the next node
+    /// and is sent again (after a short wait: an election may be under way); so is a read
+    /// or an append answered `Unavailable` or cut off, or timed out: an append carries its
+    /// event ids, so a second try of one that was stored answers `idempotent` and stores
+    /// nothing twice. Other writes are not sent twice once they may have been applied.
+    async fn open(&self, req: &Request) -> Result<(Response, quinn::RecvStream, BytesMut), Error> {
+        let mut delay = MOVE_DELAY_MIN;
+        let mut tries = 0;
+        loop {
+            let conn = self.conn.lock().await.stable_id();
+            let outcome = self.open_once(req).await;
+            let error = match &outcome {
+                Ok((Response::Error { code, .. }, _, _)) => Some(Some(*code)),
+                Ok(_) => None,
+                Err(Error::Connect(_)) => Some(Some(ErrorCode::NotLeader)),
+                Err(Error::Transport(_) | Error::Timeout) => Some(None),
+                Err(_) => None,
+            };
+            let Some(code) = error else { return outcome };
+            let repeatable = !matches!(
+                req,
+                Request::Delete { .. }
+                    | Request::SetMetadata { .. }
+                    | Request::PersistentCreate { .. }
+                    | Request::PersistentUpdate { .. }
+                    | Request::PersistentDelete { .. }
+                    | Request::PersistentReplayParked { .. }
+                    | Request::Scavenge
+            );
+            let moves = match code {
+                Some(ErrorCode::NotLeader) => true,
+                Some(ErrorCode::Unavailable) | None => repeatable,
+                Some(_) => false,
+            };
+            if !moves || self.addresses.len() < 2 || tries >= MOVE_TRIES_MAX {
+                return outcome;
+            }
+            tries += 1;
+            self.move_on(conn).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MOVE_DELAY_MAX);
+        }
+    }
+
+    /// Leaves the node of connection `from` for the next address (unless another request
+    /// moved already).
+    async fn move_on(&self, from: usize) {
+        let conn = self.conn.lock().await;
+        // Once per connection: requests refused together move the client one node on.
+        if conn.stable_id() == from && conn.close_reason().is_none() {
+            self.at.fetch_add(1, Ordering::Relaxed);
+            conn.close(0u32.into(), b"moving to another node");
+        }
+    }
+
     /// Sends one request on a fresh stream and returns the first response frame, with the
     /// stream's receive side for streamed reads.
-    async fn open(&self, req: &Request) -> Result<(Response, quinn::RecvStream, BytesMut), Error> {
+    async fn open_once(
+        &self,
+        req: &Request,
+    ) -> Result<(Response, quinn::RecvStream, BytesMut), Error> {
         let (mut send, mut recv) = self.stream().await?;
         let max_frame = self.max_frame.load(Ordering::Relaxed);
         let mut out = BytesMut::new();

@@ -9,14 +9,96 @@ use crate::error::AppendError;
 use crate::format::{self, EntryKind, EventToEncode, RECORD_BODY_BYTES_MAX};
 use crate::state::State;
 use crate::types::{
-    validate_event_type, validate_stream_name, AppendResult, ExpectedVersion, StreamWrite,
+    validate_event_type, validate_stream_name, AppendResult, DeleteKind, ExpectedVersion,
+    StreamMetadata, StreamWrite,
 };
+
+/// A write, as planned against the writers' view before it is framed here (one node) or
+/// proposed to Raft (a leader: see [`crate::Engine::plan`]).
+#[derive(Debug, Clone, Copy)]
+pub enum WriteOp<'a> {
+    /// An append to one or more streams, all or nothing.
+    Append(&'a [StreamWrite]),
+    /// A soft or hard delete, with an expected-version check.
+    Delete {
+        /// The stream.
+        stream: &'a str,
+        /// What the stream must be at.
+        expected: ExpectedVersion,
+        /// Soft or hard.
+        kind: DeleteKind,
+    },
+    /// Replaces a stream's metadata.
+    SetMetadata {
+        /// The stream.
+        stream: &'a str,
+        /// The new metadata.
+        metadata: &'a StreamMetadata,
+    },
+    /// Stores a snapshot blob.
+    PutSnapshot {
+        /// The stream.
+        stream: &'a str,
+        /// The version it captures.
+        version: u64,
+        /// The blob.
+        data: &'a [u8],
+    },
+    /// Removes a snapshot blob.
+    DeleteSnapshot {
+        /// The stream.
+        stream: &'a str,
+        /// Its version.
+        version: u64,
+    },
+}
+
+impl WriteOp<'_> {
+    /// The streams it writes or checks.
+    pub fn streams(&self) -> impl Iterator<Item = &str> {
+        let (many, one) = match self {
+            WriteOp::Append(w) => (*w, None),
+            WriteOp::Delete { stream, .. }
+            | WriteOp::SetMetadata { stream, .. }
+            | WriteOp::PutSnapshot { stream, .. }
+            | WriteOp::DeleteSnapshot { stream, .. } => (&[][..], Some(*stream)),
+        };
+        many.iter().map(|w| w.stream.as_str()).chain(one)
+    }
+}
 
 /// What an entry proposed by this node turns into before it is framed.
 pub(crate) struct Prepared {
     pub(crate) kind: EntryKind,
     pub(crate) count: u32,
     pub(crate) body: Vec<u8>,
+}
+
+/// A write planned by a Raft leader ([`crate::Engine::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Propose a record of this kind, consuming `count` positions, with this body. In
+    /// `result` the versions are final; the positions are this log's view now and the index
+    /// is 0: both are known once the record is in the log.
+    Propose {
+        /// The record's kind.
+        kind: EntryKind,
+        /// Positions it consumes (its events).
+        count: u32,
+        /// The record's body.
+        body: Vec<u8>,
+        /// What the write answers once committed.
+        result: AppendResult,
+    },
+    /// Every event id is stored already, in the record at `result.index` of term `term`
+    /// (committed or not): nothing to propose. The write succeeded if that record commits
+    /// with that term.
+    Stored {
+        /// The stored write's result (`idempotent` set).
+        result: AppendResult,
+        /// The term of the record that holds it.
+        term: u64,
+    },
 }
 
 pub(crate) enum AppendPlan {
@@ -57,7 +139,7 @@ pub(crate) fn check_expected(
 
 /// Validates a (multi-stream) append against the writers' view and encodes its body.
 pub(crate) fn prepare_append(
-    st: &mut State,
+    st: &State,
     writes: &[StreamWrite],
 ) -> Result<AppendPlan, AppendError> {
     if writes.is_empty() {
@@ -191,6 +273,68 @@ pub(crate) fn prepare_append(
             body,
         },
         result,
+    })
+}
+
+/// Validates any write against the writers' view and encodes its body. Only an append has
+/// versions and positions to report; the others' result is all zeros.
+pub(crate) fn prepare_op(st: &State, op: &WriteOp<'_>) -> Result<AppendPlan, AppendError> {
+    let named = |stream: &str| {
+        validate_stream_name(stream).map_err(|source| AppendError::InvalidStreamName {
+            name: stream.into(),
+            source,
+        })
+    };
+    let mut body = Vec::new();
+    let kind = match *op {
+        WriteOp::Append(writes) => return prepare_append(st, writes),
+        WriteOp::Delete {
+            stream,
+            expected,
+            kind,
+        } => {
+            named(stream)?;
+            let s = st.streams.get(stream);
+            check_expected(stream, expected, s)?;
+            let next_version = s.map_or(0, |s| s.next_version);
+            format::encode_delete(&mut body, stream, kind, next_version);
+            EntryKind::Delete
+        }
+        WriteOp::SetMetadata { stream, metadata } => {
+            named(stream)?;
+            check_expected(stream, ExpectedVersion::Any, st.streams.get(stream))?;
+            format::encode_metadata(&mut body, stream, metadata);
+            EntryKind::Metadata
+        }
+        WriteOp::PutSnapshot {
+            stream,
+            version,
+            data,
+        } => {
+            named(stream)?;
+            body.reserve(data.len() + stream.len() + 9);
+            format::encode_snapshot_put(&mut body, stream, version, data);
+            EntryKind::SnapshotPut
+        }
+        WriteOp::DeleteSnapshot { stream, version } => {
+            named(stream)?;
+            format::encode_snapshot_delete(&mut body, stream, version);
+            EntryKind::SnapshotDelete
+        }
+    };
+    Ok(AppendPlan::Write {
+        prepared: Prepared {
+            kind,
+            count: 0,
+            body,
+        },
+        result: AppendResult {
+            next_expected_version: 0,
+            position_first: 0,
+            position_last: 0,
+            index: 0,
+            idempotent: false,
+        },
     })
 }
 

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::append::{check_expected, prepare_append, AppendPlan, Prepared};
+use crate::append::{prepare_append, prepare_op, AppendPlan, Plan, Prepared, WriteOp};
 use crate::config::EngineConfig;
 use crate::error::{AppendError, Failed, OpenError};
 use crate::format::{self, EntryKind};
@@ -26,7 +26,7 @@ use crate::inner::{writer_loop, Counters, Inner, Queue};
 use crate::io::{IoMode, SyncIo};
 use crate::recovery;
 use crate::segment;
-use crate::state::{Callback, OpenStats, State};
+use crate::state::{Callback, OpenStats};
 use crate::types::{
     validate_stream_name, AppendResult, DeleteKind, ExpectedVersion, StreamMetadata, StreamWrite,
 };
@@ -316,7 +316,7 @@ impl Engine {
             return done(Err(f.into()));
         }
         let mut st = self.inner.state.write();
-        let prepared = match prepare_append(&mut st, &writes) {
+        let prepared = match prepare_append(&st, &writes) {
             Ok(p) => p,
             Err(e) => {
                 drop(st);
@@ -376,31 +376,18 @@ impl Engine {
         expected: ExpectedVersion,
         kind: DeleteKind,
     ) -> Result<u64, AppendError> {
-        self.propose_checked(stream, |st, name| {
-            let s = st.streams.get(name);
-            check_expected(name, expected, s)?;
-            let next_version = s.map_or(0, |s| s.next_version);
-            let mut body = Vec::new();
-            format::encode_delete(&mut body, name, kind, next_version);
-            Ok(Prepared {
-                kind: EntryKind::Delete,
-                count: 0,
-                body,
-            })
+        self.write_op(&WriteOp::Delete {
+            stream,
+            expected,
+            kind,
         })
     }
 
     /// Replaces a stream's metadata.
     pub fn set_metadata(&self, stream: &str, metadata: StreamMetadata) -> Result<u64, AppendError> {
-        self.propose_checked(stream, |st, name| {
-            check_expected(name, ExpectedVersion::Any, st.streams.get(name))?;
-            let mut body = Vec::new();
-            format::encode_metadata(&mut body, name, &metadata);
-            Ok(Prepared {
-                kind: EntryKind::Metadata,
-                count: 0,
-                body,
-            })
+        self.write_op(&WriteOp::SetMetadata {
+            stream,
+            metadata: &metadata,
         })
     }
 
@@ -411,28 +398,63 @@ impl Engine {
         version: u64,
         data: &[u8],
     ) -> Result<u64, AppendError> {
-        self.propose_checked(stream, |_, name| {
-            let mut body = Vec::with_capacity(data.len() + name.len() + 9);
-            format::encode_snapshot_put(&mut body, name, version, data);
-            Ok(Prepared {
-                kind: EntryKind::SnapshotPut,
-                count: 0,
-                body,
-            })
+        self.write_op(&WriteOp::PutSnapshot {
+            stream,
+            version,
+            data,
         })
     }
 
     /// Removes a snapshot blob; removing one that does not exist is not an error.
     pub fn delete_snapshot(&self, stream: &str, version: u64) -> Result<u64, AppendError> {
-        self.propose_checked(stream, |_, name| {
-            let mut body = Vec::new();
-            format::encode_snapshot_delete(&mut body, name, version);
-            Ok(Prepared {
-                kind: EntryKind::SnapshotDelete,
-                count: 0,
-                body,
-            })
-        })
+        self.write_op(&WriteOp::DeleteSnapshot { stream, version })
+    }
+
+    /// Plans a write as a Raft leader does before it proposes it: validated against the
+    /// writers' view of this log, which holds every record appended here, committed or not
+    /// (the leader's uncommitted tail included), and encoded as the record every node will
+    /// store. Nothing is written. The caller must not plan a second write touching the same
+    /// streams or event ids until the first is appended here (or dropped): each plan sees
+    /// only what the log holds.
+    ///
+    /// An append whose event ids are all stored already (a retry) plans as
+    /// [`Plan::Stored`]: nothing to propose, answer once that record commits.
+    pub fn plan(&self, op: &WriteOp<'_>) -> Result<Plan, AppendError> {
+        if !*self.inner.ids_ready.lock() {
+            return Err(AppendError::Loading);
+        }
+        let st = self.inner.state.read();
+        if let Some(f) = &st.failed {
+            return Err(f.clone().into());
+        }
+        if st.closed {
+            return Err(AppendError::Closed);
+        }
+        match prepare_op(&st, op)? {
+            AppendPlan::Write { prepared, result } => {
+                if prepared.body.len() > format::RECORD_BODY_BYTES_MAX {
+                    return Err(AppendError::TooLarge {
+                        bytes: prepared.body.len(),
+                        max: format::RECORD_BODY_BYTES_MAX,
+                    });
+                }
+                Ok(Plan::Propose {
+                    kind: prepared.kind,
+                    count: prepared.count,
+                    body: prepared.body,
+                    result,
+                })
+            }
+            AppendPlan::Idempotent(mut result) => {
+                if result.index == 0 {
+                    // Stored, but its record was not located (rewritten by a scavenge): it
+                    // is at or below the last index.
+                    result.index = st.next_index - 1;
+                }
+                let term = st.term_at(result.index).unwrap_or(0);
+                Ok(Plan::Stored { result, term })
+            }
+        }
     }
 
     /// Records a subscription checkpoint (position plus opaque state) in the log.
@@ -474,20 +496,20 @@ impl Engine {
         })
     }
 
-    fn propose_checked(
-        &self,
-        stream: &str,
-        build: impl FnOnce(&mut State, &str) -> Result<Prepared, AppendError>,
-    ) -> Result<u64, AppendError> {
-        validate_stream_name(stream).map_err(|source| AppendError::InvalidStreamName {
-            name: stream.into(),
-            source,
-        })?;
+    fn write_op(&self, op: &WriteOp<'_>) -> Result<u64, AppendError> {
+        for stream in op.streams() {
+            validate_stream_name(stream).map_err(|source| AppendError::InvalidStreamName {
+                name: stream.into(),
+                source,
+            })?;
+        }
         self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
             let mut st = self.inner.state.write();
-            let prepared = build(&mut st, stream)?;
+            let AppendPlan::Write { prepared, .. } = prepare_op(&st, op)? else {
+                unreachable!("only appends are idempotent")
+            };
             let index = self.inner.frame(&mut st, prepared)?;
             let cb = Callback::new(move |r| {
                 let _ = tx.send(r);

@@ -171,6 +171,10 @@ pub enum AppendError {
     /// The engine is shutting down.
     #[error("the engine is closed")]
     Closed,
+    /// The event-id index is still loading after open: a write cannot be checked yet.
+    /// Nothing was written; retry shortly.
+    #[error("the store is still loading its event-id index: retry shortly")]
+    Loading,
 }
 
 impl From<Failed> for AppendError {
@@ -228,6 +232,10 @@ pub enum LogError {
     /// The engine is shutting down.
     #[error("the engine is closed")]
     Closed,
+    /// The event-id index is still loading after open: a write cannot be checked yet.
+    /// Nothing was written; retry shortly.
+    #[error("the store is still loading its event-id index: retry shortly")]
+    Loading,
 }
 
 impl From<Failed> for LogError {

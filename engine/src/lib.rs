@@ -56,6 +56,7 @@ mod types;
 #[cfg(test)]
 mod fault_tests;
 
+pub use append::{Plan, WriteOp};
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineCounters};
 pub use error::{

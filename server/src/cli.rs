@@ -58,7 +58,8 @@ pub enum Output {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Connection")]
 pub struct ConnArgs {
-    /// Server address, HOST:PORT (QUIC over UDP).
+    /// Server address, HOST:PORT (QUIC over UDP); for a cluster, several separated by
+    /// commas: a request refused by a node that is not the leader moves to the next.
     #[arg(long, env = "QUIVER_SERVER", default_value = SERVER_DEFAULT, value_name = "ADDR",
           value_parser = parse_server)]
     server: String,
@@ -673,14 +674,18 @@ fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
     }
 }
 
+/// `HOST:PORT`, or several separated by commas (the nodes of a cluster).
 fn parse_server(s: &str) -> Result<String, String> {
-    if s.parse::<SocketAddr>().is_ok() {
-        return Ok(s.to_string());
+    for one in s.split(',') {
+        if one.parse::<SocketAddr>().is_ok() {
+            continue;
+        }
+        match one.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err("expected HOST:PORT, or several separated by commas".into()),
+        }
     }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.into()),
-        _ => Err("expected HOST:PORT".into()),
-    }
+    Ok(s.to_string())
 }
 
 /// The CA `quiver serve` generates by default.
@@ -706,24 +711,25 @@ fn client_config(conn: &ConnArgs) -> Result<ClientConfig> {
     let mut config = ClientConfig::local(".")
         .ca_file(ca)
         .timeout(Duration::from_secs(conn.timeout));
-    match conn.server.parse::<SocketAddr>() {
-        Ok(addr) => config = config.server(addr),
-        Err(_) => {
-            // A name: resolve it, and expect it in the server's certificate.
-            let addr = conn
-                .server
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    Failure::new(exit::FAILURE, format!("cannot resolve {}", conn.server))
-                })?;
-            config = config.server(addr);
-            if let Some((host, _)) = conn.server.rsplit_once(':') {
-                config.server_name = host.trim_matches(['[', ']']).to_string();
+    let mut addresses = Vec::new();
+    for one in conn.server.split(',') {
+        match one.parse::<SocketAddr>() {
+            Ok(addr) => addresses.push(addr),
+            Err(_) => {
+                // A name: resolve it, and expect it in the server's certificate.
+                let addr = one
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| Failure::new(exit::FAILURE, format!("cannot resolve {one}")))?;
+                addresses.push(addr);
+                if let Some((host, _)) = one.rsplit_once(':') {
+                    config.server_name = host.trim_matches(['[', ']']).to_string();
+                }
             }
         }
     }
+    config = config.servers(addresses);
     if let Some(token) = &conn.token {
         config = config.token(token.clone());
     }

@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use quiver_engine::{
-    AllFilter, AppendError, ContentType, DeleteKind, Direction, Engine, EventData, ExpectedVersion,
-    Matcher, ReadError, ReadFrom, RecordedEvent, StreamMetadata, StreamWrite,
+    AllFilter, AppendError, AppendResult, ContentType, DeleteKind, Direction, Engine, EventData,
+    ExpectedVersion, Matcher, ReadError, ReadFrom, RecordedEvent, StreamMetadata, StreamWrite,
 };
 use quiver_net::message::{self, Expected, Match, Metadata, Request, Response, StreamInfo};
 use quiver_net::{ErrorCode, Text};
 
 use crate::budget::SendError;
+use crate::cluster::{ClusterHandle, RequestError, Write, WriteError};
+use quiver_raft::Refused;
 
 /// Most events in one `Events` frame.
 pub const READ_FRAME_EVENTS_MAX: usize = 1024;
@@ -34,6 +36,11 @@ pub struct Ctx {
     pub persistent: crate::persistent::Groups,
     /// Memory held for clients that do not take their responses, with its ceiling.
     pub budget: Arc<crate::budget::Budget>,
+    /// Cluster mode: the Raft loop, through which every write goes and which gives reads
+    /// their linearizable read index.
+    pub cluster: Option<crate::cluster::ClusterHandle>,
+    /// How long a write or a read barrier may wait for Raft.
+    pub request_timeout: std::time::Duration,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, actual: Option<u64>) -> Response {
@@ -56,9 +63,10 @@ fn append_error(e: AppendError) -> Response {
         AppendError::InvalidRequest(_) => ErrorCode::InvalidRequest,
         AppendError::IdempotencyMismatch(_) => ErrorCode::IdempotencyMismatch,
         AppendError::TooLarge { .. } => ErrorCode::TooLarge,
-        AppendError::Failed(_) | AppendError::NoSpace | AppendError::Closed => {
-            ErrorCode::Unavailable
-        }
+        AppendError::Failed(_)
+        | AppendError::NoSpace
+        | AppendError::Closed
+        | AppendError::Loading => ErrorCode::Unavailable,
     };
     error(code, e.to_string(), None)
 }
@@ -204,6 +212,13 @@ async fn answer(
     out: &mut quinn::SendStream,
 ) -> Result<Option<Response>, SendError> {
     let engine = ctx.engine.clone();
+    let req = match &ctx.cluster {
+        None => req,
+        Some(cluster) => match in_cluster(ctx, cluster, req).await {
+            Routed::Local(local) => local,
+            Routed::Answered(answer) => return Ok(Some(answer)),
+        },
+    };
     let resp = match req {
         Request::Hello { .. } => error(ErrorCode::InvalidRequest, "Hello was already done", None),
         Request::Subscribe {
@@ -387,7 +402,10 @@ async fn answer(
         Request::Status => Response::Status {
             store_id: Text::new(ctx.store_id.clone()),
             server: Text::new(concat!("quiver ", env!("CARGO_PKG_VERSION"))),
-            role: Text::new("leader"),
+            role: Text::new(match &ctx.cluster {
+                None => "leader".to_string(),
+                Some(c) => c.status().role,
+            }),
             commit_position: engine.commit_position(),
             last_index: engine.last_index_term().0,
             streams: engine.list_streams("", None, usize::MAX).len() as u64,
@@ -396,7 +414,8 @@ async fn answer(
     Ok(Some(resp))
 }
 
-async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response {
+/// The engine's form of an append's writes, or why they are refused (`InvalidRequest`).
+fn stream_writes(writes: Vec<message::StreamWrite>) -> Result<Vec<StreamWrite>, String> {
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
         let mut events = Vec::with_capacity(w.events.len());
@@ -404,7 +423,7 @@ async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response 
             let content_type = match e.content_type {
                 0 => ContentType::Binary,
                 1 => ContentType::Json,
-                c => return error(ErrorCode::InvalidRequest, format!("content type {c}"), None),
+                c => return Err(format!("content type {c}")),
             };
             events.push(EventData {
                 id: quiver_engine::Uuid::from_bytes(e.id),
@@ -420,6 +439,24 @@ async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response 
             events,
         });
     }
+    Ok(out)
+}
+
+fn appended(r: AppendResult) -> Response {
+    Response::Appended {
+        next_expected_version: r.next_expected_version,
+        position_first: r.position_first,
+        position_last: r.position_last,
+        index: r.index,
+        idempotent: r.idempotent,
+    }
+}
+
+async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response {
+    let out = match stream_writes(writes) {
+        Ok(w) => w,
+        Err(why) => return error(ErrorCode::InvalidRequest, why, None),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let engine = engine.clone();
     let done = move |r| {
@@ -433,16 +470,125 @@ async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response 
         blocking(move || engine.append_with(out, done)).await;
     }
     match rx.await {
-        Ok(Ok(r)) => Response::Appended {
-            next_expected_version: r.next_expected_version,
-            position_first: r.position_first,
-            position_last: r.position_last,
-            index: r.index,
-            idempotent: r.idempotent,
-        },
+        Ok(Ok(r)) => appended(r),
         Ok(Err(e)) => append_error(e),
         Err(_) => error(ErrorCode::Unavailable, "the engine stopped", None),
     }
+}
+
+/// The answer to a request Raft did not take, or whose outcome is unknown.
+fn request_error(e: RequestError) -> Response {
+    let (code, message, leader) = match e {
+        RequestError::Refused(Refused::NotLeader(Some(id))) => (
+            ErrorCode::NotLeader,
+            format!("this node is not the leader; the leader is node {id}"),
+            Some(id),
+        ),
+        RequestError::Refused(Refused::NotLeader(None)) => (
+            ErrorCode::NotLeader,
+            "this node is not the leader and knows of none yet (an election is under way)"
+                .to_string(),
+            None,
+        ),
+        RequestError::Timeout => (ErrorCode::Timeout, e.to_string(), None),
+        RequestError::LeadershipLost(_) | RequestError::Stopped => (
+            ErrorCode::Unavailable,
+            format!("{e}; retry the same write (with the same event ids) to learn its outcome"),
+            None,
+        ),
+        RequestError::Invalid(_) => (ErrorCode::Internal, e.to_string(), None),
+        RequestError::Refused(_)
+        | RequestError::Overwritten(_)
+        | RequestError::ReadLost
+        | RequestError::Busy => (ErrorCode::Unavailable, format!("{e}; retry"), None),
+    };
+    error(code, message, leader)
+}
+
+fn not_in_cluster(what: &str) -> Response {
+    error(
+        ErrorCode::Unavailable,
+        format!("{what} is not available in cluster mode yet (docs/CLUSTER.md)"),
+        None,
+    )
+}
+
+/// Where a request on a cluster node goes.
+enum Routed {
+    /// Served from this node's engine.
+    Local(Request),
+    /// Answered already.
+    Answered(Response),
+}
+
+/// A request on a cluster node: a write goes through Raft and is answered here; a read waits
+/// for a read index (so that it sees every write acknowledged before it began) and is given
+/// back to be served from this node's engine; a subscription is given back at once (it
+/// delivers what this node has committed, in order, from where it is asked to start).
+async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed {
+    let write = match req {
+        Request::Append { writes } => match stream_writes(writes) {
+            Ok(w) => Write::Append(w),
+            Err(why) => return Routed::Answered(error(ErrorCode::InvalidRequest, why, None)),
+        },
+        Request::SetMetadata { stream, metadata } => Write::SetMetadata {
+            stream: stream.as_str().to_string(),
+            metadata: metadata_in(metadata),
+        },
+        Request::Delete {
+            stream,
+            expected: e,
+            hard,
+        } => Write::Delete {
+            stream: stream.as_str().to_string(),
+            expected: expected(e),
+            kind: if hard {
+                DeleteKind::Hard
+            } else {
+                DeleteKind::Soft
+            },
+        },
+        Request::SnapshotPut {
+            stream,
+            version,
+            data,
+        } => Write::PutSnapshot {
+            stream: stream.as_str().to_string(),
+            version,
+            data,
+        },
+        Request::SnapshotDelete { stream, version } => Write::DeleteSnapshot {
+            stream: stream.as_str().to_string(),
+            version,
+        },
+        Request::Scavenge => return Routed::Answered(not_in_cluster("scavenging")),
+        Request::PersistentCreate { .. }
+        | Request::PersistentUpdate { .. }
+        | Request::PersistentDelete { .. }
+        | Request::PersistentReplayParked { .. }
+        | Request::PersistentList
+        | Request::PersistentInfo { .. } => {
+            return Routed::Answered(not_in_cluster("persistent subscriptions"))
+        }
+        r @ (Request::Hello { .. }
+        | Request::Subscribe { .. }
+        | Request::PersistentConnect { .. }
+        | Request::PersistentAck { .. }
+        | Request::PersistentNack { .. }) => return Routed::Local(r),
+        read => {
+            return match cluster.read_index(ctx.request_timeout).await {
+                Ok(_) => Routed::Local(read),
+                Err(e) => Routed::Answered(request_error(e)),
+            }
+        }
+    };
+    let is_append = matches!(write, Write::Append(_));
+    Routed::Answered(match cluster.write(write, ctx.request_timeout).await {
+        Ok(r) if is_append => appended(r),
+        Ok(r) => Response::Done { index: r.index },
+        Err(WriteError::Append(e)) => append_error(e),
+        Err(WriteError::Request(e)) => request_error(e),
+    })
 }
 
 /// Writes one stored event in the wire's event layout (no allocation).

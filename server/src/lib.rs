@@ -107,6 +107,8 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     http: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
+    /// Cluster mode: the Raft loop.
+    node: Option<cluster::ClusterNode>,
 }
 
 impl Server {
@@ -115,6 +117,37 @@ impl Server {
         let engine_config = EngineConfig::default().segment_bytes_max(config.segment_mib << 20);
         let engine = Engine::open(&config.data_dir, engine_config)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        Server::over(engine, None, config)
+    }
+
+    /// A cluster node (`--db-type cluster`): opens the store as the Raft log, starts the
+    /// Raft loop and its peer endpoint, and binds the client endpoint, whose writes go
+    /// through Raft and whose reads are linearizable (docs/CLUSTER.md). Needs a tokio
+    /// runtime.
+    pub fn start_cluster(
+        config: &ServerConfig,
+        cluster: &cluster::ClusterConfig,
+    ) -> Result<Server> {
+        // `EngineLog::open` opens the engine with `commit_on_durable(false)` and the durable
+        // floor its commit marks give.
+        let engine_config = EngineConfig::default().segment_bytes_max(config.segment_mib << 20);
+        let log =
+            raft_log::EngineLog::open(&config.data_dir, engine_config).with_context(|| {
+                format!(
+                    "opening the store in {} as the Raft log",
+                    config.data_dir.display()
+                )
+            })?;
+        let engine = log.engine().clone();
+        let node = cluster::ClusterNode::start(log, cluster)?;
+        Server::over(engine, Some(node), config)
+    }
+
+    fn over(
+        engine: Engine,
+        node: Option<cluster::ClusterNode>,
+        config: &ServerConfig,
+    ) -> Result<Server> {
         let (chain, key) = tls::load_or_generate(
             &config.data_dir,
             config.tls_cert.as_deref(),
@@ -132,7 +165,12 @@ impl Server {
         let metrics = metrics::Metrics::new(config.slow_client_bytes_max);
         let budget = budget::Budget::new(config.slow_client_bytes_max, metrics.budget.clone());
         let counters = metrics.groups.clone();
-        let persistent = persistent::Groups::load(engine.clone(), commits.clone(), counters);
+        // Persistent groups write their checkpoints into the engine directly: not in a
+        // cluster, where every write goes through Raft (docs/CLUSTER.md).
+        let persistent = match node {
+            None => persistent::Groups::load(engine.clone(), commits.clone(), counters),
+            Some(_) => persistent::Groups::disabled(engine.clone(), commits.clone(), counters),
+        };
         let ctx = Arc::new(Ctx {
             engine,
             store_id: config.store_id.clone(),
@@ -140,6 +178,8 @@ impl Server {
             commits,
             persistent,
             budget,
+            cluster: node.as_ref().map(|n| n.handle()),
+            request_timeout: config.request_timeout,
         });
         let shared = Arc::new(Shared {
             ctx,
@@ -152,6 +192,7 @@ impl Server {
             endpoint,
             http,
             shared,
+            node,
         })
     }
 
@@ -178,10 +219,11 @@ impl Server {
         let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
         let http = self.http.map(|listener| {
             let ctx = self.shared.ctx.clone();
+            let cluster = ctx.cluster.clone();
             let stop = async move {
                 let _ = http_stopped.wait_for(|stop| *stop).await;
             };
-            tokio::spawn(http::serve(listener, ctx, stop))
+            tokio::spawn(http::serve_with(listener, ctx, cluster, stop))
         });
         let limit = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         let mut tasks = tokio::task::JoinSet::new();
@@ -223,6 +265,10 @@ impl Server {
             h.await
                 .expect("the HTTP task does not panic")
                 .context("HTTP endpoint")?;
+        }
+        if let Some(node) = self.node {
+            tracing::info!("shutting down: stopping Raft");
+            node.shutdown().await;
         }
         let engine = self.shared.ctx.engine.clone();
         tokio::task::spawn_blocking(move || engine.flush())

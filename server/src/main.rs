@@ -35,7 +35,7 @@ struct Cli {
 enum DbType {
     /// One node; a write is committed when it is durable here.
     Single,
-    /// A Raft cluster node (forming and electing; client commands not served yet).
+    /// A node of a Raft cluster (docs/CLUSTER.md).
     Cluster,
 }
 
@@ -298,7 +298,18 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        quiver_server::cluster::serve(&config, &cluster, shutdown_signal()).await?;
+        let server = Server::start_cluster(&config, &cluster)?;
+        tracing::info!(
+            node_id = cluster.node_id,
+            peer_listen = %cluster.peer_listen,
+            members = ?cluster.members,
+            listen = %server.local_addr(),
+            http = ?server.http_addr(),
+            data_dir = %config.data_dir.display(),
+            applied = server.engine().commit_index(),
+            "quiver is serving (cluster node)"
+        );
+        server.run(shutdown_signal()).await?;
         tracing::info!("stopped cleanly");
         Ok(())
     })

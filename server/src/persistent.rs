@@ -173,6 +173,22 @@ pub struct Groups {
 }
 
 impl Groups {
+    /// No groups, and none can be created (every call is refused as closed): a cluster
+    /// node, until groups run on the leader through Raft.
+    pub fn disabled(
+        engine: Engine,
+        commits: watch::Receiver<u64>,
+        counters: GroupCounters,
+    ) -> Groups {
+        Groups {
+            engine,
+            commits,
+            counters,
+            groups: tokio::sync::Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
     /// Loads the groups recorded in the store and starts them. Needs a tokio runtime.
     pub fn load(engine: Engine, commits: watch::Receiver<u64>, counters: GroupCounters) -> Groups {
         let mut groups = HashMap::new();

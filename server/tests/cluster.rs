@@ -2,207 +2,32 @@
 //! cluster` process on loopback, with its own data directory and free ports, and watch the
 //! nodes through their HTTP `/status`: three nodes elect exactly one leader; the leader
 //! killed with SIGKILL is replaced and rejoins, with its id, as a follower; a process with
-//! the wrong secret is refused and changes nothing; bad configurations do not start. One
-//! test runs three nodes in this process to use the Raft loop's `propose` and `read_index`,
-//! which the client protocol does not reach yet.
+//! the wrong secret is refused and changes nothing; bad configurations do not start. Some
+//! tests run three nodes in this process to drive the Raft loop's handle (`propose`,
+//! `write`, `read_index`) directly. Clients of a cluster are tested in `cluster_clients.rs`.
 //!
 //! Every wait polls with a deadline; every process is killed when its guard drops, so a
-//! failing test leaves nothing running.
+//! failing test leaves nothing running (`common/cluster.rs`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quiver_engine::format::{encode_stream_append, EntryKind as RecordKind};
-use quiver_engine::{Engine, EngineConfig, EventData};
+use quiver_engine::{Engine, EngineConfig, EventData, ExpectedVersion, StreamWrite};
 use quiver_raft::Refused;
 use quiver_server::cluster::status_cli;
 use quiver_server::cluster::{
-    ClusterConfig, ClusterHandle, ClusterNode, ClusterStatus, RequestError,
+    ClusterConfig, ClusterHandle, ClusterNode, ClusterStatus, RequestError, Write, WriteError,
 };
 use quiver_server::raft_log::{command, EngineLog};
 
-const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
-const SECRET: &str = "a cluster secret for the tests, 40 bytes";
-/// Formation: processes start, peers dial, a pre-vote and a vote (election timeouts 1–2 s).
-const FORM_LIMIT: Duration = Duration::from_secs(20);
-/// A new leader after the old one is killed: the failover bound this test holds the node to.
-const FAILOVER_LIMIT: Duration = Duration::from_secs(10);
+mod common;
 
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
-/// One node's settings and its process, killed (SIGKILL) when dropped.
-struct Node {
-    id: u64,
-    dir: PathBuf,
-    peer: SocketAddr,
-    http: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn new(id: u64, root: &Path) -> Node {
-        Node {
-            id,
-            dir: root.join(format!("node{id}")),
-            peer: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
-            http: format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap(),
-            child: None,
-        }
-    }
-
-    /// Starts `quiver serve --db-type cluster` for this node; `node_id` false leaves the id
-    /// to the data directory.
-    fn start(&mut self, members: &str, secret: &str, node_id: bool) {
-        assert!(self.child.is_none(), "node {} runs already", self.id);
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("server.log"))
-            .unwrap();
-        let mut cmd = Command::new(QUIVER);
-        cmd.args([
-            "serve",
-            "--db-type",
-            "cluster",
-            "--initial-members",
-            members,
-        ])
-        .args(["--peer-listen", &self.peer.to_string()])
-        .args(["--http", &self.http.to_string()])
-        .args(["--listen", &format!("127.0.0.1:{}", free_udp_port())])
-        .arg("--data-dir")
-        .arg(self.dir.join("data"))
-        .env("QUIVER_CLUSTER_SECRET", secret)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-        for var in [
-            "QUIVER_CONFIG",
-            "QUIVER_NODE_ID",
-            "QUIVER_CLUSTER_SECRET_FILE",
-            "QUIVER_PEER_LISTEN",
-            "QUIVER_INITIAL_MEMBERS",
-            "QUIVER_DB_TYPE",
-        ] {
-            cmd.env_remove(var);
-        }
-        if node_id {
-            cmd.args(["--node-id", &self.id.to_string()]);
-        }
-        self.child = Some(cmd.spawn().expect("starting quiver serve"));
-    }
-
-    /// SIGKILL: no shutdown path runs.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn status(&self) -> Option<ClusterStatus> {
-        status_cli::fetch(self.http, Duration::from_secs(1)).ok()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Nodes 1..=n with fresh ports in a temporary directory (dropped after the processes).
-struct Cluster {
-    nodes: Vec<Node>,
-    members: String,
-    _root: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn new(n: u64) -> Cluster {
-        let root = tempfile::tempdir().unwrap();
-        let nodes: Vec<Node> = (1..=n).map(|id| Node::new(id, root.path())).collect();
-        let members = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.peer))
-            .collect::<Vec<_>>()
-            .join(",");
-        Cluster {
-            nodes,
-            members,
-            _root: root,
-        }
-    }
-
-    fn start_all(&mut self) {
-        let members = self.members.clone();
-        for n in &mut self.nodes {
-            n.start(&members, SECRET, true);
-        }
-    }
-
-    fn node(&mut self, id: u64) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
-    }
-
-    /// Every running node's log, for a failure message.
-    fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- node {} ---\n{}", n.id, n.log()))
-            .collect()
-    }
-
-    /// Polls the running nodes until all of them report one leader, the same one in the
-    /// same term, and it reports itself leader; returns (leader, term, statuses).
-    fn wait_for_leader(&self, limit: Duration, not: Option<u64>) -> (u64, u64, Vec<ClusterStatus>) {
-        let deadline = Instant::now() + limit;
-        let mut last = Vec::new();
-        while Instant::now() < deadline {
-            let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
-            let statuses: Vec<ClusterStatus> = running.iter().filter_map(|n| n.status()).collect();
-            if statuses.len() == running.len() {
-                if let Some(found) = agreed_leader(&statuses).filter(|(l, _)| Some(*l) != not) {
-                    return (found.0, found.1, statuses);
-                }
-            }
-            last = statuses;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "no agreed leader within {limit:?}; last statuses: {last:#?}\n{}",
-            self.logs()
-        );
-    }
-}
-
-/// The leader and term every status agrees on, if they all agree and exactly one of them
-/// is that leader.
-fn agreed_leader(statuses: &[ClusterStatus]) -> Option<(u64, u64)> {
-    let first = statuses.first()?;
-    let (leader, term) = (first.leader?, first.term);
-    let agree = statuses
-        .iter()
-        .all(|s| s.leader == Some(leader) && s.term == term);
-    let leaders: Vec<&ClusterStatus> = statuses.iter().filter(|s| s.role == "leader").collect();
-    (agree && leaders.len() == 1 && leaders[0].node_id == leader).then_some((leader, term))
-}
+use common::cluster::{
+    agreed_leader, free_udp_port, Cluster, Node, FAILOVER_LIMIT, FORM_LIMIT, QUIVER, SECRET,
+};
 
 #[test]
 fn three_nodes_elect_exactly_one_leader() {
@@ -301,7 +126,7 @@ fn a_node_with_the_wrong_secret_is_refused_and_changes_nothing() {
     c.start_all();
     let (leader, term, _) = c.wait_for_leader(FORM_LIMIT, None);
     // Node 4 lists itself with the three: it dials them and campaigns, with another secret.
-    let mut intruder = Node::new(4, c._root.path());
+    let mut intruder = Node::new(4, c.root());
     let members = format!("{},4={}", c.members, intruder.peer);
     intruder.start(&members, "not the cluster secret, but long enough", true);
     let deadline = Instant::now() + FORM_LIMIT;
@@ -636,13 +461,25 @@ fn a_proposal_that_cannot_commit_is_never_acknowledged() {
         let engine = &engines[leader as usize - 1];
         let before = engine.commit_index();
         let wait = Duration::from_secs(10);
-        let (proposed, read) = tokio::join!(
+        let write = Write::Append(vec![StreamWrite {
+            stream: "lost-too".into(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![EventData::json("Tested", "{}")],
+        }]);
+        let (proposed, read, written) = tokio::join!(
             h.propose(append_command("lost", 0), wait),
-            h.read_index(wait)
+            h.read_index(wait),
+            h.write(write, wait)
         );
         match proposed {
             Err(RequestError::LeadershipLost(index)) => assert!(index > before),
             other => panic!("expected LeadershipLost, got {other:?}"),
+        }
+        match written {
+            Err(WriteError::Request(RequestError::LeadershipLost(index))) => {
+                assert!(index > before)
+            }
+            other => panic!("a client's write that cannot commit was answered {other:?}"),
         }
         assert_eq!(
             read,
@@ -651,6 +488,7 @@ fn a_proposal_that_cannot_commit_is_never_acknowledged() {
         );
         assert_eq!(engine.commit_index(), before, "nothing committed");
         assert!(engine.stream_info("lost").is_none());
+        assert!(engine.stream_info("lost-too").is_none());
         assert!(!h.is_ready(), "a node without a leader is not ready");
         lead.shutdown().await;
     });

@@ -11,12 +11,13 @@
 //! every waiting request gets [`RequestError::Stopped`]. Raft only guarantees anything of a
 //! node that either does what it says or stops.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quiver_engine::{AppendError, AppendResult, Plan};
 use quiver_net::peer::PeerMessage;
 use quiver_net::peer_quic::{PeerEndpoint, SendError};
 use quiver_raft::{Message, RawNode, Refused, Role};
@@ -66,13 +67,79 @@ pub enum RequestError {
     Stopped,
 }
 
+/// Why a client's write did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The leader refused it against its log (expected version, names, sizes, ids): nothing
+    /// was proposed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// Raft did not take it, or its outcome is unknown (see [`RequestError`]).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
 /// Where the outcome of a proposal or a read goes.
 type Answer = oneshot::Sender<Result<u64, RequestError>>;
+/// Where the outcome of a client's write goes.
+pub(crate) type WriteAnswer = oneshot::Sender<Result<AppendResult, WriteError>>;
 
 /// What the handle asks of the loop.
 pub(crate) enum Request {
-    Propose { data: Vec<u8>, done: Answer },
-    ReadIndex { done: Answer },
+    Propose {
+        data: Vec<u8>,
+        done: Answer,
+    },
+    ReadIndex {
+        done: Answer,
+    },
+    Write {
+        write: super::Write,
+        done: WriteAnswer,
+    },
+}
+
+/// Who waits for an index to commit.
+struct Waiter {
+    /// The term this node led in when it took the request: if it stops leading in that
+    /// term, the outcome is unknown to it.
+    proposed_in: u64,
+    /// The term the entry at the index must have: another term there means the request's
+    /// entry was replaced.
+    entry_term: u64,
+    reply: Reply,
+}
+
+enum Reply {
+    /// A raw proposal: answered with its index.
+    Index(Answer),
+    /// A client's write: answered with its result (positions read from the record, unless
+    /// `stored`, a retry whose result was known from the log).
+    Write {
+        result: AppendResult,
+        stored: bool,
+        done: WriteAnswer,
+    },
+}
+
+impl Reply {
+    fn fail(self, e: RequestError) {
+        match self {
+            Reply::Index(done) => {
+                let _ = done.send(Err(e));
+            }
+            Reply::Write { done, .. } => {
+                let _ = done.send(Err(e.into()));
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Index(done) => done.is_closed(),
+            Reply::Write { done, .. } => done.is_closed(),
+        }
+    }
 }
 
 /// What the loop publishes after each turn, for status pages and readiness.
@@ -105,8 +172,17 @@ pub(crate) struct Driver {
     peers: BTreeSet<u64>,
     /// Members with no known address, already logged.
     unreachable: BTreeSet<u64>,
-    /// Proposals by index: (term proposed in, who waits).
-    proposals: BTreeMap<u64, (u64, Answer)>,
+    /// Who waits for each index to commit.
+    proposals: BTreeMap<u64, Vec<Waiter>>,
+    /// Waiters in `proposals`.
+    waiting: usize,
+    /// Streams and event ids of the writes planned this turn: a write touching one of them
+    /// is planned again next turn, once the first is in the engine (each plan sees only
+    /// what the log holds).
+    touched_streams: HashSet<String>,
+    touched_ids: HashSet<quiver_engine::Uuid>,
+    /// Writes to plan next turn.
+    deferred: VecDeque<Request>,
     /// Reads asked of the core, by ctx: (term asked in, asked as leader, who waits).
     reads_asked: HashMap<u64, (u64, bool, Answer)>,
     /// Reads confirmed, waiting to be applied up to their index.
@@ -149,6 +225,10 @@ impl Driver {
             peers: BTreeSet::new(),
             unreachable: BTreeSet::new(),
             proposals: BTreeMap::new(),
+            waiting: 0,
+            touched_streams: HashSet::new(),
+            touched_ids: HashSet::new(),
+            deferred: VecDeque::new(),
             reads_asked: HashMap::new(),
             reads_confirmed: Vec::new(),
             next_ctx: 1,
@@ -225,6 +305,13 @@ impl Driver {
                 self.request(r);
             }
             self.handle_ready()?;
+            // Writes that met an earlier one of the same turn: their turn now.
+            while !self.deferred.is_empty() {
+                for r in std::mem::take(&mut self.deferred) {
+                    self.request(r);
+                }
+                self.handle_ready()?;
+            }
             self.sync_peers();
         }
     }
@@ -246,13 +333,14 @@ impl Driver {
     fn request(&mut self, r: Request) {
         match r {
             Request::Propose { data, done } => {
-                if self.proposals.len() >= WAITING_MAX {
+                if self.waiting >= WAITING_MAX {
                     let _ = done.send(Err(RequestError::Busy));
                     return;
                 }
                 match raft_log::propose(&mut self.node, data) {
                     Ok(index) => {
-                        self.proposals.insert(index, (self.node.term(), done));
+                        let term = self.node.term();
+                        self.wait(index, term, Reply::Index(done));
                     }
                     Err(raft_log::ProposeError::Refused(r)) => {
                         let _ = done.send(Err(RequestError::Refused(r)));
@@ -262,6 +350,7 @@ impl Driver {
                     }
                 }
             }
+            Request::Write { write, done } => self.write(write, done),
             Request::ReadIndex { done } => {
                 if self.reads_asked.len() + self.reads_confirmed.len() >= WAITING_MAX {
                     let _ = done.send(Err(RequestError::Busy));
@@ -278,6 +367,125 @@ impl Driver {
                     Err(r) => {
                         let _ = done.send(Err(RequestError::Refused(r)));
                     }
+                }
+            }
+        }
+    }
+
+    /// Registers a waiter for `index`, which must hold an entry of `entry_term`.
+    fn wait(&mut self, index: u64, entry_term: u64, reply: Reply) {
+        let proposed_in = self.node.term();
+        self.proposals.entry(index).or_default().push(Waiter {
+            proposed_in,
+            entry_term,
+            reply,
+        });
+        self.waiting += 1;
+    }
+
+    /// A client's write on the leader: planned against the engine (which holds the whole
+    /// log, the uncommitted tail included), proposed as one entry, answered once committed.
+    fn write(&mut self, write: super::Write, done: WriteAnswer) {
+        if self.node.role() != Role::Leader {
+            let refused = Refused::NotLeader(self.node.leader());
+            let _ = done.send(Err(RequestError::Refused(refused).into()));
+            return;
+        }
+        if self.waiting >= WAITING_MAX {
+            let _ = done.send(Err(RequestError::Busy.into()));
+            return;
+        }
+        let conflicts = write
+            .op()
+            .streams()
+            .any(|s| self.touched_streams.contains(s))
+            || write.ids().any(|id| self.touched_ids.contains(&id));
+        if conflicts {
+            self.deferred.push_back(Request::Write { write, done });
+            return;
+        }
+        let op = write.op();
+        self.touched_streams
+            .extend(op.streams().map(str::to_string));
+        self.touched_ids.extend(write.ids());
+        let engine = self.node.storage().engine();
+        match engine.plan(&op) {
+            Err(e) => {
+                let _ = done.send(Err(e.into()));
+            }
+            Ok(Plan::Stored { result, term }) => {
+                if result.index <= self.node.storage().applied() {
+                    let _ = done.send(Ok(result));
+                } else {
+                    let reply = Reply::Write {
+                        result,
+                        stored: true,
+                        done,
+                    };
+                    self.wait(result.index, term, reply);
+                }
+            }
+            Ok(Plan::Propose {
+                kind,
+                count,
+                body,
+                result,
+            }) => {
+                let data = raft_log::command(kind, count, &body);
+                drop(body);
+                match raft_log::propose(&mut self.node, data) {
+                    Ok(index) => {
+                        let term = self.node.term();
+                        let reply = Reply::Write {
+                            result,
+                            stored: false,
+                            done,
+                        };
+                        self.wait(index, term, reply);
+                    }
+                    Err(raft_log::ProposeError::Refused(r)) => {
+                        let _ = done.send(Err(RequestError::Refused(r).into()));
+                    }
+                    Err(raft_log::ProposeError::Invalid(e)) => {
+                        // The engine planned it: a record it cannot store is a bug here.
+                        let why = format!("a planned write does not check: {e}");
+                        let _ = done.send(Err(RequestError::Invalid(why).into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the waiters of a committed entry.
+    fn committed(&self, e: &quiver_raft::Entry, waiters: Vec<Waiter>, out: &mut Vec<Answered>) {
+        for w in waiters {
+            if e.term != w.entry_term {
+                out.push(Answered::Err(w.reply, RequestError::Overwritten(e.index)));
+                continue;
+            }
+            match w.reply {
+                Reply::Index(done) => out.push(Answered::Index(done, e.index)),
+                Reply::Write {
+                    mut result,
+                    stored,
+                    done,
+                } => {
+                    if !stored {
+                        result.index = e.index;
+                        if let Some(r) = self
+                            .node
+                            .storage()
+                            .engine()
+                            .entries(e.index, 0)
+                            .ok()
+                            .and_then(|r| r.into_iter().next())
+                            .filter(|r| r.index == e.index && r.count > 0)
+                        {
+                            result.position_first = r.position;
+                            result.position_last = r.position + u64::from(r.count) - 1;
+                        }
+                    }
+                    out.push(Answered::Write(done, result));
                 }
             }
         }
@@ -302,13 +510,9 @@ impl Driver {
                 .apply(&ready.committed)
                 .map_err(Failure::Apply)?;
             for e in &ready.committed {
-                if let Some((term, done)) = self.proposals.remove(&e.index) {
-                    let outcome = if e.term == term {
-                        Ok(e.index)
-                    } else {
-                        Err(RequestError::Overwritten(e.index))
-                    };
-                    committed.push((done, outcome));
+                if let Some(waiters) = self.proposals.remove(&e.index) {
+                    self.waiting -= waiters.len();
+                    self.committed(e, waiters, &mut committed);
                 }
             }
             for r in std::mem::take(&mut ready.reads) {
@@ -321,8 +525,11 @@ impl Driver {
         // Published before anyone is answered: a caller that hears back sees a status at
         // least as new as its answer.
         self.publish();
-        for (done, outcome) in committed {
-            let _ = done.send(outcome);
+        // Every write planned this turn is in the engine now (or was refused).
+        self.touched_streams.clear();
+        self.touched_ids.clear();
+        for a in committed {
+            a.send();
         }
         // A read is served once this node has applied up to its index.
         let applied = self.node.storage().applied();
@@ -357,18 +564,18 @@ impl Driver {
     /// proposals will commit: they are answered [`RequestError::LeadershipLost`].
     fn fail_lost_proposals(&mut self) {
         let (role, term) = (self.node.role(), self.node.term());
-        if role == Role::Leader && self.proposals.values().all(|(t, _)| *t == term) {
+        let lost = |w: &Waiter| role != Role::Leader || w.proposed_in != term;
+        if !self.proposals.values().flatten().any(lost) {
             return;
         }
-        let lost: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, (t, _))| role != Role::Leader || *t != term)
-            .map(|(i, _)| *i)
-            .collect();
-        for index in lost {
-            if let Some((_, done)) = self.proposals.remove(&index) {
-                let _ = done.send(Err(RequestError::LeadershipLost(index)));
+        for (index, waiters) in std::mem::take(&mut self.proposals) {
+            let (gone, kept): (Vec<_>, Vec<_>) = waiters.into_iter().partition(lost);
+            self.waiting -= gone.len();
+            for w in gone {
+                w.reply.fail(RequestError::LeadershipLost(index));
+            }
+            if !kept.is_empty() {
+                self.proposals.insert(index, kept);
             }
         }
     }
@@ -392,7 +599,12 @@ impl Driver {
 
     /// Forgets requests whose caller stopped waiting (timed out).
     fn prune_abandoned(&mut self) {
-        self.proposals.retain(|_, (_, done)| !done.is_closed());
+        for waiters in self.proposals.values_mut() {
+            let before = waiters.len();
+            waiters.retain(|w| !w.reply.is_closed());
+            self.waiting -= before - waiters.len();
+        }
+        self.proposals.retain(|_, waiters| !waiters.is_empty());
         self.reads_asked.retain(|_, (_, _, done)| !done.is_closed());
         self.reads_confirmed.retain(|(_, done)| !done.is_closed());
     }
@@ -448,6 +660,27 @@ impl Driver {
         v.learners = m.learners.iter().copied().collect();
         v.matched = n.matched();
         v.dropped_not_member = self.dropped_not_member;
+    }
+}
+
+/// An answer, sent once the turn's status is published.
+enum Answered {
+    Index(Answer, u64),
+    Write(WriteAnswer, AppendResult),
+    Err(Reply, RequestError),
+}
+
+impl Answered {
+    fn send(self) {
+        match self {
+            Answered::Index(done, index) => {
+                let _ = done.send(Ok(index));
+            }
+            Answered::Write(done, result) => {
+                let _ = done.send(Ok(result));
+            }
+            Answered::Err(reply, e) => reply.fail(e),
+        }
     }
 }
 

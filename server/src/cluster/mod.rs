@@ -4,14 +4,14 @@
 //! What a node runs here: the engine opened with `commit_on_durable(false)` (Raft moves the
 //! commit point), [`EngineLog`] over it, a [`quiver_net::peer_quic::PeerEndpoint`]
 //! authenticated with the cluster secret, the Raft loop on a thread of its own
-//! (`driver.rs`), and the HTTP operations endpoint with the cluster's status. The client
-//! protocol is not served yet: its write path goes straight into the engine, which under Raft
-//! would put records into the log that no other node has (the write path through Raft is the
-//! next step, see docs/CLUSTER.md).
+//! (`driver.rs`). [`crate::Server::start_cluster`] puts the client endpoint and the HTTP
+//! endpoint in front of it: client writes become Raft proposals planned on the leader against
+//! its log ([`ClusterHandle::write`]), reads wait for a read index
+//! ([`ClusterHandle::read_index`]).
 //!
 //! ## Layout
-//! - `mod.rs` — [`ClusterNode`] (start, shutdown), [`ClusterHandle`] (status, propose,
-//!   read index), [`ClusterStatus`], and [`serve`], the node as `quiver serve` runs it.
+//! - `mod.rs` — [`ClusterNode`] (start, shutdown), [`ClusterHandle`] (status, writes,
+//!   proposals, read index), [`Write`], [`ClusterStatus`].
 //! - `config.rs` — node id (kept in the data directory), members, secret, clock.
 //! - `driver.rs` — the Raft loop.
 //! - `status_cli.rs` — `quiver cluster status`, over the HTTP endpoint.
@@ -21,23 +21,23 @@ mod driver;
 pub mod status_cli;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use quiver_engine::{Engine, EngineConfig};
+use bytes::Bytes;
+use quiver_engine::{
+    AppendResult, DeleteKind, ExpectedVersion, StreamMetadata, StreamWrite, WriteOp,
+};
 use quiver_net::peer_quic::{PeerConfig, PeerEndpoint};
 use quiver_raft::{Config, RawNode, Role};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{ClusterConfig, ConfigError};
-pub use driver::{RequestError, INPUTS_PER_TURN_MAX, REQUESTS_QUEUED_MAX, WAITING_MAX};
+pub use driver::{RequestError, WriteError, INPUTS_PER_TURN_MAX, REQUESTS_QUEUED_MAX, WAITING_MAX};
 
-use crate::cmd::Ctx;
 use crate::raft_log::EngineLog;
-use crate::ServerConfig;
 use driver::{Driver, Request, View};
 
 /// A node's view of the cluster, as `/status` shows it under `cluster`.
@@ -100,6 +100,86 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Messages to it dropped (queue full, connection lost).
     pub messages_dropped: u64,
+}
+
+/// A client's write, as the Raft loop takes it (owned: it crosses to the loop's thread).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// An append to one or more streams.
+    Append(Vec<StreamWrite>),
+    /// A soft or hard delete.
+    Delete {
+        /// The stream.
+        stream: String,
+        /// What it must be at.
+        expected: ExpectedVersion,
+        /// Soft or hard.
+        kind: DeleteKind,
+    },
+    /// New stream metadata.
+    SetMetadata {
+        /// The stream.
+        stream: String,
+        /// The metadata.
+        metadata: StreamMetadata,
+    },
+    /// A snapshot blob.
+    PutSnapshot {
+        /// The stream.
+        stream: String,
+        /// The version it captures.
+        version: u64,
+        /// The blob.
+        data: Bytes,
+    },
+    /// A snapshot blob removed.
+    DeleteSnapshot {
+        /// The stream.
+        stream: String,
+        /// Its version.
+        version: u64,
+    },
+}
+
+impl Write {
+    /// The engine's view of it.
+    pub fn op(&self) -> WriteOp<'_> {
+        match self {
+            Write::Append(w) => WriteOp::Append(w),
+            Write::Delete {
+                stream,
+                expected,
+                kind,
+            } => WriteOp::Delete {
+                stream,
+                expected: *expected,
+                kind: *kind,
+            },
+            Write::SetMetadata { stream, metadata } => WriteOp::SetMetadata { stream, metadata },
+            Write::PutSnapshot {
+                stream,
+                version,
+                data,
+            } => WriteOp::PutSnapshot {
+                stream,
+                version: *version,
+                data,
+            },
+            Write::DeleteSnapshot { stream, version } => WriteOp::DeleteSnapshot {
+                stream,
+                version: *version,
+            },
+        }
+    }
+
+    /// The event ids it writes.
+    fn ids(&self) -> impl Iterator<Item = quiver_engine::Uuid> + Clone + '_ {
+        let writes = match self {
+            Write::Append(w) => &w[..],
+            _ => &[],
+        };
+        writes.iter().flat_map(|w| w.events.iter().map(|e| e.id))
+    }
 }
 
 /// What the rest of the server holds of the Raft loop: its status, and requests to it.
@@ -174,6 +254,26 @@ impl ClusterHandle {
         let (done, answer) = oneshot::channel();
         self.ask(Request::Propose { data, done }, answer, timeout)
             .await
+    }
+
+    /// A client's write: on the leader, planned against its log (expected versions,
+    /// idempotent event ids, names), proposed as one entry and answered once committed on a
+    /// majority and applied here. A follower refuses it (`Refused(NotLeader(hint))`).
+    /// [`RequestError::LeadershipLost`], [`RequestError::Timeout`] and
+    /// [`RequestError::Stopped`] leave the outcome unknown: retry an append with the same
+    /// event ids, and the retry finds it if it was stored.
+    pub async fn write(&self, write: Write, timeout: Duration) -> Result<AppendResult, WriteError> {
+        let (done, answer) = oneshot::channel();
+        let wait = async {
+            self.requests
+                .send(Request::Write { write, done })
+                .await
+                .map_err(|_| RequestError::Stopped)?;
+            answer.await.map_err(|_| RequestError::Stopped)?
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(RequestError::Timeout.into()))
     }
 
     /// A linearizable read barrier: an index such that a read served from this node's
@@ -301,88 +401,4 @@ fn peer_certificate() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'st
     let chain = vec![CertificateDer::from(ck.cert.der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
     Ok((chain, key))
-}
-
-/// Runs a cluster node as `quiver serve --db-type cluster` does, until `shutdown`: opens
-/// the store as Raft's log, starts the Raft loop and the HTTP endpoint, then on shutdown
-/// stops the loop, closes the peers and flushes the store. `config.listen` (the client
-/// address) is not bound: see the module doc.
-pub async fn serve(
-    config: &ServerConfig,
-    cluster: &ClusterConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
-    // `EngineLog::open` opens the engine with `commit_on_durable(false)` and the durable
-    // floor its commit marks give.
-    let engine_config = EngineConfig::default().segment_bytes_max(config.segment_mib << 20);
-    let log = EngineLog::open(&config.data_dir, engine_config).with_context(|| {
-        format!(
-            "opening the store in {} as the Raft log",
-            config.data_dir.display()
-        )
-    })?;
-    let engine = log.engine().clone();
-    let http = match config.http {
-        Some(addr) => {
-            Some(crate::http::bind(addr).with_context(|| format!("binding HTTP {addr}"))?)
-        }
-        None => None,
-    };
-    let node = ClusterNode::start(log, cluster)?;
-    let ctx = context(engine.clone(), config);
-    let (stop_http, mut http_stopped) = watch::channel(false);
-    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-    let http = http.map(|listener| {
-        let stop = async move {
-            let _ = http_stopped.wait_for(|stop| *stop).await;
-        };
-        let (ctx, cluster) = (ctx.clone(), Some(node.handle()));
-        tokio::spawn(crate::http::serve_with(listener, ctx, cluster, stop))
-    });
-    tracing::info!(
-        node_id = cluster.node_id,
-        peer_listen = %cluster.peer_listen,
-        members = ?cluster.members,
-        http = ?http_addr,
-        data_dir = %config.data_dir.display(),
-        applied = engine.commit_index(),
-        "quiver is serving (cluster node; the client protocol is not served in cluster mode yet)"
-    );
-    shutdown.await;
-    // HTTP first: its handlers hold handles to the node, and the peer endpoint is closed
-    // gracefully (peers told at once) only once nothing else holds it.
-    let _ = stop_http.send(true);
-    if let Some(h) = http {
-        h.await
-            .expect("the HTTP task does not panic")
-            .context("HTTP endpoint")?;
-    }
-    tracing::info!("shutting down: stopping Raft");
-    node.shutdown().await;
-    ctx.persistent.shutdown().await;
-    tokio::task::spawn_blocking(move || engine.flush())
-        .await
-        .expect("flush does not panic")
-        .context("flushing on shutdown")?;
-    Ok(())
-}
-
-/// What the HTTP endpoint reads: the store, its metrics, and the commit position watch.
-fn context(engine: Engine, config: &ServerConfig) -> Arc<Ctx> {
-    let (commit_tx, commits) = watch::channel(engine.commit_position());
-    engine.on_commit(move |position| {
-        commit_tx.send_replace(position);
-    });
-    let metrics = crate::metrics::Metrics::new(config.slow_client_bytes_max);
-    let budget = crate::budget::Budget::new(config.slow_client_bytes_max, metrics.budget.clone());
-    let counters = metrics.groups.clone();
-    let persistent = crate::persistent::Groups::load(engine.clone(), commits.clone(), counters);
-    Arc::new(Ctx {
-        engine,
-        store_id: config.store_id.clone(),
-        metrics,
-        commits,
-        persistent,
-        budget,
-    })
 }

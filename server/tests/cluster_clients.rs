@@ -1,0 +1,339 @@
+//! Clients of a cluster, end to end: three real `quiver serve --db-type cluster` processes on
+//! loopback and the Rust client given their addresses. Writes go through any node (a follower
+//! refuses with `NotLeader` and the client moves on) and are checked on the leader against
+//! its log; reads on any node are linearizable; a leader killed with SIGKILL under a write
+//! load loses no acknowledged event and duplicates none, on any node, the killed one
+//! included once it is back.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, FAILOVER_LIMIT, FORM_LIMIT};
+use quiver_client::{
+    Client, Error, EventData, ExpectedVersion, ReadOptions, SubscribeOptions, SubscriptionMessage,
+};
+use quiver_net::ErrorCode;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every event of `stream` on the node `client` talks to: (id, version).
+async fn stream_ids(client: &Client, stream: &str) -> Vec<(uuid::Uuid, u64)> {
+    let mut events = match client.read_stream(stream, ReadOptions::default()).await {
+        Ok(e) => e,
+        Err(Error::NotFound(_)) => return Vec::new(),
+        Err(e) => panic!("reading {stream}: {e}"),
+    };
+    let mut out = Vec::new();
+    while let Some(e) = events.next().await.unwrap() {
+        out.push((e.id, e.version));
+    }
+    out
+}
+
+#[test]
+fn clients_write_through_any_node_and_read_the_same_everywhere() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let (leader, _, _) = c.wait_for_leader(FORM_LIMIT, None);
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    runtime().block_on(async {
+        // A subscriber on a follower, before anything is written: it gets the events live
+        // as that follower applies them.
+        let watcher = c.client(&[followers[1]]).await;
+        let mut sub = watcher
+            .subscribe_stream("acct-1", SubscribeOptions::default())
+            .await
+            .unwrap();
+        // A follower first: the client is refused there and moves to the leader.
+        let client = c.client(&[followers[0], followers[1], leader]).await;
+        let events: Vec<EventData> = (0..3)
+            .map(|i| EventData::json("Deposited", format!("{{\"n\":{i}}}")))
+            .collect();
+        let first = client
+            .append("acct-1", ExpectedVersion::NoStream, events.clone())
+            .await
+            .unwrap();
+        assert_eq!(first.next_expected_version, 2);
+        assert!(!first.idempotent);
+        assert_eq!(first.position_last - first.position_first, 2);
+
+        // Checked against the leader's log: the stream is at version 2.
+        let stale = client
+            .append(
+                "acct-1",
+                ExpectedVersion::Exact(0),
+                vec![EventData::json("Deposited", "{}")],
+            )
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(Error::WrongExpectedVersion {
+                    actual: Some(2),
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        // The same events again (same ids): answered as stored, written once.
+        let again = client
+            .append("acct-1", ExpectedVersion::NoStream, events.clone())
+            .await
+            .unwrap();
+        assert!(again.idempotent);
+        assert_eq!(
+            (again.position_first, again.position_last),
+            (first.position_first, first.position_last)
+        );
+        // Two writes racing for one version, sent together: one wins, the other is
+        // checked against the winner (not against the log before both).
+        let race = || {
+            client.append(
+                "acct-1",
+                ExpectedVersion::Exact(2),
+                vec![EventData::json("Withdrawn", "{}")],
+            )
+        };
+        let (a, b) = tokio::join!(race(), race());
+        let outcomes = [a, b];
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(won, 1, "{outcomes:?}");
+        assert!(outcomes.iter().any(|o| matches!(
+            o,
+            Err(Error::WrongExpectedVersion {
+                actual: Some(3),
+                ..
+            })
+        )));
+        let multi = client
+            .append_multi(vec![
+                (
+                    "orders-1".into(),
+                    ExpectedVersion::NoStream,
+                    vec![EventData::json("Placed", "{}")],
+                ),
+                (
+                    "stock-1".into(),
+                    ExpectedVersion::Any,
+                    vec![EventData::json("Reserved", "{}"); 2]
+                        .into_iter()
+                        .map(|e| e.id(uuid::Uuid::new_v4()))
+                        .collect(),
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(multi.position_last - multi.position_first, 2);
+        client
+            .put_snapshot("acct-1", 3, bytes::Bytes::from_static(b"balance=3"))
+            .await
+            .unwrap();
+        client
+            .delete_stream("orders-1", ExpectedVersion::Exact(0))
+            .await
+            .unwrap();
+
+        // A client of one follower only: a write is refused, naming the leader.
+        let lone = c.client(&[followers[0]]).await;
+        match lone
+            .append(
+                "acct-2",
+                ExpectedVersion::Any,
+                vec![EventData::json("X", "{}")],
+            )
+            .await
+        {
+            Err(Error::Server {
+                code: ErrorCode::NotLeader,
+                message,
+            }) => assert!(message.contains(&format!("node {leader}")), "{message}"),
+            other => panic!("a follower took a write: {other:?}"),
+        }
+
+        // Every node, asked alone, reads the same (reads are linearizable: a follower
+        // waits for the leader's read index before it answers).
+        let mut seen = Vec::new();
+        for id in 1..=3 {
+            let node = c.client(&[id]).await;
+            let acct = stream_ids(&node, "acct-1").await;
+            let stock = stream_ids(&node, "stock-1").await;
+            let snapshot = node.get_snapshot("acct-1", 3).await.unwrap();
+            let orders = node.stream_info("orders-1").await.unwrap();
+            assert_eq!(acct.len(), 4, "node {id}: {acct:?}");
+            assert_eq!(stock.len(), 2, "node {id}");
+            assert_eq!(snapshot.as_deref(), Some(&b"balance=3"[..]), "node {id}");
+            assert!(orders.is_some_and(|i| i.soft_deleted), "node {id}");
+            let ids: Vec<_> = acct[..3].iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
+            seen.push((acct, stock));
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+        let mut live = Vec::new();
+        while live.len() < 4 {
+            let next = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+            match next
+                .expect("the follower's subscriber gets the events")
+                .unwrap()
+            {
+                Some(SubscriptionMessage::Event(e)) => live.push((e.id, e.version)),
+                Some(_) => {}
+                None => panic!("the subscription ended"),
+            }
+        }
+        assert_eq!(live, seen[0].0);
+    });
+}
+
+/// What the writers saw: acknowledged ids per stream, in order, and ids whose outcome is
+/// unknown to them (an error after the request may have been applied).
+#[derive(Default)]
+struct History {
+    acked: BTreeMap<String, Vec<uuid::Uuid>>,
+    unknown: HashSet<uuid::Uuid>,
+    acked_after_kill: usize,
+    /// The errors the writers were answered, for a failure message.
+    errors: Vec<String>,
+}
+
+#[test]
+fn a_killed_leader_loses_no_acknowledged_write_and_duplicates_none() {
+    const WRITERS: usize = 4;
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let (leader, term, _) = c.wait_for_leader(FORM_LIMIT, None);
+    let rt = runtime();
+    let client = rt.block_on(c.client(&[1, 2, 3]));
+    let history = Arc::new(Mutex::new(History::default()));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (client, history) = (client.clone(), history.clone());
+            let (killed, stop) = (killed.clone(), stop.clone());
+            rt.spawn(async move {
+                let stream = format!("load-{w}");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let event = EventData::json("Tick", "{}");
+                    let id = event.id;
+                    let after_kill = killed.load(std::sync::atomic::Ordering::Relaxed);
+                    let outcome = client
+                        .append(&stream, ExpectedVersion::Any, vec![event])
+                        .await;
+                    let mut h = history.lock().unwrap();
+                    match outcome {
+                        Ok(_) => {
+                            h.acked.entry(stream.clone()).or_default().push(id);
+                            h.acked_after_kill += usize::from(after_kill);
+                        }
+                        Err(e) => {
+                            h.unknown.insert(id);
+                            h.errors.push(e.to_string());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = history
+        .lock()
+        .unwrap()
+        .acked
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    assert!(
+        before > 0,
+        "no write acknowledged before the kill; errors {:?}\n{}",
+        history.lock().unwrap().errors,
+        c.logs()
+    );
+    c.node(leader).kill();
+    killed.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (new_leader, new_term, _) = c.wait_for_leader(FAILOVER_LIMIT, Some(leader));
+    assert!(new_term > term);
+    // Writes go on with the new leader.
+    let deadline = Instant::now() + FAILOVER_LIMIT;
+    while history.lock().unwrap().acked_after_kill < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "no writes acknowledged by the new leader {new_leader}; errors {:?}\n{}",
+            history.lock().unwrap().errors,
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(async {
+        for w in writers {
+            tokio::time::timeout(Duration::from_secs(60), w)
+                .await
+                .expect("writers stop")
+                .unwrap();
+        }
+    });
+    // The killed node comes back with its data and catches up.
+    let members = c.members.clone();
+    c.node(leader)
+        .start(&members, common::cluster::SECRET, false);
+    let deadline = Instant::now() + FORM_LIMIT;
+    loop {
+        let statuses: Vec<_> = c.nodes.iter().filter_map(|n| n.status()).collect();
+        let commit = statuses.iter().map(|s| s.commit).max().unwrap_or(0);
+        if statuses.len() == 3 && statuses.iter().all(|s| s.applied == commit && s.ready) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up: {statuses:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = history.lock().unwrap();
+    rt.block_on(async {
+        let mut logs = Vec::new();
+        for id in 1..=3 {
+            let node = c.client(&[id]).await;
+            let mut streams = BTreeMap::new();
+            for w in 0..WRITERS {
+                let stream = format!("load-{w}");
+                let read = stream_ids(&node, &stream).await;
+                let versions: Vec<u64> = read.iter().map(|(_, v)| *v).collect();
+                assert_eq!(versions, (0..read.len() as u64).collect::<Vec<_>>());
+                let ids: Vec<uuid::Uuid> = read.into_iter().map(|(id, _)| id).collect();
+                let unique: HashSet<_> = ids.iter().collect();
+                assert_eq!(unique.len(), ids.len(), "node {id}: an event stored twice");
+                let acked = h.acked.get(&stream).cloned().unwrap_or_default();
+                // Every acknowledged event is there, in the order it was acknowledged.
+                let kept: Vec<_> = ids.iter().filter(|i| acked.contains(i)).copied().collect();
+                assert_eq!(kept, acked, "node {id}, {stream}: acknowledged events lost");
+                // Anything else is a write whose outcome the writer did not learn.
+                for extra in ids.iter().filter(|i| !acked.contains(i)) {
+                    assert!(
+                        h.unknown.contains(extra),
+                        "node {id}: {extra} never written"
+                    );
+                }
+                streams.insert(stream, ids);
+            }
+            logs.push(streams);
+        }
+        assert!(logs.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
+    });
+    assert!(h.acked_after_kill >= 20);
+    eprintln!(
+        "acknowledged {} ({} after the kill), outcome unknown {}",
+        h.acked.values().map(Vec::len).sum::<usize>(),
+        h.acked_after_kill,
+        h.unknown.len()
+    );
+}
