@@ -399,6 +399,8 @@ const RECONNECT_TRIES_MAX: u32 = 6;
 /// Tries of one request across the nodes of a cluster: enough to outlast an election
 /// (about 1–3 s) with the waits of [`MOVE_DELAY_MIN`] doubling up to [`MOVE_DELAY_MAX`].
 const MOVE_TRIES_MAX: u32 = 12;
+/// Longest wait for a connection to one node when there are others to try.
+const CONNECT_TIMEOUT_CLUSTER: Duration = Duration::from_secs(2);
 /// First wait before a request moves to the next node.
 const MOVE_DELAY_MIN: Duration = Duration::from_millis(50);
 /// Longest wait before a request moves to the next node.
@@ -413,7 +415,13 @@ async fn handshake(
     let connecting = endpoint
         .connect(addr, &config.server_name)
         .map_err(|e| Error::Connect(e.to_string()))?;
-    let conn = tokio::time::timeout(config.timeout, connecting)
+    // A node that is down does not answer at all: with other nodes to try, do not spend
+    // the whole request deadline on it.
+    let limit = match config.others.is_empty() {
+        true => config.timeout,
+        false => config.timeout.min(CONNECT_TIMEOUT_CLUSTER),
+    };
+    let conn = tokio::time::timeout(limit, connecting)
         .await
         .map_err(|_| Error::Timeout)?
         .map_err(|e| Error::Connect(e.to_string()))?;
