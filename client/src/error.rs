@@ -86,6 +86,17 @@ impl Error {
         }
     }
 
+    /// For moving to another node of a cluster: a connection that could not be made is as
+    /// good as `NotLeader` (nothing was sent); a request cut off or unanswered is `None`
+    /// (it may have been applied); anything else does not move.
+    pub(crate) fn moving_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Connect(_) => Some(ErrorCode::NotLeader),
+            Error::Transport(_) | Error::Timeout => None,
+            _ => Some(ErrorCode::Internal),
+        }
+    }
+
     pub(crate) fn transport(e: impl std::fmt::Display) -> Error {
         Error::Transport(e.to_string())
     }

@@ -548,30 +548,12 @@ impl Client {
         loop {
             let conn = self.conn.lock().await.stable_id();
             let outcome = self.open_once(req).await;
-            let error = match &outcome {
-                Ok((Response::Error { code, .. }, _, _)) => Some(Some(*code)),
-                Ok(_) => None,
-                Err(Error::Connect(_)) => Some(Some(ErrorCode::NotLeader)),
-                Err(Error::Transport(_) | Error::Timeout) => Some(None),
-                Err(_) => None,
+            let answer = match &outcome {
+                Ok((Response::Error { code, .. }, _, _)) => Err(Some(*code)),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.moving_code()),
             };
-            let Some(code) = error else { return outcome };
-            let repeatable = !matches!(
-                req,
-                Request::Delete { .. }
-                    | Request::SetMetadata { .. }
-                    | Request::PersistentCreate { .. }
-                    | Request::PersistentUpdate { .. }
-                    | Request::PersistentDelete { .. }
-                    | Request::PersistentReplayParked { .. }
-                    | Request::Scavenge
-            );
-            let moves = match code {
-                Some(ErrorCode::NotLeader) => true,
-                Some(ErrorCode::Unavailable) | None => repeatable,
-                Some(_) => false,
-            };
-            if !moves || self.addresses.len() < 2 || tries >= MOVE_TRIES_MAX {
+            if !self.moves(req, answer) || tries >= MOVE_TRIES_MAX {
                 return outcome;
             }
             tries += 1;
@@ -579,6 +561,28 @@ impl Client {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MOVE_DELAY_MAX);
         }
+    }
+
+    /// Whether a request answered so (`Err(None)`: cut off, or no answer in time) is sent
+    /// again to the next node; see [`Client::open`].
+    fn moves(&self, req: &Request, answer: Result<(), Option<ErrorCode>>) -> bool {
+        let Err(code) = answer else { return false };
+        let repeatable = !matches!(
+            req,
+            Request::Delete { .. }
+                | Request::SetMetadata { .. }
+                | Request::PersistentCreate { .. }
+                | Request::PersistentUpdate { .. }
+                | Request::PersistentDelete { .. }
+                | Request::PersistentReplayParked { .. }
+                | Request::Scavenge
+        );
+        let moves = match code {
+            Some(ErrorCode::NotLeader) => true,
+            Some(ErrorCode::Unavailable) | None => repeatable,
+            Some(_) => false,
+        };
+        moves && self.addresses.len() > 1
     }
 
     /// Leaves the node of connection `from` for the next address (unless another request
@@ -1001,10 +1005,30 @@ impl Client {
 
     /// Joins a group as a consumer.
     pub async fn connect_persistent(&self, group: &str) -> Result<PersistentSubscription, Error> {
-        let (mut send, mut recv) = self.stream().await?;
         let req = Request::PersistentConnect {
             group: Text::from(group),
         };
+        let mut delay = MOVE_DELAY_MIN;
+        for tries in 0.. {
+            let conn = self.conn.lock().await.stable_id();
+            let outcome = self.join_once(&req, group).await;
+            let answer = match &outcome {
+                Ok(_) => Ok(()),
+                Err(Error::Server { code, .. }) => Err(Some(*code)),
+                Err(e) => Err(e.moving_code()),
+            };
+            if !self.moves(&req, answer) || tries >= MOVE_TRIES_MAX {
+                return outcome;
+            }
+            self.move_on(conn).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MOVE_DELAY_MAX);
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn join_once(&self, req: &Request, group: &str) -> Result<PersistentSubscription, Error> {
+        let (mut send, mut recv) = self.stream().await?;
         let mut out = BytesMut::new();
         req.encode(&mut out);
         send.write_all(&out).await.map_err(Error::transport)?;

@@ -51,6 +51,16 @@ pub enum WriteOp<'a> {
         /// Its version.
         version: u64,
     },
+    /// Records a subscription checkpoint: a position and opaque state under a name (named
+    /// like a stream, and listed among the streams it checks).
+    Checkpoint {
+        /// Its name.
+        name: &'a str,
+        /// The position.
+        position: u64,
+        /// The state.
+        state: &'a [u8],
+    },
 }
 
 impl WriteOp<'_> {
@@ -61,7 +71,8 @@ impl WriteOp<'_> {
             WriteOp::Delete { stream, .. }
             | WriteOp::SetMetadata { stream, .. }
             | WriteOp::PutSnapshot { stream, .. }
-            | WriteOp::DeleteSnapshot { stream, .. } => (&[][..], Some(*stream)),
+            | WriteOp::DeleteSnapshot { stream, .. }
+            | WriteOp::Checkpoint { name: stream, .. } => (&[][..], Some(*stream)),
         };
         many.iter().map(|w| w.stream.as_str()).chain(one)
     }
@@ -320,6 +331,16 @@ pub(crate) fn prepare_op(st: &State, op: &WriteOp<'_>) -> Result<AppendPlan, App
             named(stream)?;
             format::encode_snapshot_delete(&mut body, stream, version);
             EntryKind::SnapshotDelete
+        }
+        WriteOp::Checkpoint {
+            name,
+            position,
+            state,
+        } => {
+            named(name)?;
+            body.reserve(name.len() + state.len() + 16);
+            format::encode_checkpoint(&mut body, name, position, state);
+            EntryKind::Checkpoint
         }
     };
     Ok(AppendPlan::Write {

@@ -464,16 +464,10 @@ impl Engine {
         position: u64,
         state: &[u8],
     ) -> Result<u64, AppendError> {
-        validate_stream_name(name).map_err(|source| AppendError::InvalidStreamName {
-            name: name.into(),
-            source,
-        })?;
-        let mut body = Vec::new();
-        format::encode_checkpoint(&mut body, name, position, state);
-        self.propose(Prepared {
-            kind: EntryKind::Checkpoint,
-            count: 0,
-            body,
+        self.write_op(&WriteOp::Checkpoint {
+            name,
+            position,
+            state,
         })
     }
 

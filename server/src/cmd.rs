@@ -505,6 +505,17 @@ fn request_error(e: RequestError) -> Response {
     error(code, message, leader)
 }
 
+/// `NotLeader`, naming the leader if known, unless this node leads.
+pub(crate) fn not_leading(cluster: &ClusterHandle) -> Option<Response> {
+    let status = cluster.status();
+    if status.role == "leader" {
+        return None;
+    }
+    Some(request_error(RequestError::Refused(Refused::NotLeader(
+        status.leader.filter(|l| *l != status.node_id),
+    ))))
+}
+
 fn not_in_cluster(what: &str) -> Response {
     error(
         ErrorCode::Unavailable,
@@ -562,13 +573,17 @@ async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed 
             version,
         },
         Request::Scavenge => return Routed::Answered(not_in_cluster("scavenging")),
-        Request::PersistentCreate { .. }
+        // Groups run on the leader, which writes their records through Raft.
+        r @ (Request::PersistentCreate { .. }
         | Request::PersistentUpdate { .. }
         | Request::PersistentDelete { .. }
         | Request::PersistentReplayParked { .. }
         | Request::PersistentList
-        | Request::PersistentInfo { .. } => {
-            return Routed::Answered(not_in_cluster("persistent subscriptions"))
+        | Request::PersistentInfo { .. }) => {
+            return match not_leading(cluster) {
+                Some(refused) => Routed::Answered(refused),
+                None => Routed::Local(r),
+            }
         }
         r @ (Request::Hello { .. }
         | Request::Subscribe { .. }

@@ -247,6 +247,13 @@ async fn request(
         }
     };
     if let Request::PersistentConnect { group } = &req {
+        // In a cluster, groups run on the leader: elsewhere the consumer is sent there.
+        if let Some(refused) = shared.ctx.cluster.as_ref().and_then(cmd::not_leading) {
+            if cmd::send(&shared.ctx, &mut send, &refused).await.is_ok() {
+                let _ = send.finish();
+            }
+            return;
+        }
         let max = shared.frame_bytes_max;
         crate::persistent::serve_consumer(&shared.ctx, group.as_str(), send, recv, max).await;
         return;

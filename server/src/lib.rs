@@ -165,11 +165,16 @@ impl Server {
         let metrics = metrics::Metrics::new(config.slow_client_bytes_max);
         let budget = budget::Budget::new(config.slow_client_bytes_max, metrics.budget.clone());
         let counters = metrics.groups.clone();
-        // Persistent groups write their checkpoints into the engine directly: not in a
-        // cluster, where every write goes through Raft (docs/CLUSTER.md).
-        let persistent = match node {
+        // In a cluster, groups run on the leader and write their records through Raft.
+        let persistent = match &node {
             None => persistent::Groups::load(engine.clone(), commits.clone(), counters),
-            Some(_) => persistent::Groups::disabled(engine.clone(), commits.clone(), counters),
+            Some(n) => persistent::Groups::for_cluster(
+                engine.clone(),
+                commits.clone(),
+                counters,
+                n.handle(),
+                config.request_timeout,
+            ),
         };
         let ctx = Arc::new(Ctx {
             engine,
@@ -225,6 +230,12 @@ impl Server {
             };
             tokio::spawn(http::serve_with(listener, ctx, cluster, stop))
         });
+        let leadership = self
+            .shared
+            .ctx
+            .cluster
+            .clone()
+            .map(|c| tokio::spawn(cluster::follow_leadership(c, self.shared.ctx.clone())));
         let limit = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -248,6 +259,9 @@ impl Server {
             });
         }
         tracing::info!("shutting down: no new connections");
+        if let Some(task) = leadership {
+            task.abort();
+        }
         self.endpoint.set_server_config(None);
         // Groups record their state and end their consumers' streams.
         self.shared.ctx.persistent.shutdown().await;

@@ -135,6 +135,16 @@ fn validate(d: &PersistentDefinition) -> Result<Target, GroupError> {
     Ok(Target::Stream(d.stream.clone()))
 }
 
+/// Where a group's record is written: the engine (one node), or Raft (a cluster's leader,
+/// so that the next leader starts the group from it).
+#[derive(Clone)]
+pub enum Sink {
+    /// This node's engine.
+    Engine(Engine),
+    /// Through Raft, with this time limit per write.
+    Cluster(crate::cluster::ClusterHandle, Duration),
+}
+
 /// What a consumer is sent: the retry count and the event.
 type Out = (u32, RecordedEvent);
 
@@ -165,34 +175,58 @@ struct Handle {
 /// Every group of this node.
 pub struct Groups {
     engine: Engine,
+    sink: Sink,
     commits: watch::Receiver<u64>,
     counters: GroupCounters,
     groups: tokio::sync::Mutex<HashMap<String, Handle>>,
     /// Set by [`Groups::shutdown`]: no group starts after it.
     closed: std::sync::atomic::AtomicBool,
+    /// The groups run (always on a single node; on a cluster node while it leads, see
+    /// [`Groups::activate`]).
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl Groups {
-    /// No groups, and none can be created (every call is refused as closed): a cluster
-    /// node, until groups run on the leader through Raft.
-    pub fn disabled(
+    /// The groups of a cluster node: none run until [`Groups::activate`] (when the node
+    /// leads), and their records are written through Raft.
+    pub fn for_cluster(
         engine: Engine,
         commits: watch::Receiver<u64>,
         counters: GroupCounters,
+        cluster: crate::cluster::ClusterHandle,
+        timeout: Duration,
     ) -> Groups {
         Groups {
             engine,
+            sink: Sink::Cluster(cluster, timeout),
             commits,
             counters,
             groups: tokio::sync::Mutex::new(HashMap::new()),
-            closed: std::sync::atomic::AtomicBool::new(true),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            active: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Loads the groups recorded in the store and starts them. Needs a tokio runtime.
     pub fn load(engine: Engine, commits: watch::Receiver<u64>, counters: GroupCounters) -> Groups {
+        let groups = Groups {
+            sink: Sink::Engine(engine.clone()),
+            engine,
+            commits,
+            counters,
+            groups: tokio::sync::Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            active: std::sync::atomic::AtomicBool::new(true),
+        };
+        let loaded = groups.loaded();
+        *groups.groups.try_lock().expect("not shared yet") = loaded;
+        groups
+    }
+
+    /// The groups recorded in the store (committed records), started.
+    fn loaded(&self) -> HashMap<String, Handle> {
         let mut groups = HashMap::new();
-        for (name, _, state) in engine.checkpoints(CHECKPOINT_PREFIX) {
+        for (name, _, state) in self.engine.checkpoints(CHECKPOINT_PREFIX) {
             let record: Record = match serde_json::from_slice(&state) {
                 Ok(r) => r,
                 Err(e) => {
@@ -211,16 +245,56 @@ impl Groups {
                 }
             };
             let group = record.definition.name.clone();
-            let state = Group::new(&engine, &commits, &counters, record, target);
+            let state = self.group(record, target);
             groups.insert(group, spawn(state));
         }
-        Groups {
-            engine,
-            commits,
-            counters,
-            groups: tokio::sync::Mutex::new(groups),
-            closed: std::sync::atomic::AtomicBool::new(false),
+        groups
+    }
+
+    fn group(&self, record: Record, target: Target) -> Group {
+        Group::new(
+            &self.engine,
+            &self.sink,
+            &self.commits,
+            &self.counters,
+            record,
+            target,
+        )
+    }
+
+    /// Whether the groups run here.
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A cluster node that leads, once it has applied everything committed before its
+    /// term: starts the groups from their replicated records. Whatever the last leader
+    /// delivered above a group's recorded checkpoint is delivered again (at least once).
+    pub async fn activate(&self) {
+        let mut groups = self.groups.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) || self.is_active() {
+            return;
         }
+        *groups = self.loaded();
+        self.active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(groups = groups.len(), "persistent groups started (leading)");
+    }
+
+    /// A cluster node that stopped leading: stops its groups at once, without recording
+    /// them (it cannot: the new leader records from here on); their consumers' streams end,
+    /// and they join again on the new leader.
+    pub async fn deactivate(&self) {
+        let mut groups = self.groups.lock().await;
+        if !self.is_active() {
+            return;
+        }
+        self.active
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        for (_, h) in groups.drain() {
+            h.task.abort();
+        }
+        tracing::info!("persistent groups stopped (no longer leading)");
     }
 
     /// Creates a group and records it; returns the index of its record.
@@ -229,6 +303,9 @@ impl Groups {
         let mut groups = self.groups.lock().await;
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(GroupError::Unavailable("the server is stopping".into()));
+        }
+        if !self.is_active() {
+            return Err(not_running());
         }
         if groups.contains_key(&d.name) {
             return Err(GroupError::Exists(d.name));
@@ -240,15 +317,18 @@ impl Groups {
             deleted: false,
             retries: BTreeMap::new(),
         };
-        let index = write(&self.engine, &record).await?;
+        let index = write(&self.sink, &record).await?;
         let name = record.definition.name.clone();
-        let state = Group::new(&self.engine, &self.commits, &self.counters, record, target);
+        let state = self.group(record, target);
         groups.insert(name, spawn(state));
         Ok(index)
     }
 
     async fn sender(&self, group: &str) -> Result<mpsc::UnboundedSender<Cmd>, GroupError> {
         let groups = self.groups.lock().await;
+        if !self.is_active() {
+            return Err(not_running());
+        }
         match groups.get(group) {
             Some(h) => Ok(h.tx.clone()),
             None => Err(GroupError::NotFound(group.to_string())),
@@ -303,6 +383,9 @@ impl Groups {
     /// Deletes a group: records it as deleted, ends its consumers' streams.
     pub async fn delete(&self, group: &str) -> Result<u64, GroupError> {
         let mut groups = self.groups.lock().await;
+        if !self.is_active() {
+            return Err(not_running());
+        }
         let Some(h) = groups.get(group) else {
             return Err(GroupError::NotFound(group.to_string()));
         };
@@ -343,18 +426,41 @@ fn spawn(group: Group) -> Handle {
     Handle { tx, task }
 }
 
+/// A cluster node's groups run on its leader only.
+fn not_running() -> GroupError {
+    GroupError::Unavailable(
+        "persistent groups run on the cluster's leader: this node does not lead (or has just \
+         begun to, and is starting them)"
+            .into(),
+    )
+}
+
 /// Writes a group's record through the log; returns its index.
-async fn write(engine: &Engine, record: &Record) -> Result<u64, GroupError> {
+async fn write(sink: &Sink, record: &Record) -> Result<u64, GroupError> {
     let json = serde_json::to_vec(record).expect("records serialize");
-    let (engine, name, position) = (
-        engine.clone(),
-        key(&record.definition.name),
-        record.checkpoint,
-    );
-    tokio::task::spawn_blocking(move || engine.put_checkpoint(&name, position, &json))
-        .await
-        .expect("engine calls do not panic")
-        .map_err(|e| GroupError::Unavailable(format!("recording the group: {e}")))
+    let (name, position) = (key(&record.definition.name), record.checkpoint);
+    let failed =
+        |e: &dyn std::fmt::Display| GroupError::Unavailable(format!("recording the group: {e}"));
+    match sink {
+        Sink::Engine(engine) => {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || engine.put_checkpoint(&name, position, &json))
+                .await
+                .expect("engine calls do not panic")
+                .map_err(|e| failed(&e))
+        }
+        Sink::Cluster(cluster, timeout) => {
+            let write = crate::cluster::Write::Checkpoint {
+                name,
+                position,
+                state: json,
+            };
+            match cluster.write(write, *timeout).await {
+                Ok(r) => Ok(r.index),
+                Err(e) => Err(failed(&e)),
+            }
+        }
+    }
 }
 
 /// An event read and not yet handled.
@@ -383,6 +489,7 @@ struct Group {
     def: PersistentDefinition,
     target: Target,
     engine: Engine,
+    sink: Sink,
     commits: watch::Receiver<u64>,
     /// Next position (or version) to read.
     next: u64,
@@ -416,6 +523,7 @@ fn stream_hash(s: &str) -> u64 {
 impl Group {
     fn new(
         engine: &Engine,
+        sink: &Sink,
         commits: &watch::Receiver<u64>,
         counters: &GroupCounters,
         record: Record,
@@ -427,6 +535,7 @@ impl Group {
             def: record.definition,
             target,
             engine: engine.clone(),
+            sink: sink.clone(),
             commits: commits.clone(),
             next: record.checkpoint,
             backlog: VecDeque::new(),
@@ -479,7 +588,7 @@ impl Group {
     async fn persist(&mut self) -> Result<u64, GroupError> {
         let record = self.record(false);
         self.last_write = Instant::now();
-        let index = write(&self.engine, &record).await;
+        let index = write(&self.sink, &record).await;
         match &index {
             Ok(_) => {
                 self.recorded = record.checkpoint;
@@ -778,7 +887,7 @@ impl Group {
                 let _ = reply.send(self.info());
             }
             Cmd::Delete(reply) => {
-                let result = write(&self.engine, &self.record(true)).await;
+                let result = write(&self.sink, &self.record(true)).await;
                 let stop = result.is_ok();
                 let _ = reply.send(result);
                 return !stop;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, FAILOVER_LIMIT, FORM_LIMIT};
 use quiver_client::{
-    Client, Error, EventData, ExpectedVersion, ReadOptions, SubscribeOptions, SubscriptionMessage,
+    Client, Error, EventData, ExpectedVersion, PersistentDefinition, ReadOptions, SubscribeOptions,
+    SubscriptionMessage,
 };
 use quiver_net::ErrorCode;
 
@@ -336,4 +337,83 @@ fn a_killed_leader_loses_no_acknowledged_write_and_duplicates_none() {
         h.acked_after_kill,
         h.unknown.len()
     );
+}
+
+/// A persistent group runs on the leader and records its checkpoint through Raft; when the
+/// leader is killed, the new leader starts it from that record and the consumer, following
+/// the leader by itself, gets every event (at least once), those written after the kill too.
+#[test]
+fn a_persistent_group_keeps_delivering_across_a_leader_kill() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let (leader, _, _) = c.wait_for_leader(FORM_LIMIT, None);
+    let rt = runtime();
+    let client = rt.block_on(c.client(&[1, 2, 3]));
+    let mut written = HashSet::new();
+    let mut delivered = HashSet::new();
+    rt.block_on(async {
+        client
+            .create_persistent(&PersistentDefinition::all("billing"))
+            .await
+            .unwrap();
+        for i in 0..30 {
+            let e = EventData::json("Billed", format!("{{\"n\":{i}}}"));
+            written.insert(e.id);
+            client
+                .append(&format!("bill-{}", i % 3), ExpectedVersion::Any, vec![e])
+                .await
+                .unwrap();
+        }
+        let mut consumer = client.connect_persistent("billing").await.unwrap();
+        while delivered.len() < 15 {
+            let d = consumer.next().await.unwrap().expect("the group exists");
+            consumer.ack(&[d.event.position]).await.unwrap();
+            delivered.insert(d.event.id);
+        }
+        // Let the group record its checkpoint (at most every 100 ms).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.node(leader).kill();
+        for i in 30..60 {
+            let e = EventData::json("Billed", format!("{{\"n\":{i}}}"));
+            written.insert(e.id);
+            client
+                .append(&format!("bill-{}", i % 3), ExpectedVersion::Any, vec![e])
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !written.is_subset(&delivered) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let d = tokio::time::timeout(left, consumer.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {} events delivered after the kill\n{}",
+                        delivered.len(),
+                        written.len(),
+                        c.logs()
+                    )
+                })
+                .unwrap()
+                .expect("the group exists on the new leader");
+            // Ack failures are fine: the connection may be gone; the event comes again.
+            let _ = consumer.ack(&[d.event.position]).await;
+            delivered.insert(d.event.id);
+        }
+        // Followers do not run groups: asked alone, one sends the consumer to the leader.
+        let (new_leader, _, _) = c.wait_for_leader(FAILOVER_LIMIT, Some(leader));
+        let follower = (1..=3)
+            .find(|id| *id != leader && *id != new_leader)
+            .unwrap();
+        let lone = c.client(&[follower]).await;
+        match lone.connect_persistent("billing").await {
+            Err(Error::Server {
+                code: ErrorCode::NotLeader,
+                ..
+            }) => {}
+            Err(e) => panic!("a follower refused a consumer with {e}"),
+            Ok(_) => panic!("a follower took a consumer"),
+        }
+    });
+    assert!(written.is_subset(&delivered));
 }

@@ -139,6 +139,15 @@ pub enum Write {
         /// Its version.
         version: u64,
     },
+    /// A subscription checkpoint (a persistent group's record).
+    Checkpoint {
+        /// Its name.
+        name: String,
+        /// The position.
+        position: u64,
+        /// The state.
+        state: Vec<u8>,
+    },
 }
 
 impl Write {
@@ -168,6 +177,15 @@ impl Write {
             Write::DeleteSnapshot { stream, version } => WriteOp::DeleteSnapshot {
                 stream,
                 version: *version,
+            },
+            Write::Checkpoint {
+                name,
+                position,
+                state,
+            } => WriteOp::Checkpoint {
+                name,
+                position: *position,
+                state,
             },
         }
     }
@@ -300,6 +318,33 @@ impl ClusterHandle {
         tokio::time::timeout(timeout, wait)
             .await
             .unwrap_or(Err(RequestError::Timeout))
+    }
+}
+
+/// Runs the persistent groups while this node leads (until aborted): when it becomes leader
+/// and a read index shows it has applied everything committed before its term, the groups
+/// start from their replicated records; when it stops leading, they stop and their
+/// consumers follow the leader.
+pub async fn follow_leadership(cluster: ClusterHandle, ctx: Arc<crate::cmd::Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // The term the groups were started in: a node that lost and regained leadership between
+    // two looks restarts them, since another leader may have recorded them meanwhile.
+    let mut started_in = 0;
+    loop {
+        tick.tick().await;
+        let status = cluster.status();
+        let leads = status.role == "leader";
+        let groups = &ctx.persistent;
+        if groups.is_active() && (!leads || status.term != started_in) {
+            groups.deactivate().await;
+        }
+        if leads && !groups.is_active() && cluster.read_index(ctx.request_timeout).await.is_ok() {
+            let now = cluster.status();
+            if now.role == "leader" && now.term == status.term {
+                started_in = status.term;
+                groups.activate().await;
+            }
+        }
     }
 }
 
