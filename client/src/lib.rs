@@ -1057,6 +1057,34 @@ impl Client {
         }
     }
 
+    /// Cluster: adds node `id`, whose peer endpoint is at `peer`, as a learner, promoted to
+    /// voter by the leader once caught up; returns the index of the membership entry.
+    pub async fn cluster_add(&self, id: u64, peer: SocketAddr) -> Result<u64, Error> {
+        let req = Request::ClusterAdd {
+            id,
+            peer: Text::from(peer.to_string()),
+        };
+        self.done_index(req).await
+    }
+
+    /// Cluster: removes node `id`; returns the index of the membership entry.
+    pub async fn cluster_remove(&self, id: u64) -> Result<u64, Error> {
+        self.done_index(Request::ClusterRemove { id }).await
+    }
+
+    /// Cluster: hands leadership to voter `to`, or to the most caught-up voter; returns the
+    /// node it is handed to (the transfer completes within an election timeout).
+    pub async fn cluster_transfer(&self, to: Option<u64>) -> Result<u64, Error> {
+        self.done_index(Request::ClusterTransfer { to }).await
+    }
+
+    async fn done_index(&self, req: Request) -> Result<u64, Error> {
+        match self.call(&req).await? {
+            Response::Done { index } => Ok(index),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Closes the connection and waits until the server has been told.
     pub async fn close(self) {
         self.conn.lock().await.close(0u32.into(), b"bye");

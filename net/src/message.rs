@@ -49,6 +49,9 @@ pub enum Kind {
     PersistentConnect = 0x0115,
     PersistentAck = 0x0116,
     PersistentNack = 0x0117,
+    ClusterAdd = 0x0118,
+    ClusterRemove = 0x0119,
+    ClusterTransfer = 0x011A,
     HelloOk = 0x0200,
     Appended = 0x0201,
     Events = 0x0202,
@@ -72,7 +75,7 @@ impl Kind {
     /// The kind for a frame's kind field.
     pub fn from_u16(k: u16) -> Option<Kind> {
         use Kind::*;
-        const ALL: [Kind; 41] = [
+        const ALL: [Kind; 44] = [
             Hello,
             Append,
             ReadStream,
@@ -97,6 +100,9 @@ impl Kind {
             PersistentConnect,
             PersistentAck,
             PersistentNack,
+            ClusterAdd,
+            ClusterRemove,
+            ClusterTransfer,
             HelloOk,
             Appended,
             Events,
@@ -399,6 +405,20 @@ pub enum Request {
     PersistentNack {
         action: u8,
         positions: Vec<u64>,
+    },
+    /// Cluster: adds node `id`, at peer address `peer`, as a learner, promoted to voter
+    /// once caught up.
+    ClusterAdd {
+        id: u64,
+        peer: Text,
+    },
+    /// Cluster: removes node `id` (its id is retired).
+    ClusterRemove {
+        id: u64,
+    },
+    /// Cluster: hands leadership to voter `to` (absent: the most caught-up one).
+    ClusterTransfer {
+        to: Option<u64>,
     },
 }
 
@@ -763,6 +783,9 @@ impl Request {
             Request::PersistentConnect { .. } => Kind::PersistentConnect,
             Request::PersistentAck { .. } => Kind::PersistentAck,
             Request::PersistentNack { .. } => Kind::PersistentNack,
+            Request::ClusterAdd { .. } => Kind::ClusterAdd,
+            Request::ClusterRemove { .. } => Kind::ClusterRemove,
+            Request::ClusterTransfer { .. } => Kind::ClusterTransfer,
         }
     }
 
@@ -861,6 +884,12 @@ impl Request {
                 out.put_u8(*action);
                 put_positions(out, positions);
             }
+            Request::ClusterAdd { id, peer } => {
+                out.put_u64_le(*id);
+                put_str8(out, peer.as_str());
+            }
+            Request::ClusterRemove { id } => out.put_u64_le(*id),
+            Request::ClusterTransfer { to } => put_opt_u64(out, *to),
             Request::SnapshotPut {
                 stream,
                 version,
@@ -1041,6 +1070,12 @@ impl Request {
                     positions: get_positions(&mut r)?,
                 }
             }
+            Kind::ClusterAdd => Request::ClusterAdd {
+                id: r.u64()?,
+                peer: r.str8()?,
+            },
+            Kind::ClusterRemove => Request::ClusterRemove { id: r.u64()? },
+            Kind::ClusterTransfer => Request::ClusterTransfer { to: r.opt_u64()? },
             other => return Err(r.error(format!("{other:?} is a response, not a request"))),
         };
         r.finish()?;

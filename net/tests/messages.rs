@@ -215,6 +215,9 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|positions| Request::PersistentAck { positions }),
         (0u8..3, proptest::collection::vec(any::<u64>(), 0..6))
             .prop_map(|(action, positions)| Request::PersistentNack { action, positions }),
+        (any::<u64>(), text(30)).prop_map(|(id, peer)| Request::ClusterAdd { id, peer }),
+        any::<u64>().prop_map(|id| Request::ClusterRemove { id }),
+        proptest::option::of(any::<u64>()).prop_map(|to| Request::ClusterTransfer { to }),
     ]
 }
 

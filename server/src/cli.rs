@@ -133,6 +133,41 @@ pub enum Command {
     /// and no duplicate at the switch. Resume with --from LAST+1 (a position for $all, a
     /// version for a stream).
     Subscribe(SubscribeArgs),
+    /// `quiver cluster add|remove|transfer-leader` (under `cluster` in the command line).
+    #[command(skip)]
+    Member(MemberCommand),
+}
+
+/// Changes to a cluster's membership and leadership, sent to any node (a follower passes
+/// the client on to the leader when given every node's address).
+#[derive(Debug, Subcommand)]
+#[allow(missing_docs)]
+pub enum MemberCommand {
+    /// Add node ID, whose peer endpoint is PEER_ADDR (IP:PORT), as a learner; the leader
+    /// promotes it to voter once it has caught up. Start the node first, with
+    /// --initial-members listing the current members (it waits to be added).
+    Add {
+        /// The new node's id (never used before in this cluster).
+        id: u64,
+        /// Its peer address.
+        peer: SocketAddr,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Remove node ID from the cluster (its id is retired for good).
+    Remove {
+        /// The node's id.
+        id: u64,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Hand leadership to voter ID, or to the most caught-up voter.
+    TransferLeader {
+        /// The voter to lead.
+        id: Option<u64>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 /// `quiver subscribe`.
@@ -567,6 +602,11 @@ impl Command {
             },
             Command::Status(a) | Command::Health(a) | Command::Scavenge(a) => &a.conn,
             Command::Subscribe(a) => &a.conn,
+            Command::Member(
+                MemberCommand::Add { conn, .. }
+                | MemberCommand::Remove { conn, .. }
+                | MemberCommand::TransferLeader { conn, .. },
+            ) => conn,
         }
     }
 }
@@ -1028,6 +1068,32 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
                 return out.line(&Obj::default().val("bytes_reclaimed", bytes).end());
             }
             out.line(&format!("scavenged: {bytes} bytes reclaimed"))
+        }
+        Command::Member(MemberCommand::Add { id, peer, .. }) => {
+            let index = client.cluster_add(id, peer).await?;
+            if out.json {
+                let o = Obj::default().val("added", id).val("index", index);
+                return out.line(&o.end());
+            }
+            out.line(&format!(
+                "node {id} added as a learner (entry {index}); the leader promotes it to voter \
+                 once it has caught up"
+            ))
+        }
+        Command::Member(MemberCommand::Remove { id, .. }) => {
+            let index = client.cluster_remove(id).await?;
+            if out.json {
+                let o = Obj::default().val("removed", id).val("index", index);
+                return out.line(&o.end());
+            }
+            out.line(&format!("node {id} removed (entry {index})"))
+        }
+        Command::Member(MemberCommand::TransferLeader { id, .. }) => {
+            let to = client.cluster_transfer(id).await?;
+            if out.json {
+                return out.line(&Obj::default().val("transferring_to", to).end());
+            }
+            out.line(&format!("leadership is being handed to node {to}"))
         }
     }
 }

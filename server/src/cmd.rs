@@ -399,6 +399,13 @@ async fn answer(
             let r = blocking(move || engine.delete_snapshot(stream.as_str(), version)).await;
             r.map_or_else(append_error, |index| Response::Done { index })
         }
+        Request::ClusterAdd { .. }
+        | Request::ClusterRemove { .. }
+        | Request::ClusterTransfer { .. } => error(
+            ErrorCode::InvalidRequest,
+            "this server is a single node, not a cluster node",
+            None,
+        ),
         Request::Status => Response::Status {
             store_id: Text::new(ctx.store_id.clone()),
             server: Text::new(concat!("quiver ", env!("CARGO_PKG_VERSION"))),
@@ -497,6 +504,11 @@ fn request_error(e: RequestError) -> Response {
             None,
         ),
         RequestError::Invalid(_) => (ErrorCode::Internal, e.to_string(), None),
+        RequestError::Refused(Refused::InvalidChange(why)) => (
+            ErrorCode::InvalidRequest,
+            format!("membership change refused: {why}"),
+            None,
+        ),
         RequestError::Refused(_)
         | RequestError::Overwritten(_)
         | RequestError::ReadLost
@@ -573,6 +585,34 @@ async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed 
             version,
         },
         Request::Scavenge => return Routed::Answered(not_in_cluster("scavenging")),
+        Request::ClusterAdd { id, peer } => {
+            let answer = match peer.as_str().parse() {
+                Err(_) => error(
+                    ErrorCode::InvalidRequest,
+                    format!("peer address {:?} is not IP:PORT", peer.as_str()),
+                    None,
+                ),
+                Ok(addr) => match cluster.add_member(id, addr, ctx.request_timeout).await {
+                    Ok(index) => Response::Done { index },
+                    Err(WriteError::Append(e)) => append_error(e),
+                    Err(WriteError::Request(e)) => request_error(e),
+                },
+            };
+            return Routed::Answered(answer);
+        }
+        Request::ClusterRemove { id } => {
+            return Routed::Answered(match cluster.remove_member(id, ctx.request_timeout).await {
+                Ok(index) => Response::Done { index },
+                Err(e) => request_error(e),
+            })
+        }
+        Request::ClusterTransfer { to } => {
+            let to = cluster.transfer_leader(to, ctx.request_timeout).await;
+            return Routed::Answered(match to {
+                Ok(to) => Response::Done { index: to },
+                Err(e) => request_error(e),
+            });
+        }
         // Groups run on the leader, which writes their records through Raft.
         r @ (Request::PersistentCreate { .. }
         | Request::PersistentUpdate { .. }

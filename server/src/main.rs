@@ -88,6 +88,8 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    #[command(flatten)]
+    Member(quiver_server::cli::MemberCommand),
 }
 
 #[derive(Subcommand)]
@@ -130,7 +132,7 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
-    /// A cluster node's view of its cluster.
+    /// A cluster: its status (from a node), membership and leadership.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
@@ -153,6 +155,31 @@ fn main() -> anyhow::Result<()> {
     let command = match Cli::parse().command {
         // The client commands print their own errors and choose their exit codes.
         Command::Client(command) => std::process::exit(quiver_server::cli::run(command)),
+        Command::Cluster {
+            command: ClusterCommand::Member(m),
+        } => std::process::exit(quiver_server::cli::run(
+            quiver_server::cli::Command::Member(m),
+        )),
+        node => node,
+    };
+    let command = match command {
+        Command::Cluster {
+            command:
+                ClusterCommand::Status {
+                    http,
+                    json,
+                    timeout,
+                },
+        } => {
+            use quiver_server::cluster::status_cli;
+            let status = status_cli::fetch(http, std::time::Duration::from_secs(timeout))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status_cli::render(&status));
+            }
+            return Ok(());
+        }
         node => node,
     };
     tracing_subscriber::fmt()
@@ -196,23 +223,7 @@ fn main() -> anyhow::Result<()> {
                 DbType::Cluster => serve_cluster(config, cluster),
             }
         }
-        Command::Cluster {
-            command:
-                ClusterCommand::Status {
-                    http,
-                    json,
-                    timeout,
-                },
-        } => {
-            use quiver_server::cluster::status_cli;
-            let status = status_cli::fetch(http, std::time::Duration::from_secs(timeout))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", status_cli::render(&status));
-            }
-            Ok(())
-        }
+        Command::Cluster { .. } => unreachable!("cluster commands return above"),
         Command::Verify { store } => {
             let config = EngineConfig::default().segment_bytes_max(store.segment_mib << 20);
             let engine = Engine::open(&store.data_dir, config)

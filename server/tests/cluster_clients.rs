@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, FAILOVER_LIMIT, FORM_LIMIT};
+use common::cluster::{Cluster, Node, FAILOVER_LIMIT, FORM_LIMIT};
 use quiver_client::{
     Client, Error, EventData, ExpectedVersion, PersistentDefinition, ReadOptions, SubscribeOptions,
     SubscriptionMessage,
@@ -416,4 +416,123 @@ fn a_persistent_group_keeps_delivering_across_a_leader_kill() {
         }
     });
     assert!(written.is_subset(&delivered));
+}
+
+/// Membership through the client and the CLI: a fourth node joins as a learner and is
+/// promoted once caught up, leadership is handed to it, and the old leader is removed;
+/// writes go on throughout and the new node serves what was written before it joined.
+#[test]
+fn a_node_is_added_promoted_handed_leadership_and_another_removed() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let (leader, _, _) = c.wait_for_leader(FORM_LIMIT, None);
+    let mut four = Node::new(4, c.root());
+    four.tls = c.nodes[0].tls.clone();
+    // Started with the current members, it is not one of them: it waits to be added.
+    four.start(&c.members, common::cluster::SECRET, true);
+    let four_peer = four.peer;
+    c.nodes.push(four);
+    let rt = runtime();
+    let client = rt.block_on(c.client(&[1, 2, 3]));
+    let appended = |stream: &'static str, n: usize| {
+        let client = client.clone();
+        async move {
+            for _ in 0..n {
+                let e = EventData::json("Tested", "{}");
+                client
+                    .append(stream, ExpectedVersion::Any, vec![e])
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    rt.block_on(appended("before", 10));
+    let index = rt.block_on(client.cluster_add(4, four_peer)).unwrap();
+    assert!(index > 0);
+    // Promoted by the leader once it has caught up.
+    let deadline = Instant::now() + FORM_LIMIT;
+    while c
+        .node(leader)
+        .status()
+        .is_none_or(|s| s.voters != [1, 2, 3, 4])
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 was not promoted: {:#?}\n{}",
+            c.node(leader).status(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let on_four = rt.block_on(async { stream_ids(&c.client(&[4]).await, "before").await });
+    assert_eq!(
+        on_four.len(),
+        10,
+        "node 4 has what was written before it joined"
+    );
+
+    // Leadership handed to node 4 with the CLI, through any node.
+    let servers: Vec<String> = c.nodes.iter().map(|n| n.client.to_string()).collect();
+    let out = std::process::Command::new(common::cluster::QUIVER)
+        .args([
+            "cluster",
+            "transfer-leader",
+            "4",
+            "--server",
+            &servers.join(","),
+        ])
+        .arg("--ca")
+        .arg(c.ca())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node 4"));
+    let deadline = Instant::now() + FAILOVER_LIMIT;
+    loop {
+        let (now, _, _) = c.wait_for_leader(FAILOVER_LIMIT, None);
+        if now == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leadership stayed with {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The old leader removed; writes go on with three voters. (A client learns no new
+    // addresses from the nodes: it is given node 4's.)
+    let client = rt.block_on(c.client(&[1, 2, 3, 4]));
+    rt.block_on(client.cluster_remove(leader)).unwrap();
+    let deadline = Instant::now() + FORM_LIMIT;
+    let rest: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    while c.node(4).status().is_none_or(|s| s.voters != rest) {
+        assert!(Instant::now() < deadline, "{:#?}", c.node(4).status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.node(leader).kill();
+    let client = rt.block_on(c.client(&rest));
+    for _ in 0..5 {
+        let e = EventData::json("Tested", "{}");
+        rt.block_on(client.append("after", ExpectedVersion::Any, vec![e]))
+            .unwrap();
+    }
+    let on_four = rt.block_on(async { stream_ids(&c.client(&[4]).await, "after").await });
+    assert_eq!(on_four.len(), 5);
+    // A node that is not a member cannot be removed twice, nor id 0 added: clear refusals.
+    let again = rt.block_on(client.cluster_remove(leader));
+    assert!(
+        matches!(
+            &again,
+            Err(Error::Server {
+                code: ErrorCode::InvalidRequest,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use quiver_engine::{AppendError, AppendResult, Plan};
 use quiver_net::peer::PeerMessage;
 use quiver_net::peer_quic::{PeerEndpoint, SendError};
-use quiver_raft::{Message, RawNode, Refused, Role};
+use quiver_raft::{MembershipChange, Message, RawNode, Refused, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::peer_map;
@@ -96,6 +96,17 @@ pub(crate) enum Request {
     Write {
         write: super::Write,
         done: WriteAnswer,
+    },
+    /// A membership change, answered with its entry's index once committed.
+    Membership {
+        change: MembershipChange,
+        done: Answer,
+    },
+    /// A leadership transfer (to the most caught-up voter if `to` is none), answered with
+    /// the target once the transfer has begun.
+    Transfer {
+        to: Option<u64>,
+        done: Answer,
     },
 }
 
@@ -304,6 +315,7 @@ impl Driver {
                 let Ok(r) = requests.try_recv() else { break };
                 self.request(r);
             }
+            self.promote_caught_up();
             self.handle_ready()?;
             // Writes that met an earlier one of the same turn: their turn now.
             while !self.deferred.is_empty() {
@@ -351,6 +363,33 @@ impl Driver {
                 }
             }
             Request::Write { write, done } => self.write(write, done),
+            Request::Membership { change, done } => match self.node.propose_membership(change) {
+                Ok(index) => {
+                    let term = self.node.term();
+                    self.wait(index, term, Reply::Index(done));
+                }
+                Err(r) => {
+                    let _ = done.send(Err(RequestError::Refused(r)));
+                }
+            },
+            Request::Transfer { to, done } => {
+                let me = self.node.id();
+                let voters = self.node.membership().voters.clone();
+                // The voter whose log is closest to the leader's: the shortest catch-up.
+                let to = to.or_else(|| {
+                    let matched = self.node.matched();
+                    matched
+                        .iter()
+                        .filter(|(id, _)| *id != me && voters.contains(id))
+                        .max_by_key(|(id, m)| (*m, std::cmp::Reverse(*id)))
+                        .map(|(id, _)| *id)
+                });
+                let outcome = match to {
+                    Some(to) => self.node.transfer_leadership(to).map(|()| to),
+                    None => Err(Refused::NotLeader(self.node.leader())),
+                };
+                let _ = done.send(outcome.map_err(RequestError::Refused));
+            }
             Request::ReadIndex { done } => {
                 if self.reads_asked.len() + self.reads_confirmed.len() >= WAITING_MAX {
                     let _ = done.send(Err(RequestError::Busy));
@@ -609,6 +648,30 @@ impl Driver {
         self.reads_confirmed.retain(|(_, done)| !done.is_closed());
     }
 
+    /// On a leader: a learner added by `cluster add` to become a voter is promoted once it
+    /// has caught up with the commit index (one change at a time; a refusal, e.g. another
+    /// change still pending, is tried again next turn).
+    fn promote_caught_up(&mut self) {
+        if self.node.role() != Role::Leader || self.node.membership().learners.is_empty() {
+            return;
+        }
+        let commit = self.node.commit();
+        let matched = self.node.matched();
+        let learners: Vec<u64> = self.node.membership().learners.iter().copied().collect();
+        for id in learners {
+            let caught_up = matched.iter().any(|(m, i)| *m == id && *i >= commit);
+            let engine = self.node.storage().engine();
+            let wanted = super::peer_record(engine, id).is_some_and(|r| r.voter);
+            if caught_up && wanted {
+                match self.node.propose_membership(MembershipChange::Promote(id)) {
+                    Ok(index) => tracing::info!(peer = id, index, "promoting a learner"),
+                    Err(why) => tracing::debug!(peer = id, ?why, "promotion waits"),
+                }
+                return;
+            }
+        }
+    }
+
     /// Keeps the endpoint's peers equal to the members in effect (this node aside).
     fn sync_peers(&mut self) {
         let me = self.node.id();
@@ -631,12 +694,21 @@ impl Driver {
                     self.endpoint.add_peer(id, *addr);
                     self.peers.insert(id);
                 }
-                None => {
-                    // A member added later (`cluster add`, not built yet) brings its address.
-                    if self.unreachable.insert(id) {
-                        tracing::warn!(peer = id, "a member has no known peer address");
+                None => match super::peer_record(self.node.storage().engine(), id) {
+                    // A member added by `cluster add`: its address is in the log.
+                    Some(record) => {
+                        tracing::info!(peer = id, addr = %record.addr, "sending to a member");
+                        self.addresses.insert(id, record.addr);
+                        self.endpoint.add_peer(id, record.addr);
+                        self.peers.insert(id);
+                        self.unreachable.remove(&id);
                     }
-                }
+                    None => {
+                        if self.unreachable.insert(id) {
+                            tracing::warn!(peer = id, "a member has no known peer address");
+                        }
+                    }
+                },
             }
         }
         for id in self.peers.difference(&members).copied().collect::<Vec<_>>() {

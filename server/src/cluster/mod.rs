@@ -21,6 +21,7 @@ mod driver;
 pub mod status_cli;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -200,6 +201,26 @@ impl Write {
     }
 }
 
+/// Checkpoint names of the peer records that `cluster add` writes through Raft.
+pub const PEER_RECORD_PREFIX: &str = "cluster/peer/";
+
+/// A member added by `cluster add`: where to reach it, and whether it is to become a voter.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PeerRecord {
+    pub(crate) addr: SocketAddr,
+    pub(crate) voter: bool,
+}
+
+/// The peer record of node `id` in `engine`'s log, if any.
+pub(crate) fn peer_record(engine: &quiver_engine::Engine, id: u64) -> Option<PeerRecord> {
+    let name = format!("{PEER_RECORD_PREFIX}{id}");
+    let found = engine
+        .checkpoints(&name)
+        .into_iter()
+        .find(|(n, _, _)| *n == name);
+    serde_json::from_slice(&found?.2).ok()
+}
+
 /// What the rest of the server holds of the Raft loop: its status, and requests to it.
 #[derive(Clone)]
 pub struct ClusterHandle {
@@ -292,6 +313,58 @@ impl ClusterHandle {
         tokio::time::timeout(timeout, wait)
             .await
             .unwrap_or(Err(RequestError::Timeout.into()))
+    }
+
+    /// Adds node `id`, whose peer endpoint is at `peer`, as a learner that the leader
+    /// promotes to voter once it has caught up. The address is first written through Raft
+    /// (a checkpoint named [`PEER_RECORD_PREFIX`]`<id>`), so that every node, and every
+    /// later leader, can reach it; then the membership change is proposed. Answered with
+    /// the change's index once committed.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<u64, WriteError> {
+        if id == 0 {
+            let why = quiver_raft::Refused::InvalidChange("node id 0 is reserved");
+            return Err(RequestError::Refused(why).into());
+        }
+        let record = PeerRecord {
+            addr: peer,
+            voter: true,
+        };
+        let write = Write::Checkpoint {
+            name: format!("{PEER_RECORD_PREFIX}{id}"),
+            position: 0,
+            state: serde_json::to_vec(&record).expect("records serialize"),
+        };
+        self.write(write, timeout).await?;
+        let change = quiver_raft::MembershipChange::AddLearner(id);
+        let (done, answer) = oneshot::channel();
+        let asked = self.ask(Request::Membership { change, done }, answer, timeout);
+        Ok(asked.await?)
+    }
+
+    /// Removes node `id` from the cluster (its id is retired); answered once committed.
+    pub async fn remove_member(&self, id: u64, timeout: Duration) -> Result<u64, RequestError> {
+        let change = quiver_raft::MembershipChange::Remove(id);
+        let (done, answer) = oneshot::channel();
+        self.ask(Request::Membership { change, done }, answer, timeout)
+            .await
+    }
+
+    /// Hands leadership to voter `to`, or to the most caught-up one; answered with the
+    /// target once the transfer has begun (it completes within an election timeout, or is
+    /// abandoned).
+    pub async fn transfer_leader(
+        &self,
+        to: Option<u64>,
+        timeout: Duration,
+    ) -> Result<u64, RequestError> {
+        let (done, answer) = oneshot::channel();
+        self.ask(Request::Transfer { to, done }, answer, timeout)
+            .await
     }
 
     /// A linearizable read barrier: an index such that a read served from this node's
