@@ -92,6 +92,9 @@ pub fn router_with(ctx: Arc<Ctx>, cluster: Option<crate::cluster::ClusterHandle>
             "/metrics",
             get(|State(st): State<HttpState>| async move {
                 let ctx = &st.ctx;
+                if let Some(c) = &st.cluster {
+                    ctx.metrics.update_cluster(&c.status(), &c.peer_stats());
+                }
                 let groups = ctx.persistent.list().await;
                 let body = ctx.metrics.render(&ctx.engine, &groups);
                 let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";

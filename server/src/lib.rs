@@ -162,7 +162,10 @@ impl Server {
         engine.on_commit(move |position| {
             commit_tx.send_replace(position);
         });
-        let metrics = metrics::Metrics::new(config.slow_client_bytes_max);
+        let metrics = match node {
+            None => metrics::Metrics::new(config.slow_client_bytes_max),
+            Some(_) => metrics::Metrics::for_cluster(config.slow_client_bytes_max),
+        };
         let budget = budget::Budget::new(config.slow_client_bytes_max, metrics.budget.clone());
         let counters = metrics.groups.clone();
         // In a cluster, groups run on the leader and write their records through Raft.

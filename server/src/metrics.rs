@@ -95,6 +95,198 @@ pub struct Metrics {
     group_consumers: Family<GroupLabel, Gauge>,
     seen_syncs: AtomicU64,
     seen_bytes: AtomicU64,
+    cluster: Option<ClusterMetrics>,
+}
+
+/// A counter that follows a total kept elsewhere (the Raft loop's, the peer endpoint's).
+#[derive(Default)]
+struct Mirror {
+    counter: Counter,
+    seen: AtomicU64,
+}
+
+impl Mirror {
+    fn set(&self, total: u64) {
+        let prev = self.seen.swap(total, Ordering::Relaxed);
+        self.counter.inc_by(total.saturating_sub(prev));
+    }
+}
+
+/// A peer node, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// Its node id.
+    pub peer: String,
+}
+
+/// Cluster mode: Raft's and the peer links' numbers, read from the node when scraped.
+#[derive(Default)]
+struct ClusterMetrics {
+    term: Gauge,
+    leader: Gauge,
+    is_leader: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    last_index: Gauge,
+    voters: Gauge,
+    learners: Gauge,
+    follower_lag: Family<PeerLabel, Gauge>,
+    peer_connected: Family<PeerLabel, Gauge>,
+    leader_changes: Mirror,
+    elections_started: Mirror,
+    from_non_members: Mirror,
+    messages_sent: Mirror,
+    bytes_sent: Mirror,
+    messages_received: Mirror,
+    bytes_received: Mirror,
+    messages_dropped: Mirror,
+    connections_refused: Mirror,
+    connections_accepted: Mirror,
+}
+
+impl ClusterMetrics {
+    fn register(&self, r: &mut Registry) {
+        let gauges: [(&str, &str, &Gauge); 8] = [
+            ("raft_term", "The node's current Raft term", &self.term),
+            (
+                "raft_leader",
+                "The leader's node id (0: none known)",
+                &self.leader,
+            ),
+            ("raft_is_leader", "1 on the leader, else 0", &self.is_leader),
+            (
+                "raft_commit_index",
+                "Highest log index known committed",
+                &self.commit_index,
+            ),
+            (
+                "raft_applied_index",
+                "Highest log index applied here",
+                &self.applied_index,
+            ),
+            (
+                "raft_last_index",
+                "Last index in this node's log",
+                &self.last_index,
+            ),
+            (
+                "raft_voters",
+                "Voters of the membership in effect",
+                &self.voters,
+            ),
+            (
+                "raft_learners",
+                "Learners of the membership in effect",
+                &self.learners,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+        r.register(
+            "raft_follower_lag",
+            "On the leader: entries each member's log lags the commit index",
+            self.follower_lag.clone(),
+        );
+        r.register(
+            "peer_connected",
+            "1 while the outgoing link to a member is connected and authenticated",
+            self.peer_connected.clone(),
+        );
+        let counters: [(&str, &str, &Mirror); 10] = [
+            (
+                "raft_leader_changes",
+                "Times this node saw a new leader",
+                &self.leader_changes,
+            ),
+            (
+                "raft_elections_started",
+                "Times this node became a (pre-)candidate",
+                &self.elections_started,
+            ),
+            (
+                "raft_messages_from_non_members",
+                "Messages dropped because their sender is not a member",
+                &self.from_non_members,
+            ),
+            (
+                "peer_messages_sent",
+                "Raft messages sent to peers",
+                &self.messages_sent,
+            ),
+            (
+                "peer_sent_bytes",
+                "Frame bytes sent to peers",
+                &self.bytes_sent,
+            ),
+            (
+                "peer_messages_received",
+                "Raft messages received from peers",
+                &self.messages_received,
+            ),
+            (
+                "peer_received_bytes",
+                "Frame bytes received from peers",
+                &self.bytes_received,
+            ),
+            (
+                "peer_messages_dropped",
+                "Messages to peers dropped (queue full, too large, connection lost)",
+                &self.messages_dropped,
+            ),
+            (
+                "peer_connections_refused",
+                "Incoming peer connections refused (authentication or handshake failed)",
+                &self.connections_refused,
+            ),
+            (
+                "peer_connections_accepted",
+                "Incoming peer connections authenticated",
+                &self.connections_accepted,
+            ),
+        ];
+        for (name, help, m) in counters {
+            r.register(name, help, m.counter.clone());
+        }
+    }
+
+    fn update(&self, s: &crate::cluster::ClusterStatus, p: &quiver_net::peer_quic::PeerStats) {
+        let g = |g: &Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        g(&self.term, s.term);
+        g(&self.leader, s.leader.unwrap_or(0));
+        g(&self.is_leader, u64::from(s.role == "leader"));
+        g(&self.commit_index, s.commit);
+        g(&self.applied_index, s.applied);
+        g(&self.last_index, s.last_index);
+        g(&self.voters, s.voters.len() as u64);
+        g(&self.learners, s.learners.len() as u64);
+        let label = |id: u64| PeerLabel {
+            peer: id.to_string(),
+        };
+        self.follower_lag.clear();
+        for f in &s.followers {
+            g(&self.follower_lag.get_or_create(&label(f.id)), f.lag);
+        }
+        self.peer_connected.clear();
+        for l in &p.peers {
+            g(
+                &self.peer_connected.get_or_create(&label(l.id)),
+                u64::from(l.connected),
+            );
+        }
+        self.leader_changes.set(s.leader_changes);
+        self.elections_started.set(s.elections_started);
+        self.from_non_members.set(s.messages_from_non_members);
+        self.messages_sent.set(p.messages_sent);
+        self.bytes_sent.set(p.bytes_sent);
+        self.messages_received.set(p.messages_received);
+        self.bytes_received.set(p.bytes_received);
+        self.messages_dropped.set(p.messages_dropped);
+        self.connections_refused.set(p.connections_refused);
+        self.connections_accepted.set(p.connections_accepted);
+    }
 }
 
 impl Default for Metrics {
@@ -107,6 +299,16 @@ impl Metrics {
     /// Registers every metric under the `quiver_` prefix; `budget_bytes_max` is the ceiling
     /// on memory held for slow clients, shown as a metric.
     pub fn new(budget_bytes_max: usize) -> Metrics {
+        Metrics::build(budget_bytes_max, false)
+    }
+
+    /// [`Metrics::new`] for a cluster node: Raft's and the peer links' numbers too
+    /// (`quiver_raft_*`, `quiver_peer_*`), brought up to date by [`Metrics::update_cluster`].
+    pub fn for_cluster(budget_bytes_max: usize) -> Metrics {
+        Metrics::build(budget_bytes_max, true)
+    }
+
+    fn build(budget_bytes_max: usize, cluster: bool) -> Metrics {
         let mut registry = Registry::with_prefix("quiver");
         let m = Metrics {
             requests: Family::default(),
@@ -130,8 +332,12 @@ impl Metrics {
             group_consumers: Family::default(),
             seen_syncs: AtomicU64::new(0),
             seen_bytes: AtomicU64::new(0),
+            cluster: cluster.then(ClusterMetrics::default),
             registry: Registry::default(),
         };
+        if let Some(c) = &m.cluster {
+            c.register(&mut registry);
+        }
         registry.register("requests", "Requests handled, by kind", m.requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -242,6 +448,18 @@ impl Metrics {
             m.group_consumers.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Brings the cluster metrics up to date (before [`Metrics::render`]); nothing on a
+    /// single node.
+    pub fn update_cluster(
+        &self,
+        status: &crate::cluster::ClusterStatus,
+        peers: &quiver_net::peer_quic::PeerStats,
+    ) {
+        if let Some(c) = &self.cluster {
+            c.update(status, peers);
+        }
     }
 
     /// Counts one answered request and its duration.

@@ -80,6 +80,39 @@ fn three_nodes_elect_exactly_one_leader() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("node 2: "), "{text}");
     assert!(text.contains(&format!("leader {leader}")), "{text}");
+    // Raft's numbers in /metrics: the leader says so, every node knows it and its term,
+    // and the links to the other members are up.
+    for n in &c.nodes {
+        let deadline = Instant::now() + FORM_LIMIT;
+        let other = if n.id == 1 { 2 } else { 1 };
+        let wanted = [
+            format!("quiver_raft_is_leader {}", u8::from(n.id == leader)),
+            format!("quiver_raft_leader {leader}"),
+            format!("quiver_raft_term {term}"),
+            "quiver_raft_voters 3".to_string(),
+            format!("quiver_peer_connected{{peer=\"{other}\"}} 1"),
+        ];
+        loop {
+            let (_, metrics) =
+                status_cli::http_get(n.http, "/metrics", Duration::from_secs(1)).unwrap();
+            let missing: Vec<_> = wanted
+                .iter()
+                .filter(|w| !metrics.lines().any(|l| l == w.as_str()))
+                .collect();
+            let counted = metrics
+                .lines()
+                .any(|l| l.starts_with("quiver_raft_leader_changes_total ") && !l.ends_with(" 0"));
+            if missing.is_empty() && counted {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: missing {missing:?} (leader changes counted: {counted}) in\n{metrics}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[test]

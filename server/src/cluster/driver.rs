@@ -166,6 +166,8 @@ pub(crate) struct View {
     pub(crate) learners: Vec<u64>,
     pub(crate) matched: Vec<(u64, u64)>,
     pub(crate) dropped_not_member: u64,
+    pub(crate) leader_changes: u64,
+    pub(crate) elections_started: u64,
     pub(crate) failed: Option<String>,
 }
 
@@ -722,6 +724,13 @@ impl Driver {
         let n = &self.node;
         let m = n.membership();
         let mut v = lock(&self.view);
+        let campaigning = |r: Option<Role>| matches!(r, Some(Role::PreCandidate | Role::Candidate));
+        if campaigning(Some(n.role())) && !campaigning(v.role) {
+            v.elections_started += 1;
+        }
+        if n.leader().is_some() && n.leader() != v.leader {
+            v.leader_changes += 1;
+        }
         v.role = Some(n.role());
         v.term = n.term();
         v.leader = n.leader();

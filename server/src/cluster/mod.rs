@@ -73,6 +73,12 @@ pub struct ClusterStatus {
     pub peer_connections_accepted: u64,
     /// Messages dropped because their sender is not a member.
     pub messages_from_non_members: u64,
+    /// Times this node saw a new leader (looked at once per turn of the Raft loop).
+    #[serde(default)]
+    pub leader_changes: u64,
+    /// Times this node became a pre-candidate or candidate (once per turn at most).
+    #[serde(default)]
+    pub elections_started: u64,
     /// Why the Raft loop stopped, if it did.
     pub failed: Option<String>,
     /// Whether this node knows a leader and has applied up to its commit index.
@@ -274,9 +280,16 @@ impl ClusterHandle {
             peer_connections_refused: stats.connections_refused,
             peer_connections_accepted: stats.connections_accepted,
             messages_from_non_members: v.dropped_not_member,
+            leader_changes: v.leader_changes,
+            elections_started: v.elections_started,
             ready: is_ready(&v),
             failed: v.failed,
         }
+    }
+
+    /// The peer endpoint's counters.
+    pub fn peer_stats(&self) -> quiver_net::peer_quic::PeerStats {
+        self.endpoint.stats()
     }
 
     /// Whether the node knows a leader, has applied up to its commit index, and its Raft
