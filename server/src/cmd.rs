@@ -15,33 +15,14 @@ use quiver_net::{ErrorCode, Text};
 
 use crate::budget::SendError;
 use crate::cluster::{ClusterHandle, RequestError, Write, WriteError};
+use crate::ctx::Ctx;
+use crate::persistent::Groups;
 use quiver_raft::Refused;
 
 /// Most events in one `Events` frame.
 pub const READ_FRAME_EVENTS_MAX: usize = 1024;
 /// A frame is sent once its payload passes this size.
 pub const READ_FRAME_BYTES_MAX: usize = 1 << 20;
-
-/// What a request handler needs.
-pub struct Ctx {
-    /// The store.
-    pub engine: Engine,
-    /// Its name.
-    pub store_id: String,
-    /// What the server counts.
-    pub metrics: crate::metrics::Metrics,
-    /// The engine's commit position, updated on every commit (subscriptions wait on it).
-    pub commits: tokio::sync::watch::Receiver<u64>,
-    /// Persistent subscription groups.
-    pub persistent: crate::persistent::Groups,
-    /// Memory held for clients that do not take their responses, with its ceiling.
-    pub budget: Arc<crate::budget::Budget>,
-    /// Cluster mode: the Raft loop, through which every write goes and which gives reads
-    /// their linearizable read index.
-    pub cluster: Option<crate::cluster::ClusterHandle>,
-    /// How long a write or a read barrier may wait for Raft.
-    pub request_timeout: std::time::Duration,
-}
 
 fn error(code: ErrorCode, message: impl Into<String>, actual: Option<u64>) -> Response {
     Response::Error {
@@ -142,17 +123,6 @@ fn info_out(i: quiver_engine::StreamInfo) -> StreamInfo {
     }
 }
 
-/// Sends one response frame, held against the budget until the client takes it.
-pub(crate) async fn send(
-    ctx: &Ctx,
-    stream: &mut quinn::SendStream,
-    resp: &Response,
-) -> Result<(), SendError> {
-    let mut out = BytesMut::new();
-    resp.encode(&mut out);
-    crate::budget::write(stream, &ctx.budget, &out, 0).await
-}
-
 /// Runs a blocking engine call off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
@@ -164,6 +134,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// counts it.
 pub async fn apply(
     ctx: &Arc<Ctx>,
+    groups: &Groups,
     req: Request,
     out: &mut quinn::SendStream,
 ) -> Result<(), SendError> {
@@ -182,7 +153,7 @@ pub async fn apply(
         }
         _ => None,
     };
-    let resp = answer(ctx, req, out).await?;
+    let resp = answer(ctx, groups, req, out).await?;
     if let Some(resp) = &resp {
         match resp {
             Response::Error { code, .. } => ctx.metrics.error(&format!("{code:?}")),
@@ -200,7 +171,7 @@ pub async fn apply(
     ctx.metrics
         .request(&format!("{kind:?}"), started.elapsed().as_secs_f64());
     if let Some(resp) = &resp {
-        send(ctx, out, resp).await?;
+        crate::frames::send(&ctx.budget, out, resp).await?;
     }
     Ok(())
 }
@@ -208,6 +179,7 @@ pub async fn apply(
 /// The answer to a request; `None` when it was already streamed (reads).
 async fn answer(
     ctx: &Arc<Ctx>,
+    groups: &Groups,
     req: Request,
     out: &mut quinn::SendStream,
 ) -> Result<Option<Response>, SendError> {
@@ -250,7 +222,6 @@ async fn answer(
         }
         Request::Append { writes } => append(&engine, writes).await,
         Request::PersistentCreate { definition } => {
-            let groups = &ctx.persistent;
             let done = match crate::persistent::parse_definition(definition.as_str()) {
                 Ok(d) => groups.create(d).await,
                 Err(e) => Err(e),
@@ -258,25 +229,22 @@ async fn answer(
             persistent_done(done)
         }
         Request::PersistentUpdate { definition } => {
-            let groups = &ctx.persistent;
             let done = match crate::persistent::parse_definition(definition.as_str()) {
                 Ok(d) => groups.update(d).await,
                 Err(e) => Err(e),
             };
             persistent_done(done)
         }
-        Request::PersistentDelete { group } => {
-            persistent_done(ctx.persistent.delete(group.as_str()).await)
-        }
+        Request::PersistentDelete { group } => persistent_done(groups.delete(group.as_str()).await),
         Request::PersistentReplayParked { group } => {
-            persistent_done(ctx.persistent.replay_parked(group.as_str()).await)
+            persistent_done(groups.replay_parked(group.as_str()).await)
         }
         Request::PersistentList => {
-            let list = ctx.persistent.list().await;
+            let list = groups.list().await;
             let json = serde_json::to_string(&list).expect("infos serialize");
             Response::PersistentGroups(Text::new(json))
         }
-        Request::PersistentInfo { group } => match ctx.persistent.info(group.as_str()).await {
+        Request::PersistentInfo { group } => match groups.info(group.as_str()).await {
             Ok(info) => {
                 let json = serde_json::to_string(&info).expect("infos serialize");
                 Response::PersistentInfo(Text::new(json))
@@ -646,51 +614,6 @@ async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed 
     })
 }
 
-/// Writes one stored event in the wire's event layout (no allocation).
-pub fn put_recorded(payload: &mut BytesMut, e: &RecordedEvent) {
-    message::put_event(
-        payload,
-        &e.stream,
-        e.version,
-        e.position,
-        *e.id.as_bytes(),
-        e.event_type(),
-        e.content_type as u8,
-        &e.data,
-        &e.metadata,
-        e.created_us,
-    );
-}
-
-/// Appends one `Events` frame of `events` to `frame`.
-pub fn encode_events<'a>(
-    frame: &mut BytesMut,
-    events: impl IntoIterator<Item = &'a RecordedEvent>,
-    more: bool,
-) {
-    let flags = if more {
-        quiver_net::frame::FLAG_MORE
-    } else {
-        0
-    };
-    quiver_net::frame::encode(frame, message::Kind::Events as u16, flags, |payload| {
-        let at = payload.len();
-        payload.extend_from_slice(&[0; 4]);
-        let mut n = 0u32;
-        for e in events {
-            put_recorded(payload, e);
-            n += 1;
-        }
-        payload[at..at + 4].copy_from_slice(&n.to_le_bytes());
-    });
-}
-
-/// What a read holds besides its frame while it waits for its client, counted against the
-/// budget: the engine's look-ahead of at most [`quiver_engine::READ_CHUNK_MAX`] events (their
-/// payloads are slices of the mapping, not copies).
-pub const READ_STATE_BYTES: usize =
-    quiver_engine::READ_CHUNK_MAX * std::mem::size_of::<RecordedEvent>();
-
 /// Streams a read's events in frames of at most [`READ_FRAME_EVENTS_MAX`] events or about
 /// [`READ_FRAME_BYTES_MAX`] bytes; the last frame has no `FLAG_MORE`. A failure part way ends
 /// the response with an `Error` frame after the events already sent. Each frame is held
@@ -720,13 +643,13 @@ async fn stream_events(
         }
         let more = failure.is_some() || events.peek().is_some();
         let mut frame = BytesMut::with_capacity(bytes + 64);
-        encode_events(&mut frame, &batch, more);
+        crate::frames::encode_events(&mut frame, &batch, more);
         // Only the encoded frame waits for the client, not the events it was made from.
         drop(batch);
-        crate::budget::write(out, &ctx.budget, &frame, READ_STATE_BYTES).await?;
+        crate::budget::write(out, &ctx.budget, &frame, crate::frames::READ_STATE_BYTES).await?;
         drop(frame);
         if let Some(e) = failure {
-            return send(ctx, out, &read_error(e)).await;
+            return crate::frames::send(&ctx.budget, out, &read_error(e)).await;
         }
         if !more {
             return Ok(());

@@ -11,12 +11,16 @@ use quiver_net::message::{Request, Response};
 use quiver_net::quic::{read_frame, ReadFrameError};
 use quiver_net::{ErrorCode, Text, PROTOCOL_VERSION};
 
-use crate::cmd::{self, Ctx};
+use crate::cmd;
+use crate::ctx::Ctx;
+use crate::persistent::Groups;
 
 /// Everything a connection task needs.
 pub struct Shared {
     /// The request context.
     pub ctx: Arc<Ctx>,
+    /// Persistent subscription groups.
+    pub groups: Arc<Groups>,
     /// Largest frame payload accepted.
     pub frame_bytes_max: usize,
     /// The token clients must present, if any.
@@ -249,16 +253,23 @@ async fn request(
     if let Request::PersistentConnect { group } = &req {
         // In a cluster, groups run on the leader: elsewhere the consumer is sent there.
         if let Some(refused) = shared.ctx.cluster.as_ref().and_then(cmd::not_leading) {
-            if cmd::send(&shared.ctx, &mut send, &refused).await.is_ok() {
+            if crate::frames::send(&shared.ctx.budget, &mut send, &refused)
+                .await
+                .is_ok()
+            {
                 let _ = send.finish();
             }
             return;
         }
         let max = shared.frame_bytes_max;
-        crate::persistent::serve_consumer(&shared.ctx, group.as_str(), send, recv, max).await;
+        let (ctx, groups) = (&shared.ctx, &shared.groups);
+        crate::persistent::serve_consumer(ctx, groups, group.as_str(), send, recv, max).await;
         return;
     }
-    if cmd::apply(&shared.ctx, req, &mut send).await.is_ok() {
+    if cmd::apply(&shared.ctx, &shared.groups, req, &mut send)
+        .await
+        .is_ok()
+    {
         let _ = send.finish();
     }
 }

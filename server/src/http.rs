@@ -10,7 +10,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::cmd::Ctx;
+use crate::ctx::Ctx;
+use crate::persistent::Groups;
 
 /// The status document.
 #[derive(Debug, serde::Serialize)]
@@ -40,6 +41,7 @@ pub struct Status {
 #[derive(Clone)]
 struct HttpState {
     ctx: Arc<Ctx>,
+    groups: Arc<Groups>,
     cluster: Option<crate::cluster::ClusterHandle>,
 }
 
@@ -66,12 +68,16 @@ fn status(ctx: &Ctx, cluster: Option<&crate::cluster::ClusterHandle>) -> Status 
 }
 
 /// The router; separate from [`serve`] so tests can drive it without a socket.
-pub fn router(ctx: Arc<Ctx>) -> Router {
-    router_with(ctx, None)
+pub fn router(ctx: Arc<Ctx>, groups: Arc<Groups>) -> Router {
+    router_with(ctx, groups, None)
 }
 
 /// The router of a node, in cluster mode when `cluster` is given.
-pub fn router_with(ctx: Arc<Ctx>, cluster: Option<crate::cluster::ClusterHandle>) -> Router {
+pub fn router_with(
+    ctx: Arc<Ctx>,
+    groups: Arc<Groups>,
+    cluster: Option<crate::cluster::ClusterHandle>,
+) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route(
@@ -95,7 +101,7 @@ pub fn router_with(ctx: Arc<Ctx>, cluster: Option<crate::cluster::ClusterHandle>
                 if let Some(c) = &st.cluster {
                     ctx.metrics.update_cluster(&c.status(), &c.peer_stats());
                 }
-                let groups = ctx.persistent.list().await;
+                let groups = st.groups.list().await;
                 let body = ctx.metrics.render(&ctx.engine, &groups);
                 let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                 ([(header::CONTENT_TYPE, kind)], body).into_response()
@@ -107,7 +113,11 @@ pub fn router_with(ctx: Arc<Ctx>, cluster: Option<crate::cluster::ClusterHandle>
                 Json(status(&st.ctx, st.cluster.as_ref()))
             }),
         )
-        .with_state(HttpState { ctx, cluster })
+        .with_state(HttpState {
+            ctx,
+            groups,
+            cluster,
+        })
 }
 
 /// Binds the endpoint's socket (before the runtime serves it, so a taken port fails start).
@@ -121,20 +131,22 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 pub async fn serve(
     listener: std::net::TcpListener,
     ctx: Arc<Ctx>,
+    groups: Arc<Groups>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, ctx, None, shutdown).await
+    serve_with(listener, ctx, groups, None, shutdown).await
 }
 
 /// [`serve`], in cluster mode when `cluster` is given.
 pub async fn serve_with(
     listener: std::net::TcpListener,
     ctx: Arc<Ctx>,
+    groups: Arc<Groups>,
     cluster: Option<crate::cluster::ClusterHandle>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, router_with(ctx, cluster))
+    axum::serve(listener, router_with(ctx, groups, cluster))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -8,7 +8,10 @@
 //! - `lib.rs` — [`ServerConfig`], [`Server::start`] and [`Server::run`] with clean shutdown.
 //! - `connection.rs` — accepting connections, `Hello`, one task per request stream.
 //! - `cluster/` — cluster mode: the Raft loop over the engine, peers, cluster status.
-//! - `cmd.rs` — each request applied to the engine, responses and streamed reads.
+//! - `ctx.rs` — what every request path reads (store, commit watch, metrics, budget, Raft).
+//! - `cmd.rs` — each request applied: a write through Raft or the engine, a read of the
+//!   engine, streamed; requests go down to `subscribe.rs` and `persistent.rs`, never back.
+//! - `frames.rs` — response frames: one answer against the budget, events in `Events`.
 //! - `budget.rs` — the ceiling on memory held for clients that do not read their responses.
 //! - `config_file.rs` — the optional TOML configuration file (below flags and environment).
 //! - `tls.rs` — certificates: given, or a generated local CA in the data directory.
@@ -27,6 +30,8 @@ pub mod cluster;
 pub mod cmd;
 pub mod config_file;
 pub mod connection;
+pub mod ctx;
+pub mod frames;
 pub mod http;
 pub mod metrics;
 pub mod payload;
@@ -46,8 +51,8 @@ use anyhow::{Context, Result};
 use quiver_engine::{Engine, EngineConfig};
 use quiver_net::frame::FRAME_PAYLOAD_BYTES_DEFAULT;
 
-use crate::cmd::Ctx;
 use crate::connection::{close, Shared};
+use crate::ctx::Ctx;
 
 /// Default client address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7600";
@@ -184,13 +189,13 @@ impl Server {
             store_id: config.store_id.clone(),
             metrics,
             commits,
-            persistent,
             budget,
             cluster: node.as_ref().map(|n| n.handle()),
             request_timeout: config.request_timeout,
         });
         let shared = Arc::new(Shared {
             ctx,
+            groups: Arc::new(persistent),
             frame_bytes_max: config.frame_bytes_max,
             // An empty token (`QUIVER_TOKEN=`) is no token: it would refuse every other one.
             token: config.token.clone().filter(|t| !t.is_empty()),
@@ -226,19 +231,17 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
         let http = self.http.map(|listener| {
-            let ctx = self.shared.ctx.clone();
+            let (ctx, groups) = (self.shared.ctx.clone(), self.shared.groups.clone());
             let cluster = ctx.cluster.clone();
             let stop = async move {
                 let _ = http_stopped.wait_for(|stop| *stop).await;
             };
-            tokio::spawn(http::serve_with(listener, ctx, cluster, stop))
+            tokio::spawn(http::serve_with(listener, ctx, groups, cluster, stop))
         });
-        let leadership = self
-            .shared
-            .ctx
-            .cluster
-            .clone()
-            .map(|c| tokio::spawn(cluster::follow_leadership(c, self.shared.ctx.clone())));
+        let leadership = self.shared.ctx.cluster.clone().map(|c| {
+            let (groups, timeout) = (self.shared.groups.clone(), self.shared.request_timeout);
+            tokio::spawn(persistent::follow_leadership(c, groups, timeout))
+        });
         let limit = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -267,7 +270,7 @@ impl Server {
         }
         self.endpoint.set_server_config(None);
         // Groups record their state and end their consumers' streams.
-        self.shared.ctx.persistent.shutdown().await;
+        self.shared.groups.shutdown().await;
         let drain = async { while tasks.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(
             self.shared.request_timeout.min(Duration::from_secs(2)),

@@ -4,7 +4,8 @@
 //! the events delivered and not yet acknowledged (with their consumer, deadline and retry
 //! count), the events waiting to be delivered again, the parked events and the connected
 //! consumers. It reads the log exactly like a transient subscription (one loop over the log,
-//! woken by `Ctx.commits`), so it sees only committed events, in order.
+//! woken by `Ctx.commits`), so it sees only committed events, in order. In a cluster the
+//! groups run on the leader only ([`follow_leadership`]).
 //!
 //! A group's durable record is one checkpoint entry `psub/<group>` written through the log:
 //! its position field is the group's checkpoint (the lowest position, or version for a
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::cmd::Ctx;
+use crate::ctx::Ctx;
 use crate::metrics::GroupCounters;
 use crate::subscribe::{step, Target};
 
@@ -416,6 +417,36 @@ impl Groups {
                 let _ = answer.await;
             }
             let _ = h.task.await;
+        }
+    }
+}
+
+/// Runs the persistent groups while this node leads (until aborted): when it becomes leader
+/// and a read index shows it has applied everything committed before its term, the groups
+/// start from their replicated records; when it stops leading, they stop and their
+/// consumers follow the leader.
+pub async fn follow_leadership(
+    cluster: crate::cluster::ClusterHandle,
+    groups: Arc<Groups>,
+    timeout: Duration,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // The term the groups were started in: a node that lost and regained leadership between
+    // two looks restarts them, since another leader may have recorded them meanwhile.
+    let mut started_in = 0;
+    loop {
+        tick.tick().await;
+        let status = cluster.status();
+        let leads = status.role == "leader";
+        if groups.is_active() && (!leads || status.term != started_in) {
+            groups.deactivate().await;
+        }
+        if leads && !groups.is_active() && cluster.read_index(timeout).await.is_ok() {
+            let now = cluster.status();
+            if now.role == "leader" && now.term == status.term {
+                started_in = status.term;
+                groups.activate().await;
+            }
         }
     }
 }
@@ -946,7 +977,8 @@ impl Group {
 /// `Delivery` frames while a reader passes the consumer's acks and nacks to the group.
 /// Ends when the consumer leaves, the group is deleted or the server stops.
 pub async fn serve_consumer(
-    ctx: &Arc<Ctx>,
+    ctx: &Ctx,
+    groups: &Groups,
     group: &str,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -954,7 +986,7 @@ pub async fn serve_consumer(
 ) {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let joined = async {
-        let tx = ctx.persistent.sender(group).await?;
+        let tx = groups.sender(group).await?;
         let (reply, answer) = oneshot::channel();
         let lost = || GroupError::NotFound(group.to_string());
         tx.send(Cmd::Connect { tx: out_tx, reply })
@@ -1027,7 +1059,7 @@ fn encode_delivery(out: &mut BytesMut, retry_count: u32, e: &RecordedEvent) {
     let kind = Kind::Delivery as u16;
     quiver_net::frame::encode(out, kind, quiver_net::frame::FLAG_MORE, |payload| {
         payload.put_u32_le(retry_count);
-        crate::cmd::put_recorded(payload, e);
+        crate::frames::put_recorded(payload, e);
     });
 }
 

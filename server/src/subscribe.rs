@@ -15,7 +15,8 @@ use quiver_net::message::{self, Response};
 use quiver_net::{ErrorCode, Text};
 
 use crate::budget::SendError;
-use crate::cmd::{encode_events, send, Ctx, READ_STATE_BYTES};
+use crate::ctx::Ctx;
+use crate::frames::{encode_events, send, READ_STATE_BYTES};
 
 /// A caught-up subscriber further than this many positions behind the commit point is told
 /// it fell behind.
@@ -115,7 +116,7 @@ pub async fn run(
         let seen = *commits.borrow_and_update();
         let (mut events, after, full) = match step(&ctx.engine, &target, next) {
             Ok(s) => s,
-            Err(e) => return send(ctx, out, &error(&e)).await,
+            Err(e) => return send(&ctx.budget, out, &error(&e)).await,
         };
         events.retain(|e| {
             let json = e.content_type == quiver_engine::ContentType::Json;
@@ -143,7 +144,7 @@ pub async fn run(
         let lagging = ctx.engine.commit_position().saturating_sub(next) > LAG_POSITIONS_MAX;
         if caught_up && lagging && matches!(target, Target::All(_)) {
             caught_up = false;
-            send(ctx, out, &Response::FellBehind { position: next }).await?;
+            send(&ctx.budget, out, &Response::FellBehind { position: next }).await?;
         }
         if full {
             continue;
@@ -151,10 +152,10 @@ pub async fn run(
         if !caught_up {
             caught_up = true;
             scanned = 0;
-            send(ctx, out, &Response::CaughtUp { position: next }).await?;
+            send(&ctx.budget, out, &Response::CaughtUp { position: next }).await?;
         } else if checkpoint_every > 0 && scanned >= u64::from(checkpoint_every) {
             scanned = 0;
-            send(ctx, out, &Response::Checkpoint { position: next }).await?;
+            send(&ctx.budget, out, &Response::Checkpoint { position: next }).await?;
         }
         // Wait for a commit newer than the one this step started from.
         if *commits.borrow() == seen {

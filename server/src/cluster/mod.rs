@@ -407,33 +407,6 @@ impl ClusterHandle {
     }
 }
 
-/// Runs the persistent groups while this node leads (until aborted): when it becomes leader
-/// and a read index shows it has applied everything committed before its term, the groups
-/// start from their replicated records; when it stops leading, they stop and their
-/// consumers follow the leader.
-pub async fn follow_leadership(cluster: ClusterHandle, ctx: Arc<crate::cmd::Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    // The term the groups were started in: a node that lost and regained leadership between
-    // two looks restarts them, since another leader may have recorded them meanwhile.
-    let mut started_in = 0;
-    loop {
-        tick.tick().await;
-        let status = cluster.status();
-        let leads = status.role == "leader";
-        let groups = &ctx.persistent;
-        if groups.is_active() && (!leads || status.term != started_in) {
-            groups.deactivate().await;
-        }
-        if leads && !groups.is_active() && cluster.read_index(ctx.request_timeout).await.is_ok() {
-            let now = cluster.status();
-            if now.role == "leader" && now.term == status.term {
-                started_in = status.term;
-                groups.activate().await;
-            }
-        }
-    }
-}
-
 fn is_ready(v: &View) -> bool {
     v.failed.is_none() && v.leader.is_some() && v.applied >= v.commit
 }
