@@ -371,7 +371,13 @@ impl EngineLog {
         if from <= self.engine.last_index_term().0 {
             self.engine.truncate_suffix(from)?;
         }
-        self.engine.install_segment(&path)?;
+        let last = self.engine.install_segment(&path)?;
+        tracing::info!(
+            first = c.first,
+            last,
+            bytes = c.offset + c.data.len() as u64,
+            "installed a segment shipped by the leader"
+        );
         fs::remove_file(&path)?;
         self.memberships.retain(|(i, _)| *i < c.first);
         self.scan_memberships(c.first)

@@ -37,6 +37,8 @@ pub struct Node {
     pub client: SocketAddr,
     /// The client certificate and key every node serves (one CA for the cluster).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More arguments for `quiver serve`.
+    pub extra: Vec<String>,
     pub child: Option<Child>,
 }
 
@@ -49,6 +51,7 @@ impl Node {
             http: format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap(),
             client: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
             tls: None,
+            extra: Vec::new(),
             child: None,
         }
     }
@@ -97,6 +100,7 @@ impl Node {
         if let Some((cert, key)) = &self.tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
+        cmd.args(&self.extra);
         self.child = Some(cmd.spawn().expect("starting quiver serve"));
     }
 
