@@ -23,7 +23,7 @@ dir=$(cd "$dir" && pwd)
 if [[ ! -s $dir/secret ]]; then
   (umask 077 && head -c 32 /dev/urandom | base64 > "$dir/secret")
 fi
-members=1=127.0.0.1:7601,2=127.0.0.1:7602,3=127.0.0.1:7603
+members=1=127.0.0.1:7601/127.0.0.1:7611,2=127.0.0.1:7602/127.0.0.1:7612,3=127.0.0.1:7603/127.0.0.1:7613
 pids=()
 stop() {
   trap - INT TERM EXIT

@@ -385,8 +385,26 @@ pub struct Client {
     timeout: Duration,
     /// Index in `addresses` of the node in use.
     at: Arc<AtomicUsize>,
-    addresses: Arc<[SocketAddr]>,
+    /// The nodes to try: those given, then those learned from `ClusterMembers`.
+    addresses: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    /// Client addresses of cluster members, by node id, as last learned.
+    members: Arc<std::sync::Mutex<std::collections::HashMap<u64, SocketAddr>>>,
     config: ClientConfig,
+}
+
+/// A cluster member, as [`Client::cluster_members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMember {
+    /// Its node id.
+    pub id: u64,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// Where its clients connect, if the node asked knows.
+    pub client: Option<SocketAddr>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// First wait before reconnecting; doubles per try up to [`RECONNECT_DELAY_MAX`].
@@ -484,7 +502,8 @@ impl Client {
             max_frame: Arc::new(AtomicUsize::new(max_frame)),
             timeout: config.timeout,
             at: Arc::new(AtomicUsize::new(at)),
-            addresses: addresses.into(),
+            addresses: Arc::new(std::sync::Mutex::new(addresses)),
+            members: Arc::default(),
             config,
         })
     }
@@ -532,7 +551,48 @@ impl Client {
 
     /// The address of the node in use.
     fn address(&self) -> SocketAddr {
-        self.addresses[self.at.load(Ordering::Relaxed) % self.addresses.len()]
+        let addresses = lock(&self.addresses);
+        addresses[self.at.load(Ordering::Relaxed) % addresses.len()]
+    }
+
+    /// After `NotLeader` naming `leader`: makes the leader's client address the one in use
+    /// (asking the refusing node for the members if it is not known yet), so the next try
+    /// goes straight there, even if it was never given. False when no address is known.
+    async fn follow(&self, leader: u64, from: usize) -> bool {
+        let known = lock(&self.members).get(&leader).copied();
+        let addr = match known {
+            Some(a) => Some(a),
+            None => {
+                let learned = match self.open_once(&Request::ClusterMembers).await {
+                    Ok((Response::Members { members, .. }, _, _)) => members,
+                    _ => return false,
+                };
+                let mut known = lock(&self.members);
+                for m in learned {
+                    if let Ok(addr) = m.client.as_str().parse() {
+                        known.insert(m.id, addr);
+                    }
+                }
+                known.get(&leader).copied()
+            }
+        };
+        let Some(addr) = addr else { return false };
+        {
+            let mut addresses = lock(&self.addresses);
+            let at = match addresses.iter().position(|a| *a == addr) {
+                Some(at) => at,
+                None => {
+                    addresses.push(addr);
+                    addresses.len() - 1
+                }
+            };
+            self.at.store(at, Ordering::Relaxed);
+        }
+        let conn = self.conn.lock().await;
+        if conn.stable_id() == from && conn.close_reason().is_none() {
+            conn.close(0u32.into(), b"following the leader");
+        }
+        true
     }
 
     /// Sends one request and returns the first response frame, with the stream's receive
@@ -553,6 +613,23 @@ impl Client {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.moving_code()),
             };
+            if tries < MOVE_TRIES_MAX {
+                if let Ok((
+                    Response::Error {
+                        code: ErrorCode::NotLeader,
+                        actual: Some(leader),
+                        ..
+                    },
+                    _,
+                    _,
+                )) = &outcome
+                {
+                    if self.follow(*leader, conn).await {
+                        tries += 1;
+                        continue;
+                    }
+                }
+            }
             if !self.moves(req, answer) || tries >= MOVE_TRIES_MAX {
                 return outcome;
             }
@@ -582,7 +659,7 @@ impl Client {
             Some(ErrorCode::Unavailable) | None => repeatable,
             Some(_) => false,
         };
-        moves && self.addresses.len() > 1
+        moves && lock(&self.addresses).len() > 1
     }
 
     /// Leaves the node of connection `from` for the next address (unless another request
@@ -1057,14 +1134,47 @@ impl Client {
         }
     }
 
-    /// Cluster: adds node `id`, whose peer endpoint is at `peer`, as a learner, promoted to
-    /// voter by the leader once caught up; returns the index of the membership entry.
-    pub async fn cluster_add(&self, id: u64, peer: SocketAddr) -> Result<u64, Error> {
+    /// Cluster: adds node `id`, whose peer endpoint is at `peer` (and whose clients connect
+    /// to `client`, if given: told to clients looking for the leader), as a learner,
+    /// promoted to voter by the leader once caught up; returns the index of the membership
+    /// entry.
+    pub async fn cluster_add(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        client: Option<SocketAddr>,
+    ) -> Result<u64, Error> {
         let req = Request::ClusterAdd {
             id,
             peer: Text::from(peer.to_string()),
+            client: Text::from(client.map(|c| c.to_string()).unwrap_or_default()),
         };
         self.done_index(req).await
+    }
+
+    /// Cluster: the members of the membership in effect, with their client addresses where
+    /// the node asked knows them, and the leader it knows of.
+    pub async fn cluster_members(&self) -> Result<(Option<u64>, Vec<ClusterMember>), Error> {
+        match self.call(&Request::ClusterMembers).await? {
+            Response::Members { leader, members } => {
+                let members: Vec<ClusterMember> = members
+                    .into_iter()
+                    .map(|m| ClusterMember {
+                        id: m.id,
+                        voter: m.voter,
+                        client: m.client.as_str().parse().ok(),
+                    })
+                    .collect();
+                let mut known = lock(&self.members);
+                for m in &members {
+                    if let Some(addr) = m.client {
+                        known.insert(m.id, addr);
+                    }
+                }
+                Ok((leader, members))
+            }
+            other => Err(Error::unexpected(other)),
+        }
     }
 
     /// Cluster: removes node `id`; returns the index of the membership entry.

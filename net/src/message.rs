@@ -52,6 +52,7 @@ pub enum Kind {
     ClusterAdd = 0x0118,
     ClusterRemove = 0x0119,
     ClusterTransfer = 0x011A,
+    ClusterMembers = 0x011B,
     HelloOk = 0x0200,
     Appended = 0x0201,
     Events = 0x0202,
@@ -68,6 +69,7 @@ pub enum Kind {
     PersistentInfoReply = 0x020E,
     Delivery = 0x020F,
     FellBehind = 0x0210,
+    Members = 0x0211,
     Error = 0x02FF,
 }
 
@@ -75,7 +77,7 @@ impl Kind {
     /// The kind for a frame's kind field.
     pub fn from_u16(k: u16) -> Option<Kind> {
         use Kind::*;
-        const ALL: [Kind; 44] = [
+        const ALL: [Kind; 46] = [
             Hello,
             Append,
             ReadStream,
@@ -103,6 +105,7 @@ impl Kind {
             ClusterAdd,
             ClusterRemove,
             ClusterTransfer,
+            ClusterMembers,
             HelloOk,
             Appended,
             Events,
@@ -119,6 +122,7 @@ impl Kind {
             PersistentInfoReply,
             Delivery,
             FellBehind,
+            Members,
             Error,
         ];
         ALL.into_iter().find(|x| *x as u16 == k)
@@ -406,11 +410,12 @@ pub enum Request {
         action: u8,
         positions: Vec<u64>,
     },
-    /// Cluster: adds node `id`, at peer address `peer`, as a learner, promoted to voter
-    /// once caught up.
+    /// Cluster: adds node `id`, at peer address `peer` (and client address `client`, empty
+    /// if not given), as a learner, promoted to voter once caught up.
     ClusterAdd {
         id: u64,
         peer: Text,
+        client: Text,
     },
     /// Cluster: removes node `id` (its id is retired).
     ClusterRemove {
@@ -420,6 +425,19 @@ pub enum Request {
     ClusterTransfer {
         to: Option<u64>,
     },
+    /// Cluster: the members, their client addresses, and the leader.
+    ClusterMembers,
+}
+
+/// A cluster member, as `Members` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its node id.
+    pub id: u64,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// Its client address (`host:port`), empty when not known.
+    pub client: Text,
 }
 
 /// What a server answers.
@@ -471,6 +489,11 @@ pub enum Response {
         code: ErrorCode,
         message: Text,
         actual: Option<u64>,
+    },
+    /// A cluster's members and leader.
+    Members {
+        leader: Option<u64>,
+        members: Vec<Member>,
     },
     /// A subscription has delivered everything committed so far; live events follow.
     /// `position`: where it would resume (a position for `$all`, a version for a stream).
@@ -786,6 +809,7 @@ impl Request {
             Request::ClusterAdd { .. } => Kind::ClusterAdd,
             Request::ClusterRemove { .. } => Kind::ClusterRemove,
             Request::ClusterTransfer { .. } => Kind::ClusterTransfer,
+            Request::ClusterMembers => Kind::ClusterMembers,
         }
     }
 
@@ -871,7 +895,10 @@ impl Request {
                 put_expected(out, *expected);
                 out.put_u8(u8::from(*hard));
             }
-            Request::Scavenge | Request::Status | Request::PersistentList => {}
+            Request::Scavenge
+            | Request::Status
+            | Request::PersistentList
+            | Request::ClusterMembers => {}
             Request::PersistentCreate { definition } | Request::PersistentUpdate { definition } => {
                 put_str16(out, definition.as_str());
             }
@@ -884,9 +911,10 @@ impl Request {
                 out.put_u8(*action);
                 put_positions(out, positions);
             }
-            Request::ClusterAdd { id, peer } => {
+            Request::ClusterAdd { id, peer, client } => {
                 out.put_u64_le(*id);
                 put_str8(out, peer.as_str());
+                put_str8(out, client.as_str());
             }
             Request::ClusterRemove { id } => out.put_u64_le(*id),
             Request::ClusterTransfer { to } => put_opt_u64(out, *to),
@@ -1073,7 +1101,9 @@ impl Request {
             Kind::ClusterAdd => Request::ClusterAdd {
                 id: r.u64()?,
                 peer: r.str8()?,
+                client: r.str8()?,
             },
+            Kind::ClusterMembers => Request::ClusterMembers,
             Kind::ClusterRemove => Request::ClusterRemove { id: r.u64()? },
             Kind::ClusterTransfer => Request::ClusterTransfer { to: r.opt_u64()? },
             other => return Err(r.error(format!("{other:?} is a response, not a request"))),
@@ -1100,6 +1130,7 @@ impl Response {
             Response::Error { .. } => Kind::Error,
             Response::CaughtUp { .. } => Kind::CaughtUp,
             Response::FellBehind { .. } => Kind::FellBehind,
+            Response::Members { .. } => Kind::Members,
             Response::Checkpoint { .. } => Kind::Checkpoint,
             Response::PersistentGroups(_) => Kind::PersistentGroups,
             Response::PersistentInfo(_) => Kind::PersistentInfoReply,
@@ -1175,6 +1206,15 @@ impl Response {
                 }
             }
             Response::Done { index } => out.put_u64_le(*index),
+            Response::Members { leader, members } => {
+                put_opt_u64(out, *leader);
+                out.put_u16_le(u16::try_from(members.len()).expect("below 64 K members"));
+                for m in members {
+                    out.put_u64_le(m.id);
+                    out.put_u8(u8::from(m.voter));
+                    put_str8(out, m.client.as_str());
+                }
+            }
             Response::Scavenged {
                 segments_scanned,
                 segments_rewritten,
@@ -1299,6 +1339,20 @@ impl Response {
                 Response::Streams(list)
             }
             Kind::Done => Response::Done { index: r.u64()? },
+            Kind::Members => {
+                let leader = r.opt_u64()?;
+                let n = r.u16()? as usize;
+                let n = r.count(n, 10)?;
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(Member {
+                        id: r.u64()?,
+                        voter: r.bool()?,
+                        client: r.str8()?,
+                    });
+                }
+                Response::Members { leader, members }
+            }
             Kind::Scavenged => Response::Scavenged {
                 segments_scanned: r.u64()?,
                 segments_rewritten: r.u64()?,

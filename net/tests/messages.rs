@@ -215,7 +215,12 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|positions| Request::PersistentAck { positions }),
         (0u8..3, proptest::collection::vec(any::<u64>(), 0..6))
             .prop_map(|(action, positions)| Request::PersistentNack { action, positions }),
-        (any::<u64>(), text(30)).prop_map(|(id, peer)| Request::ClusterAdd { id, peer }),
+        (any::<u64>(), text(30), text(30)).prop_map(|(id, peer, client)| Request::ClusterAdd {
+            id,
+            peer,
+            client
+        }),
+        Just(Request::ClusterMembers),
         any::<u64>().prop_map(|id| Request::ClusterRemove { id }),
         proptest::option::of(any::<u64>()).prop_map(|to| Request::ClusterTransfer { to }),
     ]
@@ -286,6 +291,17 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|position| Response::CaughtUp { position }),
         any::<u64>().prop_map(|position| Response::Checkpoint { position }),
         any::<u64>().prop_map(|position| Response::FellBehind { position }),
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::collection::vec((any::<u64>(), any::<bool>(), text(30)), 0..5)
+        )
+            .prop_map(|(leader, members)| Response::Members {
+                leader,
+                members: members
+                    .into_iter()
+                    .map(|(id, voter, client)| quiver_net::message::Member { id, voter, client })
+                    .collect(),
+            }),
         text(200).prop_map(Response::PersistentGroups),
         text(200).prop_map(Response::PersistentInfo),
         (any::<u32>(), event())

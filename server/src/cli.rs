@@ -151,6 +151,9 @@ pub enum MemberCommand {
         id: u64,
         /// Its peer address.
         peer: SocketAddr,
+        /// Its client address, told to clients looking for the leader.
+        #[arg(long, value_name = "ADDR")]
+        client: Option<SocketAddr>,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -1069,8 +1072,13 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
             }
             out.line(&format!("scavenged: {bytes} bytes reclaimed"))
         }
-        Command::Member(MemberCommand::Add { id, peer, .. }) => {
-            let index = client.cluster_add(id, peer).await?;
+        Command::Member(MemberCommand::Add {
+            id,
+            peer,
+            client: their_client,
+            ..
+        }) => {
+            let index = client.cluster_add(id, peer, their_client).await?;
             if out.json {
                 let o = Obj::default().val("added", id).val("index", index);
                 return out.line(&o.end());

@@ -369,7 +369,8 @@ async fn answer(
         }
         Request::ClusterAdd { .. }
         | Request::ClusterRemove { .. }
-        | Request::ClusterTransfer { .. } => error(
+        | Request::ClusterTransfer { .. }
+        | Request::ClusterMembers => error(
             ErrorCode::InvalidRequest,
             "this server is a single node, not a cluster node",
             None,
@@ -553,18 +554,26 @@ async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed 
             version,
         },
         Request::Scavenge => return Routed::Answered(not_in_cluster("scavenging")),
-        Request::ClusterAdd { id, peer } => {
-            let answer = match peer.as_str().parse() {
-                Err(_) => error(
-                    ErrorCode::InvalidRequest,
-                    format!("peer address {:?} is not IP:PORT", peer.as_str()),
-                    None,
-                ),
-                Ok(addr) => match cluster.add_member(id, addr, ctx.request_timeout).await {
-                    Ok(index) => Response::Done { index },
-                    Err(WriteError::Append(e)) => append_error(e),
-                    Err(WriteError::Request(e)) => request_error(e),
-                },
+        Request::ClusterAdd { id, peer, client } => {
+            let parse = |a: &Text| a.as_str().parse::<std::net::SocketAddr>().ok();
+            let client_addr = parse(&client);
+            let bad = |what: &str, a: &Text| {
+                let why = format!("{what} address {:?} is not IP:PORT", a.as_str());
+                error(ErrorCode::InvalidRequest, why, None)
+            };
+            let answer = match parse(&peer) {
+                None => bad("peer", &peer),
+                Some(_) if !client.as_str().is_empty() && client_addr.is_none() => {
+                    bad("client", &client)
+                }
+                Some(peer) => {
+                    let added = cluster.add_member(id, peer, client_addr, ctx.request_timeout);
+                    match added.await {
+                        Ok(index) => Response::Done { index },
+                        Err(WriteError::Append(e)) => append_error(e),
+                        Err(WriteError::Request(e)) => request_error(e),
+                    }
+                }
             };
             return Routed::Answered(answer);
         }
@@ -573,6 +582,18 @@ async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed 
                 Ok(index) => Response::Done { index },
                 Err(e) => request_error(e),
             })
+        }
+        Request::ClusterMembers => {
+            let (leader, members) = cluster.members();
+            let members = members
+                .into_iter()
+                .map(|m| message::Member {
+                    id: m.id,
+                    voter: m.voter,
+                    client: Text::new(m.client.map(|c| c.to_string()).unwrap_or_default()),
+                })
+                .collect();
+            return Routed::Answered(Response::Members { leader, members });
         }
         Request::ClusterTransfer { to } => {
             let to = cluster.transfer_leader(to, ctx.request_timeout).await;

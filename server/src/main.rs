@@ -304,7 +304,13 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
              added to the cluster"
         );
     }
-    let cluster = ClusterConfig::new(node_id, members, peer_listen, secret);
+    let mut cluster = ClusterConfig::new(node_id, members, peer_listen, secret);
+    cluster.clients = cc::parse_member_clients(args.initial_members.as_deref().unwrap_or(""))?;
+    // This node's own client address, unless the list says otherwise (an unspecified IP or
+    // port 0 would tell clients nothing).
+    if !config.listen.ip().is_unspecified() && config.listen.port() != 0 {
+        cluster.clients.entry(node_id).or_insert(config.listen);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -143,22 +143,28 @@ fn clients_write_through_any_node_and_read_the_same_everywhere() {
             .await
             .unwrap();
 
-        // A client of one follower only: a write is refused, naming the leader.
+        // A client given one follower only: refused there (`NotLeader` naming the leader),
+        // it asks that node for the members, learns the leader's client address and writes
+        // there; it also lists the members.
         let lone = c.client(&[followers[0]]).await;
-        match lone
+        let written = lone
             .append(
                 "acct-2",
-                ExpectedVersion::Any,
+                ExpectedVersion::NoStream,
                 vec![EventData::json("X", "{}")],
             )
             .await
-        {
-            Err(Error::Server {
-                code: ErrorCode::NotLeader,
-                message,
-            }) => assert!(message.contains(&format!("node {leader}")), "{message}"),
-            other => panic!("a follower took a write: {other:?}"),
-        }
+            .unwrap();
+        assert_eq!(written.next_expected_version, 0);
+        let (known_leader, members) = lone.cluster_members().await.unwrap();
+        assert_eq!(known_leader, Some(leader));
+        let listed: Vec<_> = members.iter().map(|m| (m.id, m.voter, m.client)).collect();
+        let expected: Vec<_> = c
+            .nodes
+            .iter()
+            .map(|n| (n.id, true, Some(n.client)))
+            .collect();
+        assert_eq!(listed, expected);
 
         // Every node, asked alone, reads the same (reads are linearizable: a follower
         // waits for the leader's read index before it answers).
@@ -430,7 +436,7 @@ fn a_node_is_added_promoted_handed_leadership_and_another_removed() {
     four.tls = c.nodes[0].tls.clone();
     // Started with the current members, it is not one of them: it waits to be added.
     four.start(&c.members, common::cluster::SECRET, true);
-    let four_peer = four.peer;
+    let (four_peer, four_client) = (four.peer, four.client);
     c.nodes.push(four);
     let rt = runtime();
     let client = rt.block_on(c.client(&[1, 2, 3]));
@@ -447,7 +453,9 @@ fn a_node_is_added_promoted_handed_leadership_and_another_removed() {
         }
     };
     rt.block_on(appended("before", 10));
-    let index = rt.block_on(client.cluster_add(4, four_peer)).unwrap();
+    let index = rt
+        .block_on(client.cluster_add(4, four_peer, Some(four_client)))
+        .unwrap();
     assert!(index > 0);
     // Promoted by the leader once it has caught up.
     let deadline = Instant::now() + FORM_LIMIT;
@@ -501,9 +509,8 @@ fn a_node_is_added_promoted_handed_leadership_and_another_removed() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // The old leader removed; writes go on with three voters. (A client learns no new
-    // addresses from the nodes: it is given node 4's.)
-    let client = rt.block_on(c.client(&[1, 2, 3, 4]));
+    // The old leader removed, through the first client, which was never given node 4's
+    // address: refused by the others, it learns where the new leader is from them.
     rt.block_on(client.cluster_remove(leader)).unwrap();
     let deadline = Instant::now() + FORM_LIMIT;
     let rest: Vec<u64> = [1, 2, 3, 4]

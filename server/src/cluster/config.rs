@@ -2,6 +2,7 @@
 //! same after a restart), the initial members, its peer address, the cluster secret, and the
 //! Raft clock. Parsing and checking only; nothing here starts anything.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -93,6 +94,9 @@ pub struct ClusterConfig {
     pub election_ticks: u32,
     /// See [`HEARTBEAT_TICKS`].
     pub heartbeat_ticks: u32,
+    /// The members' client addresses, where known (this node's included): told to clients
+    /// (`ClusterMembers`) so that they find the leader.
+    pub clients: BTreeMap<u64, SocketAddr>,
 }
 
 impl ClusterConfig {
@@ -108,6 +112,7 @@ impl ClusterConfig {
             members,
             peer_listen,
             secret,
+            clients: BTreeMap::new(),
             tick: TICK,
             election_ticks: ELECTION_TICKS,
             heartbeat_ticks: HEARTBEAT_TICKS,
@@ -116,27 +121,13 @@ impl ClusterConfig {
 }
 
 /// Parses `id=addr,id=addr,...` (addresses as `host:port`; names are resolved now). Ids are
-/// not 0 and appear once; so do addresses.
+/// not 0 and appear once; so do addresses. Each item may also name the member's client
+/// address, `id=peer_addr/client_addr`: see [`parse_member_clients`].
 pub fn parse_members(text: &str) -> Result<Vec<(u64, SocketAddr)>, ConfigError> {
     let bad = |why: String| ConfigError::BadMembers(why);
     let mut out: Vec<(u64, SocketAddr)> = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, addr) = item
-            .split_once('=')
-            .ok_or_else(|| bad(format!("`{item}` is not id=host:port")))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("`{id}` is not a node id")))?;
-        if id == 0 {
-            return Err(bad("node id 0 is reserved".into()));
-        }
-        let addr = addr
-            .trim()
-            .to_socket_addrs()
-            .map_err(|e| bad(format!("`{addr}`: {e}")))?
-            .next()
-            .ok_or_else(|| bad(format!("`{addr}` resolves to no address")))?;
+    for (id, addr, _) in member_items(text)? {
+        let addr = resolve(addr)?;
         if out.iter().any(|(i, _)| *i == id) {
             return Err(bad(format!("node {id} is listed twice")));
         }
@@ -149,6 +140,53 @@ pub fn parse_members(text: &str) -> Result<Vec<(u64, SocketAddr)>, ConfigError> 
         return Err(ConfigError::MissingMembers);
     }
     Ok(out)
+}
+
+/// The client addresses named in a member list (`id=peer_addr/client_addr`), by id: what a
+/// node tells clients so that they can find the leader.
+pub fn parse_member_clients(text: &str) -> Result<BTreeMap<u64, SocketAddr>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (id, _, client) in member_items(text)? {
+        if let Some(client) = client {
+            out.insert(id, resolve(client)?);
+        }
+    }
+    Ok(out)
+}
+
+/// One item of a member list: (id, peer address, client address if given).
+type MemberItem<'a> = (u64, &'a str, Option<&'a str>);
+
+/// The items of a member list.
+fn member_items(text: &str) -> Result<Vec<MemberItem<'_>>, ConfigError> {
+    let bad = |why: String| ConfigError::BadMembers(why);
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addrs) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{item}` is not id=host:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("`{id}` is not a node id")))?;
+        if id == 0 {
+            return Err(bad("node id 0 is reserved".into()));
+        }
+        let (peer, client) = match addrs.split_once('/') {
+            Some((peer, client)) => (peer.trim(), Some(client.trim())),
+            None => (addrs.trim(), None),
+        };
+        out.push((id, peer, client));
+    }
+    Ok(out)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: String| ConfigError::BadMembers(why);
+    addr.to_socket_addrs()
+        .map_err(|e| bad(format!("`{addr}`: {e}")))?
+        .next()
+        .ok_or_else(|| bad(format!("`{addr}` resolves to no address")))
 }
 
 /// The cluster secret from exactly one of a value and a file (a file's trailing line break
@@ -265,6 +303,19 @@ mod tests {
             parse_members(" , "),
             Err(ConfigError::MissingMembers)
         ));
+    }
+
+    #[test]
+    fn members_may_name_their_client_addresses() {
+        let text = "1=127.0.0.1:7601/127.0.0.1:7611, 2=127.0.0.1:7602,3=127.0.0.1:7603/[::1]:7613";
+        let peers = parse_members(text).unwrap();
+        assert_eq!(peers[0], (1, "127.0.0.1:7601".parse().unwrap()));
+        assert_eq!(peers.len(), 3);
+        let clients = parse_member_clients(text).unwrap();
+        assert_eq!(clients.len(), 2);
+        assert_eq!(clients[&1], "127.0.0.1:7611".parse().unwrap());
+        assert_eq!(clients[&3], "[::1]:7613".parse().unwrap());
+        assert!(parse_member_clients("1=127.0.0.1:7601/nowhere").is_err());
     }
 
     #[test]

@@ -207,6 +207,17 @@ impl Write {
     }
 }
 
+/// A member as [`ClusterHandle::members`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its node id.
+    pub id: u64,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// Its client address, if known.
+    pub client: Option<SocketAddr>,
+}
+
 /// Checkpoint names of the peer records that `cluster add` writes through Raft.
 pub const PEER_RECORD_PREFIX: &str = "cluster/peer/";
 
@@ -215,6 +226,9 @@ pub const PEER_RECORD_PREFIX: &str = "cluster/peer/";
 pub(crate) struct PeerRecord {
     pub(crate) addr: SocketAddr,
     pub(crate) voter: bool,
+    /// Its client address, if `cluster add` was told it.
+    #[serde(default)]
+    pub(crate) client: Option<SocketAddr>,
 }
 
 /// The peer record of node `id` in `engine`'s log, if any.
@@ -231,6 +245,10 @@ pub(crate) fn peer_record(engine: &quiver_engine::Engine, id: u64) -> Option<Pee
 #[derive(Clone)]
 pub struct ClusterHandle {
     node_id: u64,
+    /// Client addresses from the configuration (this node's included).
+    clients: Arc<BTreeMap<u64, SocketAddr>>,
+    /// The log, for the peer records of added members.
+    engine: quiver_engine::Engine,
     requests: mpsc::Sender<Request>,
     view: Arc<Mutex<View>>,
     endpoint: Arc<PeerEndpoint>,
@@ -287,6 +305,27 @@ impl ClusterHandle {
         }
     }
 
+    /// The members of the membership in effect (voter or learner) with their client
+    /// addresses where known (from `--initial-members`, or from `cluster add`), and the leader
+    /// this node knows of.
+    pub fn members(&self) -> (Option<u64>, Vec<MemberInfo>) {
+        let v = driver::lock(&self.view).clone();
+        let client = |id: u64| {
+            self.clients
+                .get(&id)
+                .copied()
+                .or_else(|| peer_record(&self.engine, id).and_then(|r| r.client))
+        };
+        let info = |id: u64, voter| MemberInfo {
+            id,
+            voter,
+            client: client(id),
+        };
+        let voters = v.voters.iter().map(|id| info(*id, true));
+        let learners = v.learners.iter().map(|id| info(*id, false));
+        (v.leader, voters.chain(learners).collect())
+    }
+
     /// The peer endpoint's counters.
     pub fn peer_stats(&self) -> quiver_net::peer_quic::PeerStats {
         self.endpoint.stats()
@@ -337,6 +376,7 @@ impl ClusterHandle {
         &self,
         id: u64,
         peer: SocketAddr,
+        client: Option<SocketAddr>,
         timeout: Duration,
     ) -> Result<u64, WriteError> {
         if id == 0 {
@@ -346,6 +386,7 @@ impl ClusterHandle {
         let record = PeerRecord {
             addr: peer,
             voter: true,
+            client,
         };
         let write = Write::Checkpoint {
             name: format!("{PEER_RECORD_PREFIX}{id}"),
@@ -440,6 +481,7 @@ impl ClusterNode {
         raft.applied = log.applied();
         raft.check()
             .map_err(|why| anyhow::anyhow!("Raft configuration: {why}"))?;
+        let engine = log.engine().clone();
         let node = RawNode::new(raft, log);
         let view = Arc::new(Mutex::new(View::default()));
         let addresses: BTreeMap<u64, _> = config.members.iter().copied().collect();
@@ -460,6 +502,8 @@ impl ClusterNode {
         Ok(ClusterNode {
             handle: ClusterHandle {
                 node_id: config.node_id,
+                clients: Arc::new(config.clients.clone()),
+                engine,
                 requests: requests_tx,
                 view,
                 endpoint,

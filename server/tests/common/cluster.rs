@@ -147,7 +147,7 @@ impl Cluster {
         }
         let members = nodes
             .iter()
-            .map(|n| format!("{}={}", n.id, n.peer))
+            .map(|n| format!("{}={}/{}", n.id, n.peer, n.client))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
