@@ -71,6 +71,10 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// Deadline for each request.
     pub timeout: Duration,
+    /// In a cluster, let any node answer reads from what it has committed, without asking
+    /// the leader first (`SetOptions`): cheaper and possible without a leader, but a read
+    /// may miss writes acknowledged just before it. Off: reads are linearizable.
+    pub follower_reads: bool,
 }
 
 impl ClientConfig {
@@ -84,6 +88,7 @@ impl ClientConfig {
             ca_file: data_dir.as_ref().join("tls").join("ca.pem"),
             token: None,
             timeout: Duration::from_secs(30),
+            follower_reads: false,
         }
     }
 
@@ -119,6 +124,12 @@ impl ClientConfig {
     /// Sets the token to present.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Opts in to follower reads (see [`ClientConfig::follower_reads`]).
+    pub fn follower_reads(mut self, on: bool) -> Self {
+        self.follower_reads = on;
         self
     }
 
@@ -460,10 +471,33 @@ async fn handshake(
         .map_err(|_| Error::Timeout)?
         .map_err(Error::transport)?
         .ok_or_else(|| Error::Protocol("the server closed the Hello stream".into()))?;
-    match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
-        Response::HelloOk { max_frame, .. } => Ok((conn, max_frame as usize)),
-        other => Err(Error::unexpected(other)),
+    let max_frame = match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+        Response::HelloOk { max_frame, .. } => max_frame as usize,
+        other => return Err(Error::unexpected(other)),
+    };
+    if config.follower_reads {
+        // Every connection, reconnections included, says it again.
+        let (mut send, mut recv) = conn.open_bi().await.map_err(Error::transport)?;
+        let mut out = BytesMut::new();
+        Request::SetOptions {
+            follower_reads: true,
+        }
+        .encode(&mut out);
+        send.write_all(&out).await.map_err(Error::transport)?;
+        send.finish().map_err(Error::transport)?;
+        let mut buf = BytesMut::new();
+        let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
+        let frame = tokio::time::timeout(config.timeout, read)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(Error::transport)?
+            .ok_or_else(|| Error::Protocol("the server closed the options stream".into()))?;
+        match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+            Response::Done { .. } => {}
+            other => return Err(Error::unexpected(other)),
+        }
     }
+    Ok((conn, max_frame))
 }
 
 impl Client {

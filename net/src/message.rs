@@ -53,6 +53,7 @@ pub enum Kind {
     ClusterRemove = 0x0119,
     ClusterTransfer = 0x011A,
     ClusterMembers = 0x011B,
+    SetOptions = 0x011C,
     HelloOk = 0x0200,
     Appended = 0x0201,
     Events = 0x0202,
@@ -77,7 +78,7 @@ impl Kind {
     /// The kind for a frame's kind field.
     pub fn from_u16(k: u16) -> Option<Kind> {
         use Kind::*;
-        const ALL: [Kind; 46] = [
+        const ALL: [Kind; 47] = [
             Hello,
             Append,
             ReadStream,
@@ -106,6 +107,7 @@ impl Kind {
             ClusterRemove,
             ClusterTransfer,
             ClusterMembers,
+            SetOptions,
             HelloOk,
             Appended,
             Events,
@@ -427,6 +429,12 @@ pub enum Request {
     },
     /// Cluster: the members, their client addresses, and the leader.
     ClusterMembers,
+    /// This connection's options from now on. `follower_reads`: reads are served from the
+    /// node's own committed state without a read index (they may miss writes acknowledged
+    /// elsewhere just before; cheaper, and possible without a leader).
+    SetOptions {
+        follower_reads: bool,
+    },
 }
 
 /// A cluster member, as `Members` lists it.
@@ -810,6 +818,7 @@ impl Request {
             Request::ClusterRemove { .. } => Kind::ClusterRemove,
             Request::ClusterTransfer { .. } => Kind::ClusterTransfer,
             Request::ClusterMembers => Kind::ClusterMembers,
+            Request::SetOptions { .. } => Kind::SetOptions,
         }
     }
 
@@ -918,6 +927,7 @@ impl Request {
             }
             Request::ClusterRemove { id } => out.put_u64_le(*id),
             Request::ClusterTransfer { to } => put_opt_u64(out, *to),
+            Request::SetOptions { follower_reads } => out.put_u8(u8::from(*follower_reads)),
             Request::SnapshotPut {
                 stream,
                 version,
@@ -1104,6 +1114,9 @@ impl Request {
                 client: r.str8()?,
             },
             Kind::ClusterMembers => Request::ClusterMembers,
+            Kind::SetOptions => Request::SetOptions {
+                follower_reads: r.bool()?,
+            },
             Kind::ClusterRemove => Request::ClusterRemove { id: r.u64()? },
             Kind::ClusterTransfer => Request::ClusterTransfer { to: r.opt_u64()? },
             other => return Err(r.error(format!("{other:?} is a response, not a request"))),

@@ -221,6 +221,7 @@ fn request() -> impl Strategy<Value = Request> {
             client
         }),
         Just(Request::ClusterMembers),
+        any::<bool>().prop_map(|follower_reads| Request::SetOptions { follower_reads }),
         any::<u64>().prop_map(|id| Request::ClusterRemove { id }),
         proptest::option::of(any::<u64>()).prop_map(|to| Request::ClusterTransfer { to }),
     ]

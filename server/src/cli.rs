@@ -68,6 +68,10 @@ pub struct ConnArgs {
     /// generates).
     #[arg(long, env = "QUIVER_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// In a cluster, let the node answer reads from what it has committed without asking the
+    /// leader (cheaper, works without a leader; may miss writes acknowledged just before).
+    #[arg(long, env = "QUIVER_FOLLOWER_READS")]
+    follower_reads: bool,
     /// Token to present, when the server requires one.
     #[arg(long, env = "QUIVER_TOKEN", value_name = "T", hide_env_values = true)]
     token: Option<String>,
@@ -776,6 +780,7 @@ fn client_config(conn: &ConnArgs) -> Result<ClientConfig> {
     if let Some(token) = &conn.token {
         config = config.token(token.clone());
     }
+    config = config.follower_reads(conn.follower_reads);
     Ok(config)
 }
 

@@ -15,7 +15,7 @@ use quiver_net::{ErrorCode, Text};
 
 use crate::budget::SendError;
 use crate::cluster::{ClusterHandle, RequestError, Write, WriteError};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, ReadMode};
 use crate::persistent::Groups;
 use quiver_raft::Refused;
 
@@ -135,6 +135,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub async fn apply(
     ctx: &Arc<Ctx>,
     groups: &Groups,
+    reads: ReadMode,
     req: Request,
     out: &mut quinn::SendStream,
 ) -> Result<(), SendError> {
@@ -153,7 +154,7 @@ pub async fn apply(
         }
         _ => None,
     };
-    let resp = answer(ctx, groups, req, out).await?;
+    let resp = answer(ctx, groups, reads, req, out).await?;
     if let Some(resp) = &resp {
         match resp {
             Response::Error { code, .. } => ctx.metrics.error(&format!("{code:?}")),
@@ -180,13 +181,14 @@ pub async fn apply(
 async fn answer(
     ctx: &Arc<Ctx>,
     groups: &Groups,
+    reads: ReadMode,
     req: Request,
     out: &mut quinn::SendStream,
 ) -> Result<Option<Response>, SendError> {
     let engine = ctx.engine.clone();
     let req = match &ctx.cluster {
         None => req,
-        Some(cluster) => match in_cluster(ctx, cluster, req).await {
+        Some(cluster) => match in_cluster(ctx, cluster, reads, req).await {
             Routed::Local(local) => local,
             Routed::Answered(answer) => return Ok(Some(answer)),
         },
@@ -375,6 +377,8 @@ async fn answer(
             "this server is a single node, not a cluster node",
             None,
         ),
+        // Taken by the connection (it holds the options).
+        Request::SetOptions { .. } => Response::Done { index: 0 },
         Request::Status => Response::Status {
             store_id: Text::new(ctx.store_id.clone()),
             server: Text::new(concat!("quiver ", env!("CARGO_PKG_VERSION"))),
@@ -517,7 +521,7 @@ enum Routed {
 /// for a read index (so that it sees every write acknowledged before it began) and is given
 /// back to be served from this node's engine; a subscription is given back at once (it
 /// delivers what this node has committed, in order, from where it is asked to start).
-async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed {
+async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, reads: ReadMode, req: Request) -> Routed {
     let write = match req {
         Request::Append { writes } => match stream_writes(writes) {
             Ok(w) => Write::Append(w),
@@ -618,7 +622,9 @@ async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, req: Request) -> Routed 
         | Request::Subscribe { .. }
         | Request::PersistentConnect { .. }
         | Request::PersistentAck { .. }
-        | Request::PersistentNack { .. }) => return Routed::Local(r),
+        | Request::PersistentNack { .. }
+        | Request::SetOptions { .. }) => return Routed::Local(r),
+        read if reads == ReadMode::Follower => return Routed::Local(read),
         read => {
             return match cluster.read_index(ctx.request_timeout).await {
                 Ok(_) => Routed::Local(read),

@@ -12,7 +12,7 @@ use quiver_net::quic::{read_frame, ReadFrameError};
 use quiver_net::{ErrorCode, Text, PROTOCOL_VERSION};
 
 use crate::cmd;
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, ReadMode};
 use crate::persistent::Groups;
 
 /// Everything a connection task needs.
@@ -89,6 +89,8 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
         tracing::debug!(%peer, why, "connection refused");
         return;
     }
+    // The connection's options (`SetOptions`), read by each request as it starts.
+    let follower_reads = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -98,7 +100,8 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
             }
         };
         let (conn, shared) = (conn.clone(), shared.clone());
-        tokio::spawn(async move { request(conn, shared, send, recv).await });
+        let follower_reads = follower_reads.clone();
+        tokio::spawn(async move { request(conn, shared, &follower_reads, send, recv).await });
     }
 }
 
@@ -193,6 +196,7 @@ async fn hello(conn: &quinn::Connection, shared: &Shared) -> Result<(), &'static
 async fn request(
     conn: quinn::Connection,
     shared: Arc<Shared>,
+    follower_reads: &std::sync::atomic::AtomicBool,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -266,7 +270,14 @@ async fn request(
         crate::persistent::serve_consumer(ctx, groups, group.as_str(), send, recv, max).await;
         return;
     }
-    if cmd::apply(&shared.ctx, &shared.groups, req, &mut send)
+    if let Request::SetOptions { follower_reads: on } = &req {
+        follower_reads.store(*on, std::sync::atomic::Ordering::Relaxed);
+    }
+    let reads = match follower_reads.load(std::sync::atomic::Ordering::Relaxed) {
+        true => ReadMode::Follower,
+        false => ReadMode::Linearizable,
+    };
+    if cmd::apply(&shared.ctx, &shared.groups, reads, req, &mut send)
         .await
         .is_ok()
     {

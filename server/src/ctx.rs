@@ -25,3 +25,14 @@ pub struct Ctx {
     /// How long a write or a read barrier may wait for Raft.
     pub request_timeout: std::time::Duration,
 }
+
+/// How a connection's reads are served in a cluster (its `SetOptions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// After a read index: every write acknowledged before the read began is seen.
+    #[default]
+    Linearizable,
+    /// From this node's committed state as it is: possibly behind the leader, served even
+    /// without one.
+    Follower,
+}

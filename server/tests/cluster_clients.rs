@@ -620,3 +620,45 @@ fn a_follower_far_behind_catches_up_by_segment_shipping() {
         }
     });
 }
+
+/// Reads are linearizable unless a client opts in to follower reads: a node whose two peers
+/// are gone (no leader, no quorum) cannot serve a linearizable read, but serves a follower
+/// read from what it has committed.
+#[test]
+fn follower_reads_are_an_opt_in_served_without_a_leader() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let (leader, _, _) = c.wait_for_leader(FORM_LIMIT, None);
+    let rt = runtime();
+    let client = rt.block_on(c.client(&[1, 2, 3]));
+    for _ in 0..5 {
+        let e = EventData::json("Tested", "{}");
+        rt.block_on(client.append("fr", ExpectedVersion::Any, vec![e]))
+            .unwrap();
+    }
+    let lone = (1..=3).find(|id| *id != leader).unwrap();
+    let deadline = Instant::now() + FORM_LIMIT;
+    while c
+        .node(lone)
+        .status()
+        .is_none_or(|s| s.applied < s.commit || s.commit < 6)
+    {
+        assert!(Instant::now() < deadline, "{:#?}", c.node(lone).status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for id in (1..=3).filter(|id| *id != lone) {
+        c.node(id).kill();
+    }
+    rt.block_on(async {
+        let linear = c
+            .client_with(&[lone], |cfg| cfg.timeout(Duration::from_secs(3)))
+            .await;
+        let refused = linear.read_stream("fr", ReadOptions::default()).await;
+        assert!(
+            refused.is_err(),
+            "a node without a leader served a linearizable read"
+        );
+        let follower = c.client_with(&[lone], |cfg| cfg.follower_reads(true)).await;
+        assert_eq!(stream_ids(&follower, "fr").await.len(), 5);
+    });
+}

@@ -170,6 +170,15 @@ impl Cluster {
 
     /// A client of the running nodes given in `ids`, in that order.
     pub async fn client(&self, ids: &[u64]) -> quiver_client::Client {
+        self.client_with(ids, |c| c).await
+    }
+
+    /// [`Cluster::client`] with its configuration changed by `change`.
+    pub async fn client_with(
+        &self,
+        ids: &[u64],
+        change: impl FnOnce(quiver_client::ClientConfig) -> quiver_client::ClientConfig,
+    ) -> quiver_client::Client {
         let addrs = ids
             .iter()
             .map(|id| self.nodes.iter().find(|n| n.id == *id).unwrap().client);
@@ -177,7 +186,9 @@ impl Cluster {
             .ca_file(self.ca())
             .timeout(Duration::from_secs(5))
             .servers(addrs);
-        quiver_client::Client::connect(config).await.unwrap()
+        quiver_client::Client::connect(change(config))
+            .await
+            .unwrap()
     }
 
     pub fn start_all(&mut self) {
