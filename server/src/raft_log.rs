@@ -9,9 +9,11 @@
 //! [body]` (see [`command`]), whose record takes the next free positions. Positions follow
 //! from the log itself, so every node derives the same ones.
 //!
-//! Reading the log is infallible in the `Storage` trait: an engine that can no longer read
-//! its own durable records (an I/O error or a checksum failure) stops the node with a panic
-//! naming the cause, rather than let Raft act on a log it cannot see.
+//! Reading the log is infallible in the `Storage` trait: a read the engine cannot do (an I/O
+//! error or a checksum failure) returns what it could read and keeps the error, which the
+//! node's driver takes ([`EngineLog::take_failure`]) right after each `ready()`, before
+//! anything built on that read leaves the node, and stops on it (fail-stop, one clear log
+//! line): Raft never acts on a log it cannot see.
 //!
 //! Proposals are checked before they enter Raft ([`propose`]): a leader's appends may leave
 //! before its own write, so a command the engine would refuse must never be proposed, or
@@ -160,6 +162,8 @@ pub struct EngineLog {
     memberships: Vec<(u64, Membership)>,
     /// A segment being received: (first index, file).
     staging: Option<(u64, PathBuf, File)>,
+    /// The first read that failed, kept for the driver (reads take `&self`).
+    failure: std::sync::Mutex<Option<LogError>>,
 }
 
 impl EngineLog {
@@ -209,9 +213,19 @@ impl EngineLog {
             commit_mark,
             memberships: Vec::new(),
             staging: None,
+            failure: std::sync::Mutex::new(None),
         };
         log.scan_memberships(1)?;
         Ok(log)
+    }
+
+    /// The first read of the log that failed since the last call, if any: the node must stop
+    /// (whatever was built on that read is incomplete).
+    pub fn take_failure(&mut self) -> Option<LogError> {
+        self.failure
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The engine.
@@ -493,10 +507,14 @@ impl quiver_raft::Storage for EngineLog {
     }
 
     fn entries(&self, lo: u64, hi: u64, max_bytes: usize) -> Vec<Entry> {
-        let records = self
-            .engine
-            .entries(lo, max_bytes)
-            .unwrap_or_else(|e| panic!("the engine cannot read its own log at {lo}: {e}"));
+        let records = match self.engine.entries(lo, max_bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                failure.get_or_insert(e);
+                return Vec::new();
+            }
+        };
         records
             .iter()
             .take_while(|r| r.index < hi)

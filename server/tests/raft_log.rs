@@ -431,3 +431,46 @@ fn a_vote_for_node_zero_is_refused() {
     };
     assert!(node.storage_mut().persist(&ready).is_err());
 }
+
+/// A record the engine can no longer read (damaged on disk after it was written) comes back
+/// as a short read, and the error is kept for the node's driver, which stops the node on
+/// it (`cluster/driver.rs`, after each `ready()`): never a panic on some thread, never a
+/// Ready built on a log with a silent hole.
+#[test]
+fn a_failed_read_is_kept_for_the_driver_not_a_panic() {
+    use std::os::unix::fs::FileExt;
+    let mut c = Cluster::new();
+    c.propose(5);
+    let last = c.node(1).storage().last_index();
+    let dir = c.dirs[0].path().to_path_buf();
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "qseg"))
+        .max()
+        .expect("a segment");
+    // In place: the engine reads the file through its mapping, which sees the change.
+    let bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).expect("records");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(&[bytes[end - 8] ^ 0x40], (end - 8) as u64)
+        .unwrap();
+    let node = c.nodes[0].as_mut().expect("up");
+    let read = node.storage().entries(1, last + 1, usize::MAX);
+    assert!((read.len() as u64) < last, "a damaged record was read");
+    let failure = node
+        .storage_mut()
+        .take_failure()
+        .expect("the failure is kept");
+    assert!(
+        matches!(
+            failure,
+            quiver_engine::LogError::Corruption(_) | quiver_engine::LogError::Decode(_)
+        ),
+        "{failure}"
+    );
+    assert!(node.storage_mut().take_failure().is_none(), "taken once");
+}

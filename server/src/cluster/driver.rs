@@ -208,6 +208,7 @@ pub(crate) struct Driver {
 enum Failure {
     Persist(quiver_engine::LogError),
     Apply(quiver_engine::LogError),
+    Read(quiver_engine::LogError),
 }
 
 impl std::fmt::Display for Failure {
@@ -215,6 +216,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Persist(e) => write!(f, "persisting a Ready failed: {e}"),
             Failure::Apply(e) => write!(f, "applying committed entries failed: {e}"),
+            Failure::Read(e) => write!(f, "reading the log failed: {e}"),
         }
     }
 }
@@ -537,6 +539,11 @@ impl Driver {
         let mut committed = Vec::new();
         while self.node.has_ready() {
             let mut ready = self.node.ready();
+            // A read of the log that failed (here or while stepping) leaves this Ready, and
+            // what it carries, incomplete: nothing of it leaves the node.
+            if let Some(e) = self.node.storage_mut().take_failure() {
+                return Err(Failure::Read(e));
+            }
             // A leader's appends may leave before its own write (the disks work in
             // parallel); the core marks only those early, and only when neither term nor
             // vote is still to be written.
