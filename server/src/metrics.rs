@@ -131,6 +131,7 @@ struct ClusterMetrics {
     voters: Gauge,
     learners: Gauge,
     follower_lag: Family<PeerLabel, Gauge>,
+    append_rtt: Family<PeerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     peer_connected: Family<PeerLabel, Gauge>,
     leader_changes: Mirror,
     elections_started: Mirror,
@@ -187,6 +188,11 @@ impl ClusterMetrics {
             "raft_follower_lag",
             "On the leader: entries each member's log lags the commit index",
             self.follower_lag.clone(),
+        );
+        r.register(
+            "raft_append_rtt_seconds",
+            "On the leader: the last append round trip to each member",
+            self.append_rtt.clone(),
         );
         r.register(
             "peer_connected",
@@ -266,8 +272,13 @@ impl ClusterMetrics {
             peer: id.to_string(),
         };
         self.follower_lag.clear();
+        self.append_rtt.clear();
         for f in &s.followers {
             g(&self.follower_lag.get_or_create(&label(f.id)), f.lag);
+            if let Some(us) = f.append_rtt_us {
+                let seconds = us as f64 / 1e6;
+                self.append_rtt.get_or_create(&label(f.id)).set(seconds);
+            }
         }
         self.peer_connected.clear();
         for l in &p.peers {

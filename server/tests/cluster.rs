@@ -102,12 +102,19 @@ fn three_nodes_elect_exactly_one_leader() {
             let counted = metrics
                 .lines()
                 .any(|l| l.starts_with("quiver_raft_leader_changes_total ") && !l.ends_with(" 0"));
-            if missing.is_empty() && counted {
+            // The leader times its appends to each follower.
+            let timed = n.id != leader
+                || c.nodes.iter().filter(|o| o.id != leader).all(|o| {
+                    let prefix = format!("quiver_raft_append_rtt_seconds{{peer=\"{}\"}} ", o.id);
+                    metrics.lines().any(|l| l.starts_with(&prefix))
+                });
+            if missing.is_empty() && counted && timed {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {}: missing {missing:?} (leader changes counted: {counted}) in\n{metrics}",
+                "node {}: missing {missing:?} (leader changes counted: {counted}, appends timed: \
+                 {timed}) in\n{metrics}",
                 n.id
             );
             std::thread::sleep(Duration::from_millis(100));

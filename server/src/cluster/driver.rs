@@ -165,6 +165,7 @@ pub(crate) struct View {
     pub(crate) voters: Vec<u64>,
     pub(crate) learners: Vec<u64>,
     pub(crate) matched: Vec<(u64, u64)>,
+    pub(crate) append_rtt_us: BTreeMap<u64, u64>,
     pub(crate) dropped_not_member: u64,
     pub(crate) leader_changes: u64,
     pub(crate) elections_started: u64,
@@ -202,6 +203,11 @@ pub(crate) struct Driver {
     reads_confirmed: Vec<(u64, Answer)>,
     next_ctx: u64,
     dropped_not_member: u64,
+    /// Per peer: when the oldest append not yet answered was sent.
+    appends_out: HashMap<u64, std::time::Instant>,
+    /// Per peer: the last append round trip measured, in µs (send of the oldest unanswered
+    /// append to the next answer from that peer).
+    append_rtt_us: BTreeMap<u64, u64>,
 }
 
 /// Why the loop stopped for good.
@@ -248,6 +254,8 @@ impl Driver {
             reads_confirmed: Vec::new(),
             next_ctx: 1,
             dropped_not_member: 0,
+            appends_out: HashMap::new(),
+            append_rtt_us: BTreeMap::new(),
         }
     }
 
@@ -334,6 +342,12 @@ impl Driver {
 
     /// A peer's message, if it comes from a member of the membership in effect.
     fn step(&mut self, m: PeerMessage) {
+        if matches!(m.kind, quiver_net::peer::PeerMessageKind::AppendResp { .. }) {
+            if let Some(sent) = self.appends_out.remove(&m.from) {
+                let rtt = sent.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+                self.append_rtt_us.insert(m.from, rtt);
+            }
+        }
         let membership = self.node.membership();
         if !membership.contains(m.from) || membership.retired.contains(&m.from) {
             self.dropped_not_member += 1;
@@ -598,6 +612,12 @@ impl Driver {
     fn send(&mut self, messages: Vec<Message>) {
         for m in messages {
             let to = m.to;
+            // The first append to a peer not answered yet starts its round-trip clock.
+            if matches!(m.kind, quiver_raft::MessageKind::Append { .. }) {
+                self.appends_out
+                    .entry(to)
+                    .or_insert_with(std::time::Instant::now);
+            }
             match self.endpoint.send(peer_map::to_wire(m)) {
                 Ok(()) => {}
                 Err(SendError::UnknownPeer(_)) => {
@@ -747,6 +767,11 @@ impl Driver {
         v.voters = m.voters.iter().copied().collect();
         v.learners = m.learners.iter().copied().collect();
         v.matched = n.matched();
+        if n.role() == Role::Leader {
+            v.append_rtt_us.clone_from(&self.append_rtt_us);
+        } else {
+            v.append_rtt_us.clear();
+        }
         v.dropped_not_member = self.dropped_not_member;
     }
 }

@@ -94,6 +94,10 @@ pub struct FollowerStatus {
     pub matched: u64,
     /// Commit index minus `matched` (0 when ahead).
     pub lag: u64,
+    /// The last append round trip to it, in µs: from the oldest append not yet answered to
+    /// its next answer (absent for the leader itself, or before any answer).
+    #[serde(default)]
+    pub append_rtt_us: Option<u64>,
 }
 
 /// One outgoing peer link.
@@ -283,6 +287,7 @@ impl ClusterHandle {
                     id,
                     matched,
                     lag: v.commit.saturating_sub(matched),
+                    append_rtt_us: v.append_rtt_us.get(&id).copied(),
                 })
                 .collect(),
             peers: stats

@@ -78,7 +78,11 @@ pub fn render(s: &ClusterStatus) -> String {
         ids(&s.learners)
     );
     for f in &s.followers {
-        out += &format!("  member {}: matched {}, lag {}\n", f.id, f.matched, f.lag);
+        out += &format!("  member {}: matched {}, lag {}", f.id, f.matched, f.lag);
+        if let Some(us) = f.append_rtt_us {
+            out += &format!(", append round trip {:.1} ms", us as f64 / 1000.0);
+        }
+        out.push('\n');
     }
     for p in &s.peers {
         let state = if p.connected {
