@@ -19,6 +19,12 @@ use crate::message::ALPN;
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The idle timeout Quiver's client proposes (QUIC takes the smaller of both sides'), with
+/// keep-alives every third of it: a server that dies (a process killed, a machine gone) sends
+/// no close and answers nothing, and its client's requests fail this soon after its last
+/// packet instead of waiting out their deadline, so the client moves on to another node of
+/// a cluster. A live server answers keep-alives at once, however busy its disk.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The application error code of a `RESET_STREAM` by which the server ends a response it
 /// dropped in the middle of a frame: the reader was the slowest when the server's memory
 /// budget for slow clients was full (docs/PROTOCOL.md, slow readers).
@@ -65,16 +71,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport() -> quinn::TransportConfig {
+fn transport(idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     t.max_concurrent_uni_streams(0u8.into());
-    t.max_idle_timeout(Some(
-        IDLE_TIMEOUT
-            .try_into()
-            .expect("30 s is a valid idle timeout"),
-    ));
-    t.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
+    t.max_idle_timeout(Some(idle.try_into().expect("a valid idle timeout")));
+    t.keep_alive_interval(Some(idle / 3));
     t
 }
 
@@ -92,7 +94,7 @@ pub fn server_endpoint(
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| SetupError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(transport(IDLE_TIMEOUT)));
     endpoint(addr, Some(config))
 }
 
@@ -124,7 +126,7 @@ pub fn client_endpoint(roots: &[CertificateDer<'static>]) -> Result<quinn::Endpo
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| SetupError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()));
+    config.transport_config(Arc::new(transport(CLIENT_IDLE_TIMEOUT)));
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("a valid wildcard address");
     let mut endpoint = endpoint(bind, None)?;
     endpoint.set_default_client_config(config);
