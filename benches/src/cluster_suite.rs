@@ -613,6 +613,7 @@ impl QuiverCluster {
         let mut cmd = Command::new(binary);
         cmd.env_clear()
             .env("QUIVER_CLUSTER_SECRET", secret)
+            .env("NO_COLOR", "1")
             .args([
                 "serve",
                 "--db-type",
