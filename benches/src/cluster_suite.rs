@@ -35,14 +35,15 @@
 //! Quiver's leader: neither side pays a forwarding hop. Puts go over gRPC with `tonic`
 //! (`/etcdserverpb.KV/Put`, messages declared by hand with prost), keys unique per put.
 //! etcd has no batched put, so `etcd_put_c16` keeps as many puts in flight (16 × 100) as
-//! `cluster_append_batch100_c16` keeps events in flight (16 appends of 100); its latency is
-//! per put, Quiver's per 100-event append. The etcd scenarios run first, so the Quiver lines
+//! `cluster_append_batch100_c16` keeps events in flight (16 appends of 100;
+//! `--etcd-c16-in-flight N` changes the 100); its latency is per put, Quiver's per 100-event
+//! append. The etcd scenarios run first, so the Quiver lines
 //! can carry `vs_etcd`: Quiver's events/s over etcd's puts/s (`…_c16` over `etcd_put_c16`,
 //! `…_concurrent64` over `etcd_put_concurrent64`), with `etcd_events_per_sec` beside it; it
 //! is `null` when the etcd scenario did not run or failed (etcd not installed, say).
 //!
 //! **Failover.** Four writers, each its own `Client` with a per-request timeout of
-//! `--client-timeout` (default: the client's own, 30 s), append single events in turn. After a
+//! `--client-timeout-ms` (default: the client's own, 30 s), append single events in turn. After a
 //! warm-up (1 s), the leader is killed with SIGKILL; `failover_ms` runs from the kill to the
 //! first append the writers see acknowledged after it (an answer already on its way from
 //! the old leader, to an append sent before the kill and answered within 50 ms of it, does
