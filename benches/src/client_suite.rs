@@ -614,7 +614,7 @@ impl Drop for LocalServer {
 }
 
 /// `n` connected clients.
-async fn connect(config: &ClientConfig, n: usize) -> Result<Vec<Arc<Client>>> {
+pub(crate) async fn connect(config: &ClientConfig, n: usize) -> Result<Vec<Arc<Client>>> {
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let client = Client::connect(config.clone())
@@ -626,7 +626,7 @@ async fn connect(config: &ClientConfig, n: usize) -> Result<Vec<Arc<Client>>> {
 }
 
 /// Closes the clients no task holds any more, so the server sees them leave.
-async fn close(clients: Vec<Arc<Client>>) {
+pub(crate) async fn close(clients: Vec<Arc<Client>>) {
     let mut closing = tokio::task::JoinSet::new();
     for client in clients.into_iter().filter_map(Arc::into_inner) {
         closing.spawn(client.close());
@@ -636,7 +636,7 @@ async fn close(clients: Vec<Arc<Client>>) {
 
 /// Runs the `tasks`, released together, each returning its latency samples and how many
 /// events it handled: the async counterpart of `workload::run_parallel`.
-async fn run_tasks<F>(tasks: impl IntoIterator<Item = F>) -> Result<Run>
+pub(crate) async fn run_tasks<F>(tasks: impl IntoIterator<Item = F>) -> Result<Run>
 where
     F: Future<Output = Result<(Histogram<u64>, u64)>> + Send + 'static,
 {
@@ -669,7 +669,7 @@ where
 }
 
 /// One event for the client: the workload's id and payload (shared, not copied).
-fn event(ids: &mut Ids, event_type: &str) -> EventData {
+pub(crate) fn event(ids: &mut Ids, event_type: &str) -> EventData {
     EventData {
         id: ids.id(),
         event_type: event_type.to_string(),
@@ -695,7 +695,7 @@ fn fill_type(i: u64) -> &'static str {
 }
 
 /// Appends batches of `batch` events to `stream` until `duration` has passed.
-async fn append_loop(
+pub(crate) async fn append_loop(
     client: Arc<Client>,
     stream: String,
     mut ids: Ids,

@@ -13,9 +13,13 @@
 //! - `engine_suite.rs` — the `engine` suite: appends, reads, `$all` scans, reopen.
 //! - `client_suite.rs` — the `client` suite: the server over QUIC through `quiver-client`,
 //!   started in-process or already running.
+//! - `raft_suite.rs` — the `raft` suite: three Raft nodes in-process over engines.
+//! - `cluster_suite.rs` — the `cluster` suite: three `quiver serve --db-type cluster`
+//!   processes, their failover, and a three-member etcd cluster measured beside them.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client_suite;
+pub mod cluster_suite;
 pub mod engine_suite;
 pub mod raft_suite;
 pub mod report;

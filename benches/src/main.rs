@@ -26,10 +26,19 @@
 //! cargo run --release -p quiver-bench -- client            # server over QUIC, in-process
 //! cargo run --release -p quiver-bench -- client --server 127.0.0.1:7600 --ca ca.pem
 //! cargo run --release -p quiver-bench -- client --scenario subscribe_live_latency
+//! cargo build --release -p quiver-server -p quiver-bench    # the cluster suite needs both
+//! target/release/quiver-bench cluster                       # 3 quiver processes, etcd beside
+//! target/release/quiver-bench cluster --quick --scenario cluster_failover
 //! ```
 //!
-//! The suites: `engine` (`quiver_bench::engine_suite`), `raft` (`quiver_bench::raft_suite`)
-//! and `client` (`quiver_bench::client_suite`); their module docs list the scenarios.
+//! The suites, whose module docs list the scenarios:
+//! - `engine` (`quiver_bench::engine_suite`): the storage engine in-process.
+//! - `raft` (`quiver_bench::raft_suite`): three Raft nodes in-process over engines.
+//! - `client` (`quiver_bench::client_suite`): the server over QUIC through `quiver-client`.
+//! - `cluster` (`quiver_bench::cluster_suite`): three `quiver serve --db-type cluster`
+//!   processes (the `quiver` binary next to `quiver-bench`) through `quiver-client`, a leader
+//!   failover, and a three-member etcd cluster (`etcd` on `PATH`, Debian's `etcd-server`) in
+//!   the same run, with Quiver's rate over etcd's (`vs_etcd`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -41,7 +50,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiver_bench::client_suite::{self, default_ca_file, Remote, Suite as ClientSuite};
 use quiver_bench::report::{git_rev, Report};
 use quiver_bench::workload::{DATA_DIR_DEFAULT, DATA_DIR_ENV};
-use quiver_bench::{engine_suite, raft_suite};
+use quiver_bench::{cluster_suite, engine_suite, raft_suite};
 use quiver_engine::IoMode;
 
 #[derive(Parser)]
@@ -65,6 +74,10 @@ enum Suite {
     /// stream reads and `$all` scans, live and catch-up subscriptions, a persistent group's
     /// acks. Starts its own server unless given --server.
     Client(ClientArgs),
+    /// Three `quiver serve --db-type cluster` processes on loopback through quiver-client:
+    /// appends from 1, 16 and 64 connections, leader failover; and a 3-member etcd cluster
+    /// in the same run (puts from 16 and 64 connections) to compare with.
+    Cluster(ClusterArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +130,28 @@ struct ClientArgs {
     dir: PathBuf,
     /// Run only this scenario (repeatable); all of them by default.
     #[arg(long = "scenario", value_parser = PossibleValuesParser::new(client_suite::SCENARIOS))]
+    scenarios: Vec<String>,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Timed scenarios run 1 s instead of 3 s; one leader kill instead of three.
+    #[arg(long)]
+    quick: bool,
+    /// Parent directory of the nodes' data directories (on the disk to measure, not tmpfs).
+    #[arg(long, env = DATA_DIR_ENV, default_value = DATA_DIR_DEFAULT)]
+    dir: PathBuf,
+    /// Leader kills in cluster_failover (default 3, 1 with --quick).
+    #[arg(long)]
+    kills: Option<usize>,
+    /// Per-request deadline of the failover writers' clients, in ms (default: the client's).
+    #[arg(long)]
+    client_timeout_ms: Option<u64>,
+    /// Puts in flight on each of etcd_put_c16's 16 connections.
+    #[arg(long, default_value_t = cluster_suite::ETCD_C16_IN_FLIGHT)]
+    etcd_c16_in_flight: usize,
+    /// Run only this scenario (repeatable); all of them by default.
+    #[arg(long = "scenario", value_parser = PossibleValuesParser::new(cluster_suite::SCENARIOS))]
     scenarios: Vec<String>,
 }
 
@@ -183,6 +218,23 @@ fn main() -> Result<()> {
             let ran = run_all(&chosen, |scenario| suite.run(scenario));
             let finished = suite.finish();
             ran.and(finished)
+        }
+        Suite::Cluster(args) => {
+            let kills = args.kills.unwrap_or(if args.quick {
+                cluster_suite::KILLS_QUICK
+            } else {
+                cluster_suite::KILLS_DEFAULT
+            });
+            let mut suite = cluster_suite::Suite::new(cluster_suite::Options {
+                data_dir: args.dir,
+                quick: args.quick,
+                git_rev,
+                kills,
+                client_timeout: args.client_timeout_ms.map(std::time::Duration::from_millis),
+                etcd_c16_in_flight: args.etcd_c16_in_flight,
+            })?;
+            let chosen = choose(cluster_suite::SCENARIOS, &args.scenarios);
+            run_all(&chosen, |scenario| suite.run(scenario))
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The JSON line a scenario prints: throughput, latency percentiles per operation, and
 //! whatever else the scenario wants to say.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -84,26 +84,53 @@ pub fn micros(d: Duration) -> f64 {
 }
 
 /// The commit checked out in the git repository holding `start` (or a parent of it), read
-/// from `.git` directly; `None` if there is none or it cannot be read.
+/// from `.git` directly; `None` if there is none or it cannot be read. In a worktree, `.git`
+/// is a file naming the worktree's git directory (`gitdir: …`), whose `commondir` holds the
+/// branches.
 pub fn git_rev(start: &Path) -> Option<String> {
-    let git = start
+    let dot_git = start
         .ancestors()
         .map(|d| d.join(".git"))
-        .find(|g| g.is_dir())?;
+        .find(|g| g.exists())?;
+    let git = if dot_git.is_dir() {
+        dot_git
+    } else {
+        let pointer = std::fs::read_to_string(&dot_git).ok()?;
+        relative_to(
+            dot_git.parent()?,
+            pointer.trim().strip_prefix("gitdir:")?.trim(),
+        )
+    };
+    let common = match std::fs::read_to_string(git.join("commondir")) {
+        Ok(dir) => relative_to(&git, dir.trim()),
+        Err(_) => git.clone(),
+    };
     let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
     let head = head.trim();
     let Some(reference) = head.strip_prefix("ref: ") else {
         return Some(head.to_string());
     };
-    if let Ok(rev) = std::fs::read_to_string(git.join(reference)) {
-        return Some(rev.trim().to_string());
+    for dir in [&git, &common] {
+        if let Ok(rev) = std::fs::read_to_string(dir.join(reference)) {
+            return Some(rev.trim().to_string());
+        }
     }
     // A ref that was packed lives in `packed-refs` as "<rev> <ref>".
-    let packed = std::fs::read_to_string(git.join("packed-refs")).ok()?;
+    let packed = std::fs::read_to_string(common.join("packed-refs")).ok()?;
     packed.lines().find_map(|line| {
         let (rev, name) = line.split_once(' ')?;
         (name == reference).then(|| rev.to_string())
     })
+}
+
+/// `path` as written in a git file: absolute, or relative to `base`.
+fn relative_to(base: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
 }
 
 #[cfg(test)]
@@ -124,5 +151,24 @@ mod tests {
         let max_us = parsed["max_us"].as_f64().unwrap();
         assert!((1000.0..=1001.0).contains(&max_us), "{max_us}");
         assert!(line.ends_with(r#""io_mode":"Uring"}"#), "{line}");
+    }
+
+    #[test]
+    fn git_rev_reads_a_worktree() {
+        let root = tempfile::tempdir().unwrap();
+        let common = root.path().join("main/.git");
+        let wt_git = common.join("worktrees/wt");
+        std::fs::create_dir_all(common.join("refs/heads")).unwrap();
+        std::fs::create_dir_all(&wt_git).unwrap();
+        std::fs::create_dir_all(root.path().join("wt/sub")).unwrap();
+        std::fs::write(common.join("refs/heads/b"), "abc123\n").unwrap();
+        std::fs::write(wt_git.join("HEAD"), "ref: refs/heads/b\n").unwrap();
+        std::fs::write(wt_git.join("commondir"), "../..\n").unwrap();
+        let pointer = format!("gitdir: {}\n", wt_git.display());
+        std::fs::write(root.path().join("wt/.git"), pointer).unwrap();
+        assert_eq!(
+            git_rev(&root.path().join("wt/sub")).as_deref(),
+            Some("abc123")
+        );
     }
 }
