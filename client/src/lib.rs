@@ -398,6 +398,8 @@ pub struct Client {
     at: Arc<AtomicUsize>,
     /// The nodes to try: those given, then those learned from `ClusterMembers`.
     addresses: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    /// The connection (stable id) the client last moved away from.
+    moved_from: Arc<AtomicUsize>,
     /// Client addresses of cluster members, by node id, as last learned.
     members: Arc<std::sync::Mutex<std::collections::HashMap<u64, SocketAddr>>>,
     config: ClientConfig,
@@ -538,6 +540,7 @@ impl Client {
             at: Arc::new(AtomicUsize::new(at)),
             addresses: Arc::new(std::sync::Mutex::new(addresses)),
             members: Arc::default(),
+            moved_from: Arc::new(AtomicUsize::new(usize::MAX)),
             config,
         })
     }
@@ -700,8 +703,9 @@ impl Client {
     /// moved already).
     async fn move_on(&self, from: usize) {
         let conn = self.conn.lock().await;
-        // Once per connection: requests refused together move the client one node on.
-        if conn.stable_id() == from && conn.close_reason().is_none() {
+        // Once per connection: requests refused (or cut off) together move the client one
+        // node on, whether the connection is still open or already died with its node.
+        if conn.stable_id() == from && self.moved_from.swap(from, Ordering::Relaxed) != from {
             self.at.fetch_add(1, Ordering::Relaxed);
             conn.close(0u32.into(), b"moving to another node");
         }

@@ -23,8 +23,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// keep-alives every third of it: a server that dies (a process killed, a machine gone) sends
 /// no close and answers nothing, and its client's requests fail this soon after its last
 /// packet instead of waiting out their deadline, so the client moves on to another node of
-/// a cluster. A live server answers keep-alives at once, however busy its disk.
-pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// a cluster (DESIGN.md: failover ≤ 3 s as a client sees it; docs/BENCHMARKS.md measures
+/// it). A live server answers keep-alives at once, however busy its disk.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The application error code of a `RESET_STREAM` by which the server ends a response it
 /// dropped in the middle of a frame: the reader was the slowest when the server's memory
 /// budget for slow clients was full (docs/PROTOCOL.md, slow readers).

@@ -40,6 +40,8 @@ use crate::subscribe::{step, Target};
 pub const CHECKPOINT_PREFIX: &str = "psub/";
 /// Longest group name.
 pub const GROUP_NAME_BYTES_MAX: usize = 200;
+/// Longest a group request waits on a new leader for its groups to start.
+pub const START_WAIT_MAX: Duration = Duration::from_secs(3);
 /// A moved checkpoint is written at most this often.
 pub const PERSIST_EVERY: Duration = Duration::from_millis(100);
 
@@ -263,6 +265,16 @@ impl Groups {
         )
     }
 
+    /// Waits (at most [`START_WAIT_MAX`]) for the groups to run: a cluster node that has just
+    /// become leader starts them within a read-index round, and a request sent to it
+    /// meanwhile waits rather than fail. Callers still check [`Groups::is_active`] after.
+    async fn started(&self) {
+        let deadline = tokio::time::Instant::now() + START_WAIT_MAX;
+        while !self.is_active() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the groups run here.
     pub fn is_active(&self) -> bool {
         self.active.load(std::sync::atomic::Ordering::Relaxed)
@@ -301,6 +313,7 @@ impl Groups {
     /// Creates a group and records it; returns the index of its record.
     pub async fn create(&self, d: PersistentDefinition) -> Result<u64, GroupError> {
         let target = validate(&d)?;
+        self.started().await;
         let mut groups = self.groups.lock().await;
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(GroupError::Unavailable("the server is stopping".into()));
@@ -326,6 +339,7 @@ impl Groups {
     }
 
     async fn sender(&self, group: &str) -> Result<mpsc::UnboundedSender<Cmd>, GroupError> {
+        self.started().await;
         let groups = self.groups.lock().await;
         if !self.is_active() {
             return Err(not_running());
@@ -383,6 +397,7 @@ impl Groups {
 
     /// Deletes a group: records it as deleted, ends its consumers' streams.
     pub async fn delete(&self, group: &str) -> Result<u64, GroupError> {
+        self.started().await;
         let mut groups = self.groups.lock().await;
         if !self.is_active() {
             return Err(not_running());
