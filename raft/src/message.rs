@@ -1,5 +1,7 @@
 //! What nodes say to each other, what they persist, and what they hand the application.
 
+use bytes::Bytes;
+
 /// A node's id. Ids are never reused: a removed id stays retired (see [`Membership`]).
 pub type NodeId = u64;
 
@@ -23,18 +25,18 @@ pub struct Entry {
     pub term: u64,
     /// What `data` is.
     pub kind: EntryKind,
-    /// The payload.
-    pub data: Vec<u8>,
+    /// The payload, shared (a clone for each follower's message copies nothing).
+    pub data: Bytes,
 }
 
 impl Entry {
     /// An application entry.
-    pub fn normal(index: u64, term: u64, data: Vec<u8>) -> Entry {
+    pub fn normal(index: u64, term: u64, data: impl Into<Bytes>) -> Entry {
         Entry {
             index,
             term,
             kind: EntryKind::Normal,
-            data,
+            data: data.into(),
         }
     }
 }

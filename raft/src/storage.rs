@@ -3,6 +3,7 @@
 //! and whose sealed segment files are what a far-behind follower is sent.
 
 use crate::message::{DecodeError, Entry, EntryKind, HardState, Membership};
+use bytes::Bytes;
 
 /// A sealed segment: committed entries `first..=last` that a leader can ship as bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,7 +165,7 @@ fn decode_entries(mut bytes: &[u8]) -> Result<Vec<Entry>, DecodeError> {
             index,
             term,
             kind,
-            data: rest[..len].to_vec(),
+            data: Bytes::copy_from_slice(&rest[..len]),
         });
         bytes = &rest[len..];
     }

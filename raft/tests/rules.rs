@@ -27,7 +27,7 @@ fn membership_entry(index: u64, term: u64, voters: &[u64], learners: &[u64]) -> 
         index,
         term,
         kind: EntryKind::Membership,
-        data: m.encode(),
+        data: m.encode().into(),
     }
 }
 

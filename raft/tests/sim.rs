@@ -116,7 +116,7 @@ struct Sim {
     /// Per node, the last index it applied.
     applied: Vec<u64>,
     /// The one committed sequence every node must agree on: index - 1 → (term, data).
-    committed: Vec<(u64, Vec<u8>)>,
+    committed: Vec<(u64, bytes::Bytes)>,
     leaders: BTreeMap<u64, u64>,
     proposals: u64,
     /// Reads in progress: ctx → how many entries had been applied somewhere when it began.

@@ -195,7 +195,7 @@ fn entry_to_wire(e: Entry) -> PeerEntry {
             EntryKind::Normal => PeerEntryKind::Normal,
             EntryKind::Membership => PeerEntryKind::Membership,
         },
-        data: e.data.into(),
+        data: e.data,
     }
 }
 
@@ -207,7 +207,7 @@ fn entry_from_wire(e: PeerEntry) -> Entry {
             PeerEntryKind::Normal => EntryKind::Normal,
             PeerEntryKind::Membership => EntryKind::Membership,
         },
-        data: e.data.into(),
+        data: e.data,
     }
 }
 
@@ -228,7 +228,9 @@ mod tests {
                 index: 13,
                 term: 6,
                 kind: EntryKind::Membership,
-                data: quiver_raft::Membership::with_voters([1, 2, 3]).encode(),
+                data: quiver_raft::Membership::with_voters([1, 2, 3])
+                    .encode()
+                    .into(),
             },
             Entry::normal(14, 6, vec![0xAB; 5000]),
         ];

@@ -61,21 +61,18 @@ fn bad(detail: impl Into<String>) -> LogError {
     })
 }
 
-/// (kind, slots, body) of the record that stores `e`.
+/// (kind, slots, body) of the record that stores `e`; the body shares the entry's bytes.
 fn to_record(e: &Entry) -> Result<(u8, u32, Bytes), LogError> {
     match e.kind {
         EntryKind::Membership => {
             Membership::decode(&e.data).map_err(|err| bad(err.to_string()))?;
-            Ok((
-                RecordKind::Membership as u8,
-                0,
-                Bytes::copy_from_slice(&e.data),
-            ))
+            Ok((RecordKind::Membership as u8, 0, e.data.clone()))
         }
         EntryKind::Normal if e.data.is_empty() => Ok((RecordKind::NoOp as u8, 0, Bytes::new())),
         EntryKind::Normal => {
             let (kind, slots, body) = check_command(&e.data)?;
-            Ok((kind, slots, Bytes::copy_from_slice(body)))
+            let at = e.data.len() - body.len();
+            Ok((kind, slots, e.data.slice(at..)))
         }
     }
 }
@@ -130,17 +127,19 @@ pub fn propose(node: &mut RawNode<EngineLog>, data: Vec<u8>) -> Result<u64, Prop
     Ok(node.propose(data)?)
 }
 
-/// The entry a record stores.
+/// The entry a record stores. A command's data is its 5-byte header and the record's body,
+/// copied once into one buffer (the core and every follower's message share it from here);
+/// a membership shares the record's body.
 fn from_record(r: &RawRecord) -> Entry {
     let (kind, data) = match RecordKind::from_byte(r.kind) {
-        Ok(RecordKind::Membership) => (EntryKind::Membership, r.body.to_vec()),
-        Ok(RecordKind::NoOp) => (EntryKind::Normal, Vec::new()),
+        Ok(RecordKind::Membership) => (EntryKind::Membership, r.body.clone()),
+        Ok(RecordKind::NoOp) => (EntryKind::Normal, Bytes::new()),
         _ => {
             let mut data = Vec::with_capacity(5 + r.body.len());
             data.push(r.kind);
             data.extend_from_slice(&r.count.to_le_bytes());
             data.extend_from_slice(&r.body);
-            (EntryKind::Normal, data)
+            (EntryKind::Normal, Bytes::from(data))
         }
     };
     Entry {

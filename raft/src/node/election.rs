@@ -136,7 +136,7 @@ impl<S: Storage> RawNode<S> {
         self.progress.clear();
         self.sync_progress();
         // A no-op of the new term lets earlier entries commit (paper 5.4.2).
-        self.append_local(EntryKind::Normal, Vec::new());
+        self.append_local(EntryKind::Normal, bytes::Bytes::new());
         self.broadcast_append(false);
     }
 

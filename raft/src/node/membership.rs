@@ -68,7 +68,7 @@ impl<S: Storage> RawNode<S> {
                 return Err(Refused::NotCaughtUp);
             }
         }
-        let index = self.append_local(EntryKind::Membership, next.encode());
+        let index = self.append_local(EntryKind::Membership, next.encode().into());
         self.broadcast_due = true;
         Ok(index)
     }
@@ -95,7 +95,7 @@ mod tests {
                 index: 2,
                 term: 1,
                 kind: EntryKind::Membership,
-                data: wider.encode(),
+                data: wider.encode().into(),
             },
         ]);
         let mut n = RawNode::new(Config::new(1, vec![1, 2, 3], 1), storage);

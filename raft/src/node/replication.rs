@@ -15,9 +15,10 @@ use crate::message::{Entry, EntryKind, Membership, MessageKind, NodeId};
 use crate::progress::{Mode, Shipping};
 use crate::quorum;
 use crate::storage::Storage;
+use bytes::Bytes;
 
 impl<S: Storage> RawNode<S> {
-    pub(super) fn append_local(&mut self, kind: EntryKind, data: Vec<u8>) -> u64 {
+    pub(super) fn append_local(&mut self, kind: EntryKind, data: Bytes) -> u64 {
         let index = self.last_index() + 1;
         self.uncommitted.push_back((index, data.len()));
         self.uncommitted_bytes += data.len();
@@ -50,7 +51,8 @@ impl<S: Storage> RawNode<S> {
     /// Appends `data` to the log if this node leads. Returns its index; it is committed once
     /// it appears in a `Ready`'s `committed`. Proposals made between two `ready` calls go
     /// out in the same appends.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, Refused> {
+    pub fn propose(&mut self, data: impl Into<Bytes>) -> Result<u64, Refused> {
+        let data = data.into();
         self.may_propose()?;
         if self.uncommitted_bytes > 0
             && self.uncommitted_bytes + data.len() > self.config.uncommitted_bytes_max
