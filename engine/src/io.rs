@@ -214,3 +214,85 @@ fn retry_wait(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Interrupted
         || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+
+    /// Both paths, or only pwrite where the kernel refuses io_uring.
+    fn paths() -> Vec<SyncIo> {
+        let mut paths = vec![SyncIo::Pwrite];
+        match SyncIo::new(IoMode::Uring, &RealStorage) {
+            Ok(ring) => paths.push(ring),
+            Err(e) => println!("io_uring refused by the kernel ({e}): only pwrite is tested"),
+        }
+        paths
+    }
+
+    /// A file whose writes succeed and whose syncs fail: `/dev/null` (EINVAL).
+    fn unsyncable() -> File {
+        OpenOptions::new().write(true).open("/dev/null").unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_written_and_synced() {
+        for mut io in paths() {
+            let dir = tempfile::tempdir().unwrap();
+            let a = storage::RealStorage.create(&dir.path().join("a")).unwrap();
+            let b = storage::RealStorage.create(&dir.path().join("b")).unwrap();
+            let writes = [
+                Write {
+                    file: &a,
+                    offset: 3,
+                    bytes: b"first",
+                },
+                Write {
+                    file: &b,
+                    offset: 0,
+                    bytes: b"second",
+                },
+            ];
+            io.write_and_sync(&RealStorage, &writes).unwrap();
+            assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"\0\0\0first");
+            assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"second");
+        }
+    }
+
+    #[test]
+    fn a_failed_sync_is_reported_with_its_error_on_both_paths() {
+        for mut io in paths() {
+            let mode = io.mode();
+            let dir = tempfile::tempdir().unwrap();
+            let file = storage::RealStorage.create(&dir.path().join("a")).unwrap();
+            let null = unsyncable();
+            // The failing file first, then last: each file's sync result is its own.
+            for order in [[&null, &file], [&file, &null]] {
+                let writes = order.map(|f| Write {
+                    file: f,
+                    offset: 0,
+                    bytes: b"bytes",
+                });
+                let e = io.write_and_sync(&RealStorage, &writes).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{mode:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_with_its_error_on_both_paths() {
+        for mut io in paths() {
+            let mode = io.mode();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("a"), b"").unwrap();
+            let read_only = File::open(dir.path().join("a")).unwrap();
+            let writes = [Write {
+                file: &read_only,
+                offset: 0,
+                bytes: b"bytes",
+            }];
+            let e = io.write_and_sync(&RealStorage, &writes).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{mode:?}: {e}");
+        }
+    }
+}

@@ -217,3 +217,36 @@ fn checkpoints_by_prefix_keep_the_latest_per_name() {
     );
     assert_eq!(e.checkpoints("psub/a")[0].1, 7);
 }
+
+#[test]
+fn a_multi_stream_append_retrying_only_some_of_its_writes_is_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let stored = ev("A", "1");
+    e.append("a", ExpectedVersion::NoStream, vec![stored.clone()])
+        .unwrap();
+    let write = |stream: &str, event: &EventData| StreamWrite {
+        stream: stream.to_string(),
+        expected: ExpectedVersion::Any,
+        events: vec![event.clone()],
+    };
+    let fresh = ev("B", "2");
+    // Either order: the error names the append's first stream.
+    for (writes, first) in [
+        (vec![write("a", &stored), write("b", &fresh)], "a"),
+        (vec![write("b", &fresh), write("a", &stored)], "b"),
+    ] {
+        match e.append_multi(writes) {
+            Err(AppendError::IdempotencyMismatch(s)) => assert_eq!(s, first),
+            other => panic!("expected an idempotency mismatch, got {other:?}"),
+        }
+    }
+    assert!(e.stream_info("b").is_none(), "nothing was written");
+    assert_eq!(
+        versions(
+            e.read_stream("a", ReadFrom::Start, Direction::Forward, 10)
+                .unwrap()
+        ),
+        [0]
+    );
+}
