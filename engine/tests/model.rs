@@ -1255,13 +1255,21 @@ const MUST_COVER: &[&str] = &[
     "Crash: torn tail cut",
 ];
 
+/// The default seed of [`engine_matches_model`]'s runs.
+const MODEL_SEED: u64 = 0x5175_6976_6572;
+
 #[test]
 fn engine_matches_model() {
-    let config = ProptestConfig {
+    let mut config = ProptestConfig {
         cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     };
+    // The same runs every time, so the coverage check below cannot fail by luck (it did:
+    // "no run covered Retry: written", once in a while); PROPTEST_RNG_SEED=N explores others.
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = proptest::test_runner::RngSeed::Fixed(MODEL_SEED);
+    }
     let coverage = std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new());
     let strategy = prop::collection::vec(op_strategy(), 20..60);
     let mut runner = proptest::test_runner::TestRunner::new(config);
