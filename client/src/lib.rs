@@ -437,6 +437,28 @@ const MOVE_DELAY_MIN: Duration = Duration::from_millis(50);
 /// Longest wait before a request moves to the next node.
 const MOVE_DELAY_MAX: Duration = Duration::from_secs(1);
 
+/// One request of the connection's set-up on a stream of its own, and its answer.
+async fn exchange(
+    conn: &quinn::Connection,
+    req: &Request,
+    timeout: Duration,
+    what: &str,
+) -> Result<Response, Error> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(Error::transport)?;
+    let mut out = BytesMut::new();
+    req.encode(&mut out);
+    send.write_all(&out).await.map_err(Error::transport)?;
+    send.finish().map_err(Error::transport)?;
+    let mut buf = BytesMut::new();
+    let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
+    let frame = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| Error::Timeout)?
+        .map_err(Error::transport)?
+        .ok_or_else(|| Error::Protocol(format!("the server closed the {what} stream")))?;
+    Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))
+}
+
 /// Connects to `addr` and says `Hello`; returns the connection and the server's frame limit.
 async fn handshake(
     endpoint: &quinn::Endpoint,
@@ -456,45 +478,21 @@ async fn handshake(
         .await
         .map_err(|_| Error::Timeout)?
         .map_err(|e| Error::Connect(e.to_string()))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(Error::transport)?;
     let hello = Request::Hello {
         version: PROTOCOL_VERSION,
         client: Text::new(concat!("quiver-client ", env!("CARGO_PKG_VERSION"))),
         token: Bytes::from(config.token.clone().unwrap_or_default()),
     };
-    let mut out = BytesMut::new();
-    hello.encode(&mut out);
-    send.write_all(&out).await.map_err(Error::transport)?;
-    send.finish().map_err(Error::transport)?;
-    let mut buf = BytesMut::new();
-    let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
-    let frame = tokio::time::timeout(config.timeout, read)
-        .await
-        .map_err(|_| Error::Timeout)?
-        .map_err(Error::transport)?
-        .ok_or_else(|| Error::Protocol("the server closed the Hello stream".into()))?;
-    let max_frame = match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+    let max_frame = match exchange(&conn, &hello, config.timeout, "Hello").await? {
         Response::HelloOk { max_frame, .. } => max_frame as usize,
         other => return Err(Error::unexpected(other)),
     };
     if config.follower_reads {
         // Every connection, reconnections included, says it again.
-        let (mut send, mut recv) = conn.open_bi().await.map_err(Error::transport)?;
-        let mut out = BytesMut::new();
-        Request::SetOptions {
+        let options = Request::SetOptions {
             follower_reads: true,
-        }
-        .encode(&mut out);
-        send.write_all(&out).await.map_err(Error::transport)?;
-        send.finish().map_err(Error::transport)?;
-        let mut buf = BytesMut::new();
-        let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
-        let frame = tokio::time::timeout(config.timeout, read)
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(Error::transport)?
-            .ok_or_else(|| Error::Protocol("the server closed the options stream".into()))?;
-        match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+        };
+        match exchange(&conn, &options, config.timeout, "SetOptions").await? {
             Response::Done { .. } => {}
             other => return Err(Error::unexpected(other)),
         }

@@ -14,6 +14,16 @@ use quiver_server::raft_log::{self, command, EngineLog};
 
 const SEGMENT_BYTES: u64 = 64 << 10;
 
+/// The newest segment file in a store's directory.
+fn newest_segment(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "qseg"))
+        .max()
+        .expect("a segment")
+}
+
 fn open(id: u64, dir: &Path) -> RawNode<EngineLog> {
     let config = EngineConfig::default().segment_bytes_max(SEGMENT_BYTES);
     let log = EngineLog::open(dir, config).expect("raft log opens");
@@ -395,12 +405,7 @@ fn a_damaged_committed_record_is_refused_not_cut() {
     assert_eq!(c.node(1).commit(), last);
     c.nodes[0] = None;
     let dir = c.dirs[0].path().to_path_buf();
-    let segment = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "qseg"))
-        .max()
-        .expect("a segment");
+    let segment = newest_segment(&dir);
     let mut bytes = std::fs::read(&segment).unwrap();
     let end = bytes.iter().rposition(|b| *b != 0).expect("records");
     bytes[end - 8] ^= 0x40;
@@ -443,12 +448,7 @@ fn a_failed_read_is_kept_for_the_driver_not_a_panic() {
     c.propose(5);
     let last = c.node(1).storage().last_index();
     let dir = c.dirs[0].path().to_path_buf();
-    let segment = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "qseg"))
-        .max()
-        .expect("a segment");
+    let segment = newest_segment(&dir);
     // In place: the engine reads the file through its mapping, which sees the change.
     let bytes = std::fs::read(&segment).unwrap();
     let end = bytes.iter().rposition(|b| *b != 0).expect("records");
