@@ -638,6 +638,62 @@ fn leadership_transfer_waits_for_the_target_then_it_campaigns_at_once() {
     assert_eq!(net.n(3).commit(), net.n(3).last_index());
 }
 
+/// Paper 5.2: a follower that voted in a term knows no leader yet; the first append of that
+/// term names it (the leader a follower knows is what it forwards reads to, and what makes
+/// it ignore disruptive candidates, diss. 9.6).
+#[test]
+fn a_voter_learns_its_leader_from_the_first_append_of_the_term() {
+    let mut n = node(2, &[], 0, 0);
+    let msg = |kind| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        kind,
+    };
+    n.step(msg(MessageKind::Vote {
+        last_index: 0,
+        last_term: 0,
+        transfer: false,
+    }));
+    drain(&mut n);
+    assert_eq!((n.term(), n.leader()), (1, None));
+    n.step(msg(MessageKind::Append {
+        prev_index: 0,
+        prev_term: 0,
+        entries: Vec::new(),
+        commit: 0,
+        read: 0,
+    }));
+    assert_eq!((n.role(), n.leader()), (Role::Follower, Some(1)));
+}
+
+/// Diss. 3.10: a transfer that has not happened within an election timeout is abandoned, and
+/// the leader takes proposals again: refused for `election_ticks - 1` ticks, taken at the
+/// `election_ticks`-th.
+#[test]
+fn a_transfer_is_abandoned_after_an_election_timeout() {
+    let mut net = Net::new(&[1, 2, 3], &[], 0, |_| {});
+    net.elect(1, all);
+    let cut_off_3 = |m: &Message| m.to != 3 && m.from != 3;
+    net.n(1).propose(b"a".to_vec()).unwrap();
+    let out = net.drain(1);
+    net.settle(out, cut_off_3);
+    net.n(1).transfer_leadership(3).unwrap();
+    let out = net.drain(1);
+    net.settle(out, cut_off_3);
+    let ticks = Config::new(1, vec![1, 2, 3], 1).election_ticks;
+    for _ in 1..ticks {
+        net.tick(1, cut_off_3);
+        assert_eq!(net.n(1).propose(b"b".to_vec()), Err(Refused::Transferring));
+    }
+    net.tick(1, cut_off_3);
+    assert_eq!(net.n(1).role(), Role::Leader, "node 2 keeps it in power");
+    assert!(
+        net.n(1).propose(b"b".to_vec()).is_ok(),
+        "the transfer was abandoned"
+    );
+}
+
 /// Diss. 6.2 / 9.6: a follower that heard from its leader within the election timeout ignores
 /// an ordinary vote request of a higher term (it neither answers nor raises its term); a
 /// transfer vote (diss. 3.10) is honoured; and once the leader falls silent for an election
