@@ -27,9 +27,7 @@ use crate::io::{IoMode, SyncIo};
 use crate::recovery;
 use crate::segment;
 use crate::state::{Callback, OpenStats};
-use crate::types::{
-    validate_stream_name, AppendResult, DeleteKind, ExpectedVersion, StreamMetadata, StreamWrite,
-};
+use crate::types::{AppendResult, DeleteKind, ExpectedVersion, StreamMetadata, StreamWrite};
 
 /// Takes the directory's lock: two engines writing one log would destroy it.
 fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
@@ -490,13 +488,8 @@ impl Engine {
         })
     }
 
+    /// A write other than an append, framed here (its names are checked by `prepare_op`).
     fn write_op(&self, op: &WriteOp<'_>) -> Result<u64, AppendError> {
-        for stream in op.streams() {
-            validate_stream_name(stream).map_err(|source| AppendError::InvalidStreamName {
-                name: stream.into(),
-                source,
-            })?;
-        }
         self.inner.recover_space()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
