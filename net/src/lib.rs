@@ -16,6 +16,8 @@
 //! - `peer.rs` — the peer protocol's messages (Raft messages between nodes, mirroring
 //!   `quiver-raft`'s without depending on it) and authentication frames, encode and decode.
 //! - `quic.rs` — QUIC endpoints (rustls with `ring` only, ALPN `quiver/1`) and frame I/O.
+//! - `discovery.rs` — UDP broadcast discovery: announcements authenticated with an
+//!   HMAC of the cluster secret, the receiver's filter (store, age, replay), the service.
 //! - `peer_quic/` — the peer endpoint: ALPN `quiver-peer/1`, authentication with the
 //!   cluster secret, per-peer bounded queues, reconnects.
 //!
@@ -26,6 +28,7 @@
 //! the peer protocol's.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod discovery;
 pub mod frame;
 pub mod message;
 pub mod peer;

@@ -122,7 +122,7 @@ impl Server {
         let engine_config = EngineConfig::default().segment_bytes_max(config.segment_mib << 20);
         let engine = Engine::open(&config.data_dir, engine_config)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-        Server::over(engine, None, config)
+        Server::over(engine, None, config, tls::CaKey::Random)
     }
 
     /// A cluster node (`--db-type cluster`): opens the store as the Raft log, starts the
@@ -145,18 +145,21 @@ impl Server {
             })?;
         let engine = log.engine().clone();
         let node = cluster::ClusterNode::start(log, cluster)?;
-        Server::over(engine, Some(node), config)
+        let ca = tls::CaKey::FromSecret(&cluster.secret);
+        Server::over(engine, Some(node), config, ca)
     }
 
     fn over(
         engine: Engine,
         node: Option<cluster::ClusterNode>,
         config: &ServerConfig,
+        ca: tls::CaKey<'_>,
     ) -> Result<Server> {
         let (chain, key) = tls::load_or_generate(
             &config.data_dir,
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
+            ca,
         )?;
         let endpoint = quiver_net::quic::server_endpoint(config.listen, chain, key)?;
         let http = match config.http {

@@ -71,6 +71,25 @@ struct ClusterArgs {
     /// A file holding the cluster secret (a trailing line break is ignored).
     #[arg(long, env = "QUIVER_CLUSTER_SECRET_FILE", value_name = "FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// Form a new cluster of N voters by discovery (no --initial-members): wait until N
+    /// fresh nodes of this store are found, then every one of them forms the same cluster.
+    /// Without it (and without --initial-members) a fresh node only joins a formed cluster.
+    #[arg(long, env = "QUIVER_CLUSTER_SIZE", value_name = "N")]
+    cluster_size: Option<String>,
+    /// Discovery's UDP port: announcements are broadcast to it and heard on it.
+    #[arg(long, env = "QUIVER_DISCOVERY_PORT", value_name = "PORT")]
+    discovery_port: Option<String>,
+    /// Also announce to these discovery addresses (host:port,...), for networks where
+    /// broadcast does not reach; packets are authenticated the same way.
+    #[arg(long, env = "QUIVER_SEEDS", value_name = "ADDR,...")]
+    seeds: Option<String>,
+    /// Announce to the seeds only, not by broadcast.
+    #[arg(long, env = "QUIVER_NO_BROADCAST")]
+    no_broadcast: bool,
+    /// As leader, add fresh nodes that discovery finds as learners, promoted to voters once
+    /// caught up, while the cluster has fewer than --cluster-size voters.
+    #[arg(long, env = "QUIVER_AUTO_JOIN")]
+    auto_join: bool,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +140,10 @@ enum Command {
         /// the default address is loopback.
         #[arg(long, env = "QUIVER_TOKEN")]
         token: Option<String>,
+        /// Serve clients (or peers) on an address beyond loopback with no token. Without
+        /// it such a start is refused: anyone who can reach the port could read and write.
+        #[arg(long, env = "QUIVER_INSECURE")]
+        insecure: bool,
         /// Seconds a request may take to arrive.
         #[arg(long, env = "QUIVER_TIMEOUT", default_value_t = 30)]
         timeout: u64,
@@ -199,10 +222,13 @@ fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             token,
+            insecure,
             timeout,
             slow_client_budget_mib,
             cluster,
         } => {
+            let peer = (db_type == DbType::Cluster).then_some(cluster.peer_listen.as_str());
+            check_exposure(listen, peer, token.as_deref(), insecure)?;
             let config = ServerConfig {
                 segment_mib: store.segment_mib,
                 store_id,
@@ -270,25 +296,35 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
 }
 
 fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> {
-    use quiver_server::cluster::{config as cc, ClusterConfig, ConfigError};
-    // Checked before anything is opened or bound: a node without a usable secret or member
-    // list must not start at all.
+    use quiver_server::cluster::{config as cc, formation, ClusterConfig};
+    // Checked before anything is opened or bound: a node without a usable secret must not
+    // start at all.
     let secret = cc::load_secret(
         args.cluster_secret.as_deref(),
         args.cluster_secret_file.as_deref(),
     )?;
-    let members = cc::parse_members(
-        args.initial_members
-            .as_deref()
-            .ok_or(ConfigError::MissingMembers)?,
-    )?;
     // Parsed here rather than by clap, so that a cluster variable in the environment of a
     // single node changes nothing there.
-    let flag = args
-        .node_id
-        .map(|id| id.parse::<u64>())
-        .transpose()
-        .context("--node-id must be a number")?;
+    let number = |name: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        v.as_deref()
+            .map(|v| v.trim().parse::<u64>())
+            .transpose()
+            .with_context(|| format!("--{name} must be a number"))
+    };
+    let flag = number("node-id", &args.node_id)?;
+    let size = number("cluster-size", &args.cluster_size)?
+        .map(|n| u16::try_from(n).ok().filter(|n| (1..=64).contains(n)))
+        .map(|n| n.context("--cluster-size must be 1 to 64"))
+        .transpose()?
+        .unwrap_or(0);
+    let discovery_port = number("discovery-port", &args.discovery_port)?
+        .map(|p| u16::try_from(p).context("--discovery-port must be a UDP port"))
+        .transpose()?
+        .unwrap_or(quiver_net::discovery::DISCOVERY_PORT_DEFAULT);
+    let seeds = match args.seeds.as_deref() {
+        Some(text) => parse_seeds(text, discovery_port)?,
+        None => Vec::new(),
+    };
     let peer_listen: SocketAddr = args
         .peer_listen
         .parse()
@@ -297,24 +333,86 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
     if generated {
         tracing::info!(node_id, "generated a node id, kept in the data directory");
     }
-    if !members.iter().any(|(id, _)| *id == node_id) {
-        tracing::warn!(
-            node_id,
-            "this node is not in --initial-members: it will not campaign, and waits to be \
-             added to the cluster"
-        );
-    }
-    let mut cluster = ClusterConfig::new(node_id, members, peer_listen, secret);
-    cluster.clients = cc::parse_member_clients(args.initial_members.as_deref().unwrap_or(""))?;
-    // This node's own client address, unless the list says otherwise (an unspecified IP or
-    // port 0 would tell clients nothing).
-    if !config.listen.ip().is_unspecified() && config.listen.port() != 0 {
-        cluster.clients.entry(node_id).or_insert(config.listen);
+    // Who the members are: the flag, else what this node formed or joined before, else
+    // what discovery finds.
+    let known = match &args.initial_members {
+        Some(text) => Some(text.clone()),
+        None => formation::load(&config.data_dir)?,
+    };
+    let discover = args.initial_members.is_none() || !seeds.is_empty();
+    if args.no_broadcast && discover && seeds.is_empty() {
+        anyhow::bail!("--no-broadcast needs --seeds: discovery would reach no one");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let discovery = if discover {
+            use quiver_net::discovery::{Announcement, Discovery, DiscoveryConfig, NodeState};
+            let mut dc = DiscoveryConfig::new(discovery_port, secret.clone());
+            dc.broadcast = !args.no_broadcast;
+            dc.seeds = seeds.clone();
+            let state = match &known {
+                Some(text) => NodeState::Member {
+                    voters: cc::parse_members(text)?.iter().map(|(id, _)| *id).collect(),
+                },
+                None => NodeState::Fresh {
+                    proposal: Vec::new(),
+                },
+            };
+            let me = Announcement {
+                store_id: config.store_id.clone(),
+                node_id,
+                peer: peer_listen,
+                client: Some(config.listen),
+                cluster_size: size,
+                state,
+                timestamp_ms: 0,
+                nonce: 0,
+            };
+            let d = Discovery::start(dc, me)
+                .with_context(|| format!("binding the discovery port {discovery_port}"))?;
+            tracing::info!(
+                listen = %d.local_addr(),
+                broadcast = !args.no_broadcast,
+                seeds = ?seeds,
+                "discovery is on"
+            );
+            Some(std::sync::Arc::new(d))
+        } else {
+            None
+        };
+        let text = match known {
+            Some(text) => text,
+            None => {
+                let d = discovery
+                    .as_ref()
+                    .expect("discovery runs without a member list");
+                let me = (node_id, peer_listen, Some(config.listen));
+                tokio::select! {
+                    m = formation::form(d, &config.data_dir, me, size) => m?.to_text(),
+                    _ = shutdown_signal() => return Ok(()),
+                }
+            }
+        };
+        let members = cc::parse_members(&text)?;
+        if !members.iter().any(|(id, _)| *id == node_id) {
+            tracing::warn!(
+                node_id,
+                "this node is not among the initial members: it will not campaign, and waits \
+                 to be added to the cluster"
+            );
+        }
+        let mut cluster = ClusterConfig::new(node_id, members, peer_listen, secret);
+        cluster.clients = cc::parse_member_clients(&text)?;
+        // This node's own client address, unless the list says otherwise (an unspecified
+        // IP or port 0 would tell clients nothing).
+        if !config.listen.ip().is_unspecified() && config.listen.port() != 0 {
+            cluster.clients.entry(node_id).or_insert(config.listen);
+        }
+        cluster.discovery = discovery;
+        cluster.cluster_size = size;
+        cluster.auto_join = args.auto_join;
         let server = Server::start_cluster(&config, &cluster)?;
         tracing::info!(
             node_id = cluster.node_id,
@@ -330,6 +428,68 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
         tracing::info!("stopped cleanly");
         Ok(())
     })
+}
+
+/// `host:port,...`; a seed without a port is on the discovery port.
+fn parse_seeds(text: &str, port: u16) -> anyhow::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        // An IP or host name without a port is on the discovery port.
+        let with_port = match item.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port).to_string(),
+            Err(_) if !item.contains(':') => format!("{item}:{port}"),
+            Err(_) => item.to_string(),
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .with_context(|| format!("--seeds: `{item}`"))?
+            .next()
+            .with_context(|| format!("--seeds: `{item}` resolves to no address"))?;
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// Refuses to serve beyond loopback with no token unless told `--insecure`: anyone who can
+/// reach such a port could read and write every stream. (Peers authenticate with the
+/// cluster secret; a peer address beyond loopback means the client port is meant to be
+/// reached too.)
+fn check_exposure(
+    listen: SocketAddr,
+    peer: Option<&str>,
+    token: Option<&str>,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    if token.is_some_and(|t| !t.is_empty()) {
+        return Ok(());
+    }
+    let beyond = |addr: &SocketAddr| !addr.ip().is_loopback();
+    let peer: Option<SocketAddr> = peer.and_then(|p| p.parse().ok());
+    let exposed: Vec<String> = [Some(listen), peer]
+        .into_iter()
+        .flatten()
+        .filter(beyond)
+        .map(|a| a.to_string())
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(
+            addresses = ?exposed,
+            "serving beyond loopback with no token (--insecure): anyone who reaches these \
+             addresses can read and write"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve on {} with no token: anyone who can reach it could read and write \
+         every stream. Set a token (--token or QUIVER_TOKEN; clients then give the same), \
+         listen on loopback only (127.0.0.1), or say --insecure (QUIVER_INSECURE=true) if \
+         the network is yours alone",
+        exposed.join(" and ")
+    )
 }
 
 async fn shutdown_signal() {

@@ -7,7 +7,10 @@ use std::fs;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use quiver_net::discovery::Discovery;
 
 use quiver_net::peer_quic::SECRET_BYTES_MIN;
 
@@ -47,8 +50,11 @@ pub enum ConfigError {
     /// The secret file could not be read.
     #[error("reading the cluster secret file {0}: {1}")]
     SecretFile(PathBuf, std::io::Error),
-    /// `--initial-members` is missing (there is no discovery yet).
-    #[error("cluster mode needs --initial-members id=peer_addr,... (QUIVER_INITIAL_MEMBERS)")]
+    /// Neither `--initial-members` nor `--cluster-size`/discovery says who the members are.
+    #[error(
+        "cluster mode needs --initial-members id=peer_addr,... (QUIVER_INITIAL_MEMBERS), or \
+         --cluster-size N to form a cluster by discovery"
+    )]
     MissingMembers,
     /// `--initial-members` does not parse.
     #[error("--initial-members: {0}")]
@@ -72,8 +78,8 @@ pub enum ConfigError {
     /// The node-id file holds something else.
     #[error("{0} does not hold a node id: {1:?}")]
     BadNodeIdFile(PathBuf, String),
-    /// Reading or writing the node-id file.
-    #[error("the node-id file {0}: {1}")]
+    /// Reading or writing the node-id or members file.
+    #[error("{0}: {1}")]
     NodeIdIo(PathBuf, std::io::Error),
 }
 
@@ -97,6 +103,15 @@ pub struct ClusterConfig {
     /// The members' client addresses, where known (this node's included): told to clients
     /// (`ClusterMembers`) so that they find the leader.
     pub clients: BTreeMap<u64, SocketAddr>,
+    /// Discovery, when the node runs it: its members' addresses are refreshed from what it
+    /// hears, nodes heard that are not members are shown in the status, and it announces
+    /// this node's membership.
+    pub discovery: Option<Arc<Discovery>>,
+    /// `--cluster-size`: the voters `--auto-join` fills the cluster up to (0: none).
+    pub cluster_size: u16,
+    /// `--auto-join`: as leader, add fresh nodes that discovery hears as learners (promoted
+    /// to voters once caught up) while the cluster has fewer than `cluster_size` voters.
+    pub auto_join: bool,
 }
 
 impl ClusterConfig {
@@ -113,6 +128,9 @@ impl ClusterConfig {
             peer_listen,
             secret,
             clients: BTreeMap::new(),
+            discovery: None,
+            cluster_size: 0,
+            auto_join: false,
             tick: TICK,
             election_ticks: ELECTION_TICKS,
             heartbeat_ticks: HEARTBEAT_TICKS,
@@ -246,19 +264,27 @@ pub fn node_id(data_dir: &Path, flag: Option<u64>) -> Result<(u64, bool), Config
                 Some(id) => (id, false),
                 None => (random_id(), true),
             };
-            fs::create_dir_all(data_dir).map_err(io)?;
-            let tmp = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
-            let mut f = fs::File::create(&tmp).map_err(io)?;
-            writeln!(f, "{id}").map_err(io)?;
-            f.sync_all().map_err(io)?;
-            fs::rename(&tmp, &path).map_err(io)?;
-            fs::File::open(data_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
+            write_durably(data_dir, NODE_ID_FILE, &id.to_string())?;
             Ok((id, generated))
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes `text` and a line break to `data_dir/name` so that it is there whole after a
+/// crash, or not at all: a temporary file, synced, renamed, the directory synced.
+pub(crate) fn write_durably(data_dir: &Path, name: &str, text: &str) -> Result<(), ConfigError> {
+    let path = data_dir.join(name);
+    let io = |e| ConfigError::NodeIdIo(path.clone(), e);
+    fs::create_dir_all(data_dir).map_err(io)?;
+    let tmp = data_dir.join(format!("{name}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(io)?;
+    writeln!(f, "{text}").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)?;
+    fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 /// A random id below 2^53 (so JSON readers that use doubles show it exactly), never 0.

@@ -108,6 +108,12 @@ pub(crate) enum Request {
         to: Option<u64>,
         done: Answer,
     },
+    /// Discovery heard member `id` announce this peer address (it may have moved: a
+    /// container restarted with another IP).
+    PeerAddress {
+        id: u64,
+        addr: SocketAddr,
+    },
 }
 
 /// Who waits for an index to commit.
@@ -390,6 +396,18 @@ impl Driver {
                     let _ = done.send(Err(RequestError::Refused(r)));
                 }
             },
+            Request::PeerAddress { id, addr } => {
+                if id == self.node.id() || self.addresses.get(&id) == Some(&addr) {
+                    return;
+                }
+                tracing::info!(peer = id, %addr, "a member's peer address, from discovery");
+                self.addresses.insert(id, addr);
+                if self.peers.remove(&id) {
+                    self.endpoint.remove_peer(id);
+                }
+                self.unreachable.remove(&id);
+                self.sync_peers();
+            }
             Request::Transfer { to, done } => {
                 let me = self.node.id();
                 let voters = self.node.membership().voters.clone();

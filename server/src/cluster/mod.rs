@@ -14,10 +14,12 @@
 //!   proposals, read index), [`Write`], [`ClusterStatus`].
 //! - `config.rs` — node id (kept in the data directory), members, secret, clock.
 //! - `driver.rs` — the Raft loop.
+//! - `formation.rs` — forming or joining a cluster from what discovery heard.
 //! - `status_cli.rs` — `quiver cluster status`, over the HTTP endpoint.
 
 pub mod config;
 mod driver;
+pub mod formation;
 pub mod status_cli;
 
 use std::collections::BTreeMap;
@@ -30,6 +32,7 @@ use bytes::Bytes;
 use quiver_engine::{
     AppendResult, DeleteKind, ExpectedVersion, StreamMetadata, StreamWrite, WriteOp,
 };
+use quiver_net::discovery::{Discovery, NodeState};
 use quiver_net::peer_quic::{PeerConfig, PeerEndpoint};
 use quiver_raft::{Config, RawNode, Role};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -83,6 +86,52 @@ pub struct ClusterStatus {
     pub failed: Option<String>,
     /// Whether this node knows a leader and has applied up to its commit index.
     pub ready: bool,
+    /// Nodes of this store that discovery hears and that are not members (each could be
+    /// added with `quiver cluster add`).
+    #[serde(default)]
+    pub discovered: Vec<DiscoveredStatus>,
+    /// Discovery's packet counts, when it runs.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// A node discovery hears that is not a member.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiscoveredStatus {
+    /// Its node id.
+    pub id: u64,
+    /// Its peer address.
+    pub peer: String,
+    /// Its client address, if it announced one.
+    pub client: Option<String>,
+    /// `fresh` (in no cluster yet) or `member` (of a membership that does not list it, or
+    /// another cluster of this store).
+    pub state: String,
+    /// Milliseconds since it was last heard.
+    pub age_ms: u64,
+}
+
+/// Discovery's packet counts: accepted, and dropped by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiscoveryStatus {
+    /// Where it listens.
+    pub listen: String,
+    /// Authenticated packets of this store, acted on.
+    pub accepted: u64,
+    /// Not discovery packets, or not parsing.
+    pub malformed: u64,
+    /// Failed authentication (wrong secret, altered).
+    pub forged: u64,
+    /// Authentic, of another store.
+    pub other_store: u64,
+    /// Too old or too far in the future.
+    pub stale: u64,
+    /// Not newer than the last packet accepted from the same node.
+    pub replayed: u64,
+    /// Announcements sent.
+    pub sent: u64,
+    /// Announcements that could not be sent.
+    pub send_errors: u64,
 }
 
 /// A member as its leader sees it.
@@ -256,6 +305,7 @@ pub struct ClusterHandle {
     requests: mpsc::Sender<Request>,
     view: Arc<Mutex<View>>,
     endpoint: Arc<PeerEndpoint>,
+    discovery: Option<Arc<Discovery>>,
 }
 
 impl ClusterHandle {
@@ -306,8 +356,43 @@ impl ClusterHandle {
             leader_changes: v.leader_changes,
             elections_started: v.elections_started,
             ready: is_ready(&v),
+            discovered: self.discovered(&v),
             failed: v.failed,
+            discovery: self.discovery.as_ref().map(|d| {
+                let c = d.counters();
+                DiscoveryStatus {
+                    listen: d.local_addr().to_string(),
+                    accepted: c.accepted,
+                    malformed: c.malformed,
+                    forged: c.forged,
+                    other_store: c.other_store,
+                    stale: c.stale,
+                    replayed: c.replayed,
+                    sent: c.sent,
+                    send_errors: c.send_errors,
+                }
+            }),
         }
+    }
+
+    fn discovered(&self, v: &View) -> Vec<DiscoveredStatus> {
+        let Some(d) = &self.discovery else {
+            return Vec::new();
+        };
+        d.heard()
+            .into_iter()
+            .filter(|(id, _)| !v.voters.contains(id) && !v.learners.contains(id))
+            .map(|(id, h)| DiscoveredStatus {
+                id,
+                peer: h.peer().to_string(),
+                client: h.client().map(|c| c.to_string()),
+                state: match h.announcement.state {
+                    NodeState::Fresh { .. } => "fresh".into(),
+                    NodeState::Member { .. } => "member".into(),
+                },
+                age_ms: h.at.elapsed().as_millis() as u64,
+            })
+            .collect()
     }
 
     /// The members of the membership in effect (voter or learner) with their client
@@ -315,10 +400,18 @@ impl ClusterHandle {
     /// this node knows of.
     pub fn members(&self) -> (Option<u64>, Vec<MemberInfo>) {
         let v = driver::lock(&self.view).clone();
+        // What discovery hears now comes first: a node may have moved since it was
+        // configured.
+        let heard = self
+            .discovery
+            .as_ref()
+            .map(|d| d.heard())
+            .unwrap_or_default();
         let client = |id: u64| {
-            self.clients
+            heard
                 .get(&id)
-                .copied()
+                .and_then(|h| h.client())
+                .or_else(|| self.clients.get(&id).copied())
                 .or_else(|| peer_record(&self.engine, id).and_then(|r| r.client))
         };
         let info = |id: u64, voter| MemberInfo {
@@ -500,11 +593,12 @@ impl ClusterNode {
         );
         let (requests_tx, requests) = mpsc::channel(driver::REQUESTS_QUEUED_MAX);
         let (stop, stop_rx) = watch::channel(false);
+        let stop_rx_upkeep = stop_rx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.node_id))
             .spawn(move || driver.run_thread(incoming, requests, stop_rx))
             .context("starting the Raft thread")?;
-        Ok(ClusterNode {
+        let node = ClusterNode {
             handle: ClusterHandle {
                 node_id: config.node_id,
                 clients: Arc::new(config.clients.clone()),
@@ -512,10 +606,21 @@ impl ClusterNode {
                 requests: requests_tx,
                 view,
                 endpoint,
+                discovery: config.discovery.clone(),
             },
             stop,
             thread: Some(thread),
-        })
+        };
+        if let Some(discovery) = &config.discovery {
+            tokio::spawn(upkeep(
+                node.handle(),
+                discovery.clone(),
+                config.cluster_size,
+                config.auto_join,
+                stop_rx_upkeep,
+            ));
+        }
+        Ok(node)
     }
 
     /// A handle to the node (cheap to clone).
@@ -541,6 +646,74 @@ impl ClusterNode {
 impl Drop for ClusterNode {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// Keeps discovery and the Raft loop in step while the node runs: announces the voters in
+/// effect, hands members' announced peer addresses to the loop (a member that moved is
+/// reached at its new address), and, on a leader with `--auto-join`, adds fresh nodes as
+/// learners while voters and learners are fewer than `size` (learners added this way are
+/// promoted once caught up).
+async fn upkeep(
+    handle: ClusterHandle,
+    discovery: Arc<Discovery>,
+    size: u16,
+    auto_join: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    const PERIOD: Duration = Duration::from_millis(500);
+    const RETRY_ADD: Duration = Duration::from_secs(10);
+    let mut tried: BTreeMap<u64, std::time::Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let v = driver::lock(&handle.view).clone();
+        let mut voters = v.voters.clone();
+        voters.sort_unstable();
+        discovery.set_state(NodeState::Member {
+            voters: voters.clone(),
+        });
+        let leads = v.role == Some(Role::Leader);
+        let mut members = voters.len() + v.learners.len();
+        for (id, heard) in discovery.heard() {
+            if voters.contains(&id) || v.learners.contains(&id) {
+                let _ = handle.requests.try_send(Request::PeerAddress {
+                    id,
+                    addr: heard.peer(),
+                });
+                continue;
+            }
+            // A fresh node, or a newcomer that found this cluster and waits to be added.
+            let joining = match &heard.announcement.state {
+                NodeState::Fresh { .. } => true,
+                NodeState::Member { voters: theirs } => {
+                    !theirs.contains(&id) && theirs.iter().any(|t| voters.contains(t))
+                }
+            };
+            let due = tried.get(&id).is_none_or(|t| t.elapsed() >= RETRY_ADD);
+            if !(auto_join && leads && joining && due && members < size as usize) {
+                continue;
+            }
+            tried.insert(id, std::time::Instant::now());
+            members += 1;
+            let (handle, peer, client) = (handle.clone(), heard.peer(), heard.client());
+            tokio::spawn(async move {
+                match handle
+                    .add_member(id, peer, client, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(index) => {
+                        tracing::info!(node = id, %peer, index, "auto-join: added as a learner")
+                    }
+                    Err(e) => tracing::warn!(node = id, %peer, error = %e, "auto-join: not added"),
+                }
+            });
+        }
     }
 }
 

@@ -139,7 +139,13 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         // One certificate for every node's client port, signed by one CA (`shared/tls/`).
         let shared = root.path().join("shared");
-        quiver_server::tls::load_or_generate(&shared, None, None).unwrap();
+        quiver_server::tls::load_or_generate(
+            &shared,
+            None,
+            None,
+            quiver_server::tls::CaKey::Random,
+        )
+        .unwrap();
         let tls = quiver_server::tls::tls_dir(&shared);
         let mut nodes: Vec<Node> = (1..=n).map(|id| Node::new(id, root.path())).collect();
         for node in &mut nodes {
