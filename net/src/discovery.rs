@@ -382,7 +382,8 @@ pub struct DiscoveryConfig {
     /// Whether to broadcast (to every IPv4 interface's broadcast address, on `listen`'s
     /// port).
     pub broadcast: bool,
-    /// Addresses to announce to besides (a static seed list).
+    /// Addresses to announce to besides (a static seed list). Without broadcast, the nodes
+    /// heard from are announced to as well, so that seeding is needed on one side only.
     pub seeds: Vec<SocketAddr>,
     /// The cluster secret.
     pub secret: Vec<u8>,
@@ -580,7 +581,20 @@ async fn announce(
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, port)),
             );
+        } else {
+            // Without broadcast, answer whoever announced to this node: a node given this one
+            // as a seed is heard back although it is not in this node's seed list. (With
+            // broadcast they hear this node already; a second copy would count as a replay.)
+            let heard = lock(&shared.heard);
+            targets.extend(
+                heard
+                    .values()
+                    .filter(|h| h.at.elapsed() <= shared.forget_after)
+                    .map(|h| h.from),
+            );
         }
+        targets.sort();
+        targets.dedup();
         for to in targets {
             let c = match socket.send_to(&packet, to).await {
                 Ok(_) => &shared.counters.sent,
