@@ -13,7 +13,7 @@
 //! ```text
 //! magic "QVD1" | store_id str8 | node_id u64 | peer str8 | client str8 ("" = none)
 //! | cluster_size u16 | state u8 (0 fresh, 1 member) | count u8 | ids u64 × count
-//! | timestamp_ms u64 | nonce u64 | tag [32]
+//! | relay count u8 | relays str8 × count | timestamp_ms u64 | nonce u64 | tag [32]
 //! ```
 //!
 //! Integers are little-endian, addresses are text (`ip:port`). `tag` is HMAC-SHA256, keyed by
@@ -40,6 +40,8 @@ pub const DISCOVERY_PORT_DEFAULT: u16 = 45892;
 pub const PACKET_BYTES_MAX: usize = 1200;
 /// Most node ids a packet lists (a proposal or a cluster's voters).
 pub const IDS_MAX: usize = 64;
+/// Most relay addresses a packet lists.
+pub const RELAYS_MAX: usize = 16;
 /// A packet whose timestamp is further than this from the receiver's clock is dropped as
 /// stale (replays of old packets; senders with a badly wrong clock).
 pub const AGE_MAX: Duration = Duration::from_secs(30);
@@ -67,6 +69,9 @@ pub struct Announcement {
     pub cluster_size: u16,
     /// Where it stands.
     pub state: NodeState,
+    /// Without broadcast: the discovery addresses of the nodes it hears, so that nodes
+    /// seeded with one common address find each other too (at most [`RELAYS_MAX`]).
+    pub relays: Vec<SocketAddr>,
     /// Milliseconds since the Unix epoch; strictly increasing per sender.
     pub timestamp_ms: u64,
     /// A random number, fresh in every packet.
@@ -143,6 +148,11 @@ pub fn encode(a: &Announcement, key: &hmac::Key) -> Vec<u8> {
     for id in ids {
         out.put_u64_le(*id);
     }
+    let relays = &a.relays[..a.relays.len().min(RELAYS_MAX)];
+    out.put_u8(relays.len() as u8);
+    for r in relays {
+        put_str8(&mut out, &r.to_string());
+    }
     out.put_u64_le(a.timestamp_ms);
     out.put_u64_le(a.nonce);
     let tag = hmac::sign(key, &out);
@@ -201,6 +211,19 @@ fn parse(body: &[u8]) -> Result<Announcement, crate::DecodeError> {
         STATE_MEMBER => NodeState::Member { voters: ids },
         other => return Err(r.error(format!("state {other}"))),
     };
+    let n = r.u8()? as usize;
+    if n > RELAYS_MAX {
+        return Err(r.error(format!("{n} relays")));
+    }
+    let mut relays = Vec::with_capacity(n);
+    for _ in 0..n {
+        let text = r.str8()?;
+        relays.push(
+            text.as_str()
+                .parse()
+                .map_err(|_| r.error(format!("relay address {:?}", text.as_str())))?,
+        );
+    }
     let timestamp_ms = r.u64()?;
     let nonce = r.u64()?;
     r.finish()?;
@@ -218,6 +241,7 @@ fn parse(body: &[u8]) -> Result<Announcement, crate::DecodeError> {
         client,
         cluster_size,
         state,
+        relays,
         timestamp_ms,
         nonce,
     })
@@ -383,7 +407,8 @@ pub struct DiscoveryConfig {
     /// port).
     pub broadcast: bool,
     /// Addresses to announce to besides (a static seed list). Without broadcast, the nodes
-    /// heard from are announced to as well, so that seeding is needed on one side only.
+    /// heard from, and the nodes they hear, are announced to as well: one common seed
+    /// address is enough for nodes to find each other.
     pub seeds: Vec<SocketAddr>,
     /// The cluster secret.
     pub secret: Vec<u8>,
@@ -573,7 +598,6 @@ async fn announce(
         last_ts = now_ms().max(last_ts + 1);
         a.timestamp_ms = last_ts;
         a.nonce = random_u64(&rng);
-        let packet = encode(&a, &key);
         let mut targets = config.seeds.clone();
         if config.broadcast {
             targets.extend(
@@ -582,19 +606,22 @@ async fn announce(
                     .map(|ip| SocketAddr::new(ip, port)),
             );
         } else {
-            // Without broadcast, answer whoever announced to this node: a node given this one
-            // as a seed is heard back although it is not in this node's seed list. (With
-            // broadcast they hear this node already; a second copy would count as a replay.)
+            // Without broadcast, announce to whoever this node hears and whoever they hear
+            // (their relays), and tell them whom this node hears: nodes seeded with one
+            // common address find each other. (With broadcast every node hears every other
+            // already; a second copy of a packet would count as a replay.)
             let heard = lock(&shared.heard);
-            targets.extend(
-                heard
-                    .values()
-                    .filter(|h| h.at.elapsed() <= shared.forget_after)
-                    .map(|h| h.from),
-            );
+            let live = heard
+                .values()
+                .filter(|h| h.at.elapsed() <= shared.forget_after);
+            a.relays = live.clone().map(|h| h.from).take(RELAYS_MAX).collect();
+            targets.extend(live.flat_map(|h| {
+                std::iter::once(h.from).chain(h.announcement.relays.iter().copied())
+            }));
         }
         targets.sort();
         targets.dedup();
+        let packet = encode(&a, &key);
         for to in targets {
             let c = match socket.send_to(&packet, to).await {
                 Ok(_) => &shared.counters.sent,
@@ -654,6 +681,7 @@ mod tests {
             state: NodeState::Fresh {
                 proposal: vec![2, 5, 9],
             },
+            relays: vec!["10.0.0.3:45892".parse().unwrap()],
             timestamp_ms: ts,
             nonce: 77,
         }
@@ -781,6 +809,7 @@ mod tests {
             ids in proptest::collection::vec(any::<u64>(), 0..IDS_MAX),
             member in any::<bool>(),
             size in any::<u16>(),
+            relays in 0..=RELAYS_MAX,
             ts in any::<u64>(),
             nonce in any::<u64>(),
         ) {
@@ -792,6 +821,7 @@ mod tests {
                 client: None,
                 cluster_size: size,
                 state: if member { NodeState::Member { voters: ids } } else { NodeState::Fresh { proposal: ids } },
+                relays: (0..relays).map(|i| SocketAddr::from(([10, 0, 0, i as u8], 45892))).collect(),
                 timestamp_ms: ts,
                 nonce,
             };

@@ -367,6 +367,7 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
                 client: Some(config.listen),
                 cluster_size: size,
                 state,
+                relays: Vec::new(),
                 timestamp_ms: 0,
                 nonce: 0,
             };

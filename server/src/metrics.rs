@@ -143,6 +143,17 @@ struct ClusterMetrics {
     messages_dropped: Mirror,
     connections_refused: Mirror,
     connections_accepted: Mirror,
+    discovery_packets: Family<ResultLabel, Counter>,
+    discovery_seen: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
+    discovered: Gauge,
+}
+
+/// A discovery packet's fate, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `accepted`, `malformed`, `forged`, `other_store`, `stale`, `replayed`, `sent` or
+    /// `send_error`.
+    pub result: String,
 }
 
 impl ClusterMetrics {
@@ -254,6 +265,17 @@ impl ClusterMetrics {
         for (name, help, m) in counters {
             r.register(name, help, m.counter.clone());
         }
+        r.register(
+            "discovery_packets",
+            "Discovery packets by fate: accepted, dropped (malformed, forged, other_store, \
+             stale, replayed), sent, send_error",
+            self.discovery_packets.clone(),
+        );
+        r.register(
+            "discovery_nodes_not_members",
+            "Nodes of this store that discovery hears and that are not members",
+            self.discovered.clone(),
+        );
     }
 
     fn update(&self, s: &crate::cluster::ClusterStatus, p: &quiver_net::peer_quic::PeerStats) {
@@ -297,6 +319,31 @@ impl ClusterMetrics {
         self.messages_dropped.set(p.messages_dropped);
         self.connections_refused.set(p.connections_refused);
         self.connections_accepted.set(p.connections_accepted);
+        self.discovered.set(s.discovered.len() as i64);
+        if let Some(d) = &s.discovery {
+            let mut seen = self
+                .discovery_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (result, total) in [
+                ("accepted", d.accepted),
+                ("malformed", d.malformed),
+                ("forged", d.forged),
+                ("other_store", d.other_store),
+                ("stale", d.stale),
+                ("replayed", d.replayed),
+                ("sent", d.sent),
+                ("send_error", d.send_errors),
+            ] {
+                let prev = seen.insert(result, total).unwrap_or(0);
+                let label = ResultLabel {
+                    result: result.to_string(),
+                };
+                self.discovery_packets
+                    .get_or_create(&label)
+                    .inc_by(total.saturating_sub(prev));
+            }
+        }
     }
 }
 

@@ -582,3 +582,63 @@ fn subscribe_prints_history_then_live_events_and_stops_at_count() {
         (0..5).map(serde_json::Value::from).collect::<Vec<_>>()
     );
 }
+
+/// `quiver serve` with `args` and no token from the environment; its output goes to `log`.
+fn serve_cmd(data: &std::path::Path, args: &[&str], log: std::fs::File) -> Command {
+    let mut cmd = Command::new(QUIVER);
+    cmd.args(["serve", "--http", "off", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env_remove("QUIVER_TOKEN")
+        .env_remove("QUIVER_INSECURE")
+        .env_remove("QUIVER_CONFIG")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    cmd
+}
+
+#[test]
+fn serving_beyond_loopback_needs_a_token_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("serve.log");
+    let refused = serve_cmd(
+        &data,
+        &["--listen", "0.0.0.0:0"],
+        std::fs::File::create(&log).unwrap(),
+    )
+    .status()
+    .unwrap();
+    assert!(!refused.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("refusing to serve on 0.0.0.0:0 with no token") && text.contains("--insecure"),
+        "{text}"
+    );
+    assert!(!data.exists(), "a refused start opened the store");
+
+    // With --insecure (a warning) or with a token, the same address is served.
+    for extra in [&["--insecure"][..], &["--token", "t0k3n"][..]] {
+        let log = dir.path().join("serve2.log");
+        let mut args = vec!["--listen", "0.0.0.0:0"];
+        args.extend_from_slice(extra);
+        let mut child = serve_cmd(&data, &args, std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("quiver is serving") || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        stop(&mut child);
+        assert!(text.contains("quiver is serving"), "{extra:?}: {text}");
+        assert_eq!(
+            text.contains("no token (--insecure)"),
+            extra[0] == "--insecure",
+            "{text}"
+        );
+    }
+}

@@ -257,6 +257,7 @@ fn broadcast_forms_one_cluster_only_once_healed_and_admits_no_forgery() {
             state: NodeState::Fresh {
                 proposal: Vec::new(),
             },
+            relays: Vec::new(),
             timestamp_ms: now_ms(),
             nonce: 1,
         },

@@ -28,6 +28,10 @@ use super::config::{write_durably, ConfigError};
 /// The file in the data directory that holds the membership a node formed or joined, in the
 /// `--initial-members` syntax (`id=peer/client,...`).
 pub const MEMBERS_FILE: &str = "cluster-members";
+/// How long a newcomer waits to hear every voter of the cluster it found before it starts
+/// with the voters it has heard (a voter may be down). It drops messages from nodes it does
+/// not know as members, so it wants them all, the leader above all (which announces).
+pub const JOIN_WAIT: Duration = Duration::from_secs(10);
 /// How long an agreement must hold before a node forms: a few announcement intervals, so
 /// that a node that would change the picture (a fresh node too many) has been heard.
 pub const HOLD: Duration = Duration::from_millis(1500);
@@ -174,6 +178,7 @@ pub async fn form(
     let mut changes = discovery.changes();
     let mut said = String::new();
     let mut agreed_since: Option<(Vec<u64>, Instant)> = None;
+    let mut joining_since: Option<Instant> = None;
     loop {
         let heard = discovery.heard();
         let seen: Vec<Seen> = heard
@@ -211,16 +216,23 @@ pub async fn form(
                 Some((ids, true))
             }
             Step::Join(ids) => {
-                tracing::info!(
-                    voters = ?ids,
-                    "found a formed cluster of this store without this node: waiting to be \
-                     added (quiver cluster add, or a leader's --auto-join)"
-                );
-                Some((ids, false))
+                let since = *joining_since.get_or_insert_with(Instant::now);
+                let all = ids.iter().all(|id| heard.contains_key(id));
+                if all || since.elapsed() >= JOIN_WAIT {
+                    tracing::info!(
+                        voters = ?ids,
+                        "found a formed cluster of this store without this node: waiting to \
+                         be added (quiver cluster add, or a leader's --auto-join)"
+                    );
+                    Some((ids, false))
+                } else {
+                    None
+                }
             }
         };
         if let Some((voters, voter)) = chosen {
-            if let Some(m) = membership(&voters, voter, &heard, (my_id, my_peer, my_client)) {
+            let me = (my_id, my_peer, my_client);
+            if let Some(m) = membership(&voters, voter, &heard, me) {
                 let text = m.to_text();
                 write_durably(data_dir, MEMBERS_FILE, &text)?;
                 tracing::info!(members = %text, "kept the membership in the data directory");

@@ -96,6 +96,20 @@ pub fn render(s: &ClusterStatus) -> String {
         "peer connections accepted {}, refused {}; messages from non-members {}\n",
         s.peer_connections_accepted, s.peer_connections_refused, s.messages_from_non_members
     );
+    for d in &s.discovered {
+        out += &format!(
+            "  discovered {} at {} ({}, heard {} ms ago): not a member; add it with `quiver \
+             cluster add {} {}`\n",
+            d.id, d.peer, d.state, d.age_ms, d.id, d.peer
+        );
+    }
+    if let Some(d) = &s.discovery {
+        out += &format!(
+            "discovery on {}: {} packets accepted; dropped {} forged, {} replayed, {} stale, \
+             {} malformed, {} of another store\n",
+            d.listen, d.accepted, d.forged, d.replayed, d.stale, d.malformed, d.other_store
+        );
+    }
     if let Some(why) = &s.failed {
         out += &format!("FAILED: {why}\n");
     }

@@ -67,14 +67,12 @@ impl Node {
             .open(self.dir.join("server.log"))
             .unwrap();
         let mut cmd = Command::new(QUIVER);
-        cmd.args([
-            "serve",
-            "--db-type",
-            "cluster",
-            "--initial-members",
-            members,
-        ])
-        .args(["--peer-listen", &self.peer.to_string()])
+        cmd.args(["serve", "--db-type", "cluster"]);
+        // No member list: the node forms or finds its cluster by discovery (`extra`).
+        if !members.is_empty() {
+            cmd.args(["--initial-members", members]);
+        }
+        cmd.args(["--peer-listen", &self.peer.to_string()])
         .args(["--http", &self.http.to_string()])
         .args(["--listen", &self.client.to_string()])
         .arg("--data-dir")
@@ -91,6 +89,13 @@ impl Node {
             "QUIVER_PEER_LISTEN",
             "QUIVER_INITIAL_MEMBERS",
             "QUIVER_DB_TYPE",
+            "QUIVER_CLUSTER_SIZE",
+            "QUIVER_SEEDS",
+            "QUIVER_DISCOVERY_PORT",
+            "QUIVER_NO_BROADCAST",
+            "QUIVER_AUTO_JOIN",
+            "QUIVER_INSECURE",
+            "QUIVER_TOKEN",
         ] {
             cmd.env_remove(var);
         }
