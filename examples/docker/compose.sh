@@ -64,6 +64,13 @@ if [[ ! -s $env_file ]]; then
   echo "wrote $env_file (a random token$([[ $kind == cluster ]] && echo " and cluster secret"))" >&2
 fi
 
+# A copy of the example file still holding its placeholders would start nodes whose token
+# and secret anyone can read in the repository.
+if grep -q 'replace-with' "$env_file"; then
+  echo "$env_file still holds the placeholder values of $kind.env.example: replace them" >&2
+  exit 1
+fi
+
 if [[ $# -gt 0 ]]; then
   exec "${compose[@]}" "$@"
 fi
