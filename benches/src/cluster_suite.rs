@@ -559,7 +559,12 @@ impl QuiverCluster {
         let dir = scratch_dir(data_dir, scenario)?;
         // One client certificate for every node (and so one CA for the clients).
         let shared = dir.path().join("shared");
-        quiver_server::tls::load_or_generate(&shared, None, None)?;
+        quiver_server::tls::load_or_generate(
+            &shared,
+            None,
+            None,
+            quiver_server::tls::CaKey::Random,
+        )?;
         let tls = quiver_server::tls::tls_dir(&shared);
         let addrs = free_addrs(2 * NODES as usize, NODES as usize)?;
         let n = NODES as usize;

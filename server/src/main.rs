@@ -423,6 +423,7 @@ fn serve_cluster(config: ServerConfig, args: ClusterArgs) -> anyhow::Result<()> 
             http = ?server.http_addr(),
             data_dir = %config.data_dir.display(),
             applied = server.engine().commit_index(),
+            io = ?server.engine().io_mode(),
             "quiver is serving (cluster node)"
         );
         server.run(shutdown_signal()).await?;

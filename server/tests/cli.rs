@@ -612,7 +612,8 @@ fn serving_beyond_loopback_needs_a_token_or_insecure() {
     assert!(!refused.success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("refusing to serve on 0.0.0.0:0 with no token") && text.contains("--insecure"),
+        text.contains("refusing to serve on 0.0.0.0:0 with no token")
+            && text.contains("--insecure"),
         "{text}"
     );
     assert!(!data.exists(), "a refused start opened the store");

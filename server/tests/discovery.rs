@@ -143,12 +143,18 @@ fn seeds_form_a_cluster_auto_join_fills_a_removed_voters_place_and_a_restart_rej
         .unwrap();
     c.node(other).start("", SECRET, false);
     let restarted = node_id(&c, other);
-    wait_until(&c, "the restarted node caught up", Duration::from_secs(30), || {
-        let Some(l) = status_of(&c, leader) else {
-            return false;
-        };
-        status_of(&c, restarted).is_some_and(|s| s.leader == Some(leader) && s.applied >= l.commit)
-    });
+    wait_until(
+        &c,
+        "the restarted node caught up",
+        Duration::from_secs(30),
+        || {
+            let Some(l) = status_of(&c, leader) else {
+                return false;
+            };
+            status_of(&c, restarted)
+                .is_some_and(|s| s.leader == Some(leader) && s.applied >= l.commit)
+        },
+    );
     let read = rt.block_on(async {
         let mut events = client.read_stream("s", ReadOptions::default()).await?;
         let mut n = 0;

@@ -254,7 +254,9 @@ fn membership(
 ) -> Option<Membership> {
     let mut members = Vec::new();
     let mut clients = BTreeMap::new();
-    if let Some(c) = me.2 {
+    // An unspecified address (0.0.0.0) would tell clients nothing; the others learn this
+    // node's real address from the packets it sends.
+    if let Some(c) = me.2.filter(|c| !c.ip().is_unspecified()) {
         clients.insert(me.0, c);
     }
     for id in voters {

@@ -73,15 +73,15 @@ impl Node {
             cmd.args(["--initial-members", members]);
         }
         cmd.args(["--peer-listen", &self.peer.to_string()])
-        .args(["--http", &self.http.to_string()])
-        .args(["--listen", &self.client.to_string()])
-        .arg("--data-dir")
-        .arg(self.dir.join("data"))
-        .env("QUIVER_CLUSTER_SECRET", secret)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+            .args(["--http", &self.http.to_string()])
+            .args(["--listen", &self.client.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .env("QUIVER_CLUSTER_SECRET", secret)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         for var in [
             "QUIVER_CONFIG",
             "QUIVER_NODE_ID",
