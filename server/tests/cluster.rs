@@ -300,6 +300,9 @@ fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
         "QUIVER_CLUSTER_SECRET_FILE",
         "QUIVER_NODE_ID",
         "QUIVER_INITIAL_MEMBERS",
+        "QUIVER_CLUSTER_SIZE",
+        "QUIVER_SEEDS",
+        "QUIVER_NO_BROADCAST",
     ] {
         cmd.env_remove(var);
     }
@@ -327,8 +330,14 @@ fn a_cluster_node_does_not_start_without_a_good_secret_or_with_another_id() {
     assert!(err.contains("cluster mode needs a cluster secret"), "{err}");
     let err = refused_start(&members, &[("QUIVER_CLUSTER_SECRET", "too short")]);
     assert!(err.contains("at least 16 are required"), "{err}");
-    let err = refused_start(&[], &[("QUIVER_CLUSTER_SECRET", SECRET)]);
-    assert!(err.contains("--initial-members"), "{err}");
+    // No member list means discovery; discovery that could reach no one is refused.
+    let err = refused_start(&["--no-broadcast"], &[("QUIVER_CLUSTER_SECRET", SECRET)]);
+    assert!(err.contains("--no-broadcast needs --seeds"), "{err}");
+    let err = refused_start(
+        &["--cluster-size", "0"],
+        &[("QUIVER_CLUSTER_SECRET", SECRET)],
+    );
+    assert!(err.contains("--cluster-size must be 1 to 64"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
