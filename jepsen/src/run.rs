@@ -1,0 +1,496 @@
+//! One run: a cluster, the list-append workload on several client processes, the nemesis
+//! on its schedule, then healing, final reads on every node, and the files of the result.
+//!
+//! The workload is Elle's list-append with stream = key and event = element: a process
+//! either appends unique elements to one or two streams (a multi-stream append is one
+//! atomic write: a transaction) or reads one stream whole. Streams rotate: a stream takes a
+//! bounded number of appends, then a new one replaces it, so reads stay short. Every
+//! operation is recorded as an `invoke` and its completion: `ok`, `fail` (the server said
+//! it did not happen) or `info` (unknown: a timeout, a lost connection, a lost leader; the
+//! process is then replaced by a new one, as in Jepsen).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
+use quiver_net::ErrorCode;
+use serde_json::{json, Value};
+
+use crate::control::Cluster;
+use crate::nemesis::{self, Kind, Rng};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `quiver` binary.
+    pub binary: PathBuf,
+    /// Nodes (3 or 5).
+    pub nodes: u64,
+    /// Seconds of workload.
+    pub time_limit: Duration,
+    /// Faults to choose from (empty: none).
+    pub nemesis: Vec<Kind>,
+    /// Seconds between faults, and how long each lasts.
+    pub nemesis_interval: Duration,
+    /// Client processes running at once.
+    pub concurrency: usize,
+    /// Operations per second, all processes together (0: as fast as they go).
+    pub rate: u64,
+    /// The seed of every choice.
+    pub seed: u64,
+    /// Where the run's files go.
+    pub out: PathBuf,
+}
+
+/// What a run did, beside its history.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counts {
+    /// Operations by completion type.
+    pub ok: u64,
+    /// Definitely did not happen.
+    pub fail: u64,
+    /// Unknown outcome.
+    pub info: u64,
+    /// Faults started.
+    pub faults: u64,
+    /// Leader changes seen by the nemesis's polls.
+    pub leader_changes: u64,
+}
+
+/// The recorder: appends history events as JSON lines, numbering them.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Mutex<(std::io::BufWriter<std::fs::File>, u64)>>,
+    start: Instant,
+    counts: Arc<Mutex<Counts>>,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Recorder {
+    fn new(path: &Path) -> Result<Recorder> {
+        let file = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
+        Ok(Recorder {
+            inner: Arc::new(Mutex::new((std::io::BufWriter::new(file), 0))),
+            start: Instant::now(),
+            counts: Arc::new(Mutex::new(Counts::default())),
+        })
+    }
+
+    /// Records one event.
+    pub fn record(&self, kind: &str, process: u64, f: &str, value: Value, error: Option<String>) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let index = g.1;
+        g.1 += 1;
+        let mut event = json!({
+            "index": index,
+            "type": kind,
+            "process": process,
+            "time_ns": self.start.elapsed().as_nanos() as u64,
+            "wall_ms": wall_ms(),
+            "f": f,
+            "value": value,
+        });
+        if let Some(e) = error {
+            event["error"] = Value::String(e);
+        }
+        let _ = writeln!(g.0, "{event}");
+        drop(g);
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            "ok" => c.ok += 1,
+            "fail" => c.fail += 1,
+            "info" => c.info += 1,
+            _ => {}
+        }
+    }
+
+    fn flush(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = g.0.flush();
+    }
+}
+
+/// Whether an error means the write definitely did not happen (`fail`) rather than that
+/// its outcome is unknown (`info`).
+pub fn definite(e: &Error) -> bool {
+    match e {
+        Error::WrongExpectedVersion { .. }
+        | Error::StreamDeleted(_)
+        | Error::NotFound(_)
+        | Error::Unauthenticated(_)
+        | Error::TooLarge { .. }
+        | Error::UnsupportedVersion(_) => true,
+        Error::Server { code, .. } => matches!(
+            code,
+            ErrorCode::NotLeader
+                | ErrorCode::InvalidName
+                | ErrorCode::InvalidRequest
+                | ErrorCode::IdempotencyMismatch
+        ),
+        _ => false,
+    }
+}
+
+/// The streams appended to: a few at a time, each retired after `APPENDS_PER_KEY`.
+struct Keys {
+    active: Vec<(u64, u64)>,
+    next_key: u64,
+    next_element: u64,
+}
+
+const ACTIVE_KEYS: usize = 5;
+const APPENDS_PER_KEY: u64 = 120;
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            active: (0..ACTIVE_KEYS as u64).map(|k| (k, 0)).collect(),
+            next_key: ACTIVE_KEYS as u64,
+            next_element: 1,
+        }
+    }
+
+    /// A key to read.
+    fn read(&self, rng: &mut Rng) -> u64 {
+        self.active[rng.below(self.active.len() as u64) as usize].0
+    }
+
+    /// Keys (1 or 2, distinct) and a fresh element for each.
+    fn append(&mut self, rng: &mut Rng) -> Vec<(u64, u64)> {
+        let n = if rng.below(3) == 0 { 2 } else { 1 };
+        let mut picks: Vec<usize> = (0..self.active.len()).collect();
+        rng.shuffle(&mut picks);
+        let mut out = Vec::new();
+        for slot in picks.into_iter().take(n) {
+            let (key, count) = &mut self.active[slot];
+            out.push((*key, self.next_element));
+            self.next_element += 1;
+            *count += 1;
+            if *count >= APPENDS_PER_KEY {
+                *key = self.next_key;
+                *count = 0;
+                self.next_key += 1;
+            }
+        }
+        out
+    }
+}
+
+fn stream(key: u64) -> String {
+    format!("la-{key}")
+}
+
+/// The elements of stream `key`, in order; a stream never written reads as empty.
+async fn read_elements(client: &Client, key: u64) -> Result<Vec<u64>, Error> {
+    let mut events = match client
+        .read_stream(&stream(key), ReadOptions::default())
+        .await
+    {
+        Ok(events) => events,
+        Err(Error::NotFound(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    while let Some(e) = events.next().await? {
+        let v: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
+        out.push(v["e"].as_u64().unwrap_or(u64::MAX));
+    }
+    Ok(out)
+}
+
+fn client_config(cluster: &Cluster, root: &Path) -> ClientConfig {
+    ClientConfig::local(root)
+        .ca_file(cluster.ca())
+        .timeout(Duration::from_secs(3))
+        .servers(cluster.clients())
+}
+
+/// One client process's loop until `stop`.
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    config: ClientConfig,
+    rec: Recorder,
+    keys: Arc<Mutex<Keys>>,
+    processes: Arc<AtomicU64>,
+    mut rng: Rng,
+    stop: tokio::sync::watch::Receiver<bool>,
+    pace: Duration,
+) {
+    let mut process = processes.fetch_add(1, Relaxed);
+    let mut client: Option<Client> = None;
+    while !*stop.borrow() {
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+        let c = match &client {
+            Some(c) => c,
+            None => match Client::connect(config.clone()).await {
+                Ok(c) => client.insert(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let read = rng.below(2) == 0;
+        let (value, outcome) = if read {
+            let key = lock(&keys).read(&mut rng);
+            let invoke = json!([["r", stream(key), null]]);
+            rec.record("invoke", process, "txn", invoke, None);
+            match read_elements(c, key).await {
+                Ok(elements) => (json!([["r", stream(key), elements]]), Ok(())),
+                Err(e) => (json!([["r", stream(key), null]]), Err(e)),
+            }
+        } else {
+            let picks = lock(&keys).append(&mut rng);
+            let value = json!(picks
+                .iter()
+                .map(|(k, e)| json!(["append", stream(*k), e]))
+                .collect::<Vec<_>>());
+            rec.record("invoke", process, "txn", value.clone(), None);
+            let writes = picks
+                .iter()
+                .map(|(k, e)| {
+                    let event = EventData::json("appended", format!("{{\"e\":{e}}}"));
+                    (stream(*k), ExpectedVersion::Any, vec![event])
+                })
+                .collect();
+            (value, c.append_multi(writes).await.map(|_| ()))
+        };
+        match outcome {
+            Ok(()) => rec.record("ok", process, "txn", value, None),
+            Err(e) if definite(&e) => {
+                rec.record("fail", process, "txn", value, Some(e.to_string()))
+            }
+            Err(e) => {
+                rec.record("info", process, "txn", value, Some(e.to_string()));
+                // Its operation may still happen: a new process takes its place, and a fresh
+                // connection with it.
+                process = processes.fetch_add(1, Relaxed);
+                client = None;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The nemesis's loop: a fault every interval, held for an interval, then healed; a line
+/// per start and end in `timeline.jsonl`.
+async fn nemesis_loop(
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    kinds: Vec<Kind>,
+    interval: Duration,
+    seed: u64,
+    rec: Recorder,
+    timeline: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&timeline)?);
+    let mut rng = Rng::new(seed ^ 0x6E65_6D65_7369_7321);
+    let mut last_leader = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+        let leader = cluster.lock().await.leader();
+        if leader.is_some() && leader != last_leader {
+            if last_leader.is_some() {
+                lock(&rec.counts).leader_changes += 1;
+            }
+            last_leader = leader;
+        }
+        if *stop.borrow() || kinds.is_empty() {
+            break;
+        }
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        let t0 = rec.start.elapsed().as_nanos() as u64;
+        let (what, active) = {
+            let mut c = cluster.lock().await;
+            nemesis::start(kind, &mut c, &mut rng, leader)
+        };
+        if kind == Kind::Transfer {
+            let c = cluster.lock().await;
+            if let Ok(client) = Client::connect(client_config(&c, &c.nodes[0].dir)).await {
+                let _ = client.cluster_transfer(None).await;
+            }
+        }
+        lock(&rec.counts).faults += 1;
+        writeln!(
+            out,
+            "{}",
+            json!({"time_ns": t0, "wall_ms": wall_ms(), "phase": "start", "fault": kind, "detail": what})
+        )?;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+        cluster.lock().await.net.heal();
+        nemesis::stop(&active, &mut *cluster.lock().await)?;
+        let t1 = rec.start.elapsed().as_nanos() as u64;
+        writeln!(
+            out,
+            "{}",
+            json!({"time_ns": t1, "wall_ms": wall_ms(), "phase": "stop", "fault": kind, "detail": what})
+        )?;
+        out.flush()?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What a run leaves: where its files are and what it counted.
+#[derive(Debug, serde::Serialize)]
+pub struct Outcome {
+    /// The run's directory.
+    pub dir: PathBuf,
+    /// Counts.
+    pub counts: Counts,
+    /// Per node, per stream: the elements each node holds after healing (follower reads,
+    /// once every node has applied the leader's commit index).
+    pub replicas: BTreeMap<u64, BTreeMap<String, Vec<u64>>>,
+    /// Whether every node holds the same elements for every stream.
+    pub replicas_agree: bool,
+}
+
+/// Runs the workload and the nemesis; heals; reads every stream on every node; writes
+/// `history.jsonl`, `timeline.jsonl` and the logs into `opts.out`.
+pub async fn run(opts: &Options) -> Result<Outcome> {
+    std::fs::create_dir_all(&opts.out)?;
+    let data = opts.out.join("nodes");
+    let cluster = Cluster::start(&opts.binary, opts.nodes, &data, opts.seed).await?;
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .context("no leader within 30 s of starting the cluster")?;
+    let config = client_config(&cluster, &opts.out);
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let rec = Recorder::new(&opts.out.join("history.jsonl"))?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let keys = Arc::new(Mutex::new(Keys::new()));
+    let processes = Arc::new(AtomicU64::new(0));
+    let pace = match opts.rate {
+        0 => Duration::ZERO,
+        r => Duration::from_secs_f64(opts.concurrency as f64 / r as f64),
+    };
+    let mut workers = Vec::new();
+    for i in 0..opts.concurrency {
+        workers.push(tokio::spawn(worker(
+            config.clone(),
+            rec.clone(),
+            keys.clone(),
+            processes.clone(),
+            Rng::new(opts.seed.wrapping_add(i as u64 * 7919)),
+            stop.clone(),
+            pace,
+        )));
+    }
+    let nemesis = tokio::spawn(nemesis_loop(
+        cluster.clone(),
+        opts.nemesis.clone(),
+        opts.nemesis_interval,
+        opts.seed,
+        rec.clone(),
+        opts.out.join("timeline.jsonl"),
+        stop.clone(),
+    ));
+    let started = Instant::now();
+    while started.elapsed() < opts.time_limit {
+        tokio::time::sleep(Duration::from_secs(5).min(opts.time_limit)).await;
+        let c = lock(&rec.counts).clone();
+        eprintln!(
+            "[{:>4}s] ok {} fail {} info {}; faults {}, leader changes {}",
+            started.elapsed().as_secs(),
+            c.ok,
+            c.fail,
+            c.info,
+            c.faults,
+            c.leader_changes
+        );
+    }
+    stop_tx.send_replace(true);
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    }
+    nemesis.await??;
+    // Healed: every node up, every link clear; wait for one leader and for every node to
+    // apply its commit index, then read every stream on every node.
+    let cluster = cluster.lock().await;
+    cluster.net.heal();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .context("no leader within 30 s after healing")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let commit = cluster.status(leader).map_or(u64::MAX, |s| s.commit);
+        let behind = cluster
+            .ids()
+            .into_iter()
+            .any(|id| cluster.status(id).is_none_or(|s| s.applied < commit));
+        if !behind || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let streams: Vec<u64> = (0..lock(&keys).next_key).collect();
+    let mut replicas = BTreeMap::new();
+    for node in &cluster.nodes {
+        let config = client_config(&cluster, &opts.out)
+            .servers([node.client])
+            .follower_reads(true);
+        let client = Client::connect(config).await?;
+        let mut held = BTreeMap::new();
+        for key in &streams {
+            let elements = read_elements(&client, *key)
+                .await
+                .with_context(|| format!("final read of {} on node {}", stream(*key), node.id))?;
+            held.insert(stream(*key), elements);
+        }
+        replicas.insert(node.id, held);
+    }
+    // The final reads enter the history too, as reads by one more process, so the checker
+    // sees what the healed cluster holds.
+    let final_process = processes.fetch_add(1, Relaxed);
+    if let Some(held) = replicas.get(&leader) {
+        for (name, elements) in held {
+            rec.record(
+                "invoke",
+                final_process,
+                "txn",
+                json!([["r", name, null]]),
+                None,
+            );
+            rec.record(
+                "ok",
+                final_process,
+                "txn",
+                json!([["r", name, elements]]),
+                None,
+            );
+        }
+    }
+    rec.flush();
+    let first = replicas.values().next().cloned();
+    let replicas_agree = replicas.values().all(|r| Some(r) == first.as_ref());
+    let counts = lock(&rec.counts).clone();
+    Ok(Outcome {
+        dir: opts.out.clone(),
+        counts,
+        replicas,
+        replicas_agree,
+    })
+}
