@@ -11,7 +11,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use quiver_jepsen::{check, Event, EventType, History, MicroOp};
 
-const KEYS: [&str; 3] = ["a", "b", "c"];
+/// Keys in use at once; a key retires after `rotate_every` appends, as Jepsen's workload
+/// does, so that full reads stay short in long histories.
+const LIVE_KEYS: u64 = 3;
 
 /// What a worker (a client slot; its process id changes after an info) is doing.
 enum Slot {
@@ -25,7 +27,9 @@ enum Slot {
 
 struct Sim {
     events: Vec<Event>,
-    state: HashMap<&'static str, Vec<u64>>,
+    state: HashMap<String, Vec<u64>>,
+    rotate_every: u64,
+    key_base: u64,
     next_element: u64,
     slots: Vec<(u64, Slot)>,
     next_process: u64,
@@ -53,8 +57,7 @@ impl Sim {
         mops.iter()
             .map(|m| match m {
                 MicroOp::Append { key, element } => {
-                    let k = KEYS.iter().find(|k| **k == key).unwrap();
-                    self.state.entry(k).or_default().push(*element);
+                    self.state.entry(key.clone()).or_default().push(*element);
                     m.clone()
                 }
                 MicroOp::Read { key, .. } => {
@@ -70,9 +73,12 @@ impl Sim {
         (0..len)
             .map(|i| {
                 let bits = c >> (4 + 3 * i);
-                let key = KEYS[(bits % 3) as usize];
+                let key = format!("k{}", self.key_base + (bits as u64 % LIVE_KEYS));
                 if bits & 4 == 0 {
                     self.next_element += 1;
+                    if self.next_element % self.rotate_every == 0 {
+                        self.key_base += 1;
+                    }
                     MicroOp::append(key, self.next_element)
                 } else {
                     MicroOp::read(key, None)
@@ -147,7 +153,9 @@ impl Sim {
             }
         }
         // A final read of every key, so that every acknowledged append is checked.
-        let reads: Vec<MicroOp> = KEYS.iter().map(|k| MicroOp::read(*k, None)).collect();
+        let mut keys: Vec<String> = self.state.keys().cloned().collect();
+        keys.sort();
+        let reads: Vec<MicroOp> = keys.into_iter().map(|k| MicroOp::read(k, None)).collect();
         let p = self.next_process + 1;
         self.emit(EventType::Invoke, p, &reads);
         let done = self.apply(&reads);
@@ -158,10 +166,12 @@ impl Sim {
     }
 }
 
-fn simulate(workers: usize, steps: &[u32]) -> History {
+fn simulate(workers: usize, steps: &[u32], rotate_every: u64) -> History {
     let mut sim = Sim {
         events: Vec::new(),
         state: HashMap::new(),
+        rotate_every,
+        key_base: 0,
         next_element: 0,
         slots: (0..workers as u64).map(|p| (p, Slot::Idle)).collect(),
         next_process: workers as u64,
@@ -175,7 +185,7 @@ fn simulate(workers: usize, steps: &[u32]) -> History {
 
 fn histories() -> impl Strategy<Value = History> {
     (1usize..5, prop::collection::vec(any::<u32>(), 0..300))
-        .prop_map(|(workers, steps)| simulate(workers, &steps))
+        .prop_map(|(workers, steps)| simulate(workers, &steps, u64::MAX))
 }
 
 fn config(cases: u32) -> Config {
@@ -362,4 +372,76 @@ fn swapping_two_elements_against_real_time_is_caught() {
         mutated > 128,
         "only {mutated} of 256 histories could be mutated"
     );
+}
+
+/// A long history, to time the checker (`cargo test --release -p quiver-jepsen --test
+/// properties -- --ignored --nocapture`). Also a larger-scale validity check.
+#[test]
+#[ignore]
+fn a_long_history_is_checked_quickly() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let steps: Vec<u32> = (0..400_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 16) as u32
+        })
+        .collect();
+    let h = simulate(8, &steps, 200);
+    let start = std::time::Instant::now();
+    let report = check(&h);
+    let took = start.elapsed();
+    println!("{} events, {:?} in {took:?}", h.events.len(), report.counts);
+    assert!(report.valid, "{:?}", report.anomaly_counts);
+    // Corrupt one late read and time the invalid case too (a big strongly connected component).
+    let mut bad = h.clone();
+    assert!(drop_acknowledged(&mut bad, 12345));
+    let start = std::time::Instant::now();
+    let report = check(&bad);
+    println!(
+        "mutated: {:?} in {:?}",
+        report.anomaly_counts,
+        start.elapsed()
+    );
+    assert!(!report.valid);
+}
+
+/// The worst case for the cycle search: one key's order reversed in a long serial history, so
+/// that every operation sits in one strongly connected component.
+#[test]
+#[ignore]
+fn a_huge_cycle_is_reported_quickly() {
+    let n = 20_000u64;
+    let mut events = Vec::new();
+    let mut push = |kind, process, mops: &[MicroOp]| {
+        let i = events.len() as u64;
+        events.push(Event {
+            index: i,
+            kind,
+            process,
+            time_ns: i,
+            wall_ms: i,
+            f: "txn".into(),
+            value: serde_json::to_value(mops).unwrap(),
+            error: None,
+        });
+    };
+    for x in 0..n {
+        let mops = [MicroOp::append("x", x), MicroOp::read("y", Some(vec![]))];
+        push(EventType::Invoke, x % 4, &mops);
+        push(EventType::Ok, x % 4, &mops);
+    }
+    let all: Vec<u64> = (0..n).rev().collect();
+    push(EventType::Invoke, 9, &[MicroOp::read("x", None)]);
+    push(EventType::Ok, 9, &[MicroOp::read("x", Some(all))]);
+    let start = std::time::Instant::now();
+    let report = check(&History { events });
+    println!(
+        "{:?} {:?} in {:?}",
+        report.anomaly_counts,
+        report.counts,
+        start.elapsed()
+    );
+    assert!(report.has(quiver_jepsen::AnomalyKind::G0Process));
 }

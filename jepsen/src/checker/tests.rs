@@ -465,6 +465,21 @@ fn g_single_realtime() {
 }
 
 #[test]
+fn realtime_order_survives_concurrent_completions() {
+    // A (the append) and B overlap and both complete before C begins: C must follow A in
+    // real time even though B completed last (the reduced real-time graph keeps both).
+    let mut h = H::default();
+    h.invoke(0, &[a("x", 1)])
+        .invoke(1, &[a("y", 1)])
+        .ok(0)
+        .ok(1);
+    h.txn(2, &[r("x", &[])]);
+    final_reads(&mut h, &[r("x", &[1]), r("y", &[1])]);
+    let report = assert_finds(&h, GSingleRealtime);
+    assert!(report.has(StaleRead));
+}
+
+#[test]
 fn g2_process() {
     // T3 (process 0) appends y; then T1 (process 0) reads x empty; T2 (process 1, overlapping
     // both) reads y empty and appends x: T3 -process-> T1 -rw-> T2 -rw-> T3.
