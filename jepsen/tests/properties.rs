@@ -30,6 +30,7 @@ struct Sim {
     state: HashMap<String, Vec<u64>>,
     rotate_every: u64,
     key_base: u64,
+    appends_on_keys: u64,
     next_element: u64,
     slots: Vec<(u64, Slot)>,
     next_process: u64,
@@ -76,7 +77,9 @@ impl Sim {
                 let key = format!("k{}", self.key_base + (bits as u64 % LIVE_KEYS));
                 if bits & 4 == 0 {
                     self.next_element += 1;
-                    if self.next_element % self.rotate_every == 0 {
+                    self.appends_on_keys += 1;
+                    if self.appends_on_keys == self.rotate_every {
+                        self.appends_on_keys = 0;
                         self.key_base += 1;
                     }
                     MicroOp::append(key, self.next_element)
@@ -172,6 +175,7 @@ fn simulate(workers: usize, steps: &[u32], rotate_every: u64) -> History {
         state: HashMap::new(),
         rotate_every,
         key_base: 0,
+        appends_on_keys: 0,
         next_element: 0,
         slots: (0..workers as u64).map(|p| (p, Slot::Idle)).collect(),
         next_process: workers as u64,
