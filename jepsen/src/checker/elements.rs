@@ -304,7 +304,7 @@ pub(crate) fn analyze(ops: &[Op]) -> Analysis {
                 ops: vec![OpRef::of(op), OpRef::of(&ops[kn.op])],
                 cycle: vec![],
                 explanation: format!(
-                    "a read of {:?} invoked at index {} saw {:?}, missing {} ({}) before it began",
+                    "a read of {:?} invoked at index {} saw {:?}, but {} had been {}, before the read began",
                     keys[k], op.invoke_index, r.elements, order[j], how
                 ),
             });
