@@ -449,3 +449,62 @@ fn a_huge_cycle_is_reported_quickly() {
     );
     assert!(report.has(quiver_jepsen::AnomalyKind::G0Process));
 }
+
+/// Arbitrary events from a small alphabet (any order, any outcome, repeated elements, other
+/// workloads, reads on invokes): the checker must answer, never panic, and call a history
+/// with history errors invalid.
+#[test]
+fn arbitrary_histories_never_panic() {
+    let mop = (0u8..3, 0u8..3, prop::collection::vec(0u64..6, 0..4)).prop_map(|(kind, k, els)| {
+        let key = format!("k{k}");
+        match kind {
+            0 => MicroOp::append(key, els.first().copied().unwrap_or(0)),
+            1 => MicroOp::read(key, None),
+            _ => MicroOp::read(key, Some(els)),
+        }
+    });
+    let event = (
+        0u8..4,
+        0u64..3,
+        0u8..8,
+        prop::collection::vec(mop, 0..4),
+        0u64..3,
+    )
+        .prop_map(|(kind, process, f, mops, back)| {
+            let kind = [
+                EventType::Invoke,
+                EventType::Ok,
+                EventType::Fail,
+                EventType::Info,
+            ][kind as usize];
+            let f = if f == 0 { "other" } else { "txn" };
+            (kind, process, f.to_string(), mops, back)
+        });
+    let mut runner = TestRunner::new(config(512));
+    runner
+        .run(&prop::collection::vec(event, 0..40), |events| {
+            let mut index = 0u64;
+            let events: Vec<Event> = events
+                .into_iter()
+                .map(|(kind, process, f, mops, back)| {
+                    // Mostly increasing indices, sometimes not.
+                    index = (index + 1).saturating_sub(back / 2 * 2);
+                    Event {
+                        index,
+                        kind,
+                        process,
+                        time_ns: index,
+                        wall_ms: 0,
+                        f,
+                        value: serde_json::to_value(&mops).unwrap(),
+                        error: None,
+                    }
+                })
+                .collect();
+            let report = check(&History { events });
+            prop_assert!(report.history_errors.is_empty() || !report.valid);
+            serde_json::to_string(&report).unwrap();
+            Ok(())
+        })
+        .unwrap();
+}

@@ -50,7 +50,9 @@ pub(crate) struct Ops {
 }
 
 struct InFlight {
+    /// Position in `ops`, or `usize::MAX` for another workload's operation.
     op: usize,
+    invoke_index: u64,
     f: String,
 }
 
@@ -92,7 +94,7 @@ pub(crate) fn pair(history: &History) -> Ops {
                 if let Some(prev) = in_flight.get(&e.process) {
                     errors.push(format!(
                         "event {}: process {} invokes while operation {} is in flight",
-                        e.index, e.process, ops[prev.op].invoke_index
+                        e.index, e.process, prev.invoke_index
                     ));
                 }
                 if e.f != F_TXN {
@@ -102,6 +104,7 @@ pub(crate) fn pair(history: &History) -> Ops {
                         e.process,
                         InFlight {
                             op: usize::MAX,
+                            invoke_index: e.index,
                             f: e.f.clone(),
                         },
                     );
@@ -136,6 +139,7 @@ pub(crate) fn pair(history: &History) -> Ops {
                     e.process,
                     InFlight {
                         op: ops.len(),
+                        invoke_index: e.index,
                         f: e.f.clone(),
                     },
                 );
