@@ -245,9 +245,9 @@ pub fn check(history: &History) -> Report {
         }
     }
 
-    let analysis = elements::analyze(ops);
+    let mut analysis = elements::analyze(ops);
     counts.keys = analysis.keys.len();
-    let mut anomalies = analysis.anomalies.clone();
+    let mut anomalies = std::mem::take(&mut analysis.anomalies);
     let cycles = graph::cycles(ops, &analysis);
     counts.graph_nodes = cycles.nodes;
     counts.graph_edges = cycles.edges;
