@@ -1,20 +1,32 @@
 //! # quiver-jepsen
 //!
-//! Quiver's Jepsen-style consistency harness: it runs real `quiver` processes (in Docker
-//! networks or network namespaces), injects faults (partitions, kill -9, SIGSTOP, lost
-//! unsynced writes, damaged segment tails), records a history of appends and reads, and
-//! checks it as Elle's list-append (stream = key, event = element).
+//! Quiver's Jepsen-style consistency suite: it runs real `quiver serve` processes, injects
+//! faults from outside them (network faults on harness-owned relays, kill -9, SIGSTOP,
+//! leadership transfers), records a history of appends and reads, and checks it as Elle's
+//! list-append model (stream = key, event = element) for strict serializability.
 //!
-//! ## Layout
-//! - `control.rs` — cluster control: real `quiver serve` processes; kill, restart, pause.
-//! - `relay.rs` — the network: a UDP relay on every directed peer link (cuts, delays,
-//!   loss, duplication, reordering), enforced outside the server.
-//! - `nemesis.rs` — the faults and the seeded scheduler's choices.
-//! - `run.rs` — one run: workload processes recording the history, the nemesis, healing,
+//! Layout:
+//! - [`control`]: cluster control: real `quiver serve` processes; kill, restart, pause.
+//! - [`relay`]: the network: a UDP relay on every directed peer link (cuts, delays, loss,
+//!   duplication, reordering), enforced outside the server.
+//! - [`nemesis`]: the faults and the seeded scheduler's choices.
+//! - [`run`]: one run: workload processes recording the history, the nemesis, healing,
 //!   final reads on every node.
+//! - [`history`]: the JSON-lines history format (events, list-append micro-ops);
+//! - [`checker`]: [`checker::check`] and its [`checker::Report`]; inside it `ops` (pairing
+//!   invokes and completions), `elements` (per-key version orders and the anomalies that
+//!   need no graph) and `graph` (dependency graph, components, classified cycles);
+//! - `main.rs`: the `quiver-jepsen` command (`run`, `check HISTORY.jsonl`).
+//!
+//! `docs/CONSISTENCY.md` documents the format, each anomaly as implemented, and the runs.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod checker;
 pub mod control;
+pub mod history;
 pub mod nemesis;
 pub mod relay;
 pub mod run;
+
+pub use checker::{check, Anomaly, AnomalyKind, Report};
+pub use history::{Event, EventType, History, MicroOp};

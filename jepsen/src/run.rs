@@ -215,10 +215,13 @@ fn client_config(cluster: &Cluster, root: &Path) -> ClientConfig {
         .servers(cluster.clients())
 }
 
-/// One client process's loop until `stop`.
+/// One client process's loop until `stop`. Its appends go through `config` (any node; the
+/// client finds the leader); its reads go to one node, `reads` (linearizable reads must be
+/// right on every node, followers included).
 #[allow(clippy::too_many_arguments)]
 async fn worker(
     config: ClientConfig,
+    reads: ClientConfig,
     rec: Recorder,
     keys: Arc<Mutex<Keys>>,
     processes: Arc<AtomicU64>,
@@ -228,21 +231,27 @@ async fn worker(
 ) {
     let mut process = processes.fetch_add(1, Relaxed);
     let mut client: Option<Client> = None;
+    let mut reader: Option<Client> = None;
     while !*stop.borrow() {
         if !pace.is_zero() {
             tokio::time::sleep(pace).await;
         }
-        let c = match &client {
+        let read = rng.below(2) == 0;
+        let (slot, cfg) = if read {
+            (&mut reader, &reads)
+        } else {
+            (&mut client, &config)
+        };
+        let c = match slot {
             Some(c) => c,
-            None => match Client::connect(config.clone()).await {
-                Ok(c) => client.insert(c),
+            None => match Client::connect(cfg.clone()).await {
+                Ok(c) => slot.insert(c),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             },
         };
-        let read = rng.below(2) == 0;
         let (value, outcome) = if read {
             let key = lock(&keys).read(&mut rng);
             let invoke = json!([["r", stream(key), null]]);
@@ -278,6 +287,7 @@ async fn worker(
                 // connection with it.
                 process = processes.fetch_add(1, Relaxed);
                 client = None;
+                reader = None;
             }
         }
     }
@@ -388,8 +398,10 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
     };
     let mut workers = Vec::new();
     for i in 0..opts.concurrency {
+        let node = cluster.lock().await.nodes[i % opts.nodes as usize].client;
         workers.push(tokio::spawn(worker(
             config.clone(),
+            config.clone().servers([node]),
             rec.clone(),
             keys.clone(),
             processes.clone(),

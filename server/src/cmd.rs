@@ -624,7 +624,11 @@ async fn in_cluster(ctx: &Ctx, cluster: &ClusterHandle, reads: ReadMode, req: Re
         | Request::PersistentAck { .. }
         | Request::PersistentNack { .. }
         | Request::SetOptions { .. }) => return Routed::Local(r),
-        read if reads == ReadMode::Follower => return Routed::Local(read),
+        // The `mutation-stale-reads` feature (a test-only build, for the consistency suite's
+        // check that it catches a real bug) serves every read without a read index.
+        read if reads == ReadMode::Follower || cfg!(feature = "mutation-stale-reads") => {
+            return Routed::Local(read)
+        }
         read => {
             return match cluster.read_index(ctx.request_timeout).await {
                 Ok(_) => Routed::Local(read),

@@ -1,0 +1,241 @@
+//! The `quiver-jepsen` command.
+//!
+//! - `run`: starts a cluster of real `quiver serve` processes, runs the list-append
+//!   workload under the chosen nemeses, heals, reads every stream on every node, checks the
+//!   history, and writes the run's directory (`history.jsonl`, `timeline.jsonl`,
+//!   `results.json`, `summary.md`, the nodes' logs). Exits 1 on any anomaly, on replicas
+//!   that differ after healing, or on a run that does not count (no operations, or no fault
+//!   when faults were asked for).
+//! - `check HISTORY.jsonl`: prints the checker's report as JSON and exits 1 when the history
+//!   shows an anomaly (or is malformed), 2 when it cannot be read.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use quiver_jepsen::{check, History};
+
+#[derive(Parser)]
+#[command(name = "quiver-jepsen", about = "Quiver's consistency suite")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Nodes in the cluster (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Seconds of workload.
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Faults: `all`, `none`, `partition`, `process`, or names (partition-one,
+    /// partition-halves, bridge, ring, one-way, degrade, kill, pause, kill-all, transfer),
+    /// comma-separated.
+    #[arg(long, default_value = "all")]
+    nemesis: String,
+    /// Seconds between faults, and how long each lasts.
+    #[arg(long, default_value_t = 5)]
+    nemesis_interval: u64,
+    /// The workload (only `list-append` so far).
+    #[arg(long, default_value = "list-append")]
+    workload: String,
+    /// Client processes at once.
+    #[arg(long, default_value_t = 6)]
+    concurrency: usize,
+    /// Operations per second in all (0: as fast as they go).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// The seed of every choice (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The `quiver` binary (default: beside this one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Where the run's directory goes (default: jepsen-runs/SEED).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a cluster under faults and check what it did.
+    Run(RunArgs),
+    /// Check a list-append history (JSON lines) and print the report as JSON.
+    Check {
+        /// The history file, one event per line.
+        history: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => match run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("quiver-jepsen run: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check { history } => {
+            let loaded = File::open(&history)
+                .map_err(|e| e.to_string())
+                .and_then(|f| History::read_jsonl(BufReader::new(f)).map_err(|e| e.to_string()));
+            let history = match loaded {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("quiver-jepsen check {}: {e}", history.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let report = check(&history);
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("quiver-jepsen check: cannot print the report: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            if report.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Runs, checks, writes the results; true when the run is valid and counts.
+fn run(args: RunArgs) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    use quiver_jepsen::nemesis::Kind;
+    anyhow::ensure!(
+        args.workload == "list-append",
+        "unknown workload `{}` (list-append is the one built)",
+        args.workload
+    );
+    let nemesis = Kind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let binary = match args.binary {
+        Some(b) => b,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary's directory")?
+            .join("quiver"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "no quiver binary at {} (build it: cargo build --release -p quiver-server; or --binary)",
+        binary.display()
+    );
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("jepsen-runs").join(seed.to_string()));
+    let opts = quiver_jepsen::run::Options {
+        binary,
+        nodes: args.nodes,
+        time_limit: std::time::Duration::from_secs(args.time_limit),
+        nemesis: nemesis.clone(),
+        nemesis_interval: std::time::Duration::from_secs(args.nemesis_interval),
+        concurrency: args.concurrency,
+        rate: args.rate,
+        seed,
+        out: out.clone(),
+    };
+    eprintln!(
+        "quiver-jepsen run: {} nodes, {} s, nemesis {:?}, seed {seed}, into {}",
+        args.nodes,
+        args.time_limit,
+        args.nemesis,
+        out.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(quiver_jepsen::run::run(&opts))?;
+    let history = History::read_jsonl(BufReader::new(File::open(out.join("history.jsonl"))?))
+        .map_err(|e| anyhow::anyhow!("reading the history: {e}"))?;
+    let report = check(&history);
+    let mut problems = Vec::new();
+    if !report.valid {
+        problems.push(format!("anomalies: {:?}", report.anomaly_counts));
+    }
+    if !outcome.replicas_agree {
+        problems.push("replicas differ after healing".to_string());
+    }
+    if outcome.counts.ok == 0 {
+        problems.push("no operation succeeded: the run does not count".to_string());
+    }
+    if !nemesis.is_empty() && outcome.counts.faults == 0 {
+        problems.push("no fault was injected: the run does not count".to_string());
+    }
+    let results = serde_json::json!({
+        "seed": seed,
+        "nodes": args.nodes,
+        "time_limit_s": args.time_limit,
+        "nemesis": args.nemesis,
+        "workload": args.workload,
+        "counts": outcome.counts,
+        "replicas_agree": outcome.replicas_agree,
+        "valid": problems.is_empty(),
+        "problems": problems,
+        "checker": report,
+    });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let c = &outcome.counts;
+    let summary = format!(
+        "# quiver-jepsen run {seed}\n\n\
+         | | |\n|---|---|\n\
+         | verdict | {} |\n| nodes | {} |\n| time limit | {} s |\n| nemesis | {} |\n\
+         | operations | {} ok, {} fail, {} info |\n| faults | {} |\n| leader changes seen | {} |\n\
+         | replicas agree after healing | {} |\n| anomalies | {:?} |\n\n\
+         Reproduce: `cargo run --release -p quiver-jepsen -- run --nodes {} --time-limit {} \
+         --nemesis {} --seed {seed}`\n",
+        if problems.is_empty() {
+            "valid"
+        } else {
+            "INVALID"
+        },
+        args.nodes,
+        args.time_limit,
+        args.nemesis,
+        c.ok,
+        c.fail,
+        c.info,
+        c.faults,
+        c.leader_changes,
+        outcome.replicas_agree,
+        report.anomaly_counts,
+        args.nodes,
+        args.time_limit,
+        args.nemesis,
+    );
+    std::fs::write(out.join("summary.md"), &summary)?;
+    println!(
+        "quiver-jepsen: {} — {} ok, {} fail, {} info, {} faults, {} leader changes, replicas agree: {}; {}",
+        if problems.is_empty() { "VALID" } else { "INVALID" },
+        c.ok,
+        c.fail,
+        c.info,
+        c.faults,
+        c.leader_changes,
+        outcome.replicas_agree,
+        if problems.is_empty() {
+            "no anomaly".to_string()
+        } else {
+            problems.join("; ")
+        }
+    );
+    Ok(problems.is_empty())
+}

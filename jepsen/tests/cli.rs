@@ -1,0 +1,48 @@
+//! The `check` subcommand: a JSON report on stdout, exit 0 for a valid history, 1 for one with
+//! an anomaly, 2 for a file that cannot be read.
+
+use std::process::Command;
+
+const OK: &str = r#"{"index":0,"type":"invoke","process":0,"time_ns":0,"wall_ms":0,"f":"txn","value":[["append","x",1]]}
+{"index":1,"type":"ok","process":0,"time_ns":5,"wall_ms":0,"f":"txn","value":[["append","x",1]]}
+{"index":2,"type":"invoke","process":1,"time_ns":6,"wall_ms":0,"f":"txn","value":[["r","x",null]]}
+"#;
+
+fn run(history: &str) -> (i32, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!("quiver-jepsen-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("h{}.jsonl", history.len()));
+    std::fs::write(&path, history).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-jepsen"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap(), report)
+}
+
+#[test]
+fn check_exits_by_verdict() {
+    let valid = format!(
+        "{OK}{}\n",
+        r#"{"index":3,"type":"ok","process":1,"time_ns":7,"wall_ms":0,"f":"txn","value":[["r","x",[1]]]}"#
+    );
+    let (code, report) = run(&valid);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["counts"]["ok"], 2);
+
+    let lost = format!(
+        "{OK}{}\n",
+        r#"{"index":3,"type":"ok","process":1,"time_ns":7,"wall_ms":0,"f":"txn","value":[["r","x",[]]]}"#
+    );
+    let (code, report) = run(&lost);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["anomaly_counts"]["lost-append"], 1);
+
+    let (code, _) = run("not json\n");
+    assert_eq!(code, 2);
+}
