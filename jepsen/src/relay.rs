@@ -162,6 +162,24 @@ async fn send_later(
     }
 }
 
+/// Sends `copies` of `bytes` to `to` now, or after `delay` without holding up the caller
+/// (so later datagrams may overtake: reordering).
+async fn deliver(
+    socket: &Arc<UdpSocket>,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    copies: usize,
+    delay: Duration,
+) {
+    if delay.is_zero() {
+        for _ in 0..copies {
+            let _ = socket.send_to(&bytes, to).await;
+        }
+    } else {
+        tokio::spawn(send_later(socket.clone(), to, bytes, copies, delay));
+    }
+}
+
 async fn run(front: Arc<UdpSocket>, target: SocketAddr, state: Arc<Mutex<State>>) {
     // One upstream socket per source, so that the target tells the relayed peers apart and
     // its answers find their way back.
@@ -187,14 +205,7 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, state: Arc<Mutex<State>>
         if copies == 0 {
             continue;
         }
-        let bytes = buf[..n].to_vec();
-        if delay.is_zero() {
-            for _ in 0..copies {
-                let _ = up.send_to(&bytes, target).await;
-            }
-        } else {
-            tokio::spawn(send_later(up, target, bytes, copies, delay));
-        }
+        deliver(&up, target, buf[..n].to_vec(), copies, delay).await;
     }
 }
 
@@ -214,14 +225,7 @@ async fn back(
         if copies == 0 {
             continue;
         }
-        let bytes = buf[..n].to_vec();
-        if delay.is_zero() {
-            for _ in 0..copies {
-                let _ = front.send_to(&bytes, source).await;
-            }
-        } else {
-            tokio::spawn(send_later(front.clone(), source, bytes, copies, delay));
-        }
+        deliver(&front, source, buf[..n].to_vec(), copies, delay).await;
     }
 }
 

@@ -9,17 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, FORM_LIMIT, SECRET};
+use common::cluster::{runtime, Cluster, FORM_LIMIT, SECRET};
 use quiver_client::{EventData, ExpectedVersion, ReadOptions};
 use quiver_server::cluster::ClusterStatus;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The node id a node generated for itself.
 fn node_id(c: &Cluster, label: u64) -> u64 {

@@ -17,6 +17,15 @@ pub const FORM_LIMIT: Duration = Duration::from_secs(20);
 /// A new leader after the old one is killed: the failover bound the tests hold a node to.
 pub const FAILOVER_LIMIT: Duration = Duration::from_secs(10);
 
+/// A runtime for a test's clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap().port()
