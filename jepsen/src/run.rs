@@ -120,23 +120,21 @@ impl Recorder {
     }
 }
 
-/// Whether an error means the write definitely did not happen (`fail`) rather than that
-/// its outcome is unknown (`info`).
-pub fn definite(e: &Error) -> bool {
+/// Whether an operation that ended in `e` definitely did not happen (`fail`) rather than
+/// that its outcome is unknown (`info`). A read changes nothing, so a failed read is always
+/// `fail`. An append is `fail` only when the request could never have been proposed (a bad
+/// name, a bad request, too large, refused credentials): the client retries an append after
+/// an unknown outcome (a lost leader, a timeout) on another node, so a later `NotLeader` or
+/// `Unavailable` says nothing of the first attempt.
+pub fn definite(e: &Error, read: bool) -> bool {
+    if read {
+        return true;
+    }
     match e {
-        Error::WrongExpectedVersion { .. }
-        | Error::StreamDeleted(_)
-        | Error::NotFound(_)
-        | Error::Unauthenticated(_)
-        | Error::TooLarge { .. }
-        | Error::UnsupportedVersion(_) => true,
-        Error::Server { code, .. } => matches!(
-            code,
-            ErrorCode::NotLeader
-                | ErrorCode::InvalidName
-                | ErrorCode::InvalidRequest
-                | ErrorCode::IdempotencyMismatch
-        ),
+        Error::Unauthenticated(_) | Error::TooLarge { .. } | Error::UnsupportedVersion(_) => true,
+        Error::Server { code, .. } => {
+            matches!(code, ErrorCode::InvalidName | ErrorCode::InvalidRequest)
+        }
         _ => false,
     }
 }
@@ -278,7 +276,7 @@ async fn worker(
         };
         match outcome {
             Ok(()) => rec.record("ok", process, "txn", value, None),
-            Err(e) if definite(&e) => {
+            Err(e) if definite(&e, read) => {
                 rec.record("fail", process, "txn", value, Some(e.to_string()))
             }
             Err(e) => {
