@@ -163,9 +163,19 @@ impl Keys {
         self.active[rng.below(self.active.len() as u64) as usize].0
     }
 
+    /// One key and a fresh element for it.
+    fn append_one(&mut self, rng: &mut Rng) -> (u64, u64) {
+        self.append_n(rng, 1)[0]
+    }
+
     /// Keys (1 or 2, distinct) and a fresh element for each.
     fn append(&mut self, rng: &mut Rng) -> Vec<(u64, u64)> {
         let n = if rng.below(3) == 0 { 2 } else { 1 };
+        self.append_n(rng, n)
+    }
+
+    /// `n` distinct keys and a fresh element for each.
+    fn append_n(&mut self, rng: &mut Rng, n: usize) -> Vec<(u64, u64)> {
         let mut picks: Vec<usize> = (0..self.active.len()).collect();
         rng.shuffle(&mut picks);
         let mut out = Vec::new();
@@ -234,7 +244,12 @@ async fn worker(
         if !pace.is_zero() {
             tokio::time::sleep(pace).await;
         }
-        let read = rng.below(2) == 0;
+        // Half reads; of the appends, one in three a compare-and-append.
+        let (read, cas) = match rng.below(6) {
+            0..=2 => (true, false),
+            3 => (false, true),
+            _ => (false, false),
+        };
         let (slot, cfg) = if read {
             (&mut reader, &reads)
         } else {
@@ -257,6 +272,32 @@ async fn worker(
             match read_elements(c, key).await {
                 Ok(elements) => (json!([["r", stream(key), elements]]), Ok(())),
                 Err(e) => (json!([["r", stream(key), null]]), Err(e)),
+            }
+        } else if cas {
+            // Read a stream, then append to it expecting exactly what was read. When the
+            // append succeeds the stream held exactly the read elements at that moment, so
+            // the pair is one atomic transaction: [r k prefix] [append k e]. Two of them
+            // succeeding on one prefix is a lost update (the checker sees a cycle).
+            let (key, element) = lock(&keys).append_one(&mut rng);
+            let k = stream(key);
+            let invoke = json!([["r", &k, null], ["append", &k, element]]);
+            rec.record("invoke", process, "txn", invoke.clone(), None);
+            match read_elements(c, key).await {
+                Err(e) => (invoke, Err(e)),
+                Ok(prefix) => {
+                    let expected = match prefix.len() {
+                        0 => ExpectedVersion::NoStream,
+                        n => ExpectedVersion::Exact(n as u64 - 1),
+                    };
+                    let event = EventData::json("appended", format!("{{\"e\":{element}}}"));
+                    let done = c.append(&k, expected, vec![event]).await.map(|_| ());
+                    match done {
+                        Ok(()) => (json!([["r", &k, prefix], ["append", &k, element]]), Ok(())),
+                        // Even a wrong expected version is `info`: after a retry it may
+                        // follow a first attempt whose outcome is unknown.
+                        Err(e) => (invoke, Err(e)),
+                    }
+                }
             }
         } else {
             let picks = lock(&keys).append(&mut rng);
