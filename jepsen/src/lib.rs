@@ -12,6 +12,7 @@
 //! - [`nemesis`]: the faults and the seeded scheduler's choices.
 //! - [`run`]: one run: workload processes recording the history, the nemesis, healing,
 //!   final reads on every node.
+//! - [`plot`]: throughput and latency over time with the fault windows shaded (SVG).
 //! - [`history`]: the JSON-lines history format (events, list-append micro-ops);
 //! - [`checker`]: [`checker::check`] and its [`checker::Report`]; inside it `ops` (pairing
 //!   invokes and completions), `elements` (per-key version orders and the anomalies that
@@ -25,6 +26,7 @@ pub mod checker;
 pub mod control;
 pub mod history;
 pub mod nemesis;
+pub mod plot;
 pub mod relay;
 pub mod run;
 

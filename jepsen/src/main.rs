@@ -3,7 +3,7 @@
 //! - `run`: starts a cluster of real `quiver serve` processes, runs the list-append
 //!   workload under the chosen nemeses, heals, reads every stream on every node, checks the
 //!   history, and writes the run's directory (`history.jsonl`, `timeline.jsonl`,
-//!   `results.json`, `summary.md`, the nodes' logs). Exits 1 on any anomaly, on replicas
+//!   `results.json`, `summary.md`, `throughput.svg`, `latency.svg`, the nodes' logs). Exits 1 on any anomaly, on replicas
 //!   that differ after healing, or on a run that does not count (no operations, or no fault
 //!   when faults were asked for).
 //! - `check HISTORY.jsonl`: prints the checker's report as JSON and exits 1 when the history
@@ -221,6 +221,21 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         args.time_limit,
         args.nemesis,
     );
+    // Pictures: throughput and latency over time, the fault windows shaded.
+    let history_text = std::fs::read_to_string(out.join("history.jsonl"))?;
+    let timeline_text = std::fs::read_to_string(out.join("timeline.jsonl")).unwrap_or_default();
+    let ops = quiver_jepsen::plot::ops_from_history(&history_text);
+    let end = ops.iter().map(|o| o.completed_ns).max().unwrap_or(0);
+    let windows = quiver_jepsen::plot::windows_from_timeline(&timeline_text, end);
+    std::fs::write(
+        out.join("throughput.svg"),
+        quiver_jepsen::plot::throughput_svg(&ops, &windows),
+    )?;
+    std::fs::write(
+        out.join("latency.svg"),
+        quiver_jepsen::plot::latency_svg(&ops, &windows),
+    )?;
+    let summary = summary + "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n";
     std::fs::write(out.join("summary.md"), &summary)?;
     println!(
         "quiver-jepsen: {} — {} ok, {} fail, {} info, {} faults, {} leader changes, replicas agree: {}; {}",
