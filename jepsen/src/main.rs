@@ -194,29 +194,29 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         serde_json::to_string_pretty(&results)?,
     )?;
     let c = &outcome.counts;
+    let verdict = if problems.is_empty() {
+        "VALID"
+    } else {
+        "INVALID"
+    };
+    let what = format!(
+        "{} ok, {} fail, {} info; {} faults, {} leader changes; replicas agree after healing: {}",
+        c.ok, c.fail, c.info, c.faults, c.leader_changes, outcome.replicas_agree
+    );
+    let findings = if problems.is_empty() {
+        "no anomaly".to_string()
+    } else {
+        problems.join("; ")
+    };
     let summary = format!(
-        "# quiver-jepsen run {seed}\n\n\
-         | | |\n|---|---|\n\
-         | verdict | {} |\n| nodes | {} |\n| time limit | {} s |\n| nemesis | {} |\n\
-         | operations | {} ok, {} fail, {} info |\n| faults | {} |\n| leader changes seen | {} |\n\
-         | replicas agree after healing | {} |\n| anomalies | {:?} |\n\n\
+        "# quiver-jepsen run {seed}: {verdict}\n\n\
+         {} nodes, {} s, nemesis `{}`, workload {}.\n\n{what}.\n\n{findings}.\n\n\
          Reproduce: `cargo run --release -p quiver-jepsen -- run --nodes {} --time-limit {} \
          --nemesis {} --seed {seed}`\n",
-        if problems.is_empty() {
-            "valid"
-        } else {
-            "INVALID"
-        },
         args.nodes,
         args.time_limit,
         args.nemesis,
-        c.ok,
-        c.fail,
-        c.info,
-        c.faults,
-        c.leader_changes,
-        outcome.replicas_agree,
-        report.anomaly_counts,
+        args.workload,
         args.nodes,
         args.time_limit,
         args.nemesis,
@@ -237,20 +237,6 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     )?;
     let summary = summary + "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n";
     std::fs::write(out.join("summary.md"), &summary)?;
-    println!(
-        "quiver-jepsen: {} — {} ok, {} fail, {} info, {} faults, {} leader changes, replicas agree: {}; {}",
-        if problems.is_empty() { "VALID" } else { "INVALID" },
-        c.ok,
-        c.fail,
-        c.info,
-        c.faults,
-        c.leader_changes,
-        outcome.replicas_agree,
-        if problems.is_empty() {
-            "no anomaly".to_string()
-        } else {
-            problems.join("; ")
-        }
-    );
+    println!("quiver-jepsen: {verdict} — {what}; {findings}");
     Ok(problems.is_empty())
 }
