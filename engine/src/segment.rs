@@ -336,3 +336,105 @@ pub fn prepare_spare(storage: &dyn Storage, dir: &Path, capacity: u64) -> io::Re
     storage.rename(&tmp, &path)?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::{watermark_after, SegmentFile};
+    use crate::format::{self, EntryKind};
+    use crate::storage::RealStorage;
+    use zerocopy::IntoBytes;
+
+    /// `record_at` reads a whole, checksummed record, and reports an offset past the bytes it
+    /// may read as corruption of the file (a damaged summary can point there), never panics.
+    #[test]
+    fn record_at_reads_a_record_and_refuses_an_offset_past_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, mut bytes) =
+            SegmentFile::create(&RealStorage, dir.path(), 1, 0, 64 << 10, None).unwrap();
+        let body = b"some body";
+        let h = format::record_header(EntryKind::Append, 1, 1, 0, 1, body);
+        let at = bytes.len() as u64;
+        bytes.extend_from_slice(h.as_bytes());
+        bytes.extend_from_slice(body);
+        seg.file.write_all_at(&bytes, 0).unwrap();
+        let end = bytes.len() as u64;
+        let (header, read) = seg.record_at(at, end).unwrap();
+        assert_eq!((header.index.get(), &read[..]), (1, &body[..]));
+        let past = seg.record_at(end + 8, end).unwrap_err();
+        assert_eq!((past.file, past.offset), (seg.path.clone(), end + 8));
+    }
+
+    /// `zero_from` zeroes every byte from the cut to the last non-zero one, zeros inside
+    /// the tail or not, and keeps the file's length, also when the tail is longer than
+    /// its 1 MiB buffer of zeros.
+    #[test]
+    fn zero_from_zeroes_the_whole_tail_and_keeps_the_length() {
+        for tail in [vec![7, 0, 0, 9, 0, 5], vec![3; (3 << 20) / 2]] {
+            let dir = tempfile::tempdir().unwrap();
+            let (seg, header) =
+                SegmentFile::create(&RealStorage, dir.path(), 1, 0, 4 << 20, None).unwrap();
+            let mut bytes = header;
+            let at = bytes.len() as u64 + 1;
+            bytes.extend_from_slice(&tail);
+            seg.file.write_all_at(&bytes, 0).unwrap();
+            assert_eq!(
+                seg.zero_from(&RealStorage, at).unwrap(),
+                tail.len() as u64 - 1
+            );
+            let written = seg.written().unwrap();
+            assert_eq!(written.len(), bytes.len(), "the file keeps its length");
+            assert_eq!(written[..at as usize], bytes[..at as usize]);
+            assert!(
+                written[at as usize..].iter().all(|b| *b == 0),
+                "zeroed from the cut on"
+            );
+        }
+    }
+
+    /// `watermark_after` reads the watermarks of whole frames whose index could follow the
+    /// damage, from `index` to below `index + 2^32`, wherever they start, and of no other
+    /// frame.
+    #[test]
+    fn watermark_after_reads_only_frames_that_could_follow_the_damage() {
+        let frame = |index: u64, durable: u64| {
+            let body = b"x";
+            let mut h = format::record_header(EntryKind::Append, index, 1, 0, 1, body);
+            h.stamp_durable(durable);
+            h.crc.set(format::record_crc(&h, body));
+            [h.as_bytes(), &body[..]].concat()
+        };
+        let index = 10;
+        assert_eq!(watermark_after(&frame(12, 11), 0, index), 11);
+        let after_junk = [&[0xff, 0xff, 0xff][..], &frame(12, 11), &frame(13, 12)].concat();
+        assert_eq!(watermark_after(&after_junk, 1, index), 12);
+        assert_eq!(
+            watermark_after(&frame(9, 8), 0, index),
+            0,
+            "an earlier index"
+        );
+        let far = index + (1 << 32);
+        assert_eq!(watermark_after(&frame(far - 1, far - 2), 0, index), far - 2);
+        assert_eq!(
+            watermark_after(&frame(far, far - 1), 0, index),
+            0,
+            "too far on"
+        );
+    }
+
+    /// A spare is a whole file of `capacity` zeros under its final name (more than one
+    /// buffer of zeros, and not a multiple of it), and no temporary file is left.
+    #[test]
+    fn a_spare_is_capacity_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let capacity = (5 << 20) / 2 + 3;
+        let path = super::prepare_spare(&RealStorage, dir.path(), capacity).unwrap();
+        assert_eq!(path, dir.path().join(super::SPARE_NAME));
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, capacity);
+        assert!(bytes.iter().all(|b| *b == 0));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+}

@@ -176,6 +176,44 @@ fn first_record_index_must_match_the_segment_header() {
         .unwrap();
 }
 
+/// The same check for a shipped segment whose first records this log already holds: they
+/// are only compared by term, so the scan's check of the header is all that stands between a
+/// malformed segment and "already here".
+#[test]
+fn a_held_segment_whose_first_record_does_not_match_its_header_is_refused() {
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower = open_raft(follower_dir.path());
+    follower
+        .append_entries(&records_of("s", 1, 3, 1, 10))
+        .unwrap();
+    let shipped_dir = tempfile::tempdir().unwrap();
+    let shipped = shipped_dir.path().join(segment::segment_name(1));
+    // Header: first index 1; its one record: index 2, term 1 (as this log's record 2).
+    crafted_segment(&shipped, 1, 2);
+    let refused = follower.install_segment(&shipped).unwrap_err();
+    assert!(matches!(refused, LogError::Corruption(_)), "{refused}");
+    assert_eq!(follower.last_index_term(), (3, 1));
+}
+
+/// A shipped segment must continue the log's positions as well as its indexes.
+#[test]
+fn a_shipped_segment_whose_position_does_not_continue_the_log_is_refused() {
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower = open_raft(follower_dir.path());
+    follower
+        .append_entries(&records_of("s", 1, 3, 1, 10))
+        .unwrap();
+    assert_eq!(follower.next_position(), 3);
+    let shipped_dir = tempfile::tempdir().unwrap();
+    let shipped = shipped_dir.path().join(segment::segment_name(4));
+    // Index 4 continues the log; position 5 does not (it continues at 3).
+    crafted_segment_at(&shipped, (4, 5), (4, 5), 3);
+    let refused = follower.install_segment(&shipped).unwrap_err();
+    assert!(matches!(refused, LogError::NotContiguous(_)), "{refused}");
+    assert_eq!(follower.last_index_term(), (3, 1));
+    assert_eq!(follower.next_position(), 3);
+}
+
 /// One record appending `stream`'s event `version` (of `bytes` bytes) at `index`/`position`.
 fn one_event(index: u64, position: u64, stream: &str, version: u64, bytes: usize) -> RawRecord {
     let event = EventData::json("E", vec![b'x'; bytes]);

@@ -315,3 +315,50 @@ pub enum MessageKind {
         reject: bool,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{DecodeError, Membership};
+
+    /// A bad membership entry reads as what is wrong with it (the driver logs it).
+    #[test]
+    fn decode_errors_are_described() {
+        assert_eq!(
+            DecodeError("trailing bytes").to_string(),
+            "bad membership entry: trailing bytes"
+        );
+    }
+
+    /// `decode` takes back what `encode` wrote, and refuses, without a panic, a count larger
+    /// than the bytes that follow it, a membership without voters, and a voter that is also
+    /// a learner.
+    #[test]
+    fn a_membership_decodes_only_what_encode_wrote() {
+        let mut m = Membership::with_voters([1, 2, 3]);
+        m.learners.insert(4);
+        m.retired.insert(5);
+        assert_eq!(Membership::decode(&m.encode()), Ok(m));
+
+        // A count of 3 voters followed by one id and the two empty lists' counts: 16 bytes,
+        // two ids' worth, fewer than the count says.
+        let mut short = 3u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&1u64.to_le_bytes());
+        short.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            Membership::decode(&short),
+            Err(DecodeError("count exceeds the bytes"))
+        );
+
+        let no_voter = Membership::default();
+        assert_eq!(
+            Membership::decode(&no_voter.encode()),
+            Err(DecodeError("no voter, or a voter is also a learner"))
+        );
+        let mut both = Membership::with_voters([1, 2]);
+        both.learners.insert(2);
+        assert_eq!(
+            Membership::decode(&both.encode()),
+            Err(DecodeError("no voter, or a voter is also a learner"))
+        );
+    }
+}

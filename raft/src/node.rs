@@ -883,6 +883,71 @@ mod tests {
         assert_eq!(just.check(), Ok(()));
     }
 
+    /// `has_ready` is true when any one thing `ready` would hand out is there, alone: a
+    /// driver that polls it must not wait for some other output before persisting entries,
+    /// sending proposals batched since the last `ready`, or writing a changed hard state.
+    #[test]
+    fn each_output_alone_makes_has_ready_true() {
+        use crate::message::{HardState, Message, MessageKind};
+        use crate::storage::SegmentChunk;
+        let fresh = || {
+            let mut storage = MemStorage::default();
+            storage.append(&[Entry::normal(1, 1, vec![1])]);
+            storage.set_hard_state(HardState {
+                term: 1,
+                vote: None,
+                commit: 1,
+            });
+            let mut n = RawNode::new(Config::new(1, vec![1, 2, 3], 0), storage);
+            // Everything stored is applied: nothing is left to hand out.
+            n.applied = 1;
+            n
+        };
+        assert!(!fresh().has_ready(), "a node with nothing to hand out");
+        type Make = fn(&mut RawNode<MemStorage>);
+        let cases: [(&str, Make); 9] = [
+            ("a message", |n| {
+                n.messages.push(Message {
+                    from: 1,
+                    to: 2,
+                    term: 1,
+                    kind: MessageKind::VoteResp { reject: true },
+                })
+            }),
+            ("an unstable entry", |n| {
+                n.unstable.push(Entry::normal(2, 1, vec![2]))
+            }),
+            ("a segment chunk", |n| {
+                n.chunks_out.push(SegmentChunk {
+                    first: 2,
+                    last: 3,
+                    offset: 0,
+                    data: vec![0],
+                    done: false,
+                })
+            }),
+            ("a read", |n| {
+                n.reads_out.push(super::ReadState { ctx: 7, index: 1 })
+            }),
+            ("proposals to broadcast", |n| n.broadcast_due = true),
+            ("a later term", |n| n.term = 2),
+            ("a vote", |n| n.vote = Some(3)),
+            ("a later commit index", |n| {
+                // Applied already (as a restarted node that applied past its stored commit
+                // index): only the commit index is left to write.
+                n.storage.append(&[Entry::normal(2, 1, vec![2])]);
+                n.commit = 2;
+                n.applied = 2;
+            }),
+            ("a committed entry to apply", |n| n.applied = 0),
+        ];
+        for (what, make) in cases {
+            let mut n = fresh();
+            make(&mut n);
+            assert!(n.has_ready(), "{what} alone makes has_ready true");
+        }
+    }
+
     /// Each refusal reads as what happened (the driver shows it to clients).
     #[test]
     fn refusals_are_described() {

@@ -287,4 +287,44 @@ mod tests {
         assert_eq!(b.log, log[..6]);
         assert!(decode_entries(&[1, 2, 3]).is_err());
     }
+
+    /// A chunk joins the segment being received only if it is of that segment and starts
+    /// where the bytes so far end; a segment installs only if its entries run exactly from
+    /// its first index to the last one its chunk names. Anything else is refused whole.
+    #[test]
+    fn chunks_of_another_segment_or_out_of_order_are_refused() {
+        let log: Vec<Entry> = (1..=6)
+            .map(|i| Entry::normal(i, 1, vec![i as u8]))
+            .collect();
+        let bytes = encode_entries(&log[3..6]);
+        let chunk = |first, offset: usize, end: usize, last, done| SegmentChunk {
+            first,
+            last,
+            offset: offset as u64,
+            data: bytes[offset..end].to_vec(),
+            done,
+        };
+        let fresh = || {
+            let mut b = MemStorage::default();
+            b.append(&log[..3]);
+            b.write_chunk(&chunk(4, 0, 10, 6, false)).unwrap();
+            b
+        };
+        let out_of_order = Err(DecodeError("a chunk out of order"));
+        let n = bytes.len();
+        // Of another segment, at the right offset.
+        assert_eq!(fresh().write_chunk(&chunk(7, 10, n, 6, true)), out_of_order);
+        // Of this segment, past the bytes so far (a chunk was lost).
+        assert_eq!(fresh().write_chunk(&chunk(4, 11, n, 6, true)), out_of_order);
+        // Whole and in order, but naming another last index than its entries end at.
+        let mut b = fresh();
+        assert_eq!(
+            b.write_chunk(&chunk(4, 10, n, 5, true)),
+            Err(DecodeError("segment entries are not first..=last"))
+        );
+        assert_eq!(b.log, log[..3], "nothing installed");
+        let mut b = fresh();
+        b.write_chunk(&chunk(4, 10, n, 6, true)).unwrap();
+        assert_eq!(b.log, log);
+    }
 }

@@ -209,6 +209,38 @@ fn a_leader_does_not_count_entries_it_has_not_persisted() {
     assert_eq!(n1.commit(), index, "committed once persisted here too");
 }
 
+/// Dissertation 10.2.1: a leader whose term and vote are durable sends the appends of a new
+/// proposal in `early`, before its own write of the entry (which it counts only once
+/// persisted, above); nothing else it sends is early.
+#[test]
+fn a_leaders_appends_leave_before_its_own_write() {
+    let mut n1 = RawNode::new(Config::new(1, vec![1, 2, 3], 1), MemStorage::default());
+    tick_until_leader_of_three(&mut n1);
+    n1.propose(b"x".to_vec()).unwrap();
+    let ready = n1.ready();
+    assert!(ready.hard_state.is_none(), "term and vote are durable");
+    let index = ready.entries.last().expect("the proposal").index;
+    for id in [2, 3] {
+        assert!(
+            ready.early.iter().any(|m| m.to == id
+                && matches!(&m.kind, MessageKind::Append { entries, .. }
+                    if entries.iter().any(|e| e.index == index))),
+            "the proposal's append to {id} is early: {:?}",
+            ready.early
+        );
+    }
+    assert!(
+        ready
+            .messages
+            .iter()
+            .all(|m| !matches!(m.kind, MessageKind::Append { .. })),
+        "no append waits for the write: {:?}",
+        ready.messages
+    );
+    persist(&mut n1, &ready);
+    n1.advance(ready);
+}
+
 fn tick_until_leader_of_three(n1: &mut RawNode<MemStorage>) {
     for _ in 0..100 {
         n1.tick();
