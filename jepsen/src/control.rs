@@ -201,11 +201,6 @@ impl Cluster {
         self.node(id).child.is_some()
     }
 
-    /// Whether node `id` is paused.
-    pub fn paused(&self, id: u64) -> bool {
-        self.node(id).paused
-    }
-
     /// Node `id`'s cluster status, if it answers within 1 s.
     pub fn status(&self, id: u64) -> Option<ClusterStatus> {
         let node = self.node(id);

@@ -32,11 +32,7 @@ pub struct Rule {
     pub duplicate: f64,
 }
 
-impl Rule {
-    fn is_clear(&self) -> bool {
-        *self == Rule::default()
-    }
-}
+impl Rule {}
 
 /// Counts of one relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -288,27 +284,6 @@ impl Network {
         for r in self.relays.values() {
             r.set(rule, rule);
         }
-    }
-
-    /// Whether any link has a rule now.
-    pub fn faulty(&self) -> bool {
-        self.relays.values().any(|r| {
-            let (f, b) = r.rules();
-            !f.is_clear() || !b.is_clear()
-        })
-    }
-
-    /// Sums of every relay's counts.
-    pub fn counts(&self) -> RelayCounts {
-        let mut sum = RelayCounts::default();
-        for r in self.relays.values() {
-            let c = r.counts();
-            sum.forwarded += c.forwarded;
-            sum.dropped += c.dropped;
-            sum.duplicated += c.duplicated;
-            sum.delayed += c.delayed;
-        }
-        sum
     }
 }
 

@@ -486,11 +486,6 @@ impl Discovery {
         lock(&self.shared.me).state = state;
     }
 
-    /// This node's announcement as it stands (timestamp and nonce aside).
-    pub fn me(&self) -> Announcement {
-        lock(&self.shared.me).clone()
-    }
-
     /// The nodes heard from within the last `forget_after`, by node id.
     pub fn heard(&self) -> BTreeMap<u64, Heard> {
         let mut heard = lock(&self.shared.heard);

@@ -602,14 +602,29 @@ fn serving_beyond_loopback_needs_a_token_or_insecure() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("serve.log");
-    let refused = serve_cmd(
+    let mut child = serve_cmd(
         &data,
         &["--listen", "0.0.0.0:0"],
         std::fs::File::create(&log).unwrap(),
     )
-    .status()
+    .spawn()
     .unwrap();
-    assert!(!refused.success());
+    // Bounded: a server that does not refuse must fail this test, not hang it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            stop(&mut child);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        refused.is_some_and(|s| !s.success()),
+        "serving 0.0.0.0 with no token was not refused"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("refusing to serve on 0.0.0.0:0 with no token")

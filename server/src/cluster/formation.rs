@@ -137,8 +137,6 @@ pub struct Membership {
     pub members: Vec<(u64, SocketAddr)>,
     /// Their client addresses, where known.
     pub clients: BTreeMap<u64, SocketAddr>,
-    /// Whether this node is one of the voters (else it waits to be added).
-    pub voter: bool,
 }
 
 impl Membership {
@@ -278,11 +276,7 @@ fn membership(
     if members.is_empty() {
         return None;
     }
-    Some(Membership {
-        members,
-        clients,
-        voter,
-    })
+    Some(Membership { members, clients })
 }
 
 #[cfg(test)]
