@@ -223,7 +223,7 @@ impl ClusterMetrics {
             ),
             (
                 "raft_messages_from_non_members",
-                "Messages dropped because their sender is not a member",
+                "Messages dropped because their sender was removed from the cluster",
                 &self.from_non_members,
             ),
             (

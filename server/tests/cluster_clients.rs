@@ -544,6 +544,109 @@ fn a_node_is_added_promoted_handed_leadership_and_another_removed() {
     );
 }
 
+/// A learner added after the leader itself joined catches up. A follower is removed first,
+/// so the new learner's log holds, early on, a membership of the two others only; while it
+/// replays the first appends (1,024 entries each) that is the membership in effect for it,
+/// and it does not list the leader, node 4, added later. Dropping the leader's messages then
+/// left the learner stuck for good at about 2,048 entries (the consistency suite's
+/// membership nemesis found it); it must follow the leader whatever its replayed
+/// memberships say, be promoted, and hold what the others hold.
+#[test]
+fn a_learner_replaying_old_memberships_follows_a_leader_they_do_not_list() {
+    const EVENTS: usize = 2_600;
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let (leader, _, _) = c.wait_for_leader(FORM_LIMIT, None);
+    // A follower leaves; the other two stay.
+    let gone = (1..=3).find(|id| *id != leader).unwrap();
+    let kept: Vec<u64> = (1..=3).filter(|id| *id != gone).collect();
+    let rt = runtime();
+    let client = rt.block_on(c.client(&[1, 2, 3]));
+    rt.block_on(client.cluster_remove(gone)).unwrap();
+    c.node(gone).kill();
+    rt.block_on(async {
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for _ in 0..EVENTS / 8 {
+                        let e = EventData::json("Early", "{}");
+                        let stream = format!("early-{w}");
+                        client
+                            .append(&stream, ExpectedVersion::Any, vec![e])
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+    });
+    // Node 4 joins after those entries and becomes the leader.
+    let mut four = Node::new(4, c.root());
+    four.tls = c.nodes[0].tls.clone();
+    four.start(&c.members, common::cluster::SECRET, true);
+    let (four_peer, four_client) = (four.peer, four.client);
+    c.nodes.push(four);
+    let client = rt.block_on(c.client(&kept));
+    rt.block_on(client.cluster_add(4, four_peer, Some(four_client)))
+        .unwrap();
+    let promoted = |c: &mut Cluster, voters: &[u64]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (leader, _, _) = c.wait_for_leader(FAILOVER_LIMIT, None);
+            if c.node(leader).status().is_some_and(|s| s.voters == voters) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "voters are not {voters:?}\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    promoted(&mut c, &[kept[0], kept[1], 4]);
+    rt.block_on(client.cluster_transfer(Some(4))).unwrap();
+    let deadline = Instant::now() + FORM_LIMIT;
+    while c.wait_for_leader(FAILOVER_LIMIT, None).0 != 4 {
+        assert!(Instant::now() < deadline, "leadership stayed away from 4");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Node 5: a learner whose log holds early memberships that do not list node 4.
+    let listed = |id: u64| {
+        c.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| (n.peer, n.client))
+    };
+    let members = [kept[0], kept[1], 4]
+        .map(|id| {
+            let (peer, client) = listed(id).unwrap();
+            format!("{id}={peer}/{client}")
+        })
+        .join(",");
+    let mut five = Node::new(5, c.root());
+    five.tls = c.nodes[0].tls.clone();
+    five.start(&members, common::cluster::SECRET, true);
+    let (five_peer, five_client) = (five.peer, five.client);
+    c.nodes.push(five);
+    rt.block_on(client.cluster_add(5, five_peer, Some(five_client)))
+        .unwrap();
+    promoted(&mut c, &[kept[0], kept[1], 4, 5]);
+    let on_five = rt.block_on(async {
+        let five = c.client(&[5]).await;
+        let mut n = 0;
+        for w in 0..8 {
+            n += stream_ids(&five, &format!("early-{w}")).await.len();
+        }
+        n
+    });
+    assert_eq!(on_five, EVENTS / 8 * 8, "node 5 holds every early event");
+}
+
 /// A follower that was down while the others wrote more entries than the leader's shipping
 /// threshold (4,096) across several sealed segments (1 MiB here; about 4 MiB written) catches
 /// up by segment shipping (entries up to the next segment boundary, then whole segments),

@@ -346,7 +346,8 @@ impl Driver {
         }
     }
 
-    /// A peer's message, if it comes from a member of the membership in effect.
+    /// A peer's message, unless it comes from a node removed from the cluster, or asks for
+    /// a vote without being a member.
     fn step(&mut self, m: PeerMessage) {
         if matches!(m.kind, quiver_net::peer::PeerMessageKind::AppendResp { .. }) {
             if let Some(sent) = self.appends_out.remove(&m.from) {
@@ -354,12 +355,24 @@ impl Driver {
                 self.append_rtt_us.insert(m.from, rtt);
             }
         }
+        // A removed node is shut out, and so is a vote request from a node that is not a
+        // member. Anything else from a sender this node does not know as a member is
+        // stepped: it may have been added after what this node's log holds (a new learner
+        // replaying old memberships hears from a leader that joined later; a node back
+        // from a long absence, from a leader added meanwhile), and dropping the leader's
+        // appends would leave it stuck for good (found by the consistency suite's
+        // membership nemesis). Every peer has proved the cluster secret at the handshake.
         let membership = self.node.membership();
-        if !membership.contains(m.from) || membership.retired.contains(&m.from) {
+        let campaigning = matches!(
+            m.kind,
+            quiver_net::peer::PeerMessageKind::PreVote { .. }
+                | quiver_net::peer::PeerMessageKind::Vote { .. }
+        );
+        if membership.retired.contains(&m.from) || (campaigning && !membership.contains(m.from)) {
             self.dropped_not_member += 1;
             tracing::debug!(
                 from = m.from,
-                "dropped a message from a node that is not a member"
+                "dropped a message from a removed node, or a vote request from a non-member"
             );
             return;
         }
@@ -584,6 +597,16 @@ impl Driver {
                 .storage_mut()
                 .persist(&ready)
                 .map_err(Failure::Persist)?;
+            // Feature `mutation-ack-before-commit` (test-only: the consistency suite must
+            // catch it): writes are answered once the leader's own disk has them, before a
+            // majority does; a leader cut off then loses acknowledged writes.
+            #[cfg(feature = "mutation-ack-before-commit")]
+            for e in &ready.entries {
+                if let Some(waiters) = self.proposals.remove(&e.index) {
+                    self.waiting -= waiters.len();
+                    self.committed(e, waiters, &mut committed);
+                }
+            }
             self.send(std::mem::take(&mut ready.messages));
             self.node
                 .storage_mut()
@@ -719,15 +742,18 @@ impl Driver {
         }
     }
 
-    /// Keeps the endpoint's peers equal to the members in effect (this node aside).
+    /// Keeps the endpoint's peers equal to the members in effect and the leader this node
+    /// follows (this node aside): a node whose log is behind may follow a leader its
+    /// memberships do not list yet, and must answer it.
     fn sync_peers(&mut self) {
         let me = self.node.id();
-        let members: BTreeSet<u64> = self
-            .node
-            .membership()
-            .members()
-            .filter(|id| *id != me)
-            .collect();
+        let membership = self.node.membership();
+        let mut members: BTreeSet<u64> = membership.members().filter(|id| *id != me).collect();
+        if let Some(leader) = self.node.leader() {
+            if leader != me && !membership.retired.contains(&leader) {
+                members.insert(leader);
+            }
+        }
         if members == self.peers {
             return;
         }

@@ -74,7 +74,7 @@ pub struct ClusterStatus {
     pub peer_connections_refused: u64,
     /// Incoming peer connections authenticated.
     pub peer_connections_accepted: u64,
-    /// Messages dropped because their sender is not a member.
+    /// Messages dropped because their sender was removed from the cluster.
     pub messages_from_non_members: u64,
     /// Times this node saw a new leader (looked at once per turn of the Raft loop).
     #[serde(default)]
