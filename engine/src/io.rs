@@ -84,13 +84,50 @@ impl SyncIo {
             writes.len() <= BATCH_WRITES_MAX,
             "a batch touches at most {BATCH_WRITES_MAX} files"
         );
-        match self {
+        let done = match self {
             SyncIo::Pwrite => pwrite_and_sync(storage, writes),
             // The mutation check runs the plain path, whose syncs it switches off.
             SyncIo::Uring(_) if cfg!(feature = "mutation-no-fsync") => {
                 pwrite_and_sync(storage, writes)
             }
             SyncIo::Uring(ring) => uring_write_and_sync(ring, writes),
+        };
+        // Under the no-fsync mutation nothing was synced, so no mark moves.
+        #[cfg(all(feature = "fault-sync-marks", not(feature = "mutation-no-fsync")))]
+        if done.is_ok() {
+            sync_marks::record(writes);
+        }
+        done
+    }
+}
+
+/// Feature `fault-sync-marks`, for the consistency suite only: after each durable write,
+/// `SEGMENT.synced` holds the end offset of the last synced write to `SEGMENT` (8 bytes,
+/// little-endian, written in place by one `pwrite`). A harness that kills the process can
+/// then throw away exactly what no fsync covered, as a power cut would (jepsen/, the
+/// storage nemeses). Never in a release: it costs an open and a write per group commit.
+#[cfg(feature = "fault-sync-marks")]
+mod sync_marks {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+
+    pub(super) fn record(writes: &[super::Write<'_>]) {
+        for w in writes {
+            let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", w.file.as_raw_fd()))
+            else {
+                continue;
+            };
+            let mut mark = path.into_os_string();
+            mark.push(".synced");
+            let end = w.offset + w.bytes.len() as u64;
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&mark)
+            {
+                let _ = f.write_all_at(&end.to_le_bytes(), 0);
+            }
         }
     }
 }

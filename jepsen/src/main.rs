@@ -32,9 +32,10 @@ struct RunArgs {
     /// Seconds of workload.
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// Faults: `all`, `none`, `partition`, `process`, or names (partition-one,
-    /// partition-halves, bridge, ring, one-way, degrade, kill, pause, kill-all, transfer),
-    /// comma-separated.
+    /// Faults: `all`, `none`, `partition`, `process`, `storage`, or names (partition-one,
+    /// partition-halves, bridge, ring, one-way, degrade, kill, pause, kill-all, transfer,
+    /// membership, lose-unsynced, torn-write, garbled-write, bit-rot), comma-separated. The
+    /// storage kinds need a quiver built with `--features fault-injection`.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds between faults, and how long each lasts.
@@ -169,10 +170,19 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         problems.push(format!("anomalies: {:?}", report.anomaly_counts));
     }
     if !outcome.replicas_agree {
-        problems.push("replicas differ after healing".to_string());
+        problems.push(format!(
+            "replicas differ after healing: {}",
+            outcome.differences.join("; ")
+        ));
     }
     if outcome.counts.ok == 0 {
         problems.push("no operation succeeded: the run does not count".to_string());
+    }
+    if outcome.counts.undetected_corruption > 0 {
+        problems.push(format!(
+            "{} storage faults went undetected (see timeline.jsonl)",
+            outcome.counts.undetected_corruption
+        ));
     }
     if !nemesis.is_empty() && outcome.counts.faults == 0 {
         problems.push("no fault was injected: the run does not count".to_string());
@@ -200,8 +210,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         "INVALID"
     };
     let what = format!(
-        "{} ok, {} fail, {} info; {} faults, {} leader changes; replicas agree after healing: {}",
-        c.ok, c.fail, c.info, c.faults, c.leader_changes, outcome.replicas_agree
+        "{} ok, {} fail, {} info ({} writes retried with their ids); {} faults, {} leader \
+         changes; replicas agree after healing: {}",
+        c.ok, c.fail, c.info, c.retries, c.faults, c.leader_changes, outcome.replicas_agree
     );
     let findings = if problems.is_empty() {
         "no anomaly".to_string()
@@ -235,7 +246,19 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         out.join("latency.svg"),
         quiver_jepsen::plot::latency_svg(&ops, &windows),
     )?;
-    let summary = summary + "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n";
+    let mut by_kind = std::collections::BTreeMap::<String, u64>::new();
+    for line in timeline_text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        if v["phase"] == "start" {
+            *by_kind
+                .entry(v["fault"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+    }
+    let faults: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let summary = summary
+        + &format!("\nFaults by kind: {}.\n", faults.join(", "))
+        + "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n";
     std::fs::write(out.join("summary.md"), &summary)?;
     println!("quiver-jepsen: {verdict} — {what}; {findings}");
     Ok(problems.is_empty())

@@ -1,13 +1,17 @@
 //! Faults, and the seeded scheduler that composes them.
 //!
 //! Network faults go through the relays ([`crate::relay::Network`]); process faults through
-//! signals ([`crate::control::Cluster`]); leadership transfers through the client protocol.
-//! Every fault is recorded in the timeline with its start and its end (healing), so the
-//! results show what was happening when an operation ran.
+//! signals ([`crate::control::Cluster`]); storage faults through a killed node's files
+//! ([`crate::control::Damage`]); leadership transfers and membership changes through the
+//! client protocol, as an operator would. Every fault is recorded in the timeline with its
+//! start and its end (healing), so the results show what was happening when an operation ran.
 
+use std::path::Path;
 use std::time::Duration;
 
-use crate::control::Cluster;
+use quiver_client::Client;
+
+use crate::control::{Cluster, Damage};
 use crate::relay::Rule;
 
 /// A kind of fault the scheduler may choose.
@@ -34,11 +38,23 @@ pub enum Kind {
     KillAll,
     /// Leadership handed to another voter.
     Transfer,
+    /// A voter removed (the leader half of the time); when the fault ends a new node (new
+    /// id, empty directory) is started and added: a learner, promoted once caught up.
+    Membership,
+    /// One node killed; what no fsync covered is dropped from its files (a power cut).
+    LoseUnsynced,
+    /// One node killed; of what no fsync covered, random 4 KiB pages kept (a torn write).
+    TornWrite,
+    /// One node killed; one bit flipped in what no fsync covered (a garbled write).
+    GarbledWrite,
+    /// One node killed; one bit flipped in long-synced data. It must refuse to start; it is
+    /// then repaired from its peers: removed, and replaced by a new node.
+    BitRot,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 15] = [
         Kind::PartitionOne,
         Kind::PartitionHalves,
         Kind::Bridge,
@@ -49,10 +65,23 @@ impl Kind {
         Kind::Pause,
         Kind::KillAll,
         Kind::Transfer,
+        Kind::Membership,
+        Kind::LoseUnsynced,
+        Kind::TornWrite,
+        Kind::GarbledWrite,
+        Kind::BitRot,
+    ];
+
+    /// The storage kinds (they need a `quiver` built with `--features fault-injection`).
+    pub const STORAGE: [Kind; 4] = [
+        Kind::LoseUnsynced,
+        Kind::TornWrite,
+        Kind::GarbledWrite,
+        Kind::BitRot,
     ];
 
     /// Parses a `--nemesis` value: a kind's name, `partition` (the network kinds), `process`
-    /// (kill, pause, kill-all), `all`, or `none`.
+    /// (kill, pause, kill-all), `storage` (the four storage kinds), `all`, or `none`.
     pub fn parse_list(text: &str) -> Result<Vec<Kind>, String> {
         let mut out = Vec::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -67,6 +96,7 @@ impl Kind {
                     Kind::OneWay,
                 ],
                 "process" => vec![Kind::Kill, Kind::Pause, Kind::KillAll],
+                "storage" => Kind::STORAGE.to_vec(),
                 name => vec![*Kind::ALL
                     .iter()
                     .find(|k| k.name() == name)
@@ -92,6 +122,11 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::KillAll => "kill-all",
             Kind::Transfer => "transfer",
+            Kind::Membership => "membership",
+            Kind::LoseUnsynced => "lose-unsynced",
+            Kind::TornWrite => "torn-write",
+            Kind::GarbledWrite => "garbled-write",
+            Kind::BitRot => "bit-rot",
         }
     }
 }
@@ -140,8 +175,21 @@ pub enum Active {
     Paused(u64),
     /// Every node killed: restart them all.
     AllKilled,
+    /// A node killed and its files damaged: restart it (and, for rot, expect a refusal and
+    /// replace the node).
+    Damaged(u64, Damage),
+    /// A voter removed: add a new node in its place.
+    Removed,
     /// Nothing to undo.
     Nothing,
+    /// Not done (the cluster was not whole for a fault that takes a node out for good):
+    /// not counted.
+    Skipped,
+}
+
+/// Whether a fault of `kind` takes a node out for good (until a new one replaces it).
+fn lasting(kind: Kind) -> bool {
+    matches!(kind, Kind::Membership | Kind::BitRot)
 }
 
 /// Cuts every link between nodes of different `groups`; `bridge` (if any) keeps every link.
@@ -158,12 +206,23 @@ fn partition(cluster: &Cluster, groups: &[Vec<u64>]) {
 
 /// Starts a fault of `kind`; returns what it did (for the timeline) and how to end it.
 /// `leader` is the leader now, if known.
-pub fn start(
+/// `root` holds the client files of the nemesis's own client (transfers and membership).
+pub async fn start(
     kind: Kind,
     cluster: &mut Cluster,
     rng: &mut Rng,
     leader: Option<u64>,
-) -> (String, Active) {
+    root: &Path,
+) -> anyhow::Result<(String, Active)> {
+    if lasting(kind) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !cluster.settled() {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(("skipped: the cluster was not whole".into(), Active::Skipped));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let mut ids = cluster.ids();
     rng.shuffle(&mut ids);
     let n = ids.len();
@@ -172,7 +231,7 @@ pub fn start(
         Some(l) if rng.below(2) == 0 => l,
         _ => ids[0],
     };
-    match kind {
+    Ok(match kind {
         Kind::PartitionOne => {
             let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != victim).collect();
             partition(cluster, &[vec![victim], rest]);
@@ -208,10 +267,10 @@ pub fn start(
             if n <= 3 {
                 cluster.net.cut(ids[1], ids[2]);
                 cluster.net.cut(ids[2], ids[1]);
-                return (
+                return Ok((
                     format!("ring of 3: {} and {} cut", ids[1], ids[2]),
                     Active::Network,
-                );
+                ));
             }
             for (i, a) in ids.iter().enumerate() {
                 for (j, b) in ids.iter().enumerate() {
@@ -254,26 +313,188 @@ pub fn start(
             }
             ("killed every node".to_string(), Active::AllKilled)
         }
-        Kind::Transfer => ("leadership transfer".to_string(), Active::Nothing),
-    }
+        Kind::Transfer => {
+            let client = admin(cluster, root).await?;
+            let to = tokio::time::timeout(ADMIN_WAIT, client.cluster_transfer(None)).await;
+            client.close().await;
+            match to {
+                Ok(Ok(to)) => (format!("leadership handed to {to}"), Active::Nothing),
+                Ok(Err(e)) => (format!("leadership transfer refused: {e}"), Active::Nothing),
+                Err(_) => ("leadership transfer: no answer".into(), Active::Nothing),
+            }
+        }
+        Kind::Membership => {
+            if (cluster.ids().len() as u64) < cluster.size {
+                // A removal whose replacement did not join: add one now instead.
+                let added = add(cluster, root).await?;
+                return Ok((format!("short of a member: {added}"), Active::Nothing));
+            }
+            let client = admin(cluster, root).await?;
+            let asked = tokio::time::timeout(ADMIN_WAIT, client.cluster_remove(victim)).await;
+            let asked = match asked {
+                Ok(Ok(index)) => format!("removal committed at {index}"),
+                Ok(Err(e)) => format!("removal refused: {e}"),
+                Err(_) => "removal: no answer".to_string(),
+            };
+            // Whatever the answer, the members' list says what happened.
+            let listed = members(&client).await;
+            client.close().await;
+            match listed {
+                Some(ids) if !ids.contains(&victim) => {
+                    cluster.retire(victim);
+                    (format!("removed {victim} ({asked})"), Active::Removed)
+                }
+                _ => (
+                    format!("{victim} still a member ({asked})"),
+                    Active::Nothing,
+                ),
+            }
+        }
+        Kind::LoseUnsynced | Kind::TornWrite | Kind::GarbledWrite | Kind::BitRot => {
+            let damage = match kind {
+                Kind::LoseUnsynced => Damage::LoseUnsynced,
+                Kind::TornWrite => Damage::TearUnsynced,
+                Kind::GarbledWrite => Damage::GarbleUnsynced,
+                _ => Damage::RotSynced,
+            };
+            let how = if damage == Damage::RotSynced {
+                cluster.kill(victim);
+                "killed"
+            } else if cluster.kill_mid_write(victim, Duration::from_secs(2)) {
+                "killed mid-write"
+            } else {
+                "killed (no write in flight within 2 s)"
+            };
+            let what = cluster.damage(victim, damage, rng)?;
+            (format!("{how}; {what}"), Active::Damaged(victim, damage))
+        }
+    })
 }
 
-/// Ends a fault.
-pub fn stop(active: &Active, cluster: &mut Cluster) -> anyhow::Result<()> {
-    match active {
-        Active::Network => cluster.net.heal(),
-        Active::Killed(id) => cluster.start_node(*id)?,
-        Active::Paused(id) => cluster.pause(*id, false),
+/// How long an operator's request may take before the nemesis gives up on it.
+const ADMIN_WAIT: Duration = Duration::from_secs(10);
+
+/// A client of the members, for the nemesis's own requests.
+async fn admin(cluster: &Cluster, root: &Path) -> anyhow::Result<Client> {
+    let config = cluster.client_config(root);
+    Ok(tokio::time::timeout(ADMIN_WAIT, Client::connect(config)).await??)
+}
+
+/// The members' ids as the cluster lists them, asked until one answers (bounded).
+async fn members(client: &Client) -> Option<Vec<u64>> {
+    for _ in 0..10 {
+        if let Ok(Ok((_, list))) =
+            tokio::time::timeout(Duration::from_secs(3), client.cluster_members()).await
+        {
+            return Some(list.iter().map(|m| m.id).collect());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+/// Starts a new node and asks the cluster to add it; it is a member when the cluster says
+/// so, and is retired otherwise.
+async fn add(cluster: &mut Cluster, root: &Path) -> anyhow::Result<String> {
+    let id = cluster.add_node().await?;
+    let (peer, client_addr) = (cluster.peer_addr(id), cluster.node(id).client);
+    let client = admin(cluster, root).await?;
+    let asked =
+        tokio::time::timeout(ADMIN_WAIT, client.cluster_add(id, peer, Some(client_addr))).await;
+    let asked = match asked {
+        Ok(Ok(index)) => format!("added at {index}"),
+        Ok(Err(e)) => format!("add refused: {e}"),
+        Err(_) => "add: no answer".to_string(),
+    };
+    let listed = members(&client).await;
+    client.close().await;
+    Ok(match listed {
+        Some(ids) if ids.contains(&id) => {
+            cluster.admitted(id);
+            format!("node {id} joined ({asked})")
+        }
+        _ => {
+            cluster.retire(id);
+            format!("node {id} not added ({asked}); retired")
+        }
+    })
+}
+
+/// Ends a fault; returns what it did (for the timeline).
+pub async fn stop(active: &Active, cluster: &mut Cluster, root: &Path) -> anyhow::Result<String> {
+    Ok(match active {
+        Active::Network => {
+            cluster.net.heal();
+            "healed".into()
+        }
+        Active::Killed(id) => {
+            cluster.start_node(*id)?;
+            format!("restarted {id}")
+        }
+        Active::Paused(id) => {
+            cluster.pause(*id, false);
+            format!("resumed {id}")
+        }
         Active::AllKilled => {
             for id in cluster.ids() {
                 if !cluster.running(id) {
                     cluster.start_node(id)?;
                 }
             }
+            "restarted every node".into()
         }
-        Active::Nothing => {}
-    }
-    Ok(())
+        Active::Damaged(id, damage) => {
+            cluster.start_node(*id)?;
+            if *damage != Damage::RotSynced {
+                return Ok(format!("restarted {id}"));
+            }
+            // Rot in synced data must be refused at open. Give it time to say so.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let refused = loop {
+                if let Some(status) = cluster.exited(*id) {
+                    break Some(status);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            match refused {
+                None => {
+                    cluster.undetected += 1;
+                    format!("restarted {id}: it STARTED on a rotten segment (undetected)")
+                }
+                Some(status) => {
+                    let named = cluster.log(*id).contains("corruption in ");
+                    if !named {
+                        cluster.undetected += 1;
+                    }
+                    let named = if named {
+                        "corruption named"
+                    } else {
+                        "no corruption named in its log"
+                    };
+                    // Repair from the peers: the broken node leaves, a new one joins.
+                    let client = admin(cluster, root).await?;
+                    let removed =
+                        tokio::time::timeout(ADMIN_WAIT, client.cluster_remove(*id)).await;
+                    client.close().await;
+                    cluster.retire(*id);
+                    let added = add(cluster, root).await?;
+                    format!(
+                        "{id} refused to start ({status}, {named}); removed ({}); {added}",
+                        match removed {
+                            Ok(Ok(i)) => format!("at {i}"),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "no answer".into(),
+                        }
+                    )
+                }
+            }
+        }
+        Active::Removed => add(cluster, root).await?,
+        Active::Nothing | Active::Skipped => String::new(),
+    })
 }
 
 #[cfg(test)]
@@ -289,6 +510,7 @@ mod tests {
         );
         assert_eq!(Kind::parse_list("none").unwrap(), vec![]);
         assert_eq!(Kind::parse_list("partition").unwrap().len(), 5);
+        assert_eq!(Kind::parse_list("storage").unwrap().len(), 4);
         assert!(Kind::parse_list("meteor").is_err());
         for k in Kind::ALL {
             assert_eq!(Kind::parse_list(k.name()).unwrap(), vec![k]);

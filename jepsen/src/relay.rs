@@ -1,12 +1,16 @@
-//! The network as the harness owns it: one UDP relay on every directed peer link.
+//! The network as the harness owns it: one UDP relay in front of every node.
 //!
-//! Node `a` reaches node `b` only through relay `(a, b)`: `a`'s member list names the relay's
-//! address for `b`. The relay forwards `a`'s datagrams to `b` from a socket of its own (one
-//! per source address) and `b`'s answers back to `a`. QUIC runs over it unchanged, so every
-//! fault is enforced outside Quiver's code: a datagram is dropped, delayed, duplicated or
-//! reordered here, never by a flag inside the server. Traffic from `a` to `b` crosses two
-//! relays — `(a, b)` forward (connections `a` dialed) and `(b, a)` backward (answers on
-//! connections `b` dialed) — so [`Network`] sets both for a directed cut.
+//! Every node reaches node `b` only through `b`'s relay: the member lists (and the peer
+//! address a `cluster add` records) name the relay, never the node. The relay forwards each
+//! source's datagrams to `b` from a socket of its own (one per source address) and `b`'s
+//! answers back to that source. It knows which node a source is by the source's address (a
+//! node sends from its peer socket, the one it listens on), so rules are per directed link
+//! while the address of a node is one for everybody, as a cluster's membership records it.
+//! QUIC runs over it unchanged, so every fault is enforced outside Quiver's code: a datagram
+//! is dropped, delayed, duplicated or reordered here, never by a flag inside the server.
+//! Traffic from `a` to `b` crosses two relays — `b`'s forward (connections `a` dialed) and
+//! `a`'s backward (answers on connections `b` dialed) — so [`Network`] sets both for a
+//! directed cut.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,7 +21,7 @@ use tokio::net::UdpSocket;
 
 use crate::nemesis::Rng;
 
-/// What happens to datagrams in one direction of one relay.
+/// What happens to datagrams in one direction of one link.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Rule {
     /// Drop every datagram.
@@ -32,8 +36,6 @@ pub struct Rule {
     pub duplicate: f64,
 }
 
-impl Rule {}
-
 /// Counts of one relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RelayCounts {
@@ -47,9 +49,13 @@ pub struct RelayCounts {
     pub delayed: u64,
 }
 
+/// Which node sends from which address, shared by every relay of a [`Network`].
+pub type Sources = Arc<Mutex<HashMap<SocketAddr, u64>>>;
+
 struct State {
-    forward: Rule,
-    backward: Rule,
+    /// Per source node: (its datagrams to the target, the target's answers to it). A source
+    /// with no entry, or an address no node is known by, meets clear links.
+    rules: HashMap<u64, (Rule, Rule)>,
     counts: RelayCounts,
     /// The relay's own seeded generator (runs are reproducible up to timing).
     rng: Rng,
@@ -60,9 +66,13 @@ impl State {
         p > 0.0 && (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 
-    /// How many copies to send, and after how long.
-    fn fate(&mut self, forward: bool) -> (usize, Duration) {
-        let rule = if forward { self.forward } else { self.backward };
+    /// How many copies to send, and after how long, for a datagram from (`forward`) or to
+    /// source node `source`.
+    fn fate(&mut self, source: Option<u64>, forward: bool) -> (usize, Duration) {
+        let (f, b) = source
+            .and_then(|s| self.rules.get(&s).copied())
+            .unwrap_or_default();
+        let rule = if forward { f } else { b };
         if rule.cut || self.chance(rule.loss) {
             self.counts.dropped += 1;
             return (0, Duration::ZERO);
@@ -87,48 +97,55 @@ impl State {
     }
 }
 
-/// One directed link's relay: listens on [`Relay::addr`], forwards to `target`.
+/// One node's relay: listens on [`Relay::addr`], forwards to the node.
 pub struct Relay {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Relay {
-    /// A relay on a free loopback port forwarding to `target`.
-    pub async fn start(target: SocketAddr, seed: u64) -> std::io::Result<Relay> {
+    /// A relay on a free loopback port forwarding to `target`, telling sources apart by
+    /// `sources`.
+    pub async fn start(target: SocketAddr, seed: u64, sources: Sources) -> std::io::Result<Relay> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
         let state = Arc::new(Mutex::new(State {
-            forward: Rule::default(),
-            backward: Rule::default(),
+            rules: HashMap::new(),
             counts: RelayCounts::default(),
             rng: Rng::new(seed),
         }));
-        let task = tokio::spawn(run(front, target, state.clone()));
+        let task = tokio::spawn(run(front, target, state.clone(), sources));
         Ok(Relay { addr, state, task })
     }
 
-    /// Where the dialing node sends.
+    /// Where every other node sends to reach this relay's node.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Sets the rules: `forward` for the dialer's datagrams, `backward` for the answers.
-    pub fn set(&self, forward: Rule, backward: Rule) {
-        let mut s = lock(&self.state);
-        s.forward = forward;
-        s.backward = backward;
+    /// Sets the rules for source node `source`: `forward` for its datagrams, `backward` for
+    /// the answers to it.
+    pub fn set(&self, source: u64, forward: Rule, backward: Rule) {
+        lock(&self.state).rules.insert(source, (forward, backward));
     }
 
-    /// The rules now (forward, backward).
-    pub fn rules(&self) -> (Rule, Rule) {
-        let s = lock(&self.state);
-        (s.forward, s.backward)
+    /// The rules for source node `source` now (forward, backward).
+    pub fn rules(&self, source: u64) -> (Rule, Rule) {
+        lock(&self.state)
+            .rules
+            .get(&source)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Every source's links clear.
+    pub fn clear(&self) {
+        lock(&self.state).rules.clear();
     }
 
     /// Its counts.
@@ -176,7 +193,12 @@ async fn deliver(
     }
 }
 
-async fn run(front: Arc<UdpSocket>, target: SocketAddr, state: Arc<Mutex<State>>) {
+async fn run(
+    front: Arc<UdpSocket>,
+    target: SocketAddr,
+    state: Arc<Mutex<State>>,
+    sources: Sources,
+) {
     // One upstream socket per source, so that the target tells the relayed peers apart and
     // its answers find their way back.
     let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -185,6 +207,7 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, state: Arc<Mutex<State>>
         let Ok((n, from)) = front.recv_from(&mut buf).await else {
             continue;
         };
+        let source = lock(&sources).get(&from).copied();
         let up = match upstreams.get(&from) {
             Some(up) => up.clone(),
             None => {
@@ -193,11 +216,11 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, state: Arc<Mutex<State>>
                 };
                 let up = Arc::new(up);
                 upstreams.insert(from, up.clone());
-                tokio::spawn(back(up.clone(), front.clone(), from, state.clone()));
+                tokio::spawn(back(up.clone(), front.clone(), from, source, state.clone()));
                 up
             }
         };
-        let (copies, delay) = lock(&state).fate(true);
+        let (copies, delay) = lock(&state).fate(source, true);
         if copies == 0 {
             continue;
         }
@@ -205,11 +228,12 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, state: Arc<Mutex<State>>
     }
 }
 
-/// Answers from the target on `up`, back to `source` through the front socket.
+/// Answers from the target on `up`, back to `from` (node `source`) through the front socket.
 async fn back(
     up: Arc<UdpSocket>,
     front: Arc<UdpSocket>,
-    source: SocketAddr,
+    from: SocketAddr,
+    source: Option<u64>,
     state: Arc<Mutex<State>>,
 ) {
     let mut buf = vec![0u8; 65_536];
@@ -217,47 +241,59 @@ async fn back(
         let Ok((n, _)) = up.recv_from(&mut buf).await else {
             continue;
         };
-        let (copies, delay) = lock(&state).fate(false);
+        let (copies, delay) = lock(&state).fate(source, false);
         if copies == 0 {
             continue;
         }
-        deliver(&front, source, buf[..n].to_vec(), copies, delay).await;
+        deliver(&front, from, buf[..n].to_vec(), copies, delay).await;
     }
 }
 
-/// Every directed link between `nodes` peers, each with its relay.
+/// A relay in front of every node, and the rules of every directed link between them.
 pub struct Network {
-    relays: BTreeMap<(u64, u64), Relay>,
+    relays: BTreeMap<u64, Relay>,
+    sources: Sources,
+    seed: u64,
 }
 
 impl Network {
-    /// Relays for every ordered pair of `nodes` (id, peer address).
+    /// Relays for `nodes` (id, peer address: where the node listens and sends from).
     pub async fn start(nodes: &[(u64, SocketAddr)], seed: u64) -> std::io::Result<Network> {
-        let mut relays = BTreeMap::new();
-        for (a, _) in nodes {
-            for (b, target) in nodes {
-                if a != b {
-                    let seed = seed ^ a.wrapping_mul(0x100_0000_01B3) ^ b.rotate_left(17);
-                    relays.insert((*a, *b), Relay::start(*target, seed).await?);
-                }
-            }
+        let mut net = Network {
+            relays: BTreeMap::new(),
+            sources: Sources::default(),
+            seed,
+        };
+        for (id, peer) in nodes {
+            net.add(*id, *peer).await?;
         }
-        Ok(Network { relays })
+        Ok(net)
     }
 
-    /// The address node `from` is told for node `to`.
-    pub fn addr(&self, from: u64, to: u64) -> SocketAddr {
-        self.relays[&(from, to)].addr()
+    /// A relay for one more node (a node added to the cluster later).
+    pub async fn add(&mut self, id: u64, peer: SocketAddr) -> std::io::Result<()> {
+        lock(&self.sources).insert(peer, id);
+        let seed = self.seed ^ id.wrapping_mul(0x100_0000_01B3);
+        let relay = Relay::start(peer, seed, self.sources.clone()).await?;
+        self.relays.insert(id, relay);
+        Ok(())
+    }
+
+    /// The address every other node is told for node `to`.
+    pub fn addr(&self, to: u64) -> SocketAddr {
+        self.relays[&to].addr()
     }
 
     /// Sets what datagrams from `from` to `to` meet (on both relays they cross).
     pub fn set_direction(&self, from: u64, to: u64, rule: Rule) {
-        let dialed = &self.relays[&(from, to)];
-        let (_, back) = dialed.rules();
-        dialed.set(rule, back);
-        let answered = &self.relays[&(to, from)];
-        let (fwd, _) = answered.rules();
-        answered.set(fwd, rule);
+        if let Some(dialed) = self.relays.get(&to) {
+            let (_, back) = dialed.rules(from);
+            dialed.set(from, rule, back);
+        }
+        if let Some(answered) = self.relays.get(&from) {
+            let (fwd, _) = answered.rules(to);
+            answered.set(to, fwd, rule);
+        }
     }
 
     /// Cuts datagrams from `from` to `to` (one way).
@@ -275,14 +311,18 @@ impl Network {
     /// Every link clear.
     pub fn heal(&self) {
         for r in self.relays.values() {
-            r.set(Rule::default(), Rule::default());
+            r.clear();
         }
     }
 
-    /// Every directed link gets `rule` (delays, loss, duplication for all).
+    /// Every directed link between the nodes gets `rule` (delays, loss, duplication for all).
     pub fn degrade_all(&self, rule: Rule) {
-        for r in self.relays.values() {
-            r.set(rule, rule);
+        for from in self.relays.keys() {
+            for to in self.relays.keys() {
+                if from != to {
+                    self.set_direction(*from, *to, rule);
+                }
+            }
         }
     }
 }
@@ -316,8 +356,13 @@ mod tests {
     #[tokio::test]
     async fn a_relay_forwards_both_ways_and_cuts_each_direction() {
         let (target, _task) = echo().await;
-        let relay = Relay::start(target, 1).await.unwrap();
+        let sources = Sources::default();
+        let relay = Relay::start(target, 1, sources.clone()).await.unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sources
+            .lock()
+            .unwrap()
+            .insert(client.local_addr().unwrap(), 9);
         assert_eq!(
             round_trip(&client, relay.addr(), b"hi").await.as_deref(),
             Some(&b"hi"[..])
@@ -326,26 +371,38 @@ mod tests {
             cut: true,
             ..Rule::default()
         };
-        relay.set(cut, Rule::default());
+        relay.set(9, cut, Rule::default());
         assert_eq!(round_trip(&client, relay.addr(), b"a").await, None);
-        relay.set(Rule::default(), cut);
+        relay.set(9, Rule::default(), cut);
         assert_eq!(round_trip(&client, relay.addr(), b"b").await, None);
-        relay.set(Rule::default(), Rule::default());
+        // The rules are the source's: a sender no node is known by meets a clear link.
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(
+            round_trip(&stranger, relay.addr(), b"s").await.as_deref(),
+            Some(&b"s"[..])
+        );
+        relay.set(9, Rule::default(), Rule::default());
         assert_eq!(
             round_trip(&client, relay.addr(), b"c").await.as_deref(),
             Some(&b"c"[..])
         );
         let c = relay.counts();
         assert_eq!(c.dropped, 2);
-        assert!(c.forwarded >= 5, "{c:?}");
+        assert!(c.forwarded >= 7, "{c:?}");
     }
 
     #[tokio::test]
     async fn duplication_and_delay_are_applied() {
         let (target, _task) = echo().await;
-        let relay = Relay::start(target, 7).await.unwrap();
+        let sources = Sources::default();
+        let relay = Relay::start(target, 7, sources.clone()).await.unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sources
+            .lock()
+            .unwrap()
+            .insert(client.local_addr().unwrap(), 9);
         relay.set(
+            9,
             Rule {
                 duplicate: 1.0,
                 ..Rule::default()
@@ -365,6 +422,7 @@ mod tests {
         assert_eq!(&buf[..n], b"x");
         assert_eq!(relay.counts().duplicated, 1);
         relay.set(
+            9,
             Rule {
                 delay: Duration::from_millis(150),
                 ..Rule::default()

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,11 @@ pub struct Counts {
     pub faults: u64,
     /// Leader changes seen by the nemesis's polls.
     pub leader_changes: u64,
+    /// Writes sent again, with the same event ids, after an unknown outcome.
+    pub retries: u64,
+    /// Storage faults a node did not detect (it started on rotten data, or refused without
+    /// naming corruption): findings.
+    pub undetected_corruption: u64,
 }
 
 /// The recorder: appends history events as JSON lines, numbering them.
@@ -216,20 +222,21 @@ async fn read_elements(client: &Client, key: u64) -> Result<Vec<u64>, Error> {
     Ok(out)
 }
 
-fn client_config(cluster: &Cluster, root: &Path) -> ClientConfig {
-    ClientConfig::local(root)
-        .ca_file(cluster.ca())
-        .timeout(Duration::from_secs(3))
-        .servers(cluster.clients())
-}
+/// How a write whose outcome is unknown is retried: the same request, the same event ids,
+/// on a fresh connection (the leader may have moved), up to this many more times.
+const RETRIES: u32 = 3;
 
-/// One client process's loop until `stop`. Its appends go through `config` (any node; the
-/// client finds the leader); its reads go to one node, `reads` (linearizable reads must be
-/// right on every node, followers included).
+/// One client process's loop until `stop`. Its appends go to any member (the client finds
+/// the leader); its reads go to one member, the `slot`-th of `view` when it connects
+/// (linearizable reads must be right on every node, followers included). A write whose
+/// outcome is unknown is retried with the same event ids before it is given up as `info`:
+/// the server must store it once (an event in a stream twice is a `duplicate-elements`
+/// finding).
 #[allow(clippy::too_many_arguments)]
 async fn worker(
-    config: ClientConfig,
-    reads: ClientConfig,
+    base: ClientConfig,
+    view: Arc<Mutex<Vec<SocketAddr>>>,
+    slot: usize,
     rec: Recorder,
     keys: Arc<Mutex<Keys>>,
     processes: Arc<AtomicU64>,
@@ -250,20 +257,10 @@ async fn worker(
             3 => (false, true),
             _ => (false, false),
         };
-        let (slot, cfg) = if read {
-            (&mut reader, &reads)
-        } else {
-            (&mut client, &config)
-        };
-        let c = match slot {
-            Some(c) => c,
-            None => match Client::connect(cfg.clone()).await {
-                Ok(c) => slot.insert(c),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
+        let slot_ref = if read { &mut reader } else { &mut client };
+        let Some(c) = connect(slot_ref, &base, &view, read.then_some(slot)).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         };
         let (value, outcome) = if read {
             let key = lock(&keys).read(&mut rng);
@@ -289,9 +286,8 @@ async fn worker(
                         0 => ExpectedVersion::NoStream,
                         n => ExpectedVersion::Exact(n as u64 - 1),
                     };
-                    let event = EventData::json("appended", format!("{{\"e\":{element}}}"));
-                    let done = c.append(&k, expected, vec![event]).await.map(|_| ());
-                    match done {
+                    let write = vec![(k.clone(), expected, vec![event(element)])];
+                    match write_retrying(&mut client, &base, &view, write, &rec).await {
                         Ok(()) => (json!([["r", &k, prefix], ["append", &k, element]]), Ok(())),
                         // Even a wrong expected version is `info`: after a retry it may
                         // follow a first attempt whose outcome is unknown.
@@ -308,12 +304,10 @@ async fn worker(
             rec.record("invoke", process, "txn", value.clone(), None);
             let writes = picks
                 .iter()
-                .map(|(k, e)| {
-                    let event = EventData::json("appended", format!("{{\"e\":{e}}}"));
-                    (stream(*k), ExpectedVersion::Any, vec![event])
-                })
+                .map(|(k, e)| (stream(*k), ExpectedVersion::Any, vec![event(*e)]))
                 .collect();
-            (value, c.append_multi(writes).await.map(|_| ()))
+            let done = write_retrying(&mut client, &base, &view, writes, &rec).await;
+            (value, done)
         };
         match outcome {
             Ok(()) => rec.record("ok", process, "txn", value, None),
@@ -332,12 +326,70 @@ async fn worker(
     }
 }
 
+/// An event carrying `element`, with a fresh id (kept across the write's retries).
+fn event(element: u64) -> EventData {
+    EventData::json("appended", format!("{{\"e\":{element}}}"))
+}
+
+/// The client in `slot`, connected now if it is not: to every member, or to the
+/// `pinned`-th member only.
+async fn connect<'a>(
+    slot: &'a mut Option<Client>,
+    base: &ClientConfig,
+    view: &Mutex<Vec<SocketAddr>>,
+    pinned: Option<usize>,
+) -> Option<&'a Client> {
+    if slot.is_none() {
+        let members = lock(view).clone();
+        let servers = match pinned {
+            Some(i) if !members.is_empty() => vec![members[i % members.len()]],
+            _ => members,
+        };
+        *slot = Client::connect(base.clone().servers(servers)).await.ok();
+    }
+    slot.as_ref()
+}
+
+/// Appends `writes` (one atomic write), retrying an unknown outcome with the same events
+/// (so the same ids) on a fresh connection, up to [`RETRIES`] more times.
+async fn write_retrying(
+    client: &mut Option<Client>,
+    base: &ClientConfig,
+    view: &Mutex<Vec<SocketAddr>>,
+    writes: Vec<(String, ExpectedVersion, Vec<EventData>)>,
+    rec: &Recorder,
+) -> Result<(), Error> {
+    let mut tries = 0;
+    loop {
+        let result = match connect(client, base, view, None).await {
+            Some(c) if writes.len() == 1 => {
+                let (stream, expected, events) = &writes[0];
+                c.append(stream, *expected, events.clone())
+                    .await
+                    .map(|_| ())
+            }
+            Some(c) => c.append_multi(writes.clone()).await.map(|_| ()),
+            None => Err(Error::Timeout),
+        };
+        match result {
+            Err(e) if !definite(&e, false) && tries < RETRIES => {
+                tries += 1;
+                lock(&rec.counts).retries += 1;
+                *client = None;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The nemesis's loop: a fault every interval, held for an interval, then healed; a line
 /// per start and end in `timeline.jsonl`.
+#[allow(clippy::too_many_arguments)]
 async fn nemesis_loop(
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
     kinds: Vec<Kind>,
@@ -345,6 +397,7 @@ async fn nemesis_loop(
     seed: u64,
     rec: Recorder,
     timeline: PathBuf,
+    root: PathBuf,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(&timeline)?);
@@ -369,31 +422,33 @@ async fn nemesis_loop(
         let t0 = rec.start.elapsed().as_nanos() as u64;
         let (what, active) = {
             let mut c = cluster.lock().await;
-            nemesis::start(kind, &mut c, &mut rng, leader)
+            nemesis::start(kind, &mut c, &mut rng, leader, &root).await?
         };
-        if kind == Kind::Transfer {
-            let c = cluster.lock().await;
-            if let Ok(client) = Client::connect(client_config(&c, &c.nodes[0].dir)).await {
-                let _ = client.cluster_transfer(None).await;
-            }
+        if active != nemesis::Active::Skipped {
+            lock(&rec.counts).faults += 1;
         }
-        lock(&rec.counts).faults += 1;
         writeln!(
             out,
             "{}",
             json!({"time_ns": t0, "wall_ms": wall_ms(), "phase": "start", "fault": kind, "detail": what})
         )?;
+        out.flush()?;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => {}
         }
-        cluster.lock().await.net.heal();
-        nemesis::stop(&active, &mut *cluster.lock().await)?;
+        let done = {
+            let mut c = cluster.lock().await;
+            c.net.heal();
+            let done = nemesis::stop(&active, &mut c, &root).await?;
+            lock(&rec.counts).undetected_corruption = c.undetected;
+            done
+        };
         let t1 = rec.start.elapsed().as_nanos() as u64;
         writeln!(
             out,
             "{}",
-            json!({"time_ns": t1, "wall_ms": wall_ms(), "phase": "stop", "fault": kind, "detail": what})
+            json!({"time_ns": t1, "wall_ms": wall_ms(), "phase": "stop", "fault": kind, "detail": what, "healing": done})
         )?;
         out.flush()?;
     }
@@ -413,6 +468,8 @@ pub struct Outcome {
     pub replicas: BTreeMap<u64, BTreeMap<String, Vec<u64>>>,
     /// Whether every node holds the same elements for every stream.
     pub replicas_agree: bool,
+    /// Where they do not: nodes that had not caught up, and streams that differ.
+    pub differences: Vec<String>,
 }
 
 /// Runs the workload and the nemesis; heals; reads every stream on every node; writes
@@ -425,7 +482,8 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .context("no leader within 30 s of starting the cluster")?;
-    let config = client_config(&cluster, &opts.out);
+    let config = cluster.client_config(&opts.out);
+    let view = cluster.view.clone();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let rec = Recorder::new(&opts.out.join("history.jsonl"))?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -437,10 +495,10 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
     };
     let mut workers = Vec::new();
     for i in 0..opts.concurrency {
-        let node = cluster.lock().await.nodes[i % opts.nodes as usize].client;
         workers.push(tokio::spawn(worker(
             config.clone(),
-            config.clone().servers([node]),
+            view.clone(),
+            i,
             rec.clone(),
             keys.clone(),
             processes.clone(),
@@ -456,6 +514,7 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
         opts.seed,
         rec.clone(),
         opts.out.join("timeline.jsonl"),
+        opts.out.join("nemesis-client"),
         stop.clone(),
     ));
     let started = Instant::now();
@@ -485,22 +544,33 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .context("no leader within 30 s after healing")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let behind = loop {
         let commit = cluster.status(leader).map_or(u64::MAX, |s| s.commit);
-        let behind = cluster
+        let behind: Vec<(u64, Option<u64>, u64)> = cluster
             .ids()
             .into_iter()
-            .any(|id| cluster.status(id).is_none_or(|s| s.applied < commit));
-        if !behind || Instant::now() > deadline {
-            break;
+            .map(|id| (id, cluster.status(id).map(|s| s.applied), commit))
+            .filter(|(_, applied, commit)| applied.is_none_or(|a| a < *commit))
+            .collect();
+        if behind.is_empty() || Instant::now() > deadline {
+            break behind;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    let behind: Vec<String> = behind
+        .iter()
+        .map(|(id, applied, commit)| match applied {
+            Some(a) => format!("node {id} applied {a} of the leader's commit {commit} after 60 s"),
+            None => format!("node {id} did not answer after healing"),
+        })
+        .collect();
     let streams: Vec<u64> = (0..lock(&keys).next_key).collect();
     let mut replicas = BTreeMap::new();
-    for node in &cluster.nodes {
-        let config = client_config(&cluster, &opts.out)
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        let config = cluster
+            .client_config(&opts.out)
             .servers([node.client])
             .follower_reads(true);
         let client = Client::connect(config).await?;
@@ -537,11 +607,32 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
     rec.flush();
     let first = replicas.values().next().cloned();
     let replicas_agree = replicas.values().all(|r| Some(r) == first.as_ref());
+    let mut differences = behind;
+    if let (Some(lead), false) = (replicas.get(&leader), replicas_agree) {
+        for (id, held) in &replicas {
+            for (name, elements) in held {
+                let theirs = lead.get(name).map_or(&[][..], |v| v.as_slice());
+                if elements.as_slice() != theirs && differences.len() < 20 {
+                    let common = elements
+                        .iter()
+                        .zip(theirs)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    differences.push(format!(
+                        "{name}: node {id} holds {} elements, leader {leader} {}; they part after {common}",
+                        elements.len(),
+                        theirs.len()
+                    ));
+                }
+            }
+        }
+    }
     let counts = lock(&rec.counts).clone();
     Ok(Outcome {
         dir: opts.out.clone(),
         counts,
         replicas,
         replicas_agree,
+        differences,
     })
 }
