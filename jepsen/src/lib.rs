@@ -12,6 +12,9 @@
 //! - [`nemesis`]: the faults and the seeded scheduler's choices.
 //! - [`run`]: one run: workload processes recording the history, the nemesis, healing,
 //!   final reads on every node.
+//! - [`subscribers`]: the subscription workload: transient subscribers on every node and a
+//!   persistent group's consumer under the same faults, and the rules their deliveries are
+//!   checked by (every committed event delivered, in order per stream, with no gap).
 //! - [`plot`]: throughput and latency over time with the fault windows shaded (SVG).
 //! - [`history`]: the JSON-lines history format (events, list-append micro-ops);
 //! - [`checker`]: [`checker::check`] and its [`checker::Report`]; inside it `ops` (pairing
@@ -29,6 +32,7 @@ pub mod nemesis;
 pub mod plot;
 pub mod relay;
 pub mod run;
+pub mod subscribers;
 
 pub use checker::{check, Anomaly, AnomalyKind, Report};
 pub use history::{Event, EventType, History, MicroOp};
