@@ -7,6 +7,8 @@
 //!
 //! Layout:
 //! - [`control`]: cluster control: real `quiver serve` processes; kill, restart, pause.
+//! - [`docker`]: the Docker backend: the compose cluster's containers; docker kill, start,
+//!   pause, network disconnect.
 //! - [`relay`]: the network: a UDP relay on every directed peer link (cuts, delays, loss,
 //!   duplication, reordering), enforced outside the server.
 //! - [`nemesis`]: the faults and the seeded scheduler's choices.
@@ -27,6 +29,7 @@
 
 pub mod checker;
 pub mod control;
+pub mod docker;
 pub mod history;
 pub mod nemesis;
 pub mod plot;
