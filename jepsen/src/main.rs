@@ -41,8 +41,12 @@ struct RunArgs {
     /// Seconds between faults, and how long each lasts.
     #[arg(long, default_value_t = 5)]
     nemesis_interval: u64,
-    /// The workload (only `list-append` so far).
-    #[arg(long, default_value = "list-append")]
+    /// Workloads, comma-separated: `list-append` (appends to one or two streams in one
+    /// write, and whole-stream reads: always on), `registers` (compare-and-append by
+    /// expected version), `idempotent` (writes of unknown outcome retried with the same event
+    /// ids), `subscriptions` (catch-up subscribers on every node and a persistent group
+    /// throughout); `all` for every one.
+    #[arg(long, default_value = "all")]
     workload: String,
     /// Client processes at once.
     #[arg(long, default_value_t = 6)]
@@ -114,11 +118,24 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<bool> {
     use anyhow::Context;
     use quiver_jepsen::nemesis::Kind;
-    anyhow::ensure!(
-        args.workload == "list-append",
-        "unknown workload `{}` (list-append is the one built)",
-        args.workload
-    );
+    let mut workloads = std::collections::BTreeSet::new();
+    for w in args
+        .workload
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        match w {
+            "all" => workloads.extend(["registers", "idempotent", "subscriptions"]),
+            "list-append" => {}
+            "registers" | "idempotent" | "subscriptions" => {
+                workloads.insert(w);
+            }
+            other => anyhow::bail!(
+                "unknown workload `{other}` (list-append, registers, idempotent, subscriptions, all)"
+            ),
+        }
+    }
     let nemesis = Kind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -150,6 +167,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         rate: args.rate,
         seed,
         out: out.clone(),
+        registers: workloads.contains("registers"),
+        idempotent: workloads.contains("idempotent"),
+        subscriptions: workloads.contains("subscriptions"),
     };
     eprintln!(
         "quiver-jepsen run: {} nodes, {} s, nemesis {:?}, seed {seed}, into {}",
@@ -178,6 +198,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     if outcome.counts.ok == 0 {
         problems.push("no operation succeeded: the run does not count".to_string());
     }
+    if let Some(subs) = outcome.subscriptions.as_ref().filter(|s| !s.valid) {
+        problems.push(format!("subscriptions: {:?}", subs.finding_counts));
+    }
     if outcome.counts.undetected_corruption > 0 {
         problems.push(format!(
             "{} storage faults went undetected (see timeline.jsonl)",
@@ -195,6 +218,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         "workload": args.workload,
         "counts": outcome.counts,
         "replicas_agree": outcome.replicas_agree,
+        "subscriptions": outcome.subscriptions,
         "valid": problems.is_empty(),
         "problems": problems,
         "checker": report,
@@ -223,7 +247,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         "# quiver-jepsen run {seed}: {verdict}\n\n\
          {} nodes, {} s, nemesis `{}`, workload {}.\n\n{what}.\n\n{findings}.\n\n\
          Reproduce: `cargo run --release -p quiver-jepsen -- run --nodes {} --time-limit {} \
-         --nemesis {} --seed {seed}`\n",
+         --nemesis {} --workload {} --seed {seed}`\n",
         args.nodes,
         args.time_limit,
         args.nemesis,
@@ -231,6 +255,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         args.nodes,
         args.time_limit,
         args.nemesis,
+        args.workload,
     );
     // Pictures: throughput and latency over time, the fault windows shaded.
     let history_text = std::fs::read_to_string(out.join("history.jsonl"))?;
@@ -256,8 +281,34 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     let faults: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let subscribers = match &outcome.subscriptions {
+        Some(r) => {
+            let each: Vec<String> = r
+                .subscribers
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} delivered {} ({} resubscriptions, {} redeliveries)",
+                        s.name, s.delivered, s.resubscriptions, s.redeliveries
+                    )
+                })
+                .collect();
+            format!(
+                "\nSubscribers ({} elements to deliver; {}): {}.\n",
+                r.elements,
+                if r.valid {
+                    "all delivered, in order, no gap"
+                } else {
+                    "FINDINGS"
+                },
+                each.join("; ")
+            )
+        }
+        None => String::new(),
+    };
     let summary = summary
         + &format!("\nFaults by kind: {}.\n", faults.join(", "))
+        + &subscribers
         + "\n![throughput](throughput.svg)\n\n![latency](latency.svg)\n";
     std::fs::write(out.join("summary.md"), &summary)?;
     println!("quiver-jepsen: {verdict} — {what}; {findings}");

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::control::Cluster;
 use crate::nemesis::{self, Kind, Rng};
+use crate::subscribers::{Subscribers, SubscriptionReport};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -46,6 +47,15 @@ pub struct Options {
     pub seed: u64,
     /// Where the run's files go.
     pub out: PathBuf,
+    /// Workload `registers`: one append in three is a compare-and-append (read, then append
+    /// expecting exactly the version read).
+    pub registers: bool,
+    /// Workload `idempotent`: a write whose outcome is unknown is sent again with the same
+    /// event ids (up to [`RETRIES`] times) before it is given up.
+    pub idempotent: bool,
+    /// Workload `subscriptions`: catch-up subscribers on every node and a persistent-group
+    /// consumer run throughout, and must deliver what the healed cluster holds.
+    pub subscriptions: bool,
 }
 
 /// What a run did, beside its history.
@@ -243,6 +253,7 @@ async fn worker(
     mut rng: Rng,
     stop: tokio::sync::watch::Receiver<bool>,
     pace: Duration,
+    (registers, retries): (bool, u32),
 ) {
     let mut process = processes.fetch_add(1, Relaxed);
     let mut client: Option<Client> = None;
@@ -254,7 +265,7 @@ async fn worker(
         // Half reads; of the appends, one in three a compare-and-append.
         let (read, cas) = match rng.below(6) {
             0..=2 => (true, false),
-            3 => (false, true),
+            3 => (false, registers),
             _ => (false, false),
         };
         let slot_ref = if read { &mut reader } else { &mut client };
@@ -287,7 +298,7 @@ async fn worker(
                         n => ExpectedVersion::Exact(n as u64 - 1),
                     };
                     let write = vec![(k.clone(), expected, vec![event(element)])];
-                    match write_retrying(&mut client, &base, &view, write, &rec).await {
+                    match write_retrying(&mut client, &base, &view, write, &rec, retries).await {
                         Ok(()) => (json!([["r", &k, prefix], ["append", &k, element]]), Ok(())),
                         // Even a wrong expected version is `info`: after a retry it may
                         // follow a first attempt whose outcome is unknown.
@@ -306,7 +317,7 @@ async fn worker(
                 .iter()
                 .map(|(k, e)| (stream(*k), ExpectedVersion::Any, vec![event(*e)]))
                 .collect();
-            let done = write_retrying(&mut client, &base, &view, writes, &rec).await;
+            let done = write_retrying(&mut client, &base, &view, writes, &rec, retries).await;
             (value, done)
         };
         match outcome {
@@ -351,13 +362,14 @@ async fn connect<'a>(
 }
 
 /// Appends `writes` (one atomic write), retrying an unknown outcome with the same events
-/// (so the same ids) on a fresh connection, up to [`RETRIES`] more times.
+/// (so the same ids) on a fresh connection, up to `retries` more times.
 async fn write_retrying(
     client: &mut Option<Client>,
     base: &ClientConfig,
     view: &Mutex<Vec<SocketAddr>>,
     writes: Vec<(String, ExpectedVersion, Vec<EventData>)>,
     rec: &Recorder,
+    retries: u32,
 ) -> Result<(), Error> {
     let mut tries = 0;
     loop {
@@ -372,7 +384,7 @@ async fn write_retrying(
             None => Err(Error::Timeout),
         };
         match result {
-            Err(e) if !definite(&e, false) && tries < RETRIES => {
+            Err(e) if !definite(&e, false) && tries < retries => {
                 tries += 1;
                 lock(&rec.counts).retries += 1;
                 *client = None;
@@ -470,6 +482,8 @@ pub struct Outcome {
     pub replicas_agree: bool,
     /// Where they do not: nodes that had not caught up, and streams that differ.
     pub differences: Vec<String>,
+    /// What the subscribers delivered, checked (when the workload ran them).
+    pub subscriptions: Option<SubscriptionReport>,
 }
 
 /// Runs the workload and the nemesis; heals; reads every stream on every node; writes
@@ -493,6 +507,27 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
         0 => Duration::ZERO,
         r => Duration::from_secs_f64(opts.concurrency as f64 / r as f64),
     };
+    // Subscribers from the start, each catch-up one on its own node first; they run on
+    // through healing (their own stop: only `finish` ends them).
+    let (_abandon, abandoned) = tokio::sync::watch::channel(false);
+    let subscribers = if opts.subscriptions {
+        let c = cluster.lock().await;
+        let clients = c.clients();
+        let per_node = c
+            .ids()
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut order = clients.clone();
+                order.rotate_left(i);
+                (id, config.clone().servers(order))
+            })
+            .collect();
+        drop(c);
+        Some(Subscribers::start(per_node, config.clone(), &opts.out, abandoned).await?)
+    } else {
+        None
+    };
     let mut workers = Vec::new();
     for i in 0..opts.concurrency {
         workers.push(tokio::spawn(worker(
@@ -505,6 +540,7 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
             Rng::new(opts.seed.wrapping_add(i as u64 * 7919)),
             stop.clone(),
             pace,
+            (opts.registers, if opts.idempotent { RETRIES } else { 0 }),
         )));
     }
     let nemesis = tokio::spawn(nemesis_loop(
@@ -605,6 +641,11 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
         }
     }
     rec.flush();
+    // The subscribers must deliver what the healed cluster holds (the leader's streams).
+    let subscriptions = match (subscribers, replicas.get(&leader)) {
+        (Some(subs), Some(held)) => Some(subs.finish(held, Duration::from_secs(60)).await),
+        _ => None,
+    };
     let first = replicas.values().next().cloned();
     let replicas_agree = replicas.values().all(|r| Some(r) == first.as_ref());
     let mut differences = behind;
@@ -634,5 +675,6 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
         replicas,
         replicas_agree,
         differences,
+        subscriptions,
     })
 }

@@ -637,8 +637,9 @@ pub struct Subscribers {
 
 impl Subscribers {
     /// Starts the subscribers: for each `(node id, config)` of `per_node` a transient
-    /// subscriber on `$all` from the beginning, pinned to that config's first address
-    /// (`config.server`); and a consumer of the persistent group [`GROUP`] (created on `$all`
+    /// subscriber on `$all` from the beginning through that config (the caller lists the
+    /// node first: a pinned subscriber of a node later removed from the cluster could never
+    /// catch up, so it may move on to the others); and a consumer of the persistent group [`GROUP`] (created on `$all`
     /// from the beginning, for `la-` streams) through `any_node`, which should name every
     /// node so that the consumer can follow the leader. Deliveries and (re)subscriptions go
     /// to `out/subscriptions.jsonl`.
@@ -672,10 +673,9 @@ impl Subscribers {
         };
         for (node, config) in per_node {
             let sub = new(format!("transient-n{node}"), Some(node), false);
-            let pinned = config.clone().servers([config.server]);
             tasks.push(tokio::spawn(transient(
                 sub.clone(),
-                pinned,
+                config,
                 halted_rx.clone(),
             )));
             subscribers.push(sub);
