@@ -554,3 +554,200 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// What the suite needs of a cluster, however its nodes run: local processes behind the
+/// harness's relays ([`Cluster`]), or the Docker compose cluster
+/// ([`crate::docker::DockerCluster`], through [`DockerBackend`]). Faults a backend cannot
+/// make are not asked of it ([`Backend::supports`]).
+pub trait Backend: Send + Sync {
+    /// The members' ids.
+    fn ids(&self) -> Vec<u64>;
+    /// Where member `id` serves clients now.
+    fn client(&self, id: u64) -> SocketAddr;
+    /// The members' client addresses.
+    fn clients(&self) -> Vec<SocketAddr> {
+        self.ids().into_iter().map(|id| self.client(id)).collect()
+    }
+    /// A client configuration for the members; client files go under `root`.
+    fn client_config(&self, root: &Path) -> ClientConfig;
+    /// The members' client addresses, shared with the workload and kept current.
+    fn view(&self) -> Arc<Mutex<Vec<SocketAddr>>>;
+    /// Node `id`'s status, if it answers within about a second.
+    fn status(&self, id: u64) -> Option<ClusterStatus>;
+    /// SIGKILL.
+    fn kill(&mut self, id: u64);
+    /// Starts node `id` again, its data as it is.
+    fn start_node(&mut self, id: u64) -> Result<()>;
+    /// Pauses (`true`) or resumes (`false`) node `id`.
+    fn pause(&mut self, id: u64, stop: bool);
+    /// Whether node `id` runs (paused or not).
+    fn running(&self, id: u64) -> bool;
+    /// Cuts node `id` off from every other node.
+    fn isolate(&mut self, id: u64) -> Result<()>;
+    /// Every link clear again.
+    fn heal(&mut self) -> Result<()>;
+    /// Whether this backend can make faults of `kind`.
+    fn supports(&self, kind: crate::nemesis::Kind) -> bool;
+    /// The local cluster, for the faults only it can make (relay rules, storage, membership).
+    fn local(&mut self) -> Option<&mut Cluster>;
+    /// Copies the nodes' logs into `dir`, where they are not written there already.
+    fn save_logs(&self, _dir: &Path) {}
+    /// Storage faults the nodes did not detect (findings).
+    fn undetected(&self) -> u64 {
+        0
+    }
+
+    /// The leader every answering member agrees on, if any.
+    fn leader(&self) -> Option<u64> {
+        let statuses: Vec<ClusterStatus> =
+            self.ids().iter().filter_map(|i| self.status(*i)).collect();
+        let leader = statuses.iter().find(|s| s.role == "leader")?;
+        statuses
+            .iter()
+            .all(|s| s.leader == Some(leader.node_id) || s.term < leader.term)
+            .then_some(leader.node_id)
+    }
+}
+
+/// Waits (up to `limit`) for a leader every answering member agrees on.
+pub async fn wait_for_leader(backend: &dyn Backend, limit: Duration) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(l) = backend.leader() {
+            return Some(l);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Backend for Cluster {
+    fn ids(&self) -> Vec<u64> {
+        Cluster::ids(self)
+    }
+    fn client(&self, id: u64) -> SocketAddr {
+        self.node(id).client
+    }
+    fn client_config(&self, root: &Path) -> ClientConfig {
+        Cluster::client_config(self, root)
+    }
+    fn view(&self) -> Arc<Mutex<Vec<SocketAddr>>> {
+        self.view.clone()
+    }
+    fn status(&self, id: u64) -> Option<ClusterStatus> {
+        Cluster::status(self, id)
+    }
+    fn kill(&mut self, id: u64) {
+        Cluster::kill(self, id)
+    }
+    fn start_node(&mut self, id: u64) -> Result<()> {
+        Cluster::start_node(self, id)
+    }
+    fn pause(&mut self, id: u64, stop: bool) {
+        Cluster::pause(self, id, stop)
+    }
+    fn running(&self, id: u64) -> bool {
+        Cluster::running(self, id)
+    }
+    fn isolate(&mut self, id: u64) -> Result<()> {
+        for other in Cluster::ids(self).into_iter().filter(|o| *o != id) {
+            self.net.cut(id, other);
+            self.net.cut(other, id);
+        }
+        Ok(())
+    }
+    fn heal(&mut self) -> Result<()> {
+        self.net.heal();
+        Ok(())
+    }
+    fn supports(&self, _kind: crate::nemesis::Kind) -> bool {
+        true
+    }
+    fn local(&mut self) -> Option<&mut Cluster> {
+        Some(self)
+    }
+    fn undetected(&self) -> u64 {
+        self.undetected
+    }
+}
+
+/// The Docker compose cluster as a [`Backend`]: its client addresses (container IPs, which
+/// move when a container is started again or reconnected) republished after every change.
+pub struct DockerBackend {
+    inner: crate::docker::DockerCluster,
+    view: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl DockerBackend {
+    /// Wraps a started compose cluster (its ids and client addresses are known at once).
+    pub fn new(inner: crate::docker::DockerCluster) -> DockerBackend {
+        let backend = DockerBackend {
+            inner,
+            view: Arc::default(),
+        };
+        backend.publish();
+        backend
+    }
+
+    fn publish(&self) {
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = self.clients();
+    }
+}
+
+impl Backend for DockerBackend {
+    fn ids(&self) -> Vec<u64> {
+        self.inner.ids()
+    }
+    fn client(&self, id: u64) -> SocketAddr {
+        self.inner.client(id)
+    }
+    fn client_config(&self, root: &Path) -> ClientConfig {
+        let config = ClientConfig::local(root)
+            .ca_file(self.inner.ca())
+            .timeout(Duration::from_secs(3))
+            .servers(self.clients());
+        match self.inner.token() {
+            Some(token) => config.token(token),
+            None => config,
+        }
+    }
+    fn view(&self) -> Arc<Mutex<Vec<SocketAddr>>> {
+        self.view.clone()
+    }
+    fn status(&self, id: u64) -> Option<ClusterStatus> {
+        self.inner.status(id)
+    }
+    fn kill(&mut self, id: u64) {
+        self.inner.kill(id)
+    }
+    fn start_node(&mut self, id: u64) -> Result<()> {
+        self.inner.start_node(id)?;
+        self.publish();
+        Ok(())
+    }
+    fn pause(&mut self, id: u64, stop: bool) {
+        self.inner.pause(id, stop)
+    }
+    fn running(&self, id: u64) -> bool {
+        self.inner.running(id)
+    }
+    fn isolate(&mut self, id: u64) -> Result<()> {
+        self.inner.isolate(id)
+    }
+    fn heal(&mut self) -> Result<()> {
+        self.inner.heal()?;
+        self.publish();
+        Ok(())
+    }
+    fn supports(&self, kind: crate::nemesis::Kind) -> bool {
+        crate::nemesis::Kind::DOCKER.contains(&kind)
+    }
+    fn save_logs(&self, dir: &Path) {
+        self.inner.save_logs(dir);
+    }
+    fn local(&mut self) -> Option<&mut Cluster> {
+        None
+    }
+}

@@ -57,6 +57,12 @@ struct RunArgs {
     /// The seed of every choice (default: from the clock; printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Run against the Docker compose cluster of this image (built by
+    /// examples/docker/build.sh, e.g. `quiver:jepsen`) instead of local processes; only the
+    /// faults Docker can make (partition-one as a network disconnect, kill, pause, kill-all,
+    /// transfer) are chosen.
+    #[arg(long)]
+    docker: Option<String>,
     /// The `quiver` binary (default: beside this one).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -136,7 +142,17 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             ),
         }
     }
-    let nemesis = Kind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    let mut nemesis = Kind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    if args.docker.is_some() {
+        let asked = nemesis.len();
+        nemesis.retain(|k| Kind::DOCKER.contains(k));
+        if nemesis.len() < asked {
+            eprintln!(
+                "quiver-jepsen run: the Docker backend makes only {:?}; the other faults asked are left out",
+                Kind::DOCKER.map(Kind::name)
+            );
+        }
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -150,7 +166,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             .join("quiver"),
     };
     anyhow::ensure!(
-        binary.exists(),
+        binary.exists() || args.docker.is_some(),
         "no quiver binary at {} (build it: cargo build --release -p quiver-server; or --binary)",
         binary.display()
     );
@@ -167,6 +183,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         rate: args.rate,
         seed,
         out: out.clone(),
+        docker: args.docker.clone(),
         registers: workloads.contains("registers"),
         idempotent: workloads.contains("idempotent"),
         subscriptions: workloads.contains("subscriptions"),
@@ -247,7 +264,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         "# quiver-jepsen run {seed}: {verdict}\n\n\
          {} nodes, {} s, nemesis `{}`, workload {}.\n\n{what}.\n\n{findings}.\n\n\
          Reproduce: `cargo run --release -p quiver-jepsen -- run --nodes {} --time-limit {} \
-         --nemesis {} --workload {} --seed {seed}`\n",
+         --nemesis {} --workload {} --seed {seed}{}`\n",
         args.nodes,
         args.time_limit,
         args.nemesis,
@@ -256,6 +273,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         args.time_limit,
         args.nemesis,
         args.workload,
+        args.docker
+            .as_ref()
+            .map_or(String::new(), |image| format!(" --docker {image}")),
     );
     // Pictures: throughput and latency over time, the fault windows shaded.
     let history_text = std::fs::read_to_string(out.join("history.jsonl"))?;

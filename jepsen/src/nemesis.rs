@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use quiver_client::Client;
 
-use crate::control::{Cluster, Damage};
+use crate::control::{Backend, Cluster, Damage};
 use crate::relay::Rule;
 
 /// A kind of fault the scheduler may choose.
@@ -70,6 +70,15 @@ impl Kind {
         Kind::TornWrite,
         Kind::GarbledWrite,
         Kind::BitRot,
+    ];
+
+    /// The kinds the Docker backend makes (no relays, no access to files, no new nodes).
+    pub const DOCKER: [Kind; 5] = [
+        Kind::PartitionOne,
+        Kind::Kill,
+        Kind::Pause,
+        Kind::KillAll,
+        Kind::Transfer,
     ];
 
     /// The storage kinds (they need a `quiver` built with `--features fault-injection`).
@@ -192,7 +201,7 @@ fn lasting(kind: Kind) -> bool {
     matches!(kind, Kind::Membership | Kind::BitRot)
 }
 
-/// Cuts every link between nodes of different `groups`; `bridge` (if any) keeps every link.
+/// Cuts every link between nodes of different `groups`.
 fn partition(cluster: &Cluster, groups: &[Vec<u64>]) {
     let side = |id: u64| groups.iter().position(|g| g.contains(&id));
     for a in cluster.ids() {
@@ -204,17 +213,31 @@ fn partition(cluster: &Cluster, groups: &[Vec<u64>]) {
     }
 }
 
+/// The local cluster, for faults only it can make.
+fn local(backend: &mut dyn Backend) -> anyhow::Result<&mut Cluster> {
+    backend
+        .local()
+        .ok_or_else(|| anyhow::anyhow!("this fault needs the local backend"))
+}
+
 /// Starts a fault of `kind`; returns what it did (for the timeline) and how to end it.
-/// `leader` is the leader now, if known.
-/// `root` holds the client files of the nemesis's own client (transfers and membership).
+/// `leader` is the leader now, if known; `root` holds the client files of the nemesis's own
+/// client (transfers and membership). A kind the backend cannot make is skipped.
 pub async fn start(
     kind: Kind,
-    cluster: &mut Cluster,
+    backend: &mut dyn Backend,
     rng: &mut Rng,
     leader: Option<u64>,
     root: &Path,
 ) -> anyhow::Result<(String, Active)> {
+    if !backend.supports(kind) {
+        return Ok((
+            format!("skipped: {} is not made on this backend", kind.name()),
+            Active::Skipped,
+        ));
+    }
     if lasting(kind) {
+        let cluster = local(backend)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while !cluster.settled() {
             if tokio::time::Instant::now() >= deadline {
@@ -223,23 +246,22 @@ pub async fn start(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let mut ids = cluster.ids();
+    let mut ids = backend.ids();
     rng.shuffle(&mut ids);
     let n = ids.len();
     // A victim: the leader half of the time (the interesting one), else any node.
     let victim = match leader {
-        Some(l) if rng.below(2) == 0 => l,
+        Some(l) if rng.below(2) == 0 && ids.contains(&l) => l,
         _ => ids[0],
     };
     Ok(match kind {
         Kind::PartitionOne => {
-            let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != victim).collect();
-            partition(cluster, &[vec![victim], rest]);
+            backend.isolate(victim)?;
             (format!("isolated {victim}"), Active::Network)
         }
         Kind::PartitionHalves => {
             let (minority, majority) = ids.split_at(n / 2);
-            partition(cluster, &[minority.to_vec(), majority.to_vec()]);
+            partition(local(backend)?, &[minority.to_vec(), majority.to_vec()]);
             (
                 format!("minority {minority:?} | majority {majority:?}"),
                 Active::Network,
@@ -247,6 +269,7 @@ pub async fn start(
         }
         Kind::Bridge => {
             // ids[0] is the bridge; the rest split in two, each seeing the bridge only.
+            let cluster = local(backend)?;
             let bridge = ids[0];
             let rest = &ids[1..];
             let (a, b) = rest.split_at(rest.len() / 2);
@@ -262,6 +285,7 @@ pub async fn start(
             )
         }
         Kind::Ring => {
+            let cluster = local(backend)?;
             // Node ids[i] sees ids[i ± 1] only; with 3 nodes that is everyone, so cut one
             // link instead (a bridge).
             if n <= 3 {
@@ -283,6 +307,7 @@ pub async fn start(
             (format!("ring {ids:?}"), Active::Network)
         }
         Kind::OneWay => {
+            let cluster = local(backend)?;
             for other in ids.iter().filter(|i| **i != victim) {
                 cluster.net.cut(victim, *other);
             }
@@ -296,25 +321,25 @@ pub async fn start(
                 duplicate: 0.05,
                 ..Rule::default()
             };
-            cluster.net.degrade_all(rule);
+            local(backend)?.net.degrade_all(rule);
             (format!("every link: {rule:?}"), Active::Network)
         }
         Kind::Kill => {
-            cluster.kill(victim);
+            backend.kill(victim);
             (format!("killed {victim}"), Active::Killed(victim))
         }
         Kind::Pause => {
-            cluster.pause(victim, true);
+            backend.pause(victim, true);
             (format!("paused {victim}"), Active::Paused(victim))
         }
         Kind::KillAll => {
-            for id in cluster.ids() {
-                cluster.kill(id);
+            for id in backend.ids() {
+                backend.kill(id);
             }
             ("killed every node".to_string(), Active::AllKilled)
         }
         Kind::Transfer => {
-            let client = admin(cluster, root).await?;
+            let client = admin(backend, root).await?;
             let to = tokio::time::timeout(ADMIN_WAIT, client.cluster_transfer(None)).await;
             client.close().await;
             match to {
@@ -324,6 +349,7 @@ pub async fn start(
             }
         }
         Kind::Membership => {
+            let cluster = local(backend)?;
             if (cluster.ids().len() as u64) < cluster.size {
                 // A removal whose replacement did not join: add one now instead.
                 let added = add(cluster, root).await?;
@@ -351,6 +377,7 @@ pub async fn start(
             }
         }
         Kind::LoseUnsynced | Kind::TornWrite | Kind::GarbledWrite | Kind::BitRot => {
+            let cluster = local(backend)?;
             let damage = match kind {
                 Kind::LoseUnsynced => Damage::LoseUnsynced,
                 Kind::TornWrite => Damage::TearUnsynced,
@@ -375,8 +402,8 @@ pub async fn start(
 const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
 /// A client of the members, for the nemesis's own requests.
-async fn admin(cluster: &Cluster, root: &Path) -> anyhow::Result<Client> {
-    let config = cluster.client_config(root);
+async fn admin(backend: &dyn Backend, root: &Path) -> anyhow::Result<Client> {
+    let config = backend.client_config(root);
     Ok(tokio::time::timeout(ADMIN_WAIT, Client::connect(config)).await??)
 }
 
@@ -421,29 +448,34 @@ async fn add(cluster: &mut Cluster, root: &Path) -> anyhow::Result<String> {
 }
 
 /// Ends a fault; returns what it did (for the timeline).
-pub async fn stop(active: &Active, cluster: &mut Cluster, root: &Path) -> anyhow::Result<String> {
+pub async fn stop(
+    active: &Active,
+    backend: &mut dyn Backend,
+    root: &Path,
+) -> anyhow::Result<String> {
     Ok(match active {
         Active::Network => {
-            cluster.net.heal();
+            backend.heal()?;
             "healed".into()
         }
         Active::Killed(id) => {
-            cluster.start_node(*id)?;
+            backend.start_node(*id)?;
             format!("restarted {id}")
         }
         Active::Paused(id) => {
-            cluster.pause(*id, false);
+            backend.pause(*id, false);
             format!("resumed {id}")
         }
         Active::AllKilled => {
-            for id in cluster.ids() {
-                if !cluster.running(id) {
-                    cluster.start_node(id)?;
+            for id in backend.ids() {
+                if !backend.running(id) {
+                    backend.start_node(id)?;
                 }
             }
             "restarted every node".into()
         }
         Active::Damaged(id, damage) => {
+            let cluster = local(backend)?;
             cluster.start_node(*id)?;
             if *damage != Damage::RotSynced {
                 return Ok(format!("restarted {id}"));
@@ -492,7 +524,7 @@ pub async fn stop(active: &Active, cluster: &mut Cluster, root: &Path) -> anyhow
                 }
             }
         }
-        Active::Removed => add(cluster, root).await?,
+        Active::Removed => add(local(backend)?, root).await?,
         Active::Nothing | Active::Skipped => String::new(),
     })
 }

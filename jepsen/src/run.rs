@@ -22,7 +22,7 @@ use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, Rea
 use quiver_net::ErrorCode;
 use serde_json::{json, Value};
 
-use crate::control::Cluster;
+use crate::control::{wait_for_leader, Backend, Cluster, DockerBackend};
 use crate::nemesis::{self, Kind, Rng};
 use crate::subscribers::{Subscribers, SubscriptionReport};
 
@@ -47,6 +47,9 @@ pub struct Options {
     pub seed: u64,
     /// Where the run's files go.
     pub out: PathBuf,
+    /// Run against the Docker compose cluster of this image instead of local processes
+    /// (`binary` is then unused; faults the backend cannot make are skipped).
+    pub docker: Option<String>,
     /// Workload `registers`: one append in three is a compare-and-append (read, then append
     /// expecting exactly the version read).
     pub registers: bool,
@@ -403,7 +406,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// per start and end in `timeline.jsonl`.
 #[allow(clippy::too_many_arguments)]
 async fn nemesis_loop(
-    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    cluster: Arc<tokio::sync::Mutex<Box<dyn Backend>>>,
     kinds: Vec<Kind>,
     interval: Duration,
     seed: u64,
@@ -434,7 +437,7 @@ async fn nemesis_loop(
         let t0 = rec.start.elapsed().as_nanos() as u64;
         let (what, active) = {
             let mut c = cluster.lock().await;
-            nemesis::start(kind, &mut c, &mut rng, leader, &root).await?
+            nemesis::start(kind, &mut **c, &mut rng, leader, &root).await?
         };
         if active != nemesis::Active::Skipped {
             lock(&rec.counts).faults += 1;
@@ -451,9 +454,9 @@ async fn nemesis_loop(
         }
         let done = {
             let mut c = cluster.lock().await;
-            c.net.heal();
-            let done = nemesis::stop(&active, &mut c, &root).await?;
-            lock(&rec.counts).undetected_corruption = c.undetected;
+            c.heal()?;
+            let done = nemesis::stop(&active, &mut **c, &root).await?;
+            lock(&rec.counts).undetected_corruption = c.undetected();
             done
         };
         let t1 = rec.start.elapsed().as_nanos() as u64;
@@ -491,13 +494,17 @@ pub struct Outcome {
 pub async fn run(opts: &Options) -> Result<Outcome> {
     std::fs::create_dir_all(&opts.out)?;
     let data = opts.out.join("nodes");
-    let cluster = Cluster::start(&opts.binary, opts.nodes, &data, opts.seed).await?;
-    cluster
-        .wait_for_leader(Duration::from_secs(30))
+    let cluster: Box<dyn Backend> = match &opts.docker {
+        None => Box::new(Cluster::start(&opts.binary, opts.nodes, &data, opts.seed).await?),
+        Some(image) => Box::new(DockerBackend::new(
+            crate::docker::DockerCluster::start(image, opts.nodes, &data, opts.seed).await?,
+        )),
+    };
+    wait_for_leader(&*cluster, Duration::from_secs(90))
         .await
-        .context("no leader within 30 s of starting the cluster")?;
+        .context("no leader within 90 s of starting the cluster")?;
     let config = cluster.client_config(&opts.out);
-    let view = cluster.view.clone();
+    let view = cluster.view();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let rec = Recorder::new(&opts.out.join("history.jsonl"))?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -574,10 +581,9 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
     nemesis.await??;
     // Healed: every node up, every link clear; wait for one leader and for every node to
     // apply its commit index, then read every stream on every node.
-    let cluster = cluster.lock().await;
-    cluster.net.heal();
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
+    let mut cluster = cluster.lock().await;
+    cluster.heal()?;
+    let leader = wait_for_leader(&**cluster, Duration::from_secs(30))
         .await
         .context("no leader within 30 s after healing")?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -604,20 +610,19 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
     let streams: Vec<u64> = (0..lock(&keys).next_key).collect();
     let mut replicas = BTreeMap::new();
     for id in cluster.ids() {
-        let node = cluster.node(id);
         let config = cluster
             .client_config(&opts.out)
-            .servers([node.client])
+            .servers([cluster.client(id)])
             .follower_reads(true);
         let client = Client::connect(config).await?;
         let mut held = BTreeMap::new();
         for key in &streams {
             let elements = read_elements(&client, *key)
                 .await
-                .with_context(|| format!("final read of {} on node {}", stream(*key), node.id))?;
+                .with_context(|| format!("final read of {} on node {id}", stream(*key)))?;
             held.insert(stream(*key), elements);
         }
-        replicas.insert(node.id, held);
+        replicas.insert(id, held);
     }
     // The final reads enter the history too, as reads by one more process, so the checker
     // sees what the healed cluster holds.
@@ -641,6 +646,7 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
         }
     }
     rec.flush();
+    cluster.save_logs(&data);
     // The subscribers must deliver what the healed cluster holds (the leader's streams).
     let subscriptions = match (subscribers, replicas.get(&leader)) {
         (Some(subs), Some(held)) => Some(subs.finish(held, Duration::from_secs(60)).await),
