@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::control::{wait_for_leader, Backend, Cluster, DockerBackend};
 use crate::nemesis::{self, Kind, Rng};
-use crate::subscribers::{Subscribers, SubscriptionReport};
+use crate::subscribers::{ConfigSource, Subscribers, SubscriptionReport};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -518,20 +518,26 @@ pub async fn run(opts: &Options) -> Result<Outcome> {
     // through healing (their own stop: only `finish` ends them).
     let (_abandon, abandoned) = tokio::sync::watch::channel(false);
     let subscribers = if opts.subscriptions {
-        let c = cluster.lock().await;
-        let clients = c.clients();
-        let per_node = c
-            .ids()
+        let ids = cluster.lock().await.ids();
+        // Each transient subscriber prefers the member in its slot, and reconnects to the
+        // members of the moment (its first node may be removed and replaced).
+        let source = |slot: usize| -> ConfigSource {
+            let (config, view) = (config.clone(), view.clone());
+            Arc::new(move || {
+                let mut order = lock(&view).clone();
+                if !order.is_empty() {
+                    let at = slot % order.len();
+                    order.rotate_left(at);
+                }
+                config.clone().servers(order)
+            })
+        };
+        let per_node = ids
             .into_iter()
             .enumerate()
-            .map(|(i, id)| {
-                let mut order = clients.clone();
-                order.rotate_left(i);
-                (id, config.clone().servers(order))
-            })
+            .map(|(i, id)| (id, source(i)))
             .collect();
-        drop(c);
-        Some(Subscribers::start(per_node, config.clone(), &opts.out, abandoned).await?)
+        Some(Subscribers::start(per_node, source(0), &opts.out, abandoned).await?)
     } else {
         None
     };

@@ -25,6 +25,11 @@ use quiver_client::{
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+/// Makes the configuration a subscriber connects with, asked again at every (re)connection,
+/// so that it can follow the cluster's membership (a subscriber whose nodes were all removed
+/// would otherwise never connect again).
+pub type ConfigSource = Arc<dyn Fn() -> ClientConfig + Send + Sync>;
+
 /// The streams the subscribers follow: the list-append workload's (`la-{key}`).
 pub const STREAM_PREFIX: &str = "la-";
 
@@ -470,13 +475,17 @@ async fn backoff(halt: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// A transient catch-up subscriber on `$all`, pinned to one node, until halted.
-async fn transient(sub: Arc<Subscriber>, config: ClientConfig, mut halt: watch::Receiver<bool>) {
+/// How long a subscriber waits on `next()` before it starts again (the workload writes all
+/// the time, so a silence this long means its node is gone).
+const STALL: Duration = Duration::from_secs(10);
+
+async fn transient(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::Receiver<bool>) {
     // Resume point: just past the last event delivered.
     let mut from: Option<u64> = None;
     'run: while !*halt.borrow() {
         let client = tokio::select! {
             _ = halted(&mut halt) => break 'run,
-            c = Client::connect(config.clone()) => c,
+            c = Client::connect(config()) => c,
         };
         let client = match client {
             Ok(c) => c,
@@ -510,7 +519,14 @@ async fn transient(sub: Arc<Subscriber>, config: ClientConfig, mut halt: watch::
         loop {
             let message = tokio::select! {
                 _ = halted(&mut halt) => break 'run,
-                m = subscription.next() => m,
+                m = tokio::time::timeout(STALL, subscription.next()) => m,
+            };
+            let Ok(message) = message else {
+                // The client resubscribes by itself, but only on the addresses it was given:
+                // when every one of them has left the cluster it waits on. Start again from
+                // the members of now.
+                sub.note("stalled: reconnecting to the members of now");
+                break;
             };
             match message {
                 Ok(Some(SubscriptionMessage::Event(event))) => {
@@ -537,7 +553,7 @@ async fn transient(sub: Arc<Subscriber>, config: ClientConfig, mut halt: watch::
 
 /// The persistent group's consumer: creates the group (an existing one is fine), joins it,
 /// acknowledges every delivery; after an error joins again, until halted.
-async fn group(sub: Arc<Subscriber>, config: ClientConfig, mut halt: watch::Receiver<bool>) {
+async fn group(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::Receiver<bool>) {
     let definition = PersistentDefinition::all(GROUP)
         .stream_prefix(STREAM_PREFIX)
         .message_timeout_ms(GROUP_MESSAGE_TIMEOUT_MS)
@@ -546,7 +562,7 @@ async fn group(sub: Arc<Subscriber>, config: ClientConfig, mut halt: watch::Rece
     'run: while !*halt.borrow() {
         let client = tokio::select! {
             _ = halted(&mut halt) => break 'run,
-            c = Client::connect(config.clone()) => c,
+            c = Client::connect(config()) => c,
         };
         let client = match client {
             Ok(c) => c,
@@ -598,7 +614,13 @@ async fn group(sub: Arc<Subscriber>, config: ClientConfig, mut halt: watch::Rece
         loop {
             let next = tokio::select! {
                 _ = halted(&mut halt) => break 'run,
-                d = consumer.next() => d,
+                d = tokio::time::timeout(STALL, consumer.next()) => d,
+            };
+            let Ok(next) = next else {
+                // As for a transient subscriber: the consumer follows the leader only among
+                // the addresses it was given. Join again through the members of now.
+                sub.note("stalled: joining again through the members of now");
+                break;
             };
             match next {
                 Ok(Some(delivery)) => {
@@ -649,8 +671,8 @@ impl Subscribers {
     /// until `finish` has seen them catch up; `stop` is for abandoning a run. Must be called
     /// inside a tokio runtime.
     pub async fn start(
-        per_node: Vec<(u64, ClientConfig)>,
-        any_node: ClientConfig,
+        per_node: Vec<(u64, ConfigSource)>,
+        any_node: ConfigSource,
         out: &Path,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Subscribers> {

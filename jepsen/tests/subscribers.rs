@@ -9,12 +9,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
 use quiver_jepsen::control::Cluster;
-use quiver_jepsen::subscribers::{check_transient, FindingKind, Subscribers, LOG_FILE};
+use quiver_jepsen::subscribers::{
+    check_transient, ConfigSource, FindingKind, Subscribers, LOG_FILE,
+};
 
 const STREAMS: u64 = 4;
 const EVENTS: u64 = 60;
@@ -168,10 +171,16 @@ async fn scenario(binary: &Path, dir: &Path) -> Result<()> {
     let per_node = cluster
         .nodes
         .iter()
-        .map(|n| (n.id, config.clone().servers([n.client])))
+        .map(|n| {
+            let pinned = config.clone().servers([n.client]);
+            let source: ConfigSource = Arc::new(move || pinned.clone());
+            (n.id, source)
+        })
         .collect();
     let (_stop, stop) = tokio::sync::watch::channel(false);
-    let subscribers = Subscribers::start(per_node, config.clone(), dir, stop).await?;
+    let any = config.clone();
+    let subscribers =
+        Subscribers::start(per_node, Arc::new(move || any.clone()), dir, stop).await?;
     let client = Client::connect(config.clone()).await?;
 
     append_range(&client, 1..=20).await?;
