@@ -9,7 +9,7 @@ use quiver_net::{ErrorCode, Text};
 pub enum Error {
     /// The stream's version is not what the writer expected; `actual` is its version
     /// (`None`: the stream does not exist).
-    #[error("wrong expected version: {message} (actual {actual:?})")]
+    #[error("{}", conflict(.message, *.actual))]
     WrongExpectedVersion {
         /// The stream's version.
         actual: Option<u64>,
@@ -61,7 +61,39 @@ pub enum Error {
     Timeout,
 }
 
+/// A conflict as the server said it (it names the stream, what the writer expected and what
+/// the stream is, in words), or in words here when it said nothing.
+fn conflict(message: &str, actual: Option<u64>) -> String {
+    match (message.is_empty(), actual) {
+        (false, _) => message.to_string(),
+        (true, Some(v)) => format!("wrong expected version: the stream is at version {v}"),
+        (true, None) => "wrong expected version: the stream does not exist".to_string(),
+    }
+}
+
 impl Error {
+    /// Whether the same request may succeed if it is sent again, unchanged (for an append,
+    /// with the same event ids, which makes a retry idempotent): the server could not be
+    /// reached, the outcome is unknown (a timeout, a lost connection), or the node was not
+    /// the leader, unavailable or out of time. A conflict, a missing stream, a bad request
+    /// or refused credentials will be refused again.
+    ///
+    /// ```
+    /// use quiver_client::Error;
+    /// assert!(Error::Timeout.is_retryable());
+    /// assert!(!Error::NotFound("acct-1".into()).is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect(_) | Error::Transport(_) | Error::Timeout => true,
+            Error::Server { code, .. } => matches!(
+                code,
+                ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn from_wire(code: ErrorCode, message: Text, actual: Option<u64>) -> Error {
         let message = message.as_str().to_string();
         match code {
@@ -118,6 +150,64 @@ impl Error {
                 }
             }
             _ => Error::transport(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_reads_as_the_server_said_it() {
+        let e = Error::WrongExpectedVersion {
+            actual: Some(1),
+            message: "wrong expected version for 'acct-1': expected version 0, but the stream \
+                      is at version 1"
+                .into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "wrong expected version for 'acct-1': expected version 0, but the stream is at \
+             version 1"
+        );
+        let bare = Error::WrongExpectedVersion {
+            actual: None,
+            message: String::new(),
+        };
+        assert_eq!(
+            bare.to_string(),
+            "wrong expected version: the stream does not exist"
+        );
+        assert!(!bare.to_string().contains("None"));
+    }
+
+    #[test]
+    fn what_may_be_sent_again() {
+        let server = |code| Error::Server {
+            code,
+            message: String::new(),
+        };
+        for retryable in [
+            Error::Timeout,
+            Error::Connect("refused".into()),
+            Error::Transport("reset".into()),
+            server(ErrorCode::NotLeader),
+            server(ErrorCode::Unavailable),
+        ] {
+            assert!(retryable.is_retryable(), "{retryable:?}");
+        }
+        for refused in [
+            Error::WrongExpectedVersion {
+                actual: None,
+                message: String::new(),
+            },
+            Error::StreamDeleted("s".into()),
+            Error::Unauthenticated("no token".into()),
+            server(ErrorCode::InvalidRequest),
+            server(ErrorCode::IdempotencyMismatch),
+        ] {
+            assert!(!refused.is_retryable(), "{refused:?}");
         }
     }
 }

@@ -20,10 +20,12 @@
 //!
 //! ## Layout
 //! - `lib.rs` — [`Client`], its options and results.
+//! - `connstr.rs` — [`ClientConfig::from_url`], [`ClientConfig::from_env`], server lists.
 //! - `error.rs` — [`Error`].
 //! - `persistent.rs` — persistent subscriptions: definitions, [`PersistentSubscription`].
 #![warn(missing_docs, unreachable_pub)]
 
+mod connstr;
 mod error;
 mod persistent;
 
@@ -34,16 +36,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use quiver_net::message::{self, Expected, Match, Request, Response};
 use quiver_net::quic::read_frame;
-use quiver_net::{ErrorCode, Text, PROTOCOL_VERSION};
-use uuid::Uuid;
+use quiver_net::{Text, PROTOCOL_VERSION};
 
+pub use bytes::Bytes;
+pub use connstr::{ConfigError, PORT_DEFAULT};
 pub use error::Error;
 pub use persistent::{
     Delivery, NackAction, PersistentDefinition, PersistentInfo, PersistentSubscription, Strategy,
 };
+/// The server's error codes, as [`Error::Server`] carries them.
+pub use quiver_net::ErrorCode;
+pub use uuid::Uuid;
 
 /// Default server address.
 pub const SERVER_DEFAULT: &str = "127.0.0.1:7600";
@@ -512,9 +518,18 @@ impl Client {
                     config.ca_file.display()
                 ))
             })?;
-        let endpoint =
-            quiver_net::quic::client_endpoint(&roots).map_err(|e| Error::Connect(e.to_string()))?;
         let addresses = config.addresses();
+        // An IPv6 server needs an IPv6 socket (dual-stack: IPv4 servers stay reachable).
+        let bind = if addresses.iter().any(SocketAddr::is_ipv6) {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let endpoint = quiver_net::quic::client_endpoint_on(
+            &roots,
+            bind.parse().expect("a valid wildcard address"),
+        )
+        .map_err(|e| Error::Connect(e.to_string()))?;
         let mut first = None;
         for (at, addr) in addresses.iter().enumerate() {
             match handshake(&endpoint, &config, *addr).await {

@@ -114,11 +114,29 @@ pub(crate) fn is_no_space_on_write(e: &io::Error) -> bool {
         .is_some_and(|inner| inner.is::<NoSpaceOnWrite>())
 }
 
+/// A version conflict in a person's words: what the writer expected, and what the stream is.
+fn conflict(expected: crate::ExpectedVersion, actual: Option<u64>) -> String {
+    use crate::ExpectedVersion as E;
+    let wanted = match expected {
+        E::Any => "any version".to_string(),
+        E::NoStream => "no stream".to_string(),
+        E::StreamExists => "the stream to exist".to_string(),
+        E::Exact(v) => format!("version {v}"),
+    };
+    let found = match (expected, actual) {
+        (E::NoStream, Some(a)) => format!("it exists at version {a}"),
+        (E::StreamExists, None) => "it does not".to_string(),
+        (_, Some(a)) => format!("the stream is at version {a}"),
+        (_, None) => "the stream does not exist".to_string(),
+    };
+    format!("expected {wanted}, but {found}")
+}
+
 /// Why an append (single or multi-stream) failed. Nothing was written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
     /// The stream's version is not what the writer expected.
-    #[error("wrong expected version for '{stream}': expected {expected:?}, actual {actual:?}")]
+    #[error("wrong expected version for '{stream}': {}", conflict(*.expected, *.actual))]
     WrongExpectedVersion {
         /// The stream.
         stream: String,
@@ -257,4 +275,38 @@ pub enum ScavengeError {
     /// A segment to rewrite failed its checksum.
     #[error(transparent)]
     Corruption(#[from] Corruption),
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+    use crate::ExpectedVersion as E;
+
+    #[test]
+    fn a_version_conflict_reads_as_a_person_would_say_it() {
+        let says = |expected, actual| {
+            AppendError::WrongExpectedVersion {
+                stream: "acct-1".into(),
+                expected,
+                actual,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            says(E::Exact(0), Some(1)),
+            "wrong expected version for 'acct-1': expected version 0, but the stream is at version 1"
+        );
+        assert_eq!(
+            says(E::NoStream, Some(4)),
+            "wrong expected version for 'acct-1': expected no stream, but it exists at version 4"
+        );
+        assert_eq!(
+            says(E::StreamExists, None),
+            "wrong expected version for 'acct-1': expected the stream to exist, but it does not"
+        );
+        assert_eq!(
+            says(E::Exact(3), None),
+            "wrong expected version for 'acct-1': expected version 3, but the stream does not exist"
+        );
+    }
 }

@@ -116,6 +116,18 @@ fn endpoint(
 
 /// A client endpoint that trusts the certificate authorities in `roots`.
 pub fn client_endpoint(roots: &[CertificateDer<'static>]) -> Result<quinn::Endpoint, SetupError> {
+    client_endpoint_on(
+        roots,
+        "0.0.0.0:0".parse().expect("a valid wildcard address"),
+    )
+}
+
+/// [`client_endpoint`] on the socket `bind`: `[::]:0` reaches IPv6 servers (and, dual-stack,
+/// IPv4 ones too, where the host allows it).
+pub fn client_endpoint_on(
+    roots: &[CertificateDer<'static>],
+    bind: SocketAddr,
+) -> Result<quinn::Endpoint, SetupError> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone())?;
@@ -128,7 +140,6 @@ pub fn client_endpoint(roots: &[CertificateDer<'static>]) -> Result<quinn::Endpo
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| SetupError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport(CLIENT_IDLE_TIMEOUT)));
-    let bind: SocketAddr = "0.0.0.0:0".parse().expect("a valid wildcard address");
     let mut endpoint = endpoint(bind, None)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)

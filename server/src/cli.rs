@@ -11,7 +11,7 @@
 //! line or stdin is checked and stored exactly as written.
 
 use std::io::{BufRead, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -758,25 +758,9 @@ fn client_config(conn: &ConnArgs) -> Result<ClientConfig> {
     let mut config = ClientConfig::local(".")
         .ca_file(ca)
         .timeout(Duration::from_secs(conn.timeout));
-    let mut addresses = Vec::new();
-    for one in conn.server.split(',') {
-        match one.parse::<SocketAddr>() {
-            Ok(addr) => addresses.push(addr),
-            Err(_) => {
-                // A name: resolve it, and expect it in the server's certificate.
-                let addr = one
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| Failure::new(exit::FAILURE, format!("cannot resolve {one}")))?;
-                addresses.push(addr);
-                if let Some((host, _)) = one.rsplit_once(':') {
-                    config.server_name = host.trim_matches(['[', ']']).to_string();
-                }
-            }
-        }
-    }
-    config = config.servers(addresses);
+    config = config
+        .with_servers(&conn.server)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     if let Some(token) = &conn.token {
         config = config.token(token.clone());
     }

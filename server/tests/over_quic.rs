@@ -540,3 +540,48 @@ async fn a_response_larger_than_the_largest_request_is_read() {
     c.close().await;
     server.stop().await;
 }
+
+/// A client configured from a connection string reaches a server listening on IPv6 loopback
+/// (the client's socket follows the servers' address family), with the CA, token and timeout
+/// the string gives; a conflict then reads as a person would say it, and is not retryable.
+#[tokio::test]
+async fn a_connection_string_reaches_a_server_on_ipv6() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.listen = "[::1]:0".parse().unwrap();
+    config.token = Some("s3cret".into());
+    let server = start(config);
+    let ca = dir.path().join("tls").join("ca.pem");
+    let url = format!(
+        "quiver://[::1]:{}?ca={}&token=s3cret&timeout=5",
+        server.addr.port(),
+        ca.display()
+    );
+    let client = Client::connect(ClientConfig::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let event = || vec![EventData::json("Opened", "{}")];
+    client
+        .append("acct-v6", ExpectedVersion::NoStream, event())
+        .await
+        .unwrap();
+    let e = client
+        .append("acct-v6", ExpectedVersion::NoStream, event())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "wrong expected version for 'acct-v6': expected no stream, but it exists at version 0"
+    );
+    assert!(!e.is_retryable());
+    // Without the token the same string is refused, with the reason.
+    let no_token = url.replace("&token=s3cret", "");
+    let refused = Client::connect(ClientConfig::from_url(&no_token).unwrap()).await;
+    assert!(
+        matches!(refused, Err(Error::Unauthenticated(_))),
+        "{:?}",
+        refused.err()
+    );
+    drop(client);
+    server.stop().await;
+}
