@@ -540,6 +540,12 @@ async fn snapshot_store_snapshots_where_the_size_says() {
         .await
         .unwrap();
     assert_eq!((loaded.aggregate.balance, loaded.current_sequence), (15, 5));
+    // 6 crosses 6: the snapshot folds the one at 4, event 5 and event 6.
+    cqrs.execute(&id, deposit(16)).await.unwrap();
+    let snapshot = repo.get_snapshot::<Account>(&id).await.unwrap().unwrap();
+    assert_eq!(snapshot.current_sequence, 6);
+    assert_eq!(snapshot.aggregate["balance"], json!(31));
+    assert_eq!(snapshot.current_snapshot, 2);
     client.close().await;
     node.stop().await;
 }
