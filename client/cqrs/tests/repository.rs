@@ -496,6 +496,32 @@ async fn aggregate_store_snapshots_are_never_stale() {
         0
     );
 
+    // Two commands decide on the same state and commit at once: the loser leaves nothing,
+    // so the snapshot is the winner's state at the winner's sequence.
+    let id = fresh_id();
+    plain.execute(&id, open("ada")).await.unwrap();
+    let gated = cqrs(
+        &client,
+        Kind::Aggregate,
+        Services {
+            gate: Some(Arc::new(tokio::sync::Barrier::new(2))),
+        },
+    );
+    let (a, b) = tokio::join!(
+        gated.execute(&id, deposit(20)),
+        gated.execute(&id, deposit(1000))
+    );
+    assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+    let events = repo.get_events::<Account>(&id).await.unwrap();
+    let balance: i64 = events
+        .iter()
+        .filter_map(|e| e.payload["Deposited"]["amount"].as_i64())
+        .sum();
+    let snapshot = repo.get_snapshot::<Account>(&id).await.unwrap().unwrap();
+    assert_eq!(snapshot.current_sequence, 2);
+    assert_eq!(snapshot.aggregate["balance"], json!(balance));
+    assert_eq!(events.len(), 2);
+
     // The snapshot cannot be written (its stream is deleted for ever): no events either.
     let id = fresh_id();
     plain.execute(&id, open("ada")).await.unwrap();
