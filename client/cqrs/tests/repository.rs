@@ -522,21 +522,48 @@ async fn aggregate_store_snapshots_are_never_stale() {
     assert_eq!(snapshot.aggregate["balance"], json!(balance));
     assert_eq!(events.len(), 2);
 
-    // The snapshot cannot be written (its stream is deleted for ever): no events either.
-    let id = fresh_id();
-    plain.execute(&id, open("ada")).await.unwrap();
-    plain.execute(&id, deposit(10)).await.unwrap();
-    client
-        .tombstone_stream(
-            &snapshot_stream("account", &id).unwrap(),
-            ExpectedVersion::Any,
-        )
-        .await
-        .unwrap();
-    let failed = plain.execute(&id, deposit(20)).await;
-    assert!(failed.is_err(), "{failed:?}");
-    let events = repo.get_events::<Account>(&id).await.unwrap();
-    assert_eq!(events.len(), 2, "the failed commit left its events behind");
+    // Between a command's load and its commit, one of the two streams is deleted for ever,
+    // so that part of the write is refused: the other part is not written either.
+    for deleted in ["snapshots", "events"] {
+        let id = fresh_id();
+        plain.execute(&id, open("ada")).await.unwrap();
+        plain.execute(&id, deposit(10)).await.unwrap();
+        let gate = Arc::new(tokio::sync::Barrier::new(2));
+        let gated = cqrs(
+            &client,
+            Kind::Aggregate,
+            Services {
+                gate: Some(gate.clone()),
+            },
+        );
+        let command = {
+            let id = id.clone();
+            tokio::spawn(async move { gated.execute(&id, deposit(20)).await })
+        };
+        gate.wait().await; // the command has loaded
+        let stream = match deleted {
+            "snapshots" => snapshot_stream("account", &id).unwrap(),
+            _ => event_stream("account", &id).unwrap(),
+        };
+        client
+            .tombstone_stream(&stream, ExpectedVersion::Any)
+            .await
+            .unwrap();
+        gate.wait().await; // let it commit
+        let failed = command.await.unwrap();
+        assert!(failed.is_err(), "{failed:?}");
+        if deleted == "snapshots" {
+            let events = repo.get_events::<Account>(&id).await.unwrap();
+            assert_eq!(events.len(), 2, "the failed commit left its events behind");
+        } else {
+            let s = repo.get_snapshot::<Account>(&id).await.unwrap().unwrap();
+            assert_eq!(
+                s.current_sequence, 2,
+                "the failed commit left its snapshot behind"
+            );
+            assert_eq!(s.aggregate["balance"], json!(10));
+        }
+    }
     client.close().await;
     node.stop().await;
 }

@@ -63,8 +63,10 @@ pub enum AccountError {
     InsufficientFunds { balance: i64, asked: i64 },
 }
 
-/// What commands may wait on: with a gate, every command waits there after its aggregate is
-/// loaded, so concurrent commands decide on the same state.
+/// What commands may wait on: with a gate, every command waits there twice after its
+/// aggregate is loaded, before deciding. Concurrent commands on one gate decide on the same
+/// state; a test on the gate can act between a command's load and its commit (its first
+/// wait returns once the command has loaded; its second lets the command go on).
 #[derive(Debug, Clone, Default)]
 pub struct Services {
     pub gate: Option<Arc<tokio::sync::Barrier>>,
@@ -84,6 +86,7 @@ impl Aggregate for Account {
         sink: &EventSink<Self>,
     ) -> Result<(), AccountError> {
         if let Some(gate) = &services.gate {
+            gate.wait().await;
             gate.wait().await;
         }
         match command {
