@@ -459,7 +459,7 @@ async fn a_persist_whose_answer_is_lost_is_retried_idempotently() {
 
 /// `new_aggregate_store` loads the snapshot alone, so a snapshot behind or ahead of the
 /// events would be wrong state for ever after. A commit that loses a race leaves neither
-/// events nor snapshot; a commit whose snapshot cannot be written leaves no events.
+/// events nor snapshot; a commit whose events cannot be written leaves no snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregate_store_snapshots_are_never_stale() {
     let node = common::start();
@@ -522,48 +522,62 @@ async fn aggregate_store_snapshots_are_never_stale() {
     assert_eq!(snapshot.aggregate["balance"], json!(balance));
     assert_eq!(events.len(), 2);
 
-    // Between a command's load and its commit, one of the two streams is deleted for ever,
-    // so that part of the write is refused: the other part is not written either.
-    for deleted in ["snapshots", "events"] {
-        let id = fresh_id();
-        plain.execute(&id, open("ada")).await.unwrap();
-        plain.execute(&id, deposit(10)).await.unwrap();
-        let gate = Arc::new(tokio::sync::Barrier::new(2));
-        let gated = cqrs(
-            &client,
-            Kind::Aggregate,
-            Services {
-                gate: Some(gate.clone()),
-            },
-        );
-        let command = {
-            let id = id.clone();
-            tokio::spawn(async move { gated.execute(&id, deposit(20)).await })
-        };
-        gate.wait().await; // the command has loaded
-        let stream = match deleted {
-            "snapshots" => snapshot_stream("account", &id).unwrap(),
-            _ => event_stream("account", &id).unwrap(),
-        };
-        client
-            .tombstone_stream(&stream, ExpectedVersion::Any)
-            .await
-            .unwrap();
-        gate.wait().await; // let it commit
-        let failed = command.await.unwrap();
-        assert!(failed.is_err(), "{failed:?}");
-        if deleted == "snapshots" {
-            let events = repo.get_events::<Account>(&id).await.unwrap();
-            assert_eq!(events.len(), 2, "the failed commit left its events behind");
-        } else {
-            let s = repo.get_snapshot::<Account>(&id).await.unwrap().unwrap();
-            assert_eq!(
-                s.current_sequence, 2,
-                "the failed commit left its snapshot behind"
-            );
-            assert_eq!(s.aggregate["balance"], json!(10));
-        }
-    }
+    // Between a command's load and its commit, its event stream is deleted for ever, so the
+    // events are refused: the snapshot is not written either. (The other way round, a
+    // snapshot refused with events that fit, is `a_snapshot_too_large_to_write_leaves_no_events`.)
+    let id = fresh_id();
+    plain.execute(&id, open("ada")).await.unwrap();
+    plain.execute(&id, deposit(10)).await.unwrap();
+    let gate = Arc::new(tokio::sync::Barrier::new(2));
+    let gated = cqrs(
+        &client,
+        Kind::Aggregate,
+        Services {
+            gate: Some(gate.clone()),
+        },
+    );
+    let command = {
+        let id = id.clone();
+        tokio::spawn(async move { gated.execute(&id, deposit(20)).await })
+    };
+    gate.wait().await; // the command has loaded
+    client
+        .tombstone_stream(&event_stream("account", &id).unwrap(), ExpectedVersion::Any)
+        .await
+        .unwrap();
+    gate.wait().await; // let it commit
+    let failed = command.await.unwrap();
+    assert!(failed.is_err(), "{failed:?}");
+    let s = repo.get_snapshot::<Account>(&id).await.unwrap().unwrap();
+    assert_eq!(
+        s.current_sequence, 2,
+        "the failed commit left its snapshot behind"
+    );
+    assert_eq!(s.aggregate["balance"], json!(10));
+    client.close().await;
+    node.stop().await;
+}
+
+/// A commit whose snapshot is too large for the server (here, a frame limit of 64 KiB and
+/// a 40 KB state) fails whole: its events, small enough on their own, are not stored either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_too_large_to_write_leaves_no_events() {
+    let node = common::start_with(|c| c.frame_bytes_max = 64 << 10);
+    let client = node.client().await;
+    let repo = QuiverEventRepository::new(client.clone());
+    let big = open(&"x".repeat(40_000));
+    let id = fresh_id();
+    let refused = cqrs(&client, Kind::Aggregate, Services::default())
+        .execute(&id, big.clone())
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(repo.get_events::<Account>(&id).await.unwrap().is_empty());
+    assert!(repo.get_snapshot::<Account>(&id).await.unwrap().is_none());
+    // Without a snapshot the same event fits.
+    cqrs(&client, Kind::Events, Services::default())
+        .execute(&id, big)
+        .await
+        .unwrap();
     client.close().await;
     node.stop().await;
 }

@@ -27,13 +27,19 @@ pub struct Node {
 
 /// Starts a server on a free loopback port.
 pub fn start() -> Node {
+    start_with(|_| {})
+}
+
+/// Starts a server on a free loopback port, its configuration changed by `change`.
+pub fn start_with(change: impl FnOnce(&mut ServerConfig)) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         http: None,
         segment_mib: 8,
         ..ServerConfig::new(dir.path())
     };
+    change(&mut config);
     let server = Server::start(&config).expect("the server starts");
     let addr = server.local_addr();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
