@@ -54,7 +54,7 @@
 //! - **Versions.** cqrs-es numbers an aggregate's events from 1, Quiver a stream's from 0:
 //!   event `sequence` is stream version `sequence - 1`. A `persist` whose first event is
 //!   `sequence` appends with `ExpectedVersion::NoStream` when `sequence` is 1, else
-//!   `Exact(sequence - 2)`; `WrongExpectedVersion` is
+//!   `Exact(sequence - 2)`; `WrongExpectedVersion` (and `IdempotencyMismatch`, see Ids) is
 //!   [`PersistenceError::OptimisticLockError`].
 //! - **Ids.** Event ids are v5 UUIDs of (aggregate type, aggregate id, sequence)
 //!   ([`event_id`]), so an append resent after an unknown outcome (timeout, lost connection;
@@ -78,7 +78,7 @@
 //! - **The snapshot's state.** `persist` does not store the aggregate state cqrs-es 0.5.0
 //!   hands it: `CqrsFramework` applies a command's events as the command writes them
 //!   (`EventSink::write`), then `PersistedEventStore` applies them again for the snapshot,
-//!   so the state counts them twice (a deposit of 10 shows as 20); and a snapshot store may
+//!   so the state counts them twice (a deposit of 10 would be stored as 20); and a snapshot store may
 //!   hand a state short of the commit's last event without saying which. The repository
 //!   folds the state itself with `A::apply`: the newest snapshot, the stored events after
 //!   it, then the commit's events; the snapshot covers the commit's last event. This costs
