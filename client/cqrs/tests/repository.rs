@@ -623,7 +623,7 @@ async fn stream_all_events_selects_exactly_one_type() {
     let node = common::start();
     let client = node.client().await;
     let repo = QuiverEventRepository::new(client.clone());
-    let orders = CqrsFramework::new(repo.clone().event_store::<Order>(), vec![], ());
+    let orders = quiver_cqrs::quiver_cqrs::<Order>(client.clone(), vec![], ());
     let lines = CqrsFramework::new(repo.clone().event_store::<OrderLine>(), vec![], ());
     let others = CqrsFramework::new(repo.clone().event_store::<Orders>(), vec![], ());
     for i in 0..3 {
