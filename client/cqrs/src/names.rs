@@ -1,0 +1,218 @@
+//! How aggregates map onto Quiver streams, and how events get their ids.
+//!
+//! An aggregate instance's events are the stream `{aggregate_type}~{aggregate_id}`; its
+//! snapshots are the stream `~snapshot~{aggregate_type}~{aggregate_id}`. An aggregate type
+//! may not contain `~` (nor be empty, nor start with `$`), so:
+//!
+//! - the prefix `{aggregate_type}~` selects exactly one type's event streams: `order~` never
+//!   matches `order-line~…` (the `~` must follow the whole type), nor a snapshot stream
+//!   (those start with `~`, which no type can);
+//! - a stream name splits back into type and id at its first `~`, whatever the id holds.
+
+use uuid::Uuid;
+
+/// Separates the aggregate type from the aggregate id in a stream name. Aggregate types may
+/// not contain it.
+pub const SEPARATOR: char = '~';
+
+/// Prefix of every snapshot stream: `~snapshot~{aggregate_type}~{aggregate_id}`.
+pub const SNAPSHOT_STREAM_PREFIX: &str = "~snapshot~";
+
+/// Event type of the events that hold snapshots.
+pub const SNAPSHOT_EVENT_TYPE: &str = "cqrs-snapshot";
+
+/// Longest stream name Quiver accepts, in bytes.
+pub const STREAM_NAME_BYTES_MAX: usize = 255;
+
+/// The namespace of the v5 UUIDs of events and snapshots (fixed: ids must be the same in
+/// every process, every release).
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0xf9ae2d74_afb8_45df_a0db_34a791777cb3);
+
+/// Why an aggregate type or id cannot name a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The aggregate type is empty.
+    #[error("the aggregate type is empty")]
+    EmptyType,
+    /// The aggregate type contains the separator `~`.
+    #[error("aggregate type {0:?} contains '~', which separates type from id in stream names")]
+    Separator(String),
+    /// The aggregate type starts with `$`, which Quiver reserves.
+    #[error("aggregate type {0:?} starts with '$', which Quiver reserves")]
+    Reserved(String),
+    /// The aggregate type or id holds a control character, which stream names may not.
+    #[error("{0:?} contains a control character, which stream names may not")]
+    ControlCharacter(String),
+    /// The stream name would be longer than Quiver allows.
+    #[error("stream name {name:?} is {len} bytes; Quiver allows {STREAM_NAME_BYTES_MAX}")]
+    TooLong {
+        /// The name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// Checks that `aggregate_type` can name streams: not empty, no `~`, no leading `$`, no
+/// control characters.
+pub fn validate_aggregate_type(aggregate_type: &str) -> Result<(), NameError> {
+    if aggregate_type.is_empty() {
+        return Err(NameError::EmptyType);
+    }
+    if aggregate_type.contains(SEPARATOR) {
+        return Err(NameError::Separator(aggregate_type.into()));
+    }
+    if aggregate_type.starts_with('$') {
+        return Err(NameError::Reserved(aggregate_type.into()));
+    }
+    if aggregate_type.chars().any(char::is_control) {
+        return Err(NameError::ControlCharacter(aggregate_type.into()));
+    }
+    Ok(())
+}
+
+fn checked(name: String, aggregate_id: &str) -> Result<String, NameError> {
+    if aggregate_id.chars().any(char::is_control) {
+        return Err(NameError::ControlCharacter(aggregate_id.into()));
+    }
+    if name.len() > STREAM_NAME_BYTES_MAX {
+        let len = name.len();
+        return Err(NameError::TooLong { name, len });
+    }
+    Ok(name)
+}
+
+/// The stream of an aggregate instance's events: `{aggregate_type}~{aggregate_id}`.
+///
+/// ```
+/// assert_eq!(quiver_cqrs::event_stream("account", "42").unwrap(), "account~42");
+/// assert!(quiver_cqrs::event_stream("a~b", "42").is_err());
+/// ```
+pub fn event_stream(aggregate_type: &str, aggregate_id: &str) -> Result<String, NameError> {
+    validate_aggregate_type(aggregate_type)?;
+    checked(
+        format!("{aggregate_type}{SEPARATOR}{aggregate_id}"),
+        aggregate_id,
+    )
+}
+
+/// The stream of an aggregate instance's snapshots:
+/// `~snapshot~{aggregate_type}~{aggregate_id}` (10 bytes longer than its event stream).
+pub fn snapshot_stream(aggregate_type: &str, aggregate_id: &str) -> Result<String, NameError> {
+    validate_aggregate_type(aggregate_type)?;
+    checked(
+        format!("{SNAPSHOT_STREAM_PREFIX}{aggregate_type}{SEPARATOR}{aggregate_id}"),
+        aggregate_id,
+    )
+}
+
+/// The stream-name prefix that selects exactly the event streams of `aggregate_type`:
+/// `{aggregate_type}~`. Use it with `ReadOptions::stream_prefix` or
+/// `SubscribeOptions::stream_prefix` of `quiver_client`.
+///
+/// ```
+/// let prefix = quiver_cqrs::aggregate_type_prefix("order").unwrap();
+/// assert!(quiver_cqrs::event_stream("order", "1").unwrap().starts_with(&prefix));
+/// assert!(!quiver_cqrs::event_stream("order-line", "1").unwrap().starts_with(&prefix));
+/// ```
+pub fn aggregate_type_prefix(aggregate_type: &str) -> Result<String, NameError> {
+    validate_aggregate_type(aggregate_type)?;
+    Ok(format!("{aggregate_type}{SEPARATOR}"))
+}
+
+/// Splits an event stream's name into (aggregate type, aggregate id); `None` for a name that
+/// is not an event stream of this mapping (no `~`, or a snapshot stream).
+///
+/// ```
+/// assert_eq!(quiver_cqrs::parse_event_stream("order~a~b"), Some(("order", "a~b")));
+/// assert_eq!(quiver_cqrs::parse_event_stream("~snapshot~order~1"), None);
+/// ```
+pub fn parse_event_stream(stream: &str) -> Option<(&str, &str)> {
+    let (aggregate_type, aggregate_id) = stream.split_once(SEPARATOR)?;
+    validate_aggregate_type(aggregate_type).ok()?;
+    Some((aggregate_type, aggregate_id))
+}
+
+/// Name of a v5 UUID: a kind byte, then each part with its length, so no two different
+/// (kind, type, id, sequence) share a name.
+fn id(kind: u8, aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Uuid {
+    let mut name = Vec::with_capacity(aggregate_type.len() + aggregate_id.len() + 25);
+    name.push(kind);
+    for part in [aggregate_type, aggregate_id] {
+        name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        name.extend_from_slice(part.as_bytes());
+    }
+    name.extend_from_slice(&sequence.to_be_bytes());
+    Uuid::new_v5(&ID_NAMESPACE, &name)
+}
+
+/// The id of event `sequence` (cqrs-es numbering, from 1) of an aggregate instance: the same
+/// in every process, so an append sent twice is recognised by the server.
+pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: usize) -> Uuid {
+    id(b'e', aggregate_type, aggregate_id, sequence as u64)
+}
+
+/// The id of the snapshot event of an aggregate instance that covers its events up to
+/// `sequence`.
+pub fn snapshot_id(aggregate_type: &str, aggregate_id: &str, sequence: usize) -> Uuid {
+    id(b's', aggregate_type, aggregate_id, sequence as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_never_collide_by_prefix() {
+        let order = aggregate_type_prefix("order").unwrap();
+        for (t, id) in [("order-line", "1"), ("orders", "1"), ("order", "")] {
+            let stream = event_stream(t, id).unwrap();
+            assert_eq!(stream.starts_with(&order), t == "order", "{stream}");
+        }
+        assert!(!snapshot_stream("order", "1").unwrap().starts_with(&order));
+        assert_eq!(parse_event_stream("order~~x"), Some(("order", "~x")));
+    }
+
+    #[test]
+    fn bad_types_and_ids_are_refused() {
+        assert_eq!(event_stream("", "1"), Err(NameError::EmptyType));
+        assert!(matches!(
+            event_stream("a~b", "1"),
+            Err(NameError::Separator(_))
+        ));
+        assert!(matches!(
+            event_stream("$a", "1"),
+            Err(NameError::Reserved(_))
+        ));
+        assert!(matches!(
+            event_stream("a", "x\ny"),
+            Err(NameError::ControlCharacter(_))
+        ));
+        let long = "x".repeat(250);
+        assert!(event_stream("t", &long).is_ok());
+        assert!(matches!(
+            snapshot_stream("t", &long),
+            Err(NameError::TooLong { len: 262, .. })
+        ));
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(event_id("a", "1", 1), event_id("a", "1", 1));
+        let ids = [
+            event_id("a", "1", 1),
+            event_id("a", "1", 2),
+            event_id("a", "2", 1),
+            event_id("b", "1", 1),
+            event_id("a1", "", 1),
+            snapshot_id("a", "1", 1),
+        ];
+        for (i, x) in ids.iter().enumerate() {
+            for y in &ids[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        assert_eq!(ids[0].get_version_num(), 5);
+    }
+}
