@@ -102,9 +102,8 @@ use cqrs_es::persist::{
 };
 use cqrs_es::{Aggregate, CqrsFramework, Query};
 use quiver_client::{
-    Client, Error, Events, ExpectedVersion, ReadOptions, StreamMetadata, WriteResult,
+    Client, Error, ErrorCode, Events, ExpectedVersion, ReadOptions, StreamMetadata, WriteResult,
 };
-use quiver_net::ErrorCode;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -261,7 +260,7 @@ impl QuiverEventRepository {
         let result: WriteResult = loop {
             match self.client.append_multi(writes.clone()).await {
                 Ok(r) => break r,
-                Err(Error::Timeout | Error::Transport(_)) if tries < self.retries => {
+                Err(e) if e.is_retryable() && tries < self.retries => {
                     tries += 1;
                     tokio::time::sleep(delay).await;
                     delay *= 2;
