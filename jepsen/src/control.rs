@@ -461,17 +461,6 @@ impl Cluster {
         status_cli::fetch(node.http, Duration::from_secs(1)).ok()
     }
 
-    /// The leader every answering node agrees on, if any.
-    pub fn leader(&self) -> Option<u64> {
-        let statuses: Vec<ClusterStatus> =
-            self.ids().iter().filter_map(|i| self.status(*i)).collect();
-        let leader = statuses.iter().find(|s| s.role == "leader")?;
-        statuses
-            .iter()
-            .all(|s| s.leader == Some(leader.node_id) || s.term < leader.term)
-            .then_some(leader.node_id)
-    }
-
     /// Whether the cluster is whole: a leader, every member a voter of its membership (no
     /// learner still catching up, no one missing), and every member applied up to the
     /// leader's commit index as of a moment ago. Faults that take a node out for good (a
@@ -492,20 +481,6 @@ impl Cluster {
                 self.status(*id)
                     .is_some_and(|s| s.applied + 100 >= ls.commit)
             })
-    }
-
-    /// Waits (up to `limit`) for a leader every answering node agrees on.
-    pub async fn wait_for_leader(&self, limit: Duration) -> Option<u64> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(l) = self.leader() {
-                return Some(l);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
-use quiver_jepsen::control::Cluster;
+use quiver_jepsen::control::{wait_for_leader, Cluster};
 use quiver_jepsen::subscribers::{
     check_transient, ConfigSource, FindingKind, Subscribers, LOG_FILE,
 };
@@ -160,8 +160,7 @@ fn logged_deliveries(log: &str, subscriber: &str) -> Vec<(String, u64)> {
 
 async fn scenario(binary: &Path, dir: &Path) -> Result<()> {
     let mut cluster = Cluster::start(binary, 3, &dir.join("nodes"), 13).await?;
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
+    let leader = wait_for_leader(&cluster, Duration::from_secs(30))
         .await
         .context("no leader within 30 s")?;
     let config = ClientConfig::local(dir)
@@ -204,8 +203,7 @@ async fn scenario(binary: &Path, dir: &Path) -> Result<()> {
     append_range(&client, 41..=50).await?;
     cluster.start_node(leader)?;
     append_range(&client, 51..=EVENTS).await?;
-    let now = cluster
-        .wait_for_leader(Duration::from_secs(30))
+    let now = wait_for_leader(&cluster, Duration::from_secs(30))
         .await
         .context("no leader after the restarts")?;
     eprintln!("leader now {now}; {:?}", subscribers.progress());

@@ -26,6 +26,34 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// `writers` tasks at once, each appending `each` events made by `event`, one per append, to
+/// its own stream `{prefix}-{w}`; every append must succeed.
+async fn write_streams(
+    client: &Client,
+    prefix: &str,
+    writers: usize,
+    each: usize,
+    event: fn() -> EventData,
+) {
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let client = client.clone();
+            let stream = format!("{prefix}-{w}");
+            tokio::spawn(async move {
+                for _ in 0..each {
+                    client
+                        .append(&stream, ExpectedVersion::Any, vec![event()])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// Every event of `stream` on the node `client` talks to: (id, version).
 async fn stream_ids(client: &Client, stream: &str) -> Vec<(uuid::Uuid, u64)> {
     let mut events = match client.read_stream(stream, ReadOptions::default()).await {
@@ -564,26 +592,9 @@ fn a_learner_replaying_old_memberships_follows_a_leader_they_do_not_list() {
     let client = rt.block_on(c.client(&[1, 2, 3]));
     rt.block_on(client.cluster_remove(gone)).unwrap();
     c.node(gone).kill();
-    rt.block_on(async {
-        let writers: Vec<_> = (0..8)
-            .map(|w| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    for _ in 0..EVENTS / 8 {
-                        let e = EventData::json("Early", "{}");
-                        let stream = format!("early-{w}");
-                        client
-                            .append(&stream, ExpectedVersion::Any, vec![e])
-                            .await
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for w in writers {
-            w.await.unwrap();
-        }
-    });
+    rt.block_on(write_streams(&client, "early", 8, EVENTS / 8, || {
+        EventData::json("Early", "{}")
+    }));
     // Node 4 joins after those entries and becomes the leader.
     let mut four = Node::new(4, c.root());
     four.tls = c.nodes[0].tls.clone();
@@ -666,26 +677,9 @@ fn a_follower_far_behind_catches_up_by_segment_shipping() {
     let live: Vec<u64> = (1..=3).filter(|id| *id != behind).collect();
     let rt = runtime();
     let client = rt.block_on(c.client(&live));
-    rt.block_on(async {
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    for _ in 0..EACH {
-                        let e = EventData::binary("Filler", vec![b'x'; 300]);
-                        let stream = format!("far-{w}");
-                        client
-                            .append(&stream, ExpectedVersion::Any, vec![e])
-                            .await
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for w in writers {
-            w.await.unwrap();
-        }
-    });
+    rt.block_on(write_streams(&client, "far", WRITERS, EACH, || {
+        EventData::binary("Filler", vec![b'x'; 300])
+    }));
     let members = c.members.clone();
     c.node(behind)
         .start(&members, common::cluster::SECRET, false);
