@@ -854,10 +854,7 @@ impl Client {
     /// each new commit as it happens (live), in position order, with no gap and no duplicate
     /// between the two. Resume after a disconnect from the last position seen plus one, or
     /// from the last checkpoint.
-    pub async fn subscribe_all(
-        &self,
-        options: SubscribeOptions,
-    ) -> Result<Subscription<'_>, Error> {
+    pub async fn subscribe_all(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
         let req = Request::Subscribe {
             stream: None,
             from: options.wire_from(),
@@ -874,7 +871,7 @@ impl Client {
         &self,
         stream: &str,
         options: SubscribeOptions,
-    ) -> Result<Subscription<'_>, Error> {
+    ) -> Result<Subscription, Error> {
         let req = Request::Subscribe {
             stream: Some(Text::from(stream)),
             from: options.wire_from(),
@@ -886,10 +883,10 @@ impl Client {
         self.subscription(req).await
     }
 
-    async fn subscription(&self, req: Request) -> Result<Subscription<'_>, Error> {
+    async fn subscription(&self, req: Request) -> Result<Subscription, Error> {
         let (first, recv, buf) = self.open(&req).await?;
         let mut sub = Subscription {
-            client: self,
+            client: self.clone(),
             request: req,
             resume: None,
             recv,
@@ -1409,9 +1406,10 @@ pub enum SubscriptionMessage {
     },
 }
 
-/// A live subscription. Dropping it ends it.
-pub struct Subscription<'a> {
-    client: &'a Client,
+/// A live subscription. Dropping it ends it. It holds a clone of the [`Client`] (which shares
+/// its connection), so it can outlive the borrow it was made from and move to another task.
+pub struct Subscription {
+    client: Client,
     /// The request that started it, to resubscribe with a new start.
     request: Request,
     /// Where to resume: past the last event delivered or the last marker received.
@@ -1421,7 +1419,7 @@ pub struct Subscription<'a> {
     pending: VecDeque<SubscriptionMessage>,
 }
 
-impl Subscription<'_> {
+impl Subscription {
     fn take(&mut self, resp: Response) -> Result<(), Error> {
         let by_version = matches!(
             &self.request,
@@ -1460,6 +1458,28 @@ impl Subscription<'_> {
             }
             other => Err(Error::unexpected(other)),
         }
+    }
+
+    /// The subscription as a [`Stream`](futures_core::Stream) of messages (it never ends by
+    /// itself; an error, after the resubscriptions [`Subscription::next`] makes, is its last
+    /// item). It owns everything it needs: move it into a task of its own.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use futures_util::StreamExt;
+    /// let mut live = client.subscribe_all(Default::default()).await?.into_stream();
+    /// tokio::spawn(async move {
+    ///     while let Some(message) = live.next().await {
+    ///         println!("{message:?}");
+    ///     }
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn into_stream(self) -> BoxStream<'static, Result<SubscriptionMessage, Error>> {
+        stream_of(self, |mut sub| async move {
+            let item = sub.next().await.transpose();
+            (item, sub)
+        })
     }
 
     /// The next message; waits for live events. If the connection drops or the server
@@ -1574,4 +1594,48 @@ impl Events {
         }
         Ok(all)
     }
+
+    /// The rest of the read as a [`Stream`](futures_core::Stream) of events, for the
+    /// combinators of `futures::StreamExt`; an error is the stream's last item.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use futures_util::TryStreamExt;
+    /// let read = client.read_stream("account-1", Default::default()).await?;
+    /// let types: Vec<String> = read.into_stream().map_ok(|e| e.event_type).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_stream(self) -> BoxStream<'static, Result<RecordedEvent, Error>> {
+        stream_of(self, |mut read| async move {
+            let item = read.next().await.transpose();
+            (item, read)
+        })
+    }
+}
+
+/// A boxed, sendable stream, as [`Events::into_stream`] and [`Subscription::into_stream`]
+/// return.
+pub type BoxStream<'a, T> = std::pin::Pin<Box<dyn futures_core::Stream<Item = T> + Send + 'a>>;
+
+/// A stream that calls `step` on `state` for each item, and ends after `None` or after the
+/// first error.
+fn stream_of<S, T, F, Fut>(state: S, step: F) -> BoxStream<'static, Result<T, Error>>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    F: FnMut(S) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (Option<Result<T, Error>>, S)> + Send + 'static,
+{
+    Box::pin(futures_util::stream::unfold(
+        Some((state, step)),
+        |now| async move {
+            let (state, mut step) = now?;
+            let (item, state) = step(state).await;
+            match item {
+                None => None,
+                Some(Err(e)) => Some((Err(e), None)),
+                Some(Ok(t)) => Some((Ok(t), Some((state, step)))),
+            }
+        },
+    ))
 }

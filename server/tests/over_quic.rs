@@ -585,3 +585,63 @@ async fn a_connection_string_reaches_a_server_on_ipv6() {
     drop(client);
     server.stop().await;
 }
+
+/// Reads and subscriptions as `Stream`s: a read's events through `TryStreamExt`, and a
+/// subscription that owns its client, moved into a task of its own after the client it came
+/// from is dropped, delivering what was there and what is appended after.
+#[tokio::test]
+async fn reads_and_subscriptions_are_streams() {
+    use futures_util::{StreamExt, TryStreamExt};
+    use quiver_client::{SubscribeOptions, SubscriptionMessage};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let client = client(dir.path(), server.addr).await;
+    let event = || vec![EventData::json("Ticked", "{}")];
+    for _ in 0..3 {
+        client
+            .append("ticks", ExpectedVersion::Any, event())
+            .await
+            .unwrap();
+    }
+    let versions: Vec<u64> = client
+        .read_stream("ticks", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_stream()
+        .map_ok(|e| e.version)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![0, 1, 2]);
+    let live = client
+        .subscribe_stream("ticks", SubscribeOptions::default())
+        .await
+        .unwrap()
+        .into_stream();
+    let writer = client.clone();
+    drop(client);
+    let task = tokio::spawn(async move {
+        live.filter_map(|m| async move {
+            match m {
+                Ok(SubscriptionMessage::Event(e)) => Some(e.version),
+                _ => None,
+            }
+        })
+        .take(5)
+        .collect::<Vec<u64>>()
+        .await
+    });
+    for _ in 0..2 {
+        writer
+            .append("ticks", ExpectedVersion::Any, event())
+            .await
+            .unwrap();
+    }
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("the subscription delivered five events")
+        .unwrap();
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    drop(writer);
+    server.stop().await;
+}

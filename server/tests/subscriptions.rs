@@ -46,7 +46,7 @@ async fn write(c: Arc<Client>, tag: u64, batches: u64) {
 /// Collects events until the subscription has passed `end` (exclusive) or delivered `want`
 /// events; checks the caught-up marker comes once.
 async fn collect_until(
-    sub: &mut quiver_client::Subscription<'_>,
+    sub: &mut quiver_client::Subscription,
     end: u64,
     want: usize,
 ) -> Vec<(u64, String)> {
