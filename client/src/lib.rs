@@ -81,6 +81,8 @@ pub struct ClientConfig {
     /// the leader first (`SetOptions`): cheaper and possible without a leader, but a read
     /// may miss writes acknowledged just before it. Off: reads are linearizable.
     pub follower_reads: bool,
+    /// How to reconnect when the connection is gone.
+    pub retry: RetryPolicy,
 }
 
 impl ClientConfig {
@@ -95,7 +97,14 @@ impl ClientConfig {
             token: None,
             timeout: Duration::from_secs(30),
             follower_reads: false,
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// Sets how to reconnect (see [`RetryPolicy`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     /// Sets the server address.
@@ -426,12 +435,39 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// First wait before reconnecting; doubles per try up to [`RECONNECT_DELAY_MAX`].
-const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(50);
-/// Longest wait between reconnection tries.
-const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
-/// Tries before a call gives up on reconnecting.
-const RECONNECT_TRIES_MAX: u32 = 6;
+/// How a client reconnects when its connection is gone (a server restarted, a node died, a
+/// network blip): before a request, and when a subscription resubscribes. Each try goes to
+/// the next address; the wait between tries starts at `delay_min` and doubles up to
+/// `delay_max`.
+///
+/// ```
+/// use std::time::Duration;
+/// use quiver_client::{ClientConfig, RetryPolicy};
+/// // Keep trying for about a minute: a subscriber that should outlast a long restart.
+/// let patient = RetryPolicy { tries: 40, delay_max: Duration::from_secs(2), ..RetryPolicy::default() };
+/// let config = ClientConfig::local("quiver-data").retry(patient);
+/// assert_eq!(config.retry.tries, 40);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries before giving up (at least 1).
+    pub tries: u32,
+    /// The first wait.
+    pub delay_min: Duration,
+    /// The longest wait.
+    pub delay_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 6 tries, 50 ms doubling up to 2 s: about 3 s of waiting, plus each try's connect time.
+    fn default() -> Self {
+        RetryPolicy {
+            tries: 6,
+            delay_min: Duration::from_millis(50),
+            delay_max: Duration::from_secs(2),
+        }
+    }
+}
 
 /// Tries of one request across the nodes of a cluster: enough to outlast an election
 /// (about 1–3 s) with the waits of [`MOVE_DELAY_MIN`] doubling up to [`MOVE_DELAY_MAX`].
@@ -573,9 +609,10 @@ impl Client {
             // Another request reconnected while this one waited.
             return conn.open_bi().await.map_err(Error::transport);
         }
-        let mut delay = RECONNECT_DELAY_MIN;
+        let policy = self.config.retry;
+        let mut delay = policy.delay_min;
         let mut last = None;
-        for _ in 0..RECONNECT_TRIES_MAX {
+        for _ in 0..policy.tries.max(1) {
             let addr = self.address();
             match handshake(&self.endpoint, &self.config, addr).await {
                 Ok((fresh, max_frame)) => {
@@ -594,7 +631,7 @@ impl Client {
                 }
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+            delay = (delay * 2).min(policy.delay_max);
         }
         Err(last.unwrap_or(Error::Timeout))
     }
@@ -889,6 +926,7 @@ impl Client {
             client: self.clone(),
             request: req,
             resume: None,
+            delivered: None,
             recv,
             buf,
             pending: VecDeque::new(),
@@ -1412,8 +1450,11 @@ pub struct Subscription {
     client: Client,
     /// The request that started it, to resubscribe with a new start.
     request: Request,
-    /// Where to resume: past the last event delivered or the last marker received.
+    /// Where to resume: past the last event or marker received (some may still wait in
+    /// `pending`: a resubscription keeps them).
     resume: Option<u64>,
+    /// Past the last event or marker handed to the caller: the public resume point.
+    delivered: Option<u64>,
     recv: quinn::RecvStream,
     buf: BytesMut,
     pending: VecDeque<SubscriptionMessage>,
@@ -1460,6 +1501,32 @@ impl Subscription {
         }
     }
 
+    /// Where this subscription would resume: just past the last event or marker it has
+    /// delivered to the caller (`None` before the first); a version for a stream
+    /// subscription, a position for `$all`. Keep it to start again elsewhere, in another
+    /// process say, with `SubscribeOptions::from`: nothing is skipped or repeated.
+    pub fn resume_point(&self) -> Option<u64> {
+        self.delivered
+    }
+
+    /// The resume point just past message `m`.
+    fn past(&self, m: &SubscriptionMessage) -> u64 {
+        let by_version = matches!(
+            &self.request,
+            Request::Subscribe {
+                stream: Some(_),
+                ..
+            }
+        );
+        match m {
+            SubscriptionMessage::Event(e) if by_version => e.version + 1,
+            SubscriptionMessage::Event(e) => e.position + 1,
+            SubscriptionMessage::CaughtUp { position }
+            | SubscriptionMessage::Checkpoint { position }
+            | SubscriptionMessage::FellBehind { position } => *position,
+        }
+    }
+
     /// The subscription as a [`Stream`](futures_core::Stream) of messages (it never ends by
     /// itself; an error, after the resubscriptions [`Subscription::next`] makes, is its last
     /// item). It owns everything it needs: move it into a task of its own.
@@ -1489,6 +1556,8 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Option<SubscriptionMessage>, Error> {
         loop {
             if let Some(m) = self.pending.pop_front() {
+                let past = self.past(&m);
+                self.delivered = Some(self.delivered.map_or(past, |d| d.max(past)));
                 return Ok(Some(m));
             }
             let max = RESPONSE_PAYLOAD_BYTES_MAX;

@@ -645,3 +645,53 @@ async fn reads_and_subscriptions_are_streams() {
     drop(writer);
     server.stop().await;
 }
+
+/// A subscription's resume point is just past what it delivered: a new subscription started
+/// there (in another process, say) delivers what came after, nothing twice.
+#[tokio::test]
+async fn a_subscription_resumes_where_another_stopped() {
+    use quiver_client::{SubscribeOptions, SubscriptionMessage};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let client = client(dir.path(), server.addr).await;
+    let event = || vec![EventData::json("Ticked", "{}")];
+    for _ in 0..3 {
+        client
+            .append("resumed", ExpectedVersion::Any, event())
+            .await
+            .unwrap();
+    }
+    let mut first = client
+        .subscribe_stream("resumed", SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.resume_point(), None);
+    let mut seen = 0;
+    while seen < 3 {
+        if let Some(SubscriptionMessage::Event(_)) = first.next().await.unwrap() {
+            seen += 1;
+        }
+    }
+    let at = first
+        .resume_point()
+        .expect("a resume point after three events");
+    assert_eq!(at, 3, "just past version 2");
+    drop(first);
+    client
+        .append("resumed", ExpectedVersion::Any, event())
+        .await
+        .unwrap();
+    let mut second = client
+        .subscribe_stream("resumed", SubscribeOptions::default().from(at))
+        .await
+        .unwrap();
+    let next = loop {
+        if let Some(SubscriptionMessage::Event(e)) = second.next().await.unwrap() {
+            break e.version;
+        }
+    };
+    assert_eq!(next, 3);
+    drop(second);
+    drop(client);
+    server.stop().await;
+}
