@@ -56,6 +56,10 @@ pub enum Error {
     /// The server answered something that does not fit the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// An event's data is not what the caller expected it to decode as
+    /// ([`crate::RecordedEvent::json`]).
+    #[error("decoding: {0}")]
+    Decode(String),
     /// The deadline passed.
     #[error("the request timed out")]
     Timeout,

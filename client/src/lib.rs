@@ -168,6 +168,23 @@ pub enum ExpectedVersion {
     Exact(u64),
 }
 
+/// `None` (nothing read: the stream is new) expects no stream; `Some(v)` expects exactly
+/// version `v`: what a loader that read a stream up to its last version passes on.
+///
+/// ```
+/// use quiver_client::ExpectedVersion;
+/// assert_eq!(ExpectedVersion::from(None), ExpectedVersion::NoStream);
+/// assert_eq!(ExpectedVersion::from(Some(4)), ExpectedVersion::Exact(4));
+/// ```
+impl From<Option<u64>> for ExpectedVersion {
+    fn from(last: Option<u64>) -> Self {
+        match last {
+            None => ExpectedVersion::NoStream,
+            Some(v) => ExpectedVersion::Exact(v),
+        }
+    }
+}
+
 impl ExpectedVersion {
     fn wire(self) -> Expected {
         match self {
@@ -274,6 +291,26 @@ pub struct RecordedEvent {
     pub metadata: Bytes,
     /// When the server accepted it, µs since the Unix epoch.
     pub created_us: u64,
+}
+
+impl RecordedEvent {
+    /// The event's data decoded from JSON as a `T`.
+    ///
+    /// ```
+    /// # fn demo(event: quiver_client::RecordedEvent) -> Result<(), quiver_client::Error> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Deposited { amount: u64 }
+    /// let deposited: Deposited = event.json()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.data).map_err(|e| {
+            Error::Decode(format!(
+                "event {} of '{}' (version {}, type {}): {e}",
+                self.id, self.stream, self.version, self.event_type
+            ))
+        })
+    }
 }
 
 /// What an append did.
@@ -1031,6 +1068,11 @@ impl Client {
             .map(|s| s.map(|(_, d)| d))
     }
 
+    /// The newest snapshot of `stream`, with its version (`None`: it has none).
+    pub async fn newest_snapshot(&self, stream: &str) -> Result<Option<(u64, Bytes)>, Error> {
+        self.snapshot(stream, u64::MAX, true).await
+    }
+
     /// The newest snapshot at or below `version`, with its version.
     pub async fn latest_snapshot(
         &self,
@@ -1091,15 +1133,19 @@ impl Client {
         }
     }
 
-    /// The server's (store id, commit position, stream count).
-    pub async fn status(&self) -> Result<(String, u64, u64), Error> {
+    /// The server's store id, commit position and stream count.
+    pub async fn status(&self) -> Result<ServerStatus, Error> {
         match self.call(&Request::Status).await? {
             Response::Status {
                 store_id,
                 commit_position,
                 streams,
                 ..
-            } => Ok((store_id.as_str().to_string(), commit_position, streams)),
+            } => Ok(ServerStatus {
+                store_id: store_id.as_str().to_string(),
+                commit_position,
+                streams,
+            }),
             other => Err(Error::unexpected(other)),
         }
     }
@@ -1442,6 +1488,19 @@ pub enum SubscriptionMessage {
         /// Resume point.
         position: u64,
     },
+}
+
+/// What [`Client::status`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStatus {
+    /// The store's id (every node of a cluster has the same).
+    pub store_id: String,
+    /// The `$all` position one past the last committed event: where a subscription from
+    /// "now" starts.
+    pub commit_position: u64,
+    /// Streams in the store.
+    pub streams: u64,
 }
 
 /// A live subscription. Dropping it ends it. It holds a clone of the [`Client`] (which shares

@@ -1041,7 +1041,12 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
         Command::Snapshot(s) => snapshot(client, s.command, out).await,
         Command::Subscription(s) => subscription(client, s.command, out).await,
         Command::Status(_) => {
-            let (store_id, position, streams) = client.status().await?;
+            let quiver_client::ServerStatus {
+                store_id,
+                commit_position: position,
+                streams,
+                ..
+            } = client.status().await?;
             if out.json {
                 let o = Obj::default()
                     .val("store_id", store_id)

@@ -205,8 +205,11 @@ async fn every_operation_over_quic() {
 
     // Admin.
     c.scavenge().await.unwrap();
-    let (store, position, _) = c.status().await.unwrap();
-    assert_eq!((store.as_str(), position), ("quiver", 6));
+    let status = c.status().await.unwrap();
+    assert_eq!(
+        (status.store_id.as_str(), status.commit_position),
+        ("quiver", 6)
+    );
     c.close().await;
     server.stop().await;
 
@@ -693,5 +696,55 @@ async fn a_subscription_resumes_where_another_stopped() {
     assert_eq!(next, 3);
     drop(second);
     drop(client);
+    server.stop().await;
+}
+
+/// An event's JSON decodes into the caller's type (and says which event did not); the newest
+/// snapshot is asked for without a sentinel version.
+#[tokio::test]
+async fn events_decode_as_json_and_the_newest_snapshot_needs_no_sentinel() {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Deposited {
+        amount: u64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let c = client(dir.path(), server.addr).await;
+    c.append(
+        "acct-json",
+        ExpectedVersion::from(None),
+        vec![EventData::json("Deposited", r#"{"amount":30}"#)],
+    )
+    .await
+    .unwrap();
+    let events = c
+        .read_stream("acct-json", ReadOptions::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        events[0].json::<Deposited>().unwrap(),
+        Deposited { amount: 30 }
+    );
+    let wrong = events[0].json::<Vec<u8>>().unwrap_err();
+    assert!(
+        matches!(&wrong, Error::Decode(m) if m.contains("'acct-json'") && m.contains("Deposited")),
+        "{wrong}"
+    );
+    assert_eq!(c.newest_snapshot("acct-json").await.unwrap(), None);
+    c.put_snapshot("acct-json", 0, "first").await.unwrap();
+    c.append(
+        "acct-json",
+        ExpectedVersion::from(Some(0)),
+        vec![EventData::json("Deposited", r#"{"amount":5}"#)],
+    )
+    .await
+    .unwrap();
+    c.put_snapshot("acct-json", 1, "second").await.unwrap();
+    let (version, data) = c.newest_snapshot("acct-json").await.unwrap().unwrap();
+    assert_eq!((version, &data[..]), (1, &b"second"[..]));
+    c.close().await;
     server.stop().await;
 }

@@ -85,7 +85,7 @@ async fn all_and_filtered_subscriptions_see_exactly_the_log_while_writers_race()
         let w1 = Arc::new(client(dir.path(), server.addr).await);
         let w2 = Arc::new(client(dir.path(), server.addr).await);
         let reader = client(dir.path(), server.addr).await;
-        let start = reader.status().await.unwrap().1;
+        let start = reader.status().await.unwrap().commit_position;
         // Some history to catch up on, then subscribe while more is being written.
         write(w1.clone(), round, 10).await;
         let writers = tokio::spawn({
@@ -105,7 +105,7 @@ async fn all_and_filtered_subscriptions_see_exactly_the_log_while_writers_race()
             .await
             .unwrap();
         writers.await.unwrap();
-        let end = reader.status().await.unwrap().1;
+        let end = reader.status().await.unwrap().commit_position;
 
         let expected: Vec<(u64, String)> = reader
             .read_all(ReadOptions::default().from(start))
@@ -448,7 +448,7 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
         let w2 = Arc::new(client(dir.path(), server.addr).await);
         let reader = client(dir.path(), server.addr).await;
         write(w1.clone(), round, 5 + seed % 10).await;
-        let base = reader.status().await.unwrap().1;
+        let base = reader.status().await.unwrap().commit_position;
         let mid = base / 2;
         let writers = tokio::spawn({
             let (w1, w2) = (w1.clone(), w2.clone());
@@ -478,7 +478,7 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
             reader.subscribe_all(options).await.unwrap()
         };
         writers.await.unwrap();
-        let end = reader.status().await.unwrap().1;
+        let end = reader.status().await.unwrap().commit_position;
         let log = reader
             .read_all(ReadOptions::default())
             .await

@@ -406,7 +406,7 @@ async fn persisting_the_same_events_again_stores_them_once() {
     );
     assert_eq!(repo.get_events::<Account>(&id).await.unwrap(), events);
     // The server answered the second append as a retry: same ids, nothing written.
-    let (_, position, _) = client.status().await.unwrap();
+    let position = client.status().await.unwrap().commit_position;
     let resent: Vec<EventData> = (1..=2)
         .map(|s| EventData::json("x", "{}").id(event_id("account", &id, s)))
         .collect();
@@ -419,7 +419,7 @@ async fn persisting_the_same_events_again_stores_them_once() {
         .await
         .unwrap();
     assert!(r.idempotent);
-    assert_eq!(client.status().await.unwrap().1, position);
+    assert_eq!(client.status().await.unwrap().commit_position, position);
     client.close().await;
     node.stop().await;
 }
