@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The guide — connecting (a connection string, the environment), appending with optimistic
+//! concurrency, reading, subscribing, persistent groups, snapshots, errors, a cluster, and a
+//! table for those coming from the KurrentDB client — is `docs/CLIENT.md` in the repository.
+//!
 //! ## Layout
 //! - `lib.rs` — [`Client`], its options and results.
 //! - `connstr.rs` — [`ClientConfig::from_url`], [`ClientConfig::from_env`], server lists.
