@@ -60,7 +60,8 @@ pub enum Error {
     /// ([`crate::RecordedEvent::json`]).
     #[error("decoding: {0}")]
     Decode(String),
-    /// The deadline passed.
+    /// The deadline passed, here or on the server (whose `Timeout` code arrives as this):
+    /// the request's outcome is unknown.
     #[error("the request timed out")]
     Timeout,
 }
@@ -107,6 +108,8 @@ impl Error {
             ErrorCode::AlreadyExists => Error::AlreadyExists(message),
             ErrorCode::Unauthenticated => Error::Unauthenticated(message),
             ErrorCode::UnsupportedVersion => Error::UnsupportedVersion(message),
+            // One timeout for the caller, whoever ran out of time: the outcome is unknown.
+            ErrorCode::Timeout => Error::Timeout,
             code => Error::Server { code, message },
         }
     }
@@ -187,6 +190,14 @@ mod tests {
     }
 
     #[test]
+    fn one_timeout_whoever_ran_out_of_time() {
+        assert_eq!(
+            Error::from_wire(ErrorCode::Timeout, Text::from("commit wait"), None),
+            Error::Timeout
+        );
+    }
+
+    #[test]
     fn what_may_be_sent_again() {
         let server = |code| Error::Server {
             code,
@@ -198,6 +209,7 @@ mod tests {
             Error::Transport("reset".into()),
             server(ErrorCode::NotLeader),
             server(ErrorCode::Unavailable),
+            Error::from_wire(ErrorCode::Timeout, Text::from("waited 5 s"), None),
         ] {
             assert!(retryable.is_retryable(), "{retryable:?}");
         }
