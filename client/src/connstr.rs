@@ -99,6 +99,8 @@ impl ClientConfig {
     ///
     /// `quiver://HOST[:PORT][,HOST[:PORT]…][/][?ca=FILE&token=T&timeout=SECS&follower_reads=true&server_name=NAME]`
     ///
+    /// `ca=system` trusts the system's certificate authorities instead of a file.
+    ///
     /// Hosts as [`ClientConfig::with_servers`] takes them; values percent-encoded where they
     /// need it (a token with `&` in it: `%26`). Without `ca`, the CA a local server generated
     /// (`quiver-data/tls/ca.pem`, or under `$QUIVER_DATA_DIR`). Unknown parameters are
@@ -170,6 +172,7 @@ impl ClientConfig {
     /// One setting by its connection-string name.
     fn set(self, key: &str, value: &str) -> Result<ClientConfig, ConfigError> {
         Ok(match key {
+            "ca" if value == "system" => self.system_roots(true),
             "ca" => self.ca_file(value),
             "token" => self.token(value),
             "server_name" => self.server_name(value),

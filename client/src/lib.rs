@@ -87,6 +87,9 @@ pub struct ClientConfig {
     pub follower_reads: bool,
     /// How to reconnect when the connection is gone.
     pub retry: RetryPolicy,
+    /// Also trust the system's certificate authorities (the operating system's store), for
+    /// servers whose certificates a public CA signed; the CA file is then optional.
+    pub system_roots: bool,
 }
 
 impl ClientConfig {
@@ -102,7 +105,14 @@ impl ClientConfig {
             timeout: Duration::from_secs(30),
             follower_reads: false,
             retry: RetryPolicy::default(),
+            system_roots: false,
         }
+    }
+
+    /// Also trusts the system's certificate authorities (see [`ClientConfig::system_roots`]).
+    pub fn system_roots(mut self, on: bool) -> Self {
+        self.system_roots = on;
+        self
     }
 
     /// Sets how to reconnect (see [`RetryPolicy`]).
@@ -587,14 +597,30 @@ impl Client {
     /// Connects, checks the protocol version and presents the token.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         use rustls::pki_types::pem::PemObject;
-        let roots = rustls::pki_types::CertificateDer::pem_file_iter(&config.ca_file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                Error::Connect(format!(
-                    "reading the CA file {}: {e}",
-                    config.ca_file.display()
-                ))
-            })?;
+        let mut roots = Vec::new();
+        // With the system's roots the CA file is optional: a server whose certificate a
+        // public CA signed needs none.
+        if !(config.system_roots && !config.ca_file.exists()) {
+            let from_file = rustls::pki_types::CertificateDer::pem_file_iter(&config.ca_file)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    Error::Connect(format!(
+                        "reading the CA file {}: {e}",
+                        config.ca_file.display()
+                    ))
+                })?;
+            roots.extend(from_file);
+        }
+        if config.system_roots {
+            let native = rustls_native_certs::load_native_certs();
+            if native.certs.is_empty() {
+                return Err(Error::Connect(format!(
+                    "no system trust roots could be loaded: {:?}",
+                    native.errors
+                )));
+            }
+            roots.extend(native.certs);
+        }
         let addresses = config.addresses();
         // An IPv6 server needs an IPv6 socket (dual-stack: IPv4 servers stay reachable).
         let bind = if addresses.iter().any(SocketAddr::is_ipv6) {

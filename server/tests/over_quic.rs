@@ -748,3 +748,28 @@ async fn events_decode_as_json_and_the_newest_snapshot_needs_no_sentinel() {
     c.close().await;
     server.stop().await;
 }
+
+/// With the system's trust roots the CA file is optional: a server whose certificate only
+/// Quiver's generated CA signed is refused at the handshake (no public CA vouches for it),
+/// not for a missing file; with the CA file as well, the same client connects.
+#[tokio::test]
+async fn system_trust_roots_sit_beside_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let url = format!(
+        "quiver://127.0.0.1:{}?ca=system&timeout=3",
+        server.addr.port()
+    );
+    let system_only = ClientConfig::from_url(&url).unwrap();
+    assert!(system_only.system_roots);
+    match Client::connect(system_only.clone()).await {
+        Err(Error::Connect(m)) => assert!(!m.contains("reading the CA file"), "{m}"),
+        Err(other) => panic!("refused, but not at the handshake: {other}"),
+        Ok(_) => panic!("the system's roots vouched for a private CA"),
+    }
+    let both = system_only.ca_file(dir.path().join("tls").join("ca.pem"));
+    let client = Client::connect(both).await.unwrap();
+    client.status().await.unwrap();
+    client.close().await;
+    server.stop().await;
+}
