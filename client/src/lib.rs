@@ -600,7 +600,7 @@ impl Client {
         let mut roots = Vec::new();
         // With the system's roots the CA file is optional: a server whose certificate a
         // public CA signed needs none.
-        if !(config.system_roots && !config.ca_file.exists()) {
+        if !config.system_roots || config.ca_file.exists() {
             let from_file = rustls::pki_types::CertificateDer::pem_file_iter(&config.ca_file)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
