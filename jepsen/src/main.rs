@@ -1,6 +1,6 @@
 //! The `quiver-jepsen` command.
 //!
-//! - `run`: starts a cluster of real `quiver serve` processes, runs the list-append
+//! - `run` (the default: the flags may come without it): starts a cluster of real `quiver serve` processes, runs the list-append
 //!   workload under the chosen nemeses, heals, reads every stream on every node, checks the
 //!   history, and writes the run's directory (`history.jsonl`, `timeline.jsonl`,
 //!   `results.json`, `summary.md`, `throughput.svg`, `latency.svg`, the nodes' logs). Exits 1 on any anomaly, on replicas
@@ -18,10 +18,18 @@ use clap::{Parser, Subcommand};
 use quiver_jepsen::{check, History};
 
 #[derive(Parser)]
-#[command(name = "quiver-jepsen", about = "Quiver's consistency suite")]
+#[command(
+    name = "quiver-jepsen",
+    about = "Quiver's consistency suite",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// With no subcommand, the run's flags: `quiver-jepsen --nodes 3 --time-limit 60 ...`
+    /// is `quiver-jepsen run --nodes 3 --time-limit 60 ...`.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -83,7 +91,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => match run(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

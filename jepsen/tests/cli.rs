@@ -1,5 +1,5 @@
-//! The `check` subcommand: a JSON report on stdout, exit 0 for a valid history, 1 for one with
-//! an anomaly, 2 for a file that cannot be read.
+//! The command line: `check` gives a JSON report on stdout, exit 0 for a valid history, 1 for
+//! one with an anomaly, 2 for a file that cannot be read; `run` is the default command.
 
 use std::process::Command;
 
@@ -45,4 +45,22 @@ fn check_exits_by_verdict() {
 
     let (code, _) = run("not json\n");
     assert_eq!(code, 2);
+}
+
+/// The run's flags work without the `run` subcommand (the command line), and a bad
+/// workload is refused before any node starts.
+#[test]
+fn run_is_the_default_command() {
+    for args in [
+        &["--nodes", "3", "--workload", "bogus"][..],
+        &["run", "--nodes", "3", "--workload", "bogus"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_quiver-jepsen"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("unknown workload `bogus`"), "{args:?}: {err}");
+    }
 }
