@@ -494,6 +494,15 @@ pub struct Outcome {
 pub async fn run(opts: &Options) -> Result<Outcome> {
     std::fs::create_dir_all(&opts.out)?;
     let data = opts.out.join("nodes");
+    // Nodes started on what an earlier run left would join its store to this one's (found the
+    // hard way: a run whose directory an aborted run's harness had refilled read that run's
+    // events as garbage). A run starts from nothing.
+    if std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "{} holds an earlier run's nodes: give another --out, or remove it",
+            data.display()
+        );
+    }
     let cluster: Box<dyn Backend> = match &opts.docker {
         None => Box::new(Cluster::start(&opts.binary, opts.nodes, &data, opts.seed).await?),
         Some(image) => Box::new(DockerBackend::new(

@@ -64,3 +64,28 @@ fn run_is_the_default_command() {
         assert!(err.contains("unknown workload `bogus`"), "{args:?}: {err}");
     }
 }
+
+/// A run refuses a directory that already holds an earlier run's nodes (their data would join
+/// the new cluster), before it starts anything.
+#[test]
+fn a_run_never_starts_on_an_earlier_runs_nodes() {
+    let out = std::env::temp_dir().join(format!("quiver-jepsen-reuse-{}", std::process::id()));
+    std::fs::create_dir_all(out.join("nodes").join("n1")).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_quiver-jepsen"))
+        .args([
+            "--nodes",
+            "3",
+            "--time-limit",
+            "1",
+            "--binary",
+            "/bin/true",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds an earlier run's nodes"), "{err}");
+}
