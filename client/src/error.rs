@@ -15,6 +15,11 @@ pub enum Error {
         actual: Option<u64>,
         /// The server's message.
         message: String,
+        /// The stream in conflict (in a multi-stream append, the one whose check failed),
+        /// when the client could tell.
+        stream: Option<String>,
+        /// What the writer expected of it, when the client could tell.
+        expected: Option<crate::ExpectedVersion>,
     },
     /// The stream was hard-deleted.
     #[error("stream deleted: {0}")]
@@ -102,7 +107,12 @@ impl Error {
     pub(crate) fn from_wire(code: ErrorCode, message: Text, actual: Option<u64>) -> Error {
         let message = message.as_str().to_string();
         match code {
-            ErrorCode::WrongExpectedVersion => Error::WrongExpectedVersion { actual, message },
+            ErrorCode::WrongExpectedVersion => Error::WrongExpectedVersion {
+                actual,
+                message,
+                stream: None,
+                expected: None,
+            },
             ErrorCode::StreamDeleted => Error::StreamDeleted(message),
             ErrorCode::StreamNotFound => Error::NotFound(message),
             ErrorCode::AlreadyExists => Error::AlreadyExists(message),
@@ -168,6 +178,8 @@ mod tests {
     #[test]
     fn a_conflict_reads_as_the_server_said_it() {
         let e = Error::WrongExpectedVersion {
+            stream: None,
+            expected: None,
             actual: Some(1),
             message: "wrong expected version for 'acct-1': expected version 0, but the stream \
                       is at version 1"
@@ -179,6 +191,8 @@ mod tests {
              version 1"
         );
         let bare = Error::WrongExpectedVersion {
+            stream: None,
+            expected: None,
             actual: None,
             message: String::new(),
         };
@@ -217,6 +231,8 @@ mod tests {
             Error::WrongExpectedVersion {
                 actual: None,
                 message: String::new(),
+                stream: None,
+                expected: None,
             },
             Error::StreamDeleted("s".into()),
             Error::Unauthenticated("no token".into()),

@@ -887,6 +887,8 @@ impl Client {
         &self,
         writes: Vec<(String, ExpectedVersion, Vec<EventData>)>,
     ) -> Result<WriteResult, Error> {
+        let checks: Vec<(String, ExpectedVersion)> =
+            writes.iter().map(|(s, e, _)| (s.clone(), *e)).collect();
         let writes = writes
             .into_iter()
             .map(|(stream, expected, events)| message::StreamWrite {
@@ -895,7 +897,11 @@ impl Client {
                 events: events.into_iter().map(EventData::wire).collect(),
             })
             .collect();
-        match self.call(&Request::Append { writes }).await? {
+        let answer = match self.call(&Request::Append { writes }).await {
+            Err(e) => return Err(name_conflict(e, &checks)),
+            Ok(answer) => answer,
+        };
+        match answer {
             Response::Appended {
                 next_expected_version,
                 position_first,
@@ -1768,6 +1774,30 @@ impl Events {
             let item = read.next().await.transpose();
             (item, read)
         })
+    }
+}
+
+/// A conflict with the stream and the expected version filled in from the request: the one
+/// stream of a single append, or the write of a multi-stream append whose stream the
+/// server's message names (`… for 'STREAM': …`).
+fn name_conflict(e: Error, checks: &[(String, ExpectedVersion)]) -> Error {
+    let Error::WrongExpectedVersion {
+        actual, message, ..
+    } = e
+    else {
+        return e;
+    };
+    let found = match checks {
+        [one] => Some(one),
+        many => many
+            .iter()
+            .find(|(stream, _)| message.contains(&format!("for '{stream}':"))),
+    };
+    Error::WrongExpectedVersion {
+        actual,
+        stream: found.map(|(s, _)| s.clone()),
+        expected: found.map(|(_, e)| *e),
+        message,
     }
 }
 

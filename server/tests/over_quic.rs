@@ -773,3 +773,37 @@ async fn system_trust_roots_sit_beside_the_ca_file() {
     client.close().await;
     server.stop().await;
 }
+
+/// A conflict in a multi-stream append names the stream whose check failed and what the
+/// writer expected of it, beside the stream's actual version.
+#[tokio::test]
+async fn a_conflict_names_its_stream_and_the_expected_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let c = client(dir.path(), server.addr).await;
+    let event = || vec![EventData::json("Noted", "{}")];
+    c.append("order-line-1", ExpectedVersion::NoStream, event())
+        .await
+        .unwrap();
+    let failed = c
+        .append_multi(vec![
+            ("order-1".into(), ExpectedVersion::NoStream, event()),
+            ("order-line-1".into(), ExpectedVersion::Exact(3), event()),
+        ])
+        .await;
+    match failed {
+        Err(Error::WrongExpectedVersion {
+            stream,
+            expected,
+            actual,
+            ..
+        }) => {
+            assert_eq!(stream.as_deref(), Some("order-line-1"));
+            assert_eq!(expected, Some(ExpectedVersion::Exact(3)));
+            assert_eq!(actual, Some(0));
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    c.close().await;
+    server.stop().await;
+}
