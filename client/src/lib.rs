@@ -354,6 +354,9 @@ pub struct ReadOptions {
     pub type_prefix: Option<String>,
     /// `$all` only: stream names starting with this.
     pub stream_prefix: Option<String>,
+    /// A stream never written reads as empty instead of `Error::NotFound` (what a loader of
+    /// an aggregate usually wants). A hard-deleted stream is still `Error::StreamDeleted`.
+    pub missing_as_empty: bool,
 }
 
 impl Default for ReadOptions {
@@ -364,11 +367,30 @@ impl Default for ReadOptions {
             max_count: u64::MAX,
             type_prefix: None,
             stream_prefix: None,
+            missing_as_empty: false,
         }
     }
 }
 
 impl ReadOptions {
+    /// A stream never written reads as empty (see [`ReadOptions::missing_as_empty`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::ReadOptions;
+    /// let events = client
+    ///     .read_stream("account-new", ReadOptions::default().missing_as_empty(true))
+    ///     .await?
+    ///     .collect()
+    ///     .await?;
+    /// assert!(events.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn missing_as_empty(mut self, on: bool) -> Self {
+        self.missing_as_empty = on;
+        self
+    }
+
     /// Starts at this version or position.
     pub fn from(mut self, at: u64) -> Self {
         self.from = Some(at);
@@ -926,7 +948,16 @@ impl Client {
             backward: options.backward,
             max_count: options.max_count,
         };
-        self.read(req).await
+        match self.read(req).await {
+            Err(Error::NotFound(_)) if options.missing_as_empty => Ok(Events {
+                recv: None,
+                buf: BytesMut::new(),
+                pending: VecDeque::new(),
+                done: true,
+                timeout: self.timeout,
+            }),
+            other => other,
+        }
     }
 
     /// Reads `$all`, optionally filtered by event-type and stream-name prefixes.
@@ -950,7 +981,7 @@ impl Client {
     async fn read(&self, req: Request) -> Result<Events, Error> {
         let (first, recv, buf) = self.open(&req).await?;
         let mut events = Events {
-            recv,
+            recv: Some(recv),
             buf,
             pending: VecDeque::new(),
             done: false,
@@ -1700,7 +1731,8 @@ pub(crate) fn recorded(e: message::Event) -> RecordedEvent {
 
 /// Events of a read, arriving in frames as the server streams them.
 pub struct Events {
-    recv: quinn::RecvStream,
+    /// `None` for a read answered without a response stream (a missing stream read as empty).
+    recv: Option<quinn::RecvStream>,
     buf: BytesMut,
     pending: VecDeque<RecordedEvent>,
     done: bool,
@@ -1736,10 +1768,10 @@ impl Events {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(Some(e));
             }
-            if self.done {
+            let (false, Some(recv)) = (self.done, self.recv.as_mut()) else {
                 return Ok(None);
-            }
-            let read = read_frame(&mut self.recv, &mut self.buf, RESPONSE_PAYLOAD_BYTES_MAX);
+            };
+            let read = read_frame(recv, &mut self.buf, RESPONSE_PAYLOAD_BYTES_MAX);
             let frame = tokio::time::timeout(self.timeout, read)
                 .await
                 .map_err(|_| Error::Timeout)?

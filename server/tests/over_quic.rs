@@ -807,3 +807,35 @@ async fn a_conflict_names_its_stream_and_the_expected_version() {
     c.close().await;
     server.stop().await;
 }
+
+/// A stream never written reads as empty when the caller asks for that, and as `NotFound`
+/// otherwise; a hard-deleted stream stays `StreamDeleted` either way.
+#[tokio::test]
+async fn a_missing_stream_reads_as_empty_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()));
+    let c = client(dir.path(), server.addr).await;
+    let empty = ReadOptions::default().missing_as_empty(true);
+    let read = c.read_stream("never", empty.clone()).await.unwrap();
+    assert!(read.collect().await.unwrap().is_empty());
+    assert!(matches!(
+        c.read_stream("never", ReadOptions::default()).await,
+        Err(Error::NotFound(_))
+    ));
+    c.append(
+        "gone",
+        ExpectedVersion::NoStream,
+        vec![EventData::json("Noted", "{}")],
+    )
+    .await
+    .unwrap();
+    c.tombstone_stream("gone", ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.read_stream("gone", empty).await,
+        Err(Error::StreamDeleted(_))
+    ));
+    c.close().await;
+    server.stop().await;
+}
