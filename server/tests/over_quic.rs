@@ -589,6 +589,20 @@ async fn a_connection_string_reaches_a_server_on_ipv6() {
     server.stop().await;
 }
 
+/// Appends `n` events to `stream`, one at a time.
+async fn ticks(client: &Client, stream: &str, n: usize) {
+    for _ in 0..n {
+        client
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![EventData::json("Ticked", "{}")],
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// Reads and subscriptions as `Stream`s: a read's events through `TryStreamExt`, and a
 /// subscription that owns its client, moved into a task of its own after the client it came
 /// from is dropped, delivering what was there and what is appended after.
@@ -600,12 +614,7 @@ async fn reads_and_subscriptions_are_streams() {
     let server = start(config(dir.path()));
     let client = client(dir.path(), server.addr).await;
     let event = || vec![EventData::json("Ticked", "{}")];
-    for _ in 0..3 {
-        client
-            .append("ticks", ExpectedVersion::Any, event())
-            .await
-            .unwrap();
-    }
+    ticks(&client, "ticks", 3).await;
     let versions: Vec<u64> = client
         .read_stream("ticks", ReadOptions::default())
         .await
@@ -658,12 +667,7 @@ async fn a_subscription_resumes_where_another_stopped() {
     let server = start(config(dir.path()));
     let client = client(dir.path(), server.addr).await;
     let event = || vec![EventData::json("Ticked", "{}")];
-    for _ in 0..3 {
-        client
-            .append("resumed", ExpectedVersion::Any, event())
-            .await
-            .unwrap();
-    }
+    ticks(&client, "resumed", 3).await;
     let mut first = client
         .subscribe_stream("resumed", SubscribeOptions::default())
         .await
