@@ -617,6 +617,13 @@ async fn handshake(
 
 impl Client {
     /// Connects, checks the protocol version and presents the token.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quiver_client::{Client, ClientConfig};
+    /// let client = Client::connect(ClientConfig::from_url("quiver://127.0.0.1:7600")?).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = Vec::new();
@@ -894,6 +901,15 @@ impl Client {
     }
 
     /// Appends events to one stream, all or nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{EventData, ExpectedVersion};
+    /// let opened = EventData::json("AccountOpened", r#"{\"owner\":\"ada\"}"#);
+    /// let written = client.append("account-1", ExpectedVersion::NoStream, vec![opened]).await?;
+    /// assert_eq!(written.next_expected_version, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn append(
         &self,
         stream: &str,
@@ -905,6 +921,18 @@ impl Client {
     }
 
     /// Appends to several streams in one atomic write, each with its own expected version.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{EventData, ExpectedVersion};
+    /// // A transfer: both legs, or neither.
+    /// client.append_multi(vec![
+    ///     ("account-1".into(), ExpectedVersion::Exact(4), vec![EventData::json("Debited", "{}")]),
+    ///     ("account-2".into(), ExpectedVersion::Any, vec![EventData::json("Credited", "{}")]),
+    /// ])
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn append_multi(
         &self,
         writes: Vec<(String, ExpectedVersion, Vec<EventData>)>,
@@ -941,6 +969,16 @@ impl Client {
     }
 
     /// Reads a stream; events arrive as the server streams them.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::ReadOptions;
+    /// let mut read = client.read_stream("account-1", ReadOptions::default()).await?;
+    /// while let Some(event) = read.next().await? {
+    ///     println!("{} {}", event.version, event.event_type);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn read_stream(&self, stream: &str, options: ReadOptions) -> Result<Events, Error> {
         let req = Request::ReadStream {
             stream: Text::from(stream),
@@ -961,6 +999,17 @@ impl Client {
     }
 
     /// Reads `$all`, optionally filtered by event-type and stream-name prefixes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::ReadOptions;
+    /// let accounts = client
+    ///     .read_all(ReadOptions::default().stream_prefix("account-"))
+    ///     .await?
+    ///     .collect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn read_all(&self, options: ReadOptions) -> Result<Events, Error> {
         let req = Request::ReadAll {
             from: options.wire_from(),
@@ -995,6 +1044,18 @@ impl Client {
     /// each new commit as it happens (live), in position order, with no gap and no duplicate
     /// between the two. Resume after a disconnect from the last position seen plus one, or
     /// from the last checkpoint.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::SubscribeOptions;
+    /// let mut sub = client
+    ///     .subscribe_all(SubscribeOptions::default().stream_prefix("account-"))
+    ///     .await?;
+    /// while let Some(message) = sub.next().await? {
+    ///     println!("{message:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe_all(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
         let req = Request::Subscribe {
             stream: None,
@@ -1008,6 +1069,16 @@ impl Client {
     }
 
     /// Subscribes to one stream from `options.from` (a version), catch-up then live.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{SubscribeOptions, SubscriptionMessage};
+    /// let mut sub = client.subscribe_stream("account-1", SubscribeOptions::default()).await?;
+    /// while let Some(SubscriptionMessage::Event(e)) = sub.next().await? {
+    ///     println!("{} {}", e.version, e.event_type);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe_stream(
         &self,
         stream: &str,
@@ -1040,6 +1111,15 @@ impl Client {
     }
 
     /// A stream's state; `None` for a stream never written.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// match client.stream_info("account-1").await? {
+    ///     None => println!("never written"),
+    ///     Some(info) => println!("{info:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, Error> {
         match self
             .call(&Request::StreamInfo {
@@ -1114,6 +1194,14 @@ impl Client {
     }
 
     /// Stores a snapshot of `stream` at `version`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// client.put_snapshot("account-1", 41, r#"{\"balance\":75}"#).await?;
+    /// let (version, state) = client.newest_snapshot("account-1").await?.expect("just stored");
+    /// assert_eq!(version, 41);
+    /// # Ok(()) }
+    /// ```
     pub async fn put_snapshot(
         &self,
         stream: &str,
@@ -1226,6 +1314,13 @@ impl Client {
 
     /// Creates a persistent subscription group. Fails with [`Error::AlreadyExists`] if a
     /// group of that name exists.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::PersistentDefinition;
+    /// client.create_persistent(&PersistentDefinition::stream("billing", "account-1")).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_persistent(&self, definition: &PersistentDefinition) -> Result<(), Error> {
         self.done(Request::PersistentCreate {
             definition: Text::new(definition_json(definition)?),
@@ -1280,6 +1375,15 @@ impl Client {
     }
 
     /// Joins a group as a consumer.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// let mut group = client.connect_persistent("billing").await?;
+    /// while let Some(delivery) = group.next().await? {
+    ///     group.ack(&[delivery.event.position]).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_persistent(&self, group: &str) -> Result<PersistentSubscription, Error> {
         let req = Request::PersistentConnect {
             group: Text::from(group),
