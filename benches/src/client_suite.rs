@@ -364,6 +364,9 @@ impl Suite {
         self.read_store()?;
         let store = self.reads.as_ref().expect("filled by read_store");
         let first = store.first_position;
+        // The store's events only: on a running server, other scenarios (or other runs) may
+        // have written after it, and a catch-up to the head would deliver theirs too.
+        let last = first + store.events - 1;
         let mut options = SubscribeOptions::default().from(first);
         if let Some(prefix) = type_prefix {
             options = options.type_prefix(prefix);
@@ -377,6 +380,7 @@ impl Suite {
                     .await??
                     .context("the subscription ended before catching up")?;
                 match message {
+                    SubscriptionMessage::Event(e) if e.position > last => break,
                     SubscriptionMessage::Event(e) => {
                         let due = first + timer.events();
                         ensure!(
@@ -390,8 +394,12 @@ impl Suite {
                             e.event_type
                         );
                         timer.event(e.data.len());
+                        if e.position == last {
+                            break;
+                        }
                     }
                     SubscriptionMessage::CaughtUp { .. } => break,
+                    SubscriptionMessage::Checkpoint { position } if position > last => break,
                     // FellBehind only ever follows a CaughtUp.
                     SubscriptionMessage::Checkpoint { .. }
                     | SubscriptionMessage::FellBehind { .. } => {}
