@@ -192,10 +192,7 @@ impl Cluster {
     /// A client configuration for this cluster's members (the CA, a 3 s timeout); client
     /// files (known hosts and the like) go under `root`.
     pub fn client_config(&self, root: &Path) -> ClientConfig {
-        ClientConfig::local(root)
-            .ca_file(self.ca())
-            .timeout(Duration::from_secs(3))
-            .servers(self.clients())
+        harness_config(root, self.ca(), self.clients(), None)
     }
 
     fn node_mut(&mut self, id: u64) -> &mut Node {
@@ -467,20 +464,17 @@ impl Cluster {
     /// removal, rot that must be repaired) wait for this, so that the cluster they leave
     /// still has a majority: an operator would too.
     pub fn settled(&self) -> bool {
-        let Some(leader) = self.leader() else {
-            return false;
-        };
-        let Some(ls) = self.status(leader) else {
+        let ids = Cluster::ids(self);
+        let statuses: Vec<ClusterStatus> = ids.iter().filter_map(|i| self.status(*i)).collect();
+        let Some(ls) = agreed_leader(&statuses) else {
             return false;
         };
         let mut voters = ls.voters.clone();
         voters.sort_unstable();
-        voters == self.ids()
+        statuses.len() == ids.len()
+            && voters == ids
             && ls.learners.is_empty()
-            && self.ids().iter().all(|id| {
-                self.status(*id)
-                    .is_some_and(|s| s.applied + 100 >= ls.commit)
-            })
+            && statuses.iter().all(|s| s.applied + 100 >= ls.commit)
     }
 }
 
@@ -576,11 +570,35 @@ pub trait Backend: Send + Sync {
     fn leader(&self) -> Option<u64> {
         let statuses: Vec<ClusterStatus> =
             self.ids().iter().filter_map(|i| self.status(*i)).collect();
-        let leader = statuses.iter().find(|s| s.role == "leader")?;
-        statuses
-            .iter()
-            .all(|s| s.leader == Some(leader.node_id) || s.term < leader.term)
-            .then_some(leader.node_id)
+        agreed_leader(&statuses).map(|s| s.node_id)
+    }
+}
+
+/// The status of the leader every one of `statuses` agrees on (or knows only an older term
+/// than), if any.
+fn agreed_leader(statuses: &[ClusterStatus]) -> Option<&ClusterStatus> {
+    let leader = statuses.iter().find(|s| s.role == "leader")?;
+    statuses
+        .iter()
+        .all(|s| s.leader == Some(leader.node_id) || s.term < leader.term)
+        .then_some(leader)
+}
+
+/// How the harness's clients connect, on either backend: `ca`, a 3 s timeout (a fault must
+/// not stall a client for long), `servers`, and a token where the nodes require one.
+fn harness_config(
+    root: &Path,
+    ca: PathBuf,
+    servers: Vec<SocketAddr>,
+    token: Option<String>,
+) -> ClientConfig {
+    let config = ClientConfig::local(root)
+        .ca_file(ca)
+        .timeout(Duration::from_secs(3))
+        .servers(servers);
+    match token {
+        Some(token) => config.token(token),
+        None => config,
     }
 }
 
@@ -679,14 +697,7 @@ impl Backend for DockerBackend {
         self.inner.client(id)
     }
     fn client_config(&self, root: &Path) -> ClientConfig {
-        let config = ClientConfig::local(root)
-            .ca_file(self.inner.ca())
-            .timeout(Duration::from_secs(3))
-            .servers(self.clients());
-        match self.inner.token() {
-            Some(token) => config.token(token),
-            None => config,
-        }
+        harness_config(root, self.inner.ca(), self.clients(), self.inner.token())
     }
     fn view(&self) -> Arc<Mutex<Vec<SocketAddr>>> {
         self.view.clone()

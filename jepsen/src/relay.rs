@@ -200,24 +200,25 @@ async fn run(
     sources: Sources,
 ) {
     // One upstream socket per source, so that the target tells the relayed peers apart and
-    // its answers find their way back.
-    let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    // its answers find their way back; with it, which node the source is (looked up once: a
+    // node is registered before it starts, so before its first datagram).
+    let mut upstreams: HashMap<SocketAddr, (Arc<UdpSocket>, Option<u64>)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, from)) = front.recv_from(&mut buf).await else {
             continue;
         };
-        let source = lock(&sources).get(&from).copied();
-        let up = match upstreams.get(&from) {
-            Some(up) => up.clone(),
+        let (up, source) = match upstreams.get(&from) {
+            Some((up, source)) => (up.clone(), *source),
             None => {
                 let Ok(up) = UdpSocket::bind("127.0.0.1:0").await else {
                     continue;
                 };
                 let up = Arc::new(up);
-                upstreams.insert(from, up.clone());
+                let source = lock(&sources).get(&from).copied();
+                upstreams.insert(from, (up.clone(), source));
                 tokio::spawn(back(up.clone(), front.clone(), from, source, state.clone()));
-                up
+                (up, source)
             }
         };
         let (copies, delay) = lock(&state).fate(source, true);
@@ -344,6 +345,20 @@ mod tests {
         (addr, task)
     }
 
+    /// A relay (seeded `seed`) in front of an echo server, and a client socket registered as
+    /// node 9.
+    async fn relayed_echo(seed: u64) -> (Relay, UdpSocket, tokio::task::JoinHandle<()>) {
+        let (target, task) = echo().await;
+        let sources = Sources::default();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sources
+            .lock()
+            .unwrap()
+            .insert(client.local_addr().unwrap(), 9);
+        let relay = Relay::start(target, seed, sources).await.unwrap();
+        (relay, client, task)
+    }
+
     async fn round_trip(client: &UdpSocket, relay: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
         client.send_to(msg, relay).await.unwrap();
         let mut buf = [0u8; 1500];
@@ -355,14 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_relay_forwards_both_ways_and_cuts_each_direction() {
-        let (target, _task) = echo().await;
-        let sources = Sources::default();
-        let relay = Relay::start(target, 1, sources.clone()).await.unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        sources
-            .lock()
-            .unwrap()
-            .insert(client.local_addr().unwrap(), 9);
+        let (relay, client, _task) = relayed_echo(1).await;
         assert_eq!(
             round_trip(&client, relay.addr(), b"hi").await.as_deref(),
             Some(&b"hi"[..])
@@ -393,14 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn duplication_and_delay_are_applied() {
-        let (target, _task) = echo().await;
-        let sources = Sources::default();
-        let relay = Relay::start(target, 7, sources.clone()).await.unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        sources
-            .lock()
-            .unwrap()
-            .insert(client.local_addr().unwrap(), 9);
+        let (relay, client, _task) = relayed_echo(7).await;
         relay.set(
             9,
             Rule {

@@ -475,6 +475,37 @@ async fn backoff(halt: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// A transient catch-up subscriber on `$all`, pinned to one node, until halted.
+/// Why [`connect`] gave no client.
+enum NoClient {
+    /// It failed (logged, backed off): try again.
+    Again,
+    /// The subscribers are halted.
+    Halted,
+}
+
+/// Connects through `config` of now; a failure is logged and backed off from.
+async fn connect(
+    sub: &Subscriber,
+    config: &ConfigSource,
+    halt: &mut watch::Receiver<bool>,
+) -> Result<Client, NoClient> {
+    let client = tokio::select! {
+        _ = halted(halt) => return Err(NoClient::Halted),
+        c = Client::connect(config()) => c,
+    };
+    match client {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            sub.error("connect", &e);
+            if backoff(halt).await {
+                Err(NoClient::Again)
+            } else {
+                Err(NoClient::Halted)
+            }
+        }
+    }
+}
+
 /// How long a subscriber waits on `next()` before it starts again (the workload writes all
 /// the time, so a silence this long means its node is gone).
 const STALL: Duration = Duration::from_secs(10);
@@ -483,19 +514,10 @@ async fn transient(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::
     // Resume point: just past the last event delivered.
     let mut from: Option<u64> = None;
     'run: while !*halt.borrow() {
-        let client = tokio::select! {
-            _ = halted(&mut halt) => break 'run,
-            c = Client::connect(config()) => c,
-        };
-        let client = match client {
+        let client = match connect(&sub, &config, &mut halt).await {
             Ok(c) => c,
-            Err(e) => {
-                sub.error("connect", &e);
-                if backoff(&mut halt).await {
-                    continue;
-                }
-                break;
-            }
+            Err(NoClient::Again) => continue,
+            Err(NoClient::Halted) => break 'run,
         };
         let mut options = SubscribeOptions::default().stream_prefix(STREAM_PREFIX);
         if let Some(at) = from {
@@ -560,19 +582,10 @@ async fn group(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::Rece
         .max_retries(GROUP_MAX_RETRIES);
     let mut created = false;
     'run: while !*halt.borrow() {
-        let client = tokio::select! {
-            _ = halted(&mut halt) => break 'run,
-            c = Client::connect(config()) => c,
-        };
-        let client = match client {
+        let client = match connect(&sub, &config, &mut halt).await {
             Ok(c) => c,
-            Err(e) => {
-                sub.error("connect", &e);
-                if backoff(&mut halt).await {
-                    continue;
-                }
-                break;
-            }
+            Err(NoClient::Again) => continue,
+            Err(NoClient::Halted) => break 'run,
         };
         if !created {
             let made = tokio::select! {
