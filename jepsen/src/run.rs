@@ -364,8 +364,10 @@ async fn connect<'a>(
     slot.as_ref()
 }
 
-/// Appends `writes` (one atomic write), retrying an unknown outcome with the same events
-/// (so the same ids) on a fresh connection, up to `retries` more times.
+/// Appends `writes` (one atomic write), sending it again with the same events (so the same
+/// ids) on a fresh connection, up to `retries` more times, after what may succeed if sent
+/// again ([`Error::is_retryable`]: a timeout, a lost connection, a node not the leader or
+/// unavailable). A conflict is not re-sent: it would be refused again.
 async fn write_retrying(
     client: &mut Option<Client>,
     base: &ClientConfig,
@@ -387,7 +389,7 @@ async fn write_retrying(
             None => Err(Error::Timeout),
         };
         match result {
-            Err(e) if !definite(&e, false) && tries < retries => {
+            Err(e) if e.is_retryable() && tries < retries => {
                 tries += 1;
                 lock(&rec.counts).retries += 1;
                 *client = None;
