@@ -23,6 +23,12 @@ use crate::relay::Network;
 /// The cluster secret of every run (the harness's nodes only ever talk to each other).
 pub const SECRET: &str = "quiver-jepsen cluster secret, 40 bytes..";
 
+/// Segment size of the harness's nodes, in MiB. Each node pre-zeroes a whole spare segment
+/// beside its active one, so the default 64 MiB cost a run with its replaced nodes gigabytes
+/// of disk (a CI machine ran out during the smoke); 8 MiB segments also make every run roll
+/// segments over while faults happen, a path the default size would rarely reach.
+const SEGMENT_MIB: &str = "8";
+
 /// One node: its addresses, directory and process.
 pub struct Node {
     /// Its node id (1..=n).
@@ -254,6 +260,7 @@ impl Cluster {
             .args(["--http", &node.http.to_string()])
             .arg("--data-dir")
             .arg(&node.dir)
+            .args(["--segment-mib", SEGMENT_MIB])
             .env("QUIVER_CLUSTER_SECRET", SECRET)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
