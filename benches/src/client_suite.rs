@@ -45,8 +45,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use hdrhistogram::Histogram;
 use quiver_client::{
-    Client, ClientConfig, EventData, ExpectedVersion, PersistentDefinition, ReadOptions,
-    SubscribeOptions, SubscriptionMessage,
+    Client, ClientConfig, EventData, ExpectedVersion, PersistentDefinition, ReadAllOptions,
+    ReadStreamOptions, SubscribeAllOptions, SubscriptionMessage,
 };
 use quiver_engine::Uuid;
 use quiver_server::ServerConfig;
@@ -273,12 +273,12 @@ impl Suite {
             let client = Client::connect(store.server.config.clone()).await?;
             let mut timer = ReadTimer::start();
             let mut events = client
-                .read_stream(&store.stream, ReadOptions::default())
+                .read_stream(&store.stream, ReadStreamOptions::default())
                 .await?;
             while let Some(e) = events.next().await? {
                 let due = timer.events();
                 ensure!(
-                    e.version == due,
+                    e.version.get() == due,
                     "read version {} where {due} was due",
                     e.version
                 );
@@ -298,13 +298,15 @@ impl Suite {
         let first = store.first_position;
         let (run, bytes) = self.runtime.block_on(async {
             let client = Client::connect(store.server.config.clone()).await?;
-            let options = ReadOptions::default().from(first).max_count(store.events);
+            let options = ReadAllOptions::default()
+                .from(first)
+                .max_count(store.events);
             let mut timer = ReadTimer::start();
             let mut events = client.read_all(options).await?;
             while let Some(e) = events.next().await? {
                 let due = first + timer.events();
                 ensure!(
-                    e.position == due,
+                    e.position.get() == due,
                     "read position {} where {due} was due",
                     e.position
                 );
@@ -367,7 +369,7 @@ impl Suite {
         // The store's events only: on a running server, other scenarios (or other runs) may
         // have written after it, and a catch-up to the head would deliver theirs too.
         let last = first + store.events - 1;
-        let mut options = SubscribeOptions::default().from(first);
+        let mut options = SubscribeAllOptions::default().from(first);
         if let Some(prefix) = type_prefix {
             options = options.type_prefix(prefix);
         }
@@ -380,11 +382,11 @@ impl Suite {
                     .await??
                     .context("the subscription ended before catching up")?;
                 match message {
-                    SubscriptionMessage::Event(e) if e.position > last => break,
+                    SubscriptionMessage::Event(e) if e.position.get() > last => break,
                     SubscriptionMessage::Event(e) => {
                         let due = first + timer.events();
                         ensure!(
-                            type_prefix.is_some() || e.position == due,
+                            type_prefix.is_some() || e.position.get() == due,
                             "delivered position {} where {due} was due",
                             e.position
                         );
@@ -394,12 +396,12 @@ impl Suite {
                             e.event_type
                         );
                         timer.event(e.data.len());
-                        if e.position == last {
+                        if e.position.get() == last {
                             break;
                         }
                     }
                     SubscriptionMessage::CaughtUp { .. } => break,
-                    SubscriptionMessage::Checkpoint { position } if position > last => break,
+                    SubscriptionMessage::Checkpoint { at } if at.get() > last => break,
                     // FellBehind only ever follows a CaughtUp.
                     SubscriptionMessage::Checkpoint { .. }
                     | SubscriptionMessage::FellBehind { .. } => {}
@@ -756,11 +758,11 @@ async fn fill(config: &ClientConfig, stream: &str, mut ids: Ids, events: u64) ->
         let r = client.append(stream, ExpectedVersion::Any, write).await?;
         latency.saturating_record(nanos_since(sent));
         ensure!(
-            next_position.is_none_or(|p| p == r.position_first),
+            next_position.is_none_or(|p| p == r.position_first.get()),
             "another writer's events landed in $all between the fill's appends"
         );
-        first_position.get_or_insert(r.position_first);
-        next_position = Some(r.position_last + 1);
+        first_position.get_or_insert(r.position_first.get());
+        next_position = Some(r.position_last.get() + 1);
     }
     let elapsed = began.elapsed();
     client.close().await;
@@ -790,13 +792,13 @@ async fn follow_live(
     arrived: mpsc::UnboundedSender<(u64, Instant)>,
 ) -> Result<()> {
     let mut sub = client
-        .subscribe_all(SubscribeOptions::default().from_end())
+        .subscribe_all(SubscribeAllOptions::default().from_end())
         .await?;
     let mut is_live = Some(is_live);
     while let Some(message) = sub.next().await? {
         match message {
             SubscriptionMessage::Event(e) => {
-                if arrived.send((e.position, Instant::now())).is_err() {
+                if arrived.send((e.position.get(), Instant::now())).is_err() {
                     return Ok(());
                 }
             }
@@ -848,7 +850,7 @@ async fn write_live(
             .with_context(|| format!("appending to {stream}"))?;
         let answered = Instant::now();
         append.saturating_record(nanos(answered - sent));
-        let position = written.position_first;
+        let position = written.position_first.get();
         let received = loop {
             let (p, at) = within("the live subscriber", arrivals.recv())
                 .await?
@@ -892,7 +894,7 @@ async fn consume_and_ack(
         let delivery = within("the persistent group", consumer.next())
             .await??
             .context("the server ended the membership")?;
-        let position = delivery.event.position;
+        let position = delivery.event.position.get();
         ensure!(
             positions.contains(&position),
             "delivered position {position}, outside {positions:?}"
@@ -902,7 +904,7 @@ async fn consume_and_ack(
             "position {position} was delivered again"
         );
         timer.event(delivery.event.data.len());
-        unacked.push(position);
+        unacked.push(delivery.event.position);
         if unacked.len() == ACK_BATCH || timer.events() == events {
             consumer.ack(&unacked).await?;
             unacked.clear();

@@ -7,7 +7,9 @@
 //! so one of them loses the race, reloads and decides again: the balance never goes below
 //! zero and no withdrawal is lost.
 
-use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{
+    Client, ClientConfig, Error, EventData, ExpectedVersion, ReadStreamOptions, StreamVersion,
+};
 use serde_json::{json, Value};
 
 /// The aggregate's state, folded from its events.
@@ -16,11 +18,11 @@ struct Account {
     owner: Option<String>,
     balance: i64,
     /// Version of the last event folded in (`None`: no events yet).
-    version: Option<u64>,
+    version: Option<StreamVersion>,
 }
 
 impl Account {
-    fn apply(&mut self, event_type: &str, data: &Value, version: u64) {
+    fn apply(&mut self, event_type: &str, data: &Value, version: StreamVersion) {
         match event_type {
             "Opened" => self.owner = data["owner"].as_str().map(str::to_string),
             "Deposited" => self.balance += data["amount"].as_i64().unwrap_or(0),
@@ -43,16 +45,16 @@ const SNAPSHOT_EVERY: u64 = 3;
 /// Loads an account: the newest snapshot, then the events after it.
 async fn load(client: &Client, stream: &str) -> Result<Account, Error> {
     let mut account = Account::default();
-    let mut from = 0;
-    if let Some((version, blob)) = client.latest_snapshot(stream, u64::MAX).await? {
+    let mut from = StreamVersion(0);
+    if let Some((version, blob)) = client.newest_snapshot(stream).await? {
         let v: Value = serde_json::from_slice(&blob).unwrap_or_default();
         account.owner = v["owner"].as_str().map(str::to_string);
         account.balance = v["balance"].as_i64().unwrap_or(0);
         account.version = Some(version);
-        from = version + 1;
+        from = version.next();
     }
     let mut events = match client
-        .read_stream(stream, ReadOptions::default().from(from))
+        .read_stream(stream, ReadStreamOptions::default().from(from))
         .await
     {
         Ok(events) => events,
@@ -79,9 +81,7 @@ async fn execute(
             Ok(events) => events,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let expected = account
-            .version
-            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        let expected = ExpectedVersion::from(account.version);
         let data = events
             .iter()
             .map(|(t, v)| EventData::json(*t, v.to_string()))
@@ -89,12 +89,13 @@ async fn execute(
         match client.append(stream, expected, data).await {
             Ok(r) => {
                 let mut after = account.clone();
-                let first = r.next_expected_version + 1 - events.len() as u64;
+                let last = r.next_expected_version;
+                let first = last.get() + 1 - events.len() as u64;
                 for (i, (t, v)) in events.iter().enumerate() {
-                    after.apply(t, v, first + i as u64);
+                    after.apply(t, v, StreamVersion(first + i as u64));
                 }
                 // Snapshot when this append completed a run of SNAPSHOT_EVERY events.
-                if (first..=r.next_expected_version).any(|v| (v + 1) % SNAPSHOT_EVERY == 0) {
+                if (first..=last.get()).any(|v| (v + 1) % SNAPSHOT_EVERY == 0) {
                     client
                         .put_snapshot(stream, r.next_expected_version, after.snapshot())
                         .await?;

@@ -1,7 +1,70 @@
 //! The client's errors: what the server refused, typed, and what went wrong on the way.
+//!
+//! An error that another one caused keeps that one whole as its
+//! [`source`](std::error::Error::source), and its own text says only what the client was
+//! doing (`transport: sending the request`), as the Rust API guidelines ask: a reporter
+//! (`anyhow`'s `{:#}`, or a walk of `source()`) prints the whole chain, once.
+
+use std::sync::Arc;
 
 use quiver_net::message::Response;
 use quiver_net::{ErrorCode, Text};
+
+use crate::StreamVersion;
+
+/// An error beneath a client [`Error`], kept whole: its text is that error's, and its
+/// source that error's source. Two are equal when their texts are.
+///
+/// ```
+/// use std::error::Error as _;
+/// let e = quiver_client::Error::decode("event 1 of 'acct-1'", serde_json::from_str::<u8>("x").unwrap_err());
+/// let cause = e.source().expect("the JSON error");
+/// assert!(cause.to_string().contains("expected value"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps an error.
+    ///
+    /// ```
+    /// let cause = quiver_client::Cause::new(std::io::Error::other("disk on fire"));
+    /// assert_eq!(cause.to_string(), "disk on fire");
+    /// ```
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Arc::new(e))
+    }
+
+    /// The error itself, to downcast to the type it is (a `quinn::ConnectionError`, say).
+    ///
+    /// ```
+    /// let cause = quiver_client::Cause::new(std::io::Error::other("disk on fire"));
+    /// assert!(cause.get_ref().downcast_ref::<std::io::Error>().is_some());
+    /// ```
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,7 +75,7 @@ pub enum Error {
     #[error("{}", conflict(.message, *.actual))]
     WrongExpectedVersion {
         /// The stream's version.
-        actual: Option<u64>,
+        actual: Option<StreamVersion>,
         /// The server's message.
         message: String,
         /// The stream in conflict (in a multi-stream append, the one whose check failed),
@@ -53,18 +116,42 @@ pub enum Error {
         message: String,
     },
     /// The connection could not be made.
-    #[error("connecting: {0}")]
-    Connect(String),
+    #[error("connecting: {context}")]
+    Connect {
+        /// What the client was doing.
+        context: String,
+        /// The error that stopped it, if another error did.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The connection or stream failed.
-    #[error("transport: {0}")]
-    Transport(String),
+    #[error("transport: {context}")]
+    Transport {
+        /// What the client was doing.
+        context: String,
+        /// The error that stopped it.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The server answered something that does not fit the protocol.
-    #[error("protocol: {0}")]
-    Protocol(String),
+    #[error("protocol: {context}")]
+    Protocol {
+        /// What did not fit.
+        context: String,
+        /// The decoder's error, if one said why.
+        #[source]
+        source: Option<Cause>,
+    },
     /// An event's data is not what the caller expected it to decode as
     /// ([`crate::RecordedEvent::json`]).
-    #[error("decoding: {0}")]
-    Decode(String),
+    #[error("decoding {context}")]
+    Decode {
+        /// What was being decoded.
+        context: String,
+        /// The decoder's error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The deadline passed, here or on the server (whose `Timeout` code arrives as this):
     /// the request's outcome is unknown.
     #[error("the request timed out")]
@@ -73,7 +160,7 @@ pub enum Error {
 
 /// A conflict as the server said it (it names the stream, what the writer expected and what
 /// the stream is, in words), or in words here when it said nothing.
-fn conflict(message: &str, actual: Option<u64>) -> String {
+fn conflict(message: &str, actual: Option<StreamVersion>) -> String {
     match (message.is_empty(), actual) {
         (false, _) => message.to_string(),
         (true, Some(v)) => format!("wrong expected version: the stream is at version {v}"),
@@ -95,7 +182,7 @@ impl Error {
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect(_) | Error::Transport(_) | Error::Timeout => true,
+            Error::Connect { .. } | Error::Transport { .. } | Error::Timeout => true,
             Error::Server { code, .. } => matches!(
                 code,
                 ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout
@@ -108,7 +195,7 @@ impl Error {
         let message = message.as_str().to_string();
         match code {
             ErrorCode::WrongExpectedVersion => Error::WrongExpectedVersion {
-                actual,
+                actual: actual.map(StreamVersion),
                 message,
                 stream: None,
                 expected: None,
@@ -131,7 +218,7 @@ impl Error {
                 message,
                 actual,
             } => Error::from_wire(code, message, actual),
-            other => Error::Protocol(format!("unexpected response {:?}", other.kind())),
+            other => Error::protocol(format!("unexpected response {:?}", other.kind())),
         }
     }
 
@@ -140,19 +227,109 @@ impl Error {
     /// (it may have been applied); anything else does not move.
     pub(crate) fn moving_code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Connect(_) => Some(ErrorCode::NotLeader),
-            Error::Transport(_) | Error::Timeout => None,
+            Error::Connect { .. } => Some(ErrorCode::NotLeader),
+            Error::Transport { .. } | Error::Timeout => None,
             _ => Some(ErrorCode::Internal),
         }
     }
 
-    pub(crate) fn transport(e: impl std::fmt::Display) -> Error {
-        Error::Transport(e.to_string())
+    /// The transport failed while the client was doing `context`, because of `e`.
+    ///
+    /// ```
+    /// let e = quiver_client::Error::transport("sending the request", std::io::Error::other("reset"));
+    /// assert_eq!(e.to_string(), "transport: sending the request");
+    /// assert!(e.is_retryable());
+    /// ```
+    pub fn transport(
+        context: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Transport {
+            context: context.into(),
+            source: Some(Cause::new(e)),
+        }
+    }
+
+    /// The connection could not be made while the client was doing `context`, because of
+    /// `e`.
+    ///
+    /// ```
+    /// let e = quiver_client::Error::connect("reading the CA file ca.pem", std::io::Error::other("no such file"));
+    /// assert_eq!(e.to_string(), "connecting: reading the CA file ca.pem");
+    /// ```
+    pub fn connect(
+        context: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Connect {
+            context: context.into(),
+            source: Some(Cause::new(e)),
+        }
+    }
+
+    /// The server's answer does not fit the protocol, as `context` says.
+    ///
+    /// ```
+    /// let e = quiver_client::Error::protocol("the read ended without its last frame");
+    /// assert_eq!(e.to_string(), "protocol: the read ended without its last frame");
+    /// ```
+    pub fn protocol(context: impl Into<String>) -> Error {
+        Error::Protocol {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// What `context` names could not be decoded, because of `e`.
+    ///
+    /// ```
+    /// let bad = serde_json::from_str::<u8>("x").unwrap_err();
+    /// let e = quiver_client::Error::decode("event 1 of 'acct-1'", bad);
+    /// assert_eq!(e.to_string(), "decoding event 1 of 'acct-1'");
+    /// ```
+    pub fn decode(
+        context: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Decode {
+            context: context.into(),
+            source: Some(Cause::new(e)),
+        }
+    }
+
+    /// A response that could not be decoded.
+    pub(crate) fn response(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Protocol {
+            context: "the server's response does not decode".into(),
+            source: Some(Cause::new(e)),
+        }
+    }
+
+    /// This error and each of its sources, joined by ": " (what a person should read).
+    ///
+    /// ```
+    /// let e = quiver_client::Error::transport("sending the request", std::io::Error::other("reset"));
+    /// assert_eq!(e.report(), "transport: sending the request: reset");
+    /// ```
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            next = e.source();
+        }
+        text
     }
 
     /// A response stream that failed. A reset with the slow-reader code means the server
     /// dropped this read or subscription to stay within its memory budget.
     pub(crate) fn read(e: quiver_net::quic::ReadFrameError) -> Error {
+        Error::read_in("reading the response", e)
+    }
+
+    /// As [`Error::read`], saying what was being read.
+    pub(crate) fn read_in(context: &str, e: quiver_net::quic::ReadFrameError) -> Error {
         use quiver_net::quic::{ReadFrameError, RESET_SLOW_READER};
         match &e {
             ReadFrameError::Read(quinn::ReadError::Reset(code))
@@ -166,7 +343,7 @@ impl Error {
                         .into(),
                 }
             }
-            _ => Error::transport(e),
+            _ => Error::transport(context, e),
         }
     }
 }
@@ -180,7 +357,7 @@ mod tests {
         let e = Error::WrongExpectedVersion {
             stream: None,
             expected: None,
-            actual: Some(1),
+            actual: Some(StreamVersion(1)),
             message: "wrong expected version for 'acct-1': expected version 0, but the stream \
                       is at version 1"
                 .into(),
@@ -219,8 +396,8 @@ mod tests {
         };
         for retryable in [
             Error::Timeout,
-            Error::Connect("refused".into()),
-            Error::Transport("reset".into()),
+            Error::connect("handshake", std::io::Error::other("refused")),
+            Error::transport("reading", std::io::Error::other("reset")),
             server(ErrorCode::NotLeader),
             server(ErrorCode::Unavailable),
             Error::from_wire(ErrorCode::Timeout, Text::from("waited 5 s"), None),
@@ -241,5 +418,29 @@ mod tests {
         ] {
             assert!(!refused.is_retryable(), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn causes_are_sources_and_a_report_reads_them_once() {
+        use std::error::Error as _;
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = Error::transport("sending the request", inner);
+        assert_eq!(e.to_string(), "transport: sending the request");
+        let cause = e.source().expect("a source");
+        assert_eq!(cause.to_string(), "reset by peer");
+        let Error::Transport {
+            source: Some(cause),
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        let io = cause.get_ref().downcast_ref::<std::io::Error>();
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(e.report(), "transport: sending the request: reset by peer");
+        assert_eq!(Error::protocol("odd").report(), "protocol: odd");
     }
 }

@@ -5,13 +5,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), quiver_client::Error> {
-//! use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadOptions};
+//! use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadStreamOptions};
 //!
 //! // Trusts the CA a local server generated in ./quiver-data/tls/ca.pem.
 //! let client = Client::connect(ClientConfig::local("quiver-data")).await?;
 //! let event = EventData::json("AccountOpened", r#"{"owner":"ada"}"#);
 //! client.append("account-1", ExpectedVersion::NoStream, vec![event]).await?;
-//! let mut read = client.read_stream("account-1", ReadOptions::default()).await?;
+//! let mut read = client.read_stream("account-1", ReadStreamOptions::default()).await?;
 //! while let Some(event) = read.next().await? {
 //!     println!("{} {}", event.version, event.event_type);
 //! }
@@ -26,12 +26,14 @@
 //! - `lib.rs` — [`Client`], its options and results.
 //! - `connstr.rs` — [`ClientConfig::from_url`], [`ClientConfig::from_env`], server lists.
 //! - `error.rs` — [`Error`].
+//! - `point.rs` — [`StreamVersion`] and [`Position`], never one for the other.
 //! - `persistent.rs` — persistent subscriptions: definitions, [`PersistentSubscription`].
 #![warn(missing_docs, unreachable_pub)]
 
 mod connstr;
 mod error;
 mod persistent;
+mod point;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -47,10 +49,11 @@ use quiver_net::{Text, PROTOCOL_VERSION};
 
 pub use bytes::Bytes;
 pub use connstr::{ConfigError, PORT_DEFAULT};
-pub use error::Error;
+pub use error::{Cause, Error};
 pub use persistent::{
     Delivery, NackAction, PersistentDefinition, PersistentInfo, PersistentSubscription, Strategy,
 };
+pub use point::{Point, Position, StreamVersion};
 /// The server's error codes, as [`Error::Server`] carries them.
 pub use quiver_net::ErrorCode;
 pub use uuid::Uuid;
@@ -186,16 +189,26 @@ pub enum ExpectedVersion {
 /// version `v`: what a loader that read a stream up to its last version passes on.
 ///
 /// ```
-/// use quiver_client::ExpectedVersion;
+/// use quiver_client::{ExpectedVersion, StreamVersion};
 /// assert_eq!(ExpectedVersion::from(None), ExpectedVersion::NoStream);
-/// assert_eq!(ExpectedVersion::from(Some(4)), ExpectedVersion::Exact(4));
+/// assert_eq!(ExpectedVersion::from(Some(StreamVersion(4))), ExpectedVersion::Exact(4));
 /// ```
-impl From<Option<u64>> for ExpectedVersion {
-    fn from(last: Option<u64>) -> Self {
-        match last {
-            None => ExpectedVersion::NoStream,
-            Some(v) => ExpectedVersion::Exact(v),
-        }
+impl From<Option<StreamVersion>> for ExpectedVersion {
+    fn from(last: Option<StreamVersion>) -> Self {
+        last.map_or(ExpectedVersion::NoStream, ExpectedVersion::from)
+    }
+}
+
+/// Exactly this version: what the next write after one that returned
+/// [`WriteResult::next_expected_version`] expects.
+///
+/// ```
+/// use quiver_client::{ExpectedVersion, StreamVersion};
+/// assert_eq!(ExpectedVersion::from(StreamVersion(7)), ExpectedVersion::Exact(7));
+/// ```
+impl From<StreamVersion> for ExpectedVersion {
+    fn from(v: StreamVersion) -> Self {
+        ExpectedVersion::Exact(v.0)
     }
 }
 
@@ -290,9 +303,9 @@ pub struct RecordedEvent {
     /// Its stream.
     pub stream: String,
     /// Version in the stream.
-    pub version: u64,
+    pub version: StreamVersion,
     /// Position in `$all`.
-    pub position: u64,
+    pub position: Position,
     /// Its id.
     pub id: Uuid,
     /// Its type.
@@ -319,10 +332,11 @@ impl RecordedEvent {
     /// ```
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.data).map_err(|e| {
-            Error::Decode(format!(
-                "event {} of '{}' (version {}, type {}): {e}",
+            let what = format!(
+                "event {} of '{}' (version {}, type {}) as JSON",
                 self.id, self.stream, self.version, self.event_type
-            ))
+            );
+            Error::decode(what, e)
         })
     }
 }
@@ -330,56 +344,58 @@ impl RecordedEvent {
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteResult {
-    /// The (last) stream's version after the append.
-    pub next_expected_version: u64,
+    /// The (last) stream's version after the append: what the next write expects.
+    pub next_expected_version: StreamVersion,
     /// Position of the first event.
-    pub position_first: u64,
+    pub position_first: Position,
     /// Position of the last event.
-    pub position_last: u64,
+    pub position_last: Position,
     /// True when these event ids were already stored: nothing was written again.
     pub idempotent: bool,
 }
 
-/// Where and how a read goes.
+/// Where and how a stream read goes ([`Client::read_stream`]).
+///
+/// ```
+/// use quiver_client::ReadStreamOptions;
+/// // The newest ten events, newest first.
+/// let newest = ReadStreamOptions::default().backward().max_count(10);
+/// // From version 5 on.
+/// let rest = ReadStreamOptions::default().from(5);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ReadOptions {
-    /// Start version (stream) or position (`$all`); `None`: the start (or the end, backward).
-    pub from: Option<u64>,
+pub struct ReadStreamOptions {
+    /// First version to read; `None`: the first (the last, backward).
+    pub from: Option<StreamVersion>,
     /// Newest first.
     pub backward: bool,
     /// At most this many events.
     pub max_count: u64,
-    /// `$all` only: event types starting with this.
-    pub type_prefix: Option<String>,
-    /// `$all` only: stream names starting with this.
-    pub stream_prefix: Option<String>,
     /// A stream never written reads as empty instead of `Error::NotFound` (what a loader of
     /// an aggregate usually wants). A hard-deleted stream is still `Error::StreamDeleted`.
     pub missing_as_empty: bool,
 }
 
-impl Default for ReadOptions {
+impl Default for ReadStreamOptions {
     fn default() -> Self {
-        ReadOptions {
+        ReadStreamOptions {
             from: None,
             backward: false,
             max_count: u64::MAX,
-            type_prefix: None,
-            stream_prefix: None,
             missing_as_empty: false,
         }
     }
 }
 
-impl ReadOptions {
-    /// A stream never written reads as empty (see [`ReadOptions::missing_as_empty`]).
+impl ReadStreamOptions {
+    /// A stream never written reads as empty (see [`ReadStreamOptions::missing_as_empty`]).
     ///
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
-    /// use quiver_client::ReadOptions;
+    /// use quiver_client::ReadStreamOptions;
     /// let events = client
-    ///     .read_stream("account-new", ReadOptions::default().missing_as_empty(true))
+    ///     .read_stream("account-new", ReadStreamOptions::default().missing_as_empty(true))
     ///     .await?
     ///     .collect()
     ///     .await?;
@@ -391,42 +407,131 @@ impl ReadOptions {
         self
     }
 
-    /// Starts at this version or position.
-    pub fn from(mut self, at: u64) -> Self {
-        self.from = Some(at);
+    /// Starts at this version.
+    ///
+    /// ```
+    /// use quiver_client::{ReadStreamOptions, StreamVersion};
+    /// assert_eq!(ReadStreamOptions::default().from(3).from, Some(StreamVersion(3)));
+    /// ```
+    pub fn from(mut self, at: impl Into<StreamVersion>) -> Self {
+        self.from = Some(at.into());
         self
     }
 
     /// Reads newest first.
+    ///
+    /// ```
+    /// assert!(quiver_client::ReadStreamOptions::default().backward().backward);
+    /// ```
     pub fn backward(mut self) -> Self {
         self.backward = true;
         self
     }
 
     /// Reads at most `n` events.
+    ///
+    /// ```
+    /// assert_eq!(quiver_client::ReadStreamOptions::default().max_count(2).max_count, 2);
+    /// ```
+    pub fn max_count(mut self, n: u64) -> Self {
+        self.max_count = n;
+        self
+    }
+}
+
+/// Where and how a read of `$all` goes ([`Client::read_all`]), and which events it keeps.
+///
+/// ```
+/// use quiver_client::ReadAllOptions;
+/// // Every account event from position 1,000 on.
+/// let accounts = ReadAllOptions::default().from(1_000).stream_prefix("account-");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadAllOptions {
+    /// First position to read; `None`: the first (the last, backward).
+    pub from: Option<Position>,
+    /// Newest first.
+    pub backward: bool,
+    /// At most this many events.
+    pub max_count: u64,
+    /// Only event types starting with this.
+    pub type_prefix: Option<String>,
+    /// Only streams whose names start with this.
+    pub stream_prefix: Option<String>,
+}
+
+impl Default for ReadAllOptions {
+    fn default() -> Self {
+        ReadAllOptions {
+            from: None,
+            backward: false,
+            max_count: u64::MAX,
+            type_prefix: None,
+            stream_prefix: None,
+        }
+    }
+}
+
+impl ReadAllOptions {
+    /// Starts at this position.
+    ///
+    /// ```
+    /// use quiver_client::{Position, ReadAllOptions};
+    /// assert_eq!(ReadAllOptions::default().from(9).from, Some(Position(9)));
+    /// ```
+    pub fn from(mut self, at: impl Into<Position>) -> Self {
+        self.from = Some(at.into());
+        self
+    }
+
+    /// Reads newest first.
+    ///
+    /// ```
+    /// assert!(quiver_client::ReadAllOptions::default().backward().backward);
+    /// ```
+    pub fn backward(mut self) -> Self {
+        self.backward = true;
+        self
+    }
+
+    /// Reads at most `n` events.
+    ///
+    /// ```
+    /// assert_eq!(quiver_client::ReadAllOptions::default().max_count(2).max_count, 2);
+    /// ```
     pub fn max_count(mut self, n: u64) -> Self {
         self.max_count = n;
         self
     }
 
-    /// `$all` only: keeps event types with this prefix.
+    /// Keeps event types with this prefix.
+    ///
+    /// ```
+    /// let deposits = quiver_client::ReadAllOptions::default().type_prefix("Deposit");
+    /// ```
     pub fn type_prefix(mut self, p: impl Into<String>) -> Self {
         self.type_prefix = Some(p.into());
         self
     }
 
-    /// `$all` only: keeps streams with this prefix.
+    /// Keeps streams with this prefix.
+    ///
+    /// ```
+    /// let accounts = quiver_client::ReadAllOptions::default().stream_prefix("account-");
+    /// ```
     pub fn stream_prefix(mut self, p: impl Into<String>) -> Self {
         self.stream_prefix = Some(p.into());
         self
     }
+}
 
-    fn wire_from(&self) -> message::ReadFrom {
-        match (self.from, self.backward) {
-            (Some(v), _) => message::ReadFrom::At(v),
-            (None, false) => message::ReadFrom::Start,
-            (None, true) => message::ReadFrom::End,
-        }
+/// Where a read starts on the wire.
+fn read_from(at: Option<u64>, backward: bool) -> message::ReadFrom {
+    match (at, backward) {
+        (Some(v), _) => message::ReadFrom::At(v),
+        (None, false) => message::ReadFrom::Start,
+        (None, true) => message::ReadFrom::End,
     }
 }
 
@@ -436,7 +541,7 @@ pub struct StreamInfo {
     /// Its name.
     pub name: String,
     /// Version of its last event.
-    pub current_version: Option<u64>,
+    pub current_version: Option<StreamVersion>,
     /// Soft-deleted (may be recreated).
     pub soft_deleted: bool,
     /// Hard-deleted (for ever).
@@ -453,7 +558,7 @@ pub struct StreamMetadata {
     /// Hide events older than this many µs.
     pub max_age_us: Option<u64>,
     /// Hide versions below this.
-    pub truncate_before: Option<u64>,
+    pub truncate_before: Option<StreamVersion>,
     /// Opaque user metadata.
     pub custom: Bytes,
 }
@@ -461,13 +566,13 @@ pub struct StreamMetadata {
 fn info(i: message::StreamInfo) -> StreamInfo {
     StreamInfo {
         name: i.stream.as_str().to_string(),
-        current_version: i.current_version,
+        current_version: i.current_version.map(StreamVersion),
         soft_deleted: i.deleted == 1,
         hard_deleted: i.deleted == 2,
         metadata: StreamMetadata {
             max_count: i.metadata.max_count,
             max_age_us: i.metadata.max_age_us,
-            truncate_before: i.metadata.truncate_before,
+            truncate_before: i.metadata.truncate_before.map(StreamVersion),
             custom: i.metadata.custom,
         },
     }
@@ -559,19 +664,25 @@ async fn exchange(
     timeout: Duration,
     what: &str,
 ) -> Result<Response, Error> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(Error::transport)?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::transport("opening a stream", e))?;
     let mut out = BytesMut::new();
     req.encode(&mut out);
-    send.write_all(&out).await.map_err(Error::transport)?;
-    send.finish().map_err(Error::transport)?;
+    send.write_all(&out)
+        .await
+        .map_err(|e| Error::transport("sending the request", e))?;
+    send.finish()
+        .map_err(|e| Error::transport("sending the request", e))?;
     let mut buf = BytesMut::new();
     let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
     let frame = tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| Error::Timeout)?
-        .map_err(Error::transport)?
-        .ok_or_else(|| Error::Protocol(format!("the server closed the {what} stream")))?;
-    Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))
+        .map_err(|e| Error::read_in("reading the response", e))?
+        .ok_or_else(|| Error::protocol(format!("the server closed the {what} stream")))?;
+    Response::decode(&frame).map_err(Error::response)
 }
 
 /// Connects to `addr` and says `Hello`; returns the connection and the server's frame limit.
@@ -582,7 +693,7 @@ async fn handshake(
 ) -> Result<(quinn::Connection, usize), Error> {
     let connecting = endpoint
         .connect(addr, &config.server_name)
-        .map_err(|e| Error::Connect(e.to_string()))?;
+        .map_err(|e| Error::connect(format!("to {addr}"), e))?;
     // A node that is down does not answer at all: with other nodes to try, do not spend
     // the whole request deadline on it.
     let limit = match config.others.is_empty() {
@@ -592,7 +703,7 @@ async fn handshake(
     let conn = tokio::time::timeout(limit, connecting)
         .await
         .map_err(|_| Error::Timeout)?
-        .map_err(|e| Error::Connect(e.to_string()))?;
+        .map_err(|e| Error::connect(format!("to {addr}"), e))?;
     let hello = Request::Hello {
         version: PROTOCOL_VERSION,
         client: Text::new(concat!("quiver-client ", env!("CARGO_PKG_VERSION"))),
@@ -633,20 +744,22 @@ impl Client {
             let from_file = rustls::pki_types::CertificateDer::pem_file_iter(&config.ca_file)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
-                    Error::Connect(format!(
-                        "reading the CA file {}: {e}",
-                        config.ca_file.display()
-                    ))
+                    let what = format!("reading the CA file {}", config.ca_file.display());
+                    Error::connect(what, e)
                 })?;
             roots.extend(from_file);
         }
         if config.system_roots {
             let native = rustls_native_certs::load_native_certs();
             if native.certs.is_empty() {
-                return Err(Error::Connect(format!(
-                    "no system trust roots could be loaded: {:?}",
-                    native.errors
-                )));
+                let context = "no system trust roots could be loaded".to_string();
+                return Err(match native.errors.into_iter().next() {
+                    Some(e) => Error::connect(context, e),
+                    None => Error::Connect {
+                        context,
+                        source: None,
+                    },
+                });
             }
             roots.extend(native.certs);
         }
@@ -661,7 +774,7 @@ impl Client {
             &roots,
             bind.parse().expect("a valid wildcard address"),
         )
-        .map_err(|e| Error::Connect(e.to_string()))?;
+        .map_err(|e| Error::connect("setting up the QUIC endpoint", e))?;
         let mut first = None;
         for (at, addr) in addresses.iter().enumerate() {
             match handshake(&endpoint, &config, *addr).await {
@@ -703,7 +816,10 @@ impl Client {
         let mut conn = self.conn.lock().await;
         if conn.stable_id() != current.stable_id() && conn.close_reason().is_none() {
             // Another request reconnected while this one waited.
-            return conn.open_bi().await.map_err(Error::transport);
+            return conn
+                .open_bi()
+                .await
+                .map_err(|e| Error::transport("opening a stream", e));
         }
         let policy = self.config.retry;
         let mut delay = policy.delay_min;
@@ -714,7 +830,10 @@ impl Client {
                 Ok((fresh, max_frame)) => {
                     self.max_frame.store(max_frame, Ordering::Relaxed);
                     *conn = fresh;
-                    return conn.open_bi().await.map_err(Error::transport);
+                    return conn
+                        .open_bi()
+                        .await
+                        .map_err(|e| Error::transport("opening a stream", e));
                 }
                 // Refusals are final: retrying with the same credentials cannot help.
                 Err(e @ (Error::Unauthenticated(_) | Error::UnsupportedVersion(_))) => {
@@ -873,18 +992,19 @@ impl Client {
                 max: max_frame,
             });
         }
-        send.write_all(&out).await.map_err(Error::transport)?;
-        send.finish().map_err(Error::transport)?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| Error::transport("sending the request", e))?;
+        send.finish()
+            .map_err(|e| Error::transport("sending the request", e))?;
         let mut buf = BytesMut::new();
         let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
         let frame = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| Error::Timeout)?
             .map_err(Error::read)?
-            .ok_or_else(|| {
-                Error::Protocol("the server closed the stream without answering".into())
-            })?;
-        let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+            .ok_or_else(|| Error::protocol("the server closed the stream without answering"))?;
+        let resp = Response::decode(&frame).map_err(Error::response)?;
         Ok((resp, recv, buf))
     }
 
@@ -907,7 +1027,7 @@ impl Client {
     /// use quiver_client::{EventData, ExpectedVersion};
     /// let opened = EventData::json("AccountOpened", r#"{\"owner\":\"ada\"}"#);
     /// let written = client.append("account-1", ExpectedVersion::NoStream, vec![opened]).await?;
-    /// assert_eq!(written.next_expected_version, 0);
+    /// assert_eq!(written.next_expected_version, quiver_client::StreamVersion(0));
     /// # Ok(()) }
     /// ```
     pub async fn append(
@@ -959,9 +1079,9 @@ impl Client {
                 idempotent,
                 ..
             } => Ok(WriteResult {
-                next_expected_version,
-                position_first,
-                position_last,
+                next_expected_version: StreamVersion(next_expected_version),
+                position_first: Position(position_first),
+                position_last: Position(position_last),
                 idempotent,
             }),
             other => Err(Error::unexpected(other)),
@@ -972,17 +1092,21 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
-    /// use quiver_client::ReadOptions;
-    /// let mut read = client.read_stream("account-1", ReadOptions::default()).await?;
+    /// use quiver_client::ReadStreamOptions;
+    /// let mut read = client.read_stream("account-1", ReadStreamOptions::default()).await?;
     /// while let Some(event) = read.next().await? {
     ///     println!("{} {}", event.version, event.event_type);
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn read_stream(&self, stream: &str, options: ReadOptions) -> Result<Events, Error> {
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        options: ReadStreamOptions,
+    ) -> Result<Events, Error> {
         let req = Request::ReadStream {
             stream: Text::from(stream),
-            from: options.wire_from(),
+            from: read_from(options.from.map(u64::from), options.backward),
             backward: options.backward,
             max_count: options.max_count,
         };
@@ -1002,17 +1126,17 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
-    /// use quiver_client::ReadOptions;
+    /// use quiver_client::ReadAllOptions;
     /// let accounts = client
-    ///     .read_all(ReadOptions::default().stream_prefix("account-"))
+    ///     .read_all(ReadAllOptions::default().stream_prefix("account-"))
     ///     .await?
     ///     .collect()
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn read_all(&self, options: ReadOptions) -> Result<Events, Error> {
+    pub async fn read_all(&self, options: ReadAllOptions) -> Result<Events, Error> {
         let req = Request::ReadAll {
-            from: options.wire_from(),
+            from: read_from(options.from.map(u64::from), options.backward),
             backward: options.backward,
             max_count: options.max_count,
             event_type: options
@@ -1047,23 +1171,26 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
-    /// use quiver_client::SubscribeOptions;
+    /// use quiver_client::SubscribeAllOptions;
     /// let mut sub = client
-    ///     .subscribe_all(SubscribeOptions::default().stream_prefix("account-"))
+    ///     .subscribe_all(SubscribeAllOptions::default().stream_prefix("account-"))
     ///     .await?;
     /// while let Some(message) = sub.next().await? {
     ///     println!("{message:?}");
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn subscribe_all(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
+    pub async fn subscribe_all(
+        &self,
+        options: SubscribeAllOptions,
+    ) -> Result<Subscription<Position>, Error> {
         let req = Request::Subscribe {
             stream: None,
-            from: options.wire_from(),
+            from: subscribe_from(options.from.map(u64::from), options.from_end),
             event_type: filter(&options.type_prefix, &options.type_regex),
             stream_filter: filter(&options.stream_prefix, &options.stream_regex),
             checkpoint_every: options.checkpoint_every,
-            payload: options.wire_payload(),
+            payload: wire_payload(&options.payload),
         };
         self.subscription(req).await
     }
@@ -1072,8 +1199,10 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
-    /// use quiver_client::{SubscribeOptions, SubscriptionMessage};
-    /// let mut sub = client.subscribe_stream("account-1", SubscribeOptions::default()).await?;
+    /// use quiver_client::{SubscribeStreamOptions, SubscriptionMessage};
+    /// let mut sub = client
+    ///     .subscribe_stream("account-1", SubscribeStreamOptions::default())
+    ///     .await?;
     /// while let Some(SubscriptionMessage::Event(e)) = sub.next().await? {
     ///     println!("{} {}", e.version, e.event_type);
     /// }
@@ -1082,20 +1211,20 @@ impl Client {
     pub async fn subscribe_stream(
         &self,
         stream: &str,
-        options: SubscribeOptions,
-    ) -> Result<Subscription, Error> {
+        options: SubscribeStreamOptions,
+    ) -> Result<Subscription<StreamVersion>, Error> {
         let req = Request::Subscribe {
             stream: Some(Text::from(stream)),
-            from: options.wire_from(),
+            from: subscribe_from(options.from.map(u64::from), options.from_end),
             event_type: None,
             stream_filter: None,
             checkpoint_every: 0,
-            payload: options.wire_payload(),
+            payload: wire_payload(&options.payload),
         };
         self.subscription(req).await
     }
 
-    async fn subscription(&self, req: Request) -> Result<Subscription, Error> {
+    async fn subscription<P: Point>(&self, req: Request) -> Result<Subscription<P>, Error> {
         let (first, recv, buf) = self.open(&req).await?;
         let mut sub = Subscription {
             client: self.clone(),
@@ -1155,7 +1284,7 @@ impl Client {
         let metadata = message::Metadata {
             max_count: metadata.max_count,
             max_age_us: metadata.max_age_us,
-            truncate_before: metadata.truncate_before,
+            truncate_before: metadata.truncate_before.map(u64::from),
             custom: metadata.custom,
         };
         self.done(Request::SetMetadata {
@@ -1199,42 +1328,78 @@ impl Client {
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
     /// client.put_snapshot("account-1", 41, r#"{\"balance\":75}"#).await?;
     /// let (version, state) = client.newest_snapshot("account-1").await?.expect("just stored");
-    /// assert_eq!(version, 41);
+    /// assert_eq!(version, quiver_client::StreamVersion(41));
     /// # Ok(()) }
     /// ```
     pub async fn put_snapshot(
         &self,
         stream: &str,
-        version: u64,
+        version: impl Into<StreamVersion>,
         data: impl Into<Bytes>,
     ) -> Result<(), Error> {
         let req = Request::SnapshotPut {
             stream: Text::from(stream),
-            version,
+            version: version.into().0,
             data: data.into(),
         };
         self.done(req).await
     }
 
     /// The snapshot at exactly `version`.
-    pub async fn get_snapshot(&self, stream: &str, version: u64) -> Result<Option<Bytes>, Error> {
-        self.snapshot(stream, version, false)
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// if let Some(state) = client.get_snapshot("account-1", 41).await? {
+    ///     println!("{} bytes", state.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_snapshot(
+        &self,
+        stream: &str,
+        version: impl Into<StreamVersion>,
+    ) -> Result<Option<Bytes>, Error> {
+        self.snapshot(stream, version.into().0, false)
             .await
             .map(|s| s.map(|(_, d)| d))
     }
 
     /// The newest snapshot of `stream`, with its version (`None`: it has none).
-    pub async fn newest_snapshot(&self, stream: &str) -> Result<Option<(u64, Bytes)>, Error> {
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::ReadStreamOptions;
+    /// // Load an aggregate: its newest snapshot, then only the events after it.
+    /// let (from, _state) = match client.newest_snapshot("account-1").await? {
+    ///     Some((version, state)) => (version.next(), Some(state)),
+    ///     None => (Default::default(), None),
+    /// };
+    /// let rest = client
+    ///     .read_stream("account-1", ReadStreamOptions::default().from(from))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn newest_snapshot(
+        &self,
+        stream: &str,
+    ) -> Result<Option<(StreamVersion, Bytes)>, Error> {
         self.snapshot(stream, u64::MAX, true).await
     }
 
     /// The newest snapshot at or below `version`, with its version.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // The state as it was at version 100 at the latest.
+    /// let then = client.latest_snapshot("account-1", 100).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn latest_snapshot(
         &self,
         stream: &str,
-        version: u64,
-    ) -> Result<Option<(u64, Bytes)>, Error> {
-        self.snapshot(stream, version, true).await
+        version: impl Into<StreamVersion>,
+    ) -> Result<Option<(StreamVersion, Bytes)>, Error> {
+        self.snapshot(stream, version.into().0, true).await
     }
 
     async fn snapshot(
@@ -1242,7 +1407,7 @@ impl Client {
         stream: &str,
         version: u64,
         latest: bool,
-    ) -> Result<Option<(u64, Bytes)>, Error> {
+    ) -> Result<Option<(StreamVersion, Bytes)>, Error> {
         match self
             .call(&Request::SnapshotGet {
                 stream: Text::from(stream),
@@ -1251,29 +1416,47 @@ impl Client {
             })
             .await?
         {
-            Response::Snapshot(s) => Ok(s.map(|(_, v, d)| (v, d))),
+            Response::Snapshot(s) => Ok(s.map(|(_, v, d)| (StreamVersion(v), d))),
             other => Err(Error::unexpected(other)),
         }
     }
 
-    /// Versions at which `stream` has snapshots.
-    pub async fn list_snapshots(&self, stream: &str) -> Result<Vec<u64>, Error> {
+    /// Versions at which `stream` has snapshots, oldest first.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// for version in client.list_snapshots("account-1").await? {
+    ///     println!("a snapshot at version {version}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_snapshots(&self, stream: &str) -> Result<Vec<StreamVersion>, Error> {
         match self
             .call(&Request::SnapshotList {
                 stream: Text::from(stream),
             })
             .await?
         {
-            Response::SnapshotVersions(v) => Ok(v),
+            Response::SnapshotVersions(v) => Ok(v.into_iter().map(StreamVersion).collect()),
             other => Err(Error::unexpected(other)),
         }
     }
 
     /// Removes a snapshot.
-    pub async fn delete_snapshot(&self, stream: &str, version: u64) -> Result<(), Error> {
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// client.delete_snapshot("account-1", 41).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_snapshot(
+        &self,
+        stream: &str,
+        version: impl Into<StreamVersion>,
+    ) -> Result<(), Error> {
         self.done(Request::SnapshotDelete {
             stream: Text::from(stream),
-            version,
+            version: version.into().0,
         })
         .await
     }
@@ -1298,7 +1481,7 @@ impl Client {
                 ..
             } => Ok(ServerStatus {
                 store_id: store_id.as_str().to_string(),
-                commit_position,
+                commit_position: Position(commit_position),
                 streams,
             }),
             other => Err(Error::unexpected(other)),
@@ -1349,7 +1532,7 @@ impl Client {
     pub async fn list_persistent(&self) -> Result<Vec<PersistentInfo>, Error> {
         match self.call(&Request::PersistentList).await? {
             Response::PersistentGroups(json) => serde_json::from_str(json.as_str())
-                .map_err(|e| Error::Protocol(format!("group list: {e}"))),
+                .map_err(|e| Error::protocol(format!("group list: {e}"))),
             other => Err(Error::unexpected(other)),
         }
     }
@@ -1361,7 +1544,7 @@ impl Client {
         };
         match self.call(&req).await? {
             Response::PersistentInfo(json) => serde_json::from_str(json.as_str())
-                .map_err(|e| Error::Protocol(format!("group info: {e}"))),
+                .map_err(|e| Error::protocol(format!("group info: {e}"))),
             other => Err(Error::unexpected(other)),
         }
     }
@@ -1411,17 +1594,17 @@ impl Client {
         let (mut send, mut recv) = self.stream().await?;
         let mut out = BytesMut::new();
         req.encode(&mut out);
-        send.write_all(&out).await.map_err(Error::transport)?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| Error::transport("sending the request", e))?;
         let mut buf = BytesMut::new();
         let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
         let frame = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| Error::Timeout)?
             .map_err(Error::read)?
-            .ok_or_else(|| {
-                Error::Protocol("the server closed the stream without answering".into())
-            })?;
-        match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+            .ok_or_else(|| Error::protocol("the server closed the stream without answering"))?;
+        match Response::decode(&frame).map_err(Error::response)? {
             Response::Done { .. } => {
                 let max_frame = self.max_frame.load(Ordering::Relaxed);
                 Ok(PersistentSubscription::new(
@@ -1505,29 +1688,107 @@ impl Client {
     }
 }
 
-/// Where a subscription starts and what it passes.
+/// Where a subscription to one stream starts and what it passes
+/// ([`Client::subscribe_stream`]).
+///
+/// ```
+/// use quiver_client::SubscribeStreamOptions;
+/// // Everything from version 10 on, then live.
+/// let from_ten = SubscribeStreamOptions::default().from(10);
+/// // Only what is appended from now on.
+/// let live = SubscribeStreamOptions::default().from_end();
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct SubscribeOptions {
-    /// First position (`$all`) or version (stream) to deliver; `None`: the beginning.
-    pub from: Option<u64>,
+pub struct SubscribeStreamOptions {
+    /// First version to deliver; `None`: the first.
+    pub from: Option<StreamVersion>,
+    /// Start at the end: only events appended after subscribing.
+    pub from_end: bool,
+    /// `by_event_payload`: every test must hold on the event's JSON data.
+    pub payload: Vec<(String, PayloadOp, serde_json::Value)>,
+}
+
+impl SubscribeStreamOptions {
+    /// Starts at this version (a resume point, say).
+    ///
+    /// ```
+    /// use quiver_client::{StreamVersion, SubscribeStreamOptions};
+    /// let o = SubscribeStreamOptions::default().from(StreamVersion(3));
+    /// assert_eq!(o.from, Some(StreamVersion(3)));
+    /// ```
+    pub fn from(mut self, at: impl Into<StreamVersion>) -> Self {
+        self.from = Some(at.into());
+        self
+    }
+
+    /// Starts at the end.
+    ///
+    /// ```
+    /// assert!(quiver_client::SubscribeStreamOptions::default().from_end().from_end);
+    /// ```
+    pub fn from_end(mut self) -> Self {
+        self.from_end = true;
+        self
+    }
+
+    /// Keeps events whose JSON data has, at the dot-separated `path`, a value that compares
+    /// with `value` as `op` says (see [`SubscribeAllOptions::payload`]).
+    ///
+    /// ```
+    /// # use quiver_client::{PayloadOp, SubscribeStreamOptions};
+    /// let large = SubscribeStreamOptions::default().payload("amount", PayloadOp::Ge, 500.into());
+    /// ```
+    pub fn payload(
+        mut self,
+        path: impl Into<String>,
+        op: PayloadOp,
+        value: serde_json::Value,
+    ) -> Self {
+        self.payload.push((path.into(), op, value));
+        self
+    }
+}
+
+/// Where a subscription to `$all` starts and which events it passes
+/// ([`Client::subscribe_all`]).
+///
+/// ```
+/// use quiver_client::SubscribeAllOptions;
+/// // Every order event from position 5,000 on, with a checkpoint every 1,000 positions
+/// // that pass without one.
+/// let orders = SubscribeAllOptions::default()
+///     .from(5_000)
+///     .stream_prefix("order-")
+///     .checkpoint_every(1_000);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeAllOptions {
+    /// First position to deliver; `None`: the first.
+    pub from: Option<Position>,
     /// Start at the end: only events committed after subscribing.
     pub from_end: bool,
-    /// `$all` only: event types starting with this.
+    /// Event types starting with this.
     pub type_prefix: Option<String>,
-    /// `$all` only: stream names starting with this.
+    /// Stream names starting with this.
     pub stream_prefix: Option<String>,
-    /// `$all` only: event types matching this regular expression (instead of a prefix).
+    /// Event types matching this regular expression (instead of a prefix).
     pub type_regex: Option<String>,
-    /// `$all` only: stream names matching this regular expression (instead of a prefix).
+    /// Stream names matching this regular expression (instead of a prefix).
     pub stream_regex: Option<String>,
-    /// `$all` only: send a checkpoint after this many positions pass without a match.
+    /// Send a checkpoint after this many positions pass without a match (0: never).
     pub checkpoint_every: u32,
     /// `by_event_payload`: every test must hold on the event's JSON data.
     pub payload: Vec<(String, PayloadOp, serde_json::Value)>,
 }
 
 /// How a payload field compares with a value.
+///
+/// ```
+/// use quiver_client::{PayloadOp, SubscribeAllOptions};
+/// let refunds = SubscribeAllOptions::default().payload("amount", PayloadOp::Lt, 0.into());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadOp {
     /// Equal.
@@ -1544,26 +1805,43 @@ pub enum PayloadOp {
     Ge,
 }
 
-impl SubscribeOptions {
-    /// Starts at this position or version.
-    pub fn from(mut self, at: u64) -> Self {
-        self.from = Some(at);
+impl SubscribeAllOptions {
+    /// Starts at this position (a resume point or a checkpoint, say).
+    ///
+    /// ```
+    /// use quiver_client::{Position, SubscribeAllOptions};
+    /// assert_eq!(SubscribeAllOptions::default().from(7).from, Some(Position(7)));
+    /// ```
+    pub fn from(mut self, at: impl Into<Position>) -> Self {
+        self.from = Some(at.into());
         self
     }
 
     /// Starts at the end.
+    ///
+    /// ```
+    /// assert!(quiver_client::SubscribeAllOptions::default().from_end().from_end);
+    /// ```
     pub fn from_end(mut self) -> Self {
         self.from_end = true;
         self
     }
 
     /// Keeps event types with this prefix.
+    ///
+    /// ```
+    /// let placed = quiver_client::SubscribeAllOptions::default().type_prefix("OrderPlaced");
+    /// ```
     pub fn type_prefix(mut self, p: impl Into<String>) -> Self {
         self.type_prefix = Some(p.into());
         self
     }
 
     /// Keeps streams with this prefix.
+    ///
+    /// ```
+    /// let orders = quiver_client::SubscribeAllOptions::default().stream_prefix("order-");
+    /// ```
     pub fn stream_prefix(mut self, p: impl Into<String>) -> Self {
         self.stream_prefix = Some(p.into());
         self
@@ -1573,8 +1851,8 @@ impl SubscribeOptions {
     /// with `value` as `op` says (numbers as numbers, strings as text).
     ///
     /// ```
-    /// # use quiver_client::{PayloadOp, SubscribeOptions};
-    /// let big_orders = SubscribeOptions::default()
+    /// # use quiver_client::{PayloadOp, SubscribeAllOptions};
+    /// let big_orders = SubscribeAllOptions::default()
     ///     .type_prefix("OrderPlaced")
     ///     .payload("total", PayloadOp::Gt, serde_json::json!(1000));
     /// ```
@@ -1588,42 +1866,56 @@ impl SubscribeOptions {
         self
     }
 
-    fn wire_payload(&self) -> Vec<message::Predicate> {
-        self.payload
-            .iter()
-            .map(|(path, op, value)| message::Predicate {
-                path: Text::from(path.as_str()),
-                op: *op as u8,
-                value: Text::from(value.to_string()),
-            })
-            .collect()
-    }
-
     /// Keeps event types matching this regular expression (checked by the server; anchor it
     /// with `^…$` for an exact type).
+    ///
+    /// ```
+    /// let o = quiver_client::SubscribeAllOptions::default().type_regex("^Order(Placed|Paid)$");
+    /// ```
     pub fn type_regex(mut self, r: impl Into<String>) -> Self {
         self.type_regex = Some(r.into());
         self
     }
 
     /// Keeps streams whose names match this regular expression.
+    ///
+    /// ```
+    /// let o = quiver_client::SubscribeAllOptions::default().stream_regex("^order-[0-9]+$");
+    /// ```
     pub fn stream_regex(mut self, r: impl Into<String>) -> Self {
         self.stream_regex = Some(r.into());
         self
     }
 
     /// Asks for a checkpoint after `n` positions without a match.
+    ///
+    /// ```
+    /// let o = quiver_client::SubscribeAllOptions::default().checkpoint_every(1_000);
+    /// assert_eq!(o.checkpoint_every, 1_000);
+    /// ```
     pub fn checkpoint_every(mut self, n: u32) -> Self {
         self.checkpoint_every = n;
         self
     }
+}
 
-    fn wire_from(&self) -> message::ReadFrom {
-        match (self.from, self.from_end) {
-            (Some(v), _) => message::ReadFrom::At(v),
-            (None, true) => message::ReadFrom::End,
-            (None, false) => message::ReadFrom::Start,
-        }
+fn wire_payload(payload: &[(String, PayloadOp, serde_json::Value)]) -> Vec<message::Predicate> {
+    payload
+        .iter()
+        .map(|(path, op, value)| message::Predicate {
+            path: Text::from(path.as_str()),
+            op: *op as u8,
+            value: Text::from(value.to_string()),
+        })
+        .collect()
+}
+
+/// Where a subscription starts on the wire (`from` wins over `from_end`).
+fn subscribe_from(at: Option<u64>, from_end: bool) -> message::ReadFrom {
+    match (at, from_end) {
+        (Some(v), _) => message::ReadFrom::At(v),
+        (None, true) => message::ReadFrom::End,
+        (None, false) => message::ReadFrom::Start,
     }
 }
 
@@ -1636,29 +1928,54 @@ fn filter(prefix: &Option<String>, regex: &Option<String>) -> Option<Match> {
     }
 }
 
-/// What a subscription delivers.
+/// What a subscription delivers. `P` is what it counts in: [`StreamVersion`] for a
+/// stream's, [`Position`] for `$all`'s.
+///
+/// ```
+/// use quiver_client::{Position, SubscriptionMessage};
+/// let m: SubscriptionMessage<Position> = SubscriptionMessage::CaughtUp { at: Position(42) };
+/// assert_eq!(m.resume_point(), Position(42));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubscriptionMessage {
+pub enum SubscriptionMessage<P> {
     /// An event.
     Event(RecordedEvent),
     /// Everything committed when the subscription started has been delivered; live events
-    /// follow. `position`: where to resume.
+    /// follow. `at`: where to resume.
     CaughtUp {
         /// Resume point.
-        position: u64,
+        at: P,
     },
-    /// Nothing more matched up to `position` (exclusive): resume from here.
+    /// `$all` only: nothing more matched up to `at` (exclusive): resume from here.
     Checkpoint {
         /// Resume point.
-        position: u64,
+        at: P,
     },
     /// The subscriber lags the commit point by more than the server's limit (10,000
     /// positions): events keep coming, from storage, and `CaughtUp` follows when it is back.
     /// Nothing is dropped.
     FellBehind {
         /// Resume point.
-        position: u64,
+        at: P,
     },
+}
+
+impl<P: Point> SubscriptionMessage<P> {
+    /// Where a subscription resumes just past this message: past an event, or at a marker.
+    ///
+    /// ```
+    /// use quiver_client::{StreamVersion, SubscriptionMessage};
+    /// let m = SubscriptionMessage::FellBehind { at: StreamVersion(9) };
+    /// assert_eq!(m.resume_point(), StreamVersion(9));
+    /// ```
+    pub fn resume_point(&self) -> P {
+        match self {
+            SubscriptionMessage::Event(e) => P::of(e).next_point(),
+            SubscriptionMessage::CaughtUp { at }
+            | SubscriptionMessage::Checkpoint { at }
+            | SubscriptionMessage::FellBehind { at } => *at,
+        }
+    }
 }
 
 /// What [`Client::status`] answers.
@@ -1669,92 +1986,71 @@ pub struct ServerStatus {
     pub store_id: String,
     /// The `$all` position one past the last committed event: where a subscription from
     /// "now" starts.
-    pub commit_position: u64,
+    pub commit_position: Position,
     /// Streams in the store.
     pub streams: u64,
 }
 
 /// A live subscription. Dropping it ends it. It holds a clone of the [`Client`] (which shares
 /// its connection), so it can outlive the borrow it was made from and move to another task.
-pub struct Subscription {
+/// `P` is what it counts in: [`StreamVersion`] for a stream's, [`Position`] for `$all`'s.
+pub struct Subscription<P> {
     client: Client,
     /// The request that started it, to resubscribe with a new start.
     request: Request,
     /// Where to resume: past the last event or marker received (some may still wait in
     /// `pending`: a resubscription keeps them).
-    resume: Option<u64>,
+    resume: Option<P>,
     /// Past the last event or marker handed to the caller: the public resume point.
-    delivered: Option<u64>,
+    delivered: Option<P>,
     recv: quinn::RecvStream,
     buf: BytesMut,
-    pending: VecDeque<SubscriptionMessage>,
+    pending: VecDeque<SubscriptionMessage<P>>,
 }
 
-impl Subscription {
+impl<P: Point> Subscription<P> {
     fn take(&mut self, resp: Response) -> Result<(), Error> {
-        let by_version = matches!(
-            &self.request,
-            Request::Subscribe {
-                stream: Some(_),
-                ..
-            }
-        );
-        let mut advance = |p: u64| self.resume = Some(self.resume.map_or(p, |r| r.max(p)));
-        match resp {
-            Response::Events { events, .. } => {
-                for e in events {
-                    advance(if by_version { e.version } else { e.position } + 1);
-                    self.pending
-                        .push_back(SubscriptionMessage::Event(recorded(e)));
-                }
-                Ok(())
-            }
-            Response::CaughtUp { position } => {
-                advance(position);
-                self.pending
-                    .push_back(SubscriptionMessage::CaughtUp { position });
-                Ok(())
-            }
-            Response::Checkpoint { position } => {
-                advance(position);
-                self.pending
-                    .push_back(SubscriptionMessage::Checkpoint { position });
-                Ok(())
-            }
-            Response::FellBehind { position } => {
-                advance(position);
-                self.pending
-                    .push_back(SubscriptionMessage::FellBehind { position });
-                Ok(())
-            }
-            other => Err(Error::unexpected(other)),
+        let messages: Vec<SubscriptionMessage<P>> = match resp {
+            Response::Events { events, .. } => events
+                .into_iter()
+                .map(|e| SubscriptionMessage::Event(recorded(e)))
+                .collect(),
+            Response::CaughtUp { position } => vec![SubscriptionMessage::CaughtUp {
+                at: P::from_wire(position),
+            }],
+            Response::Checkpoint { position } => vec![SubscriptionMessage::Checkpoint {
+                at: P::from_wire(position),
+            }],
+            Response::FellBehind { position } => vec![SubscriptionMessage::FellBehind {
+                at: P::from_wire(position),
+            }],
+            other => return Err(Error::unexpected(other)),
+        };
+        for m in messages {
+            let past = m.resume_point();
+            self.resume = Some(self.resume.map_or(past, |r| r.max(past)));
+            self.pending.push_back(m);
         }
+        Ok(())
     }
 
     /// Where this subscription would resume: just past the last event or marker it has
     /// delivered to the caller (`None` before the first); a version for a stream
     /// subscription, a position for `$all`. Keep it to start again elsewhere, in another
-    /// process say, with `SubscribeOptions::from`: nothing is skipped or repeated.
-    pub fn resume_point(&self) -> Option<u64> {
+    /// process say, with the options' `from`: nothing is skipped or repeated.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::SubscribeAllOptions;
+    /// let mut sub = client.subscribe_all(SubscribeAllOptions::default()).await?;
+    /// sub.next().await?;
+    /// let resume = sub.resume_point().expect("one message delivered");
+    /// drop(sub);
+    /// let again = client.subscribe_all(SubscribeAllOptions::default().from(resume)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn resume_point(&self) -> Option<P> {
         self.delivered
-    }
-
-    /// The resume point just past message `m`.
-    fn past(&self, m: &SubscriptionMessage) -> u64 {
-        let by_version = matches!(
-            &self.request,
-            Request::Subscribe {
-                stream: Some(_),
-                ..
-            }
-        );
-        match m {
-            SubscriptionMessage::Event(e) if by_version => e.version + 1,
-            SubscriptionMessage::Event(e) => e.position + 1,
-            SubscriptionMessage::CaughtUp { position }
-            | SubscriptionMessage::Checkpoint { position }
-            | SubscriptionMessage::FellBehind { position } => *position,
-        }
     }
 
     /// The subscription as a [`Stream`](futures_core::Stream) of messages (it never ends by
@@ -1772,7 +2068,7 @@ impl Subscription {
     /// });
     /// # Ok(()) }
     /// ```
-    pub fn into_stream(self) -> BoxStream<'static, Result<SubscriptionMessage, Error>> {
+    pub fn into_stream(self) -> BoxStream<'static, Result<SubscriptionMessage<P>, Error>> {
         stream_of(self, |mut sub| async move {
             let item = sub.next().await.transpose();
             (item, sub)
@@ -1783,10 +2079,10 @@ impl Subscription {
     /// restarts, it resubscribes by itself from just past the last event or marker it
     /// delivered (reconnecting with backoff), so nothing is skipped or repeated; it returns
     /// an error only when the server cannot be reached again or refuses the subscription.
-    pub async fn next(&mut self) -> Result<Option<SubscriptionMessage>, Error> {
+    pub async fn next(&mut self) -> Result<Option<SubscriptionMessage<P>>, Error> {
         loop {
             if let Some(m) = self.pending.pop_front() {
-                let past = self.past(&m);
+                let past = m.resume_point();
                 self.delivered = Some(self.delivered.map_or(past, |d| d.max(past)));
                 return Ok(Some(m));
             }
@@ -1799,14 +2095,14 @@ impl Subscription {
                     continue;
                 }
             };
-            let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+            let resp = Response::decode(&frame).map_err(Error::response)?;
             self.take(resp)?;
         }
     }
 
     async fn resubscribe(&mut self) -> Result<(), Error> {
         if let (Request::Subscribe { from, .. }, Some(at)) = (&mut self.request, self.resume) {
-            *from = message::ReadFrom::At(at);
+            *from = message::ReadFrom::At(at.wire());
         }
         let (first, recv, buf) = self.client.open(&self.request).await?;
         self.recv = recv;
@@ -1816,14 +2112,14 @@ impl Subscription {
 }
 
 fn definition_json(d: &PersistentDefinition) -> Result<String, Error> {
-    serde_json::to_string(d).map_err(|e| Error::Protocol(format!("definition: {e}")))
+    serde_json::to_string(d).map_err(|e| Error::protocol(format!("definition: {e}")))
 }
 
 pub(crate) fn recorded(e: message::Event) -> RecordedEvent {
     RecordedEvent {
         stream: e.stream.as_str().to_string(),
-        version: e.version,
-        position: e.position,
+        version: StreamVersion(e.version),
+        position: Position(e.position),
         id: Uuid::from_bytes(e.id),
         event_type: e.event_type.as_str().to_string(),
         json: e.content_type == 1,
@@ -1880,8 +2176,8 @@ impl Events {
                 .await
                 .map_err(|_| Error::Timeout)?
                 .map_err(Error::read)?
-                .ok_or_else(|| Error::Protocol("the read ended without its last frame".into()))?;
-            let resp = Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+                .ok_or_else(|| Error::protocol("the read ended without its last frame"))?;
+            let resp = Response::decode(&frame).map_err(Error::response)?;
             self.take(resp)?;
         }
     }

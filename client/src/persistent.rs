@@ -7,7 +7,7 @@ use quiver_net::message::{Request, Response};
 use quiver_net::quic::read_frame;
 use serde::{Deserialize, Serialize};
 
-use crate::{recorded, Error, RecordedEvent};
+use crate::{recorded, Error, Position, RecordedEvent};
 
 /// How a group shares events among its consumers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +143,8 @@ pub struct PersistentInfo {
     /// Its definition.
     pub definition: PersistentDefinition,
     /// The lowest position (`$all`) or version (a stream) not yet acknowledged, skipped or
-    /// parked: after a restart the group delivers again from here.
+    /// parked: after a restart the group delivers again from here. A plain number because
+    /// it is either, as the definition's target says.
     pub checkpoint: u64,
     /// The next position or version the group will read.
     pub next: u64,
@@ -151,8 +152,9 @@ pub struct PersistentInfo {
     pub in_flight: u64,
     /// Events waiting to be delivered (again).
     pub waiting: u64,
-    /// Positions of the parked events.
-    pub parked: Vec<u64>,
+    /// Positions of the parked events (what [`PersistentSubscription::nack`] and
+    /// [`PersistentSubscription::ack`] name them by).
+    pub parked: Vec<Position>,
     /// Consumers connected.
     pub consumers: u64,
 }
@@ -226,7 +228,7 @@ impl PersistentSubscription {
                 },
             }
         };
-        match Response::decode(&frame).map_err(|e| Error::Protocol(e.to_string()))? {
+        match Response::decode(&frame).map_err(Error::response)? {
             Response::Delivery { retry_count, event } => Ok(Some(Delivery {
                 event: recorded(event),
                 retry_count,
@@ -238,18 +240,38 @@ impl PersistentSubscription {
     /// Acknowledges events by position: they are handled and will not be delivered again.
     /// If the connection was lost, the ack fails and the group delivers them again to this
     /// consumer once [`next`](Self::next) has joined again (at least once).
-    pub async fn ack(&mut self, positions: &[u64]) -> Result<(), Error> {
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// let mut group = client.connect_persistent("billing").await?;
+    /// if let Some(delivery) = group.next().await? {
+    ///     group.ack(&[delivery.event.position]).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn ack(&mut self, positions: &[Position]) -> Result<(), Error> {
         self.send_request(&Request::PersistentAck {
-            positions: positions.to_vec(),
+            positions: positions.iter().map(|p| p.0).collect(),
         })
         .await
     }
 
     /// Refuses events by position: retry, park or skip them.
-    pub async fn nack(&mut self, action: NackAction, positions: &[u64]) -> Result<(), Error> {
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::NackAction;
+    /// let mut group = client.connect_persistent("billing").await?;
+    /// if let Some(delivery) = group.next().await? {
+    ///     // Cannot be handled now: keep it aside until the parked events are replayed.
+    ///     group.nack(NackAction::Park, &[delivery.event.position]).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn nack(&mut self, action: NackAction, positions: &[Position]) -> Result<(), Error> {
         self.send_request(&Request::PersistentNack {
             action: action as u8,
-            positions: positions.to_vec(),
+            positions: positions.iter().map(|p| p.0).collect(),
         })
         .await
     }
@@ -264,7 +286,10 @@ impl PersistentSubscription {
                 max: self.max_frame,
             });
         }
-        self.send.write_all(&out).await.map_err(Error::transport)
+        self.send
+            .write_all(&out)
+            .await
+            .map_err(|e| Error::transport("sending to the group", e))
     }
 
     /// Leaves the group: events not acknowledged go to other consumers.

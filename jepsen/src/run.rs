@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadStreamOptions};
 use quiver_net::ErrorCode;
 use serde_json::{json, Value};
 
@@ -220,7 +220,7 @@ fn stream(key: u64) -> String {
 /// The elements of stream `key`, in order; a stream never written reads as empty.
 async fn read_elements(client: &Client, key: u64) -> Result<Vec<u64>, Error> {
     let mut events = match client
-        .read_stream(&stream(key), ReadOptions::default())
+        .read_stream(&stream(key), ReadStreamOptions::default())
         .await
     {
         Ok(events) => events,

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use quiver_client::{
-    Client, ClientConfig, Error, PersistentDefinition, RecordedEvent, SubscribeOptions,
-    SubscriptionMessage,
+    Client, ClientConfig, Error, PersistentDefinition, Position, RecordedEvent,
+    SubscribeAllOptions, SubscriptionMessage,
 };
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -421,10 +421,10 @@ impl Subscriber {
         self.log.write(line);
         lock(&self.tally)
             .deliveries
-            .push((event.stream.clone(), e, event.position));
+            .push((event.stream.clone(), e, event.position.get()));
     }
 
-    fn subscribed(&self, from: Option<u64>) {
+    fn subscribed(&self, from: Option<Position>) {
         lock(&self.tally).subscriptions += 1;
         self.log.write(json!({
             "type": "subscribe", "subscriber": self.name, "node": self.node, "from": from,
@@ -512,14 +512,14 @@ const STALL: Duration = Duration::from_secs(10);
 
 async fn transient(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::Receiver<bool>) {
     // Resume point: just past the last event delivered.
-    let mut from: Option<u64> = None;
+    let mut from: Option<Position> = None;
     'run: while !*halt.borrow() {
         let client = match connect(&sub, &config, &mut halt).await {
             Ok(c) => c,
             Err(NoClient::Again) => continue,
             Err(NoClient::Halted) => break 'run,
         };
-        let mut options = SubscribeOptions::default().stream_prefix(STREAM_PREFIX);
+        let mut options = SubscribeAllOptions::default().stream_prefix(STREAM_PREFIX);
         if let Some(at) = from {
             options = options.from(at);
         }
@@ -552,7 +552,7 @@ async fn transient(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::
             };
             match message {
                 Ok(Some(SubscriptionMessage::Event(event))) => {
-                    from = Some(event.position + 1);
+                    from = Some(event.position.next());
                     sub.deliver(&event, None);
                 }
                 Ok(Some(_)) => {}
@@ -1031,8 +1031,8 @@ mod tests {
     fn element_reads_only_workload_events() {
         let event = |stream: &str, data: &str| RecordedEvent {
             stream: stream.to_string(),
-            version: 0,
-            position: 0,
+            version: Default::default(),
+            position: Default::default(),
             id: Default::default(),
             event_type: "appended".to_string(),
             json: true,

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadStreamOptions};
 use quiver_jepsen::docker::DockerCluster;
 
 const STREAM: &str = "docker-backend";
@@ -138,7 +138,7 @@ async fn read_on(cluster: &DockerCluster, root: &Path, id: u64) -> Vec<u64> {
         .await
         .expect("connecting for the final read");
     let mut events = client
-        .read_stream(STREAM, ReadOptions::default())
+        .read_stream(STREAM, ReadStreamOptions::default())
         .await
         .unwrap_or_else(|e| panic!("reading on node {id}: {e}"));
     let mut out = Vec::new();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadStreamOptions};
 use quiver_jepsen::control::{wait_for_leader, Cluster};
 use quiver_jepsen::subscribers::{
     check_transient, ConfigSource, FindingKind, Subscribers, LOG_FILE,
@@ -121,7 +121,10 @@ async fn final_state(client: &Client) -> Result<BTreeMap<String, Vec<u64>>> {
     let mut state = BTreeMap::new();
     for key in 0..STREAMS {
         let name = format!("la-{key}");
-        let events = match client.read_stream(&name, ReadOptions::default()).await {
+        let events = match client
+            .read_stream(&name, ReadStreamOptions::default())
+            .await
+        {
             Ok(events) => events.collect().await?,
             Err(Error::NotFound(_)) => Vec::new(),
             Err(e) => return Err(e.into()),

@@ -18,8 +18,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use quiver_client::{
     Client, ClientConfig, Error, EventData, ExpectedVersion, PayloadOp, PersistentDefinition,
-    PersistentInfo, ReadOptions, RecordedEvent, Strategy, StreamInfo, StreamMetadata,
-    SubscribeOptions, SubscriptionMessage, SERVER_DEFAULT,
+    PersistentInfo, Point, ReadAllOptions, ReadStreamOptions, RecordedEvent, Strategy, StreamInfo,
+    StreamMetadata, StreamVersion, SubscribeAllOptions, SubscribeStreamOptions, Subscription,
+    SubscriptionMessage, SERVER_DEFAULT,
 };
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -696,7 +697,8 @@ impl From<Error> for Failure {
             Error::Unauthenticated(_) => exit::UNAUTHENTICATED,
             _ => exit::FAILURE,
         };
-        Failure::new(code, e.to_string())
+        // Each cause, once: `transport: sending the request: connection lost`.
+        Failure::new(code, e.report())
     }
 }
 
@@ -893,7 +895,7 @@ async fn append(
     let n = events.len() as u64;
     let r = client.append(&a.stream, a.expected, events).await?;
     let last = r.next_expected_version;
-    let first = last.saturating_sub(n - 1);
+    let first = StreamVersion(last.get().saturating_sub(n - 1));
     if out.json {
         let o = Obj::default()
             .val("stream", a.stream.as_str())
@@ -922,7 +924,16 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
     match command {
         Command::Append(_) | Command::Health(_) => unreachable!("handled by execute"),
         Command::Read(a) => {
-            let options = read_options(a.from, a.backward, a.max);
+            let mut options = ReadStreamOptions::default();
+            if let Some(from) = a.from {
+                options = options.from(from);
+            }
+            if a.backward {
+                options = options.backward();
+            }
+            if let Some(max) = a.max {
+                options = options.max_count(max);
+            }
             let mut events = client.read_stream(&a.stream, options).await?;
             while let Some(e) = events.next().await? {
                 out.event(&e)?;
@@ -930,7 +941,21 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
             Ok(())
         }
         Command::Subscribe(a) => {
-            let mut options = SubscribeOptions::default();
+            if let Some(stream) = &a.stream {
+                let mut options = SubscribeStreamOptions::default();
+                if let Some(v) = a.from {
+                    options = options.from(v);
+                }
+                if a.from_end {
+                    options = options.from_end();
+                }
+                for (path, op, value) in a.where_ {
+                    options = options.payload(path, op, value);
+                }
+                let sub = client.subscribe_stream(stream, options).await?;
+                return print_events(sub, a.count, out).await;
+            }
+            let mut options = SubscribeAllOptions::default();
             if let Some(v) = a.from {
                 options = options.from(v);
             }
@@ -952,27 +977,20 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
             for (path, op, value) in a.where_ {
                 options = options.payload(path, op, value);
             }
-            let mut sub = match &a.stream {
-                Some(s) => client.subscribe_stream(s, options).await?,
-                None => client.subscribe_all(options).await?,
-            };
-            let mut printed = 0u64;
-            while a.count.is_none_or(|n| printed < n) {
-                match sub.next().await? {
-                    Some(SubscriptionMessage::Event(e)) => {
-                        out.event(&e)?;
-                        // Live output: show each event as it arrives.
-                        out.flush()?;
-                        printed += 1;
-                    }
-                    Some(_) => {}
-                    None => break,
-                }
-            }
-            Ok(())
+            let sub = client.subscribe_all(options).await?;
+            print_events(sub, a.count, out).await
         }
         Command::ReadAll(a) => {
-            let mut options = read_options(a.from, a.backward, a.max);
+            let mut options = ReadAllOptions::default();
+            if let Some(from) = a.from {
+                options = options.from(from);
+            }
+            if a.backward {
+                options = options.backward();
+            }
+            if let Some(max) = a.max {
+                options = options.max_count(max);
+            }
             if let Some(p) = a.type_prefix {
                 options = options.type_prefix(p);
             }
@@ -1009,7 +1027,7 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
                 let metadata = StreamMetadata {
                     max_count: a.max_count,
                     max_age_us: a.max_age_secs.map(|s| s * 1_000_000),
-                    truncate_before: a.truncate_before,
+                    truncate_before: a.truncate_before.map(StreamVersion),
                     custom: a.custom.map(String::into_bytes).unwrap_or_default().into(),
                 };
                 client.set_metadata(&a.stream, metadata).await?;
@@ -1100,18 +1118,26 @@ async fn one(client: &Client, command: Command, out: &mut Out<'_>) -> Result<()>
     }
 }
 
-fn read_options(from: Option<u64>, backward: bool, max: Option<u64>) -> ReadOptions {
-    let mut options = ReadOptions::default();
-    if let Some(from) = from {
-        options = options.from(from);
+/// Prints a subscription's events as they arrive, `count` of them or until it ends.
+async fn print_events<P: Point>(
+    mut sub: Subscription<P>,
+    count: Option<u64>,
+    out: &mut Out<'_>,
+) -> Result<()> {
+    let mut printed = 0u64;
+    while count.is_none_or(|n| printed < n) {
+        match sub.next().await? {
+            Some(SubscriptionMessage::Event(e)) => {
+                out.event(&e)?;
+                // Live output: show each event as it arrives.
+                out.flush()?;
+                printed += 1;
+            }
+            Some(_) => {}
+            None => break,
+        }
     }
-    if backward {
-        options = options.backward();
-    }
-    if let Some(max) = max {
-        options = options.max_count(max);
-    }
-    options
+    Ok(())
 }
 
 async fn snapshot(client: &Client, command: SnapshotCommand, out: &mut Out<'_>) -> Result<()> {
@@ -1148,7 +1174,7 @@ async fn snapshot(client: &Client, command: SnapshotCommand, out: &mut Out<'_>) 
                 client.latest_snapshot(&a.stream, a.version).await?
             } else {
                 let data = client.get_snapshot(&a.stream, a.version).await?;
-                data.map(|d| (a.version, d))
+                data.map(|d| (StreamVersion(a.version), d))
             };
             let Some((version, data)) = found else {
                 let which = if a.latest { "at or below" } else { "at" };
@@ -1268,7 +1294,7 @@ async fn subscription(
                 Strategy::RoundRobin => "round-robin",
                 Strategy::Pinned => "pinned",
             };
-            let parked: Vec<String> = info.parked.iter().map(u64::to_string).collect();
+            let parked: Vec<String> = info.parked.iter().map(|p| p.to_string()).collect();
             out.line(&format!(
                 "group:            {}\nstream:           {}\ntype prefix:      {}\n\
                  stream prefix:    {}\nstart:            {}\nstrategy:         {strategy}\n\
@@ -1409,7 +1435,7 @@ impl Out<'_> {
              custom:           {custom}",
             i.name,
             opt(m.max_count),
-            opt(m.truncate_before),
+            opt(m.truncate_before.map(u64::from)),
         ))
     }
 }

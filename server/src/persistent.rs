@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use quiver_client::{PersistentDefinition, PersistentInfo, Strategy};
+use quiver_client::{PersistentDefinition, PersistentInfo, Position, Strategy};
 use quiver_engine::{
     validate_stream_name, AllFilter, Direction, Engine, Matcher, ReadFrom, RecordedEvent,
 };
@@ -872,7 +872,7 @@ impl Group {
                 .filter(|p| p.consumer.is_none())
                 .count()
                 + self.backlog.len()) as u64,
-            parked: self.parked.iter().copied().collect(),
+            parked: self.parked.iter().copied().map(Position).collect(),
             consumers: self.consumers.len() as u64,
         }
     }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Node, FAILOVER_LIMIT, FORM_LIMIT};
 use quiver_client::{
-    Client, Error, EventData, ExpectedVersion, PersistentDefinition, ReadOptions, SubscribeOptions,
-    SubscriptionMessage,
+    Client, Error, EventData, ExpectedVersion, PersistentDefinition, ReadStreamOptions,
+    SubscribeStreamOptions, SubscriptionMessage,
 };
 use quiver_net::ErrorCode;
 
@@ -56,14 +56,17 @@ async fn write_streams(
 
 /// Every event of `stream` on the node `client` talks to: (id, version).
 async fn stream_ids(client: &Client, stream: &str) -> Vec<(uuid::Uuid, u64)> {
-    let mut events = match client.read_stream(stream, ReadOptions::default()).await {
+    let mut events = match client
+        .read_stream(stream, ReadStreamOptions::default())
+        .await
+    {
         Ok(e) => e,
         Err(Error::NotFound(_)) => return Vec::new(),
         Err(e) => panic!("reading {stream}: {e}"),
     };
     let mut out = Vec::new();
     while let Some(e) = events.next().await.unwrap() {
-        out.push((e.id, e.version));
+        out.push((e.id, e.version.get()));
     }
     out
 }
@@ -79,7 +82,7 @@ fn clients_write_through_any_node_and_read_the_same_everywhere() {
         // as that follower applies them.
         let watcher = c.client(&[followers[1]]).await;
         let mut sub = watcher
-            .subscribe_stream("acct-1", SubscribeOptions::default())
+            .subscribe_stream("acct-1", SubscribeStreamOptions::default())
             .await
             .unwrap();
         // A follower first: the client is refused there and moves to the leader.
@@ -107,7 +110,7 @@ fn clients_write_through_any_node_and_read_the_same_everywhere() {
             matches!(
                 stale,
                 Err(Error::WrongExpectedVersion {
-                    actual: Some(2),
+                    actual: Some(quiver_client::StreamVersion(2)),
                     ..
                 })
             ),
@@ -139,7 +142,7 @@ fn clients_write_through_any_node_and_read_the_same_everywhere() {
         assert!(outcomes.iter().any(|o| matches!(
             o,
             Err(Error::WrongExpectedVersion {
-                actual: Some(3),
+                actual: Some(quiver_client::StreamVersion(3)),
                 ..
             })
         )));
@@ -219,7 +222,7 @@ fn clients_write_through_any_node_and_read_the_same_everywhere() {
                 .expect("the follower's subscriber gets the events")
                 .unwrap()
             {
-                Some(SubscriptionMessage::Event(e)) => live.push((e.id, e.version)),
+                Some(SubscriptionMessage::Event(e)) => live.push((e.id, e.version.get())),
                 Some(_) => {}
                 None => panic!("the subscription ended"),
             }
@@ -750,7 +753,7 @@ fn follower_reads_are_an_opt_in_served_without_a_leader() {
         let linear = c
             .client_with(&[lone], |cfg| cfg.timeout(Duration::from_secs(3)))
             .await;
-        let refused = linear.read_stream("fr", ReadOptions::default()).await;
+        let refused = linear.read_stream("fr", ReadStreamOptions::default()).await;
         assert!(
             refused.is_err(),
             "a node without a leader served a linearizable read"

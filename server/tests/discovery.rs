@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{runtime, Cluster, FORM_LIMIT, SECRET};
-use quiver_client::{EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{EventData, ExpectedVersion, ReadStreamOptions};
 use quiver_server::cluster::ClusterStatus;
 
 /// The node id a node generated for itself.
@@ -148,7 +148,9 @@ fn seeds_form_a_cluster_auto_join_fills_a_removed_voters_place_and_a_restart_rej
         },
     );
     let read = rt.block_on(async {
-        let mut events = client.read_stream("s", ReadOptions::default()).await?;
+        let mut events = client
+            .read_stream("s", ReadStreamOptions::default())
+            .await?;
         let mut n = 0;
         while events.next().await?.is_some() {
             n += 1;

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use quiver_client::{
-    Client, ClientConfig, EventData, ExpectedVersion, NackAction, PersistentDefinition, ReadOptions,
+    Client, ClientConfig, EventData, ExpectedVersion, NackAction, PersistentDefinition, Position,
+    ReadStreamOptions,
 };
 
 const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
@@ -113,7 +114,7 @@ async fn a_group_resumes_from_its_checkpoint_after_kill_9() {
     let _server = serve(dir.path(), port);
     let c = connect(dir.path(), port).await;
     let all = c
-        .read_stream("s", ReadOptions::default())
+        .read_stream("s", ReadStreamOptions::default())
         .await
         .unwrap()
         .collect()
@@ -145,7 +146,7 @@ async fn a_group_resumes_from_its_checkpoint_after_kill_9() {
         sub.ack(&[p]).await.unwrap();
         seen.insert(p);
     }
-    let want: BTreeSet<u64> = (40..100).filter(|p| *p != 45).collect();
+    let want: BTreeSet<Position> = (40..100).filter(|p| *p != 45).map(Position).collect();
     assert_eq!(seen, want, "nothing above the checkpoint was skipped");
     assert_eq!(c.persistent_info("g").await.unwrap().parked, vec![45]);
 }

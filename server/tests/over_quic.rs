@@ -9,7 +9,10 @@ use bytes::{BufMut, BytesMut};
 mod common;
 
 use common::{client, config, start};
-use quiver_client::{Client, ClientConfig, Error, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{
+    Client, ClientConfig, Error, EventData, ExpectedVersion, ReadAllOptions, ReadStreamOptions,
+    StreamVersion,
+};
 use quiver_server::{Server, ServerConfig};
 
 fn ev(t: &str, data: &str) -> EventData {
@@ -31,7 +34,10 @@ async fn every_operation_over_quic() {
         )
         .await
         .unwrap();
-    assert_eq!((r.next_expected_version, r.position_first), (0, 0));
+    assert_eq!(
+        (r.next_expected_version.get(), r.position_first.get()),
+        (0, 0)
+    );
     let e = ev("Deposited", r#"{"amount":5}"#);
     let r = c
         .append("acct-1", ExpectedVersion::Exact(0), vec![e.clone()])
@@ -50,7 +56,8 @@ async fn every_operation_over_quic() {
         .await
     {
         Err(Error::WrongExpectedVersion {
-            actual: Some(1), ..
+            actual: Some(StreamVersion(1)),
+            ..
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -84,7 +91,7 @@ async fn every_operation_over_quic() {
         ])
         .await
         .unwrap();
-    assert_eq!((w.position_first, w.position_last), (3, 5));
+    assert_eq!((w.position_first.get(), w.position_last.get()), (3, 5));
     let failed = c
         .append_multi(vec![
             (
@@ -102,7 +109,7 @@ async fn every_operation_over_quic() {
     assert!(matches!(
         failed,
         Err(Error::WrongExpectedVersion {
-            actual: Some(0),
+            actual: Some(StreamVersion(0)),
             ..
         })
     ));
@@ -114,7 +121,7 @@ async fn every_operation_over_quic() {
 
     // Reads.
     let all = c
-        .read_stream("acct-1", ReadOptions::default())
+        .read_stream("acct-1", ReadStreamOptions::default())
         .await
         .unwrap()
         .collect()
@@ -124,7 +131,10 @@ async fn every_operation_over_quic() {
     assert_eq!(types, ["Opened", "Deposited", "Withdrawn"]);
     assert_eq!(&all[1].data[..], br#"{"amount":5}"#);
     let back = c
-        .read_stream("acct-1", ReadOptions::default().backward().max_count(2))
+        .read_stream(
+            "acct-1",
+            ReadStreamOptions::default().backward().max_count(2),
+        )
         .await
         .unwrap();
     let v: Vec<u64> = back
@@ -132,11 +142,11 @@ async fn every_operation_over_quic() {
         .await
         .unwrap()
         .iter()
-        .map(|e| e.version)
+        .map(|e| e.version.get())
         .collect();
     assert_eq!(v, [2, 1]);
     let opened = c
-        .read_all(ReadOptions::default().type_prefix("Open"))
+        .read_all(ReadAllOptions::default().type_prefix("Open"))
         .await
         .unwrap();
     let streams: Vec<_> = opened
@@ -148,7 +158,7 @@ async fn every_operation_over_quic() {
         .collect();
     assert_eq!(streams, ["acct-1", "acct-2"]);
     assert!(matches!(
-        c.read_stream("missing", ReadOptions::default()).await,
+        c.read_stream("missing", ReadStreamOptions::default()).await,
         Err(Error::NotFound(_))
     ));
 
@@ -164,7 +174,7 @@ async fn every_operation_over_quic() {
     };
     c.set_metadata("acct-1", meta).await.unwrap();
     let last = c
-        .read_stream("acct-1", ReadOptions::default())
+        .read_stream("acct-1", ReadStreamOptions::default())
         .await
         .unwrap()
         .collect()
@@ -184,7 +194,7 @@ async fn every_operation_over_quic() {
         Err(Error::StreamDeleted(_))
     ));
     assert!(matches!(
-        c.read_stream("ledger", ReadOptions::default()).await,
+        c.read_stream("ledger", ReadStreamOptions::default()).await,
         Err(Error::StreamDeleted(_))
     ));
 
@@ -197,7 +207,7 @@ async fn every_operation_over_quic() {
     );
     assert_eq!(
         c.latest_snapshot("acct-1", 9).await.unwrap().map(|s| s.0),
-        Some(2)
+        Some(StreamVersion(2))
     );
     assert_eq!(c.list_snapshots("acct-1").await.unwrap(), [1, 2]);
     c.delete_snapshot("acct-1", 2).await.unwrap();
@@ -207,7 +217,7 @@ async fn every_operation_over_quic() {
     c.scavenge().await.unwrap();
     let status = c.status().await.unwrap();
     assert_eq!(
-        (status.store_id.as_str(), status.commit_position),
+        (status.store_id.as_str(), status.commit_position.get()),
         ("quiver", 6)
     );
     c.close().await;
@@ -217,14 +227,17 @@ async fn every_operation_over_quic() {
     let server = start(config(dir.path()));
     let c = client(dir.path(), server.addr).await;
     let all = c
-        .read_all(ReadOptions::default())
+        .read_all(ReadAllOptions::default())
         .await
         .unwrap()
         .collect()
         .await
         .unwrap();
     // acct-1 shows its newest only (max count 1); acct-2 is soft-deleted; ledger is gone.
-    let seen: Vec<_> = all.iter().map(|e| (e.stream.as_str(), e.version)).collect();
+    let seen: Vec<_> = all
+        .iter()
+        .map(|e| (e.stream.as_str(), e.version.get()))
+        .collect();
     assert_eq!(seen, [("acct-1", 2)]);
     c.close().await;
     server.stop().await;
@@ -327,16 +340,16 @@ async fn racing_writers_each_version_has_one_winner() {
         let c = Arc::new(client(dir.path(), server.addr).await);
         tasks.push(tokio::spawn(async move {
             let (mut won, mut lost) = (Vec::new(), 0u32);
-            let mut expected = None::<u64>;
+            let mut expected = None::<StreamVersion>;
             loop {
-                let exp = expected.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                if expected.is_some_and(|v| v + 1 >= versions) {
+                let exp = ExpectedVersion::from(expected);
+                if expected.is_some_and(|v| v.get() + 1 >= versions) {
                     return (won, lost);
                 }
                 let e = EventData::json("Bid", format!("{{\"writer\":{w}}}").into_bytes());
                 match c.append("auction", exp, vec![e]).await {
                     Ok(r) => {
-                        won.push(r.next_expected_version);
+                        won.push(r.next_expected_version.get());
                         expected = Some(r.next_expected_version);
                     }
                     Err(Error::WrongExpectedVersion { actual, .. }) => {
@@ -362,7 +375,7 @@ async fn racing_writers_each_version_has_one_winner() {
     );
     let c = client(dir.path(), server.addr).await;
     let stored = c
-        .read_stream("auction", ReadOptions::default())
+        .read_stream("auction", ReadStreamOptions::default())
         .await
         .unwrap()
         .collect()
@@ -609,24 +622,24 @@ async fn ticks(client: &Client, stream: &str, n: usize) {
 #[tokio::test]
 async fn reads_and_subscriptions_are_streams() {
     use futures_util::{StreamExt, TryStreamExt};
-    use quiver_client::{SubscribeOptions, SubscriptionMessage};
+    use quiver_client::{SubscribeStreamOptions, SubscriptionMessage};
     let dir = tempfile::tempdir().unwrap();
     let server = start(config(dir.path()));
     let client = client(dir.path(), server.addr).await;
     let event = || vec![EventData::json("Ticked", "{}")];
     ticks(&client, "ticks", 3).await;
     let versions: Vec<u64> = client
-        .read_stream("ticks", ReadOptions::default())
+        .read_stream("ticks", ReadStreamOptions::default())
         .await
         .unwrap()
         .into_stream()
-        .map_ok(|e| e.version)
+        .map_ok(|e| e.version.get())
         .try_collect()
         .await
         .unwrap();
     assert_eq!(versions, vec![0, 1, 2]);
     let live = client
-        .subscribe_stream("ticks", SubscribeOptions::default())
+        .subscribe_stream("ticks", SubscribeStreamOptions::default())
         .await
         .unwrap()
         .into_stream();
@@ -635,7 +648,7 @@ async fn reads_and_subscriptions_are_streams() {
     let task = tokio::spawn(async move {
         live.filter_map(|m| async move {
             match m {
-                Ok(SubscriptionMessage::Event(e)) => Some(e.version),
+                Ok(SubscriptionMessage::Event(e)) => Some(e.version.get()),
                 _ => None,
             }
         })
@@ -662,14 +675,14 @@ async fn reads_and_subscriptions_are_streams() {
 /// there (in another process, say) delivers what came after, nothing twice.
 #[tokio::test]
 async fn a_subscription_resumes_where_another_stopped() {
-    use quiver_client::{SubscribeOptions, SubscriptionMessage};
+    use quiver_client::{SubscribeStreamOptions, SubscriptionMessage};
     let dir = tempfile::tempdir().unwrap();
     let server = start(config(dir.path()));
     let client = client(dir.path(), server.addr).await;
     let event = || vec![EventData::json("Ticked", "{}")];
     ticks(&client, "resumed", 3).await;
     let mut first = client
-        .subscribe_stream("resumed", SubscribeOptions::default())
+        .subscribe_stream("resumed", SubscribeStreamOptions::default())
         .await
         .unwrap();
     assert_eq!(first.resume_point(), None);
@@ -689,7 +702,7 @@ async fn a_subscription_resumes_where_another_stopped() {
         .await
         .unwrap();
     let mut second = client
-        .subscribe_stream("resumed", SubscribeOptions::default().from(at))
+        .subscribe_stream("resumed", SubscribeStreamOptions::default().from(at))
         .await
         .unwrap();
     let next = loop {
@@ -722,7 +735,7 @@ async fn events_decode_as_json_and_the_newest_snapshot_needs_no_sentinel() {
     .await
     .unwrap();
     let events = c
-        .read_stream("acct-json", ReadOptions::default())
+        .read_stream("acct-json", ReadStreamOptions::default())
         .await
         .unwrap()
         .collect()
@@ -734,21 +747,27 @@ async fn events_decode_as_json_and_the_newest_snapshot_needs_no_sentinel() {
     );
     let wrong = events[0].json::<Vec<u8>>().unwrap_err();
     assert!(
-        matches!(&wrong, Error::Decode(m) if m.contains("'acct-json'") && m.contains("Deposited")),
+        matches!(&wrong, Error::Decode { context, source: Some(_) }
+            if context.contains("'acct-json'") && context.contains("Deposited")),
         "{wrong}"
+    );
+    assert!(
+        wrong.report().contains("invalid type"),
+        "{}",
+        wrong.report()
     );
     assert_eq!(c.newest_snapshot("acct-json").await.unwrap(), None);
     c.put_snapshot("acct-json", 0, "first").await.unwrap();
     c.append(
         "acct-json",
-        ExpectedVersion::from(Some(0)),
+        ExpectedVersion::from(Some(StreamVersion(0))),
         vec![EventData::json("Deposited", r#"{"amount":5}"#)],
     )
     .await
     .unwrap();
     c.put_snapshot("acct-json", 1, "second").await.unwrap();
     let (version, data) = c.newest_snapshot("acct-json").await.unwrap().unwrap();
-    assert_eq!((version, &data[..]), (1, &b"second"[..]));
+    assert_eq!((version, &data[..]), (StreamVersion(1), &b"second"[..]));
     c.close().await;
     server.stop().await;
 }
@@ -767,7 +786,13 @@ async fn system_trust_roots_sit_beside_the_ca_file() {
     let system_only = ClientConfig::from_url(&url).unwrap();
     assert!(system_only.system_roots);
     match Client::connect(system_only.clone()).await {
-        Err(Error::Connect(m)) => assert!(!m.contains("reading the CA file"), "{m}"),
+        Err(e @ Error::Connect { .. }) => {
+            assert!(
+                !e.report().contains("reading the CA file"),
+                "{}",
+                e.report()
+            )
+        }
         Err(other) => panic!("refused, but not at the handshake: {other}"),
         Ok(_) => panic!("the system's roots vouched for a private CA"),
     }
@@ -804,7 +829,7 @@ async fn a_conflict_names_its_stream_and_the_expected_version() {
         }) => {
             assert_eq!(stream.as_deref(), Some("order-line-1"));
             assert_eq!(expected, Some(ExpectedVersion::Exact(3)));
-            assert_eq!(actual, Some(0));
+            assert_eq!(actual, Some(StreamVersion(0)));
         }
         other => panic!("{:?}", other.err()),
     }
@@ -819,11 +844,11 @@ async fn a_missing_stream_reads_as_empty_on_request() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(config(dir.path()));
     let c = client(dir.path(), server.addr).await;
-    let empty = ReadOptions::default().missing_as_empty(true);
+    let empty = ReadStreamOptions::default().missing_as_empty(true);
     let read = c.read_stream("never", empty.clone()).await.unwrap();
     assert!(read.collect().await.unwrap().is_empty());
     assert!(matches!(
-        c.read_stream("never", ReadOptions::default()).await,
+        c.read_stream("never", ReadStreamOptions::default()).await,
         Err(Error::NotFound(_))
     ));
     c.append(

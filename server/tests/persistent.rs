@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use quiver_client::{
     Client, ClientConfig, Delivery, Error, EventData, ExpectedVersion, NackAction,
-    PersistentDefinition, PersistentInfo, PersistentSubscription, Strategy,
+    PersistentDefinition, PersistentInfo, PersistentSubscription, Position, Strategy,
+    StreamVersion,
 };
 use quiver_server::ServerConfig;
 
@@ -37,7 +38,7 @@ async fn client(dir: &std::path::Path, addr: std::net::SocketAddr) -> Client {
 }
 
 /// Appends one event to each stream in turn, `n` events in all; returns their positions.
-async fn append(c: &Client, streams: &[&str], n: usize) -> Vec<u64> {
+async fn append(c: &Client, streams: &[&str], n: usize) -> Vec<Position> {
     let mut positions = Vec::new();
     for i in 0..n {
         let stream = streams[i % streams.len()];
@@ -127,15 +128,15 @@ async fn round_robin_consumers_get_disjoint_events_covering_all() {
     let idle = Duration::from_millis(800);
     let (a, b) = (consume(a, idle), consume(b, idle));
     let (a, b) = (joined(a).await, joined(b).await);
-    let pa: BTreeSet<u64> = a.iter().map(|d| d.event.position).collect();
-    let pb: BTreeSet<u64> = b.iter().map(|d| d.event.position).collect();
+    let pa: BTreeSet<Position> = a.iter().map(|d| d.event.position).collect();
+    let pb: BTreeSet<Position> = b.iter().map(|d| d.event.position).collect();
     assert!(
         !pa.is_empty() && !pb.is_empty(),
         "both consumers get events"
     );
     assert!(pa.is_disjoint(&pb), "no event goes to both");
     assert_eq!(pa.len() + pb.len(), 30, "no event is delivered twice");
-    let all: BTreeSet<u64> = pa.union(&pb).copied().collect();
+    let all: BTreeSet<Position> = pa.union(&pb).copied().collect();
     assert_eq!(all, written.into_iter().collect::<BTreeSet<_>>());
     assert!(a.iter().chain(&b).all(|d| d.retry_count == 0));
     let info = until(&c, "rr", |i| i.checkpoint == 30).await;
@@ -159,9 +160,10 @@ async fn acked_events_are_not_delivered_again_after_a_restart() {
     for _ in 0..11 {
         got.push(recv(&mut sub).await.event.position);
     }
-    assert_eq!(got, (1..12).collect::<Vec<_>>(), "in order from the start");
+    let want: Vec<Position> = (1..12).map(Position).collect();
+    assert_eq!(got, want, "in order from the start");
     // Acknowledge 1..=6 (out of order) and 9; 7, 8, 10 and 11 stay in flight.
-    sub.ack(&[3, 1, 2, 6, 5, 4, 9]).await.unwrap();
+    sub.ack(&[3, 1, 2, 6, 5, 4, 9].map(Position)).await.unwrap();
     let info = until(&c, "durable", |i| i.checkpoint == 7).await;
     assert_eq!(info.in_flight, 4);
     drop(sub);
@@ -205,10 +207,10 @@ async fn nack_retry_counts_up_then_parks_and_replay_delivers_again() {
         sub.nack(NackAction::Retry, &[p]).await.unwrap();
     }
     // The third retry passes max_retries = 2: parked.
-    let info = until(&c, "retry", |i| i.parked == vec![p]).await;
+    let info = until(&c, "retry", |i| i.parked == vec![p.get()]).await;
     assert_eq!(
         info.checkpoint,
-        p + 1,
+        p.get() + 1,
         "a parked event does not hold the checkpoint"
     );
     quiet(&mut sub, 300).await;
@@ -232,7 +234,7 @@ async fn park_and_skip_and_parked_events_survive_a_restart() {
         .unwrap();
     let mut sub = connect(&c, "ps").await;
     append(&c, &["s"], 3).await;
-    let got: Vec<u64> = [
+    let got: Vec<Position> = [
         recv(&mut sub).await,
         recv(&mut sub).await,
         recv(&mut sub).await,
@@ -240,10 +242,14 @@ async fn park_and_skip_and_parked_events_survive_a_restart() {
     .iter()
     .map(|d| d.event.position)
     .collect();
-    assert_eq!(got, vec![0, 1, 2]);
-    sub.nack(NackAction::Park, &[0]).await.unwrap();
-    sub.nack(NackAction::Skip, &[1]).await.unwrap();
-    sub.ack(&[2]).await.unwrap();
+    assert_eq!(got, [0, 1, 2].map(Position));
+    sub.nack(NackAction::Park, &[0].map(Position))
+        .await
+        .unwrap();
+    sub.nack(NackAction::Skip, &[1].map(Position))
+        .await
+        .unwrap();
+    sub.ack(&[2].map(Position)).await.unwrap();
     let info = until(&c, "ps", |i| i.checkpoint == 3).await;
     assert_eq!(info.parked, vec![0]);
     assert_eq!((info.in_flight, info.waiting), (0, 0));
@@ -255,14 +261,19 @@ async fn park_and_skip_and_parked_events_survive_a_restart() {
     let server = start(dir.path());
     let c = client(dir.path(), server.addr).await;
     let info = c.persistent_info("ps").await.unwrap();
-    assert_eq!((info.checkpoint, info.parked.clone()), (3, vec![0]));
+    assert_eq!(
+        (info.checkpoint, info.parked.clone()),
+        (3, vec![Position(0)])
+    );
     let mut sub = connect(&c, "ps").await;
     quiet(&mut sub, 300).await;
     c.replay_parked("ps").await.unwrap();
     let d = recv(&mut sub).await;
     assert_eq!(d.event.position, 0);
     // Skipping a replayed event also takes it out of the parked set.
-    sub.nack(NackAction::Skip, &[0]).await.unwrap();
+    sub.nack(NackAction::Skip, &[0].map(Position))
+        .await
+        .unwrap();
     until(&c, "ps", |i| i.parked.is_empty()).await;
     server.stop().await;
 }
@@ -313,7 +324,7 @@ async fn pinned_keeps_each_stream_on_one_consumer_in_order() {
     );
     let mut owner: BTreeMap<String, usize> = BTreeMap::new();
     for (who, got) in [(0, &a), (1, &b)] {
-        let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut last: BTreeMap<&str, StreamVersion> = BTreeMap::new();
         for d in got {
             let o = *owner.entry(d.event.stream.clone()).or_insert(who);
             assert_eq!(o, who, "stream {} went to both consumers", d.event.stream);
@@ -336,9 +347,15 @@ async fn a_stream_group_follows_one_stream() {
     c.create_persistent(&def).await.unwrap();
     let mut sub = connect(&c, "orders-group").await;
     let d = recv(&mut sub).await;
-    assert_eq!((d.event.stream.as_str(), d.event.version), ("orders", 1));
+    assert_eq!(
+        (d.event.stream.as_str(), d.event.version.get()),
+        ("orders", 1)
+    );
     let e = recv(&mut sub).await;
-    assert_eq!((e.event.stream.as_str(), e.event.version), ("orders", 2));
+    assert_eq!(
+        (e.event.stream.as_str(), e.event.version.get()),
+        ("orders", 2)
+    );
     sub.ack(&[d.event.position, e.event.position])
         .await
         .unwrap();
@@ -505,7 +522,7 @@ async fn max_in_flight_holds_back_and_a_leaving_consumer_hands_its_events_on() {
     assert_eq!(recv(&mut a).await.event.position, 0);
     assert_eq!(recv(&mut a).await.event.position, 1);
     quiet(&mut a, 300).await;
-    a.ack(&[0]).await.unwrap();
+    a.ack(&[0].map(Position)).await.unwrap();
     assert_eq!(recv(&mut a).await.event.position, 2);
     quiet(&mut a, 300).await;
     // 1 and 2 are in flight to `a`; when it leaves they go to `b`, retry counts unchanged.
@@ -518,10 +535,10 @@ async fn max_in_flight_holds_back_and_a_leaving_consumer_hands_its_events_on() {
         got.push(d.event.position);
         b.ack(&[d.event.position]).await.unwrap();
     }
-    assert_eq!(got, vec![1, 2]);
+    assert_eq!(got, [1, 2].map(Position));
     let d = recv(&mut b).await;
     assert_eq!(d.event.position, 3);
-    b.ack(&[3]).await.unwrap();
+    b.ack(&[3].map(Position)).await.unwrap();
     until(&c, "cap", |i| i.checkpoint == 4 && i.consumers == 1).await;
     server.stop().await;
 }
@@ -565,7 +582,7 @@ async fn a_consumer_rejoins_its_group_by_itself_after_a_server_restart() {
         let _ = sub.ack(&[d.event.position]).await;
         rest.insert(d.event.position);
     }
-    assert_eq!(rest, (5..15).collect::<BTreeSet<u64>>());
+    assert_eq!(rest, (5..15).map(Position).collect::<BTreeSet<_>>());
     server.stop().await;
 }
 
@@ -600,10 +617,10 @@ async fn retry_counts_survive_a_restart() {
     let mut sub = connect(&c, "g").await;
     let d = recv(&mut sub).await;
     assert_eq!(
-        (d.event.position, d.retry_count),
+        (d.event.position.get(), d.retry_count),
         (0, 3),
         "the count went on across the restart"
     );
-    sub.ack(&[0]).await.unwrap();
+    sub.ack(&[0].map(Position)).await.unwrap();
     server.stop().await;
 }

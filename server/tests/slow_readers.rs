@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion, ReadStreamOptions};
 use quiver_net::message::{ReadFrom, Request, Response};
 use quiver_net::quic::{read_frame, ReadFrameError};
 use quiver_net::{ErrorCode, Text};
@@ -200,7 +200,7 @@ async fn stalled_readers_stay_within_the_budget() {
     // the longest waiting, so the first dropped.
     let rust_client = start_client(&node).await;
     let mut stalled_rust = rust_client
-        .read_stream("big", ReadOptions::default())
+        .read_stream("big", ReadStreamOptions::default())
         .await
         .unwrap();
     assert_eq!(stalled_rust.next().await.unwrap().unwrap().version, 0);
@@ -279,7 +279,7 @@ async fn stalled_readers_stay_within_the_budget() {
 
     // A reader that reads gets everything meanwhile (and its frames push stalled ones out).
     let all = client
-        .read_stream("big", ReadOptions::default())
+        .read_stream("big", ReadStreamOptions::default())
         .await
         .unwrap();
     let all = all.collect().await.unwrap();

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_client::{
-    Client, EventData, ExpectedVersion, ReadOptions, SubscribeOptions, SubscriptionMessage as Msg,
+    Client, EventData, ExpectedVersion, Position, ReadAllOptions, SubscribeAllOptions,
+    SubscribeStreamOptions, SubscriptionMessage as Msg,
 };
 use quiver_server::ServerConfig;
 
@@ -46,31 +47,24 @@ async fn write(c: Arc<Client>, tag: u64, batches: u64) {
 /// Collects events until the subscription has passed `end` (exclusive) or delivered `want`
 /// events; checks the caught-up marker comes once.
 async fn collect_until(
-    sub: &mut quiver_client::Subscription,
-    end: u64,
+    sub: &mut quiver_client::Subscription<Position>,
+    end: Position,
     want: usize,
-) -> Vec<(u64, String)> {
+) -> Vec<(Position, String)> {
     let mut got = Vec::new();
     let mut caught_up = 0;
-    let mut resume = 0;
+    let mut resume = Position(0);
     while resume < end && got.len() < want {
         let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await
             .expect("the subscription keeps delivering")
             .unwrap()
             .expect("the subscription stays open");
+        resume = resume.max(m.resume_point());
         match m {
-            Msg::Event(e) => {
-                resume = e.position + 1;
-                got.push((e.position, e.event_type));
-            }
-            Msg::CaughtUp { position } => {
-                caught_up += 1;
-                resume = resume.max(position);
-            }
-            Msg::Checkpoint { position } | Msg::FellBehind { position } => {
-                resume = resume.max(position)
-            }
+            Msg::Event(e) => got.push((e.position, e.event_type)),
+            Msg::CaughtUp { .. } => caught_up += 1,
+            Msg::Checkpoint { .. } | Msg::FellBehind { .. } => {}
         }
     }
     assert!(caught_up <= 1, "caught-up is announced once");
@@ -96,10 +90,10 @@ async fn all_and_filtered_subscriptions_see_exactly_the_log_while_writers_race()
         });
         tokio::time::sleep(Duration::from_millis(round * 3)).await;
         let mut all = reader
-            .subscribe_all(SubscribeOptions::default().from(start))
+            .subscribe_all(SubscribeAllOptions::default().from(start))
             .await
             .unwrap();
-        let options = SubscribeOptions::default().from(start).type_prefix("Ev");
+        let options = SubscribeAllOptions::default().from(start).type_prefix("Ev");
         let mut even = reader
             .subscribe_all(options.checkpoint_every(5))
             .await
@@ -107,8 +101,8 @@ async fn all_and_filtered_subscriptions_see_exactly_the_log_while_writers_race()
         writers.await.unwrap();
         let end = reader.status().await.unwrap().commit_position;
 
-        let expected: Vec<(u64, String)> = reader
-            .read_all(ReadOptions::default().from(start))
+        let expected: Vec<(Position, String)> = reader
+            .read_all(ReadAllOptions::default().from(start))
             .await
             .unwrap()
             .collect()
@@ -120,7 +114,7 @@ async fn all_and_filtered_subscriptions_see_exactly_the_log_while_writers_race()
             .collect();
         assert_eq!(
             expected.len() as u64,
-            end - start,
+            end.get() - start.get(),
             "round {round}: the log is dense"
         );
         let got = collect_until(&mut all, end, expected.len()).await;
@@ -162,7 +156,7 @@ async fn a_stream_subscription_resumes_exactly_where_it_left_off() {
         .unwrap();
     }
     let mut sub = c
-        .subscribe_stream("acct", SubscribeOptions::default().from(3))
+        .subscribe_stream("acct", SubscribeStreamOptions::default().from(3))
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -187,9 +181,9 @@ async fn a_stream_subscription_resumes_exactly_where_it_left_off() {
                 .unwrap();
         }
     });
-    let from = seen.last().unwrap() + 1;
+    let from = seen.last().unwrap().next();
     let mut sub = c
-        .subscribe_stream("acct", SubscribeOptions::default().from(from))
+        .subscribe_stream("acct", SubscribeStreamOptions::default().from(from))
         .await
         .unwrap();
     more.await.unwrap();
@@ -217,13 +211,13 @@ async fn a_filter_that_matches_nothing_still_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
     let c = Arc::new(client(dir.path(), server.addr).await);
-    let options = SubscribeOptions::default()
+    let options = SubscribeAllOptions::default()
         .type_prefix("Never")
         .checkpoint_every(10);
     let mut sub = c.subscribe_all(options).await.unwrap();
     assert_eq!(
         sub.next().await.unwrap(),
-        Some(Msg::CaughtUp { position: 0 })
+        Some(Msg::CaughtUp { at: Position(0) })
     );
     // A steady trickle of events that never match.
     let writer = c.clone();
@@ -243,7 +237,7 @@ async fn a_filter_that_matches_nothing_still_checkpoints() {
             .unwrap()
             .unwrap()
         {
-            Some(Msg::Checkpoint { position }) => checkpoints.push(position),
+            Some(Msg::Checkpoint { at: position }) => checkpoints.push(position),
             other => panic!("only checkpoints expected, got {other:?}"),
         }
     }
@@ -276,7 +270,7 @@ async fn a_payload_selector_delivers_exactly_the_matching_events() {
     )
     .await
     .unwrap();
-    let options = SubscribeOptions::default()
+    let options = SubscribeAllOptions::default()
         .payload("total", PayloadOp::Gt, serde_json::json!(100))
         .payload("cur", PayloadOp::Eq, serde_json::json!("EUR"));
     let mut sub = c.subscribe_all(options).await.unwrap();
@@ -326,7 +320,10 @@ async fn a_subscription_resumes_by_itself_across_a_server_restart() {
         let e = EventData::json("T", format!("{{\"i\":{i}}}"));
         c.append("s", ExpectedVersion::Any, vec![e]).await.unwrap();
     }
-    let mut sub = c.subscribe_all(SubscribeOptions::default()).await.unwrap();
+    let mut sub = c
+        .subscribe_all(SubscribeAllOptions::default())
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 5 {
         if let Some(Msg::Event(e)) = sub.next().await.unwrap() {
@@ -372,12 +369,12 @@ async fn a_subscriber_that_stops_reading_is_told_it_fell_behind_and_loses_nothin
     let writer = client(dir.path(), server.addr).await;
     let reader = client(dir.path(), server.addr).await;
     let mut sub = reader
-        .subscribe_all(SubscribeOptions::default())
+        .subscribe_all(SubscribeAllOptions::default())
         .await
         .unwrap();
     assert_eq!(
         sub.next().await.unwrap(),
-        Some(Msg::CaughtUp { position: 0 })
+        Some(Msg::CaughtUp { at: Position(0) })
     );
     // The subscriber reads nothing while 30,000 events commit: QUIC flow control stops the
     // server's sends, and the subscription falls far behind the commit point.
@@ -410,6 +407,30 @@ async fn a_subscriber_that_stops_reading_is_told_it_fell_behind_and_loses_nothin
     assert_eq!(fell_behind, 1, "told once that it fell behind");
     assert_eq!(caught_up, 1, "and once that it caught up again");
     server.stop().await;
+}
+
+/// A stream's or `$all`'s subscription, with its markers as plain numbers: the randomized
+/// test below draws which kind a round uses.
+enum EitherSub {
+    Stream(quiver_client::Subscription<quiver_client::StreamVersion>),
+    All(quiver_client::Subscription<Position>),
+}
+
+impl EitherSub {
+    async fn next(&mut self) -> Result<Option<Msg<u64>>, quiver_client::Error> {
+        fn plain<P: Into<u64>>(m: Msg<P>) -> Msg<u64> {
+            match m {
+                Msg::Event(e) => Msg::Event(e),
+                Msg::CaughtUp { at } => Msg::CaughtUp { at: at.into() },
+                Msg::Checkpoint { at } => Msg::Checkpoint { at: at.into() },
+                Msg::FellBehind { at } => Msg::FellBehind { at: at.into() },
+            }
+        }
+        Ok(match self {
+            EitherSub::Stream(s) => s.next().await?.map(plain),
+            EitherSub::All(s) => s.next().await?.map(plain),
+        })
+    }
 }
 
 /// The subscription under test in a randomized round.
@@ -448,7 +469,7 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
         let w2 = Arc::new(client(dir.path(), server.addr).await);
         let reader = client(dir.path(), server.addr).await;
         write(w1.clone(), round, 5 + seed % 10).await;
-        let base = reader.status().await.unwrap().commit_position;
+        let base = reader.status().await.unwrap().commit_position.get();
         let mid = base / 2;
         let writers = tokio::spawn({
             let (w1, w2) = (w1.clone(), w2.clone());
@@ -458,11 +479,10 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
         });
         tokio::time::sleep(Duration::from_millis(seed % 5)).await;
         // Checkpoints let a filtered subscription show that it scanned to the end.
-        let mut options = SubscribeOptions::default().checkpoint_every(1);
+        let mut options = SubscribeAllOptions::default().checkpoint_every(1);
         let stream_sub = matches!(selector, Selector::Stream);
         match start_kind {
             0 => {}
-            1 if stream_sub => options = options.from(2),
             1 => options = options.from(mid),
             _ => options = options.from_end(),
         }
@@ -473,14 +493,21 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
             _ => options,
         };
         let mut sub = if stream_sub {
-            reader.subscribe_stream("s-2", options).await.unwrap()
+            let mut by_version = SubscribeStreamOptions::default();
+            match start_kind {
+                0 => {}
+                1 => by_version = by_version.from(2),
+                _ => by_version = by_version.from_end(),
+            }
+            let sub = reader.subscribe_stream("s-2", by_version).await.unwrap();
+            EitherSub::Stream(sub)
         } else {
-            reader.subscribe_all(options).await.unwrap()
+            EitherSub::All(reader.subscribe_all(options).await.unwrap())
         };
         writers.await.unwrap();
-        let end = reader.status().await.unwrap().commit_position;
+        let end = reader.status().await.unwrap().commit_position.get();
         let log = reader
-            .read_all(ReadOptions::default())
+            .read_all(ReadAllOptions::default())
             .await
             .unwrap()
             .collect()
@@ -501,7 +528,7 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
         let last_version = log
             .iter()
             .filter(|e| e.stream == "s-2")
-            .map(|e| e.version)
+            .map(|e| e.version.get())
             .max();
         let mut got = Vec::new();
         let mut first_marker = None;
@@ -514,14 +541,14 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
             let done = match m {
                 Msg::Event(e) => {
                     let done = if stream_sub {
-                        Some(e.version) == last_version
+                        Some(e.version.get()) == last_version
                     } else {
-                        e.position + 1 >= end
+                        e.position.get() + 1 >= end
                     };
-                    got.push(e.position);
+                    got.push(e.position.get());
                     done
                 }
-                Msg::CaughtUp { position } | Msg::Checkpoint { position } => {
+                Msg::CaughtUp { at: position } | Msg::Checkpoint { at: position } => {
                     first_marker.get_or_insert((position, got.len()));
                     if stream_sub {
                         // Nothing left to deliver at or after this version.
@@ -546,7 +573,7 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
                 if stream_sub {
                     log.iter()
                         .find(|e| e.position == *p)
-                        .map_or(0, |e| e.version)
+                        .map_or(0, |e| e.version.get())
                 } else {
                     *p
                 }
@@ -575,7 +602,7 @@ async fn every_selector_and_start_point_delivers_exactly_the_matching_slice() {
                     e.position >= first
                 }
             })
-            .map(|e| e.position)
+            .map(|e| e.position.get())
             .collect();
         assert_eq!(
             got, want,
@@ -600,7 +627,7 @@ async fn regular_expressions_select_exact_types_and_stream_patterns() {
             .await
             .unwrap();
     }
-    let options = SubscribeOptions::default()
+    let options = SubscribeAllOptions::default()
         .type_regex("^OrderPlaced$")
         .stream_regex("^order-");
     let mut sub = c.subscribe_all(options).await.unwrap();
@@ -618,7 +645,7 @@ async fn regular_expressions_select_exact_types_and_stream_patterns() {
     }
     assert_eq!(got, [("order-1".to_string(), "OrderPlaced".to_string())]);
     let bad = c
-        .subscribe_all(SubscribeOptions::default().type_regex("("))
+        .subscribe_all(SubscribeAllOptions::default().type_regex("("))
         .await;
     assert!(
         matches!(bad, Err(quiver_client::Error::Server { .. })),

@@ -86,7 +86,7 @@ pub fn serialized_event(event: &RecordedEvent) -> Result<SerializedEvent, Persis
             event.version, event.stream
         ))
     })?;
-    let sequence = usize::try_from(event.version + 1)
+    let sequence = usize::try_from(event.version.get() + 1)
         .map_err(|_| undecodable(format!("version {} too large", event.version)))?;
     Ok(SerializedEvent {
         aggregate_id: aggregate_id.to_string(),

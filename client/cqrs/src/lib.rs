@@ -102,7 +102,8 @@ use cqrs_es::persist::{
 };
 use cqrs_es::{Aggregate, CqrsFramework, Query};
 use quiver_client::{
-    Client, Error, ErrorCode, Events, ExpectedVersion, ReadOptions, StreamMetadata, WriteResult,
+    Client, Error, ErrorCode, Events, ExpectedVersion, ReadAllOptions, ReadStreamOptions,
+    StreamMetadata, WriteResult,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -216,7 +217,7 @@ impl QuiverEventRepository {
         max_count: u64,
     ) -> Result<Option<Events>, PersistenceError> {
         let stream = event_stream(A::TYPE, aggregate_id).map_err(name_error)?;
-        let options = ReadOptions::default()
+        let options = ReadStreamOptions::default()
             .from(version_of(version)?)
             .max_count(max_count);
         match self.client.read_stream(&stream, options).await {
@@ -273,7 +274,7 @@ impl QuiverEventRepository {
         }
         // Every id was stored already: by an earlier try of this call, or by another writer
         // of the same sequences.
-        let options = ReadOptions::default()
+        let options = ReadStreamOptions::default()
             .from(first_version)
             .max_count(count as u64);
         let stored = self
@@ -374,7 +375,7 @@ fn persistence_error(e: Error) -> PersistenceError {
             code: ErrorCode::IdempotencyMismatch,
             ..
         } => PersistenceError::OptimisticLockError,
-        Error::Connect(_) | Error::Transport(_) | Error::Timeout => {
+        Error::Connect { .. } | Error::Transport { .. } | Error::Timeout => {
             PersistenceError::ConnectionError(Box::new(e))
         }
         e => PersistenceError::UnknownError(Box::new(e)),
@@ -407,7 +408,7 @@ impl PersistedEventRepository for QuiverEventRepository {
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         let stream = snapshot_stream(A::TYPE, aggregate_id).map_err(name_error)?;
-        let newest = ReadOptions::default().backward().max_count(1);
+        let newest = ReadStreamOptions::default().backward().max_count(1);
         let events = match self.client.read_stream(&stream, newest).await {
             Ok(events) => events.collect().await.map_err(persistence_error)?,
             Err(Error::NotFound(_)) => return Ok(None),
@@ -520,7 +521,7 @@ impl PersistedEventRepository for QuiverEventRepository {
         let prefix = aggregate_type_prefix(A::TYPE).map_err(name_error)?;
         let events = self
             .client
-            .read_all(ReadOptions::default().stream_prefix(prefix))
+            .read_all(ReadAllOptions::default().stream_prefix(prefix))
             .await
             .map_err(persistence_error)?;
         Ok(self.replay(Some(events), Some(A::TYPE)))

@@ -108,8 +108,8 @@ pub fn snapshot_stream(aggregate_type: &str, aggregate_id: &str) -> Result<Strin
 }
 
 /// The stream-name prefix that selects exactly the event streams of `aggregate_type`:
-/// `{aggregate_type}~`. Use it with `ReadOptions::stream_prefix` or
-/// `SubscribeOptions::stream_prefix` of `quiver_client`.
+/// `{aggregate_type}~`. Use it with `ReadAllOptions::stream_prefix` or
+/// `SubscribeAllOptions::stream_prefix` of `quiver_client`.
 ///
 /// ```
 /// let prefix = quiver_cqrs::aggregate_type_prefix("order").unwrap();

@@ -15,7 +15,7 @@ use cqrs_es::persist::{
 };
 use cqrs_es::test::TestFramework;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, EventStore};
-use quiver_client::{Client, EventData, ExpectedVersion, ReadOptions};
+use quiver_client::{Client, EventData, ExpectedVersion, ReadAllOptions, ReadStreamOptions};
 use quiver_cqrs::{event_id, event_stream, snapshot_stream, QuiverEventRepository};
 use serde_json::json;
 
@@ -160,16 +160,16 @@ async fn bank_account_on_every_kind_of_store() {
         let stream = event_stream("account", &id).unwrap();
         assert_eq!(stream, format!("account~{id}"));
         let raw = client
-            .read_stream(&stream, ReadOptions::default())
+            .read_stream(&stream, ReadStreamOptions::default())
             .await
             .unwrap()
             .collect()
             .await
             .unwrap();
-        let versions: Vec<u64> = raw.iter().map(|e| e.version).collect();
+        let versions: Vec<u64> = raw.iter().map(|e| e.version.get()).collect();
         assert_eq!(versions, [0, 1, 2, 3, 4]);
         for e in &raw {
-            assert_eq!(e.id, event_id("account", &id, e.version as usize + 1));
+            assert_eq!(e.id, event_id("account", &id, e.version.get() as usize + 1));
             assert!(e.json);
         }
         assert_eq!(raw[0].event_type, "Opened");
@@ -192,7 +192,7 @@ async fn bank_account_on_every_kind_of_store() {
                 let info = client.stream_info(&snapshots).await.unwrap().unwrap();
                 assert_eq!(info.metadata.max_count, Some(1));
                 let kept = client
-                    .read_stream(&snapshots, ReadOptions::default())
+                    .read_stream(&snapshots, ReadStreamOptions::default())
                     .await
                     .unwrap()
                     .collect()
@@ -257,7 +257,7 @@ async fn event_fields_round_trip() {
     let raw = client
         .read_stream(
             &event_stream("account", &id).unwrap(),
-            ReadOptions::default(),
+            ReadStreamOptions::default(),
         )
         .await
         .unwrap()
@@ -665,7 +665,7 @@ async fn aggregate_types_with_the_separator_are_refused() {
     );
     let refused = cqrs.execute("1", "note".into()).await.unwrap_err();
     assert!(refused.to_string().contains("contains '~'"), "{refused}");
-    let written = client.read_all(ReadOptions::default()).await.unwrap();
+    let written = client.read_all(ReadAllOptions::default()).await.unwrap();
     assert!(
         written.collect().await.unwrap().is_empty(),
         "nothing was written"
