@@ -595,7 +595,47 @@ pub struct Client {
     moved_from: Arc<AtomicUsize>,
     /// Client addresses of cluster members, by node id, as last learned.
     members: Arc<std::sync::Mutex<std::collections::HashMap<u64, SocketAddr>>>,
+    /// Asks the membership follower ([`follow_membership`]) to ask now: after a reconnect.
+    refresh: Arc<tokio::sync::Notify>,
+    /// Dropped with the last clone the caller holds: the membership follower then ends
+    /// (it holds a clone of its own, with a sender of its own).
+    alive: Arc<tokio::sync::watch::Sender<()>>,
     config: ClientConfig,
+}
+
+/// How often a client of a cluster asks for the membership, to know the nodes it may move
+/// to when the ones it uses leave (and after each reconnect).
+const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(3);
+
+/// Keeps the nodes `client` moves among in step with the cluster's membership: the
+/// addresses it was given, then every member's client address as the cluster reports it
+/// (members removed are dropped again). So a client, or a subscription, outlives the
+/// replacement of every node it was given. Asks over the live connection only, never
+/// reconnects by itself, and ends when the first answer says the server is a single node
+/// or when the caller's last clone of the client is dropped.
+async fn follow_membership(client: Client, mut closed: tokio::sync::watch::Receiver<()>) {
+    loop {
+        let live = client.conn.lock().await.close_reason().is_none();
+        if live {
+            match client.open_once(&Request::ClusterMembers).await {
+                Ok((Response::Members { members, .. }, _, _)) => client.learn(&members),
+                Ok((
+                    Response::Error {
+                        code: ErrorCode::InvalidRequest,
+                        ..
+                    },
+                    _,
+                    _,
+                )) => return,
+                _ => {}
+            }
+        }
+        tokio::select! {
+            _ = closed.changed() => return,
+            _ = client.refresh.notified() => {}
+            _ = tokio::time::sleep(MEMBERSHIP_REFRESH) => {}
+        }
+    }
 }
 
 /// A cluster member, as [`Client::cluster_members`] reports it.
@@ -790,7 +830,7 @@ impl Client {
             }
         }
         let (at, (conn, max_frame)) = first.expect("at least one address was tried");
-        Ok(Client {
+        let client = Client {
             endpoint,
             conn: Arc::new(tokio::sync::Mutex::new(conn)),
             max_frame: Arc::new(AtomicUsize::new(max_frame)),
@@ -799,8 +839,61 @@ impl Client {
             addresses: Arc::new(std::sync::Mutex::new(addresses)),
             members: Arc::default(),
             moved_from: Arc::new(AtomicUsize::new(usize::MAX)),
+            refresh: Arc::default(),
+            alive: Arc::new(tokio::sync::watch::channel(()).0),
             config,
-        })
+        };
+        let follower = Client {
+            alive: Arc::new(tokio::sync::watch::channel(()).0),
+            ..client.clone()
+        };
+        tokio::spawn(follow_membership(follower, client.alive.subscribe()));
+        Ok(client)
+    }
+
+    /// The addresses this client moves among, in the order it tries them: those it was
+    /// given, then those of cluster members it has learned of (it asks the cluster every
+    /// few seconds and after each reconnect).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) {
+    /// for addr in client.known_addresses() {
+    ///     println!("may move to {addr}");
+    /// }
+    /// # }
+    /// ```
+    pub fn known_addresses(&self) -> Vec<SocketAddr> {
+        lock(&self.addresses).clone()
+    }
+
+    /// Takes a membership as the cluster reported it: the members' client addresses, by
+    /// id, and the nodes to move among (given first, then the members'), keeping the node
+    /// in use where it still is one of them.
+    fn learn(&self, members: &[message::Member]) {
+        let learned: Vec<(u64, SocketAddr)> = members
+            .iter()
+            .filter_map(|m| Some((m.id, m.client.as_str().parse().ok()?)))
+            .collect();
+        {
+            let mut known = lock(&self.members);
+            known.clear();
+            known.extend(learned.iter().copied());
+        }
+        let mut next = self.config.addresses();
+        for (_, addr) in &learned {
+            if !next.contains(addr) {
+                next.push(*addr);
+            }
+        }
+        let mut addresses = lock(&self.addresses);
+        if *addresses == next {
+            return;
+        }
+        let current = addresses[self.at.load(Ordering::Relaxed) % addresses.len()];
+        *addresses = next;
+        if let Some(at) = addresses.iter().position(|a| *a == current) {
+            self.at.store(at, Ordering::Relaxed);
+        }
     }
 
     /// A stream on the current connection; if the connection is gone (server restarted,
@@ -830,6 +923,8 @@ impl Client {
                 Ok((fresh, max_frame)) => {
                     self.max_frame.store(max_frame, Ordering::Relaxed);
                     *conn = fresh;
+                    // A node that is back, or another one: the membership may have moved.
+                    self.refresh.notify_one();
                     return conn
                         .open_bi()
                         .await
@@ -869,13 +964,8 @@ impl Client {
                     Ok((Response::Members { members, .. }, _, _)) => members,
                     _ => return false,
                 };
-                let mut known = lock(&self.members);
-                for m in learned {
-                    if let Ok(addr) = m.client.as_str().parse() {
-                        known.insert(m.id, addr);
-                    }
-                }
-                known.get(&leader).copied()
+                self.learn(&learned);
+                lock(&self.members).get(&leader).copied()
             }
         };
         let Some(addr) = addr else { return false };
@@ -955,6 +1045,12 @@ impl Client {
                 | Request::PersistentDelete { .. }
                 | Request::PersistentReplayParked { .. }
                 | Request::Scavenge
+                // A membership change sent again after it took effect is refused ("not a
+                // member"), which would hide that it happened: the caller gets the unknown
+                // outcome instead, and asks `cluster_members`.
+                | Request::ClusterAdd { .. }
+                | Request::ClusterRemove { .. }
+                | Request::ClusterTransfer { .. }
         );
         let moves = match code {
             Some(ErrorCode::NotLeader) => true,
@@ -1643,6 +1739,7 @@ impl Client {
     pub async fn cluster_members(&self) -> Result<(Option<u64>, Vec<ClusterMember>), Error> {
         match self.call(&Request::ClusterMembers).await? {
             Response::Members { leader, members } => {
+                self.learn(&members);
                 let members: Vec<ClusterMember> = members
                     .into_iter()
                     .map(|m| ClusterMember {
@@ -1651,12 +1748,6 @@ impl Client {
                         client: m.client.as_str().parse().ok(),
                     })
                     .collect();
-                let mut known = lock(&self.members);
-                for m in &members {
-                    if let Some(addr) = m.client {
-                        known.insert(m.id, addr);
-                    }
-                }
                 Ok((leader, members))
             }
             other => Err(Error::unexpected(other)),

@@ -762,3 +762,94 @@ fn follower_reads_are_an_opt_in_served_without_a_leader() {
         assert_eq!(stream_ids(&follower, "fr").await.len(), 5);
     });
 }
+
+/// A client given one node follows the cluster's membership: every node it was given is
+/// removed and killed, replaced by a node whose address it was never given, and its appends
+/// and its `$all` subscription go on there. It learns the members' addresses by asking the
+/// cluster (every few seconds and after each reconnect); with that switched off, the client
+/// has nowhere to go once node 1 is gone and the appends fail.
+#[test]
+fn a_client_follows_the_membership_to_nodes_it_was_never_given() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    c.wait_for_leader(FORM_LIMIT, None);
+    let rt = runtime();
+    // Given node 1 only.
+    let client = rt.block_on(c.client(&[1]));
+    let mut sub = rt
+        .block_on(client.subscribe_all(quiver_client::SubscribeAllOptions::default()))
+        .unwrap();
+    let append = |stream: &str| {
+        let e = EventData::json("Followed", "{}");
+        rt.block_on(client.append(stream, ExpectedVersion::Any, vec![e]))
+            .unwrap_or_else(|e| panic!("append to {stream}: {}", e.report()))
+    };
+    append("before");
+    // Node 4 joins (its address told to the cluster only); then 1, 2 and 3 leave, one at
+    // a time, each removed through the client and killed.
+    let mut four = Node::new(4, c.root());
+    four.tls = c.nodes[0].tls.clone();
+    four.start(&c.members, common::cluster::SECRET, true);
+    let (four_peer, four_client) = (four.peer, four.client);
+    c.nodes.push(four);
+    rt.block_on(client.cluster_add(4, four_peer, Some(four_client)))
+        .unwrap();
+    let voters_are = |c: &mut Cluster, want: &[u64]| {
+        let deadline = Instant::now() + FORM_LIMIT;
+        loop {
+            let (leader, _, _) = c.wait_for_leader(FAILOVER_LIMIT, None);
+            if c.node(leader).status().is_some_and(|s| s.voters == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "voters are not {want:?}\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    voters_are(&mut c, &[1, 2, 3, 4]);
+    // Node 4 leads, so that no removal below removes the leader (whose answer may be cut
+    // off by its own removal: an unknown outcome).
+    rt.block_on(client.cluster_transfer(Some(4))).unwrap();
+    let deadline = Instant::now() + FORM_LIMIT;
+    while c.wait_for_leader(FAILOVER_LIMIT, None).0 != 4 {
+        assert!(Instant::now() < deadline, "leadership stayed away from 4");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.known_addresses().contains(&four_client) {
+        assert!(
+            Instant::now() < deadline,
+            "the client never learned node 4's address: {:?}",
+            client.known_addresses()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (gone, left) in [(1, vec![2, 3, 4]), (2, vec![3, 4]), (3, vec![4])] {
+        rt.block_on(client.cluster_remove(gone))
+            .unwrap_or_else(|e| panic!("removing {gone}: {}", e.report()));
+        voters_are(&mut c, &left);
+        c.node(gone).kill();
+        append(&format!("after-{gone}"));
+    }
+    assert_eq!(
+        c.wait_for_leader(FAILOVER_LIMIT, None).0,
+        4,
+        "node 4 is the cluster now"
+    );
+    // The subscription, started on node 1, delivered everything through node 4.
+    let want = ["before", "after-1", "after-2", "after-3"];
+    let mut seen = Vec::new();
+    while seen.len() < want.len() {
+        let message = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), sub.next()).await })
+            .expect("the subscription keeps delivering")
+            .unwrap_or_else(|e| panic!("subscription: {}", e.report()));
+        if let Some(SubscriptionMessage::Event(e)) = message {
+            seen.push(e.stream);
+        }
+    }
+    assert_eq!(seen, want);
+}
