@@ -9,9 +9,23 @@ use std::time::Duration;
 use crate::ClientConfig;
 
 /// The port a server address without one means.
+///
+/// ```
+/// use quiver_client::{ClientConfig, PORT_DEFAULT};
+/// // A host given without a port is reached on this one.
+/// let config = ClientConfig::local("quiver-data").with_servers("10.0.0.5").unwrap();
+/// assert_eq!(config.server.port(), PORT_DEFAULT);
+/// ```
 pub const PORT_DEFAULT: u16 = 7600;
 
 /// Why a connection string, a server list or the environment does not make a configuration.
+///
+/// ```
+/// use quiver_client::ClientConfig;
+/// // A typo in a deployment's QUIVER_URL is refused, and the error says what is wrong.
+/// let err = ClientConfig::from_url("quiver://10.0.0.5?timout=5").unwrap_err();
+/// assert!(err.to_string().contains("unknown setting `timout`"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
@@ -90,6 +104,16 @@ impl ClientConfig {
 
     /// Sets the name the servers' certificates must carry (default `localhost`, which
     /// certificates `quiver serve` generates always carry).
+    ///
+    /// ```
+    /// use quiver_client::ClientConfig;
+    /// // A node reached by its address, whose certificate names the cluster's DNS name.
+    /// let config = ClientConfig::local("quiver-data")
+    ///     .server("10.0.0.5:7600".parse().unwrap())
+    ///     .server_name("events.example.com");
+    /// assert_eq!(config.server_name, "events.example.com");
+    /// assert_eq!(ClientConfig::local("quiver-data").server_name, "localhost");
+    /// ```
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = name.into();
         self
@@ -143,6 +167,16 @@ impl ClientConfig {
     /// (default `127.0.0.1:7600`; several separated by commas); `QUIVER_CA` (default: the CA
     /// under `$QUIVER_DATA_DIR`, or `quiver-data`); `QUIVER_TOKEN`; `QUIVER_TIMEOUT`
     /// (seconds); `QUIVER_FOLLOWER_READS` (`true`/`false`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quiver_client::{Client, ClientConfig};
+    /// // A service configured as the `quiver` command line is: QUIVER_URL (or QUIVER_SERVER),
+    /// // QUIVER_CA, QUIVER_TOKEN and the rest, set by its deployment.
+    /// let config = ClientConfig::from_env()?;
+    /// let client = Client::connect(config).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn from_env() -> Result<ClientConfig, ConfigError> {
         ClientConfig::from_lookup(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
     }

@@ -67,6 +67,29 @@ impl PartialEq for Cause {
 impl Eq for Cause {}
 
 /// Why a client call failed.
+///
+/// ```
+/// use quiver_client::{Error, ExpectedVersion, StreamVersion};
+/// // What a command handler does when its append to an account fails.
+/// fn after_failed_append(e: &Error) -> &'static str {
+///     match e {
+///         Error::WrongExpectedVersion { .. } => "reload the account and decide again",
+///         Error::StreamDeleted(_) => "refuse: the account is closed for good",
+///         // Not sent, or the outcome is unknown: the same events (same ids) may go again.
+///         e if e.is_retryable() => "send the same events again",
+///         _ => "give up and report it",
+///     }
+/// }
+/// let conflict = Error::WrongExpectedVersion {
+///     actual: Some(StreamVersion(5)),
+///     message: String::new(),
+///     stream: Some("account-1".into()),
+///     expected: Some(ExpectedVersion::Exact(4)),
+/// };
+/// assert_eq!(after_failed_append(&conflict), "reload the account and decide again");
+/// assert_eq!(conflict.to_string(), "wrong expected version: the stream is at version 5");
+/// assert_eq!(after_failed_append(&Error::Timeout), "send the same events again");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

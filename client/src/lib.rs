@@ -59,14 +59,41 @@ pub use quiver_net::ErrorCode;
 pub use uuid::Uuid;
 
 /// Default server address.
+///
+/// ```
+/// use quiver_client::{ClientConfig, SERVER_DEFAULT};
+/// // Where a local configuration looks unless told otherwise.
+/// assert_eq!(ClientConfig::local("quiver-data").server.to_string(), SERVER_DEFAULT);
+/// ```
 pub const SERVER_DEFAULT: &str = "127.0.0.1:7600";
 
 /// Largest response payload read. A response may pass the largest request by its own
 /// headers: a stored event or snapshot can be nearly 64 MiB, and its `Events` or
 /// `SnapshotReply` wrapping adds a few bytes (docs/PROTOCOL.md, limits).
+///
+/// ```
+/// use quiver_client::RESPONSE_PAYLOAD_BYTES_MAX;
+/// // Room for a response carrying an event as large as a request may be (64 MiB), with
+/// // 1 KiB of the response's own headers around it.
+/// assert_eq!(RESPONSE_PAYLOAD_BYTES_MAX, (64 << 20) + 1024);
+/// ```
 pub const RESPONSE_PAYLOAD_BYTES_MAX: usize = quiver_net::frame::FRAME_PAYLOAD_BYTES_MAX + 1024;
 
 /// How to reach a server.
+///
+/// ```
+/// use std::time::Duration;
+/// use quiver_client::ClientConfig;
+/// // A three-node cluster, its CA shipped with the service, a token and a short deadline.
+/// let config = ClientConfig::local("quiver-data")
+///     .with_servers("10.0.0.1:7600,10.0.0.2:7600,10.0.0.3:7600")?
+///     .ca_file("/etc/quiver/ca.pem")
+///     .token("s3cret")
+///     .timeout(Duration::from_secs(5));
+/// assert_eq!(config.server.to_string(), "10.0.0.1:7600");
+/// assert_eq!(config.others.len(), 2);
+/// # Ok::<(), quiver_client::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -98,6 +125,18 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A server on this machine whose data directory is `data_dir`: trusts the CA it
     /// generated there.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use std::time::Duration;
+    /// use quiver_client::ClientConfig;
+    /// // The server `quiver serve --data-dir /var/lib/quiver` runs on this machine.
+    /// let config = ClientConfig::local("/var/lib/quiver");
+    /// assert_eq!(config.ca_file, Path::new("/var/lib/quiver/tls/ca.pem"));
+    /// assert_eq!(config.server.to_string(), "127.0.0.1:7600");
+    /// assert_eq!(config.timeout, Duration::from_secs(30));
+    /// assert!(config.token.is_none() && !config.follower_reads);
+    /// ```
     pub fn local(data_dir: impl AsRef<Path>) -> Self {
         ClientConfig {
             server: SERVER_DEFAULT.parse().expect("a valid default address"),
@@ -113,18 +152,45 @@ impl ClientConfig {
     }
 
     /// Also trusts the system's certificate authorities (see [`ClientConfig::system_roots`]).
+    ///
+    /// ```
+    /// use quiver_client::ClientConfig;
+    /// // A server whose certificate a public CA signed: no CA file to ship with the client.
+    /// let config = ClientConfig::local("quiver-data")
+    ///     .server("203.0.113.7:7600".parse().unwrap())
+    ///     .server_name("events.example.com")
+    ///     .system_roots(true);
+    /// assert!(config.system_roots);
+    /// ```
     pub fn system_roots(mut self, on: bool) -> Self {
         self.system_roots = on;
         self
     }
 
     /// Sets how to reconnect (see [`RetryPolicy`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiver_client::{ClientConfig, RetryPolicy};
+    /// // A nightly batch job: fail at once rather than wait out a restart.
+    /// let config = ClientConfig::local("quiver-data")
+    ///     .retry(RetryPolicy { tries: 1, ..RetryPolicy::default() });
+    /// assert_eq!(config.retry.tries, 1);
+    /// assert_eq!(config.retry.delay_min, Duration::from_millis(50));
+    /// ```
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
     }
 
     /// Sets the server address.
+    ///
+    /// ```
+    /// use quiver_client::ClientConfig;
+    /// // A second local server, started with `--listen 127.0.0.1:7610`.
+    /// let config = ClientConfig::local("quiver-data-2").server("127.0.0.1:7610".parse().unwrap());
+    /// assert_eq!(config.server.port(), 7610);
+    /// ```
     pub fn server(mut self, addr: SocketAddr) -> Self {
         self.server = addr;
         self
@@ -132,6 +198,18 @@ impl ClientConfig {
 
     /// Sets every address of a cluster: the first is tried first. The nodes must all present
     /// certificates for [`ClientConfig::server_name`] signed by the one CA trusted.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use quiver_client::ClientConfig;
+    /// let nodes: Vec<SocketAddr> = ["10.0.0.1:7600", "10.0.0.2:7600", "10.0.0.3:7600"]
+    ///     .iter()
+    ///     .map(|a| a.parse().unwrap())
+    ///     .collect();
+    /// let config = ClientConfig::local("quiver-data").servers(nodes);
+    /// assert_eq!(config.server.to_string(), "10.0.0.1:7600");
+    /// assert_eq!(config.others.len(), 2);
+    /// ```
     pub fn servers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         let mut addrs = addrs.into_iter();
         if let Some(first) = addrs.next() {
@@ -148,24 +226,54 @@ impl ClientConfig {
     }
 
     /// Sets the CA file to trust.
+    ///
+    /// ```
+    /// use quiver_client::ClientConfig;
+    /// // The CA of a server on another machine, copied here.
+    /// let config = ClientConfig::local("quiver-data").ca_file("/etc/quiver/ca.pem");
+    /// assert_eq!(config.ca_file, std::path::Path::new("/etc/quiver/ca.pem"));
+    /// ```
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_file = path.into();
         self
     }
 
     /// Sets the token to present.
+    ///
+    /// ```
+    /// use quiver_client::ClientConfig;
+    /// // A server started with a token: present it on every connection.
+    /// let config = ClientConfig::local("quiver-data").token("s3cret");
+    /// assert_eq!(config.token.as_deref(), Some("s3cret"));
+    /// ```
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
     }
 
     /// Opts in to follower reads (see [`ClientConfig::follower_reads`]).
+    ///
+    /// ```
+    /// use quiver_client::ClientConfig;
+    /// // A reporting service: reads may lag a little, but keep working during an election.
+    /// let config = ClientConfig::local("quiver-data").follower_reads(true);
+    /// assert!(config.follower_reads);
+    /// assert!(!ClientConfig::local("quiver-data").follower_reads);
+    /// ```
     pub fn follower_reads(mut self, on: bool) -> Self {
         self.follower_reads = on;
         self
     }
 
     /// Sets the per-request deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use quiver_client::ClientConfig;
+    /// // An HTTP handler with a budget of its own: give up on the store after 2 s.
+    /// let config = ClientConfig::local("quiver-data").timeout(Duration::from_secs(2));
+    /// assert_eq!(config.timeout, Duration::from_secs(2));
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -173,6 +281,18 @@ impl ClientConfig {
 }
 
 /// What the writer expects a stream's version to be.
+///
+/// ```
+/// use quiver_client::{ExpectedVersion, StreamVersion};
+/// // Opening an account: its stream must not exist yet.
+/// let open = ExpectedVersion::NoStream;
+/// // A withdrawal decided on the account as read up to version 4: nobody may have written
+/// // since (else the append fails with `Error::WrongExpectedVersion`).
+/// let withdraw = ExpectedVersion::Exact(4);
+/// // The same two, from where a read of the account ended (`None`: nothing was read).
+/// assert_eq!(ExpectedVersion::from(None), open);
+/// assert_eq!(ExpectedVersion::from(Some(StreamVersion(4))), withdraw);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {
     /// No check.
@@ -224,6 +344,15 @@ impl ExpectedVersion {
 }
 
 /// An event to append.
+///
+/// ```
+/// use quiver_client::EventData;
+/// let deposit = EventData::json("Deposited", r#"{"amount":50}"#)
+///     .metadata(r#"{"user":"ada"}"#);
+/// assert!(deposit.json);
+/// assert_eq!(deposit.event_type, "Deposited");
+/// assert_eq!(&deposit.data[..], br#"{"amount":50}"#);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventData {
     /// Its id: retrying an append with the same ids is idempotent.
@@ -240,6 +369,15 @@ pub struct EventData {
 
 impl EventData {
     /// A JSON event with a fresh id.
+    ///
+    /// ```
+    /// use quiver_client::EventData;
+    /// let opened = EventData::json("AccountOpened", r#"{"owner":"ada"}"#);
+    /// let again = EventData::json("AccountOpened", r#"{"owner":"ada"}"#);
+    /// assert!(opened.json);
+    /// // Each gets an id of its own: two appends of these store two events.
+    /// assert_ne!(opened.id, again.id);
+    /// ```
     pub fn json(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
         EventData {
             id: Uuid::new_v4(),
@@ -267,6 +405,15 @@ impl EventData {
     }
 
     /// A binary event with a fresh id.
+    ///
+    /// ```
+    /// use quiver_client::EventData;
+    /// // A scanned receipt, stored as it is.
+    /// let scan: Vec<u8> = vec![0x89, b'P', b'N', b'G'];
+    /// let receipt = EventData::binary("ReceiptScanned", scan);
+    /// assert!(!receipt.json);
+    /// assert_eq!(receipt.data.len(), 4);
+    /// ```
     pub fn binary(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
         EventData {
             json: false,
@@ -275,12 +422,29 @@ impl EventData {
     }
 
     /// Sets the id (to make a retry recognisable).
+    ///
+    /// ```
+    /// use quiver_client::{EventData, Uuid};
+    /// // The id the payment command carried: if the append times out and is sent again, the
+    /// // event is stored once (the second append answers `idempotent`).
+    /// let payment = Uuid::parse_str("7d444840-9dc0-11d1-b245-5ffdce74fad2").unwrap();
+    /// let paid = EventData::json("OrderPaid", r#"{"amount":120}"#).id(payment);
+    /// assert_eq!(paid.id, payment);
+    /// ```
     pub fn id(mut self, id: Uuid) -> Self {
         self.id = id;
         self
     }
 
     /// Sets the metadata.
+    ///
+    /// ```
+    /// use quiver_client::EventData;
+    /// // Who asked for the deposit and why, kept apart from what happened.
+    /// let deposit = EventData::json("Deposited", r#"{"amount":50}"#)
+    ///     .metadata(r#"{"user":"ada","correlation":"order-17"}"#);
+    /// assert_eq!(&deposit.metadata[..], br#"{"user":"ada","correlation":"order-17"}"#);
+    /// ```
     pub fn metadata(mut self, metadata: impl Into<Bytes>) -> Self {
         self.metadata = metadata.into();
         self
@@ -298,6 +462,31 @@ impl EventData {
 }
 
 /// A stored event.
+///
+/// ```
+/// use quiver_client::{Bytes, Position, RecordedEvent, StreamVersion, Uuid};
+/// // A projection's handler, tested with an event made as a read would deliver it.
+/// #[derive(serde::Deserialize)]
+/// struct Deposited { amount: u64 }
+/// fn apply(balance: u64, event: &RecordedEvent) -> Result<u64, quiver_client::Error> {
+///     Ok(match event.event_type.as_str() {
+///         "Deposited" => balance + event.json::<Deposited>()?.amount,
+///         _ => balance,
+///     })
+/// }
+/// let event = RecordedEvent {
+///     stream: "account-1".into(),
+///     version: StreamVersion(1),
+///     position: Position(1_207),
+///     id: Uuid::new_v4(),
+///     event_type: "Deposited".into(),
+///     json: true,
+///     data: Bytes::from_static(br#"{"amount":50}"#),
+///     metadata: Bytes::new(),
+///     created_us: 1_700_000_000_000_000,
+/// };
+/// assert_eq!(apply(25, &event).unwrap(), 75);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
     /// Its stream.
@@ -342,6 +531,22 @@ impl RecordedEvent {
 }
 
 /// What an append did.
+///
+/// ```
+/// use quiver_client::{ExpectedVersion, Position, StreamVersion, WriteResult};
+/// // What an append of two events to a new account answers.
+/// let written = WriteResult {
+///     next_expected_version: StreamVersion(1),
+///     position_first: Position(300),
+///     position_last: Position(301),
+///     idempotent: false,
+/// };
+/// // The next write to the account expects it where this one left it.
+/// let next = ExpectedVersion::from(written.next_expected_version);
+/// assert_eq!(next, ExpectedVersion::Exact(1));
+/// // The events of one append take consecutive positions in `$all`.
+/// assert_eq!(written.position_last - written.position_first, 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteResult {
     /// The (last) stream's version after the append: what the next write expects.
@@ -536,6 +741,27 @@ fn read_from(at: Option<u64>, backward: bool) -> message::ReadFrom {
 }
 
 /// A stream's state.
+///
+/// ```
+/// use quiver_client::{StreamInfo, StreamMetadata, StreamVersion};
+/// // A line of an admin listing, from what `Client::stream_info` or `list_streams` reports.
+/// fn describe(info: &StreamInfo) -> String {
+///     match (info.hard_deleted, info.soft_deleted, info.current_version) {
+///         (true, _, _) => format!("{}: closed for ever", info.name),
+///         (_, true, _) => format!("{}: deleted, may be written again", info.name),
+///         (_, _, Some(v)) => format!("{}: at version {v}", info.name),
+///         (_, _, None) => format!("{}: no events", info.name),
+///     }
+/// }
+/// let info = StreamInfo {
+///     name: "account-1".into(),
+///     current_version: Some(StreamVersion(4)),
+///     soft_deleted: false,
+///     hard_deleted: false,
+///     metadata: StreamMetadata::default(),
+/// };
+/// assert_eq!(describe(&info), "account-1: at version 4");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
     /// Its name.
@@ -551,6 +777,19 @@ pub struct StreamInfo {
 }
 
 /// Stream metadata.
+///
+/// ```
+/// use quiver_client::StreamMetadata;
+/// // A session stream that keeps its newest 1,000 events and nothing older than a day
+/// // (set with `Client::set_metadata`).
+/// let metadata = StreamMetadata {
+///     max_count: Some(1_000),
+///     max_age_us: Some(24 * 60 * 60 * 1_000_000),
+///     ..StreamMetadata::default()
+/// };
+/// assert!(metadata.truncate_before.is_none());
+/// assert!(metadata.custom.is_empty());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamMetadata {
     /// Keep the newest N events.
@@ -581,6 +820,23 @@ fn info(i: message::StreamInfo) -> StreamInfo {
 /// A connection to a Quiver server. Requests may run concurrently on one client: each is its
 /// own QUIC stream.
 /// Clones are cheap and share one connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), quiver_client::Error> {
+/// use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion};
+/// let client = Client::connect(ClientConfig::local("quiver-data")).await?;
+/// // A clone shares the connection: hand one to each task.
+/// let orders = client.clone();
+/// let placing = tokio::spawn(async move {
+///     let placed = EventData::json("OrderPlaced", r#"{"total":120}"#);
+///     orders.append("order-17", ExpectedVersion::NoStream, vec![placed]).await
+/// });
+/// let opened = EventData::json("AccountOpened", r#"{"owner":"ada"}"#);
+/// client.append("account-1", ExpectedVersion::NoStream, vec![opened]).await?;
+/// placing.await.expect("the task ran")?;
+/// client.close().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     endpoint: quinn::Endpoint,
@@ -639,6 +895,20 @@ async fn follow_membership(client: Client, mut closed: tokio::sync::watch::Recei
 }
 
 /// A cluster member, as [`Client::cluster_members`] reports it.
+///
+/// ```
+/// use quiver_client::ClusterMember;
+/// // The voters a client can be pointed at, from what `Client::cluster_members` reports.
+/// fn reachable_voters(members: &[ClusterMember]) -> Vec<u64> {
+///     members.iter().filter(|m| m.voter && m.client.is_some()).map(|m| m.id).collect()
+/// }
+/// let members = [
+///     ClusterMember { id: 1, voter: true, client: Some("10.0.0.1:7600".parse().unwrap()) },
+///     ClusterMember { id: 2, voter: true, client: None },
+///     ClusterMember { id: 3, voter: false, client: Some("10.0.0.3:7600".parse().unwrap()) },
+/// ];
+/// assert_eq!(reachable_voters(&members), [1]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMember {
     /// Its node id.
@@ -1358,6 +1628,23 @@ impl Client {
     }
 
     /// Streams whose names start with `prefix`, after `after`, at most `limit`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // Every account stream, a page of 100 at a time.
+    /// let mut after: Option<String> = None;
+    /// loop {
+    ///     let page = client.list_streams("account-", after.as_deref(), 100).await?;
+    ///     for stream in &page {
+    ///         println!("{} at {:?}", stream.name, stream.current_version);
+    ///     }
+    ///     match page.last() {
+    ///         Some(last) if page.len() == 100 => after = Some(last.name.clone()),
+    ///         _ => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_streams(
         &self,
         prefix: &str,
@@ -1376,6 +1663,18 @@ impl Client {
     }
 
     /// Replaces a stream's metadata.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::StreamVersion;
+    /// // The account's history before its year-end snapshot (version 500) is no longer read.
+    /// // The metadata is replaced whole: start from what the stream has.
+    /// let info = client.stream_info("account-1").await?;
+    /// let mut metadata = info.map(|i| i.metadata).unwrap_or_default();
+    /// metadata.truncate_before = Some(StreamVersion(500));
+    /// client.set_metadata("account-1", metadata).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn set_metadata(&self, stream: &str, metadata: StreamMetadata) -> Result<(), Error> {
         let metadata = message::Metadata {
             max_count: metadata.max_count,
@@ -1391,6 +1690,14 @@ impl Client {
     }
 
     /// Soft-deletes a stream: hidden, may be recreated, versions continue.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::ExpectedVersion;
+    /// // A cart the customer abandoned, read up to version 2: hide it, unless it changed since.
+    /// client.delete_stream("cart-17", ExpectedVersion::Exact(2)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_stream(
         &self,
         stream: &str,
@@ -1405,6 +1712,17 @@ impl Client {
     }
 
     /// Hard-deletes a stream: reads and appends fail for ever.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{Error, EventData, ExpectedVersion};
+    /// // A closed account must never be written again, whatever its version.
+    /// client.tombstone_stream("account-1", ExpectedVersion::Any).await?;
+    /// let late = EventData::json("Deposited", r#"{"amount":5}"#);
+    /// let refused = client.append("account-1", ExpectedVersion::Any, vec![late]).await;
+    /// assert!(matches!(refused, Err(Error::StreamDeleted(_))));
+    /// # Ok(()) }
+    /// ```
     pub async fn tombstone_stream(
         &self,
         stream: &str,
@@ -1558,6 +1876,14 @@ impl Client {
     }
 
     /// Reclaims the space of deleted and truncated events; returns the bytes reclaimed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // After closing old accounts and truncating long streams, take the disk space back.
+    /// let reclaimed = client.scavenge().await?;
+    /// println!("reclaimed {} MiB", reclaimed >> 20);
+    /// # Ok(()) }
+    /// ```
     pub async fn scavenge(&self) -> Result<u64, Error> {
         match self.call(&Request::Scavenge).await? {
             Response::Scavenged {
@@ -1568,6 +1894,17 @@ impl Client {
     }
 
     /// The server's store id, commit position and stream count.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::SubscribeAllOptions;
+    /// let status = client.status().await?;
+    /// println!("store {}: {} streams", status.store_id, status.streams);
+    /// // Only what is committed from now on, with "now" known (to record it, say).
+    /// let now = status.commit_position;
+    /// let live = client.subscribe_all(SubscribeAllOptions::default().from(now)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn status(&self) -> Result<ServerStatus, Error> {
         match self.call(&Request::Status).await? {
             Response::Status {
@@ -1609,6 +1946,20 @@ impl Client {
 
     /// Changes a group's settings (retries, timeout, strategy, max in flight); its target
     /// and start cannot change. Fails with [`Error::NotFound`] if there is no such group.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // Invoices take up to a minute to issue: wait longer before delivering one again, and
+    /// // park it after three tries. Target and start stay as the group has them.
+    /// let definition = client
+    ///     .persistent_info("billing")
+    ///     .await?
+    ///     .definition
+    ///     .message_timeout_ms(60_000)
+    ///     .max_retries(3);
+    /// client.update_persistent(&definition).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_persistent(&self, definition: &PersistentDefinition) -> Result<(), Error> {
         self.done(Request::PersistentUpdate {
             definition: Text::new(definition_json(definition)?),
@@ -1617,6 +1968,13 @@ impl Client {
     }
 
     /// Deletes a group: its consumers are disconnected and its state is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // The old billing service is retired: disconnect its consumers and drop its state.
+    /// client.delete_persistent("billing-v1").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_persistent(&self, group: &str) -> Result<(), Error> {
         self.done(Request::PersistentDelete {
             group: Text::from(group),
@@ -1625,6 +1983,21 @@ impl Client {
     }
 
     /// Every group's state, by name.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// for group in client.list_persistent().await? {
+    ///     println!(
+    ///         "{}: {} consumers, {} in flight, {} waiting, {} parked",
+    ///         group.definition.name,
+    ///         group.consumers,
+    ///         group.in_flight,
+    ///         group.waiting,
+    ///         group.parked.len()
+    ///     );
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_persistent(&self) -> Result<Vec<PersistentInfo>, Error> {
         match self.call(&Request::PersistentList).await? {
             Response::PersistentGroups(json) => serde_json::from_str(json.as_str())
@@ -1634,6 +2007,18 @@ impl Client {
     }
 
     /// One group's state.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// let billing = client.persistent_info("billing").await?;
+    /// if billing.consumers == 0 {
+    ///     println!("nobody is billing; {} events wait", billing.waiting);
+    /// }
+    /// for position in &billing.parked {
+    ///     println!("parked: the event at {position}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn persistent_info(&self, group: &str) -> Result<PersistentInfo, Error> {
         let req = Request::PersistentInfo {
             group: Text::from(group),
@@ -1646,6 +2031,15 @@ impl Client {
     }
 
     /// Delivers the group's parked events again (with a retry count of 0).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // The payment gateway is back: send what billing parked meanwhile through it again.
+    /// if !client.persistent_info("billing").await?.parked.is_empty() {
+    ///     client.replay_parked("billing").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn replay_parked(&self, group: &str) -> Result<(), Error> {
         self.done(Request::PersistentReplayParked {
             group: Text::from(group),
@@ -1720,6 +2114,16 @@ impl Client {
     /// to `client`, if given: told to clients looking for the leader), as a learner,
     /// promoted to voter by the leader once caught up; returns the index of the membership
     /// entry.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // Node 4 joins: its peers reach it on 7601, its clients on 7600.
+    /// let peer = "10.0.0.4:7601".parse().unwrap();
+    /// let clients = "10.0.0.4:7600".parse().unwrap();
+    /// let index = client.cluster_add(4, peer, Some(clients)).await?;
+    /// println!("node 4 is a learner as of membership entry {index}");
+    /// # Ok(()) }
+    /// ```
     pub async fn cluster_add(
         &self,
         id: u64,
@@ -1736,6 +2140,17 @@ impl Client {
 
     /// Cluster: the members of the membership in effect, with their client addresses where
     /// the node asked knows them, and the leader it knows of.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// let (leader, members) = client.cluster_members().await?;
+    /// for m in &members {
+    ///     let role = if m.voter { "voter" } else { "learner" };
+    ///     let leads = if leader == Some(m.id) { " (leader)" } else { "" };
+    ///     println!("node {} {role}{leads} at {:?}", m.id, m.client);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn cluster_members(&self) -> Result<(Option<u64>, Vec<ClusterMember>), Error> {
         match self.call(&Request::ClusterMembers).await? {
             Response::Members { leader, members } => {
@@ -1755,12 +2170,31 @@ impl Client {
     }
 
     /// Cluster: removes node `id`; returns the index of the membership entry.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // Node 3's machine is being retired.
+    /// let index = client.cluster_remove(3).await?;
+    /// println!("node 3 left the cluster as of membership entry {index}");
+    /// # Ok(()) }
+    /// ```
     pub async fn cluster_remove(&self, id: u64) -> Result<u64, Error> {
         self.done_index(Request::ClusterRemove { id }).await
     }
 
     /// Cluster: hands leadership to voter `to`, or to the most caught-up voter; returns the
     /// node it is handed to (the transfer completes within an election timeout).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// // Node 1 is about to restart for an upgrade: if it leads, hand the leadership on first.
+    /// let (leader, _) = client.cluster_members().await?;
+    /// if leader == Some(1) {
+    ///     let to = client.cluster_transfer(None).await?;
+    ///     println!("node {to} takes over");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn cluster_transfer(&self, to: Option<u64>) -> Result<u64, Error> {
         self.done_index(Request::ClusterTransfer { to }).await
     }
@@ -1773,6 +2207,17 @@ impl Client {
     }
 
     /// Closes the connection and waits until the server has been told.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{Client, ClientConfig, EventData, ExpectedVersion};
+    /// let client = Client::connect(ClientConfig::local("quiver-data")).await?;
+    /// let paid = EventData::json("OrderPaid", r#"{"amount":120}"#);
+    /// client.append("order-17", ExpectedVersion::Any, vec![paid]).await?;
+    /// // The process is about to exit: tell the server now rather than let it time out.
+    /// client.close().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn close(self) {
         self.conn.lock().await.close(0u32.into(), b"bye");
         self.endpoint.wait_idle().await;
@@ -2070,6 +2515,18 @@ impl<P: Point> SubscriptionMessage<P> {
 }
 
 /// What [`Client::status`] answers.
+///
+/// ```no_run
+/// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+/// use quiver_client::Position;
+/// // How far a projection lags the store: the last position it handled, against the
+/// // position one past the last commit.
+/// let handled = Position(41_250);
+/// let status = client.status().await?;
+/// let behind = status.commit_position - handled.next();
+/// println!("the projection is {behind} positions behind");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerStatus {
@@ -2085,6 +2542,24 @@ pub struct ServerStatus {
 /// A live subscription. Dropping it ends it. It holds a clone of the [`Client`] (which shares
 /// its connection), so it can outlive the borrow it was made from and move to another task.
 /// `P` is what it counts in: [`StreamVersion`] for a stream's, [`Position`] for `$all`'s.
+///
+/// ```no_run
+/// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+/// use quiver_client::{SubscribeAllOptions, SubscriptionMessage};
+/// // An order projection: every order event, then the new ones as they are committed.
+/// let options = SubscribeAllOptions::default().stream_prefix("order-").checkpoint_every(1_000);
+/// let mut sub = client.subscribe_all(options).await?;
+/// while let Some(message) = sub.next().await? {
+///     match &message {
+///         SubscriptionMessage::Event(e) => println!("{} {}", e.stream, e.event_type),
+///         SubscriptionMessage::CaughtUp { .. } => println!("live from here"),
+///         _ => {}
+///     }
+///     // Saved with the projection's state, this is where it starts after a restart.
+///     let checkpoint = message.resume_point();
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Subscription<P> {
     client: Client,
     /// The request that started it, to resubscribe with a new start.
@@ -2170,6 +2645,21 @@ impl<P: Point> Subscription<P> {
     /// restarts, it resubscribes by itself from just past the last event or marker it
     /// delivered (reconnecting with backoff), so nothing is skipped or repeated; it returns
     /// an error only when the server cannot be reached again or refuses the subscription.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{SubscribeStreamOptions, SubscriptionMessage};
+    /// // Everything order 17 has, then each event as it is appended.
+    /// let mut sub = client.subscribe_stream("order-17", SubscribeStreamOptions::default()).await?;
+    /// while let Some(message) = sub.next().await? {
+    ///     match message {
+    ///         SubscriptionMessage::Event(e) => println!("{} {}", e.version, e.event_type),
+    ///         SubscriptionMessage::CaughtUp { at } => println!("live from version {at}"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn next(&mut self) -> Result<Option<SubscriptionMessage<P>>, Error> {
         loop {
             if let Some(m) = self.pending.pop_front() {
@@ -2221,6 +2711,18 @@ pub(crate) fn recorded(e: message::Event) -> RecordedEvent {
 }
 
 /// Events of a read, arriving in frames as the server streams them.
+///
+/// ```no_run
+/// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+/// use quiver_client::ReadStreamOptions;
+/// // The order's newest three events, newest first, taken as the frames arrive.
+/// let newest = ReadStreamOptions::default().backward().max_count(3);
+/// let mut events = client.read_stream("order-17", newest).await?;
+/// while let Some(event) = events.next().await? {
+///     println!("{} {}", event.version, event.event_type);
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Events {
     /// `None` for a read answered without a response stream (a missing stream read as empty).
     recv: Option<quinn::RecvStream>,
@@ -2254,6 +2756,26 @@ impl Events {
     }
 
     /// The next event, or `None` at the end of the read.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{EventData, ExpectedVersion, ReadStreamOptions};
+    /// // Load an account, then write as of what was read: a conflict if anyone wrote meanwhile.
+    /// let options = ReadStreamOptions::default().missing_as_empty(true);
+    /// let mut read = client.read_stream("account-1", options).await?;
+    /// let (mut deposits, mut last) = (0, None);
+    /// while let Some(event) = read.next().await? {
+    ///     if event.event_type == "Deposited" {
+    ///         deposits += 1;
+    ///     }
+    ///     last = Some(event.version);
+    /// }
+    /// if deposits >= 10 {
+    ///     let bonus = EventData::json("BonusGranted", r#"{"amount":5}"#);
+    ///     client.append("account-1", ExpectedVersion::from(last), vec![bonus]).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn next(&mut self) -> Result<Option<RecordedEvent>, Error> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -2274,6 +2796,19 @@ impl Events {
     }
 
     /// Reads everything that is left.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::ReadStreamOptions;
+    /// // A short stream, all at once: the lines of an order.
+    /// let events = client
+    ///     .read_stream("order-17", ReadStreamOptions::default())
+    ///     .await?
+    ///     .collect()
+    ///     .await?;
+    /// let lines = events.iter().filter(|e| e.event_type == "LineAdded").count();
+    /// # Ok(()) }
+    /// ```
     pub async fn collect(mut self) -> Result<Vec<RecordedEvent>, Error> {
         let mut all = Vec::new();
         while let Some(e) = self.next().await? {
@@ -2326,6 +2861,24 @@ fn name_conflict(e: Error, checks: &[(String, ExpectedVersion)]) -> Error {
 
 /// A boxed, sendable stream, as [`Events::into_stream`] and [`Subscription::into_stream`]
 /// return.
+///
+/// ```no_run
+/// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
+/// use futures_util::TryStreamExt;
+/// use quiver_client::{BoxStream, Client, Error, ReadAllOptions, RecordedEvent};
+/// // Every account event, handed on without naming how it is read.
+/// async fn account_events(
+///     client: &Client,
+/// ) -> Result<BoxStream<'static, Result<RecordedEvent, Error>>, Error> {
+///     let read = client.read_all(ReadAllOptions::default().stream_prefix("account-")).await?;
+///     Ok(read.into_stream())
+/// }
+/// let mut events = account_events(&client).await?;
+/// while let Some(event) = events.try_next().await? {
+///     println!("{} {}", event.stream, event.event_type);
+/// }
+/// # Ok(()) }
+/// ```
 pub type BoxStream<'a, T> = std::pin::Pin<Box<dyn futures_core::Stream<Item = T> + Send + 'a>>;
 
 /// A stream that calls `step` on `state` for each item, and ends after `None` or after the
