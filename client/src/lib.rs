@@ -1352,9 +1352,10 @@ impl Client {
         let max_frame = self.max_frame.load(Ordering::Relaxed);
         let mut out = BytesMut::new();
         req.encode(&mut out);
-        if out.len() - quiver_net::frame::FRAME_HEADER_BYTES > max_frame {
+        let bytes = out.len() - quiver_net::frame::FRAME_HEADER_BYTES;
+        if bytes > max_frame {
             return Err(Error::TooLarge {
-                bytes: out.len(),
+                bytes,
                 max: max_frame,
             });
         }
@@ -1391,7 +1392,7 @@ impl Client {
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
     /// use quiver_client::{EventData, ExpectedVersion};
-    /// let opened = EventData::json("AccountOpened", r#"{\"owner\":\"ada\"}"#);
+    /// let opened = EventData::json("AccountOpened", r#"{"owner":"ada"}"#);
     /// let written = client.append("account-1", ExpectedVersion::NoStream, vec![opened]).await?;
     /// assert_eq!(written.next_expected_version, quiver_client::StreamVersion(0));
     /// # Ok(()) }
@@ -1569,8 +1570,12 @@ impl Client {
     /// let mut sub = client
     ///     .subscribe_stream("account-1", SubscribeStreamOptions::default())
     ///     .await?;
-    /// while let Some(SubscriptionMessage::Event(e)) = sub.next().await? {
-    ///     println!("{} {}", e.version, e.event_type);
+    /// while let Some(message) = sub.next().await? {
+    ///     match message {
+    ///         SubscriptionMessage::Event(e) => println!("{} {}", e.version, e.event_type),
+    ///         SubscriptionMessage::CaughtUp { at } => println!("live from version {at}"),
+    ///         _ => {}
+    ///     }
     /// }
     /// # Ok(()) }
     /// ```
@@ -1740,7 +1745,7 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
-    /// client.put_snapshot("account-1", 41, r#"{\"balance\":75}"#).await?;
+    /// client.put_snapshot("account-1", 41, r#"{"balance":75}"#).await?;
     /// let (version, state) = client.newest_snapshot("account-1").await?.expect("just stored");
     /// assert_eq!(version, quiver_client::StreamVersion(41));
     /// # Ok(()) }
@@ -2643,8 +2648,11 @@ impl<P: Point> Subscription<P> {
 
     /// The next message; waits for live events. If the connection drops or the server
     /// restarts, it resubscribes by itself from just past the last event or marker it
-    /// delivered (reconnecting with backoff), so nothing is skipped or repeated; it returns
-    /// an error only when the server cannot be reached again or refuses the subscription.
+    /// delivered (reconnecting with backoff; in a cluster, on any member), so nothing is
+    /// skipped or repeated. It returns an error when no node can be reached again, when the
+    /// subscription is refused, or when the server's answer does not decode; it never
+    /// returns `Ok(None)` (a subscription has no end), which the type keeps for symmetry with
+    /// reads.
     ///
     /// ```no_run
     /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::Error> {
