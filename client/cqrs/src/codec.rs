@@ -75,7 +75,43 @@ pub(crate) fn commit_of(event: &RecordedEvent) -> Option<String> {
 /// and `metadata` as they were given to `persist`.
 ///
 /// Use it to feed events from `quiver_client` subscriptions (live projections) to cqrs-es
-/// queries.
+/// queries. The event's data must be JSON, and its metadata the envelope `persist` writes:
+/// `{"event_version": …, "metadata": …, "commit": …}`. Anything else, and an event of a
+/// stream that is no aggregate's (a snapshot stream, say), is an error.
+///
+/// ```
+/// use quiver_client::{Bytes, Position, RecordedEvent, StreamVersion};
+/// use quiver_cqrs::{event_id, serialized_event};
+///
+/// // The third event of account 42, as a subscription to `$all` delivers it; its metadata
+/// // is the envelope `persist` wrote.
+/// let envelope = serde_json::json!({
+///     "event_version": "1.0",
+///     "metadata": { "teller": "t-7" },
+///     "commit": "0b9c4f31-5d0e-4f53-9a0c-2f4b8e1d6a77",
+/// });
+/// let recorded = RecordedEvent {
+///     stream: "account~42".into(),
+///     version: StreamVersion(2),
+///     position: Position(1_207),
+///     id: event_id("account", "42", 3),
+///     event_type: "Deposited".into(),
+///     json: true,
+///     data: Bytes::from_static(br#"{"Deposited":{"amount":50}}"#),
+///     metadata: Bytes::from(serde_json::to_vec(&envelope).unwrap()),
+///     created_us: 1_700_000_000_000_000,
+/// };
+/// let event = serialized_event(&recorded).unwrap();
+/// assert_eq!((event.aggregate_type.as_str(), event.aggregate_id.as_str()), ("account", "42"));
+/// assert_eq!(event.sequence, 3); // cqrs-es counts from 1
+/// assert_eq!(event.event_version, "1.0");
+/// assert_eq!(event.payload["Deposited"]["amount"], 50);
+/// assert_eq!(event.metadata["teller"], "t-7");
+///
+/// // The same event in a stream that is no aggregate's is refused.
+/// let elsewhere = RecordedEvent { stream: "~snapshot~account~42".into(), ..recorded };
+/// assert!(serialized_event(&elsewhere).is_err());
+/// ```
 pub fn serialized_event(event: &RecordedEvent) -> Result<SerializedEvent, PersistenceError> {
     let (aggregate_type, aggregate_id) = names::parse_event_stream(&event.stream)
         .ok_or_else(|| undecodable(format!("{:?} is not an aggregate's stream", event.stream)))?;

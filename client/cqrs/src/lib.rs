@@ -25,7 +25,12 @@
 //! #     type Event = Counted;
 //! #     type Error = Never;
 //! #     type Services = ();
-//! #     async fn handle(&mut self, add: u64, _: &(), sink: &EventSink<Self>) -> Result<(), Never> {
+//! #     async fn handle(
+//! #         &mut self,
+//! #         add: u64,
+//! #         _: &(),
+//! #         sink: &EventSink<Self>,
+//! #     ) -> Result<(), Never> {
 //! #         sink.write(Counted::Added(add), self).await;
 //! #         Ok(())
 //! #     }
@@ -78,8 +83,8 @@
 //! - **The snapshot's state.** `persist` does not store the aggregate state cqrs-es 0.5.0
 //!   hands it: `CqrsFramework` applies a command's events as the command writes them
 //!   (`EventSink::write`), then `PersistedEventStore` applies them again for the snapshot,
-//!   so the state counts them twice (a deposit of 10 would be stored as 20); and a snapshot store may
-//!   hand a state short of the commit's last event without saying which. The repository
+//!   so the state counts them twice (a deposit of 10 would be stored as 20); and a snapshot
+//!   store may hand a state short of the commit's last event without saying which. The repository
 //!   folds the state itself with `A::apply`: the newest snapshot, the stored events after
 //!   it, then the commit's events; the snapshot covers the commit's last event. This costs
 //!   one more read per snapshot, and the events folded must deserialize into `A::Event` as
@@ -116,19 +121,133 @@ pub use names::{
 };
 
 /// Events buffered between a replay's reader task and its consumer, by default.
+///
+/// ```
+/// use quiver_cqrs::STREAM_CHANNEL_SIZE_DEFAULT;
+/// // A replay holds up to this many events for a consumer that falls behind; see
+/// // `QuiverEventRepository::with_streaming_channel_size` to change it.
+/// assert_eq!(STREAM_CHANNEL_SIZE_DEFAULT, 200);
+/// ```
 pub const STREAM_CHANNEL_SIZE_DEFAULT: usize = 200;
 
 /// Times `persist` resends an append whose outcome is unknown, by default.
+///
+/// ```
+/// use quiver_cqrs::RETRIES_DEFAULT;
+/// // A commit whose outcome stays unknown is sent at most 1 + RETRIES_DEFAULT times, with
+/// // waits of 100, 200 and 400 ms between; see `QuiverEventRepository::with_retries`.
+/// assert_eq!(1 + RETRIES_DEFAULT, 4);
+/// ```
 pub const RETRIES_DEFAULT: u32 = 3;
 
 /// First wait before `persist` resends an append; doubles on each try.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// A cqrs-es [`CqrsFramework`] whose store is a [`PersistedEventStore`] on Quiver.
+///
+/// ```no_run
+/// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Default, Serialize, Deserialize)]
+/// # struct Account { balance: i64 }
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # struct Deposited { amount: i64 }
+/// # impl DomainEvent for Deposited {
+/// #     fn event_type(&self) -> String { "Deposited".into() }
+/// #     fn event_version(&self) -> String { "1.0".into() }
+/// # }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("refused")]
+/// # struct Refused;
+/// # impl Aggregate for Account {
+/// #     const TYPE: &'static str = "account";
+/// #     type Command = i64; // an amount to deposit
+/// #     type Event = Deposited;
+/// #     type Error = Refused;
+/// #     type Services = ();
+/// #     async fn handle(
+/// #         &mut self,
+/// #         amount: i64,
+/// #         _: &(),
+/// #         sink: &EventSink<Self>,
+/// #     ) -> Result<(), Refused> {
+/// #         sink.write(Deposited { amount }, self).await;
+/// #         Ok(())
+/// #     }
+/// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+/// # }
+/// # async fn demo(
+/// #     client: quiver_client::Client,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use quiver_cqrs::{quiver_cqrs, QuiverCqrs};
+///
+/// // The type to name where an application keeps its framework.
+/// struct Bank {
+///     accounts: QuiverCqrs<Account>,
+/// }
+///
+/// let bank = Bank { accounts: quiver_cqrs(client, vec![], ()) };
+/// bank.accounts.execute("42", 50).await?; // deposits 50 into account 42
+/// # Ok(()) }
+/// ```
 pub type QuiverCqrs<A> = CqrsFramework<A, PersistedEventStore<QuiverEventRepository, A>>;
 
 /// A [`QuiverCqrs`] with events as the source of truth (see
 /// [`QuiverEventRepository::event_store`]).
+///
+/// ```no_run
+/// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Default, Serialize, Deserialize)]
+/// # struct Account { balance: i64 }
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # struct Deposited { amount: i64 }
+/// # impl DomainEvent for Deposited {
+/// #     fn event_type(&self) -> String { "Deposited".into() }
+/// #     fn event_version(&self) -> String { "1.0".into() }
+/// # }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("refused")]
+/// # struct Refused;
+/// # impl Aggregate for Account {
+/// #     const TYPE: &'static str = "account";
+/// #     type Command = i64; // an amount to deposit
+/// #     type Event = Deposited;
+/// #     type Error = Refused;
+/// #     type Services = ();
+/// #     async fn handle(
+/// #         &mut self,
+/// #         amount: i64,
+/// #         _: &(),
+/// #         sink: &EventSink<Self>,
+/// #     ) -> Result<(), Refused> {
+/// #         sink.write(Deposited { amount }, self).await;
+/// #         Ok(())
+/// #     }
+/// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+/// # }
+/// # async fn demo(
+/// #     client: quiver_client::Client,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use cqrs_es::{EventEnvelope, Query};
+/// use quiver_cqrs::quiver_cqrs;
+///
+/// // A query, told of each commit once it is stored.
+/// struct Audit;
+///
+/// #[async_trait::async_trait]
+/// impl Query<Account> for Audit {
+///     async fn dispatch(&self, id: &str, events: &[EventEnvelope<Account>]) {
+///         for e in events {
+///             println!("account {id} #{}: {:?}", e.sequence, e.payload);
+///         }
+///     }
+/// }
+///
+/// let accounts = quiver_cqrs::<Account>(client, vec![Box::new(Audit)], ());
+/// accounts.execute("42", 50).await?; // deposits 50 into account 42; Audit prints it
+/// # Ok(()) }
+/// ```
 pub fn quiver_cqrs<A>(
     client: Client,
     queries: Vec<Box<dyn Query<A>>>,
@@ -146,6 +265,53 @@ where
 
 /// A cqrs-es event repository on a Quiver server. Cheap to clone (clones share the
 /// client's connection).
+///
+/// ```no_run
+/// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Default, Serialize, Deserialize)]
+/// # struct Account { balance: i64 }
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # struct Deposited { amount: i64 }
+/// # impl DomainEvent for Deposited {
+/// #     fn event_type(&self) -> String { "Deposited".into() }
+/// #     fn event_version(&self) -> String { "1.0".into() }
+/// # }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("refused")]
+/// # struct Refused;
+/// # impl Aggregate for Account {
+/// #     const TYPE: &'static str = "account";
+/// #     type Command = i64; // an amount to deposit
+/// #     type Event = Deposited;
+/// #     type Error = Refused;
+/// #     type Services = ();
+/// #     async fn handle(
+/// #         &mut self,
+/// #         amount: i64,
+/// #         _: &(),
+/// #         sink: &EventSink<Self>,
+/// #     ) -> Result<(), Refused> {
+/// #         sink.write(Deposited { amount }, self).await;
+/// #         Ok(())
+/// #     }
+/// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+/// # }
+/// # async fn demo(
+/// #     client: quiver_client::Client,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use cqrs_es::persist::PersistedEventRepository;
+/// use cqrs_es::CqrsFramework;
+/// use quiver_cqrs::QuiverEventRepository;
+///
+/// let repo = QuiverEventRepository::new(client);
+/// // One clone runs the commands, the other reads what they stored.
+/// let accounts = CqrsFramework::new(repo.clone().event_store::<Account>(), vec![], ());
+/// accounts.execute("42", 50).await?;
+/// let events = repo.get_events::<Account>("42").await?;
+/// assert_eq!(events.last().map(|e| e.event_type.as_str()), Some("Deposited"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct QuiverEventRepository {
     client: Client,
@@ -155,6 +321,47 @@ pub struct QuiverEventRepository {
 
 impl QuiverEventRepository {
     /// A repository over `client`.
+    ///
+    /// ```no_run
+    /// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Default, Serialize, Deserialize)]
+    /// # struct Account { balance: i64 }
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # struct Deposited { amount: i64 }
+    /// # impl DomainEvent for Deposited {
+    /// #     fn event_type(&self) -> String { "Deposited".into() }
+    /// #     fn event_version(&self) -> String { "1.0".into() }
+    /// # }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("refused")]
+    /// # struct Refused;
+    /// # impl Aggregate for Account {
+    /// #     const TYPE: &'static str = "account";
+    /// #     type Command = i64; // an amount to deposit
+    /// #     type Event = Deposited;
+    /// #     type Error = Refused;
+    /// #     type Services = ();
+    /// #     async fn handle(
+    /// #         &mut self,
+    /// #         amount: i64,
+    /// #         _: &(),
+    /// #         sink: &EventSink<Self>,
+    /// #     ) -> Result<(), Refused> {
+    /// #         sink.write(Deposited { amount }, self).await;
+    /// #         Ok(())
+    /// #     }
+    /// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+    /// # }
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quiver_client::{Client, ClientConfig};
+    /// use quiver_cqrs::QuiverEventRepository;
+    ///
+    /// let client = Client::connect(ClientConfig::local("quiver-data")).await?;
+    /// let repo = QuiverEventRepository::new(client);
+    /// let accounts = repo.event_store::<Account>();
+    /// # Ok(()) }
+    /// ```
     pub fn new(client: Client) -> Self {
         QuiverEventRepository {
             client,
@@ -164,20 +371,102 @@ impl QuiverEventRepository {
     }
 
     /// The client it uses.
+    ///
+    /// ```no_run
+    /// # async fn demo(
+    /// #     client: quiver_client::Client,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use quiver_client::ReadStreamOptions;
+    /// use quiver_cqrs::{event_stream, QuiverEventRepository};
+    ///
+    /// let repo = QuiverEventRepository::new(client);
+    /// // What the repository does not do, its client does: here, list account 42's Quiver events.
+    /// let stream = event_stream("account", "42")?;
+    /// let events = repo.client().read_stream(&stream, ReadStreamOptions::default()).await?;
+    /// for e in events.collect().await? {
+    ///     println!("version {} at {}: {}", e.version, e.position, e.event_type);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn client(&self) -> &Client {
         &self.client
     }
 
     /// Sets how many events a replay ([`stream_events`](Self::stream_events),
-    /// [`stream_all_events`](Self::stream_all_events)) reads ahead of its consumer.
+    /// [`stream_all_events`](Self::stream_all_events)) reads ahead of its consumer (at
+    /// least 1).
+    ///
+    /// ```no_run
+    /// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Default, Serialize, Deserialize)]
+    /// # struct Account { balance: i64 }
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # struct Deposited { amount: i64 }
+    /// # impl DomainEvent for Deposited {
+    /// #     fn event_type(&self) -> String { "Deposited".into() }
+    /// #     fn event_version(&self) -> String { "1.0".into() }
+    /// # }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("refused")]
+    /// # struct Refused;
+    /// # impl Aggregate for Account {
+    /// #     const TYPE: &'static str = "account";
+    /// #     type Command = i64; // an amount to deposit
+    /// #     type Event = Deposited;
+    /// #     type Error = Refused;
+    /// #     type Services = ();
+    /// #     async fn handle(
+    /// #         &mut self,
+    /// #         amount: i64,
+    /// #         _: &(),
+    /// #         sink: &EventSink<Self>,
+    /// #     ) -> Result<(), Refused> {
+    /// #         sink.write(Deposited { amount }, self).await;
+    /// #         Ok(())
+    /// #     }
+    /// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+    /// # }
+    /// # async fn demo(
+    /// #     client: quiver_client::Client,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_es::persist::PersistedEventRepository;
+    /// use quiver_cqrs::{QuiverEventRepository, STREAM_CHANNEL_SIZE_DEFAULT};
+    ///
+    /// // Rebuilding a report from every account's events: read further ahead.
+    /// let repo = QuiverEventRepository::new(client)
+    ///     .with_streaming_channel_size(10 * STREAM_CHANNEL_SIZE_DEFAULT);
+    /// let mut replay = repo.stream_all_events::<Account>().await?;
+    /// let mut deposited = 0;
+    /// while let Some(event) = replay.next::<Account>(&[]).await {
+    ///     deposited += event?.payload.amount;
+    /// }
+    /// println!("deposited in all: {deposited}");
+    /// # Ok(()) }
+    /// ```
     pub fn with_streaming_channel_size(mut self, size: usize) -> Self {
         self.stream_channel_size = size.max(1);
         self
     }
 
-    /// Sets how many times `persist` resends an append that timed out or was cut off (its
-    /// outcome unknown) before giving up with [`PersistenceError::ConnectionError`]. A resend
-    /// of an append that was stored is answered `idempotent` and stores nothing twice.
+    /// Sets how many times `persist` sends an append again when it failed in a way worth
+    /// retrying (`quiver_client::Error::is_retryable`: it timed out or was cut off, its
+    /// outcome unknown, or the server was unreachable, unavailable or not the leader),
+    /// waiting 100 ms before the first resend and twice as long before each next one. Then
+    /// `persist` fails with the last error: [`PersistenceError::ConnectionError`] for a
+    /// timeout or a lost connection. A resend of an append that was stored is answered
+    /// `idempotent` and stores nothing twice.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) {
+    /// use quiver_cqrs::QuiverEventRepository;
+    ///
+    /// // A request handler that must answer soon: no resends, its caller decides.
+    /// let fail_fast = QuiverEventRepository::new(client.clone()).with_retries(0);
+    /// // A batch job on a flaky link: up to 8 resends, over about 25 s in all.
+    /// let patient = QuiverEventRepository::new(client).with_retries(8);
+    /// # }
+    /// ```
     pub fn with_retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
@@ -185,6 +474,50 @@ impl QuiverEventRepository {
 
     /// A store whose source of truth is the events
     /// (`PersistedEventStore::new_event_store`).
+    ///
+    /// ```no_run
+    /// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Default, Serialize, Deserialize)]
+    /// # struct Account { balance: i64 }
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # struct Deposited { amount: i64 }
+    /// # impl DomainEvent for Deposited {
+    /// #     fn event_type(&self) -> String { "Deposited".into() }
+    /// #     fn event_version(&self) -> String { "1.0".into() }
+    /// # }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("refused")]
+    /// # struct Refused;
+    /// # impl Aggregate for Account {
+    /// #     const TYPE: &'static str = "account";
+    /// #     type Command = i64; // an amount to deposit
+    /// #     type Event = Deposited;
+    /// #     type Error = Refused;
+    /// #     type Services = ();
+    /// #     async fn handle(
+    /// #         &mut self,
+    /// #         amount: i64,
+    /// #         _: &(),
+    /// #         sink: &EventSink<Self>,
+    /// #     ) -> Result<(), Refused> {
+    /// #         sink.write(Deposited { amount }, self).await;
+    /// #         Ok(())
+    /// #     }
+    /// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+    /// # }
+    /// # async fn demo(
+    /// #     client: quiver_client::Client,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_es::CqrsFramework;
+    /// use quiver_cqrs::QuiverEventRepository;
+    ///
+    /// // Each command loads account 42 by reading all its events.
+    /// let store = QuiverEventRepository::new(client).event_store::<Account>();
+    /// let accounts = CqrsFramework::new(store, vec![], ());
+    /// accounts.execute("42", 50).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn event_store<A: Aggregate + Send + Sync>(self) -> PersistedEventStore<Self, A> {
         PersistedEventStore::new_event_store(self)
     }
@@ -195,12 +528,101 @@ impl QuiverEventRepository {
     ///
     /// Do not mix it with an event or snapshot store on the same aggregate type: their
     /// commits do not update the snapshot that an aggregate store loads.
+    ///
+    /// ```no_run
+    /// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Default, Serialize, Deserialize)]
+    /// # struct Account { balance: i64 }
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # struct Deposited { amount: i64 }
+    /// # impl DomainEvent for Deposited {
+    /// #     fn event_type(&self) -> String { "Deposited".into() }
+    /// #     fn event_version(&self) -> String { "1.0".into() }
+    /// # }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("refused")]
+    /// # struct Refused;
+    /// # impl Aggregate for Account {
+    /// #     const TYPE: &'static str = "account";
+    /// #     type Command = i64; // an amount to deposit
+    /// #     type Event = Deposited;
+    /// #     type Error = Refused;
+    /// #     type Services = ();
+    /// #     async fn handle(
+    /// #         &mut self,
+    /// #         amount: i64,
+    /// #         _: &(),
+    /// #         sink: &EventSink<Self>,
+    /// #     ) -> Result<(), Refused> {
+    /// #         sink.write(Deposited { amount }, self).await;
+    /// #         Ok(())
+    /// #     }
+    /// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+    /// # }
+    /// # async fn demo(
+    /// #     client: quiver_client::Client,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_es::CqrsFramework;
+    /// use quiver_cqrs::QuiverEventRepository;
+    ///
+    /// // Each command loads account 42 from one snapshot, however long its history.
+    /// let store = QuiverEventRepository::new(client).aggregate_store::<Account>();
+    /// let accounts = CqrsFramework::new(store, vec![], ());
+    /// accounts.execute("42", 50).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn aggregate_store<A: Aggregate + Send + Sync>(self) -> PersistedEventStore<Self, A> {
         PersistedEventStore::new_aggregate_store(self)
     }
 
     /// A store that loads the newest snapshot and the events after it, and snapshots every
-    /// `snapshot_size` events (`PersistedEventStore::new_snapshot_store`).
+    /// `snapshot_size` events (`PersistedEventStore::new_snapshot_store`; 0 counts as 1).
+    ///
+    /// ```no_run
+    /// # use cqrs_es::{event_sink::EventSink, Aggregate, DomainEvent};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Default, Serialize, Deserialize)]
+    /// # struct Account { balance: i64 }
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # struct Deposited { amount: i64 }
+    /// # impl DomainEvent for Deposited {
+    /// #     fn event_type(&self) -> String { "Deposited".into() }
+    /// #     fn event_version(&self) -> String { "1.0".into() }
+    /// # }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("refused")]
+    /// # struct Refused;
+    /// # impl Aggregate for Account {
+    /// #     const TYPE: &'static str = "account";
+    /// #     type Command = i64; // an amount to deposit
+    /// #     type Event = Deposited;
+    /// #     type Error = Refused;
+    /// #     type Services = ();
+    /// #     async fn handle(
+    /// #         &mut self,
+    /// #         amount: i64,
+    /// #         _: &(),
+    /// #         sink: &EventSink<Self>,
+    /// #     ) -> Result<(), Refused> {
+    /// #         sink.write(Deposited { amount }, self).await;
+    /// #         Ok(())
+    /// #     }
+    /// #     fn apply(&mut self, e: Deposited) { self.balance += e.amount; }
+    /// # }
+    /// # async fn demo(
+    /// #     client: quiver_client::Client,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_es::CqrsFramework;
+    /// use quiver_cqrs::QuiverEventRepository;
+    ///
+    /// // Account 42 is snapshotted every 100 events; a command loads the newest snapshot and the
+    /// // events after it.
+    /// let store = QuiverEventRepository::new(client).snapshot_store::<Account>(100);
+    /// let accounts = CqrsFramework::new(store, vec![], ());
+    /// accounts.execute("42", 50).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn snapshot_store<A: Aggregate + Send + Sync>(
         self,
         snapshot_size: usize,

@@ -13,15 +13,54 @@ use uuid::Uuid;
 
 /// Separates the aggregate type from the aggregate id in a stream name. Aggregate types may
 /// not contain it.
+///
+/// ```
+/// use quiver_cqrs::{event_stream, validate_aggregate_type, SEPARATOR};
+/// assert_eq!(event_stream("order", "7").unwrap(), format!("order{SEPARATOR}7"));
+/// // Ids may hold it (a stream name splits at its first one); types may not.
+/// assert!(event_stream("order", "eu~7").is_ok());
+/// assert!(validate_aggregate_type("shop~order").is_err());
+/// ```
 pub const SEPARATOR: char = '~';
 
 /// Prefix of every snapshot stream: `~snapshot~{aggregate_type}~{aggregate_id}`.
+///
+/// ```
+/// use quiver_cqrs::{parse_event_stream, snapshot_stream, SNAPSHOT_STREAM_PREFIX};
+/// let snapshots = snapshot_stream("account", "42").unwrap();
+/// assert!(snapshots.starts_with(SNAPSHOT_STREAM_PREFIX));
+/// // A reader of `$all` can tell snapshot streams from event streams by their name.
+/// assert_eq!(parse_event_stream(&snapshots), None);
+/// ```
 pub const SNAPSHOT_STREAM_PREFIX: &str = "~snapshot~";
 
 /// Event type of the events that hold snapshots.
+///
+/// ```
+/// use quiver_cqrs::SNAPSHOT_EVENT_TYPE;
+/// // A projection fed from all of `$all` skips the snapshots among the domain events.
+/// let seen = ["Opened", "Deposited", SNAPSHOT_EVENT_TYPE, "Withdrawn"];
+/// let domain: Vec<_> = seen.into_iter().filter(|t| *t != SNAPSHOT_EVENT_TYPE).collect();
+/// assert_eq!(domain, ["Opened", "Deposited", "Withdrawn"]);
+/// ```
 pub const SNAPSHOT_EVENT_TYPE: &str = "cqrs-snapshot";
 
 /// Longest stream name Quiver accepts, in bytes.
+///
+/// A snapshot stream's name is the longer one, so it bounds the ids of aggregates kept in a
+/// snapshot or aggregate store:
+///
+/// ```
+/// use quiver_cqrs::{snapshot_stream, NameError, SNAPSHOT_STREAM_PREFIX, STREAM_NAME_BYTES_MAX};
+/// // "~snapshot~" + "account~" + the id.
+/// let id_max = STREAM_NAME_BYTES_MAX - SNAPSHOT_STREAM_PREFIX.len() - "account~".len();
+/// assert_eq!(id_max, 237);
+/// assert!(snapshot_stream("account", &"x".repeat(id_max)).is_ok());
+/// assert!(matches!(
+///     snapshot_stream("account", &"x".repeat(id_max + 1)),
+///     Err(NameError::TooLong { len: 256, .. })
+/// ));
+/// ```
 pub const STREAM_NAME_BYTES_MAX: usize = 255;
 
 /// The namespace of the v5 UUIDs of events and snapshots (fixed: ids must be the same in
@@ -29,6 +68,18 @@ pub const STREAM_NAME_BYTES_MAX: usize = 255;
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0xf9ae2d74_afb8_45df_a0db_34a791777cb3);
 
 /// Why an aggregate type or id cannot name a stream.
+///
+/// ```
+/// use quiver_cqrs::{event_stream, NameError};
+/// assert_eq!(event_stream("", "1"), Err(NameError::EmptyType));
+/// assert_eq!(event_stream("$order", "1"), Err(NameError::Reserved("$order".into())));
+/// match event_stream("order", "line\n1") {
+///     Err(e @ NameError::ControlCharacter(_)) => {
+///         assert!(e.to_string().contains("control character"))
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NameError {
@@ -56,6 +107,18 @@ pub enum NameError {
 
 /// Checks that `aggregate_type` can name streams: not empty, no `~`, no leading `$`, no
 /// control characters.
+///
+/// ```
+/// use quiver_cqrs::{validate_aggregate_type, NameError};
+/// // Check an application's aggregate types once, at start-up.
+/// for aggregate_type in ["account", "order", "order-line"] {
+///     validate_aggregate_type(aggregate_type).unwrap();
+/// }
+/// assert_eq!(
+///     validate_aggregate_type("bank~account"),
+///     Err(NameError::Separator("bank~account".into()))
+/// );
+/// ```
 pub fn validate_aggregate_type(aggregate_type: &str) -> Result<(), NameError> {
     if aggregate_type.is_empty() {
         return Err(NameError::EmptyType);
@@ -99,6 +162,14 @@ pub fn event_stream(aggregate_type: &str, aggregate_id: &str) -> Result<String, 
 
 /// The stream of an aggregate instance's snapshots:
 /// `~snapshot~{aggregate_type}~{aggregate_id}` (10 bytes longer than its event stream).
+///
+/// ```
+/// use quiver_cqrs::{event_stream, snapshot_stream};
+/// let snapshots = snapshot_stream("account", "42").unwrap();
+/// assert_eq!(snapshots, "~snapshot~account~42");
+/// assert_eq!(snapshots.len(), event_stream("account", "42").unwrap().len() + 10);
+/// assert!(snapshot_stream("a~b", "42").is_err());
+/// ```
 pub fn snapshot_stream(aggregate_type: &str, aggregate_id: &str) -> Result<String, NameError> {
     validate_aggregate_type(aggregate_type)?;
     checked(
@@ -149,12 +220,31 @@ fn id(kind: u8, aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Uuid
 
 /// The id of event `sequence` (cqrs-es numbering, from 1) of an aggregate instance: the same
 /// in every process, so an append sent twice is recognised by the server.
+///
+/// ```
+/// use quiver_cqrs::event_id;
+/// // The first event of account 42, stored at version 0 of the stream `account~42`.
+/// let first = event_id("account", "42", 1);
+/// assert_eq!(first, event_id("account", "42", 1));
+/// assert_ne!(first, event_id("account", "42", 2));
+/// assert_ne!(first, event_id("account", "43", 1));
+/// assert_eq!(first.get_version_num(), 5); // a name-based (v5) UUID
+/// ```
 pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: usize) -> Uuid {
     id(b'e', aggregate_type, aggregate_id, sequence as u64)
 }
 
 /// The id of the snapshot event of an aggregate instance that covers its events up to
 /// `sequence`.
+///
+/// ```
+/// use quiver_cqrs::{event_id, snapshot_id};
+/// // The snapshot of account 42 after its 3rd event: stable, and never an event's id.
+/// let id = snapshot_id("account", "42", 3);
+/// assert_eq!(id, snapshot_id("account", "42", 3));
+/// assert_ne!(id, event_id("account", "42", 3));
+/// assert_ne!(id, snapshot_id("account", "42", 6));
+/// ```
 pub fn snapshot_id(aggregate_type: &str, aggregate_id: &str, sequence: usize) -> Uuid {
     id(b's', aggregate_type, aggregate_id, sequence as u64)
 }
