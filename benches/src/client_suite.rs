@@ -23,7 +23,9 @@
 //! run, 2 decimals), `postgres_events_per_sec` and `postgres_counterpart`; both are `null`
 //! when the counterpart did not run (`--no-peer`, PostgreSQL missing or not starting: one
 //! message on stderr says so, and the Quiver scenarios run all the same). Choosing Quiver
-//! scenarios with `--scenario` brings their counterparts along ([`with_peer`]).
+//! scenarios with `--scenario` brings their counterparts along ([`with_peer`]). With
+//! `--server`, PostgreSQL still runs on this machine: pass `--no-peer` when the Quiver
+//! server is elsewhere, or the ratio compares two machines.
 //!
 //! Latency is what the caller sees: from the call to its answer, a round trip plus the
 //! server's work and fsync. The read store is written beforehand in appends of 1,000 events
