@@ -14,6 +14,19 @@
 //! | `subscribe_catchup_filtered` | the same with a type prefix that 1 event in 10 matches | 1,000 events delivered |
 //! | `persistent_ack_throughput` | 1 consumer of a group on `$all` acks 200,000 events (50,000 `--quick`) | 1,000 events |
 //!
+//! **PostgreSQL beside it.** Before those, the suite runs the PostgreSQL counterparts of the
+//! append and read scenarios (`pg_append_batch100`, `pg_append_batch100_c16`,
+//! `pg_append_concurrent64`, `pg_read_stream`, `pg_scan_all`: see
+//! [`crate::postgres_peer`]) on a throwaway PostgreSQL server it starts under the bench
+//! directory, and stops that server before the first Quiver scenario. The Quiver lines with
+//! a counterpart then carry `vs_postgres` (Quiver's events/s over PostgreSQL's in the same
+//! run, 2 decimals), `postgres_events_per_sec` and `postgres_counterpart`; both are `null`
+//! when the counterpart did not run (`--no-peer`, PostgreSQL missing or not starting: one
+//! message on stderr says so, and the Quiver scenarios run all the same). Choosing Quiver
+//! scenarios with `--scenario` brings their counterparts along ([`with_peer`]). With
+//! `--server`, PostgreSQL still runs on this machine: pass `--no-peer` when the Quiver
+//! server is elsewhere, or the ratio compares two machines.
+//!
 //! Latency is what the caller sees: from the call to its answer, a round trip plus the
 //! server's work and fsync. The read store is written beforehand in appends of 1,000 events
 //! over one connection (`fill_events_per_sec` in the read reports); one event in
@@ -54,14 +67,22 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot, Barrier};
 
+use crate::postgres_peer::{self, Peer};
 use crate::report::{latency_histogram, micros, Report};
 use crate::workload::{
     nanos, nanos_since, scratch_dir, timed, Ids, ReadTimer, Run, EVENT_DATA_BYTES, EVENT_TYPE,
     FILL_BATCH, PAYLOAD, READ_EVENTS,
 };
 
-/// Every scenario of the suite, in the order [`Suite::run`] is meant to be called.
+/// Every scenario of the suite, in the order [`Suite::run`] is meant to be called:
+/// PostgreSQL's first ([`postgres_peer::SCENARIOS`]), so that Quiver's can report the ratio
+/// to them.
 pub const SCENARIOS: &[&str] = &[
+    "pg_append_batch100",
+    "pg_append_batch100_c16",
+    "pg_append_concurrent64",
+    "pg_read_stream",
+    "pg_scan_all",
     "client_append_batch100",
     "client_append_batch100_c16",
     "client_append_concurrent64",
@@ -133,12 +154,34 @@ pub fn default_ca_file() -> PathBuf {
     quiver_server::tls::tls_dir(&data_dir).join(quiver_server::tls::CA_FILE)
 }
 
-/// One run of the suite: the clients' runtime, the run id, and the store the read scenarios
-/// share once one of them has filled it.
+/// The scenarios to run, in suite order: the `chosen` ones and, with `peer`, the PostgreSQL
+/// counterpart of each chosen Quiver scenario; without `peer`, no PostgreSQL scenario.
+pub fn with_peer(chosen: &[&str], peer: bool) -> Vec<&'static str> {
+    SCENARIOS
+        .iter()
+        .copied()
+        .filter(|&s| {
+            if !postgres_peer::is_peer_scenario(s) {
+                return chosen.contains(&s);
+            }
+            peer && (chosen.contains(&s)
+                || chosen
+                    .iter()
+                    .any(|&q| postgres_peer::counterpart(q) == Some(s)))
+        })
+        .collect()
+}
+
+/// One run of the suite: the clients' runtime, the run id, the store the read scenarios
+/// share once one of them has filled it, and the PostgreSQL peer with its rates.
 pub struct Suite {
     opts: Options,
-    // Field order is drop order: the read store's server stops before the clients' runtime.
+    // Field order is drop order: the read store's server and PostgreSQL stop before the
+    // clients' runtime.
     reads: Option<ReadStore>,
+    peer: Option<Peer>,
+    /// events/s of each PostgreSQL scenario that ran.
+    postgres_rates: Vec<(String, u64)>,
     runtime: Runtime,
     run_id: u64,
     sources: u64,
@@ -155,15 +198,85 @@ impl Suite {
         Ok(Suite {
             opts,
             reads: None,
+            peer: None,
+            postgres_rates: Vec::new(),
             runtime,
             run_id: Uuid::new_v4().as_u64_pair().0,
             sources: 0,
         })
     }
 
-    /// Runs one scenario of [`SCENARIOS`] and returns its report.
+    /// Starts the throwaway PostgreSQL server the `pg_*` scenarios run on (under the bench
+    /// directory); an error says why it could not, and those scenarios cannot run then.
+    pub fn start_peer(&mut self) -> Result<()> {
+        if self.peer.is_none() {
+            let opts = postgres_peer::Options {
+                quick: self.opts.quick,
+                read_events: self.read_events(),
+            };
+            self.peer = Some(Peer::start(&self.opts.data_dir, opts, &self.runtime)?);
+        }
+        Ok(())
+    }
+
+    /// Stops the PostgreSQL server, if running; a failure to stop it is printed, not
+    /// returned, since nothing measured depends on it.
+    fn stop_peer(&mut self) {
+        if let Some(peer) = self.peer.take() {
+            if let Err(e) = peer.stop() {
+                eprintln!("quiver-bench: {e:#}");
+            }
+        }
+    }
+
+    /// Events in the read store: [`READ_EVENTS`], or [`READ_EVENTS_QUICK`] with `--quick`.
+    fn read_events(&self) -> u64 {
+        if self.opts.quick {
+            READ_EVENTS_QUICK
+        } else {
+            READ_EVENTS
+        }
+    }
+
+    /// Runs one scenario of [`SCENARIOS`] and returns its report. A `pg_*` scenario needs
+    /// [`Suite::start_peer`] first; the first Quiver scenario stops PostgreSQL.
     pub fn run(&mut self, scenario: &str) -> Result<Report> {
-        let report = match scenario {
+        let report = if postgres_peer::is_peer_scenario(scenario) {
+            let peer = self
+                .peer
+                .as_mut()
+                .context("the PostgreSQL peer is not running")?;
+            let report = peer.run(scenario, &self.runtime)?;
+            self.postgres_rates
+                .push((scenario.to_string(), report.events_per_sec));
+            report
+        } else {
+            // Quiver runs on a machine where PostgreSQL is not running.
+            self.stop_peer();
+            let report = self.run_quiver(scenario)?;
+            match postgres_peer::counterpart(scenario) {
+                Some(pg) => {
+                    let rate = self
+                        .postgres_rates
+                        .iter()
+                        .rev()
+                        .find(|(s, _)| s == pg)
+                        .map(|(_, r)| *r);
+                    postgres_peer::vs_postgres(report, rate, pg)
+                }
+                None => report,
+            }
+        };
+        let report = report.with("quick", self.opts.quick);
+        Ok(match &self.opts.git_rev {
+            Some(rev) => report.with("git_rev", rev.as_str()),
+            None => report,
+        })
+    }
+
+    /// Runs one of Quiver's scenarios.
+    fn run_quiver(&mut self, scenario: &str) -> Result<Report> {
+        Ok(match scenario {
             "client_append_batch100" => self.append(scenario, 1, 1, 100)?,
             "client_append_batch100_c16" => self.append(scenario, 16, 16, 100)?,
             "client_append_concurrent64" => self.append(scenario, 64, 64, 1)?.with(
@@ -178,17 +291,14 @@ impl Suite {
             "subscribe_catchup_filtered" => self.catch_up(scenario, Some(TENTH_TYPE))?,
             "persistent_ack_throughput" => self.persistent_ack(scenario)?,
             other => anyhow::bail!("no scenario {other:?}; known: {}", SCENARIOS.join(", ")),
-        };
-        let report = report.with("quick", self.opts.quick);
-        Ok(match &self.opts.git_rev {
-            Some(rev) => report.with("git_rev", rev.as_str()),
-            None => report,
         })
     }
 
-    /// Stops the in-process server the read scenarios shared, if any, and says whether it
-    /// stopped cleanly (dropping the suite stops it too, but can only print a failure).
+    /// Stops PostgreSQL if it still runs, and the in-process server the read scenarios
+    /// shared, if any, and says whether that stopped cleanly (dropping the suite stops both
+    /// too, but can only print a failure).
     pub fn finish(mut self) -> Result<()> {
+        self.stop_peer();
         match self.reads.take().and_then(|r| r.server.local) {
             Some(mut local) => local.stop(),
             None => Ok(()),
@@ -245,11 +355,7 @@ impl Suite {
         if self.reads.is_none() {
             let server = Target::start(&self.opts, "client_read")?;
             let stream = self.stream("client_read", 0);
-            let events = if self.opts.quick {
-                READ_EVENTS_QUICK
-            } else {
-                READ_EVENTS
-            };
+            let events = self.read_events();
             let ids = self.ids();
             let filled = self
                 .runtime
@@ -696,7 +802,7 @@ fn batch(ids: &mut Ids, n: usize) -> Vec<EventData> {
 
 /// The type of a fill's `i`th event: [`TENTH_TYPE`] for one in [`TENTH_EVERY`], else
 /// [`EVENT_TYPE`].
-fn fill_type(i: u64) -> &'static str {
+pub(crate) fn fill_type(i: u64) -> &'static str {
     if i % TENTH_EVERY == TENTH_EVERY - 1 {
         TENTH_TYPE
     } else {
@@ -921,4 +1027,49 @@ async fn consume_and_ack(
     let consumed = timer.finish();
     consumer.close();
     Ok(consumed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_scenarios_lead_the_suite_in_the_peer_order() {
+        assert_eq!(
+            &SCENARIOS[..postgres_peer::SCENARIOS.len()],
+            postgres_peer::SCENARIOS
+        );
+    }
+
+    #[test]
+    fn chosen_quiver_scenarios_bring_their_postgres_counterparts() {
+        let all = with_peer(SCENARIOS, true);
+        assert_eq!(all, SCENARIOS);
+        let chosen = with_peer(&["client_scan_all", "client_append_batch100"], true);
+        assert_eq!(
+            chosen,
+            [
+                "pg_append_batch100",
+                "pg_scan_all",
+                "client_append_batch100",
+                "client_scan_all"
+            ]
+        );
+        // A scenario without a counterpart starts no PostgreSQL.
+        assert_eq!(
+            with_peer(&["subscribe_catchup"], true),
+            ["subscribe_catchup"]
+        );
+        assert_eq!(with_peer(&["pg_read_stream"], true), ["pg_read_stream"]);
+    }
+
+    #[test]
+    fn no_peer_runs_no_postgres_scenario() {
+        let without = with_peer(SCENARIOS, false);
+        assert!(without.iter().all(|s| !postgres_peer::is_peer_scenario(s)));
+        assert_eq!(
+            without.len(),
+            SCENARIOS.len() - postgres_peer::SCENARIOS.len()
+        );
+    }
 }

@@ -13,6 +13,8 @@
 //! - `engine_suite.rs` — the `engine` suite: appends, reads, `$all` scans, reopen.
 //! - `client_suite.rs` — the `client` suite: the server over QUIC through `quiver-client`,
 //!   started in-process or already running.
+//! - `postgres_peer.rs` — the `client` suite's peer: a throwaway PostgreSQL used as an event
+//!   store, the same workloads, run first so that Quiver's lines carry `vs_postgres`.
 //! - `raft_suite.rs` — the `raft` suite: three Raft nodes in-process over engines.
 //! - `cluster_suite.rs` — the `cluster` suite: three `quiver serve --db-type cluster`
 //!   processes, their failover, and a three-member etcd cluster measured beside them.
@@ -21,6 +23,7 @@
 pub mod client_suite;
 pub mod cluster_suite;
 pub mod engine_suite;
+pub mod postgres_peer;
 pub mod raft_suite;
 pub mod report;
 pub mod workload;

@@ -23,7 +23,11 @@
 //! cargo run --release -p quiver-bench -- engine --io-mode pwrite   # compare write paths
 //! cargo bench -p quiver-bench                               # Criterion micro-benchmarks
 //! cargo run --release -p quiver-bench -- raft              # 3 Raft nodes over engines
-//! cargo run --release -p quiver-bench -- client            # server over QUIC, in-process
+//! cargo run --release -p quiver-bench -- client            # PostgreSQL, then QUIC, in-process
+//! cargo run --release -p quiver-bench -- client --quick --dir /data/b   # 1 s runs
+//! cargo run --release -p quiver-bench -- client --no-peer  # Quiver only, no PostgreSQL
+//! cargo run --release -p quiver-bench -- client --scenario client_append_batch100_c16
+//!                                           # and its counterpart, pg_append_batch100_c16
 //! cargo run --release -p quiver-bench -- client --server 127.0.0.1:7600 --ca ca.pem
 //! cargo run --release -p quiver-bench -- client --scenario subscribe_live_latency
 //! cargo build --release -p quiver-server -p quiver-bench    # the cluster suite needs both
@@ -34,7 +38,11 @@
 //! The suites, whose module docs list the scenarios:
 //! - `engine` (`quiver_bench::engine_suite`): the storage engine in-process.
 //! - `raft` (`quiver_bench::raft_suite`): three Raft nodes in-process over engines.
-//! - `client` (`quiver_bench::client_suite`): the server over QUIC through `quiver-client`.
+//! - `client` (`quiver_bench::client_suite`): the server over QUIC through `quiver-client`,
+//!   after the same appends and reads against a throwaway PostgreSQL server used as an event
+//!   store (`quiver_bench::postgres_peer`; Debian's `postgresql`, found through `pg_config`)
+//!   in the same run, with Quiver's rate over PostgreSQL's (`vs_postgres`); `--no-peer`
+//!   skips PostgreSQL, and without it installed the suite says so and runs Quiver alone.
 //! - `cluster` (`quiver_bench::cluster_suite`): three `quiver serve --db-type cluster`
 //!   processes (the `quiver` binary next to `quiver-bench`) through `quiver-client`, a leader
 //!   failover, and a three-member etcd cluster (`etcd` on `PATH`, Debian's `etcd-server`) in
@@ -50,7 +58,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiver_bench::client_suite::{self, default_ca_file, Remote, Suite as ClientSuite};
 use quiver_bench::report::{git_rev, Report};
 use quiver_bench::workload::{DATA_DIR_DEFAULT, DATA_DIR_ENV};
-use quiver_bench::{cluster_suite, engine_suite, raft_suite};
+use quiver_bench::{cluster_suite, engine_suite, postgres_peer, raft_suite};
 use quiver_engine::IoMode;
 
 #[derive(Parser)]
@@ -72,7 +80,8 @@ enum Suite {
     Raft(RaftArgs),
     /// The server over QUIC through quiver-client: appends from 1, 16 and 64 connections,
     /// stream reads and `$all` scans, live and catch-up subscriptions, a persistent group's
-    /// acks. Starts its own server unless given --server.
+    /// acks. Starts its own server unless given --server. First, the same appends and reads
+    /// against a throwaway PostgreSQL (unless --no-peer), for Quiver's `vs_postgres`.
     Client(ClientArgs),
     /// Three `quiver serve --db-type cluster` processes on loopback through quiver-client:
     /// appends from 1, 16 and 64 connections, leader failover; and a 3-member etcd cluster
@@ -128,9 +137,15 @@ struct ClientArgs {
     /// Parent directory of the in-process servers' stores (on the disk to measure).
     #[arg(long, env = DATA_DIR_ENV, default_value = DATA_DIR_DEFAULT)]
     dir: PathBuf,
-    /// Run only this scenario (repeatable); all of them by default.
+    /// Run only this scenario (repeatable); all of them by default. A Quiver scenario
+    /// brings its PostgreSQL counterpart (`pg_…`) along, unless --no-peer.
     #[arg(long = "scenario", value_parser = PossibleValuesParser::new(client_suite::SCENARIOS))]
     scenarios: Vec<String>,
+    /// Run no PostgreSQL scenario; `vs_postgres` is then null. By default a throwaway
+    /// PostgreSQL is started under --dir (initdb and pg_ctl from `pg_config --bindir`,
+    /// /usr/lib/postgresql/*/bin or PATH), measured first, and stopped.
+    #[arg(long)]
+    no_peer: bool,
 }
 
 #[derive(Args)]
@@ -208,6 +223,7 @@ fn main() -> Result<()> {
                     ca_file.display()
                 );
             }
+            let args_dir = args.dir.display().to_string();
             let mut suite = ClientSuite::new(client_suite::Options {
                 remote,
                 data_dir: args.dir,
@@ -215,6 +231,21 @@ fn main() -> Result<()> {
                 git_rev,
             })?;
             let chosen = choose(client_suite::SCENARIOS, &args.scenarios);
+            let mut chosen = client_suite::with_peer(&chosen, !args.no_peer);
+            if chosen.iter().any(|s| postgres_peer::is_peer_scenario(s)) {
+                eprintln!(
+                    "quiver-bench: starting a throwaway PostgreSQL under {}",
+                    args_dir
+                );
+                if let Err(e) = suite.start_peer() {
+                    eprintln!(
+                        "quiver-bench: skipping the PostgreSQL scenarios (vs_postgres will be \
+                         null): {e:#}\nquiver-bench: {}",
+                        postgres_peer::INSTALL_HINT
+                    );
+                    chosen.retain(|s| !postgres_peer::is_peer_scenario(s));
+                }
+            }
             let ran = run_all(&chosen, |scenario| suite.run(scenario));
             let finished = suite.finish();
             ran.and(finished)
