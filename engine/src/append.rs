@@ -381,8 +381,9 @@ fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, Appen
     let found: Vec<Option<u64>> = w
         .events
         .iter()
-        .map(|e| st.ids.get(&e.id.as_u128()).copied())
-        .collect();
+        .map(|e| st.id_position(e.id.as_u128()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| AppendError::Loading)?;
     if found.iter().all(Option::is_none) {
         return Ok(None);
     }

@@ -77,25 +77,69 @@ pub(crate) fn write_due(inner: &Inner) {
 pub(crate) fn load_ids(inner: &Inner) {
     let pending = std::mem::take(&mut inner.state.write().ids_pending);
     let started = std::time::Instant::now();
+    #[cfg(test)]
+    crate::inner::held_loaders::wait(&inner.dir);
     match ids::build(&pending) {
         Ok(mut ids) => {
             let mut st = inner.state.write();
             ids.extend(st.ids.drain());
             st.ids = ids;
+            st.ids_whole = true;
+            let had_tables = st.id_tables.take().is_some();
             tracing::info!(
                 ids = st.ids.len(),
                 ms = started.elapsed().as_millis() as u64,
                 "event-id index loaded"
             );
+            drop(st);
+            // Appends and truncations wait for this, and a truncation holds the files lock
+            // that writing the tables takes: say the index is whole first.
+            *inner.ids_ready.lock() = true;
+            inner.ids_cv.notify_all();
+            if !had_tables {
+                write_missing_id_tables(inner, &pending);
+            }
+            return;
         }
         Err(e) => {
             // A summary that loaded a moment ago no longer reads: refuse writes rather than
             // accept appends whose retries could not be recognised.
             tracing::error!(error = %e, "event-id index could not be built");
             let failed = Failed(std::sync::Arc::new(std::io::Error::other(e.to_string())));
-            inner.state.write().failed = Some(failed);
+            let mut st = inner.state.write();
+            st.failed = Some(failed);
+            st.id_tables = None;
         }
     }
     *inner.ids_ready.lock() = true;
     inner.ids_cv.notify_all();
+}
+
+/// Writes the id tables a store opened without (one written before they existed, or whose
+/// tables were lost), so that its next open takes appends at once.
+fn write_missing_id_tables(inner: &Inner, summaries: &[std::path::PathBuf]) {
+    // Not while a summary is being written or a truncation removes files.
+    let _files = inner.files_lock.lock();
+    let s = &*inner.config.storage;
+    let mut written = 0;
+    for path in summaries {
+        let Some((first_index, crc)) = summary::binding(path) else {
+            continue;
+        };
+        if crate::idtable::IdTable::open(&inner.dir, first_index, crc).is_some() {
+            continue;
+        }
+        let made = std::fs::read(path)
+            .and_then(|bytes| summary::write_id_table(s, &inner.dir, first_index, &bytes));
+        match made {
+            Ok(()) => written += 1,
+            Err(e) => tracing::warn!(summary = %path.display(), error = %e, "no id table"),
+        }
+    }
+    if written > 0 {
+        if let Err(e) = crate::storage::sync_dir(s, &inner.dir) {
+            tracing::warn!(error = %e, "could not sync the directory after writing id tables");
+        }
+        tracing::info!(tables = written, "wrote the missing event-id tables");
+    }
 }

@@ -167,9 +167,16 @@ impl Engine {
             source: e,
         })?;
         let lock = lock_dir(&dir)?;
-        let state = recovery::load(&dir, &config)?;
+        let mut state = recovery::load(&dir, &config)?;
         let spare = find_spare(&dir, &config, state.segments.is_empty())?;
         let ids_ready = state.ids_pending.is_empty();
+        if !ids_ready {
+            // Until the loader has read the summaries, their segments' ids are answered from
+            // their id tables, if every one has a usable table.
+            state.ids_whole = false;
+            state.id_tables = crate::summary::id_tables(&dir, &state.ids_pending).map(Arc::new);
+            state.open_stats.id_tables = state.id_tables.is_some();
+        }
         let io = SyncIo::new(config.io_mode, &*config.storage).map_err(|e| OpenError::Io {
             path: dir.clone(),
             source: e,
@@ -265,10 +272,10 @@ impl Engine {
     }
 
     /// Whether appends are served without waiting: the store is open, has not failed, and
-    /// its event-id index is whole.
+    /// its event-id index is whole, or can be answered from the id tables meanwhile.
     pub fn is_writable(&self) -> bool {
         let st = self.inner.state.read();
-        *self.inner.ids_ready.lock() && st.failed.is_none() && !st.no_space
+        (st.ids_whole || st.id_tables.is_some()) && st.failed.is_none() && !st.no_space
     }
 
     /// What the last open did.
@@ -308,17 +315,24 @@ impl Engine {
         writes: Vec<StreamWrite>,
         done: impl FnOnce(Result<AppendResult, AppendError>) + Send + 'static,
     ) {
-        // Only right after open, while the id index of old segments is still loading.
-        self.inner.wait_ids();
         if let Err(f) = self.inner.recover_space() {
             return done(Err(f.into()));
         }
         let mut st = self.inner.state.write();
-        let prepared = match prepare_append(&st, &writes) {
-            Ok(p) => p,
-            Err(e) => {
-                drop(st);
-                return done(Err(e));
+        let prepared = loop {
+            match prepare_append(&st, &writes) {
+                Ok(p) => break p,
+                // Only right after open, while the id index of old segments is still
+                // loading and its id tables cannot answer: wait for it, then plan again.
+                Err(AppendError::Loading) => {
+                    drop(st);
+                    self.inner.wait_ids();
+                    st = self.inner.state.write();
+                }
+                Err(e) => {
+                    drop(st);
+                    return done(Err(e));
+                }
             }
         };
         match prepared {
@@ -418,9 +432,8 @@ impl Engine {
     /// An append whose event ids are all stored already (a retry) plans as
     /// [`Plan::Stored`]: nothing to propose, answer once that record commits.
     pub fn plan(&self, op: &WriteOp<'_>) -> Result<Plan, AppendError> {
-        if !*self.inner.ids_ready.lock() {
-            return Err(AppendError::Loading);
-        }
+        // While the id index loads, an append's ids are checked in the id tables; where
+        // they cannot answer, planning says `Loading`.
         let st = self.inner.state.read();
         if let Some(f) = &st.failed {
             return Err(f.clone().into());

@@ -559,3 +559,32 @@ pub(crate) fn fail(st: &mut State, e: io::Error) -> Vec<(Callback, Result<u64, F
     let waiters = st.waiters.drain(..).chain(st.durable_waiters.drain(..));
     waiters.map(|(_, cb)| (cb, Err(f.clone()))).collect()
 }
+
+/// Id loaders a test holds back, by data directory: the loader of a store opened in a held
+/// directory waits before it reads the summaries until the test releases it (the loader
+/// starts inside `Engine::open`, so the hold must be in place before the store exists).
+#[cfg(test)]
+pub(crate) mod held_loaders {
+    use std::path::{Path, PathBuf};
+
+    use parking_lot::{Condvar, Mutex};
+
+    static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static CV: Condvar = Condvar::new();
+
+    pub(crate) fn hold(dir: &Path) {
+        HELD.lock().push(dir.to_path_buf());
+    }
+
+    pub(crate) fn release(dir: &Path) {
+        HELD.lock().retain(|d| d != dir);
+        CV.notify_all();
+    }
+
+    pub(crate) fn wait(dir: &Path) {
+        let mut held = HELD.lock();
+        while held.iter().any(|d| d == dir) {
+            CV.wait(&mut held);
+        }
+    }
+}

@@ -18,7 +18,9 @@
 //!    behind one trait, real or simulated (`storage/sim.rs`: power cuts, torn sectors, lost
 //!    renames, failed writes and syncs); `io.rs`: the durable write (io_uring, or pwrite +
 //!    fdatasync through the storage); `segment.rs`: segment files, memory maps, the scan;
-//!    `failmark.rs`: the mark a failed sync leaves; `config.rs`: `EngineConfig`.
+//!    `failmark.rs`: the mark a failed sync leaves; `idtable.rs`: per-segment sorted event-id
+//!    tables that let a store take appends before its id index is loaded; `config.rs`:
+//!    `EngineConfig`.
 //! 2. The log's state. `state.rs`: the in-memory index built from the log, tip and committed
 //!    views; `summary.rs`: per-segment summaries that keep restart work flat; `append.rs`: an
 //!    append's validation, idempotent retries, versions and positions; `ids.rs`: the event-id
@@ -41,6 +43,7 @@ mod error;
 mod failmark;
 pub mod format;
 mod ids;
+mod idtable;
 mod inner;
 mod io;
 mod log;
@@ -55,6 +58,8 @@ mod types;
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod open_tests;
 
 pub use append::{Plan, WriteOp};
 pub use config::EngineConfig;

@@ -280,6 +280,11 @@ impl Engine {
         for seg in st.segments[doomed..].iter().rev() {
             let summary = self.inner.dir.join(summary_name(seg.first_index()));
             storage::remove_if_exists(disk, &summary)?;
+            let ids = self
+                .inner
+                .dir
+                .join(crate::idtable::id_table_name(seg.first_index()));
+            storage::remove_if_exists(disk, &ids)?;
             disk.remove_file(&seg.file.path)?;
         }
         storage::sync_dir(disk, &self.inner.dir)?;

@@ -259,6 +259,8 @@ fn remove_segments(disk: &dyn Storage, dir: &Path, paths: &[PathBuf]) -> Result<
         tracing::warn!(file = %path.display(), "removing a segment past the log's end");
         let summary = path.with_extension(SUMMARY_EXT);
         storage::remove_if_exists(disk, &summary).map_err(io_err(&summary))?;
+        let ids = path.with_extension(crate::idtable::ID_TABLE_EXT);
+        storage::remove_if_exists(disk, &ids).map_err(io_err(&ids))?;
         disk.remove_file(path).map_err(io_err(path))?;
     }
     storage::sync_dir(disk, dir).map_err(io_err(dir))

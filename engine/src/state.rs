@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::error::{Corruption, DecodeError, Failed};
 use crate::format::{decode_entry_lazy, Entry, EntryKind, RecordHeader};
+use crate::idtable::{Doubt, IdTable};
 use crate::segment::SegmentFile;
 use crate::types::{DeleteKind, StreamMetadata};
 
@@ -169,6 +170,9 @@ pub struct OpenStats {
     pub summaries_loaded: u64,
     /// Bytes cut from a torn tail.
     pub torn_bytes_cut: u64,
+    /// Every summarized segment had a usable event-id table: appends were taken at once,
+    /// before the id index was loaded (else they waited for it).
+    pub id_tables: bool,
 }
 
 /// Bytes of a batch refused for want of space, to be cut before the log goes on.
@@ -202,6 +206,13 @@ pub(crate) struct State {
     pub(crate) ids: IdMap,
     /// Summaries whose event ids are not in `ids` yet (the background loader adds them).
     pub(crate) ids_pending: Vec<std::path::PathBuf>,
+    /// Whether `ids` holds every stored event's id. False from an open that left summaries
+    /// to the background loader until it has merged them in.
+    pub(crate) ids_whole: bool,
+    /// While `ids` is not whole: the id tables of every summary the loader is reading, so
+    /// that [`State::id_position`] can answer meanwhile. `None` when a summarized segment
+    /// has no usable table: lookups then wait for the loader.
+    pub(crate) id_tables: Option<Arc<Vec<IdTable>>>,
     /// (stream, version) → Raft index of the snapshot's record.
     pub(crate) snapshots: BTreeMap<(Arc<str>, u64), u64>,
     pub(crate) checkpoints: BTreeMap<String, (u64, Bytes)>,
@@ -234,6 +245,8 @@ impl State {
             streams: BTreeMap::new(),
             ids: HashMap::default(),
             ids_pending: Vec::new(),
+            ids_whole: true,
+            id_tables: None,
             snapshots: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
             membership: None,
@@ -246,6 +259,32 @@ impl State {
             closed: false,
             open_stats: OpenStats::default(),
         }
+    }
+
+    /// The position of the stored event whose id is `id`: from the in-memory index, and,
+    /// while that is still being loaded, from the id tables of the segments it lacks.
+    /// `Err` when it cannot be told yet (no usable tables, or a damaged entry): wait for the
+    /// loader ([`State::ids_whole`]) and ask again.
+    pub(crate) fn id_position(&self, id: u128) -> Result<Option<u64>, Doubt> {
+        if let Some(p) = self.ids.get(&id) {
+            return Ok(Some(*p));
+        }
+        if self.ids_whole {
+            return Ok(None);
+        }
+        let Some(tables) = &self.id_tables else {
+            return Err(Doubt("the event-id index is loading".into()));
+        };
+        for t in tables.iter().rev() {
+            let found = match t.lookup(id) {
+                Err(_) if cfg!(feature = "mutation-id-table-guess") => None,
+                found => found?,
+            };
+            if let Some(p) = found {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
     }
 
     /// The interned name of a stream, creating its entry if needed.

@@ -15,6 +15,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
+use crate::idtable;
 use crate::segment::{summary_name, SegmentFile};
 use crate::state::{Origin, RecLoc, State};
 use crate::storage::{self, Storage};
@@ -92,7 +93,9 @@ fn strip(out: &mut Vec<u8>, h: &RecordHeader, body: &[u8]) -> Result<(), DecodeE
     Ok(())
 }
 
-/// Writes a summary durably: temporary file, fsync, rename, fsync of the directory.
+/// Writes a summary durably: temporary file, fsync, rename, fsync of the directory; and,
+/// beside it, the segment's event-id table (`idtable.rs`), derived from it. The table is
+/// only an aid to a fast restart: failing to write it is logged, not an error.
 pub(crate) fn write(
     s: &dyn Storage,
     dir: &Path,
@@ -102,7 +105,50 @@ pub(crate) fn write(
     let path = dir.join(summary_name(first_index));
     let tmp = path.with_extension("qidx.tmp");
     storage::write_file_atomic(s, &tmp, &path, bytes, 0)?;
+    if let Err(e) = write_id_table(s, dir, first_index, bytes) {
+        tracing::warn!(summary = %path.display(), error = %e, "could not write an id table");
+    }
     storage::sync_dir(s, dir)
+}
+
+/// Writes the event-id table of the summary `bytes` (which was just written, or checked
+/// when loaded).
+pub(crate) fn write_id_table(
+    s: &dyn Storage,
+    dir: &Path,
+    first_index: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let (header, entries) = check(bytes, first_index)
+        .ok_or_else(|| std::io::Error::other("the summary does not check"))?;
+    let mut ids = Vec::with_capacity(header.record_count.get() as usize);
+    walk_ids(entries, |id, position| ids.push((id, position)))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    idtable::write(s, dir, first_index, header.body_crc.get(), ids)
+}
+
+/// The first index and body checksum of the summary at `path` (what its id table is bound
+/// to), if its header reads.
+pub(crate) fn binding(path: &Path) -> Option<(u64, u32)> {
+    use std::io::Read as _;
+    let mut raw = [0u8; SUMMARY_HEADER_BYTES];
+    fs::File::open(path).ok()?.read_exact(&mut raw).ok()?;
+    let h = SummaryHeader::read_from_bytes(&raw).ok()?;
+    Some((h.first_index.get(), h.body_crc.get()))
+}
+
+/// Opens the id table of every summary in `summaries`; `None` if one has none usable.
+pub(crate) fn id_tables(
+    dir: &Path,
+    summaries: &[std::path::PathBuf],
+) -> Option<Vec<idtable::IdTable>> {
+    summaries
+        .iter()
+        .map(|path| {
+            let (first_index, crc) = binding(path)?;
+            idtable::IdTable::open(dir, first_index, crc)
+        })
+        .collect()
 }
 
 /// Loads the summary of `file` into the state if it exists and is intact; returns the
@@ -177,11 +223,18 @@ pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(),
         .get();
     let (_, entries) =
         check(&bytes, first_index).ok_or_else(|| DecodeError::new("summary", "damaged"))?;
+    walk_ids(entries, |id, position| {
+        ids.insert(id, position);
+    })
+}
+
+/// Calls `add` with the id and position of every event of a summary's entries.
+fn walk_ids(entries: &[u8], mut add: impl FnMut(u128, u64)) -> Result<(), DecodeError> {
     let mut at = 0usize;
     while at < entries.len() {
         let (_, h, body, next) = entry_at(entries, at)?;
         if EntryKind::from_byte(h.kind)? == EntryKind::Append {
-            add_ids(body, h.position.get(), ids)?;
+            add_ids(body, h.position.get(), &mut add)?;
         }
         at = next;
     }
@@ -190,7 +243,7 @@ pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(),
 
 /// The ids of a stripped append body. Stripped events are bare event headers, so this walks
 /// them at a fixed stride instead of decoding each one.
-fn add_ids(body: &[u8], position: u64, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
+fn add_ids(body: &[u8], position: u64, add: &mut impl FnMut(u128, u64)) -> Result<(), DecodeError> {
     use crate::format::{EventHeader, EVENT_HEADER_BYTES};
     let mut c = format::Cursor::new(body, "summary append");
     for _ in 0..c.u16()? {
@@ -205,7 +258,7 @@ fn add_ids(body: &[u8], position: u64, ids: &mut crate::state::IdMap) -> Result<
     for raw in events.chunks_exact(EVENT_HEADER_BYTES) {
         let e = EventHeader::read_from_bytes(raw)
             .map_err(|_| DecodeError::new("summary append", "short event header"))?;
-        ids.insert(
+        add(
             u128::from_be_bytes(e.id),
             position + e.pos_delta.get() as u64,
         );

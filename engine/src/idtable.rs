@@ -1,0 +1,310 @@
+//! Event-id tables (`.qids`): beside each segment summary, the segment's event ids sorted,
+//! each with its position, behind a Bloom filter. They let a store that just opened answer
+//! "is this id stored, and where?" before the in-memory id index of old segments is built
+//! (see `ids.rs`), so it takes appends at once instead of after that build, whose time grows
+//! with the store.
+//!
+//! Opening reads only each table's header and filter (about 1.3 bytes per event); a lookup
+//! skips a table whose filter says no, and otherwise binary-searches its entries on disk,
+//! each entry checked by its own CRC. A table is derived data, bound to the summary it was
+//! made from by that summary's checksum: one that is missing, damaged or stale is not used,
+//! and appends then wait for the in-memory index as before. A lookup that meets a damaged
+//! entry answers [`Doubt`]: never a guess.
+//!
+//! ```text
+//! header (64 bytes, little-endian):
+//!   magic "QUIVIDT\x01" | first_index u64 | summary_crc u32 | hashes u32 | count u64 |
+//!   filter_bytes u64 | reserved [u8; 16] | filter_crc u32 | header_crc u32 (of bytes 0..60)
+//! filter: filter_bytes bytes (a multiple of 8), bit i of the filter is bit i % 64 of the
+//!   little-endian u64 at i / 64
+//! entries: count × 28 bytes, sorted by id: id u128 big-endian | position u64 | crc32c u32
+//!   (of the entry's first 24 bytes)
+//! ```
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::storage::{self, Storage};
+
+/// Extension of event-id table files.
+pub(crate) const ID_TABLE_EXT: &str = "qids";
+
+/// First bytes of every event-id table.
+pub(crate) const ID_TABLE_MAGIC: [u8; 8] = *b"QUIVIDT\x01";
+
+/// Filter bits per id: with [`HASHES`] hashes, about 1 % false positives.
+const BITS_PER_ID: u64 = 10;
+/// Hashes per id in the filter.
+const HASHES: u32 = 7;
+/// Bytes of one entry.
+const ENTRY_BYTES: u64 = 28;
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct Header {
+    magic: [u8; 8],
+    first_index: U64,
+    summary_crc: U32,
+    hashes: U32,
+    count: U64,
+    filter_bytes: U64,
+    reserved: [u8; 16],
+    filter_crc: U32,
+    header_crc: U32,
+}
+
+const HEADER_BYTES: usize = 64;
+const _: () = assert!(std::mem::size_of::<Header>() == HEADER_BYTES);
+
+/// The file name of the id table of the segment whose first record has Raft index
+/// `first_index`.
+pub(crate) fn id_table_name(first_index: u64) -> String {
+    format!("{first_index:020}.{ID_TABLE_EXT}")
+}
+
+/// The table could not say for certain (an entry failed its check, or the file could not be
+/// read): the caller must wait for the in-memory index instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Doubt(pub(crate) String);
+
+/// Writes the id table of the segment starting at `first_index` durably (temporary file,
+/// sync, rename; the caller syncs the directory), for `ids` (id, position) of the summary
+/// whose body checksum is `summary_crc`.
+pub(crate) fn write(
+    s: &dyn Storage,
+    dir: &Path,
+    first_index: u64,
+    summary_crc: u32,
+    mut ids: Vec<(u128, u64)>,
+) -> io::Result<()> {
+    ids.sort_unstable_by_key(|(id, _)| *id);
+    let words = (ids.len() as u64 * BITS_PER_ID).div_ceil(64).max(1);
+    let mut filter = vec![0u64; words as usize];
+    for (id, _) in &ids {
+        for bit in bits(*id, words * 64) {
+            filter[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+    let filter: Vec<u8> = filter.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let mut header = Header {
+        magic: ID_TABLE_MAGIC,
+        first_index: U64::new(first_index),
+        summary_crc: U32::new(summary_crc),
+        hashes: U32::new(HASHES),
+        count: U64::new(ids.len() as u64),
+        filter_bytes: U64::new(filter.len() as u64),
+        reserved: [0; 16],
+        filter_crc: U32::new(crc32c::crc32c(&filter)),
+        header_crc: U32::new(0),
+    };
+    header.header_crc = U32::new(crc32c::crc32c(&header.as_bytes()[..60]));
+    let mut out = Vec::with_capacity(HEADER_BYTES + filter.len() + ids.len() * 28);
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&filter);
+    for (id, position) in &ids {
+        let at = out.len();
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&position.to_le_bytes());
+        let crc = crc32c::crc32c(&out[at..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+    let path = dir.join(id_table_name(first_index));
+    let tmp = path.with_extension("qids.tmp");
+    storage::write_file_atomic(s, &tmp, &path, &out, 0)
+}
+
+/// An open id table: its filter in memory, its entries on disk.
+#[derive(Debug)]
+pub(crate) struct IdTable {
+    file: File,
+    path: PathBuf,
+    filter: Vec<u64>,
+    hashes: u32,
+    count: u64,
+    entries_at: u64,
+}
+
+impl IdTable {
+    /// Opens the table of the segment starting at `first_index` if it exists, is intact and
+    /// was made from the summary whose body checksum is `summary_crc`; `None` otherwise.
+    pub(crate) fn open(dir: &Path, first_index: u64, summary_crc: u32) -> Option<IdTable> {
+        let path = dir.join(id_table_name(first_index));
+        let file = File::open(&path).ok()?;
+        let mut raw = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut raw, 0).ok()?;
+        let h = Header::read_from_bytes(&raw).ok()?;
+        let sound = h.magic == ID_TABLE_MAGIC
+            && h.header_crc.get() == crc32c::crc32c(&raw[..60])
+            && h.first_index.get() == first_index
+            && h.summary_crc.get() == summary_crc
+            && h.hashes.get() >= 1
+            && h.filter_bytes.get() % 8 == 0
+            && h.filter_bytes.get() >= 8;
+        if !sound {
+            return None;
+        }
+        let filter_bytes = h.filter_bytes.get();
+        let entries_at = HEADER_BYTES as u64 + filter_bytes;
+        let len = file.metadata().ok()?.len();
+        let want = h
+            .count
+            .get()
+            .checked_mul(ENTRY_BYTES)?
+            .checked_add(entries_at)?;
+        if len != want || filter_bytes > len {
+            return None;
+        }
+        let mut bytes = vec![0u8; filter_bytes as usize];
+        file.read_exact_at(&mut bytes, HEADER_BYTES as u64).ok()?;
+        if crc32c::crc32c(&bytes) != h.filter_crc.get() {
+            return None;
+        }
+        let filter = bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        Some(IdTable {
+            file,
+            path,
+            filter,
+            hashes: h.hashes.get(),
+            count: h.count.get(),
+            entries_at,
+        })
+    }
+
+    /// The position of event `id` if this table holds it.
+    pub(crate) fn lookup(&self, id: u128) -> Result<Option<u64>, Doubt> {
+        let bits_total = self.filter.len() as u64 * 64;
+        let maybe = bits_with(id, bits_total, self.hashes)
+            .all(|bit| self.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0);
+        if !maybe || cfg!(feature = "mutation-id-table-blind") {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (0u64, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (found, position) = self.entry(mid)?;
+            match found.cmp(&id) {
+                std::cmp::Ordering::Equal => return Ok(Some(position)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Ok(None)
+    }
+
+    fn entry(&self, i: u64) -> Result<(u128, u64), Doubt> {
+        let mut raw = [0u8; ENTRY_BYTES as usize];
+        let doubt = |why: String| Doubt(format!("{} entry {i}: {why}", self.path.display()));
+        self.file
+            .read_exact_at(&mut raw, self.entries_at + i * ENTRY_BYTES)
+            .map_err(|e| doubt(e.to_string()))?;
+        let crc = u32::from_le_bytes(raw[24..].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&raw[..24]) != crc {
+            return Err(doubt("checksum mismatch".into()));
+        }
+        let id = u128::from_be_bytes(raw[..16].try_into().expect("16 bytes"));
+        let position = u64::from_le_bytes(raw[16..24].try_into().expect("8 bytes"));
+        Ok((id, position))
+    }
+}
+
+/// The filter bits of `id` in a filter of `total` bits, with [`HASHES`] hashes.
+fn bits(id: u128, total: u64) -> impl Iterator<Item = u64> {
+    bits_with(id, total, HASHES)
+}
+
+/// Double hashing over a 64-bit mix of the id: ids are chosen by clients, so they are mixed
+/// rather than taken as they come (a crafted id only costs a false positive, never a wrong
+/// answer: the entries decide).
+fn bits_with(id: u128, total: u64, hashes: u32) -> impl Iterator<Item = u64> {
+    let h = mix(mix(id as u64) ^ (id >> 64) as u64);
+    let (h1, h2) = (h, mix(h) | 1);
+    (0..u64::from(hashes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % total)
+}
+
+/// SplitMix64's finalizer.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::RealStorage;
+
+    fn ids(n: u64) -> Vec<(u128, u64)> {
+        (0..n)
+            .map(|i| (u128::from(mix(i)) << 64 | u128::from(mix(i + 7)), 1_000 + i))
+            .collect()
+    }
+
+    #[test]
+    fn every_id_is_found_at_its_position_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = ids(5_000);
+        write(&RealStorage, dir.path(), 41, 0xabcd, all.clone()).unwrap();
+        let t = IdTable::open(dir.path(), 41, 0xabcd).expect("a sound table");
+        for (id, position) in &all {
+            assert_eq!(t.lookup(*id), Ok(Some(*position)));
+        }
+        let absent = (0..5_000u64).filter(|i| t.lookup(u128::from(*i)).unwrap().is_some());
+        assert_eq!(absent.count(), 0);
+    }
+
+    #[test]
+    fn a_table_of_another_summary_or_segment_or_damaged_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&RealStorage, dir.path(), 41, 7, ids(100)).unwrap();
+        assert!(
+            IdTable::open(dir.path(), 41, 8).is_none(),
+            "another summary"
+        );
+        assert!(
+            IdTable::open(dir.path(), 42, 7).is_none(),
+            "another segment"
+        );
+        let path = dir.path().join(id_table_name(41));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_BYTES + 3] ^= 1; // in the filter
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            IdTable::open(dir.path(), 41, 7).is_none(),
+            "a damaged filter"
+        );
+        bytes[HEADER_BYTES + 3] ^= 1;
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(IdTable::open(dir.path(), 41, 7).is_none(), "a short file");
+        assert!(IdTable::open(dir.path(), 40, 7).is_none(), "no file");
+    }
+
+    #[test]
+    fn a_damaged_entry_is_a_doubt_never_an_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = ids(1_000);
+        write(&RealStorage, dir.path(), 1, 0, all.clone()).unwrap();
+        let path = dir.path().join(id_table_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let t = IdTable::open(dir.path(), 1, 0).unwrap();
+        let entries_at = t.entries_at as usize;
+        // Every entry's position byte flipped: whatever a lookup probes fails its check.
+        for i in 0..all.len() {
+            bytes[entries_at + i * ENTRY_BYTES as usize + 16] ^= 0x40;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let t = IdTable::open(dir.path(), 1, 0).expect("header and filter are intact");
+        for (id, _) in all.iter().take(50) {
+            assert!(t.lookup(*id).is_err(), "a damaged entry answered");
+        }
+    }
+}

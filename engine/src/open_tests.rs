@@ -1,0 +1,237 @@
+//! Unit tests of a restart's first appends: a store takes them before its event-id index of
+//! old segments is loaded, answering retries from the segments' id tables (`idtable.rs`),
+//! and waits for the index where the tables cannot answer. The id loader is held back
+//! (`inner::held_loaders`) so that each test runs inside that window.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::inner::held_loaders;
+use crate::{AppendError, AppendResult, Engine, EngineConfig, EventData, ExpectedVersion};
+
+fn config() -> EngineConfig {
+    EngineConfig::default()
+        .segment_bytes_max(64 << 10)
+        .io_mode(crate::IoMode::Pwrite)
+}
+
+fn event(i: usize) -> EventData {
+    EventData::json(
+        "Deposited",
+        format!("{{\"amount\":{i},\"pad\":\"{}\"}}", "x".repeat(200)),
+    )
+}
+
+/// A store of about a dozen sealed, summarized segments; returns the first append's events
+/// and result, and the events appended in all.
+fn fill(dir: &Path) -> (Vec<EventData>, AppendResult, usize) {
+    let engine = Engine::open(dir, config()).unwrap();
+    let first: Vec<EventData> = (0..10).map(event).collect();
+    let result = engine
+        .append("acct-1", ExpectedVersion::NoStream, first.clone())
+        .unwrap();
+    let mut n = first.len();
+    for b in 1..300 {
+        let batch: Vec<EventData> = (0..10).map(|i| event(b * 10 + i)).collect();
+        n += batch.len();
+        engine
+            .append(&format!("acct-{}", b % 7), ExpectedVersion::Any, batch)
+            .unwrap();
+    }
+    drop(engine);
+    (first, result, n)
+}
+
+fn id_tables(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == crate::idtable::ID_TABLE_EXT)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A store opened with its id loader held back. Dropping it (a failed assertion included)
+/// releases the loader before the engine, whose drop waits for that thread.
+struct Held {
+    engine: Option<Engine>,
+    dir: std::path::PathBuf,
+}
+
+impl Held {
+    fn open(dir: &Path) -> Held {
+        held_loaders::hold(dir);
+        let mut held = Held {
+            engine: None,
+            dir: dir.to_path_buf(),
+        };
+        held.engine = Some(Engine::open(dir, config()).unwrap());
+        held
+    }
+
+    fn release(&self) {
+        held_loaders::release(&self.dir);
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        self.engine.as_ref().expect("open")
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+        drop(self.engine.take());
+    }
+}
+
+type Answer = Result<AppendResult, AppendError>;
+
+/// Appends on another thread; the answer, or `None` if there is none within `wait`, and
+/// where the answer will come.
+fn append_within(
+    engine: &Engine,
+    stream: &'static str,
+    events: Vec<EventData>,
+    wait: Duration,
+) -> (Option<Answer>, mpsc::Receiver<Answer>) {
+    let (tx, rx) = mpsc::channel();
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(engine.append(stream, ExpectedVersion::Any, events));
+    });
+    (rx.recv_timeout(wait).ok(), rx)
+}
+
+#[test]
+fn a_reopened_store_answers_retries_from_its_id_tables_before_the_index_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, stored, n) = fill(dir.path());
+    assert!(
+        id_tables(dir.path()).len() >= 5,
+        "{:?}",
+        id_tables(dir.path())
+    );
+    let engine = Held::open(dir.path());
+    let opened = engine.open_stats();
+    assert!(
+        opened.summaries_loaded >= 5 && opened.id_tables,
+        "{opened:?}"
+    );
+    assert!(engine.is_writable(), "writable while the id index loads");
+    // A retry of the very first append (its ids only in the oldest segment's table): the
+    // stored result, nothing written again.
+    let wait = Duration::from_secs(10);
+    let (retry, _) = append_within(&engine, "acct-1", first.clone(), wait);
+    let retry = retry.expect("answered without the id index").unwrap();
+    assert!(retry.idempotent, "{retry:?}");
+    assert_eq!(
+        (
+            retry.position_first,
+            retry.position_last,
+            retry.next_expected_version
+        ),
+        (
+            stored.position_first,
+            stored.position_last,
+            stored.next_expected_version
+        )
+    );
+    // Some of those ids with a new one: refused, as a retry must be all or nothing.
+    let mut mixed = first[..3].to_vec();
+    mixed.push(event(99_999));
+    let (refused, _) = append_within(&engine, "acct-1", mixed, wait);
+    assert!(
+        matches!(refused, Some(Err(AppendError::IdempotencyMismatch(_)))),
+        "{refused:?}"
+    );
+    // New events are written.
+    let (fresh, _) = append_within(&engine, "acct-9", vec![event(100_000)], wait);
+    assert!(!fresh.expect("answered").unwrap().idempotent);
+    engine.release();
+    // Once the index is loaded, the same answers; the store holds each event once.
+    let again = engine
+        .append("acct-1", ExpectedVersion::Any, first)
+        .unwrap();
+    assert!(again.idempotent);
+    assert_eq!(again.position_first, stored.position_first);
+    assert_eq!(
+        engine.commit_position(),
+        (n + 1) as u64,
+        "each event stored once"
+    );
+}
+
+#[test]
+fn without_id_tables_appends_wait_for_the_index_which_then_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, stored, _) = fill(dir.path());
+    let tables = id_tables(dir.path());
+    for t in &tables {
+        std::fs::remove_file(t).unwrap();
+    }
+    let engine = Held::open(dir.path());
+    assert!(!engine.open_stats().id_tables);
+    assert!(
+        !engine.is_writable(),
+        "nothing can answer for the old segments' ids"
+    );
+    let (early, later) = append_within(&engine, "acct-1", first, Duration::from_millis(300));
+    assert!(
+        early.is_none(),
+        "answered before the index loaded: {early:?}"
+    );
+    engine.release();
+    let retry = later
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert!(retry.idempotent && retry.position_first == stored.position_first);
+    // The loader wrote the tables the store lacked, for the next open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while id_tables(dir.path()) != tables {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            id_tables(dir.path())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_damaged_id_table_entry_makes_a_retry_wait_for_the_index_never_guess() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, stored, _) = fill(dir.path());
+    // The oldest table, which holds the first append's ids: every entry's position
+    // flipped, so each probe fails its check (the header and filter stay intact).
+    let oldest = id_tables(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&oldest).unwrap();
+    let filter_bytes = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    let entries_at = 64 + filter_bytes;
+    for at in (entries_at + 16..bytes.len()).step_by(28) {
+        bytes[at] ^= 0x40;
+    }
+    std::fs::write(&oldest, &bytes).unwrap();
+    let engine = Held::open(dir.path());
+    assert!(
+        engine.open_stats().id_tables,
+        "the damage is in the entries only"
+    );
+    let (early, later) = append_within(&engine, "acct-1", first, Duration::from_millis(300));
+    assert!(early.is_none(), "answered from a damaged table: {early:?}");
+    engine.release();
+    let retry = later
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert!(retry.idempotent && retry.position_first == stored.position_first);
+}
