@@ -9,7 +9,7 @@
 //! | `engine_append_concurrent64_inflight` | 1 thread, 64 `append_with` in flight | to callback |
 //! | `engine_read_stream` | forward read of a 1,000,000-event stream | 1,000 events |
 //! | `engine_scan_all` | forward `$all` scan of a 1,000,000-event store | 1,000 events |
-//! | `engine_reopen_10m` | fill 10,000,000 events, close, reopen (`reopen_ms`: open → reads; `writable_ms`: open → first append acknowledged; `id_tables`: taken from the event-id tables) | one fill append |
+//! | `engine_reopen_10m` | fill 10,000,000 events, close, reopen (`reopen_ms`: open → reads; `writable_ms`: open → first append acknowledged; `id_tables`: taken from the event-id tables; `writable_ms_without_id_tables`: the same restart with the tables deleted) | one fill append |
 //!
 //! Reads run right after the fill, so the segments are in the page cache: they measure the
 //! engine, not the disk. The same holds for the reopen (it reads summaries, not payloads).
@@ -57,6 +57,8 @@ pub struct Options {
     pub git_rev: Option<String>,
     /// Write path the stores are opened with; reports say which one was used.
     pub io_mode: IoMode,
+    /// Events in the reopened store, instead of 10,000,000 (1,000,000 with `quick`).
+    pub reopen_events: Option<u64>,
 }
 
 impl Options {
@@ -290,11 +292,11 @@ fn scan_all(opts: &Options, scenario: &str) -> Result<Report> {
 /// `$all` and its stream) and appends one more, to show the reopened store serves.
 /// `events_per_sec` and the latencies are the fill's (batches of 1,000 from 4 threads).
 fn reopen(opts: &Options, scenario: &str) -> Result<Report> {
-    let events = if opts.quick {
+    let events = opts.reopen_events.unwrap_or(if opts.quick {
         REOPEN_EVENTS_QUICK
     } else {
         REOPEN_EVENTS
-    };
+    });
     let layout = Fill {
         events,
         batch: FILL_BATCH,
@@ -347,10 +349,33 @@ fn reopen(opts: &Options, scenario: &str) -> Result<Report> {
 
     let stats = engine.open_stats();
     drop(engine);
+    // The same restart without the event-id tables (as before they existed): appends then
+    // wait for the in-memory id index, whose build grows with the store.
+    for entry in std::fs::read_dir(dir.path())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "qids") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    let opened = Instant::now();
+    let engine = Engine::open(dir.path(), opts.config())?;
+    let appended = engine.append(
+        &last.stream,
+        ExpectedVersion::Any,
+        Ids::new(u64::MAX - 1).batch(1),
+    )?;
+    let writable_without = opened.elapsed();
+    ensure!(
+        appended.position_first == events + 1 && !engine.open_stats().id_tables,
+        "appended at {} without tables",
+        appended.position_first
+    );
+    drop(engine);
     drop(dir);
     Ok(built
         .with("reopen_ms", millis(reopen))
         .with("writable_ms", millis(writable))
+        .with("writable_ms_without_id_tables", millis(writable_without))
         .with("id_tables", stats.id_tables)
         .with("records_replayed", stats.records_replayed)
         .with("records_from_summaries", stats.records_from_summaries)

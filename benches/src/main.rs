@@ -103,6 +103,10 @@ struct EngineArgs {
     /// Run only this scenario (repeatable); all of them by default.
     #[arg(long = "scenario", value_parser = PossibleValuesParser::new(engine_suite::SCENARIOS))]
     scenarios: Vec<String>,
+    /// Events in `engine_reopen_10m`'s store, instead of 10,000,000 (1,000,000 `--quick`),
+    /// e.g. 30000000 to see how a restart grows with the store.
+    #[arg(long)]
+    reopen_events: Option<u64>,
 }
 
 #[derive(Args)]
@@ -196,6 +200,7 @@ fn main() -> Result<()> {
                 quick: args.quick,
                 git_rev,
                 io_mode: args.io_mode.into(),
+                reopen_events: args.reopen_events,
             };
             let chosen = choose(engine_suite::SCENARIOS, &args.scenarios);
             run_all(&chosen, |scenario| engine_suite::run(scenario, &opts))
