@@ -2069,7 +2069,14 @@ impl Client {
         let mut delay = MOVE_DELAY_MIN;
         for tries in 0.. {
             let conn = self.conn.lock().await.stable_id();
-            let outcome = self.join_once(&req, group).await;
+            let mut leader = None;
+            let outcome = self.join_once(&req, group, &mut leader).await;
+            // Refused by a follower that names the leader: go there, as requests do.
+            if let (Some(leader), true) = (leader, tries < MOVE_TRIES_MAX) {
+                if self.follow(leader, conn).await {
+                    continue;
+                }
+            }
             let answer = match &outcome {
                 Ok(_) => Ok(()),
                 Err(Error::Server { code, .. }) => Err(Some(*code)),
@@ -2085,7 +2092,13 @@ impl Client {
         unreachable!("the loop returns")
     }
 
-    async fn join_once(&self, req: &Request, group: &str) -> Result<PersistentSubscription, Error> {
+    /// One try of joining a group; `leader` is set when a follower refused naming the leader.
+    async fn join_once(
+        &self,
+        req: &Request,
+        group: &str,
+        leader: &mut Option<u64>,
+    ) -> Result<PersistentSubscription, Error> {
         let (mut send, mut recv) = self.stream().await?;
         let mut out = BytesMut::new();
         req.encode(&mut out);
@@ -2110,6 +2123,14 @@ impl Client {
                     buf,
                     max_frame,
                 ))
+            }
+            Response::Error {
+                code: ErrorCode::NotLeader,
+                actual,
+                message,
+            } => {
+                *leader = actual;
+                Err(Error::from_wire(ErrorCode::NotLeader, message, actual))
             }
             other => Err(Error::unexpected(other)),
         }
