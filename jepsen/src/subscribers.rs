@@ -544,9 +544,9 @@ async fn transient(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::
                 m = tokio::time::timeout(STALL, subscription.next()) => m,
             };
             let Ok(message) = message else {
-                // The client resubscribes by itself, but only on the addresses it was given:
-                // when every one of them has left the cluster it waits on. Start again from
-                // the members of now.
+                // The client resubscribes by itself and follows the membership, but learns
+                // it only from a node it can reach: if every node it knows left between two
+                // of its refreshes, it waits on. Start again from the members of now.
                 sub.note("stalled: reconnecting to the members of now");
                 break;
             };
@@ -630,8 +630,8 @@ async fn group(sub: Arc<Subscriber>, config: ConfigSource, mut halt: watch::Rece
                 d = tokio::time::timeout(STALL, consumer.next()) => d,
             };
             let Ok(next) = next else {
-                // As for a transient subscriber: the consumer follows the leader only among
-                // the addresses it was given. Join again through the members of now.
+                // As for a transient subscriber: a consumer whose every known node left at
+                // once waits on. Join again through the members of now.
                 sub.note("stalled: joining again through the members of now");
                 break;
             };
