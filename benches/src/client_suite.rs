@@ -591,16 +591,7 @@ impl ReadStore {
     /// The report of a read of the store that should have seen `events` events, after
     /// checking it saw them whole.
     fn report(&self, scenario: &str, run: &Run, bytes: u64, events: u64) -> Result<Report> {
-        ensure!(
-            run.events == events,
-            "read {} events of {events}",
-            run.events
-        );
-        ensure!(
-            bytes == events * EVENT_DATA_BYTES as u64,
-            "payloads are short"
-        );
-        let report = Report::new(scenario, run.events, run.elapsed, &run.latency);
+        let report = whole_read_report(scenario, run, bytes, events)?;
         Ok(self
             .server
             .describe(report)
@@ -610,6 +601,26 @@ impl ReadStore {
             .with("fill_events_per_sec", self.fill_events_per_sec)
             .with("latency_per", "1000 events read"))
     }
+}
+
+/// The report of a read that should have seen `events` events of this suite's payload size,
+/// after checking that it did (Quiver's reads and the PostgreSQL peer's alike).
+pub(crate) fn whole_read_report(
+    scenario: &str,
+    run: &Run,
+    bytes: u64,
+    events: u64,
+) -> Result<Report> {
+    ensure!(
+        run.events == events,
+        "read {} events of {events}",
+        run.events
+    );
+    ensure!(
+        bytes == events * EVENT_DATA_BYTES as u64,
+        "payloads are short"
+    );
+    Ok(Report::new(scenario, run.events, run.elapsed, &run.latency))
 }
 
 /// Where the clients connect: a running server, or one started in-process for the purpose.

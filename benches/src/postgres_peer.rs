@@ -1130,16 +1130,7 @@ impl Peer {
     /// The report of a read that should have seen the read table whole.
     fn read_report(&self, scenario: &str, run: &Run, bytes: u64, events: u64) -> Result<Report> {
         let table = self.reads.as_ref().context("no read table")?;
-        ensure!(
-            run.events == events,
-            "read {} events of {events}",
-            run.events
-        );
-        ensure!(
-            bytes == events * EVENT_DATA_BYTES as u64,
-            "payloads are short"
-        );
-        let report = Report::new(scenario, run.events, run.elapsed, &run.latency);
+        let report = crate::client_suite::whole_read_report(scenario, run, bytes, events)?;
         Ok(report
             .with("connections", 1)
             .with("streams", 1)
