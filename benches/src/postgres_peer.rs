@@ -124,6 +124,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use hdrhistogram::Histogram;
+use quiver_client::ExpectedVersion;
 use quiver_engine::Uuid;
 use serde_json::{Map, Value};
 use tempfile::TempDir;
@@ -248,29 +249,15 @@ const SCENARIO_SLACK: Duration = Duration::from_secs(600);
 /// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 const SOCKET_PATH_MAX: usize = 107;
 
-/// An append's expected version, as Quiver's client has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expected {
-    /// Whatever the stream's version.
-    Any,
-    /// The stream has no event.
-    NoStream,
-    /// The stream has at least one event.
-    StreamExists,
-    /// The stream's last version is exactly this.
-    Exact(u64),
-}
-
-impl Expected {
-    /// `append_events`'s encoding: `NULL` any, -1 no stream, -2 stream exists, ≥ 0 exact.
-    fn code(self) -> Result<Option<i64>> {
-        Ok(match self {
-            Expected::Any => None,
-            Expected::NoStream => Some(-1),
-            Expected::StreamExists => Some(-2),
-            Expected::Exact(v) => Some(i64::try_from(v).context("version beyond i64")?),
-        })
-    }
+/// `append_events`'s encoding of an expected version (Quiver's client's own type):
+/// `NULL` any, -1 no stream, -2 stream exists, ≥ 0 exact.
+fn expected_code(expected: ExpectedVersion) -> Result<Option<i64>> {
+    Ok(match expected {
+        ExpectedVersion::Any => None,
+        ExpectedVersion::NoStream => Some(-1),
+        ExpectedVersion::StreamExists => Some(-2),
+        ExpectedVersion::Exact(v) => Some(i64::try_from(v).context("version beyond i64")?),
+    })
 }
 
 /// An append refused because the stream's version was not the expected one.
@@ -279,7 +266,7 @@ pub struct WrongExpectedVersion {
     /// The stream appended to.
     pub stream: String,
     /// What the append expected.
-    pub expected: Expected,
+    pub expected: ExpectedVersion,
     /// The stream's last version when the append was refused; `None`: no stream.
     pub actual: Option<u64>,
 }
@@ -777,7 +764,7 @@ impl Appender {
     pub async fn append(
         &self,
         stream: &str,
-        expected: Expected,
+        expected: ExpectedVersion,
         ids: Vec<Uuid>,
         types: Vec<&str>,
     ) -> Result<u64> {
@@ -789,7 +776,14 @@ impl Appender {
             .client
             .query_one(
                 &self.append,
-                &[&stream, &expected.code()?, &ids, &types, &data, &metadata],
+                &[
+                    &stream,
+                    &expected_code(expected)?,
+                    &ids,
+                    &types,
+                    &data,
+                    &metadata,
+                ],
             )
             .await;
         match answer {
@@ -835,7 +829,12 @@ async fn append_loop(
         let write: Vec<Uuid> = (0..batch).map(|_| ids.id()).collect();
         let began = Instant::now();
         appender
-            .append(&stream, Expected::Any, write, vec![EVENT_TYPE; batch])
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                write,
+                vec![EVENT_TYPE; batch],
+            )
             .await?;
         latency.saturating_record(nanos_since(began));
         events += batch as u64;
@@ -996,7 +995,7 @@ impl Peer {
                     let write = range.clone().map(|_| ids.id()).collect();
                     let types = range.map(fill_type).collect();
                     appender
-                        .append(&stream, Expected::Any, write, types)
+                        .append(&stream, ExpectedVersion::Any, write, types)
                         .await?;
                 }
                 let fill_elapsed = began.elapsed();
@@ -1220,7 +1219,7 @@ mod tests {
             let a = Appender::connect(&config).await.unwrap();
             let s = "order-1";
             assert_eq!(
-                a.append(s, Expected::StreamExists, new_ids(1), types(1))
+                a.append(s, ExpectedVersion::StreamExists, new_ids(1), types(1))
                     .await
                     .map_err(refused)
                     .unwrap_err()
@@ -1228,24 +1227,28 @@ mod tests {
                 None
             );
             assert_eq!(
-                a.append(s, Expected::NoStream, new_ids(2), types(2))
+                a.append(s, ExpectedVersion::NoStream, new_ids(2), types(2))
                     .await
                     .unwrap(),
                 1
             );
-            let stale = a.append(s, Expected::NoStream, new_ids(1), types(1)).await;
+            let stale = a
+                .append(s, ExpectedVersion::NoStream, new_ids(1), types(1))
+                .await;
             assert_eq!(refused(stale.unwrap_err()).actual, Some(1));
-            let stale = a.append(s, Expected::Exact(0), new_ids(1), types(1)).await;
+            let stale = a
+                .append(s, ExpectedVersion::Exact(0), new_ids(1), types(1))
+                .await;
             let e = refused(stale.unwrap_err());
-            assert_eq!((e.expected, e.actual), (Expected::Exact(0), Some(1)));
+            assert_eq!((e.expected, e.actual), (ExpectedVersion::Exact(0), Some(1)));
             assert_eq!(
-                a.append(s, Expected::Exact(1), new_ids(3), types(3))
+                a.append(s, ExpectedVersion::Exact(1), new_ids(3), types(3))
                     .await
                     .unwrap(),
                 4
             );
             assert_eq!(
-                a.append(s, Expected::StreamExists, new_ids(1), types(1))
+                a.append(s, ExpectedVersion::StreamExists, new_ids(1), types(1))
                     .await
                     .unwrap(),
                 5
@@ -1269,7 +1272,7 @@ mod tests {
                     for _ in 0..25 {
                         let write = vec![ids.id(), ids.id()];
                         let last = appender
-                            .append("shared", Expected::Any, write, vec![EVENT_TYPE; 2])
+                            .append("shared", ExpectedVersion::Any, write, vec![EVENT_TYPE; 2])
                             .await
                             .unwrap();
                         lasts.push(last);

@@ -117,23 +117,21 @@ pub(crate) fn load_ids(inner: &Inner) {
 
 /// Writes the id tables a store opened without (one written before they existed, or whose
 /// tables were lost), so that its next open takes appends at once.
-fn write_missing_id_tables(inner: &Inner, summaries: &[std::path::PathBuf]) {
+fn write_missing_id_tables(inner: &Inner, summaries: &[crate::state::PendingIds]) {
     // Not while a summary is being written or a truncation removes files.
     let _files = inner.files_lock.lock();
     let s = &*inner.config.storage;
     let mut written = 0;
-    for path in summaries {
-        let Some((first_index, crc)) = summary::binding(path) else {
-            continue;
-        };
-        if crate::idtable::IdTable::open(&inner.dir, first_index, crc).is_some() {
+    for p in summaries {
+        if crate::idtable::IdTable::open(&inner.dir, p.first_index, p.summary_crc).is_some() {
             continue;
         }
-        let made = std::fs::read(path)
-            .and_then(|bytes| summary::write_id_table(s, &inner.dir, first_index, &bytes));
+        // Made from the summary as it is now (a scavenge may have rewritten it since open).
+        let made = std::fs::read(&p.path)
+            .and_then(|bytes| summary::write_id_table(s, &inner.dir, p.first_index, &bytes));
         match made {
             Ok(()) => written += 1,
-            Err(e) => tracing::warn!(summary = %path.display(), error = %e, "no id table"),
+            Err(e) => tracing::warn!(summary = %p.path.display(), error = %e, "no id table"),
         }
     }
     if written > 0 {

@@ -5,24 +5,22 @@
 //! right after: reads are served at once, and only appends, which need the ids to recognise
 //! a retry, wait until the index is whole.
 
-use std::path::PathBuf;
-
 use crate::error::DecodeError;
-use crate::state::IdMap;
+use crate::state::{IdMap, PendingIds};
 use crate::summary;
 
 /// Builds the id index of the given summaries.
-pub(crate) fn build(summaries: &[PathBuf]) -> Result<IdMap, DecodeError> {
+pub(crate) fn build(summaries: &[PendingIds]) -> Result<IdMap, DecodeError> {
     let mut ids = IdMap::default();
     let bytes: u64 = summaries
         .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter_map(|p| std::fs::metadata(&p.path).ok())
         .map(|m| m.len())
         .sum();
     // A stripped event takes at least an event header in a summary: size the map once.
     ids.reserve((bytes / crate::format::EVENT_HEADER_BYTES as u64) as usize);
-    for path in summaries {
-        summary::load_ids(path, &mut ids)?;
+    for p in summaries {
+        summary::load_ids(&p.path, &mut ids)?;
     }
     Ok(ids)
 }

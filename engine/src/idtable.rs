@@ -86,7 +86,7 @@ pub(crate) fn write(
     let words = (ids.len() as u64 * BITS_PER_ID).div_ceil(64).max(1);
     let mut filter = vec![0u64; words as usize];
     for (id, _) in &ids {
-        for bit in bits(*id, words * 64) {
+        for bit in bits(*id, words * 64, HASHES) {
             filter[(bit / 64) as usize] |= 1 << (bit % 64);
         }
     }
@@ -181,7 +181,7 @@ impl IdTable {
     /// The position of event `id` if this table holds it.
     pub(crate) fn lookup(&self, id: u128) -> Result<Option<u64>, Doubt> {
         let bits_total = self.filter.len() as u64 * 64;
-        let maybe = bits_with(id, bits_total, self.hashes)
+        let maybe = bits(id, bits_total, self.hashes)
             .all(|bit| self.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0);
         if !maybe || cfg!(feature = "mutation-id-table-blind") {
             return Ok(None);
@@ -215,15 +215,11 @@ impl IdTable {
     }
 }
 
-/// The filter bits of `id` in a filter of `total` bits, with [`HASHES`] hashes.
-fn bits(id: u128, total: u64) -> impl Iterator<Item = u64> {
-    bits_with(id, total, HASHES)
-}
-
-/// Double hashing over a 64-bit mix of the id: ids are chosen by clients, so they are mixed
+/// The filter bits of `id` in a filter of `total` bits, with `hashes` hashes: double hashing
+/// over a 64-bit mix of the id: ids are chosen by clients, so they are mixed
 /// rather than taken as they come (a crafted id only costs a false positive, never a wrong
 /// answer: the entries decide).
-fn bits_with(id: u128, total: u64, hashes: u32) -> impl Iterator<Item = u64> {
+fn bits(id: u128, total: u64, hashes: u32) -> impl Iterator<Item = u64> {
     let h = mix(mix(id as u64) ^ (id >> 64) as u64);
     let (h1, h2) = (h, mix(h) | 1);
     (0..u64::from(hashes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % total)

@@ -273,7 +273,7 @@ fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(),
     };
     let path = seg.file.path.clone();
     let summary = path.with_extension(SUMMARY_EXT);
-    if let Some(at) = st.ids_pending.iter().position(|p| *p == summary) {
+    if let Some(at) = st.ids_pending.iter().position(|p| p.path == summary) {
         // Its event ids were left to the background loader, which reads the summary: take
         // them now, before the summary goes.
         st.ids_pending.remove(at);

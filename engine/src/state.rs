@@ -159,6 +159,16 @@ pub(crate) enum Origin {
     Foreign,
 }
 
+/// A summary whose event ids the background loader has still to add, with what its id
+/// table must be bound to (read with the summary on open, not again).
+#[derive(Debug, Clone)]
+pub(crate) struct PendingIds {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) first_index: u64,
+    /// The CRC32C of the summary's body.
+    pub(crate) summary_crc: u32,
+}
+
 /// Counters that tests and benchmarks read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OpenStats {
@@ -205,7 +215,7 @@ pub(crate) struct State {
     /// (foldhash), which keeps crafted ids from degrading the table.
     pub(crate) ids: IdMap,
     /// Summaries whose event ids are not in `ids` yet (the background loader adds them).
-    pub(crate) ids_pending: Vec<std::path::PathBuf>,
+    pub(crate) ids_pending: Vec<PendingIds>,
     /// Whether `ids` holds every stored event's id. False from an open that left summaries
     /// to the background loader until it has merged them in.
     pub(crate) ids_whole: bool,

@@ -17,7 +17,7 @@ use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
 use crate::idtable;
 use crate::segment::{summary_name, SegmentFile};
-use crate::state::{Origin, RecLoc, State};
+use crate::state::{Origin, PendingIds, RecLoc, State};
 use crate::storage::{self, Storage};
 
 /// The header of a summary file.
@@ -127,27 +127,11 @@ pub(crate) fn write_id_table(
     idtable::write(s, dir, first_index, header.body_crc.get(), ids)
 }
 
-/// The first index and body checksum of the summary at `path` (what its id table is bound
-/// to), if its header reads.
-pub(crate) fn binding(path: &Path) -> Option<(u64, u32)> {
-    use std::io::Read as _;
-    let mut raw = [0u8; SUMMARY_HEADER_BYTES];
-    fs::File::open(path).ok()?.read_exact(&mut raw).ok()?;
-    let h = SummaryHeader::read_from_bytes(&raw).ok()?;
-    Some((h.first_index.get(), h.body_crc.get()))
-}
-
 /// Opens the id table of every summary in `summaries`; `None` if one has none usable.
-pub(crate) fn id_tables(
-    dir: &Path,
-    summaries: &[std::path::PathBuf],
-) -> Option<Vec<idtable::IdTable>> {
+pub(crate) fn id_tables(dir: &Path, summaries: &[PendingIds]) -> Option<Vec<idtable::IdTable>> {
     summaries
         .iter()
-        .map(|path| {
-            let (first_index, crc) = binding(path)?;
-            idtable::IdTable::open(dir, first_index, crc)
-        })
+        .map(|p| idtable::IdTable::open(dir, p.first_index, p.summary_crc))
         .collect()
 }
 
@@ -190,7 +174,11 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         let e = DecodeError::new("summary", "record count does not match");
         return Err(corrupt(0, e).into());
     }
-    st.ids_pending.push(path.clone());
+    st.ids_pending.push(PendingIds {
+        path: path.clone(),
+        first_index: file.first_index,
+        summary_crc: header.body_crc.get(),
+    });
     st.open_stats.summaries_loaded += 1;
     st.open_stats.records_from_summaries += count;
     Ok(Some(header.end.get()))
