@@ -328,6 +328,12 @@ impl Engine {
                     drop(st);
                     self.inner.wait_ids();
                     st = self.inner.state.write();
+                    // A loader that could not build the index failed the store: the index
+                    // will never be whole, so planning again would only spin.
+                    if let Some(f) = st.failed.clone() {
+                        drop(st);
+                        return done(Err(f.into()));
+                    }
                 }
                 Err(e) => {
                     drop(st);

@@ -235,3 +235,38 @@ fn a_damaged_id_table_entry_makes_a_retry_wait_for_the_index_never_guess() {
         .unwrap();
     assert!(retry.idempotent && retry.position_first == stored.position_first);
 }
+
+/// If the id index cannot be built (a summary no longer reads), the store fails: an append
+/// that was waiting for the index is answered with that failure, not left waiting or
+/// planning again for ever.
+#[test]
+fn an_append_waiting_for_an_index_that_cannot_be_built_gets_the_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _, _) = fill(dir.path());
+    for t in id_tables(dir.path()) {
+        std::fs::remove_file(t).unwrap();
+    }
+    let engine = Held::open(dir.path());
+    // Loaded at open; damaged before the loader reads it again.
+    let summary = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == crate::segment::SUMMARY_EXT)
+        })
+        .min()
+        .expect("a summary");
+    let mut bytes = std::fs::read(&summary).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&summary, &bytes).unwrap();
+    let (early, later) = append_within(&engine, "acct-1", first, Duration::from_millis(300));
+    assert!(early.is_none(), "answered before the index: {early:?}");
+    engine.release();
+    let answer = later.recv_timeout(Duration::from_secs(10));
+    assert!(
+        matches!(answer, Ok(Err(AppendError::Failed(_)))),
+        "{answer:?}"
+    );
+}
