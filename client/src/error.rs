@@ -348,11 +348,6 @@ impl Error {
     /// A response stream that failed. A reset with the slow-reader code means the server
     /// dropped this read or subscription to stay within its memory budget.
     pub(crate) fn read(e: quiver_net::quic::ReadFrameError) -> Error {
-        Error::read_in("reading the response", e)
-    }
-
-    /// As [`Error::read`], saying what was being read.
-    pub(crate) fn read_in(context: &str, e: quiver_net::quic::ReadFrameError) -> Error {
         use quiver_net::quic::{ReadFrameError, RESET_SLOW_READER};
         match &e {
             ReadFrameError::Read(quinn::ReadError::Reset(code))
@@ -366,7 +361,7 @@ impl Error {
                         .into(),
                 }
             }
-            _ => Error::transport(context, e),
+            _ => Error::transport("reading the response", e),
         }
     }
 }

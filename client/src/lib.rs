@@ -990,7 +990,7 @@ async fn exchange(
     let frame = tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| Error::Timeout)?
-        .map_err(|e| Error::read_in("reading the response", e))?
+        .map_err(Error::read)?
         .ok_or_else(|| Error::protocol(format!("the server closed the {what} stream")))?;
     Response::decode(&frame).map_err(Error::response)
 }
@@ -2608,13 +2608,13 @@ impl<P: Point> Subscription<P> {
                 .map(|e| SubscriptionMessage::Event(recorded(e)))
                 .collect(),
             Response::CaughtUp { position } => vec![SubscriptionMessage::CaughtUp {
-                at: P::from_wire(position),
+                at: P::from(position),
             }],
             Response::Checkpoint { position } => vec![SubscriptionMessage::Checkpoint {
-                at: P::from_wire(position),
+                at: P::from(position),
             }],
             Response::FellBehind { position } => vec![SubscriptionMessage::FellBehind {
-                at: P::from_wire(position),
+                at: P::from(position),
             }],
             other => return Err(Error::unexpected(other)),
         };
@@ -2712,7 +2712,7 @@ impl<P: Point> Subscription<P> {
 
     async fn resubscribe(&mut self) -> Result<(), Error> {
         if let (Request::Subscribe { from, .. }, Some(at)) = (&mut self.request, self.resume) {
-            *from = message::ReadFrom::At(at.wire());
+            *from = message::ReadFrom::At(at.into());
         }
         let (first, recv, buf) = self.client.open(&self.request).await?;
         self.recv = recv;

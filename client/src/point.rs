@@ -160,18 +160,22 @@ number!(Position);
 /// assert_eq!(resume_after(Position(9)), Position(10));
 /// ```
 pub trait Point:
-    sealed::Sealed + Copy + Ord + fmt::Debug + fmt::Display + Send + Sync + Unpin + 'static
+    sealed::Sealed
+    + Copy
+    + Ord
+    + fmt::Debug
+    + fmt::Display
+    + From<u64>
+    + Into<u64>
+    + Send
+    + Sync
+    + Unpin
+    + 'static
 {
     /// Where `event` is, counted in this type.
     fn of(event: &RecordedEvent) -> Self;
     /// The one after this.
     fn next_point(self) -> Self;
-    /// The number on the wire.
-    #[doc(hidden)]
-    fn wire(self) -> u64;
-    /// From the number on the wire.
-    #[doc(hidden)]
-    fn from_wire(n: u64) -> Self;
 }
 
 impl Point for StreamVersion {
@@ -181,12 +185,6 @@ impl Point for StreamVersion {
     fn next_point(self) -> Self {
         self.next()
     }
-    fn wire(self) -> u64 {
-        self.0
-    }
-    fn from_wire(n: u64) -> Self {
-        StreamVersion(n)
-    }
 }
 
 impl Point for Position {
@@ -195,12 +193,6 @@ impl Point for Position {
     }
     fn next_point(self) -> Self {
         self.next()
-    }
-    fn wire(self) -> u64 {
-        self.0
-    }
-    fn from_wire(n: u64) -> Self {
-        Position(n)
     }
 }
 
