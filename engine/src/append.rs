@@ -230,22 +230,19 @@ pub(crate) fn prepare_append(
     if idempotent > 0 {
         return Err(AppendError::IdempotencyMismatch(writes[0].stream.clone()));
     }
+    let mut next_versions = Vec::with_capacity(writes.len());
     for w in writes {
-        check_expected(&w.stream, w.expected, st.streams.get(w.stream.as_str()))?;
+        let s = st
+            .stream(w.stream.as_str())
+            .map_err(AppendError::Corruption)?;
+        check_expected(&w.stream, w.expected, s.as_deref())?;
+        next_versions.push(s.map_or(0, |s| s.next_version));
     }
     let created_us = State::now_us().max(st.last_created_us);
     let count = writes.iter().map(|w| w.events.len()).sum::<usize>();
     let count = u32::try_from(count)
         .map_err(|_| AppendError::InvalidRequest("too many events in one append".into()))?;
     let position_first = st.next_position;
-    let mut next_versions = Vec::with_capacity(writes.len());
-    for w in writes {
-        next_versions.push(
-            st.streams
-                .get(w.stream.as_str())
-                .map_or(0, |s| s.next_version),
-        );
-    }
     let names: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
     let mut body = Vec::with_capacity(total + 64);
     let mut pos_delta = 0u32;
@@ -305,7 +302,8 @@ pub(crate) fn prepare_op(st: &State, op: &WriteOp<'_>) -> Result<AppendPlan, App
             kind,
         } => {
             named(stream)?;
-            let s = st.streams.get(stream);
+            let s = st.stream(stream).map_err(AppendError::Corruption)?;
+            let s = s.as_deref();
             check_expected(stream, expected, s)?;
             let next_version = s.map_or(0, |s| s.next_version);
             format::encode_delete(&mut body, stream, kind, next_version);
@@ -313,7 +311,8 @@ pub(crate) fn prepare_op(st: &State, op: &WriteOp<'_>) -> Result<AppendPlan, App
         }
         WriteOp::SetMetadata { stream, metadata } => {
             named(stream)?;
-            check_expected(stream, ExpectedVersion::Any, st.streams.get(stream))?;
+            let s = st.stream(stream).map_err(AppendError::Corruption)?;
+            check_expected(stream, ExpectedVersion::Any, s.as_deref())?;
             format::encode_metadata(&mut body, stream, metadata);
             EntryKind::Metadata
         }
@@ -388,7 +387,10 @@ fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, Appen
         return Ok(None);
     }
     let mismatch = || AppendError::IdempotencyMismatch(w.stream.clone());
-    let Some(s) = st.streams.get(w.stream.as_str()) else {
+    let s = st
+        .stream(w.stream.as_str())
+        .map_err(AppendError::Corruption)?;
+    let Some(s) = s.as_deref() else {
         return Err(mismatch());
     };
     let first = found[0].ok_or_else(mismatch)?;

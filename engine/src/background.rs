@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Failed;
 use crate::inner::Inner;
+use crate::streamtable::StreamTable;
 use crate::{ids, segment, summary};
 
 /// The background thread: writes summaries of sealed, committed segments and prepares the
@@ -59,17 +60,45 @@ pub(crate) fn write_due(inner: &Inner) {
             .map_err(|c| std::io::Error::other(c.to_string()))
             .and_then(|bytes| {
                 let s = &*inner.config.storage;
-                summary::write(s, &inner.dir, file.first_index, &bytes)
+                summary::write(s, &inner.dir, file.first_index, &bytes)?;
+                Ok(summary::body_crc(&bytes))
             });
-        if let Err(e) = &written {
-            tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
-        }
+        let table = match &written {
+            Err(e) => {
+                tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
+                None
+            }
+            Ok(crc) => crc.and_then(|crc| written_table(inner, file.first_index, crc)),
+        };
         let mut st = inner.state.write();
         if let Some(s) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, &file)) {
             // Marked even on failure so the writer does not retry every batch.
             s.summarized = true;
         }
+        if let Some((table, names)) = table {
+            st.add_table(table, names.as_slice());
+        }
     }
+}
+
+/// The stream table just written beside a summary, opened, with its streams' names: the
+/// streams that need no longer stay in memory.
+fn written_table(
+    inner: &Inner,
+    first_index: u64,
+    summary_crc: u32,
+) -> Option<(Arc<StreamTable>, Vec<String>)> {
+    let table = StreamTable::open(&inner.dir, first_index, summary_crc)?;
+    let mut names = Vec::with_capacity(table.streams() as usize);
+    let listed = table.names_from(None, |n| {
+        names.push(n.to_string());
+        true
+    });
+    if let Err(doubt) = listed {
+        tracing::warn!(doubt = %doubt.0, "a stream table just written does not read back");
+        return None;
+    }
+    Some((Arc::new(table), names))
 }
 
 /// Runs on the id loader thread: builds the index of what `State::ids_pending` names and
@@ -96,9 +125,7 @@ pub(crate) fn load_ids(inner: &Inner) {
             // that writing the tables takes: say the index is whole first.
             *inner.ids_ready.lock() = true;
             inner.ids_cv.notify_all();
-            if !had_tables {
-                write_missing_id_tables(inner, &pending);
-            }
+            write_missing_tables(inner, &pending, !had_tables);
             return;
         }
         Err(e) => {
@@ -115,29 +142,40 @@ pub(crate) fn load_ids(inner: &Inner) {
     inner.ids_cv.notify_all();
 }
 
-/// Writes the id tables a store opened without (one written before they existed, or whose
-/// tables were lost), so that its next open takes appends at once.
-fn write_missing_id_tables(inner: &Inner, summaries: &[crate::state::PendingIds]) {
+/// Writes the tables a store opened without (one written before they existed, or whose
+/// tables were lost): the id tables when `ids` (the open found one missing), and the stream
+/// tables, so that its next open takes appends at once and leaves streams on disk.
+fn write_missing_tables(inner: &Inner, summaries: &[crate::state::PendingIds], ids: bool) {
     // Not while a summary is being written or a truncation removes files.
     let _files = inner.files_lock.lock();
     let s = &*inner.config.storage;
     let mut written = 0;
     for p in summaries {
-        if crate::idtable::IdTable::open(&inner.dir, p.first_index, p.summary_crc).is_some() {
+        let (first, crc) = (p.first_index, p.summary_crc);
+        let want_ids = ids && crate::idtable::IdTable::open(&inner.dir, first, crc).is_none();
+        let want_streams = StreamTable::open(&inner.dir, first, crc).is_none();
+        if !want_ids && !want_streams {
             continue;
         }
         // Made from the summary as it is now (a scavenge may have rewritten it since open).
-        let made = std::fs::read(&p.path)
-            .and_then(|bytes| summary::write_id_table(s, &inner.dir, p.first_index, &bytes));
+        let made = std::fs::read(&p.path).and_then(|bytes| {
+            if want_ids {
+                summary::write_id_table(s, &inner.dir, first, &bytes)?;
+            }
+            if want_streams {
+                summary::write_stream_table(s, &inner.dir, first, &bytes)?;
+            }
+            Ok(())
+        });
         match made {
             Ok(()) => written += 1,
-            Err(e) => tracing::warn!(summary = %p.path.display(), error = %e, "no id table"),
+            Err(e) => tracing::warn!(summary = %p.path.display(), error = %e, "no table"),
         }
     }
     if written > 0 {
         if let Err(e) = crate::storage::sync_dir(s, &inner.dir) {
-            tracing::warn!(error = %e, "could not sync the directory after writing id tables");
+            tracing::warn!(error = %e, "could not sync the directory after writing tables");
         }
-        tracing::info!(tables = written, "wrote the missing event-id tables");
+        tracing::info!(summaries = written, "wrote the missing tables");
     }
 }

@@ -266,6 +266,13 @@ impl Engine {
         }
     }
 
+    /// Streams whose index is in memory (being written, with a delete or metadata, or not
+    /// yet in a stream table), and stream tables in use: the others are read from disk.
+    pub fn streams_in_memory(&self) -> (usize, usize) {
+        let st = self.inner.state.read();
+        (st.streams.len(), st.tables.len())
+    }
+
     /// Bytes of the log held in segment files (without their unused, pre-zeroed space).
     pub fn data_bytes(&self) -> u64 {
         self.inner.state.read().segments.iter().map(|s| s.end).sum()

@@ -193,6 +193,10 @@ pub enum AppendError {
     /// Nothing was written; retry shortly.
     #[error("the store is still loading its event-id index: retry shortly")]
     Loading,
+    /// A stream the write names could not be read back from disk (its stream table and its
+    /// segment are both damaged): it cannot be checked. Nothing was written.
+    #[error("cannot check the write: {0}")]
+    Corruption(Corruption),
 }
 
 impl From<Failed> for AppendError {

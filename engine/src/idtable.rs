@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::bloom::{self, Bloom};
 use crate::storage::{self, Storage};
 
 /// Extension of event-id table files.
@@ -83,14 +84,8 @@ pub(crate) fn write(
     mut ids: Vec<(u128, u64)>,
 ) -> io::Result<()> {
     ids.sort_unstable_by_key(|(id, _)| *id);
-    let words = (ids.len() as u64 * BITS_PER_ID).div_ceil(64).max(1);
-    let mut filter = vec![0u64; words as usize];
-    for (id, _) in &ids {
-        for bit in bits(*id, words * 64, HASHES) {
-            filter[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-    }
-    let filter: Vec<u8> = filter.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let keys: Vec<u64> = ids.iter().map(|(id, _)| bloom::id_key(*id)).collect();
+    let filter = Bloom::with_keys(&keys, BITS_PER_ID, HASHES).to_bytes();
     let mut header = Header {
         magic: ID_TABLE_MAGIC,
         first_index: U64::new(first_index),
@@ -123,8 +118,7 @@ pub(crate) fn write(
 pub(crate) struct IdTable {
     file: File,
     path: PathBuf,
-    filter: Vec<u64>,
-    hashes: u32,
+    filter: Bloom,
     count: u64,
     entries_at: u64,
 }
@@ -142,8 +136,6 @@ impl IdTable {
             && h.header_crc.get() == crc32c::crc32c(&raw[..60])
             && h.first_index.get() == first_index
             && h.summary_crc.get() == summary_crc
-            && h.hashes.get() >= 1
-            && h.filter_bytes.get() % 8 == 0
             && h.filter_bytes.get() >= 8;
         if !sound {
             return None;
@@ -164,15 +156,11 @@ impl IdTable {
         if crc32c::crc32c(&bytes) != h.filter_crc.get() {
             return None;
         }
-        let filter = bytes
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-            .collect();
+        let filter = Bloom::from_bytes(&bytes, h.hashes.get())?;
         Some(IdTable {
             file,
             path,
             filter,
-            hashes: h.hashes.get(),
             count: h.count.get(),
             entries_at,
         })
@@ -180,9 +168,7 @@ impl IdTable {
 
     /// The position of event `id` if this table holds it.
     pub(crate) fn lookup(&self, id: u128) -> Result<Option<u64>, Doubt> {
-        let bits_total = self.filter.len() as u64 * 64;
-        let maybe = bits(id, bits_total, self.hashes)
-            .all(|bit| self.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0);
+        let maybe = self.filter.may_contain(bloom::id_key(id));
         if !maybe || cfg!(feature = "mutation-id-table-blind") {
             return Ok(None);
         }
@@ -215,24 +201,6 @@ impl IdTable {
     }
 }
 
-/// The filter bits of `id` in a filter of `total` bits, with `hashes` hashes: double hashing
-/// over a 64-bit mix of the id: ids are chosen by clients, so they are mixed
-/// rather than taken as they come (a crafted id only costs a false positive, never a wrong
-/// answer: the entries decide).
-fn bits(id: u128, total: u64, hashes: u32) -> impl Iterator<Item = u64> {
-    let h = mix(mix(id as u64) ^ (id >> 64) as u64);
-    let (h1, h2) = (h, mix(h) | 1);
-    (0..u64::from(hashes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % total)
-}
-
-/// SplitMix64's finalizer.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,7 +208,10 @@ mod tests {
 
     fn ids(n: u64) -> Vec<(u128, u64)> {
         (0..n)
-            .map(|i| (u128::from(mix(i)) << 64 | u128::from(mix(i + 7)), 1_000 + i))
+            .map(|i| {
+                let (hi, lo) = (bloom::mix(i), bloom::mix(i + 7));
+                (u128::from(hi) << 64 | u128::from(lo), 1_000 + i)
+            })
             .collect()
     }
 

@@ -25,7 +25,7 @@ use crate::format::{self, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES};
 use crate::io::{IoMode, SyncIo, Write, BATCH_WRITES_MAX};
 use crate::recovery;
 use crate::segment::SegmentFile;
-use crate::state::{Callback, Cut, Origin, Seg, State};
+use crate::state::{ApplyError, Callback, Cut, Origin, Seg, State};
 use crate::storage;
 
 /// A write queued for the writer thread: bytes for one segment file at one offset.
@@ -147,6 +147,7 @@ impl Inner {
                 return Err(AppendError::Failed(failed));
             }
             Err(EnqueueError::Decode(e)) => panic!("an entry framed here does not apply: {e}"),
+            Err(EnqueueError::Lookup(c)) => return Err(AppendError::Corruption(c)),
         }
         Ok(index)
     }
@@ -227,7 +228,10 @@ impl Inner {
         }
         let offset = st.segments.last().expect("a segment exists").end;
         st.apply_tip(header, offset, body, origin)
-            .map_err(EnqueueError::Decode)?;
+            .map_err(|e| match e {
+                ApplyError::Decode(e) => EnqueueError::Decode(e),
+                ApplyError::Lookup(c) => EnqueueError::Lookup(c),
+            })?;
         let seg = st.segments.last_mut().expect("a segment exists");
         let same = q.chunks.last().is_some_and(|c| {
             Arc::ptr_eq(&c.file, &seg.file) && c.offset + c.buf.len() as u64 == offset
@@ -356,6 +360,8 @@ pub(crate) enum EnqueueError {
     Io(io::Error),
     /// The record does not continue the log.
     Decode(crate::error::DecodeError),
+    /// A stream it names could not be read back: stored data is damaged.
+    Lookup(crate::error::Corruption),
 }
 
 /// The writer thread: takes whatever is queued, writes it in one go, syncs once, publishes.

@@ -19,7 +19,9 @@
 //!    renames, failed writes and syncs); `io.rs`: the durable write (io_uring, or pwrite +
 //!    fdatasync through the storage); `segment.rs`: segment files, memory maps, the scan;
 //!    `failmark.rs`: the mark a failed sync leaves; `idtable.rs`: per-segment sorted event-id
-//!    tables that let a store take appends before its id index is loaded; `config.rs`:
+//!    tables that let a store take appends before its id index is loaded; `streamtable.rs`:
+//!    per-segment stream tables, so that streams not being written need not stay in memory;
+//!    `bloom.rs`: the filters both kinds of table put in front of their entries; `config.rs`:
 //!    `EngineConfig`.
 //! 2. The log's state. `state.rs`: the in-memory index built from the log, tip and committed
 //!    views; `summary.rs`: per-segment summaries that keep restart work flat; `append.rs`: an
@@ -37,6 +39,7 @@
 
 mod append;
 mod background;
+mod bloom;
 mod config;
 mod engine;
 mod error;
@@ -53,6 +56,7 @@ mod scavenge;
 pub mod segment;
 mod state;
 pub mod storage;
+mod streamtable;
 mod summary;
 mod types;
 

@@ -142,6 +142,7 @@ impl Engine {
                     Err(EnqueueError::Decode(e)) => {
                         return Err(LogError::NotContiguous(e.to_string()))
                     }
+                    Err(EnqueueError::Lookup(c)) => return Err(LogError::Corruption(c)),
                     // Refused before anything of this call joined the log: nothing changed.
                     Err(EnqueueError::Io(e))
                         if e.raw_os_error() == Some(libc::ENOSPC)

@@ -8,7 +8,7 @@
 //! returned as [`ReadError::Corruption`] instead of bad data.
 
 use std::collections::VecDeque;
-use std::ops::Range;
+use std::ops::{Bound, Range};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -269,33 +269,57 @@ pub struct StreamRead {
     remaining: u64,
     buffer: VecDeque<RecordedEvent>,
     cached: Option<RecordCursor>,
+    /// The stream read back from the stream tables, while it is not in memory, with the
+    /// number of tables it was read from: a stream leaves memory only when a table is added,
+    /// and a stream not in memory gets no events, so this stays true until then.
+    cold: Option<(usize, StreamState)>,
     failed: bool,
 }
 
 impl StreamRead {
+    /// The stream as it is now: in memory, or read back from the stream tables (once).
+    fn state<'a>(&'a mut self, st: &'a State) -> Result<Option<&'a StreamState>, ReadError> {
+        if let Some(s) = st.streams.get(&self.stream) {
+            return Ok(Some(s));
+        }
+        if self
+            .cold
+            .as_ref()
+            .is_none_or(|(n, _)| *n != st.tables.len())
+        {
+            let n = st.tables.len();
+            self.cold = st.stream(&self.stream)?.map(|s| (n, s.into_owned()));
+        }
+        Ok(self.cold.as_ref().map(|(_, s)| s))
+    }
+
     /// Looks up the next chunk of versions and decodes them.
     fn fill(&mut self) -> Result<(), ReadError> {
         let Some(mut v) = self.next else {
             return Ok(());
         };
         let mut wanted = Vec::new();
+        let inner = self.inner.clone();
+        let direction = self.direction;
+        let remaining = self.remaining;
+        let mut next = self.next;
         let (max_age, now) = {
-            let st = self.inner.state.read();
-            let Some(s) = st.streams.get(&self.stream) else {
+            let st = inner.state.read();
+            let Some(s) = self.state(&st)? else {
                 self.next = None;
                 return Ok(());
             };
             let from = s.visible_from(st.commit_position);
             let upto = s.committed_next_version(st.commit_position);
-            let chunk = (READ_CHUNK_MAX as u64).min(self.remaining);
+            let chunk = (READ_CHUNK_MAX as u64).min(remaining);
             while (wanted.len() as u64) < chunk {
                 let in_range = v >= from.max(s.first_version) && v < upto;
                 if !in_range {
-                    if self.direction == Direction::Forward && v < from.max(s.first_version) {
+                    if direction == Direction::Forward && v < from.max(s.first_version) {
                         v = from.max(s.first_version);
                         continue;
                     }
-                    self.next = None;
+                    next = None;
                     break;
                 }
                 let p = s.position_of(v).expect("versions in range are indexed");
@@ -303,20 +327,21 @@ impl StreamRead {
                     .locate_position(p)
                     .expect("committed positions are located");
                 wanted.push((p, loc(&st, si, ri)));
-                match self.direction {
+                match direction {
                     Direction::Forward => v += 1,
                     Direction::Backward => match v.checked_sub(1) {
                         Some(prev) => v = prev,
                         None => {
-                            self.next = None;
+                            next = None;
                             break;
                         }
                     },
                 }
-                self.next = self.next.map(|_| v);
+                next = next.map(|_| v);
             }
             (s.metadata.max_age_us, State::now_us())
         };
+        self.next = next;
         for (p, l) in wanted {
             if !self.cached.as_ref().is_some_and(|c| c.is(&l)) {
                 self.cached = Some(RecordCursor::open(&l.file, l.offset, l.end)?);
@@ -480,10 +505,10 @@ impl AllRead {
                 .as_ref()
                 .is_some_and(|(n, _)| Arc::ptr_eq(n, &e.stream));
             if !same {
-                let s = st
-                    .streams
-                    .get(&e.stream)
-                    .map(|s| (s, s.visible_from(st.commit_position)));
+                // A stream not in memory has neither deletes nor metadata (see
+                // `State::streams`): all of its committed events are visible.
+                let s = st.streams.get(&e.stream).unwrap_or(&PLAIN);
+                let s = Some((s, s.visible_from(st.commit_position)));
                 last_stream = Some((e.stream.clone(), s));
             }
             let Some((_, Some((s, from)))) = &last_stream else {
@@ -498,6 +523,18 @@ impl AllRead {
         Ok(())
     }
 }
+
+/// What a stream without deletes or metadata looks like to a `$all` reader.
+static PLAIN: StreamState = StreamState {
+    first_version: 0,
+    positions: Vec::new(),
+    next_version: 0,
+    tip_hard: false,
+    tip_soft_before: None,
+    vis_deleted: None,
+    vis_soft_before: 0,
+    metadata: crate::types::StreamMetadata::NONE,
+};
 
 fn step_forward(st: &State, s: usize, r: usize) -> Option<(usize, usize)> {
     if r + 1 < st.segments[s].records.len() {
@@ -545,9 +582,13 @@ impl Engine {
         max_count: u64,
     ) -> Result<StreamRead, ReadError> {
         let st = self.inner.state.read();
-        let Some((name, s)) = st.streams.get_key_value(stream) else {
+        let Some(s) = st.stream(stream)? else {
             return Err(ReadError::StreamNotFound(stream.to_string()));
         };
+        let name = st
+            .streams
+            .get_key_value(stream)
+            .map_or_else(|| Arc::from(stream), |(k, _)| k.clone());
         let upto = s.committed_next_version(st.commit_position);
         match s.vis_deleted {
             Some(DeleteKind::Hard) => return Err(ReadError::StreamDeleted(stream.to_string())),
@@ -566,12 +607,13 @@ impl Engine {
         };
         Ok(StreamRead {
             inner: self.inner.clone(),
-            stream: name.clone(),
+            stream: name,
             direction,
             next,
             remaining: max_count,
             buffer: VecDeque::new(),
             cached: None,
+            cold: None,
             failed: false,
         })
     }
@@ -613,25 +655,102 @@ impl Engine {
     /// A stream's state as readers see it, or `None` for a stream never written.
     pub fn stream_info(&self, stream: &str) -> Option<StreamInfo> {
         let st = self.inner.state.read();
-        let (name, s) = st.streams.get_key_value(stream)?;
-        info(&st, name, s)
+        let s = match st.stream(stream) {
+            Ok(s) => s?,
+            Err(c) => {
+                tracing::error!(stream, error = %c, "a stream could not be read back");
+                return None;
+            }
+        };
+        info(&st, &Arc::from(stream), &s)
     }
 
     /// Streams whose names start with `prefix`, in name order, after `after` (exclusive) when
     /// given, at most `limit`: pass the last name of a page as `after` to get the next one.
     pub fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<StreamInfo> {
-        use std::ops::Bound;
         let st = self.inner.state.read();
-        let lower = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a),
-            _ => Bound::Included(prefix),
+        let mut from = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
         };
-        st.streams
-            .range::<str, _>((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter_map(|(k, s)| info(&st, k, s))
-            .take(limit)
-            .collect()
+        let mut out = Vec::new();
+        while out.len() < limit {
+            // Deleted or empty streams are not listed, so a page may need more names than
+            // it shows: take them a batch at a time.
+            let batch = (limit - out.len()).saturating_add(16);
+            let names = names_after(&st, prefix, &from, batch);
+            for name in &names {
+                from = Bound::Excluded(name.to_string());
+                let s = match st.stream(name) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => continue,
+                    Err(c) => {
+                        tracing::error!(stream = %name, error = %c, "a stream could not be read back");
+                        continue;
+                    }
+                };
+                if let Some(i) = info(&st, name, &s) {
+                    out.push(i);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if names.len() < batch {
+                break;
+            }
+        }
+        out
+    }
+
+    /// How many streams [`Engine::list_streams`] would list in all. The stream tables are
+    /// merged a block at a time, outside the state lock but for short looks at memory, so
+    /// counting a large store does not hold up writers.
+    pub fn stream_count(&self) -> u64 {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let (tables, mut count) = {
+            let st = self.inner.state.read();
+            let listed = st.streams.iter().filter(|(k, s)| info(&st, k, s).is_some());
+            (st.tables.clone(), listed.count() as u64)
+        };
+        // Each table's names in order, a block at a time (its segment's when it is damaged).
+        let mut sources: Vec<NameSource<'_>> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| NameSource::new(self, i, t))
+            .collect();
+        let mut heap = BinaryHeap::new();
+        for (i, s) in sources.iter_mut().enumerate() {
+            if let Some(n) = s.next() {
+                heap.push(Reverse((n, i)));
+            }
+        }
+        let mut last: Option<String> = None;
+        let mut batch: Vec<String> = Vec::new();
+        let mut settle = |batch: &mut Vec<String>| {
+            // Names in memory were counted above (by their state there).
+            let st = self.inner.state.read();
+            count += batch
+                .iter()
+                .filter(|n| !st.streams.contains_key(n.as_str()))
+                .count() as u64;
+            batch.clear();
+        };
+        while let Some(Reverse((name, i))) = heap.pop() {
+            if let Some(n) = sources[i].next() {
+                heap.push(Reverse((n, i)));
+            }
+            if last.as_deref() != Some(name.as_str()) {
+                last = Some(name.clone());
+                batch.push(name);
+                if batch.len() == 4096 {
+                    settle(&mut batch);
+                }
+            }
+        }
+        settle(&mut batch);
+        count
     }
 
     /// The snapshot stored at exactly (`stream`, `version`).
@@ -712,6 +831,129 @@ impl Engine {
             .map(|(name, (position, state))| (name.clone(), *position, state.clone()))
             .collect()
     }
+}
+
+/// The names of one stream table in order, read a block at a time; from its segment when a
+/// block is damaged.
+struct NameSource<'a> {
+    engine: &'a Engine,
+    segment: usize,
+    table: &'a crate::streamtable::StreamTable,
+    block: usize,
+    names: std::vec::IntoIter<String>,
+}
+
+impl<'a> NameSource<'a> {
+    fn new(engine: &'a Engine, segment: usize, table: &'a crate::streamtable::StreamTable) -> Self {
+        NameSource {
+            engine,
+            segment,
+            table,
+            block: 0,
+            names: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl Iterator for NameSource<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(n) = self.names.next() {
+                return Some(n);
+            }
+            if self.block >= self.table.blocks() {
+                return None;
+            }
+            let b = self.block;
+            self.block += 1;
+            match self.table.block_names(b) {
+                Ok(names) => self.names = names.into_iter(),
+                Err(doubt) => {
+                    tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
+                    // The whole segment's names, once: no block of this table is read again.
+                    self.block = self.table.blocks();
+                    let st = self.engine.inner.state.read();
+                    let names = match st.segment_streams(self.segment, None) {
+                        Ok(all) => all.into_keys().collect::<Vec<_>>(),
+                        Err(c) => {
+                            tracing::error!(error = %c, "stream names could not be read");
+                            Vec::new()
+                        }
+                    };
+                    // Those before the damaged block were given already.
+                    let done = b
+                        .checked_sub(1)
+                        .and_then(|p| self.table.block_names(p).ok())
+                        .and_then(|n| n.last().cloned());
+                    self.names = names
+                        .into_iter()
+                        .filter(|n| done.as_ref().is_none_or(|d| n > d))
+                        .collect::<Vec<_>>()
+                        .into_iter();
+                }
+            }
+        }
+    }
+}
+
+/// The first `batch` stream names starting with `prefix` past `from`, from memory and the
+/// stream tables. Each source gives its own first `batch`, so the merged first `batch` are
+/// the true ones.
+fn names_after(
+    st: &State,
+    prefix: &str,
+    from: &Bound<String>,
+    batch: usize,
+) -> std::collections::BTreeSet<Arc<str>> {
+    let past = |n: &str| match from {
+        Bound::Excluded(f) => n > f.as_str(),
+        Bound::Included(f) => n >= f.as_str(),
+        Bound::Unbounded => true,
+    };
+    let start = match from {
+        Bound::Excluded(f) | Bound::Included(f) => f.as_str(),
+        Bound::Unbounded => "",
+    };
+    let mut names = std::collections::BTreeSet::new();
+    let in_memory = st
+        .streams
+        .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+        .map(|(k, _)| k)
+        .filter(|k| past(k))
+        .take_while(|k| k.starts_with(prefix))
+        .take(batch);
+    names.extend(in_memory.cloned());
+    for (i, t) in st.tables.iter().enumerate() {
+        let mut found = Vec::new();
+        let add = |found: &mut Vec<Arc<str>>, name: &str| {
+            if !past(name) {
+                return true;
+            }
+            if !name.starts_with(prefix) {
+                return false;
+            }
+            found.push(Arc::from(name));
+            found.len() < batch
+        };
+        if let Err(doubt) = t.names_from(Some(start), |n| add(&mut found, n)) {
+            tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
+            found.clear();
+            match st.segment_streams(i, None) {
+                Ok(all) => {
+                    for name in all.keys().filter(|k| k.as_str() >= start) {
+                        if !add(&mut found, name) {
+                            break;
+                        }
+                    }
+                }
+                Err(c) => tracing::error!(error = %c, "stream names could not be read"),
+            }
+        }
+        names.extend(found);
+    }
+    names.into_iter().take(batch).collect()
 }
 
 fn info(st: &State, name: &Arc<str>, s: &StreamState) -> Option<StreamInfo> {

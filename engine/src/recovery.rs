@@ -159,6 +159,7 @@ fn load_files(dir: &Path, config: &EngineConfig, clean: bool) -> Result<State, O
                 .into());
             }
         }
+        st.close_tables()?;
         if replay(&mut st, &file, later, config, stop_before)? {
             remove_segments(disk, dir, later)?;
             if !is_last {
@@ -167,6 +168,7 @@ fn load_files(dir: &Path, config: &EngineConfig, clean: bool) -> Result<State, O
             break;
         }
     }
+    st.close_tables()?;
     if st.next_index <= config.durable_floor {
         // A record the caller knows was durable is gone without a trace (not even damage:
         // zeros where it was). The disk lost synced bytes: refuse, never start short.
@@ -283,10 +285,30 @@ fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(),
             detail: e.to_string(),
         })?;
     }
-    match disk.remove_file(&summary) {
-        Ok(()) => storage::sync_dir(disk, dir).map_err(io_err(dir))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&summary)(e)),
+    let last = st.segments.len() - 1;
+    if st.tables.len() == st.segments.len() {
+        // Its streams were left in its table: they come back into memory, with its events.
+        st.close_tables()?;
+        let streams = st.segment_streams(last, None)?;
+        st.tables.pop();
+        st.tabled_below = st.segments[last].file.first_position;
+        for (name, run) in streams {
+            if st.streams.contains_key(name.as_str()) {
+                continue; // read back from every table, this one's included
+            }
+            let (_, s) = st.stream_entry(&name)?;
+            for (version, position) in run {
+                s.push_event(version, position);
+            }
+        }
+    }
+    let table = path.with_extension(crate::streamtable::STREAM_TABLE_EXT);
+    for file in [&summary, &table] {
+        match disk.remove_file(file) {
+            Ok(()) => storage::sync_dir(disk, dir).map_err(io_err(dir))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(file)(e)),
+        }
     }
     let seg = st.segments.last_mut().expect("checked above");
     seg.file = Arc::new(SegmentFile::open(&path, true)?);

@@ -6,6 +6,7 @@
 //! against. Changes that readers must not see before the commit point (deletes, metadata,
 //! snapshots, checkpoints) are queued and applied by [`State::advance_commit`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::error::{Corruption, DecodeError, Failed};
 use crate::format::{decode_entry_lazy, Entry, EntryKind, RecordHeader};
 use crate::idtable::{Doubt, IdTable};
 use crate::segment::SegmentFile;
+use crate::streamtable::{Run, StreamTable};
 use crate::types::{DeleteKind, StreamMetadata};
 
 /// Where one record lives inside its segment. Its Raft index is the segment's first index
@@ -111,6 +113,27 @@ impl StreamState {
         }
     }
 
+    /// Nothing about it but its events: no delete (in the log or committed) and no metadata.
+    /// Such a stream is the same whether kept in memory or read back from stream tables.
+    pub(crate) fn plain(&self) -> bool {
+        !self.tip_hard
+            && self.tip_soft_before.is_none()
+            && self.vis_deleted.is_none()
+            && self.vis_soft_before == 0
+            && self.metadata == StreamMetadata::default()
+    }
+
+    /// Adds an event, by the rule every loader follows: a version that does not continue the
+    /// stored ones means everything before it was scavenged away.
+    pub(crate) fn push_event(&mut self, version: u64, position: u64) {
+        if version != self.first_version + self.positions.len() as u64 {
+            self.positions.clear();
+            self.first_version = version;
+        }
+        self.positions.push(position);
+        self.next_version = version + 1;
+    }
+
     pub(crate) fn position_of(&self, version: u64) -> Option<u64> {
         let i = version.checked_sub(self.first_version)?;
         self.positions.get(usize::try_from(i).ok()?).copied()
@@ -155,6 +178,9 @@ pub(crate) enum Origin {
     /// Read from a segment summary on open: like `Own`, but event ids are left to the
     /// background id loader (see `ids.rs`), so that opening does not wait for them.
     Summary,
+    /// Read from a segment summary whose stream table is in [`State::tables`]: like
+    /// `Summary`, and its events are not added to the streams either (the table has them).
+    Tabled,
     /// Received from another node: every event is checked before anything changes.
     Foreign,
 }
@@ -167,6 +193,31 @@ pub(crate) struct PendingIds {
     pub(crate) first_index: u64,
     /// The CRC32C of the summary's body.
     pub(crate) summary_crc: u32,
+}
+
+/// Why a record did not apply.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    /// The record is not a valid continuation of the log (damaged, or foreign and wrong).
+    Decode(DecodeError),
+    /// A stream it names could not be read back from the stream tables nor from its
+    /// segments: stored data is damaged. The record itself may be fine.
+    Lookup(Corruption),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Decode(e) => e.fmt(f),
+            ApplyError::Lookup(c) => write!(f, "reading a stream back: {c}"),
+        }
+    }
+}
+
+impl From<DecodeError> for ApplyError {
+    fn from(e: DecodeError) -> Self {
+        ApplyError::Decode(e)
+    }
 }
 
 /// Counters that tests and benchmarks read.
@@ -183,6 +234,8 @@ pub struct OpenStats {
     /// Every summarized segment had a usable event-id table: appends were taken at once,
     /// before the id index was loaded (else they waited for it).
     pub id_tables: bool,
+    /// Summaries loaded with their stream tables: their streams were not loaded into memory.
+    pub stream_tables: u64,
 }
 
 /// Bytes of a batch refused for want of space, to be cut before the log goes on.
@@ -210,7 +263,20 @@ pub(crate) struct State {
     pub(crate) commit_position: u64,
     /// Highest commit index Raft allowed (`u64::MAX` in single-node mode).
     pub(crate) commit_allowed: u64,
+    /// The streams kept in memory: those with events past [`State::tabled_below`], with a
+    /// delete or metadata, or looked up for a write. Any other stream is read back from
+    /// [`State::tables`] when needed ([`State::stream`]).
     pub(crate) streams: BTreeMap<Arc<str>, StreamState>,
+    /// The stream tables of the first `tables.len()` segments, in order.
+    pub(crate) tables: Vec<Arc<StreamTable>>,
+    /// Events below this position are in `tables`.
+    pub(crate) tabled_below: u64,
+    /// While opening: tables may still be added (every summarized segment so far had one).
+    pub(crate) tables_open: bool,
+    /// Streams that summaries loaded with their tables gave an entry (a delete, metadata, a
+    /// snapshot) whose events are still to be read from the tables: see
+    /// [`State::close_tables`].
+    pub(crate) unmaterialized: Vec<Arc<str>>,
     /// Event id → position. Ids come from clients, so the hasher is seeded per process
     /// (foldhash), which keeps crafted ids from degrading the table.
     pub(crate) ids: IdMap,
@@ -253,6 +319,10 @@ impl State {
             commit_position: 0,
             commit_allowed,
             streams: BTreeMap::new(),
+            tables: Vec::new(),
+            tabled_below: 0,
+            tables_open: true,
+            unmaterialized: Vec::new(),
             ids: HashMap::default(),
             ids_pending: Vec::new(),
             ids_whole: true,
@@ -297,18 +367,164 @@ impl State {
         Ok(None)
     }
 
-    /// The interned name of a stream, creating its entry if needed.
-    pub(crate) fn stream_entry(&mut self, name: &str) -> (Arc<str>, &mut StreamState) {
+    /// A stream as writers and readers see it: from memory, or read back from the stream
+    /// tables. `None` for a stream never written.
+    pub(crate) fn stream(&self, name: &str) -> Result<Option<Cow<'_, StreamState>>, Corruption> {
+        if let Some(s) = self.streams.get(name) {
+            return Ok(Some(Cow::Borrowed(s)));
+        }
+        Ok(self.read_back(name)?.map(Cow::Owned))
+    }
+
+    /// A stream's events read back from the stream tables (each damaged block read from its
+    /// segment instead). `None` if no table has it.
+    fn read_back(&self, name: &str) -> Result<Option<StreamState>, Corruption> {
+        let mut out = None::<StreamState>;
+        for (i, t) in self.tables.iter().enumerate() {
+            let run = match t.lookup(name) {
+                Ok(run) => run,
+                Err(doubt) => {
+                    tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
+                    self.segment_streams(i, Some(name))?
+                        .remove(name)
+                        .unwrap_or_default()
+                }
+            };
+            if run.is_empty() {
+                continue;
+            }
+            let s = out.get_or_insert_with(StreamState::default);
+            for (version, position) in run {
+                s.push_event(version, position);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The streams of segment `s` with their events, read from its records (each checked):
+    /// only `only`'s when given. What its stream table says, for when it cannot.
+    pub(crate) fn segment_streams(
+        &self,
+        s: usize,
+        only: Option<&str>,
+    ) -> Result<BTreeMap<String, Run>, Corruption> {
+        let seg = &self.segments[s];
+        let mut out: BTreeMap<String, Run> = BTreeMap::new();
+        for rec in &seg.records {
+            let (h, body) = seg.file.record_at(rec.offset as u64, seg.end)?;
+            let bad = |e: DecodeError| seg.file.corruption(rec.offset as u64, e.to_string());
+            let kind = EntryKind::from_byte(h.kind).map_err(bad)?;
+            let Entry::Append(view) = decode_entry_lazy(kind, &body).map_err(bad)? else {
+                continue;
+            };
+            for e in view.headers() {
+                let e = e.map_err(bad)?;
+                let Some(name) = view.streams.get(e.stream_slot.get() as usize) else {
+                    return Err(bad(DecodeError::new("event", "stream slot out of range")));
+                };
+                if only.is_some_and(|o| o != *name) {
+                    continue;
+                }
+                let item = (e.version.get(), h.position.get() + e.pos_delta.get() as u64);
+                out.entry(name.to_string()).or_default().push(item);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The interned name of a stream and its entry in memory, read back from the stream
+    /// tables or created if needed.
+    pub(crate) fn stream_entry(
+        &mut self,
+        name: &str,
+    ) -> Result<(Arc<str>, &mut StreamState), Corruption> {
+        let key = match self.streams.get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(name);
+                let s = self.read_back(name)?.unwrap_or_default();
+                self.streams.insert(k.clone(), s);
+                k
+            }
+        };
+        let v = self.streams.get_mut(&key).expect("inserted above");
+        Ok((key, v))
+    }
+
+    /// Like [`State::stream_entry`] while summaries are loaded with their tables: the entry
+    /// is created empty and read back from the tables by [`State::close_tables`], once
+    /// every table is known.
+    fn stream_entry_deferred(&mut self, name: &str) -> (Arc<str>, &mut StreamState) {
         let key = match self.streams.get_key_value(name) {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(name);
                 self.streams.insert(k.clone(), StreamState::default());
+                self.unmaterialized.push(k.clone());
                 k
             }
         };
         let v = self.streams.get_mut(&key).expect("inserted above");
         (key, v)
+    }
+
+    /// Ends the loading of summaries with tables: the streams they gave entries get their
+    /// events from the tables, and no more tables are added until the next open.
+    pub(crate) fn close_tables(&mut self) -> Result<(), Corruption> {
+        self.tables_open = false;
+        for name in std::mem::take(&mut self.unmaterialized) {
+            let Some(found) = self.read_back(&name)? else {
+                continue;
+            };
+            let s = self.streams.get_mut(&name).expect("entered when deferred");
+            // The entries (deletes) may only have raised the next version.
+            s.next_version = s.next_version.max(found.next_version);
+            s.first_version = found.first_version;
+            s.positions = found.positions;
+        }
+        Ok(())
+    }
+
+    /// Adds the stream table of the next segment that has none, and lets go of the streams
+    /// in memory that it makes unneeded: plain ones (no delete, no metadata, none pending)
+    /// whose events are all in tables now. `names` are the table's streams.
+    pub(crate) fn add_table(&mut self, table: Arc<StreamTable>, names: &[String]) {
+        let i = self.tables.len();
+        let Some(next) = self.segments.get(i + 1) else {
+            return;
+        };
+        if self.segments[i].first_index() != table.first_index() {
+            return;
+        }
+        self.tables.push(table);
+        self.tabled_below = next.file.first_position;
+        let pending: std::collections::HashSet<&str> = self
+            .pending_commit
+            .iter()
+            .map(|(_, a)| match a {
+                CommitAction::Delete(n, ..)
+                | CommitAction::Metadata(n, _)
+                | CommitAction::SnapshotPut(n, _)
+                | CommitAction::SnapshotDelete(n, _) => &**n,
+                CommitAction::Checkpoint(..) => "",
+            })
+            .collect();
+        let below = self.tabled_below;
+        let evict: Vec<String> = names
+            .iter()
+            .filter(|n| !pending.contains(n.as_str()))
+            .filter(|n| {
+                self.streams.get(n.as_str()).is_some_and(|s| {
+                    s.plain()
+                        && s.positions.last().is_none_or(|p| *p < below)
+                        && s.next_version == s.first_version + s.positions.len() as u64
+                })
+            })
+            .cloned()
+            .collect();
+        for n in evict {
+            self.streams.remove(n.as_str());
+        }
     }
 
     /// Adds a record to the log's in-memory view: index, stream versions, ids, and the
@@ -319,7 +535,7 @@ impl State {
         offset: u64,
         body: &[u8],
         origin: Origin,
-    ) -> Result<(), DecodeError> {
+    ) -> Result<(), ApplyError> {
         let index = header.index.get();
         let position = header.position.get();
         // Reachable with damaged or hostile input (a summary, a shipped segment): an error,
@@ -328,17 +544,21 @@ impl State {
             return Err(DecodeError::new(
                 "record",
                 format!("index {index}, expected {}", self.next_index),
-            ));
+            )
+            .into());
         }
         if position != self.next_position {
             return Err(DecodeError::new(
                 "record",
                 format!("position {position}, expected {}", self.next_position),
-            ));
+            )
+            .into());
         }
         let kind = EntryKind::from_byte(header.kind)?;
         let entry = decode_entry_lazy(kind, body)?;
         match entry {
+            // The stream table has these events (and their newest creation time).
+            Entry::Append(_) if origin == Origin::Tabled => {}
             Entry::Append(view) => {
                 // Check every event before changing anything, so a bad record (from a faulty
                 // leader or a damaged summary) leaves the state as it was.
@@ -348,28 +568,22 @@ impl State {
                 let names: Vec<Arc<str>> = view
                     .streams
                     .iter()
-                    .map(|s| self.stream_entry(s).0)
-                    .collect();
+                    .map(|s| Ok(self.stream_entry(s)?.0))
+                    .collect::<Result<_, Corruption>>()
+                    .map_err(ApplyError::Lookup)?;
                 let single = (names.len() == 1).then(|| names[0].clone());
                 for h in view.headers() {
                     let h = h?;
                     if h.stream_slot.get() as usize >= names.len() {
-                        return Err(DecodeError::new("event", "stream slot out of range"));
+                        return Err(DecodeError::new("event", "stream slot out of range").into());
                     }
                     let name = single
                         .as_ref()
                         .unwrap_or_else(|| &names[h.stream_slot.get() as usize]);
                     let st = self.streams.get_mut(name).expect("interned above");
-                    let version = h.version.get();
                     let pos = position + h.pos_delta.get() as u64;
-                    if version != st.first_version + st.positions.len() as u64 {
-                        // Everything before was scavenged away.
-                        st.positions.clear();
-                        st.first_version = version;
-                    }
-                    st.positions.push(pos);
-                    st.next_version = version + 1;
-                    if origin != Origin::Summary {
+                    st.push_event(h.version.get(), pos);
+                    if origin == Origin::Own || origin == Origin::Foreign {
                         self.ids.insert(u128::from_be_bytes(h.id), pos);
                     }
                     self.last_created_us = self.last_created_us.max(h.created_us.get());
@@ -380,7 +594,7 @@ impl State {
                 kind,
                 next_version,
             } => {
-                let (name, st) = self.stream_entry(stream);
+                let (name, st) = self.control_entry(stream, origin)?;
                 // The record carries the stream's next version, so versions continue after
                 // a soft delete even once a scavenge has removed every older event.
                 st.next_version = st.next_version.max(next_version);
@@ -392,19 +606,19 @@ impl State {
                 self.pending_commit.push_back((index, action));
             }
             Entry::Metadata { stream, metadata } => {
-                let (name, _) = self.stream_entry(stream);
+                let (name, _) = self.control_entry(stream, origin)?;
                 self.pending_commit
                     .push_back((index, CommitAction::Metadata(name, metadata)));
             }
             Entry::SnapshotPut {
                 stream, version, ..
             } => {
-                let (name, _) = self.stream_entry(stream);
+                let (name, _) = self.control_entry(stream, origin)?;
                 self.pending_commit
                     .push_back((index, CommitAction::SnapshotPut(name, version)));
             }
             Entry::SnapshotDelete { stream, version } => {
-                let (name, _) = self.stream_entry(stream);
+                let (name, _) = self.control_entry(stream, origin)?;
                 let action = CommitAction::SnapshotDelete(name, version);
                 self.pending_commit.push_back((index, action));
             }
@@ -443,26 +657,38 @@ impl State {
         Ok(())
     }
 
+    /// The entry of a stream named by a delete, metadata or snapshot record.
+    fn control_entry(
+        &mut self,
+        name: &str,
+        origin: Origin,
+    ) -> Result<(Arc<str>, &mut StreamState), ApplyError> {
+        if origin == Origin::Tabled {
+            return Ok(self.stream_entry_deferred(name));
+        }
+        self.stream_entry(name).map_err(ApplyError::Lookup)
+    }
+
     /// Checks that an append's events continue their streams and stay inside their record.
     fn check_append(
         &self,
         view: &crate::format::AppendView<'_>,
         count: u32,
-    ) -> Result<(), DecodeError> {
+    ) -> Result<(), ApplyError> {
         let mut next: Vec<Option<u64>> = view
             .streams
             .iter()
-            .map(|s| self.streams.get(*s).map(|st| st.next_version))
-            .collect();
+            .map(|s| Ok(self.stream(s)?.map(|st| st.next_version)))
+            .collect::<Result<_, Corruption>>()
+            .map_err(ApplyError::Lookup)?;
         let mut last_delta = None::<u32>;
         for e in view.events() {
             let h = e?.header;
             let delta = h.pos_delta.get();
             if delta >= count || last_delta.is_some_and(|d| delta <= d) {
-                return Err(DecodeError::new(
-                    "event",
-                    "position outside its record or unordered",
-                ));
+                return Err(
+                    DecodeError::new("event", "position outside its record or unordered").into(),
+                );
             }
             last_delta = Some(delta);
             let slot = h.stream_slot.get() as usize;
@@ -474,7 +700,8 @@ impl State {
                 return Err(DecodeError::new(
                     "event",
                     format!("version {version} of '{stream}' does not continue the stream"),
-                ));
+                )
+                .into());
             }
             next[slot] = Some(version + 1);
         }

@@ -15,10 +15,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
-use crate::idtable;
 use crate::segment::{summary_name, SegmentFile};
-use crate::state::{Origin, PendingIds, RecLoc, State};
+use crate::state::{ApplyError, Origin, PendingIds, RecLoc, State};
 use crate::storage::{self, Storage};
+use crate::streamtable::StreamTable;
+use crate::{idtable, streamtable};
 
 /// The header of a summary file.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -108,6 +109,9 @@ pub(crate) fn write(
     if let Err(e) = write_id_table(s, dir, first_index, bytes) {
         tracing::warn!(summary = %path.display(), error = %e, "could not write an id table");
     }
+    if let Err(e) = write_stream_table(s, dir, first_index, bytes) {
+        tracing::warn!(summary = %path.display(), error = %e, "could not write a stream table");
+    }
     storage::sync_dir(s, dir)
 }
 
@@ -122,9 +126,49 @@ pub(crate) fn write_id_table(
     let (header, entries) = check(bytes, first_index)
         .ok_or_else(|| std::io::Error::other("the summary does not check"))?;
     let mut ids = Vec::with_capacity(header.record_count.get() as usize);
-    walk_ids(entries, |id, position| ids.push((id, position)))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    walk_events(entries, |_, e, position| {
+        ids.push((u128::from_be_bytes(e.id), position));
+    })
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
     idtable::write(s, dir, first_index, header.body_crc.get(), ids)
+}
+
+/// Writes the stream table of the summary `bytes` (which was just written, or checked when
+/// loaded).
+pub(crate) fn write_stream_table(
+    s: &dyn Storage,
+    dir: &Path,
+    first_index: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let (header, entries) = check(bytes, first_index)
+        .ok_or_else(|| std::io::Error::other("the summary does not check"))?;
+    let contents = stream_contents(entries).map_err(|e| std::io::Error::other(e.to_string()))?;
+    streamtable::write(s, dir, first_index, header.body_crc.get(), &contents)
+}
+
+/// The streams of a summary's entries with their events.
+fn stream_contents(entries: &[u8]) -> Result<streamtable::Contents, DecodeError> {
+    let mut c = streamtable::Contents::default();
+    walk_events(entries, |name, e, position| {
+        c.max_created_us = c.max_created_us.max(e.created_us.get());
+        // Names repeat across records: look up before allocating.
+        let item = (e.version.get(), position);
+        match c.streams.get_mut(name) {
+            Some(run) => run.push(item),
+            None => {
+                c.streams.insert(name.to_string(), vec![item]);
+            }
+        }
+    })?;
+    Ok(c)
+}
+
+/// The checksum of a summary's body, which its tables are bound to.
+pub(crate) fn body_crc(bytes: &[u8]) -> Option<u32> {
+    SummaryHeader::read_from_prefix(bytes)
+        .ok()
+        .map(|(h, _)| h.body_crc.get())
 }
 
 /// Opens the id table of every summary in `summaries`; `None` if one has none usable.
@@ -160,19 +204,44 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         offset,
         detail: e.to_string(),
     };
+    // Its streams stay on disk if every summarized segment before it had a stream table
+    // and it has one: they are looked up there when needed.
+    let table = if st.tables_open {
+        StreamTable::open(dir, file.first_index, header.body_crc.get())
+    } else {
+        None
+    };
+    let origin = match table {
+        Some(t) => {
+            st.last_created_us = st.last_created_us.max(t.max_created_us());
+            st.tables.push(Arc::new(t));
+            st.open_stats.stream_tables += 1;
+            Origin::Tabled
+        }
+        None => {
+            st.close_tables()?;
+            Origin::Summary
+        }
+    };
     let mut at = 0usize;
     let mut count = 0u64;
     while at < entries.len() {
         let base = (SUMMARY_HEADER_BYTES + at) as u64;
         let (offset, h, body, next) = entry_at(entries, at).map_err(|e| corrupt(base, e))?;
-        st.apply_tip(&h, offset as u64, body, Origin::Summary)
-            .map_err(|e| corrupt(base, e))?;
+        st.apply_tip(&h, offset as u64, body, origin)
+            .map_err(|e| match e {
+                ApplyError::Decode(e) => OpenError::from(corrupt(base, e)),
+                ApplyError::Lookup(c) => OpenError::from(c),
+            })?;
         at = next;
         count += 1;
     }
     if count != header.record_count.get() {
         let e = DecodeError::new("summary", "record count does not match");
         return Err(corrupt(0, e).into());
+    }
+    if origin == Origin::Tabled {
+        st.tabled_below = st.next_position;
     }
     st.ids_pending.push(PendingIds {
         path: path.clone(),
@@ -211,32 +280,39 @@ pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(),
         .get();
     let (_, entries) =
         check(&bytes, first_index).ok_or_else(|| DecodeError::new("summary", "damaged"))?;
-    walk_ids(entries, |id, position| {
-        ids.insert(id, position);
+    walk_events(entries, |_, e, position| {
+        ids.insert(u128::from_be_bytes(e.id), position);
     })
 }
 
-/// Calls `add` with the id and position of every event of a summary's entries.
-fn walk_ids(entries: &[u8], mut add: impl FnMut(u128, u64)) -> Result<(), DecodeError> {
+/// Calls `add` with the stream, header and position of every event of a summary's entries.
+fn walk_events(
+    entries: &[u8],
+    mut add: impl FnMut(&str, &format::EventHeader, u64),
+) -> Result<(), DecodeError> {
     let mut at = 0usize;
     while at < entries.len() {
         let (_, h, body, next) = entry_at(entries, at)?;
         if EntryKind::from_byte(h.kind)? == EntryKind::Append {
-            add_ids(body, h.position.get(), &mut add)?;
+            add_events(body, h.position.get(), &mut add)?;
         }
         at = next;
     }
     Ok(())
 }
 
-/// The ids of a stripped append body. Stripped events are bare event headers, so this walks
-/// them at a fixed stride instead of decoding each one.
-fn add_ids(body: &[u8], position: u64, add: &mut impl FnMut(u128, u64)) -> Result<(), DecodeError> {
+/// The events of a stripped append body. Stripped events are bare event headers, so this
+/// walks them at a fixed stride instead of decoding each one.
+fn add_events(
+    body: &[u8],
+    position: u64,
+    add: &mut impl FnMut(&str, &format::EventHeader, u64),
+) -> Result<(), DecodeError> {
     use crate::format::{EventHeader, EVENT_HEADER_BYTES};
     let mut c = format::Cursor::new(body, "summary append");
-    for _ in 0..c.u16()? {
-        c.str8()?;
-    }
+    let names = (0..c.u16()?)
+        .map(|_| c.str8())
+        .collect::<Result<Vec<_>, _>>()?;
     let n = c.u32()? as usize;
     let len = n
         .checked_mul(EVENT_HEADER_BYTES)
@@ -246,10 +322,10 @@ fn add_ids(body: &[u8], position: u64, add: &mut impl FnMut(u128, u64)) -> Resul
     for raw in events.chunks_exact(EVENT_HEADER_BYTES) {
         let e = EventHeader::read_from_bytes(raw)
             .map_err(|_| DecodeError::new("summary append", "short event header"))?;
-        add(
-            u128::from_be_bytes(e.id),
-            position + e.pos_delta.get() as u64,
-        );
+        let name = names
+            .get(e.stream_slot.get() as usize)
+            .ok_or_else(|| DecodeError::new("summary append", "stream slot out of range"))?;
+        add(name, &e, position + e.pos_delta.get() as u64);
     }
     Ok(())
 }

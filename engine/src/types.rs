@@ -186,6 +186,16 @@ pub struct StreamMetadata {
     pub custom: Bytes,
 }
 
+impl StreamMetadata {
+    /// No metadata: what a stream has until some is set.
+    pub(crate) const NONE: StreamMetadata = StreamMetadata {
+        max_count: None,
+        max_age_us: None,
+        truncate_before: None,
+        custom: Bytes::new(),
+    };
+}
+
 /// A stream's state as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {

@@ -16,10 +16,12 @@ const LAYERS: &[(&str, u32)] = &[
     // Bytes and the file system.
     ("format", 1),
     ("storage", 1),
+    ("bloom", 1),
     ("io", 2),
     ("failmark", 2),
     ("segment", 2),
     ("idtable", 2),
+    ("streamtable", 2),
     ("config", 3),
     // The log's state, built from files.
     ("state", 3),

@@ -430,7 +430,7 @@ fn power_cuts_during_a_scavenge_lose_nothing_kept() {
         drop(engine);
         let engine = Engine::open(&live, config(&disk)).unwrap();
         let ctx = format!("scavenge seed {seed} (replay: QUIVER_SIM_SEED={seed})");
-        disk.power_cut_after(rng.below(40));
+        disk.power_cut_after(rng.below(60));
         if let Ok(stats) = engine.scavenge() {
             rewritten += stats.segments_rewritten;
         }

@@ -44,6 +44,7 @@ fn append_error(e: AppendError) -> Response {
         AppendError::InvalidRequest(_) => ErrorCode::InvalidRequest,
         AppendError::IdempotencyMismatch(_) => ErrorCode::IdempotencyMismatch,
         AppendError::TooLarge { .. } => ErrorCode::TooLarge,
+        AppendError::Corruption(_) => ErrorCode::Corruption,
         AppendError::Failed(_)
         | AppendError::NoSpace
         | AppendError::Closed
@@ -388,7 +389,7 @@ async fn answer(
             }),
             commit_position: engine.commit_position(),
             last_index: engine.last_index_term().0,
-            streams: engine.list_streams("", None, usize::MAX).len() as u64,
+            streams: engine.stream_count(),
         },
     };
     Ok(Some(resp))

@@ -59,7 +59,7 @@ fn status(ctx: &Ctx, cluster: Option<&crate::cluster::ClusterHandle>) -> Status 
         },
         commit_position: e.commit_position(),
         last_index: e.last_index_term().0,
-        streams: e.list_streams("", None, usize::MAX).len() as u64,
+        streams: e.stream_count(),
         data_bytes: e.data_bytes(),
         // Cluster mode does not serve client appends yet.
         writable: e.is_writable() && cluster.is_none(),

@@ -1,0 +1,104 @@
+//! Bloom filters for the per-segment tables (event ids, stream names): a filter says "not
+//! here" for certain and "maybe" otherwise, so a lookup skips most tables without reading
+//! them. Keys are 64-bit hashes; the filter is stored as little-endian u64 words, bit `i` of
+//! the filter being bit `i % 64` of word `i / 64`.
+
+/// A filter over 64-bit keys.
+#[derive(Debug)]
+pub(crate) struct Bloom {
+    words: Vec<u64>,
+    hashes: u32,
+}
+
+impl Bloom {
+    /// A filter of `keys` with `bits_per_key` bits each (at least one word) and `hashes`
+    /// hashes.
+    pub(crate) fn with_keys(keys: &[u64], bits_per_key: u64, hashes: u32) -> Bloom {
+        let n = (keys.len() as u64 * bits_per_key).div_ceil(64).max(1);
+        let mut words = vec![0u64; n as usize];
+        for key in keys {
+            for bit in bits(*key, n * 64, hashes) {
+                words[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+        Bloom { words, hashes }
+    }
+
+    /// The filter stored as `bytes` (a whole number of words, at least one), or `None`.
+    pub(crate) fn from_bytes(bytes: &[u8], hashes: u32) -> Option<Bloom> {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(8) || hashes == 0 {
+            return None;
+        }
+        let words = bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        Some(Bloom { words, hashes })
+    }
+
+    /// The filter as stored.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// False when `key` was certainly not among the keys.
+    pub(crate) fn may_contain(&self, key: u64) -> bool {
+        let total = self.words.len() as u64 * 64;
+        bits(key, total, self.hashes)
+            .all(|bit| self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+}
+
+/// The filter bits of `key` in a filter of `total` bits: double hashing.
+fn bits(key: u64, total: u64, hashes: u32) -> impl Iterator<Item = u64> {
+    let (h1, h2) = (key, mix(key) | 1);
+    (0..u64::from(hashes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % total)
+}
+
+/// The key of an event id. Ids are chosen by clients, so they are mixed rather than taken as
+/// they come (a crafted id only costs a false positive, never a wrong answer).
+pub(crate) fn id_key(id: u128) -> u64 {
+    mix(mix(id as u64) ^ (id >> 64) as u64)
+}
+
+/// The key of a stream name: FNV-1a over its bytes, mixed. Stable across processes and
+/// versions, since it is stored.
+pub(crate) fn name_key(name: &str) -> u64 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    mix(h)
+}
+
+/// SplitMix64's finalizer.
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_maybe_and_few_others_are() {
+        let keys: Vec<u64> = (0..10_000u64).map(mix).collect();
+        let b = Bloom::with_keys(&keys, 10, 7);
+        assert!(keys.iter().all(|k| b.may_contain(*k)));
+        let false_positives = (10_000..110_000u64)
+            .filter(|i| b.may_contain(mix(*i)))
+            .count();
+        assert!(false_positives < 2_000, "{false_positives} of 100,000");
+        let back = Bloom::from_bytes(&b.to_bytes(), 7).unwrap();
+        assert!(keys.iter().all(|k| back.may_contain(*k)));
+    }
+
+    #[test]
+    fn stored_bytes_that_are_not_words_are_refused() {
+        assert!(Bloom::from_bytes(&[], 7).is_none());
+        assert!(Bloom::from_bytes(&[0; 12], 7).is_none());
+        assert!(Bloom::from_bytes(&[0; 16], 0).is_none());
+    }
+}
