@@ -9,6 +9,7 @@
 //! | `engine_append_concurrent64_inflight` | 1 thread, 64 `append_with` in flight | to callback |
 //! | `engine_read_stream` | forward read of a 1,000,000-event stream | 1,000 events |
 //! | `engine_scan_all` | forward `$all` scan of a 1,000,000-event store | 1,000 events |
+//! | `engine_many_streams_1m`, `engine_many_streams_10m` | 1 M / 10 M streams of one event (2 M `--quick`), appended 1,000 new streams a call; then a restart in a fresh process: `reopen_ms`, `writable_ms`, anonymous memory per stream, cold-stream append and read latency (see [`crate::many_streams`]) | one fill append |
 //! | `engine_reopen_10m` | fill 10,000,000 events, close, reopen (`reopen_ms`: open → reads; `writable_ms`: open → first append acknowledged; `id_tables`: taken from the event-id tables; `writable_ms_without_id_tables`: the same restart with the tables deleted) | one fill append |
 //!
 //! Reads run right after the fill, so the segments are in the page cache: they measure the
@@ -24,6 +25,7 @@ use quiver_engine::{
     RecordedEvent, StreamWrite,
 };
 
+use crate::many_streams;
 use crate::report::{latency_histogram, micros, millis, Report};
 use crate::workload::{
     fill, nanos_since, run_parallel, scratch_dir, stream_name, timed, Fill, Ids, ReadTimer, Run,
@@ -39,6 +41,8 @@ pub const SCENARIOS: &[&str] = &[
     "engine_read_stream",
     "engine_scan_all",
     "engine_reopen_10m",
+    "engine_many_streams_1m",
+    "engine_many_streams_10m",
 ];
 
 /// Events in the store `engine_reopen_10m` reopens.
@@ -83,6 +87,13 @@ pub fn run(scenario: &str, opts: &Options) -> Result<Report> {
         "engine_read_stream" => read_stream(opts, scenario)?,
         "engine_scan_all" => scan_all(opts, scenario)?,
         "engine_reopen_10m" => reopen(opts, scenario)?,
+        "engine_many_streams_1m" => {
+            many_streams::run(&opts.data_dir, scenario, 1_000_000, opts.io_mode)?
+        }
+        "engine_many_streams_10m" => {
+            let streams = if opts.quick { 2_000_000 } else { 10_000_000 };
+            many_streams::run(&opts.data_dir, scenario, streams, opts.io_mode)?
+        }
         other => anyhow::bail!("no scenario {other:?}; known: {}", SCENARIOS.join(", ")),
     };
     let report = report.with("quick", opts.quick);

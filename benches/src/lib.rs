@@ -23,6 +23,7 @@
 pub mod client_suite;
 pub mod cluster_suite;
 pub mod engine_suite;
+pub mod many_streams;
 pub mod postgres_peer;
 pub mod raft_suite;
 pub mod report;

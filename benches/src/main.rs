@@ -87,6 +87,20 @@ enum Suite {
     /// appends from 1, 16 and 64 connections, leader failover; and a 3-member etcd cluster
     /// in the same run (puts from 16 and 64 connections) to compare with.
     Cluster(ClusterArgs),
+    /// Internal: the restart half of `engine_many_streams_*`, run in a fresh process so its
+    /// memory is the store's alone. Prints one JSON object.
+    #[command(hide = true)]
+    EngineProbe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    streams: u64,
+    #[arg(long, value_enum, default_value_t = IoModeArg::Auto)]
+    io_mode: IoModeArg,
 }
 
 #[derive(Args)]
@@ -204,6 +218,9 @@ fn main() -> Result<()> {
             };
             let chosen = choose(engine_suite::SCENARIOS, &args.scenarios);
             run_all(&chosen, |scenario| engine_suite::run(scenario, &opts))
+        }
+        Suite::EngineProbe(args) => {
+            quiver_bench::many_streams::probe(&args.dir, args.streams, args.io_mode.into())
         }
         Suite::Raft(args) => {
             let opts = raft_suite::Options {

@@ -285,6 +285,12 @@ impl Engine {
         (st.ids_whole || st.id_tables.is_some()) && st.failed.is_none() && !st.no_space
     }
 
+    /// Whether the in-memory event-id index holds every stored event's id (after an open,
+    /// once the background loader is done).
+    pub fn id_index_loaded(&self) -> bool {
+        self.inner.state.read().ids_whole
+    }
+
     /// What the last open did.
     pub fn open_stats(&self) -> OpenStats {
         self.inner.state.read().open_stats

@@ -1,0 +1,190 @@
+//! `engine_many_streams_1m` and `engine_many_streams_10m`: the event-sourcing shape, one
+//! stream per aggregate with one event each, as a new user would write it with the engine's
+//! own API (appends of 1,000 new streams of one 256-byte event each, expected `NoStream`).
+//!
+//! The fill is measured here; the restart in a fresh process (`quiver-bench engine-probe`),
+//! so that its memory is the reopened store's alone, not what the fill left in this
+//! process's allocator. The probe reports:
+//! - `reopen_ms`: open returns; `writable_ms`: open → first append acknowledged (to a stream
+//!   read back from disk, with its true expected version);
+//! - `rss_anon_open_mb` and `resident_bytes_per_stream_open`: anonymous memory the open
+//!   added, right after the first append; `rss_anon_mb` and `resident_bytes_per_stream`:
+//!   the same once the background event-id index is loaded (it holds every event's id: with
+//!   one event per stream, that is per stream too);
+//! - `streams_in_memory`, `stream_tables`: streams whose index is in memory, tables in use;
+//! - `cold_append_p50_us`/`_p99_us`: appends to 1,000 streams not written since the restart
+//!   (expected version `Exact(0)`); `cold_read_p50_us`/`_p99_us`: reading 1,000 others whole.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{ensure, Context as _, Result};
+use quiver_engine::{
+    Direction, Engine, EngineConfig, ExpectedVersion, IoMode, ReadFrom, StreamWrite,
+};
+use serde_json::{Map, Value};
+
+use crate::report::{latency_histogram, micros, millis, Report};
+use crate::workload::{nanos_since, scratch_dir, Ids};
+
+/// New streams per append.
+const PER_APPEND: usize = 1_000;
+/// Streams the cold appends and reads each touch.
+const COLD: usize = 1_000;
+
+fn name(i: u64) -> String {
+    format!("aggregate-{i:010}")
+}
+
+/// The `i`th of `COLD` streams spread over `streams`, from `offset`.
+fn spread(i: usize, streams: u64, offset: u64) -> u64 {
+    (i as u64 * (streams / COLD as u64) + offset) % streams
+}
+
+/// Fills a store with `streams` streams of one event, restarts it in a probe process and
+/// reports both.
+pub fn run(data_dir: &Path, scenario: &str, streams: u64, io_mode: IoMode) -> Result<Report> {
+    ensure!(streams >= (PER_APPEND * 2) as u64 && streams % PER_APPEND as u64 == 0);
+    let dir = scratch_dir(data_dir, scenario)?;
+    let config = EngineConfig::default().io_mode(io_mode);
+    let mut latency = latency_histogram();
+    let began = Instant::now();
+    {
+        let engine = Engine::open(dir.path(), config)?;
+        let mut ids = Ids::new(7);
+        for first in (0..streams).step_by(PER_APPEND) {
+            let writes = (first..first + PER_APPEND as u64)
+                .map(|i| StreamWrite {
+                    stream: name(i),
+                    expected: ExpectedVersion::NoStream,
+                    events: ids.batch(1),
+                })
+                .collect();
+            let t = Instant::now();
+            engine.append_multi(writes)?;
+            latency.record(nanos_since(t)).ok();
+        }
+        // Dropped here: a clean close writes every due summary and table.
+    }
+    let elapsed = began.elapsed();
+    let exe = std::env::current_exe().context("finding quiver-bench for the probe")?;
+    let out = Command::new(exe)
+        .arg("engine-probe")
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--streams")
+        .arg(streams.to_string())
+        .arg("--io-mode")
+        .arg(format!("{io_mode:?}").to_ascii_lowercase())
+        .output()
+        .context("running the restart probe")?;
+    ensure!(
+        out.status.success(),
+        "the restart probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe: Map<String, Value> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("probe said {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    let disk_mb = dir_bytes(dir.path())? as f64 / 1e6;
+    drop(dir);
+    let mut report = Report::new(scenario, streams, elapsed, &latency)
+        .with("streams", streams)
+        .with("disk_mb", (disk_mb * 10.0).round() / 10.0)
+        .with(
+            "latency_per",
+            "fill append call of 1,000 new streams (events_per_sec is the fill's)",
+        );
+    report.extra.extend(probe);
+    Ok(report)
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
+}
+
+/// Anonymous memory of this process, bytes (`RssAnon` of /proc/self/status).
+fn rss_anon() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .context("no RssAnon in /proc/self/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()?;
+    Ok(kb * 1024)
+}
+
+/// The restart half, in its own process: prints one JSON object on stdout.
+pub fn probe(dir: &Path, streams: u64, io_mode: IoMode) -> Result<()> {
+    let before = rss_anon()?;
+    let opened = Instant::now();
+    let engine = Engine::open(dir, EngineConfig::default().io_mode(io_mode))?;
+    let reopen = opened.elapsed();
+    let mut ids = Ids::new(8);
+    let first = name(streams / 2);
+    engine.append(&first, ExpectedVersion::Exact(0), ids.batch(1))?;
+    let writable = opened.elapsed();
+    let (in_memory, tables) = engine.streams_in_memory();
+    let open_rss = rss_anon()?.saturating_sub(before);
+    let waited = Instant::now();
+    while !engine.id_index_loaded() {
+        ensure!(
+            waited.elapsed().as_secs() < 600,
+            "the id index did not load"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let id_index = waited.elapsed();
+    let rss = rss_anon()?.saturating_sub(before);
+    let (mut appends, mut reads) = (latency_histogram(), latency_histogram());
+    for i in 0..COLD {
+        let s = name(spread(i, streams, 1));
+        let t = Instant::now();
+        let r = engine.append(&s, ExpectedVersion::Exact(0), ids.batch(1))?;
+        appends.record(nanos_since(t)).ok();
+        ensure!(
+            r.next_expected_version == 1,
+            "{s} was at {}",
+            r.next_expected_version
+        );
+    }
+    for i in 0..COLD {
+        let s = name(spread(i, streams, 2));
+        let t = Instant::now();
+        let n = engine
+            .read_stream(&s, ReadFrom::Start, Direction::Forward, u64::MAX)?
+            .collect::<Result<Vec<_>, _>>()?
+            .len();
+        reads.record(nanos_since(t)).ok();
+        ensure!(n == 1, "{s} read {n} events");
+    }
+    let us = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+        (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0
+    };
+    let mb = |b: u64| (b as f64 / 1e5).round() / 10.0;
+    let line = serde_json::json!({
+        "reopen_ms": millis(reopen),
+        "writable_ms": millis(writable),
+        "id_index_loaded_ms": millis(reopen + id_index),
+        "rss_anon_open_mb": mb(open_rss),
+        "resident_bytes_per_stream_open": (open_rss as f64 / streams as f64).round(),
+        "rss_anon_mb": mb(rss),
+        "resident_bytes_per_stream": (rss as f64 / streams as f64).round(),
+        "streams_in_memory": in_memory,
+        "stream_tables": tables,
+        "cold_append_p50_us": us(&appends, 0.5),
+        "cold_append_p99_us": us(&appends, 0.99),
+        "cold_read_p50_us": us(&reads, 0.5),
+        "cold_read_p99_us": us(&reads, 0.99),
+        "first_append_us": micros(writable - reopen),
+    });
+    println!("{line}");
+    Ok(())
+}
