@@ -45,7 +45,7 @@ fn spread(i: usize, streams: u64, offset: u64) -> u64 {
 /// Fills a store with `streams` streams of one event, restarts it in a probe process and
 /// reports both.
 pub fn run(data_dir: &Path, scenario: &str, streams: u64, io_mode: IoMode) -> Result<Report> {
-    ensure!(streams >= (PER_APPEND * 2) as u64 && streams % PER_APPEND as u64 == 0);
+    ensure!(streams >= (PER_APPEND * 2) as u64 && streams.is_multiple_of(PER_APPEND as u64));
     let dir = scratch_dir(data_dir, scenario)?;
     let config = EngineConfig::default().io_mode(io_mode);
     let mut latency = latency_histogram();
