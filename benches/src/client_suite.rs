@@ -227,6 +227,34 @@ impl Suite {
         Ok(())
     }
 
+    /// Starts PostgreSQL if `chosen` holds one of its scenarios. When it cannot start, says
+    /// why on stderr and returns `chosen` without them, with the reason, so that Quiver's
+    /// scenarios still run (their `vs_postgres` is then null).
+    pub fn start_peer_if_chosen(
+        &mut self,
+        mut chosen: Vec<&'static str>,
+    ) -> (Vec<&'static str>, Option<anyhow::Error>) {
+        if !chosen.iter().any(|s| postgres_peer::is_peer_scenario(s)) {
+            return (chosen, None);
+        }
+        eprintln!(
+            "quiver-bench: starting a throwaway PostgreSQL under {}",
+            self.opts.data_dir.display()
+        );
+        match self.start_peer() {
+            Ok(()) => (chosen, None),
+            Err(e) => {
+                eprintln!(
+                    "quiver-bench: skipping the PostgreSQL scenarios (vs_postgres will be \
+                     null): {e:#}\nquiver-bench: {}",
+                    postgres_peer::INSTALL_HINT
+                );
+                chosen.retain(|s| !postgres_peer::is_peer_scenario(s));
+                (chosen, Some(e))
+            }
+        }
+    }
+
     /// Stops the PostgreSQL server, if running; a failure to stop it is printed, not
     /// returned, since nothing measured depends on it.
     fn stop_peer(&mut self) {

@@ -58,7 +58,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiver_bench::client_suite::{self, default_ca_file, Remote, Suite as ClientSuite};
 use quiver_bench::report::{git_rev, Report};
 use quiver_bench::workload::{DATA_DIR_DEFAULT, DATA_DIR_ENV};
-use quiver_bench::{cluster_suite, engine_suite, postgres_peer, raft_suite};
+use quiver_bench::{cluster_suite, engine_suite, raft_suite};
 use quiver_engine::IoMode;
 
 #[derive(Parser)]
@@ -228,7 +228,6 @@ fn main() -> Result<()> {
                     ca_file.display()
                 );
             }
-            let args_dir = args.dir.display().to_string();
             let mut suite = ClientSuite::new(client_suite::Options {
                 remote,
                 data_dir: args.dir,
@@ -236,21 +235,8 @@ fn main() -> Result<()> {
                 git_rev,
             })?;
             let chosen = choose(client_suite::SCENARIOS, &args.scenarios);
-            let mut chosen = client_suite::with_peer(&chosen, !args.no_peer);
-            if chosen.iter().any(|s| postgres_peer::is_peer_scenario(s)) {
-                eprintln!(
-                    "quiver-bench: starting a throwaway PostgreSQL under {}",
-                    args_dir
-                );
-                if let Err(e) = suite.start_peer() {
-                    eprintln!(
-                        "quiver-bench: skipping the PostgreSQL scenarios (vs_postgres will be \
-                         null): {e:#}\nquiver-bench: {}",
-                        postgres_peer::INSTALL_HINT
-                    );
-                    chosen.retain(|s| !postgres_peer::is_peer_scenario(s));
-                }
-            }
+            let (chosen, _) =
+                suite.start_peer_if_chosen(client_suite::with_peer(&chosen, !args.no_peer));
             let ran = run_all(&chosen, |scenario| suite.run(scenario));
             let finished = suite.finish();
             ran.and(finished)
