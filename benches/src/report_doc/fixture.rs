@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::machine::{Machine, Mount};
+use super::machine::{FsyncLatency, Machine, Mount};
 use super::{Results, RunInfo};
 
 /// The lines. Left out on purpose: `engine_scan_all`, `client_append_batch1000`,
@@ -64,7 +64,12 @@ pub(super) fn info() -> RunInfo {
             memory_bytes: Some(24 << 30),
             kernel: Some("6.18.5".to_string()),
             mount: Some(Mount::new("/dev/vda1", "/work", "ext4")),
-            fsync_p50_us: Some(200.0),
+            fsync: Some(FsyncLatency {
+                p10_us: 120.0,
+                p50_us: 200.0,
+                p90_us: 3_990.0,
+                samples: 1_000,
+            }),
             load_start: Some(1.5),
             load_end: Some(2.25),
             release_build: true,

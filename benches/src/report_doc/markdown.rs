@@ -440,7 +440,7 @@ pub fn section(info: &RunInfo, results: &Results) -> String {
         let _ = writeln!(w, "**Note**: {}\n", note.trim());
     }
     run_facts(w, info);
-    let fsync = info.machine.fsync_p50_us;
+    let fsync = info.machine.fsync.map(|f| f.p50_us);
     let _ = writeln!(w, "### DESIGN.md's targets, one node\n");
     targets_table(w, SINGLE_NODE_TARGETS, results, fsync);
     let _ = writeln!(w, "### Quiver beside PostgreSQL\n");
@@ -512,12 +512,15 @@ fn run_facts(w: &mut String, info: &RunInfo) {
     if let Some(mount) = &m.mount {
         let _ = write!(dir, ": {} on {}", mount.fs_type(), code(&mount.device));
     }
-    if let Some(f) = m.fsync_p50_us {
+    if let Some(f) = m.fsync {
         let _ = write!(
             dir,
-            "; fdatasync p50 {} µs ({}-byte overwrite, median of 500)",
-            micros(f),
-            FSYNC_WRITE_BYTES
+            "; fdatasync after a {FSYNC_WRITE_BYTES}-byte overwrite: p50 {} µs (p10 {}, p90 {}; \
+             {} syncs, before and after the suites)",
+            micros(f.p50_us),
+            micros(f.p10_us),
+            micros(f.p90_us),
+            grouped(f.samples as u64)
         );
     }
     let _ = writeln!(w, "| bench directory | {dir} |");
@@ -904,8 +907,9 @@ mod tests {
             "| date | 2026-11-18 11:06:40 UTC, took 4 min 12 s |",
             "| commit | `3566882aabbc` |",
             "| machine | AMD EPYC 7B13, 2 cores, 24.0 GiB memory, Linux 6.18.5, release build |",
-            "| bench directory | `/work/bench-data`: ext4 on `/dev/vda1`; fdatasync p50 200 µs \
-             (300-byte overwrite, median of 500) |",
+            "| bench directory | `/work/bench-data`: ext4 on `/dev/vda1`; fdatasync after a \
+             300-byte overwrite: p50 200 µs (p10 120, p90 3,990; 1,000 syncs, before and after \
+             the suites) |",
             "| load average (1 min) | 1.50 at the start, 2.25 at the end |",
             "| not run | the cluster suite (`--skip-cluster`) |",
             "[bench/latest.jsonl](bench/latest.jsonl)",

@@ -25,7 +25,7 @@ mod markdown;
 mod plots;
 mod run;
 
-pub use machine::Machine;
+pub use machine::{FsyncLatency, Machine};
 pub use markdown::{replace_section, section, RunInfo, BEGIN_MARKER, END_MARKER};
 pub use plots::{render_all, Plot};
 pub use run::{command_line, run, Options, JSON_LINES_FILE};

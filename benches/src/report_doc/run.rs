@@ -12,7 +12,7 @@ use anyhow::{ensure, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use quiver_engine::IoMode;
 
-use super::machine::{load_average, Machine};
+use super::machine::{fsync_samples, load_average, FsyncLatency, Machine};
 use super::markdown::{replace_section, section, RunInfo};
 use super::plots::render_all;
 use super::Results;
@@ -78,8 +78,11 @@ pub fn run(opts: Options) -> Result<()> {
     let began = Instant::now();
     let git_dirty = git_dirty(&opts.source_dir);
     let mut machine = Machine::probe(&opts.data_dir);
+    let mut fsyncs = probe_fsync(&opts.data_dir);
     let (results, not_run) = run_suites(&opts);
     machine.load_end = load_average();
+    fsyncs.extend(probe_fsync(&opts.data_dir));
+    machine.fsync = FsyncLatency::from_samples(fsyncs);
 
     let jsonl = opts.out_dir.join(JSON_LINES_FILE);
     std::fs::write(&jsonl, results.to_json_lines())
@@ -285,6 +288,18 @@ impl Progress {
     fn finish(&self) {
         self.bar.finish_with_message("done");
     }
+}
+
+/// `fdatasync` samples in the bench directory; none (and a line on stderr) if it cannot be
+/// timed there.
+fn probe_fsync(dir: &Path) -> Vec<Duration> {
+    fsync_samples(dir).unwrap_or_else(|e| {
+        eprintln!(
+            "quiver-bench: could not time fdatasync in {}: {e:#}",
+            dir.display()
+        );
+        Vec::new()
+    })
 }
 
 /// Whether the git work tree holding `dir` has uncommitted changes to tracked files; `None`
