@@ -353,7 +353,8 @@ where
 {
     let (percentiles, shared) = latency_series(results);
     let all = percentiles.iter().chain([&shared]);
-    let (lo, hi) = log_range(all.flat_map(|s| s.points.iter().map(|p| &p.1)), 2.0);
+    // A decade of room above the slowest sample for the four-line legend.
+    let (lo, hi) = log_range(all.flat_map(|s| s.points.iter().map(|p| &p.1)), 10.0);
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
