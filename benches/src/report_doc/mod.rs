@@ -8,8 +8,11 @@
 //! - `machine.rs` — what the numbers were measured on: CPU, cores, memory, kernel, the
 //!   filesystem of the bench directory and its `fdatasync` latency, load average.
 //! - `markdown.rs` — the generated section: run facts, DESIGN.md's targets with met / not
-//!   met, Quiver beside PostgreSQL (and etcd), every scenario; and the rewrite of the part of
-//!   a document between [`BEGIN_MARKER`] and [`END_MARKER`], leaving the rest byte for byte.
+//!   met, Quiver beside PostgreSQL (and etcd), every scenario, the plots.
+//! - `targets.rs` — DESIGN.md's targets that a scenario measures, and their verdicts.
+//! - `markers.rs` — the rewrite of the part of a document between [`BEGIN_MARKER`] and
+//!   [`END_MARKER`], leaving the rest byte for byte.
+//! - `format.rs` — numbers, dates and table cells as the report writes them.
 //! - `plots.rs` — the plots: throughput against events per append, latency percentiles
 //!   against concurrent writers, Quiver beside PostgreSQL per workload.
 //! - `run.rs` — the command: runs the suites in-process with a progress bar on stderr,
@@ -20,13 +23,17 @@
 
 #[cfg(test)]
 mod fixture;
+mod format;
 mod machine;
 mod markdown;
+mod markers;
 mod plots;
 mod run;
+mod targets;
 
 pub use machine::{FsyncLatency, Machine};
-pub use markdown::{replace_section, section, RunInfo, BEGIN_MARKER, END_MARKER};
+pub use markdown::{section, RunInfo};
+pub use markers::{replace_section, BEGIN_MARKER, END_MARKER};
 pub use plots::{render_all, Plot};
 pub use run::{command_line, run, Options, JSON_LINES_FILE};
 

@@ -13,7 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quiver_engine::IoMode;
 
 use super::machine::{fsync_samples, load_average, FsyncLatency, Machine};
-use super::markdown::{replace_section, section, RunInfo};
+use super::markdown::{section, RunInfo};
+use super::markers::replace_section;
 use super::plots::render_all;
 use super::Results;
 use crate::client_suite::{self, Suite as ClientSuite};
