@@ -4,9 +4,13 @@
 //!
 //! | scenario | what is measured | latency sample |
 //! |---|---|---|
+//! | `client_append_batch1` | 1 connection, appends of 1 event in turn (the batch-size sweep: 1, 10, 100, 1,000) | append call |
+//! | `client_append_batch10` | 1 connection, appends of 10 events in turn | append call |
 //! | `client_append_batch100` | 1 connection, appends of 100 events in turn | append call |
+//! | `client_append_batch1000` | 1 connection, appends of 1,000 events in turn | append call |
 //! | `client_append_batch100_c16` | 16 connections, a stream each, appends of 100 | append call |
 //! | `client_append_concurrent64` | 64 tasks, a connection each, 1 event per append | append call |
+//! | `client_append_shared64` | 64 tasks sharing one `Client` (one connection), a stream each, 1 event per append | append call |
 //! | `client_read_stream` | read a 1,000,000-event stream (200,000 `--quick`) | 1,000 events |
 //! | `client_scan_all` | read `$all` over the same store, from its first event | 1,000 events |
 //! | `subscribe_live_latency` | 1 subscriber on `$all` from its end, 1 writer of single events | append call → event received |
@@ -83,9 +87,13 @@ pub const SCENARIOS: &[&str] = &[
     "pg_append_concurrent64",
     "pg_read_stream",
     "pg_scan_all",
+    "client_append_batch1",
+    "client_append_batch10",
     "client_append_batch100",
+    "client_append_batch1000",
     "client_append_batch100_c16",
     "client_append_concurrent64",
+    "client_append_shared64",
     "client_read_stream",
     "client_scan_all",
     "subscribe_live_latency",
@@ -219,6 +227,34 @@ impl Suite {
         Ok(())
     }
 
+    /// Starts PostgreSQL if `chosen` holds one of its scenarios. When it cannot start, says
+    /// why on stderr and returns `chosen` without them, with the reason, so that Quiver's
+    /// scenarios still run (their `vs_postgres` is then null).
+    pub fn start_peer_if_chosen(
+        &mut self,
+        mut chosen: Vec<&'static str>,
+    ) -> (Vec<&'static str>, Option<anyhow::Error>) {
+        if !chosen.iter().any(|s| postgres_peer::is_peer_scenario(s)) {
+            return (chosen, None);
+        }
+        eprintln!(
+            "quiver-bench: starting a throwaway PostgreSQL under {}",
+            self.opts.data_dir.display()
+        );
+        match self.start_peer() {
+            Ok(()) => (chosen, None),
+            Err(e) => {
+                eprintln!(
+                    "quiver-bench: skipping the PostgreSQL scenarios (vs_postgres will be \
+                     null): {e:#}\nquiver-bench: {}",
+                    postgres_peer::INSTALL_HINT
+                );
+                chosen.retain(|s| !postgres_peer::is_peer_scenario(s));
+                (chosen, Some(e))
+            }
+        }
+    }
+
     /// Stops the PostgreSQL server, if running; a failure to stop it is printed, not
     /// returned, since nothing measured depends on it.
     fn stop_peer(&mut self) {
@@ -277,12 +313,21 @@ impl Suite {
     /// Runs one of Quiver's scenarios.
     fn run_quiver(&mut self, scenario: &str) -> Result<Report> {
         Ok(match scenario {
+            "client_append_batch1" => self.append(scenario, 1, 1, 1)?,
+            "client_append_batch10" => self.append(scenario, 1, 1, 10)?,
             "client_append_batch100" => self.append(scenario, 1, 1, 100)?,
+            "client_append_batch1000" => self.append(scenario, 1, 1, 1000)?,
             "client_append_batch100_c16" => self.append(scenario, 16, 16, 100)?,
             "client_append_concurrent64" => self.append(scenario, 64, 64, 1)?.with(
                 "mode",
                 "64 tasks, each with its own Client (connection), one single-event append \
                  awaited at a time",
+            ),
+            // How a service uses the client: one connection, shared by its request handlers.
+            "client_append_shared64" => self.append(scenario, 64, 1, 1)?.with(
+                "mode",
+                "64 tasks sharing one Client (one connection), one single-event append \
+                 awaited at a time in each",
             ),
             "client_read_stream" => self.read_stream(scenario)?,
             "client_scan_all" => self.scan_all(scenario)?,

@@ -424,8 +424,9 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// `target/release/quiver`, next to the running `quiver-bench`.
-fn quiver_binary() -> Result<PathBuf> {
+/// `target/release/quiver`, next to the running `quiver-bench`; an error saying how to build
+/// it if it is not there (the suite cannot run without it).
+pub fn quiver_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running quiver-bench")?;
     let quiver = exe.with_file_name("quiver");
     ensure!(

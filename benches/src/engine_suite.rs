@@ -3,7 +3,10 @@
 //!
 //! | scenario | what is measured | latency sample |
 //! |---|---|---|
+//! | `engine_append_batch1` | 1 thread, appends of 1 event (the batch-size sweep: 1, 10, 100, 1,000) | one append call |
+//! | `engine_append_batch10` | 1 thread, appends of 10 events | one append call |
 //! | `engine_append_batch100` | 1 thread, appends of 100 events | one append call |
+//! | `engine_append_batch1000` | 1 thread, appends of 1,000 events | one append call |
 //! | `engine_append_batch100_c16` | 16 threads, a stream each, appends of 100 | one append call |
 //! | `engine_append_concurrent64` | 64 threads, blocking single-event appends | one append call |
 //! | `engine_append_concurrent64_inflight` | 1 thread, 64 `append_with` in flight | to callback |
@@ -34,7 +37,10 @@ use crate::workload::{
 
 /// Every scenario of the suite, in the order [`run`] is meant to be called.
 pub const SCENARIOS: &[&str] = &[
+    "engine_append_batch1",
+    "engine_append_batch10",
     "engine_append_batch100",
+    "engine_append_batch1000",
     "engine_append_batch100_c16",
     "engine_append_concurrent64",
     "engine_append_concurrent64_inflight",
@@ -78,7 +84,10 @@ impl Options {
 /// Runs one scenario of [`SCENARIOS`] and returns its report.
 pub fn run(scenario: &str, opts: &Options) -> Result<Report> {
     let report = match scenario {
+        "engine_append_batch1" => append_timed(opts, scenario, 1, 1)?,
+        "engine_append_batch10" => append_timed(opts, scenario, 1, 10)?,
         "engine_append_batch100" => append_timed(opts, scenario, 1, 100)?,
+        "engine_append_batch1000" => append_timed(opts, scenario, 1, 1000)?,
         "engine_append_batch100_c16" => append_timed(opts, scenario, 16, 100)?,
         "engine_append_concurrent64" => append_timed(opts, scenario, 64, 1)?
             .with("appenders", 64)

@@ -18,6 +18,8 @@
 //! - `raft_suite.rs` — the `raft` suite: three Raft nodes in-process over engines.
 //! - `cluster_suite.rs` — the `cluster` suite: three `quiver serve --db-type cluster`
 //!   processes, their failover, and a three-member etcd cluster measured beside them.
+//! - `report_doc/` — the `report` command: runs the engine, client and cluster suites and
+//!   turns their lines into docs/BENCHMARKS.md's generated section and SVG plots.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client_suite;
@@ -27,4 +29,5 @@ pub mod many_streams;
 pub mod postgres_peer;
 pub mod raft_suite;
 pub mod report;
+pub mod report_doc;
 pub mod workload;

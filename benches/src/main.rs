@@ -33,6 +33,9 @@
 //! cargo build --release -p quiver-server -p quiver-bench    # the cluster suite needs both
 //! target/release/quiver-bench cluster                       # 3 quiver processes, etcd beside
 //! target/release/quiver-bench cluster --quick --scenario cluster_failover
+//! target/release/quiver-bench report       # engine, client + PostgreSQL, cluster + etcd, then
+//!                          # docs/BENCHMARKS.md's report section and docs/bench/*.svg rewritten
+//! target/release/quiver-bench report --quick --skip-cluster --no-doc   # try it: on stdout
 //! ```
 //!
 //! The suites, whose module docs list the scenarios:
@@ -47,6 +50,14 @@
 //!   processes (the `quiver` binary next to `quiver-bench`) through `quiver-client`, a leader
 //!   failover, and a three-member etcd cluster (`etcd` on `PATH`, Debian's `etcd-server`) in
 //!   the same run, with Quiver's rate over etcd's (`vs_etcd`).
+//!
+//! `report` (`quiver_bench::report_doc`) runs `engine`, `client` (with PostgreSQL unless
+//! `--no-peer`) and `cluster` (when `quiver` is beside `quiver-bench`, unless
+//! `--skip-cluster`) in-process with a progress bar on stderr, saves their JSON lines to
+//! `docs/bench/latest.jsonl` instead of printing them, draws the plots there, and rewrites
+//! the part of `docs/BENCHMARKS.md` between `<!-- report:begin -->` and
+//! `<!-- report:end -->`: machine, date, commit, command, DESIGN.md's targets met or not,
+//! Quiver beside PostgreSQL. Run it from the repository's root.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -58,7 +69,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiver_bench::client_suite::{self, default_ca_file, Remote, Suite as ClientSuite};
 use quiver_bench::report::{git_rev, Report};
 use quiver_bench::workload::{DATA_DIR_DEFAULT, DATA_DIR_ENV};
-use quiver_bench::{cluster_suite, engine_suite, postgres_peer, raft_suite};
+use quiver_bench::{cluster_suite, engine_suite, raft_suite, report_doc};
 use quiver_engine::IoMode;
 
 #[derive(Parser)]
@@ -87,6 +98,10 @@ enum Suite {
     /// appends from 1, 16 and 64 connections, leader failover; and a 3-member etcd cluster
     /// in the same run (puts from 16 and 64 connections) to compare with.
     Cluster(ClusterArgs),
+    /// The standard suites in one go (engine; client with PostgreSQL; cluster with etcd
+    /// when the quiver binary is beside quiver-bench), with a progress bar; then rewrites the
+    /// generated section of docs/BENCHMARKS.md and the plots and JSON lines in docs/bench/.
+    Report(ReportArgs),
     /// Internal: the restart half of `engine_many_streams_*`, run in a fresh process so its
     /// memory is the store's alone. Prints one JSON object.
     #[command(hide = true)]
@@ -188,6 +203,37 @@ struct ClusterArgs {
     scenarios: Vec<String>,
 }
 
+#[derive(Args)]
+struct ReportArgs {
+    /// The suites' --quick: 1 s timed runs, smaller read and reopen stores.
+    #[arg(long)]
+    quick: bool,
+    /// Parent directory of the scratch stores (must be on the disk to measure, not tmpfs).
+    #[arg(long, env = DATA_DIR_ENV, default_value = DATA_DIR_DEFAULT)]
+    dir: PathBuf,
+    /// Run no PostgreSQL scenario; the report's PostgreSQL table then says "not run".
+    #[arg(long)]
+    no_peer: bool,
+    /// Leave the cluster suite out even when the quiver binary is beside quiver-bench.
+    #[arg(long)]
+    skip_cluster: bool,
+    /// The document whose part between `<!-- report:begin -->` and `<!-- report:end -->` is
+    /// rewritten (the markers are put after its intro if it has none).
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    output_doc: PathBuf,
+    /// Leave the document alone and print the generated section on stdout (the plots and
+    /// JSON lines are still written to --out-dir).
+    #[arg(long)]
+    no_doc: bool,
+    /// Where latest.jsonl and the SVG plots go.
+    #[arg(long, default_value = "docs/bench")]
+    out_dir: PathBuf,
+    /// A sentence put at the top of the generated section, e.g. what else the machine was
+    /// doing during the run.
+    #[arg(long)]
+    note: Option<String>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum IoModeArg {
     Auto,
@@ -245,7 +291,6 @@ fn main() -> Result<()> {
                     ca_file.display()
                 );
             }
-            let args_dir = args.dir.display().to_string();
             let mut suite = ClientSuite::new(client_suite::Options {
                 remote,
                 data_dir: args.dir,
@@ -253,21 +298,8 @@ fn main() -> Result<()> {
                 git_rev,
             })?;
             let chosen = choose(client_suite::SCENARIOS, &args.scenarios);
-            let mut chosen = client_suite::with_peer(&chosen, !args.no_peer);
-            if chosen.iter().any(|s| postgres_peer::is_peer_scenario(s)) {
-                eprintln!(
-                    "quiver-bench: starting a throwaway PostgreSQL under {}",
-                    args_dir
-                );
-                if let Err(e) = suite.start_peer() {
-                    eprintln!(
-                        "quiver-bench: skipping the PostgreSQL scenarios (vs_postgres will be \
-                         null): {e:#}\nquiver-bench: {}",
-                        postgres_peer::INSTALL_HINT
-                    );
-                    chosen.retain(|s| !postgres_peer::is_peer_scenario(s));
-                }
-            }
+            let (chosen, _) =
+                suite.start_peer_if_chosen(client_suite::with_peer(&chosen, !args.no_peer));
             let ran = run_all(&chosen, |scenario| suite.run(scenario));
             let finished = suite.finish();
             ran.and(finished)
@@ -289,6 +321,18 @@ fn main() -> Result<()> {
             let chosen = choose(cluster_suite::SCENARIOS, &args.scenarios);
             run_all(&chosen, |scenario| suite.run(scenario))
         }
+        Suite::Report(args) => report_doc::run(report_doc::Options {
+            data_dir: args.dir,
+            quick: args.quick,
+            peer: !args.no_peer,
+            skip_cluster: args.skip_cluster,
+            output_doc: (!args.no_doc).then_some(args.output_doc),
+            out_dir: args.out_dir,
+            note: args.note,
+            git_rev,
+            source_dir: env!("CARGO_MANIFEST_DIR").into(),
+            command: report_doc::command_line(),
+        }),
     }
 }
 
