@@ -75,11 +75,23 @@ pub(crate) fn write_due(inner: &Inner) {
             // Marked even on failure so the writer does not retry every batch.
             s.summarized = true;
         }
-        if let Some((table, names)) = table {
-            st.add_table(table, names.as_slice());
+        let Some((table, names)) = table else {
+            continue;
+        };
+        if !st.add_table(table) {
+            continue;
+        }
+        drop(st);
+        // A segment may hold hundreds of thousands of streams: a chunk per write lock, so
+        // appends are not held up meanwhile.
+        for chunk in names.chunks(LET_GO_CHUNK) {
+            inner.state.write().let_go(chunk);
         }
     }
 }
+
+/// Streams looked at per write lock when letting go of those a new stream table covers.
+const LET_GO_CHUNK: usize = 4096;
 
 /// The stream table just written beside a summary, opened, with its streams' names: the
 /// streams that need no longer stay in memory.

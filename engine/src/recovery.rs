@@ -291,6 +291,7 @@ fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(),
         st.close_tables()?;
         let streams = st.segment_streams(last, None)?;
         st.tables.pop();
+        st.open_stats.stream_tables -= 1;
         st.tabled_below = st.segments[last].file.first_position;
         for (name, run) in streams {
             if st.streams.contains_key(name.as_str()) {

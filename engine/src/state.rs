@@ -485,19 +485,25 @@ impl State {
         Ok(())
     }
 
-    /// Adds the stream table of the next segment that has none, and lets go of the streams
-    /// in memory that it makes unneeded: plain ones (no delete, no metadata, none pending)
-    /// whose events are all in tables now. `names` are the table's streams.
-    pub(crate) fn add_table(&mut self, table: Arc<StreamTable>, names: &[String]) {
+    /// Adds the stream table of the next segment that has none; false if `table` is not
+    /// that segment's (a table is missing before it: no more are added until the next open).
+    pub(crate) fn add_table(&mut self, table: Arc<StreamTable>) -> bool {
         let i = self.tables.len();
         let Some(next) = self.segments.get(i + 1) else {
-            return;
+            return false;
         };
         if self.segments[i].first_index() != table.first_index() {
-            return;
+            return false;
         }
         self.tables.push(table);
         self.tabled_below = next.file.first_position;
+        true
+    }
+
+    /// Lets go of those of `names` in memory that the stream tables make unneeded: plain
+    /// streams (no delete, no metadata, no entry waiting for commit) whose events are all in
+    /// tables. Returns how many went.
+    pub(crate) fn let_go(&mut self, names: &[String]) -> usize {
         let pending: std::collections::HashSet<&str> = self
             .pending_commit
             .iter()
@@ -510,7 +516,7 @@ impl State {
             })
             .collect();
         let below = self.tabled_below;
-        let evict: Vec<String> = names
+        let gone: Vec<&String> = names
             .iter()
             .filter(|n| !pending.contains(n.as_str()))
             .filter(|n| {
@@ -520,11 +526,11 @@ impl State {
                         && s.next_version == s.first_version + s.positions.len() as u64
                 })
             })
-            .cloned()
             .collect();
-        for n in evict {
+        for n in &gone {
             self.streams.remove(n.as_str());
         }
+        gone.len()
     }
 
     /// Adds a record to the log's in-memory view: index, stream versions, ids, and the
