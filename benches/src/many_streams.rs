@@ -7,10 +7,12 @@
 //! process's allocator. The probe reports:
 //! - `reopen_ms`: open returns; `writable_ms`: open → first append acknowledged (to a stream
 //!   read back from disk, with its true expected version);
-//! - `rss_anon_open_mb` and `resident_bytes_per_stream_open`: anonymous memory the open
-//!   added, right after the first append; `rss_anon_mb` and `resident_bytes_per_stream`:
-//!   the same once the background event-id index is loaded (it holds every event's id: with
-//!   one event per stream, that is per stream too);
+//! - `rss_anon_open_mb`: anonymous memory the open added, right after the first append;
+//!   `rss_anon_mb`: the same once the background event-id index is loaded (it holds every
+//!   event's id: with one event per stream, that is per stream too); `rss_anon_empty_store_mb`:
+//!   the latter for an empty store (the engine's own queues and buffers, whatever the store);
+//!   `resident_bytes_per_stream_open` and `resident_bytes_per_stream`: the first two less the
+//!   empty store's, per stream;
 //! - `streams_in_memory`, `stream_tables`: streams whose index is in memory, tables in use;
 //! - `cold_append_p50_us`/`_p99_us`: appends to 1,000 streams not written since the restart
 //!   (expected version `Exact(0)`); `cold_read_p50_us`/`_p99_us`: reading 1,000 others whole.
@@ -68,24 +70,20 @@ pub fn run(data_dir: &Path, scenario: &str, streams: u64, io_mode: IoMode) -> Re
         // Dropped here: a clean close writes every due summary and table.
     }
     let elapsed = began.elapsed();
-    let exe = std::env::current_exe().context("finding quiver-bench for the probe")?;
-    let out = Command::new(exe)
-        .arg("engine-probe")
-        .arg("--dir")
-        .arg(dir.path())
-        .arg("--streams")
-        .arg(streams.to_string())
-        .arg("--io-mode")
-        .arg(format!("{io_mode:?}").to_ascii_lowercase())
-        .output()
-        .context("running the restart probe")?;
-    ensure!(
-        out.status.success(),
-        "the restart probe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let probe: Map<String, Value> = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("probe said {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    let mut probe = run_probe(dir.path(), streams, io_mode)?;
+    // The same restart of an empty store: what the engine holds whatever the store (its
+    // queues, buffers, threads), so that what is left is what the streams cost.
+    let empty = scratch_dir(data_dir, &format!("{scenario}-empty"))?;
+    let fixed = run_probe(empty.path(), 0, io_mode)?;
+    drop(empty);
+    let rss = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let fixed_mb = rss(&fixed, "rss_anon_mb");
+    let per_stream = |mb: f64| ((mb - fixed_mb).max(0.0) * 1e6 / streams as f64).round();
+    let open = per_stream(rss(&probe, "rss_anon_open_mb"));
+    let loaded = per_stream(rss(&probe, "rss_anon_mb"));
+    probe.insert("rss_anon_empty_store_mb".into(), fixed_mb.into());
+    probe.insert("resident_bytes_per_stream_open".into(), open.into());
+    probe.insert("resident_bytes_per_stream".into(), loaded.into());
     let disk_mb = dir_bytes(dir.path())? as f64 / 1e6;
     drop(dir);
     let mut report = Report::new(scenario, streams, elapsed, &latency)
@@ -97,6 +95,28 @@ pub fn run(data_dir: &Path, scenario: &str, streams: u64, io_mode: IoMode) -> Re
         );
     report.extra.extend(probe);
     Ok(report)
+}
+
+/// Runs `quiver-bench engine-probe` on `dir` and returns what it printed.
+fn run_probe(dir: &Path, streams: u64, io_mode: IoMode) -> Result<Map<String, Value>> {
+    let exe = std::env::current_exe().context("finding quiver-bench for the probe")?;
+    let out = Command::new(exe)
+        .arg("engine-probe")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--streams")
+        .arg(streams.to_string())
+        .arg("--io-mode")
+        .arg(format!("{io_mode:?}").to_ascii_lowercase())
+        .output()
+        .context("running the restart probe")?;
+    ensure!(
+        out.status.success(),
+        "the restart probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("probe said {:?}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn dir_bytes(dir: &Path) -> Result<u64> {
@@ -129,7 +149,12 @@ pub fn probe(dir: &Path, streams: u64, io_mode: IoMode) -> Result<()> {
     let reopen = opened.elapsed();
     let mut ids = Ids::new(8);
     let first = name(streams / 2);
-    engine.append(&first, ExpectedVersion::Exact(0), ids.batch(1))?;
+    let expected = if streams == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(0)
+    };
+    engine.append(&first, expected, ids.batch(1))?;
     let writable = opened.elapsed();
     let (in_memory, tables) = engine.streams_in_memory();
     let open_rss = rss_anon()?.saturating_sub(before);
@@ -144,7 +169,8 @@ pub fn probe(dir: &Path, streams: u64, io_mode: IoMode) -> Result<()> {
     let id_index = waited.elapsed();
     let rss = rss_anon()?.saturating_sub(before);
     let (mut appends, mut reads) = (latency_histogram(), latency_histogram());
-    for i in 0..COLD {
+    let cold = if streams == 0 { 0 } else { COLD };
+    for i in 0..cold {
         let s = name(spread(i, streams, 1));
         let t = Instant::now();
         let r = engine.append(&s, ExpectedVersion::Exact(0), ids.batch(1))?;
@@ -155,7 +181,7 @@ pub fn probe(dir: &Path, streams: u64, io_mode: IoMode) -> Result<()> {
             r.next_expected_version
         );
     }
-    for i in 0..COLD {
+    for i in 0..cold {
         let s = name(spread(i, streams, 2));
         let t = Instant::now();
         let n = engine
@@ -174,9 +200,7 @@ pub fn probe(dir: &Path, streams: u64, io_mode: IoMode) -> Result<()> {
         "writable_ms": millis(writable),
         "id_index_loaded_ms": millis(reopen + id_index),
         "rss_anon_open_mb": mb(open_rss),
-        "resident_bytes_per_stream_open": (open_rss as f64 / streams as f64).round(),
         "rss_anon_mb": mb(rss),
-        "resident_bytes_per_stream": (rss as f64 / streams as f64).round(),
         "streams_in_memory": in_memory,
         "stream_tables": tables,
         "cold_append_p50_us": us(&appends, 0.5),

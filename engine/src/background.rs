@@ -116,14 +116,21 @@ fn written_table(
 /// Runs on the id loader thread: builds the index of what `State::ids_pending` names and
 /// merges it with the ids added since open (which are newer, so they win).
 pub(crate) fn load_ids(inner: &Inner) {
-    let pending = std::mem::take(&mut inner.state.write().ids_pending);
+    let (pending, count) = {
+        let mut st = inner.state.write();
+        let count = st
+            .id_tables
+            .as_ref()
+            .map(|t| t.iter().map(|t| t.len()).sum());
+        (std::mem::take(&mut st.ids_pending), count)
+    };
     let started = std::time::Instant::now();
     #[cfg(test)]
     crate::inner::held_loaders::wait(&inner.dir);
-    match ids::build(&pending) {
+    match ids::build(&pending, count) {
         Ok(mut ids) => {
             let mut st = inner.state.write();
-            ids.extend(st.ids.drain());
+            ids.merge(std::mem::take(&mut st.ids));
             st.ids = ids;
             st.ids_whole = true;
             let had_tables = st.id_tables.take().is_some();

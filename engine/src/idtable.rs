@@ -166,6 +166,11 @@ impl IdTable {
         })
     }
 
+    /// Ids in the table.
+    pub(crate) fn len(&self) -> u64 {
+        self.count
+    }
+
     /// The position of event `id` if this table holds it.
     pub(crate) fn lookup(&self, id: u128) -> Result<Option<u64>, Doubt> {
         let maybe = self.filter.may_contain(bloom::id_key(id));

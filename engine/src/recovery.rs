@@ -60,11 +60,11 @@ pub(crate) fn load_with_ids(dir: &Path, config: &EngineConfig) -> Result<State, 
     let mut st = load_files(dir, config, false)?;
     let pending = std::mem::take(&mut st.ids_pending);
     let tail = std::mem::take(&mut st.ids);
-    st.ids = crate::ids::build(&pending).map_err(|e| OpenError::Io {
+    st.ids = crate::ids::build(&pending, None).map_err(|e| OpenError::Io {
         path: dir.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    st.ids.extend(tail);
+    st.ids.merge(tail);
     Ok(st)
 }
 

@@ -167,7 +167,7 @@ impl Engine {
             seg.end = end;
         }
         for id in new.removed_ids {
-            st.ids.remove(&id);
+            st.ids.remove(id);
         }
         Ok(())
     }

@@ -67,6 +67,17 @@ fn map(file: &File, len: u64) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(mmap))
 }
 
+/// The whole of a file that is written once and only ever replaced by rename (a summary),
+/// mapped read-only: reading it costs page cache, not the process's own memory.
+pub(crate) fn map_whole(path: &Path) -> io::Result<Bytes> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    map(&file, len)
+}
+
 impl SegmentFile {
     /// Creates a new segment file and writes nothing into it yet: the writer writes the header
     /// together with the first records, in the same durable write. With `spare`, a pre-zeroed

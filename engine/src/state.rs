@@ -140,8 +140,42 @@ impl StreamState {
     }
 }
 
-/// Event id → position.
-pub(crate) type IdMap = HashMap<u128, u64, foldhash::fast::RandomState>;
+/// Event id → position. The id is kept as two u64 words: a `u128` key is 16-byte aligned,
+/// which pads every entry to 32 bytes; as words it takes 24 (with one event per stream, the
+/// larger part of a stream's memory).
+#[derive(Debug, Default)]
+pub(crate) struct IdMap(HashMap<[u64; 2], u64, foldhash::fast::RandomState>);
+
+impl IdMap {
+    fn key(id: u128) -> [u64; 2] {
+        [(id >> 64) as u64, id as u64]
+    }
+
+    pub(crate) fn insert(&mut self, id: u128, position: u64) {
+        self.0.insert(Self::key(id), position);
+    }
+
+    pub(crate) fn get(&self, id: u128) -> Option<u64> {
+        self.0.get(&Self::key(id)).copied()
+    }
+
+    pub(crate) fn remove(&mut self, id: u128) {
+        self.0.remove(&Self::key(id));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
+    /// Adds every entry of `other` (whose entries win).
+    pub(crate) fn merge(&mut self, other: IdMap) {
+        self.0.extend(other.0);
+    }
+}
 
 /// A change readers see only once its entry is committed.
 #[derive(Debug)]
@@ -323,7 +357,7 @@ impl State {
             tabled_below: 0,
             tables_open: true,
             unmaterialized: Vec::new(),
-            ids: HashMap::default(),
+            ids: IdMap::default(),
             ids_pending: Vec::new(),
             ids_whole: true,
             id_tables: None,
@@ -346,8 +380,8 @@ impl State {
     /// `Err` when it cannot be told yet (no usable tables, or a damaged entry): wait for the
     /// loader ([`State::ids_whole`]) and ask again.
     pub(crate) fn id_position(&self, id: u128) -> Result<Option<u64>, Doubt> {
-        if let Some(p) = self.ids.get(&id) {
-            return Ok(Some(*p));
+        if let Some(p) = self.ids.get(id) {
+            return Ok(Some(p));
         }
         if self.ids_whole {
             return Ok(None);

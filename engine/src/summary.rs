@@ -6,7 +6,6 @@
 //! A summary is derived data: one that is missing or fails its checksum is ignored (the
 //! segment is scanned instead) and rewritten later.
 
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
-use crate::segment::{summary_name, SegmentFile};
+use crate::segment::{self, summary_name, SegmentFile};
 use crate::state::{ApplyError, Origin, PendingIds, RecLoc, State};
 use crate::storage::{self, Storage};
 use crate::streamtable::StreamTable;
@@ -184,7 +183,7 @@ pub(crate) fn id_tables(dir: &Path, summaries: &[PendingIds]) -> Option<Vec<idta
 pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64>, OpenError> {
     let dir = file.path.parent().unwrap_or(Path::new("."));
     let path = dir.join(summary_name(file.first_index));
-    let bytes = match fs::read(&path) {
+    let bytes = match segment::map_whole(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(OpenError::Io { path, source }),
@@ -272,7 +271,7 @@ fn ends_the_segment(file: &SegmentFile, end: u64) -> bool {
 /// was checked when it was loaded, so a failure here means it changed underneath (a scavenge
 /// rewrote it), and the caller falls back to the segment.
 pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
-    let bytes = fs::read(path).map_err(|e| DecodeError::new("summary", e.to_string()))?;
+    let bytes = segment::map_whole(path).map_err(|e| DecodeError::new("summary", e.to_string()))?;
     let first_index = SummaryHeader::read_from_prefix(&bytes)
         .map_err(|_| DecodeError::new("summary", "short header"))?
         .0
