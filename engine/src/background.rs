@@ -178,13 +178,7 @@ fn write_missing_tables(inner: &Inner, summaries: &[crate::state::PendingIds], i
         }
         // Made from the summary as it is now (a scavenge may have rewritten it since open).
         let made = std::fs::read(&p.path).and_then(|bytes| {
-            if want_ids {
-                summary::write_id_table(s, &inner.dir, first, &bytes)?;
-            }
-            if want_streams {
-                summary::write_stream_table(s, &inner.dir, first, &bytes)?;
-            }
-            Ok(())
+            summary::write_tables(s, &inner.dir, first, &bytes, want_ids, want_streams)
         });
         match made {
             Ok(()) => written += 1,

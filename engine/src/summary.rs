@@ -105,45 +105,39 @@ pub(crate) fn write(
     let path = dir.join(summary_name(first_index));
     let tmp = path.with_extension("qidx.tmp");
     storage::write_file_atomic(s, &tmp, &path, bytes, 0)?;
-    if let Err(e) = write_id_table(s, dir, first_index, bytes) {
-        tracing::warn!(summary = %path.display(), error = %e, "could not write an id table");
-    }
-    if let Err(e) = write_stream_table(s, dir, first_index, bytes) {
-        tracing::warn!(summary = %path.display(), error = %e, "could not write a stream table");
+    if let Err(e) = write_tables(s, dir, first_index, bytes, true, true) {
+        tracing::warn!(summary = %path.display(), error = %e, "could not write its tables");
     }
     storage::sync_dir(s, dir)
 }
 
-/// Writes the event-id table of the summary `bytes` (which was just written, or checked
-/// when loaded).
-pub(crate) fn write_id_table(
+/// Writes the event-id table (with `ids`) and the stream table (with `streams`) of the
+/// summary `bytes` (which was just written, or checked when loaded).
+pub(crate) fn write_tables(
     s: &dyn Storage,
     dir: &Path,
     first_index: u64,
     bytes: &[u8],
+    ids: bool,
+    streams: bool,
 ) -> std::io::Result<()> {
     let (header, entries) = check(bytes, first_index)
         .ok_or_else(|| std::io::Error::other("the summary does not check"))?;
-    let mut ids = Vec::with_capacity(header.record_count.get() as usize);
-    walk_events(entries, |_, e, position| {
-        ids.push((u128::from_be_bytes(e.id), position));
-    })
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
-    idtable::write(s, dir, first_index, header.body_crc.get(), ids)
-}
-
-/// Writes the stream table of the summary `bytes` (which was just written, or checked when
-/// loaded).
-pub(crate) fn write_stream_table(
-    s: &dyn Storage,
-    dir: &Path,
-    first_index: u64,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    let (header, entries) = check(bytes, first_index)
-        .ok_or_else(|| std::io::Error::other("the summary does not check"))?;
-    let contents = stream_contents(entries).map_err(|e| std::io::Error::other(e.to_string()))?;
-    streamtable::write(s, dir, first_index, header.body_crc.get(), &contents)
+    let crc = header.body_crc.get();
+    if ids {
+        let mut ids = Vec::with_capacity(header.record_count.get() as usize);
+        walk_events(entries, |_, e, position| {
+            ids.push((u128::from_be_bytes(e.id), position));
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        idtable::write(s, dir, first_index, crc, ids)?;
+    }
+    if streams {
+        let contents =
+            stream_contents(entries).map_err(|e| std::io::Error::other(e.to_string()))?;
+        streamtable::write(s, dir, first_index, crc, &contents)?;
+    }
+    Ok(())
 }
 
 /// The streams of a summary's entries with their events.

@@ -323,22 +323,45 @@ where
         .draw()
         .map_err(plot_error)?;
     for (s, colour) in series.iter().zip([ENGINE, CLIENT]) {
-        chart
-            .draw_series(LineSeries::new(s.points.clone(), colour.stroke_width(2)))
-            .map_err(plot_error)?
-            .label(s.name)
-            .legend(legend_line(colour));
-        chart
-            .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, colour.filled())))
-            .map_err(plot_error)?;
+        draw_line(&mut chart, s, colour)?;
     }
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
+}
+
+/// The chart's legend, boxed, in the corner `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()
+        .map_err(plot_error)
+}
+
+/// One series as a line through its points, each marked, with its legend entry.
+fn draw_line<'a, DB: DrawingBackend + 'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    s: &Series,
+    colour: RGBColor,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .draw_series(LineSeries::new(s.points.clone(), colour.stroke_width(2)))
+        .map_err(plot_error)?
+        .label(s.name)
+        .legend(legend_line(colour));
+    chart
+        .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, colour.filled())))
         .map_err(plot_error)?;
     Ok(())
 }
@@ -383,14 +406,7 @@ where
         .draw()
         .map_err(plot_error)?;
     for (s, colour) in percentiles.iter().zip(PERCENTILE_COLOURS) {
-        chart
-            .draw_series(LineSeries::new(s.points.clone(), colour.stroke_width(2)))
-            .map_err(plot_error)?
-            .label(s.name)
-            .legend(legend_line(colour));
-        chart
-            .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, colour.filled())))
-            .map_err(plot_error)?;
+        draw_line(&mut chart, s, colour)?;
     }
     chart
         .draw_series(
@@ -403,15 +419,7 @@ where
         .map_err(plot_error)?
         .label(shared.name)
         .legend(|(x, y)| Cross::new((x + 11, y), 6, BLACK.stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_error)?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn draw_postgres<DB: DrawingBackend>(
@@ -503,15 +511,7 @@ where
             )
         }))
         .map_err(plot_error)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_error)?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 /// A bar's value, three significant digits: 157k, 1.11M, 8.54k.
