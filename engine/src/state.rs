@@ -417,6 +417,7 @@ impl State {
         for (i, t) in self.tables.iter().enumerate() {
             let run = match t.lookup(name) {
                 Ok(run) => run,
+                Err(_) if cfg!(feature = "mutation-stream-table-guess") => Vec::new(),
                 Err(doubt) => {
                     tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
                     self.segment_streams(i, Some(name))?
@@ -555,7 +556,7 @@ impl State {
             .filter(|n| !pending.contains(n.as_str()))
             .filter(|n| {
                 self.streams.get(n.as_str()).is_some_and(|s| {
-                    s.plain()
+                    (s.plain() || cfg!(feature = "mutation-stream-let-go-all"))
                         && s.positions.last().is_none_or(|p| *p < below)
                         && s.next_version == s.first_version + s.positions.len() as u64
                 })
