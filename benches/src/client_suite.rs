@@ -150,6 +150,10 @@ pub struct Options {
     pub quick: bool,
     /// Commit being measured, copied into every report.
     pub git_rev: Option<String>,
+    /// Stage timing (`--stages`): what the installed [`crate::stages::StagesLayer`] records
+    /// into. Each Quiver scenario's line then carries `stages` (per stage span: count, p50,
+    /// p99, mean µs) and `usage` (the process's CPU and context switches per operation).
+    pub stages: Option<Arc<crate::stages::Stages>>,
 }
 
 /// The CA to trust when none is given (`--ca`, `$QUIVER_CA`): the one a server on this
@@ -289,7 +293,17 @@ impl Suite {
         } else {
             // Quiver runs on a machine where PostgreSQL is not running.
             self.stop_peer();
-            let report = self.run_quiver(scenario)?;
+            let report = match self.opts.stages.clone() {
+                None => self.run_quiver(scenario)?,
+                Some(stages) => {
+                    stages.take();
+                    let before = crate::stages::Usage::now();
+                    let report = self.run_quiver(scenario)?;
+                    let usage = crate::stages::Usage::now().per_op_since(&before, report.ops);
+                    let taken = crate::stages::Stages::to_json(&stages.take());
+                    report.with("stages", taken).with("usage", usage)
+                }
+            };
             match postgres_peer::counterpart(scenario) {
                 Some(pg) => {
                     let rate = self

@@ -18,6 +18,10 @@
 //! - `raft_suite.rs` — the `raft` suite: three Raft nodes in-process over engines.
 //! - `cluster_suite.rs` — the `cluster` suite: three `quiver serve --db-type cluster`
 //!   processes, their failover, and a three-member etcd cluster measured beside them.
+//! - `limits.rs` — the `limits` command: fdatasync and a loopback QUIC round trip, the
+//!   floors under the client path.
+//! - `stages.rs` — `client --stages`: a `tracing` layer timing the `stage.*` spans of the
+//!   client, the server and the engine into a histogram per stage.
 //! - `report_doc/` — the `report` command: runs the engine, client and cluster suites and
 //!   turns their lines into docs/BENCHMARKS.md's generated section and SVG plots.
 #![warn(missing_docs, unreachable_pub)]
@@ -25,9 +29,11 @@
 pub mod client_suite;
 pub mod cluster_suite;
 pub mod engine_suite;
+pub mod limits;
 pub mod many_streams;
 pub mod postgres_peer;
 pub mod raft_suite;
 pub mod report;
 pub mod report_doc;
+pub mod stages;
 pub mod workload;

@@ -26,6 +26,8 @@
 //! cargo run --release -p quiver-bench -- client            # PostgreSQL, then QUIC, in-process
 //! cargo run --release -p quiver-bench -- client --quick --dir /data/b   # 1 s runs
 //! cargo run --release -p quiver-bench -- client --no-peer  # Quiver only, no PostgreSQL
+//! cargo run --release -p quiver-bench -- client --no-peer --stages   # time per request stage
+//! cargo run --release -p quiver-bench -- limits --dir /data/b   # fdatasync, QUIC round trip
 //! cargo run --release -p quiver-bench -- client --scenario client_append_batch100_c16
 //!                                           # and its counterpart, pg_append_batch100_c16
 //! cargo run --release -p quiver-bench -- client --server 127.0.0.1:7600 --ca ca.pem
@@ -69,7 +71,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use quiver_bench::client_suite::{self, default_ca_file, Remote, Suite as ClientSuite};
 use quiver_bench::report::{git_rev, Report};
 use quiver_bench::workload::{DATA_DIR_DEFAULT, DATA_DIR_ENV};
-use quiver_bench::{cluster_suite, engine_suite, raft_suite, report_doc};
+use quiver_bench::{cluster_suite, engine_suite, limits, raft_suite, report_doc};
 use quiver_engine::IoMode;
 
 #[derive(Parser)]
@@ -102,6 +104,10 @@ enum Suite {
     /// when the quiver binary is beside quiver-bench), with a progress bar; then rewrites the
     /// generated section of docs/BENCHMARKS.md and the plots and JSON lines in docs/bench/.
     Report(ReportArgs),
+    /// The floors under the client path on this machine: fdatasync after a small and a
+    /// 32 kB write, and a QUIC request/response round trip on loopback (Quiver's endpoints,
+    /// no engine), to set beside `client --stages`.
+    Limits(LimitsArgs),
     /// Internal: the restart half of `engine_many_streams_*`, run in a fresh process so its
     /// memory is the store's alone. Prints one JSON object.
     #[command(hide = true)]
@@ -179,6 +185,26 @@ struct ClientArgs {
     /// /usr/lib/postgresql/*/bin or PATH), measured first, and stopped.
     #[arg(long)]
     no_peer: bool,
+    /// Time the stages of each request (client encode, send, wait, decode; server read,
+    /// decode, engine, answer; the engine's write + fdatasync) from their `stage.*` tracing
+    /// spans, and add them to each Quiver line as `stages` (count, p50, p99, mean µs per
+    /// stage), with `usage` (CPU and context switches per operation, whole process).
+    /// Without it no subscriber is installed and the spans cost a level check.
+    #[arg(long)]
+    stages: bool,
+}
+
+#[derive(Args)]
+struct LimitsArgs {
+    /// Timed scenarios run 1 s instead of 3 s.
+    #[arg(long)]
+    quick: bool,
+    /// Where the fdatasync probe's file goes (on the disk to measure, not tmpfs).
+    #[arg(long, env = DATA_DIR_ENV, default_value = DATA_DIR_DEFAULT)]
+    dir: PathBuf,
+    /// Run only this scenario (repeatable); all of them by default.
+    #[arg(long = "scenario", value_parser = PossibleValuesParser::new(limits::SCENARIOS))]
+    scenarios: Vec<String>,
 }
 
 #[derive(Args)]
@@ -277,6 +303,15 @@ fn main() -> Result<()> {
             let chosen = choose(raft_suite::SCENARIOS, &args.scenarios);
             run_all(&chosen, |scenario| raft_suite::run(scenario, &opts))
         }
+        Suite::Limits(args) => {
+            let chosen = choose(limits::SCENARIOS, &args.scenarios);
+            run_all(&chosen, |scenario| {
+                limits::run(scenario, &args.dir, args.quick).map(|r| match &git_rev {
+                    Some(rev) => r.with("git_rev", rev.as_str()),
+                    None => r,
+                })
+            })
+        }
         Suite::Client(args) => {
             let remote = args.server.map(|addr| Remote {
                 addr,
@@ -296,6 +331,10 @@ fn main() -> Result<()> {
                 data_dir: args.dir,
                 quick: args.quick,
                 git_rev,
+                stages: match args.stages {
+                    true => Some(quiver_bench::stages::install()?),
+                    false => None,
+                },
             })?;
             let chosen = choose(client_suite::SCENARIOS, &args.scenarios);
             let (chosen, _) =

@@ -1348,10 +1348,16 @@ impl Client {
         &self,
         req: &Request,
     ) -> Result<(Response, quinn::RecvStream, BytesMut), Error> {
+        // Stage spans (`stage.client.*`, TRACE): each measures from its creation to its
+        // drop; with no subscriber at TRACE they cost a level check.
+        let opening = tracing::trace_span!("stage.client.stream");
         let (mut send, mut recv) = self.stream().await?;
+        drop(opening);
         let max_frame = self.max_frame.load(Ordering::Relaxed);
+        let encoding = tracing::trace_span!("stage.client.encode");
         let mut out = BytesMut::new();
         req.encode(&mut out);
+        drop(encoding);
         let bytes = out.len() - quiver_net::frame::FRAME_HEADER_BYTES;
         if bytes > max_frame {
             return Err(Error::TooLarge {
@@ -1359,11 +1365,14 @@ impl Client {
                 max: max_frame,
             });
         }
+        let sending = tracing::trace_span!("stage.client.send");
         send.write_all(&out)
             .await
             .map_err(|e| Error::transport("sending the request", e))?;
         send.finish()
             .map_err(|e| Error::transport("sending the request", e))?;
+        drop(sending);
+        let waiting = tracing::trace_span!("stage.client.wait");
         let mut buf = BytesMut::new();
         let read = read_frame(&mut recv, &mut buf, RESPONSE_PAYLOAD_BYTES_MAX);
         let frame = tokio::time::timeout(self.timeout, read)
@@ -1371,7 +1380,10 @@ impl Client {
             .map_err(|_| Error::Timeout)?
             .map_err(Error::read)?
             .ok_or_else(|| Error::protocol("the server closed the stream without answering"))?;
+        drop(waiting);
+        let decoding = tracing::trace_span!("stage.client.decode");
         let resp = Response::decode(&frame).map_err(Error::response)?;
+        drop(decoding);
         Ok((resp, recv, buf))
     }
 
@@ -1424,6 +1436,10 @@ impl Client {
         &self,
         writes: Vec<(String, ExpectedVersion, Vec<EventData>)>,
     ) -> Result<WriteResult, Error> {
+        // The whole call as the application sees it (`stage.client.append`), and the
+        // conversion of its events to the wire's types (`stage.client.build`).
+        let _append = tracing::trace_span!("stage.client.append");
+        let building = tracing::trace_span!("stage.client.build");
         let checks: Vec<(String, ExpectedVersion)> =
             writes.iter().map(|(s, e, _)| (s.clone(), *e)).collect();
         let writes = writes
@@ -1434,6 +1450,7 @@ impl Client {
                 events: events.into_iter().map(EventData::wire).collect(),
             })
             .collect();
+        drop(building);
         let answer = match self.call(&Request::Append { writes }).await {
             Err(e) => return Err(name_conflict(e, &checks)),
             Ok(answer) => answer,

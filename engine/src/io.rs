@@ -84,6 +84,9 @@ impl SyncIo {
             writes.len() <= BATCH_WRITES_MAX,
             "a batch touches at most {BATCH_WRITES_MAX} files"
         );
+        // One group commit's write and fdatasync, for stage timing (TRACE: a level check
+        // when nobody records it).
+        let _writing = tracing::trace_span!("stage.engine.write_sync");
         let done = match self {
             SyncIo::Pwrite => pwrite_and_sync(storage, writes),
             // The mutation check runs the plain path, whose syncs it switches off.

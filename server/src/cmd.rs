@@ -173,6 +173,7 @@ pub async fn apply(
     ctx.metrics
         .request(&format!("{kind:?}"), started.elapsed().as_secs_f64());
     if let Some(resp) = &resp {
+        let _answering = tracing::trace_span!("stage.server.answer");
         crate::frames::send(&ctx.budget, out, resp).await?;
     }
     Ok(())
@@ -434,25 +435,34 @@ fn appended(r: AppendResult) -> Response {
 }
 
 async fn append(engine: &Engine, writes: Vec<message::StreamWrite>) -> Response {
+    // Stage spans (TRACE): the wire's writes turned into the engine's (`convert`), the
+    // engine's synchronous part (`engine_call`: planned and framed under its lock), the wait
+    // for the durable callback (`durable`: from the call to the callback, write and
+    // fdatasync included) and the hop from that callback back to this task (`wakeup`).
+    let converting = tracing::trace_span!("stage.server.convert");
     let out = match stream_writes(writes) {
         Ok(w) => w,
         Err(why) => return error(ErrorCode::InvalidRequest, why, None),
     };
+    drop(converting);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let engine = engine.clone();
+    let durable = tracing::trace_span!("stage.server.durable");
     let done = move |r| {
-        let _ = tx.send(r);
+        drop(durable);
+        let _ = tx.send((r, tracing::trace_span!("stage.server.wakeup")));
     };
     // `append_with` frames under a short lock and returns; it blocks only while the id
     // index loads after open, and only then is the call moved off the async workers.
     if engine.is_writable() {
+        let _calling = tracing::trace_span!("stage.server.engine_call");
         engine.append_with(out, done);
     } else {
         blocking(move || engine.append_with(out, done)).await;
     }
     match rx.await {
-        Ok(Ok(r)) => appended(r),
-        Ok(Err(e)) => append_error(e),
+        Ok((Ok(r), _woken)) => appended(r),
+        Ok((Err(e), _woken)) => append_error(e),
         Err(_) => error(ErrorCode::Unavailable, "the engine stopped", None),
     }
 }

@@ -101,7 +101,12 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>) {
         };
         let (conn, shared) = (conn.clone(), shared.clone());
         let follower_reads = follower_reads.clone();
-        tokio::spawn(async move { request(conn, shared, &follower_reads, send, recv).await });
+        // From the stream's arrival to its task running: the hop onto a worker.
+        let spawned = tracing::trace_span!("stage.server.spawn");
+        tokio::spawn(async move {
+            drop(spawned);
+            request(conn, shared, &follower_reads, send, recv).await
+        });
     }
 }
 
@@ -200,6 +205,11 @@ async fn request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    // Stage spans (`stage.server.*`, TRACE), each from its creation to its drop: the whole
+    // request from its task's start, reading its frame, decoding it. With no subscriber at
+    // TRACE they cost a level check.
+    let _request = tracing::trace_span!("stage.server.request");
+    let reading = tracing::trace_span!("stage.server.read");
     let mut buf = BytesMut::new();
     let read = tokio::time::timeout(
         shared.request_timeout,
@@ -246,6 +256,8 @@ async fn request(
             return;
         }
     };
+    drop(reading);
+    let decoding = tracing::trace_span!("stage.server.decode");
     let req = match Request::decode(&frame) {
         Ok(r) => r,
         Err(e) => {
@@ -254,6 +266,7 @@ async fn request(
             return;
         }
     };
+    drop(decoding);
     if let Request::PersistentConnect { group } = &req {
         // In a cluster, groups run on the leader: elsewhere the consumer is sent there.
         if let Some(refused) = shared.ctx.cluster.as_ref().and_then(cmd::not_leading) {

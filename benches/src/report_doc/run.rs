@@ -175,6 +175,7 @@ fn run_suites(opts: &Options) -> (Results, Vec<String>) {
         data_dir: opts.data_dir.clone(),
         quick: opts.quick,
         git_rev: opts.git_rev.clone(),
+        stages: None,
     };
     match ClientSuite::new(client_opts) {
         Ok(mut suite) => {
