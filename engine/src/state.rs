@@ -414,8 +414,9 @@ impl State {
     /// segment instead). `None` if no table has it.
     fn read_back(&self, name: &str) -> Result<Option<StreamState>, Corruption> {
         let mut out = None::<StreamState>;
+        let key = crate::bloom::name_key(name);
         for (i, t) in self.tables.iter().enumerate() {
-            let run = match t.lookup(name) {
+            let run = match t.lookup(name, key) {
                 Ok(run) => run,
                 Err(_) if cfg!(feature = "mutation-stream-table-guess") => Vec::new(),
                 Err(doubt) => {

@@ -14,10 +14,10 @@
 //!
 //! ```text
 //! header (64 bytes, little-endian):
-//!   magic "QUIVSTM\x01" | first_index u64 | summary_crc u32 | hashes u32 | streams u64 |
+//!   magic "QUIVSTM\x02" | first_index u64 | summary_crc u32 | hashes u32 | streams u64 |
 //!   filter_bytes u64 | index_bytes u32 | blocks u32 | max_created_us u64 |
 //!   aux_crc u32 (of filter and block index) | header_crc u32 (of bytes 0..60)
-//! filter: filter_bytes bytes (see bloom.rs), keys bloom::name_key(name)
+//! filter: filter_bytes bytes, a blocked filter (bloom::Blocked), keys bloom::name_key(name)
 //! block index: per block: offset u64 (from the file's start) | len u32 | crc32c u32 (of the
 //!   block's bytes) | name_len u16 | the block's first name
 //! blocks: entries sorted by name, up to 16 a block (fewer past 4 KiB):
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::bloom::{self, Bloom};
+use crate::bloom::{self, Blocked};
 use crate::error::DecodeError;
 use crate::format::Cursor;
 use crate::storage::{self, Storage};
@@ -41,7 +41,7 @@ use crate::storage::{self, Storage};
 pub(crate) const STREAM_TABLE_EXT: &str = "qstm";
 
 /// First bytes of every stream table.
-pub(crate) const STREAM_TABLE_MAGIC: [u8; 8] = *b"QUIVSTM\x01";
+pub(crate) const STREAM_TABLE_MAGIC: [u8; 8] = *b"QUIVSTM\x02";
 
 /// Filter bits per stream: with [`HASHES`] hashes, about 1 % false positives.
 const BITS_PER_STREAM: u64 = 10;
@@ -106,7 +106,7 @@ pub(crate) fn write(
         .keys()
         .map(|n| bloom::name_key(n))
         .collect();
-    let filter = Bloom::with_keys(&keys, BITS_PER_STREAM, HASHES).to_bytes();
+    let filter = Blocked::with_keys(&keys, BITS_PER_STREAM, HASHES).to_bytes();
     let mut blocks: Vec<u8> = Vec::new();
     // (offset in `blocks`, len, first name)
     let mut index: Vec<(usize, usize, &str)> = Vec::new();
@@ -184,7 +184,7 @@ pub(crate) struct StreamTable {
     file: File,
     path: PathBuf,
     first_index: u64,
-    filter: Bloom,
+    filter: Blocked,
     blocks: Vec<Block>,
     /// The blocks' first names, end to end.
     firsts: String,
@@ -223,7 +223,7 @@ impl StreamTable {
             return None;
         }
         let (filter, index) = aux.split_at(h.filter_bytes.get() as usize);
-        let filter = Bloom::from_bytes(filter, h.hashes.get())?;
+        let filter = Blocked::from_bytes(filter, h.hashes.get())?;
         let (blocks, firsts) = read_index(index, h.blocks.get(), len).ok()?;
         Some(StreamTable {
             file,
@@ -256,9 +256,10 @@ impl StreamTable {
         &self.firsts[b.first.start as usize..b.first.end as usize]
     }
 
-    /// The events of `name` in this segment; empty if it has none.
-    pub(crate) fn lookup(&self, name: &str) -> Result<Run, Doubt> {
-        if !self.filter.may_contain(bloom::name_key(name)) {
+    /// The events of `name`, whose filter key is `key` (`bloom::name_key`, worked out once
+    /// for every table), in this segment; empty if it has none.
+    pub(crate) fn lookup(&self, name: &str, key: u64) -> Result<Run, Doubt> {
+        if !self.filter.may_contain(key) {
             return Ok(Vec::new());
         }
         // The last block starting at or before `name`.
@@ -425,10 +426,18 @@ mod tests {
         let t = StreamTable::open(dir.path(), 41, 0xabcd).expect("a sound table");
         assert_eq!((t.streams(), t.max_created_us()), (5_000, 77));
         for (name, run) in &c.streams {
-            assert_eq!(&t.lookup(name).unwrap(), run, "{name}");
+            assert_eq!(
+                &t.lookup(name, bloom::name_key(name)).unwrap(),
+                run,
+                "{name}"
+            );
         }
         for absent in ["", "a", "stream-", "stream-0000001", "stream-999999", "zzz"] {
-            assert_eq!(t.lookup(absent).unwrap(), Vec::new(), "{absent}");
+            assert_eq!(
+                t.lookup(absent, bloom::name_key(absent)).unwrap(),
+                Vec::new(),
+                "{absent}"
+            );
         }
     }
 
@@ -459,7 +468,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(&RealStorage, dir.path(), 1, 0, &Contents::default()).unwrap();
         let t = StreamTable::open(dir.path(), 1, 0).unwrap();
-        assert_eq!(t.lookup("x").unwrap(), Vec::new());
+        assert_eq!(t.lookup("x", bloom::name_key("x")).unwrap(), Vec::new());
         t.names_from(None, |_| panic!("no names")).unwrap();
     }
 
@@ -509,7 +518,7 @@ mod tests {
         let t = StreamTable::open(dir.path(), 1, 0).expect("header, filter, index intact");
         for name in c.streams.keys().take(50) {
             assert!(
-                t.lookup(name).is_err(),
+                t.lookup(name, bloom::name_key(name)).is_err(),
                 "a damaged block answered for {name}"
             );
         }
