@@ -31,19 +31,13 @@ impl Bloom {
 
     /// The filter stored as `bytes` (a whole number of words, at least one), or `None`.
     pub(crate) fn from_bytes(bytes: &[u8], hashes: u32) -> Option<Bloom> {
-        if bytes.is_empty() || !bytes.len().is_multiple_of(8) || hashes == 0 {
-            return None;
-        }
-        let words = bytes
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-            .collect();
+        let words = words_of(bytes, 1, hashes)?;
         Some(Bloom { words, hashes })
     }
 
     /// The filter as stored.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        bytes_of(&self.words)
     }
 
     /// False when `key` was certainly not among the keys.
@@ -80,19 +74,13 @@ impl Blocked {
 
     /// The filter stored as `bytes` (a whole number of blocks, at least one), or `None`.
     pub(crate) fn from_bytes(bytes: &[u8], hashes: u32) -> Option<Blocked> {
-        if bytes.is_empty() || !bytes.len().is_multiple_of(BLOCK_WORDS * 8) || hashes == 0 {
-            return None;
-        }
-        let words = bytes
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-            .collect();
+        let words = words_of(bytes, BLOCK_WORDS, hashes)?;
         Some(Blocked { words, hashes })
     }
 
     /// The filter as stored.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        bytes_of(&self.words)
     }
 
     /// False when `key` was certainly not among the keys.
@@ -101,6 +89,25 @@ impl Blocked {
         let block = &self.words[at..at + BLOCK_WORDS];
         block_bits(key, self.hashes).all(|bit| block[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
     }
+}
+
+/// The words a filter of `hashes` hashes is stored as, if `bytes` are a whole number (at
+/// least one) of `unit` words and `hashes` is not 0.
+fn words_of(bytes: &[u8], unit: usize, hashes: u32) -> Option<Vec<u64>> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(unit * 8) || hashes == 0 {
+        return None;
+    }
+    let words = bytes.chunks_exact(8);
+    Some(
+        words
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect(),
+    )
+}
+
+/// A filter's words as stored.
+fn bytes_of(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// The block of `key` among `blocks`: its high half, scaled (no division).
