@@ -3,11 +3,12 @@
 //! timestamp, and encoding the body. Runs under the state lock, so what it checks is what the
 //! entry is framed against.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use crate::error::AppendError;
 use crate::format::{self, EntryKind, EventToEncode, RECORD_BODY_BYTES_MAX};
-use crate::state::State;
+use crate::state::{State, StreamState};
 use crate::types::{
     validate_event_type, validate_stream_name, AppendResult, DeleteKind, ExpectedVersion,
     StreamMetadata, StreamWrite,
@@ -83,6 +84,10 @@ pub(crate) struct Prepared {
     pub(crate) kind: EntryKind,
     pub(crate) count: u32,
     pub(crate) body: Vec<u8>,
+    /// Streams this entry writes that validation read back from the stream tables: framing
+    /// keeps them in memory, instead of reading them back a second time, when it follows
+    /// validation under the same lock.
+    pub(crate) read_back: Vec<(String, StreamState)>,
 }
 
 /// A write planned by a Raft leader ([`crate::Engine::plan`]).
@@ -231,12 +236,16 @@ pub(crate) fn prepare_append(
         return Err(AppendError::IdempotencyMismatch(writes[0].stream.clone()));
     }
     let mut next_versions = Vec::with_capacity(writes.len());
+    let mut read_back = Vec::new();
     for w in writes {
         let s = st
             .stream(w.stream.as_str())
             .map_err(AppendError::Corruption)?;
         check_expected(&w.stream, w.expected, s.as_deref())?;
-        next_versions.push(s.map_or(0, |s| s.next_version));
+        next_versions.push(s.as_ref().map_or(0, |s| s.next_version));
+        if let Some(Cow::Owned(s)) = s {
+            read_back.push((w.stream.clone(), s));
+        }
     }
     let created_us = State::now_us().max(st.last_created_us);
     let count = writes.iter().map(|w| w.events.len()).sum::<usize>();
@@ -279,6 +288,7 @@ pub(crate) fn prepare_append(
             kind: EntryKind::Append,
             count,
             body,
+            read_back,
         },
         result,
     })
@@ -347,6 +357,7 @@ pub(crate) fn prepare_op(st: &State, op: &WriteOp<'_>) -> Result<AppendPlan, App
             kind,
             count: 0,
             body,
+            read_back: Vec::new(),
         },
         result: AppendResult {
             next_expected_version: 0,

@@ -508,6 +508,7 @@ impl Engine {
             kind: EntryKind::Membership,
             count: 0,
             body,
+            read_back: Vec::new(),
         })
     }
 
@@ -517,6 +518,7 @@ impl Engine {
             kind: EntryKind::NoOp,
             count: 0,
             body: Vec::new(),
+            read_back: Vec::new(),
         })
     }
 

@@ -31,9 +31,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::bloom::{self, Bloom};
 use crate::storage::{self, Storage};
-
-/// Extension of event-id table files.
-pub(crate) const ID_TABLE_EXT: &str = "qids";
+use crate::table::{self, Doubt, HEADER_BYTES, ID_TABLE_EXT};
 
 /// First bytes of every event-id table.
 pub(crate) const ID_TABLE_MAGIC: [u8; 8] = *b"QUIVIDT\x01";
@@ -59,19 +57,13 @@ struct Header {
     header_crc: U32,
 }
 
-const HEADER_BYTES: usize = 64;
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_BYTES);
 
 /// The file name of the id table of the segment whose first record has Raft index
 /// `first_index`.
 pub(crate) fn id_table_name(first_index: u64) -> String {
-    format!("{first_index:020}.{ID_TABLE_EXT}")
+    table::name(first_index, ID_TABLE_EXT)
 }
-
-/// The table could not say for certain (an entry failed its check, or the file could not be
-/// read): the caller must wait for the in-memory index instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Doubt(pub(crate) String);
 
 /// Writes the id table of the segment starting at `first_index` durably (temporary file,
 /// sync, rename; the caller syncs the directory), for `ids` (id, position) of the summary
@@ -128,16 +120,9 @@ impl IdTable {
     /// was made from the summary whose body checksum is `summary_crc`; `None` otherwise.
     pub(crate) fn open(dir: &Path, first_index: u64, summary_crc: u32) -> Option<IdTable> {
         let path = dir.join(id_table_name(first_index));
-        let file = File::open(&path).ok()?;
-        let mut raw = [0u8; HEADER_BYTES];
-        file.read_exact_at(&mut raw, 0).ok()?;
+        let (file, raw) = table::open_bound(&path, ID_TABLE_MAGIC, first_index, summary_crc)?;
         let h = Header::read_from_bytes(&raw).ok()?;
-        let sound = h.magic == ID_TABLE_MAGIC
-            && h.header_crc.get() == crc32c::crc32c(&raw[..60])
-            && h.first_index.get() == first_index
-            && h.summary_crc.get() == summary_crc
-            && h.filter_bytes.get() >= 8;
-        if !sound {
+        if h.filter_bytes.get() < 8 {
             return None;
         }
         let filter_bytes = h.filter_bytes.get();

@@ -125,6 +125,9 @@ impl Inner {
                 max: RECORD_BODY_BYTES_MAX,
             });
         }
+        for (name, s) in prepared.read_back {
+            st.keep(&name, s);
+        }
         let index = st.next_index;
         let term = st.term;
         let header = format::record_header(

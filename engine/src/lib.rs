@@ -21,7 +21,8 @@
 //!    `failmark.rs`: the mark a failed sync leaves; `idtable.rs`: per-segment sorted event-id
 //!    tables that let a store take appends before its id index is loaded; `streamtable.rs`:
 //!    per-segment stream tables, so that streams not being written need not stay in memory;
-//!    `bloom.rs`: the filters both kinds of table put in front of their entries; `config.rs`:
+//!    `bloom.rs`: the filters both kinds of table put in front of their entries; `table.rs`:
+//!    what the two kinds of table share (names, the header's binding, `Doubt`); `config.rs`:
 //!    `EngineConfig`.
 //! 2. The log's state. `state.rs`: the in-memory index built from the log, tip and committed
 //!    views; `summary.rs`: per-segment summaries that keep restart work flat; `append.rs`: an
@@ -58,6 +59,7 @@ mod state;
 pub mod storage;
 mod streamtable;
 mod summary;
+mod table;
 mod types;
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::error::{DecodeError, Failed, LogError};
 use crate::format::{self, decode_entry, EntryKind};
 use crate::inner::EnqueueError;
 use crate::recovery;
-use crate::segment::{self, scan, segment_name, summary_name, SegmentFile};
+use crate::segment::{self, scan, segment_name, SegmentFile};
 use crate::state::{Callback, Origin, Seg};
 use crate::storage::{self, Storage};
 
@@ -268,24 +268,17 @@ impl Engine {
     /// Removes the records from (segment `s`, record `r`) on from the files, durably.
     fn cut_suffix(&self, st: &crate::state::State, s: usize, r: usize) -> std::io::Result<()> {
         let disk = &*self.inner.config.storage;
-        // The segment that will be the active one again loses its summary first: records
-        // appended to it later would otherwise be hidden by it on the next open.
+        // The segment that will be the active one again loses its summary (and tables) first:
+        // records appended to it later would otherwise be hidden by it on the next open.
         let active = if r == 0 { s.checked_sub(1) } else { Some(s) };
         if let Some(a) = active {
-            let first = st.segments[a].first_index();
-            storage::remove_if_exists(disk, &self.inner.dir.join(summary_name(first)))?;
+            segment::remove_derived(disk, &st.segments[a].file.path)?;
         }
         // Whole segments go first, newest first, and the directory is synced before the
         // cut: a crash must never leave a cut segment followed by the old later ones.
         let doomed = if r == 0 { s } else { s + 1 };
         for seg in st.segments[doomed..].iter().rev() {
-            let summary = self.inner.dir.join(summary_name(seg.first_index()));
-            storage::remove_if_exists(disk, &summary)?;
-            let ids = self
-                .inner
-                .dir
-                .join(crate::idtable::id_table_name(seg.first_index()));
-            storage::remove_if_exists(disk, &ids)?;
+            segment::remove_derived(disk, &seg.file.path)?;
             disk.remove_file(&seg.file.path)?;
         }
         storage::sync_dir(disk, &self.inner.dir)?;

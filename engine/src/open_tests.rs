@@ -49,7 +49,7 @@ fn id_tables(dir: &Path) -> Vec<std::path::PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| {
             p.extension()
-                .is_some_and(|e| e == crate::idtable::ID_TABLE_EXT)
+                .is_some_and(|e| e == crate::table::ID_TABLE_EXT)
         })
         .collect();
     found.sort();

@@ -20,7 +20,7 @@ use crate::config::EngineConfig;
 use crate::error::{Corruption, OpenError};
 use crate::failmark;
 use crate::format::SEGMENT_HEADER_BYTES;
-use crate::segment::{scan, watermark_after, SegmentFile, SEGMENT_EXT, SUMMARY_EXT};
+use crate::segment::{self, scan, watermark_after, SegmentFile, SEGMENT_EXT, SUMMARY_EXT};
 use crate::state::{Origin, Seg, State};
 use crate::storage::{self, Storage};
 use crate::summary;
@@ -259,10 +259,7 @@ fn remove_segments(disk: &dyn Storage, dir: &Path, paths: &[PathBuf]) -> Result<
     // Newest first, so a crash in the middle leaves a log that still ends in a gap-free way.
     for path in paths.iter().rev() {
         tracing::warn!(file = %path.display(), "removing a segment past the log's end");
-        let summary = path.with_extension(SUMMARY_EXT);
-        storage::remove_if_exists(disk, &summary).map_err(io_err(&summary))?;
-        let ids = path.with_extension(crate::idtable::ID_TABLE_EXT);
-        storage::remove_if_exists(disk, &ids).map_err(io_err(&ids))?;
+        segment::remove_derived(disk, path).map_err(io_err(path))?;
         disk.remove_file(path).map_err(io_err(path))?;
     }
     storage::sync_dir(disk, dir).map_err(io_err(dir))
@@ -303,14 +300,8 @@ fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(),
             }
         }
     }
-    let table = path.with_extension(crate::streamtable::STREAM_TABLE_EXT);
-    for file in [&summary, &table] {
-        match disk.remove_file(file) {
-            Ok(()) => storage::sync_dir(disk, dir).map_err(io_err(dir))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(file)(e)),
-        }
-    }
+    segment::remove_derived(disk, &path).map_err(io_err(&path))?;
+    storage::sync_dir(disk, dir).map_err(io_err(dir))?;
     let seg = st.segments.last_mut().expect("checked above");
     seg.file = Arc::new(SegmentFile::open(&path, true)?);
     seg.sealed = false;

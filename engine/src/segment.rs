@@ -14,6 +14,7 @@ use crate::format::{
     self, parse_record, RecordHeader, RecordParse, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{self, Storage};
+use crate::table;
 
 /// Extension of segment files.
 pub const SEGMENT_EXT: &str = "qseg";
@@ -29,6 +30,15 @@ pub fn segment_name(first_index: u64) -> String {
 /// The file name of a segment's summary.
 pub fn summary_name(first_index: u64) -> String {
     format!("{first_index:020}.{SUMMARY_EXT}")
+}
+
+/// Removes what is derived from the segment file at `path`: its summary and its tables,
+/// named by the same stem (the caller syncs the directory).
+pub(crate) fn remove_derived(s: &dyn Storage, path: &Path) -> io::Result<()> {
+    for ext in [SUMMARY_EXT, table::ID_TABLE_EXT, table::STREAM_TABLE_EXT] {
+        storage::remove_if_exists(s, &path.with_extension(ext))?;
+    }
+    Ok(())
 }
 
 /// One open segment file and its read-only shared mapping.

@@ -14,9 +14,10 @@ use bytes::Bytes;
 
 use crate::error::{Corruption, DecodeError, Failed};
 use crate::format::{decode_entry_lazy, Entry, EntryKind, RecordHeader};
-use crate::idtable::{Doubt, IdTable};
+use crate::idtable::IdTable;
 use crate::segment::SegmentFile;
 use crate::streamtable::{Run, StreamTable};
+use crate::table::Doubt;
 use crate::types::{DeleteKind, StreamMetadata};
 
 /// Where one record lives inside its segment. Its Raft index is the segment's first index
@@ -485,6 +486,15 @@ impl State {
         };
         let v = self.streams.get_mut(&key).expect("inserted above");
         Ok((key, v))
+    }
+
+    /// Keeps in memory a stream just read back from the tables by a write's validation under
+    /// this same lock, so that applying the write does not read it back again. A stream
+    /// already in memory stays as it is.
+    pub(crate) fn keep(&mut self, name: &str, s: StreamState) {
+        if !self.streams.contains_key(name) {
+            self.streams.insert(Arc::from(name), s);
+        }
     }
 
     /// Like [`State::stream_entry`] while summaries are loaded with their tables: the entry

@@ -36,9 +36,7 @@ use crate::bloom::{self, Blocked};
 use crate::error::DecodeError;
 use crate::format::Cursor;
 use crate::storage::{self, Storage};
-
-/// Extension of stream table files.
-pub(crate) const STREAM_TABLE_EXT: &str = "qstm";
+use crate::table::{self, Doubt, HEADER_BYTES, STREAM_TABLE_EXT};
 
 /// First bytes of every stream table.
 pub(crate) const STREAM_TABLE_MAGIC: [u8; 8] = *b"QUIVSTM\x02";
@@ -67,18 +65,13 @@ struct Header {
     header_crc: U32,
 }
 
-const HEADER_BYTES: usize = 64;
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_BYTES);
 
 /// The file name of the stream table of the segment whose first record has Raft index
 /// `first_index`.
 pub(crate) fn stream_table_name(first_index: u64) -> String {
-    format!("{first_index:020}.{STREAM_TABLE_EXT}")
+    table::name(first_index, STREAM_TABLE_EXT)
 }
-
-/// The table could not say for certain (a block failed its check, or could not be read).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Doubt(pub(crate) String);
 
 /// The events of one stream in one segment: (version, position), ascending.
 pub(crate) type Run = Vec<(u64, u64)>;
@@ -198,17 +191,8 @@ impl StreamTable {
     /// checksum is `summary_crc`; `None` otherwise.
     pub(crate) fn open(dir: &Path, first_index: u64, summary_crc: u32) -> Option<StreamTable> {
         let path = dir.join(stream_table_name(first_index));
-        let file = File::open(&path).ok()?;
-        let mut raw = [0u8; HEADER_BYTES];
-        file.read_exact_at(&mut raw, 0).ok()?;
+        let (file, raw) = table::open_bound(&path, STREAM_TABLE_MAGIC, first_index, summary_crc)?;
         let h = Header::read_from_bytes(&raw).ok()?;
-        let sound = h.magic == STREAM_TABLE_MAGIC
-            && h.header_crc.get() == crc32c::crc32c(&raw[..60])
-            && h.first_index.get() == first_index
-            && h.summary_crc.get() == summary_crc;
-        if !sound {
-            return None;
-        }
         let len = file.metadata().ok()?.len();
         let aux_len = h
             .filter_bytes

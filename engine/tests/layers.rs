@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("format", 1),
     ("storage", 1),
     ("bloom", 1),
+    ("table", 1),
     ("io", 2),
     ("failmark", 2),
     ("segment", 2),
