@@ -715,10 +715,11 @@ impl Engine {
             (st.tables.clone(), listed.count() as u64)
         };
         // Each table's names in order, a block at a time (its segment's when it is damaged).
-        let mut sources: Vec<NameSource<'_>> = tables
+        let from_segment = |i| segment_names(&self.inner.state.read(), i);
+        let mut sources: Vec<_> = tables
             .iter()
             .enumerate()
-            .map(|(i, t)| NameSource::new(self, i, t))
+            .map(|(i, t)| NameSource::new(t, i, None, &from_segment))
             .collect();
         let mut heap = BinaryHeap::new();
         for (i, s) in sources.iter_mut().enumerate() {
@@ -833,34 +834,45 @@ impl Engine {
     }
 }
 
-/// The names of one stream table in order, read a block at a time; from its segment when a
-/// block is damaged.
-struct NameSource<'a> {
-    engine: &'a Engine,
-    segment: usize,
+/// The names of one stream table in order, from the first at or after a bound, read a block
+/// at a time. When a block is damaged, the rest come from its segment's records instead
+/// (`segment_names`, given the segment's place): never a guess, and never out of order.
+struct NameSource<'a, F: Fn(usize) -> Vec<String>> {
     table: &'a crate::streamtable::StreamTable,
+    segment: usize,
+    from: Option<&'a str>,
     block: usize,
     names: std::vec::IntoIter<String>,
+    segment_names: &'a F,
 }
 
-impl<'a> NameSource<'a> {
-    fn new(engine: &'a Engine, segment: usize, table: &'a crate::streamtable::StreamTable) -> Self {
+impl<'a, F: Fn(usize) -> Vec<String>> NameSource<'a, F> {
+    fn new(
+        table: &'a crate::streamtable::StreamTable,
+        segment: usize,
+        from: Option<&'a str>,
+        segment_names: &'a F,
+    ) -> Self {
         NameSource {
-            engine,
-            segment,
             table,
-            block: 0,
+            segment,
+            from,
+            block: from.map_or(0, |f| table.block_of(f)),
             names: Vec::new().into_iter(),
+            segment_names,
         }
     }
 }
 
-impl Iterator for NameSource<'_> {
+impl<F: Fn(usize) -> Vec<String>> Iterator for NameSource<'_, F> {
     type Item = String;
 
     fn next(&mut self) -> Option<String> {
         loop {
             if let Some(n) = self.names.next() {
+                if self.from.is_some_and(|f| n.as_str() < f) {
+                    continue;
+                }
                 return Some(n);
             }
             if self.block >= self.table.blocks() {
@@ -868,32 +880,32 @@ impl Iterator for NameSource<'_> {
             }
             let b = self.block;
             self.block += 1;
-            match self.table.block_names(b) {
-                Ok(names) => self.names = names.into_iter(),
+            self.names = match self.table.block_names(b) {
+                Ok(names) => names.into_iter(),
                 Err(doubt) => {
                     tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
-                    // The whole segment's names, once: no block of this table is read again.
+                    // The segment's names from the damaged block's first on (those before
+                    // it were given already), once: no block of this table is read again.
                     self.block = self.table.blocks();
-                    let st = self.engine.inner.state.read();
-                    let names = match st.segment_streams(self.segment, None) {
-                        Ok(all) => all.into_keys().collect::<Vec<_>>(),
-                        Err(c) => {
-                            tracing::error!(error = %c, "stream names could not be read");
-                            Vec::new()
-                        }
-                    };
-                    // Those before the damaged block were given already.
-                    let done = b
-                        .checked_sub(1)
-                        .and_then(|p| self.table.block_names(p).ok())
-                        .and_then(|n| n.last().cloned());
-                    self.names = names
-                        .into_iter()
-                        .filter(|n| done.as_ref().is_none_or(|d| n > d))
+                    let first = self.table.block_first(b);
+                    let rest = (self.segment_names)(self.segment).into_iter();
+                    rest.filter(|n| n.as_str() >= first)
                         .collect::<Vec<_>>()
-                        .into_iter();
+                        .into_iter()
                 }
-            }
+            };
+        }
+    }
+}
+
+/// The names of the streams of segment `s`, read from its records (each checked); none,
+/// logged, if they cannot be read.
+fn segment_names(st: &State, s: usize) -> Vec<String> {
+    match st.segment_streams(s, None) {
+        Ok(all) => all.into_keys().collect(),
+        Err(c) => {
+            tracing::error!(error = %c, "stream names could not be read");
+            Vec::new()
         }
     }
 }
@@ -920,38 +932,20 @@ fn names_after(
     let in_memory = st
         .streams
         .range::<str, _>((Bound::Included(start), Bound::Unbounded))
-        .map(|(k, _)| k)
-        .filter(|k| past(k))
-        .take_while(|k| k.starts_with(prefix))
-        .take(batch);
-    names.extend(in_memory.cloned());
-    for (i, t) in st.tables.iter().enumerate() {
-        let mut found = Vec::new();
-        let add = |found: &mut Vec<Arc<str>>, name: &str| {
-            if !past(name) {
-                return true;
-            }
-            if !name.starts_with(prefix) {
-                return false;
-            }
-            found.push(Arc::from(name));
-            found.len() < batch
-        };
-        if let Err(doubt) = t.names_from(Some(start), |n| add(&mut found, n)) {
-            tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
-            found.clear();
-            match st.segment_streams(i, None) {
-                Ok(all) => {
-                    for name in all.keys().filter(|k| k.as_str() >= start) {
-                        if !add(&mut found, name) {
-                            break;
-                        }
-                    }
-                }
-                Err(c) => tracing::error!(error = %c, "stream names could not be read"),
-            }
-        }
-        names.extend(found);
+        .map(|(k, _)| k.clone());
+    let tables = st.tables.iter().enumerate();
+    let from_segment = |i| segment_names(st, i);
+    let in_tables = tables.map(|(i, t)| {
+        NameSource::new(t, i, Some(start), &from_segment).map(|n| Arc::<str>::from(n.as_str()))
+    });
+    for source in std::iter::once(Box::new(in_memory) as Box<dyn Iterator<Item = Arc<str>>>)
+        .chain(in_tables.map(|s| Box::new(s) as Box<dyn Iterator<Item = Arc<str>>>))
+    {
+        let own = source
+            .filter(|n| past(n))
+            .take_while(|n| n.starts_with(prefix))
+            .take(batch);
+        names.extend(own);
     }
     names.into_iter().take(batch).collect()
 }

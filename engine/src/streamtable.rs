@@ -269,13 +269,7 @@ impl StreamTable {
         from: Option<&str>,
         mut each: impl FnMut(&str) -> bool,
     ) -> Result<(), Doubt> {
-        let start = match from {
-            Some(f) => self
-                .blocks
-                .partition_point(|b| self.first_name(b) <= f)
-                .saturating_sub(1),
-            None => 0,
-        };
+        let start = from.map_or(0, |f| self.block_of(f));
         let mut going = true;
         for b in start..self.blocks.len() {
             self.walk_block(b, |n, _| {
@@ -295,6 +289,19 @@ impl StreamTable {
     /// Blocks in the table.
     pub(crate) fn blocks(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// The block that holds `name` if the table does: the last starting at or before it (0
+    /// if none does).
+    pub(crate) fn block_of(&self, name: &str) -> usize {
+        self.blocks
+            .partition_point(|b| self.first_name(b) <= name)
+            .saturating_sub(1)
+    }
+
+    /// The first name of block `b`.
+    pub(crate) fn block_first(&self, b: usize) -> &str {
+        self.first_name(&self.blocks[b])
     }
 
     /// The names of block `b`, in order.
