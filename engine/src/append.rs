@@ -84,9 +84,9 @@ pub(crate) struct Prepared {
     pub(crate) kind: EntryKind,
     pub(crate) count: u32,
     pub(crate) body: Vec<u8>,
-    /// Streams this entry writes that validation read back from the stream tables: framing
-    /// keeps them in memory, instead of reading them back a second time, when it follows
-    /// validation under the same lock.
+    /// Streams this entry writes that validation looked up in the stream tables (read back,
+    /// or found in none: new): framing keeps them in memory, instead of looking them up a
+    /// second time, when it follows validation under the same lock.
     pub(crate) read_back: Vec<(String, StreamState)>,
 }
 
@@ -243,8 +243,11 @@ pub(crate) fn prepare_append(
             .map_err(AppendError::Corruption)?;
         check_expected(&w.stream, w.expected, s.as_deref())?;
         next_versions.push(s.as_ref().map_or(0, |s| s.next_version));
-        if let Some(Cow::Owned(s)) = s {
-            read_back.push((w.stream.clone(), s));
+        match s {
+            Some(Cow::Borrowed(_)) => {}
+            Some(Cow::Owned(s)) => read_back.push((w.stream.clone(), s)),
+            // Not in memory nor in any table: a new stream, as framing would find again.
+            None => read_back.push((w.stream.clone(), StreamState::default())),
         }
     }
     let created_us = State::now_us().max(st.last_created_us);
