@@ -293,17 +293,8 @@ impl Suite {
         } else {
             // Quiver runs on a machine where PostgreSQL is not running.
             self.stop_peer();
-            let report = match self.opts.stages.clone() {
-                None => self.run_quiver(scenario)?,
-                Some(stages) => {
-                    stages.take();
-                    let before = crate::stages::Usage::now();
-                    let report = self.run_quiver(scenario)?;
-                    let usage = crate::stages::Usage::now().per_op_since(&before, report.ops);
-                    let taken = crate::stages::Stages::to_json(&stages.take());
-                    report.with("stages", taken).with("usage", usage)
-                }
-            };
+            let stages = self.opts.stages.clone();
+            let report = crate::stages::measured(stages.as_deref(), || self.run_quiver(scenario))?;
             match postgres_peer::counterpart(scenario) {
                 Some(pg) => {
                     let rate = self

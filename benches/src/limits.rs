@@ -7,6 +7,8 @@
 //! | `limit_fdatasync_32k` | the same with 32,000 bytes (a 100-event append is about that) | the `fdatasync` |
 //! | `limit_quic_rtt_64b` | one connection; per request a new bidirectional stream carrying 64 bytes, finished; the server answers 64 bytes and finishes | the round trip |
 //! | `limit_quic_rtt_32k` | the same with a 32,000-byte request | the round trip |
+//! | `limit_fdatasync_512k` | as `limit_fdatasync_32k` with 512,000 bytes: a group commit of 16 appends of 100 events | the `fdatasync` |
+//! | `limit_thread_wake` | two threads handing a message back and forth over a channel, each blocked until the other sends: the engine's writer waking a caller blocked in `Engine::append` | one hand-over: send → the blocked thread running |
 //!
 //! The file is written where the engine's segments would be (`--dir`), at increasing offsets
 //! inside a region zeroed and synced beforehand, as the engine writes its preallocated
@@ -37,6 +39,8 @@ pub const SCENARIOS: &[&str] = &[
     "limit_fdatasync_32k",
     "limit_quic_rtt_64b",
     "limit_quic_rtt_32k",
+    "limit_fdatasync_512k",
+    "limit_thread_wake",
 ];
 
 /// Bytes zeroed and synced before the fdatasync scenarios write into them.
@@ -51,6 +55,8 @@ pub fn run(scenario: &str, dir: &Path, quick: bool) -> Result<Report> {
         "limit_fdatasync_32k" => fdatasync(scratch.path(), 32_000, duration)?,
         "limit_quic_rtt_64b" => quic_rtt(scratch.path().to_path_buf(), 64, duration)?,
         "limit_quic_rtt_32k" => quic_rtt(scratch.path().to_path_buf(), 32_000, duration)?,
+        "limit_fdatasync_512k" => fdatasync(scratch.path(), 512_000, duration)?,
+        "limit_thread_wake" => thread_wake(duration)?,
         other => anyhow::bail!("no scenario {other:?}; known: {}", SCENARIOS.join(", ")),
     };
     report.scenario = scenario.to_string();
@@ -154,4 +160,54 @@ fn quic_rtt(dir: PathBuf, request_bytes: usize, duration: Duration) -> Result<Re
                  its end; Quiver's QUIC endpoints on loopback, no framing, no engine",
             ))
     })
+}
+
+/// Two threads hand a timestamp back and forth over channels, each blocked in `recv` until
+/// the other sends: every hand-over is a futex wake of a sleeping thread, as when the
+/// engine's writer tells a caller blocked in `Engine::append` that its append is durable.
+/// The sample is one hand-over (sent → the receiver running); `cpu_us_per_wake` is the
+/// process's CPU time over the run divided by the hand-overs.
+fn thread_wake(duration: Duration) -> Result<Report> {
+    let (to_b, at_b) = std::sync::mpsc::sync_channel::<Instant>(1);
+    let (to_a, at_a) = std::sync::mpsc::sync_channel::<Instant>(1);
+    let echo = std::thread::spawn(move || {
+        let mut woken = latency_histogram();
+        while let Ok(sent) = at_b.recv() {
+            woken.saturating_record(nanos_since(sent));
+            if to_a.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+        woken
+    });
+    let mut woken = latency_histogram();
+    let before = crate::stages::Usage::now();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        to_b.send(Instant::now())
+            .context("the echo thread stopped")?;
+        let sent = at_a.recv().context("the echo thread stopped")?;
+        woken.saturating_record(nanos_since(sent));
+    }
+    let elapsed = started.elapsed();
+    let cpu = crate::stages::Usage::now().cpu.saturating_sub(before.cpu);
+    drop(to_b);
+    let other = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
+    woken
+        .add(&other)
+        .context("merging the two threads' samples")?;
+    let wakes = woken.len().max(1);
+    let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+    Ok(Report::new("", wakes, elapsed, &woken)
+        .with("mean_us", us(woken.mean() as u64))
+        .with(
+            "cpu_us_per_wake",
+            (cpu.as_secs_f64() * 1e7 / wakes as f64).round() / 10.0,
+        )
+        .with(
+            "latency_per",
+            "hand-over: a message sent → the thread blocked on it running (std mpsc, futex)",
+        ))
 }

@@ -142,6 +142,12 @@ struct EngineArgs {
     /// e.g. 30000000 to see how a restart grows with the store.
     #[arg(long)]
     reopen_events: Option<u64>,
+    /// Time the engine's stages of each append (waiting for the state lock, planning,
+    /// framing; the writer's idle time, group commit, write + fdatasync, publishing; the
+    /// caller's wake-up) from their `stage.engine.*` spans, and add them to each line as
+    /// `stages`, with `usage` (CPU and context switches per operation, whole process).
+    #[arg(long)]
+    stages: bool,
 }
 
 #[derive(Args)]
@@ -288,8 +294,16 @@ fn main() -> Result<()> {
                 io_mode: args.io_mode.into(),
                 reopen_events: args.reopen_events,
             };
+            let stages = match args.stages {
+                true => Some(quiver_bench::stages::install()?),
+                false => None,
+            };
             let chosen = choose(engine_suite::SCENARIOS, &args.scenarios);
-            run_all(&chosen, |scenario| engine_suite::run(scenario, &opts))
+            run_all(&chosen, |scenario| {
+                quiver_bench::stages::measured(stages.as_deref(), || {
+                    engine_suite::run(scenario, &opts)
+                })
+            })
         }
         Suite::EngineProbe(args) => {
             quiver_bench::many_streams::probe(&args.dir, args.streams, args.io_mode.into())

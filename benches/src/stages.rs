@@ -1,4 +1,5 @@
-//! Stage timing for `quiver-bench client --stages`: where an append's time goes.
+//! Stage timing for `quiver-bench client --stages` and `quiver-bench engine --stages`: where
+//! an append's time goes.
 //!
 //! The client, the server and the engine open `tracing` spans at `TRACE` level named
 //! `stage.<side>.<stage>` around the stages of a request (`stage.client.encode`,
@@ -185,6 +186,23 @@ pub fn install() -> Result<Arc<Stages>> {
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|e| anyhow!("installing the stage-timing subscriber: {e}"))?;
     Ok(stages)
+}
+
+/// Runs one scenario; with `stages`, what the scenario's spans recorded is added to its
+/// report as `stages`, and the process's CPU and context switches per operation as `usage`.
+pub fn measured(
+    stages: Option<&Stages>,
+    run: impl FnOnce() -> Result<crate::report::Report>,
+) -> Result<crate::report::Report> {
+    let Some(stages) = stages else {
+        return run();
+    };
+    stages.take();
+    let before = Usage::now();
+    let report = run()?;
+    let usage = Usage::now().per_op_since(&before, report.ops);
+    let taken = Stages::to_json(&stages.take());
+    Ok(report.with("stages", taken).with("usage", usage))
 }
 
 #[cfg(test)]

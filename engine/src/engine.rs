@@ -315,9 +315,10 @@ impl Engine {
     pub fn append_multi(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, AppendError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.append_with(writes, move |r| {
-            let _ = tx.send(r);
+            // Until the caller runs again: the wake-up of a blocked thread.
+            let _ = tx.send((r, tracing::trace_span!("stage.engine.wakeup")));
         });
-        rx.recv().unwrap_or(Err(AppendError::Closed))
+        rx.recv().map_or(Err(AppendError::Closed), |(r, _woken)| r)
     }
 
     /// Starts an append and calls `done` with the outcome once it is durable and committed
@@ -331,7 +332,10 @@ impl Engine {
         if let Err(f) = self.inner.recover_space() {
             return done(Err(f.into()));
         }
+        let waiting = tracing::trace_span!("stage.engine.lock_wait");
         let mut st = self.inner.state.write();
+        drop(waiting);
+        let planning = tracing::trace_span!("stage.engine.plan");
         let prepared = loop {
             match prepare_append(&st, &writes) {
                 Ok(p) => break p,
@@ -354,6 +358,7 @@ impl Engine {
                 }
             }
         };
+        drop(planning);
         match prepared {
             AppendPlan::Idempotent(mut result) => {
                 // The original may not be committed yet: answer once it is.
@@ -381,21 +386,25 @@ impl Engine {
                 let at = st.waiters.partition_point(|(i, _)| *i <= wait_for);
                 st.waiters.insert(at, (wait_for, cb));
             }
-            AppendPlan::Write { prepared, result } => match self.inner.frame(&mut st, prepared) {
-                Ok(index) => {
-                    let cb = Callback::new(move |r| {
-                        done(
-                            r.map(|index| AppendResult { index, ..result })
-                                .map_err(Into::into),
-                        )
-                    });
-                    st.waiters.push_back((index, cb));
+            AppendPlan::Write { prepared, result } => {
+                match tracing::trace_span!("stage.engine.frame")
+                    .in_scope(|| self.inner.frame(&mut st, prepared))
+                {
+                    Ok(index) => {
+                        let cb = Callback::new(move |r| {
+                            done(
+                                r.map(|index| AppendResult { index, ..result })
+                                    .map_err(Into::into),
+                            )
+                        });
+                        st.waiters.push_back((index, cb));
+                    }
+                    Err(e) => {
+                        drop(st);
+                        done(Err(e));
+                    }
                 }
-                Err(e) => {
-                    drop(st);
-                    done(Err(e));
-                }
-            },
+            }
         }
     }
 

@@ -372,15 +372,22 @@ pub(crate) fn writer_loop(inner: &Inner, mut io: SyncIo) {
     loop {
         let (mut chunks, last_index) = {
             let mut q = inner.queue.lock();
+            let idle = q
+                .chunks
+                .is_empty()
+                .then(|| tracing::trace_span!("stage.engine.writer_idle"));
             while q.chunks.is_empty() {
                 if q.shutdown {
                     return;
                 }
                 inner.queue_cv.wait(&mut q);
             }
+            drop(idle);
             q.busy = true;
             (std::mem::take(&mut q.chunks), q.last_index)
         };
+        // One group commit: stamp, write + fdatasync, publish, tell the waiters.
+        let commit = tracing::trace_span!("stage.engine.commit");
         let (failed, durable) = {
             let st = inner.state.read();
             (st.failed.is_some(), st.durable_index)
@@ -401,6 +408,7 @@ pub(crate) fn writer_loop(inner: &Inner, mut io: SyncIo) {
                 .bytes_written
                 .fetch_add(bytes as u64, Ordering::Relaxed);
         }
+        let publishing = tracing::trace_span!("stage.engine.publish");
         let (callbacks, moved) = {
             let mut st = inner.state.write();
             let before = st.commit_index;
@@ -426,9 +434,12 @@ pub(crate) fn writer_loop(inner: &Inner, mut io: SyncIo) {
             };
             (callbacks, st.commit_index != before)
         };
+        drop(publishing);
+        let notifying = tracing::trace_span!("stage.engine.notify");
         for (cb, r) in callbacks {
             cb.call(r);
         }
+        drop((notifying, commit));
         if moved {
             inner.notify_commit();
         }
