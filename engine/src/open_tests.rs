@@ -236,9 +236,9 @@ fn a_damaged_id_table_entry_makes_a_retry_wait_for_the_index_never_guess() {
     assert!(retry.idempotent && retry.position_first == stored.position_first);
 }
 
-/// If the id index cannot be built (a summary no longer reads), the store fails: an append
-/// that was waiting for the index is answered with that failure, not left waiting or
-/// planning again for ever.
+/// If the id index cannot be built (a summary's events and its segment's records no longer
+/// read), the store fails: an append that was waiting for the index is answered with that
+/// failure, not left waiting or planning again for ever.
 #[test]
 fn an_append_waiting_for_an_index_that_cannot_be_built_gets_the_failure() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,6 +261,19 @@ fn an_append_waiting_for_an_index_that_cannot_be_built_gets_the_failure() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&summary, &bytes).unwrap();
+    // The loader falls back to the segment's records when the summary's events fail their
+    // checksum: damage the first record there too.
+    // In place: the store has the segment mapped.
+    let segment = summary.with_extension(crate::segment::SEGMENT_EXT);
+    let at = (crate::format::SEGMENT_HEADER_BYTES + crate::format::RECORD_HEADER_BYTES + 8) as u64;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0xff], at).unwrap();
     let (early, later) = append_within(&engine, "acct-1", first, Duration::from_millis(300));
     assert!(early.is_none(), "answered before the index: {early:?}");
     engine.release();

@@ -588,24 +588,7 @@ impl State {
         body: &[u8],
         origin: Origin,
     ) -> Result<(), ApplyError> {
-        let index = header.index.get();
-        let position = header.position.get();
-        // Reachable with damaged or hostile input (a summary, a shipped segment): an error,
-        // never a panic.
-        if index != self.next_index {
-            return Err(DecodeError::new(
-                "record",
-                format!("index {index}, expected {}", self.next_index),
-            )
-            .into());
-        }
-        if position != self.next_position {
-            return Err(DecodeError::new(
-                "record",
-                format!("position {position}, expected {}", self.next_position),
-            )
-            .into());
-        }
+        let (index, position) = self.continues(header)?;
         let kind = EntryKind::from_byte(header.kind)?;
         let entry = decode_entry_lazy(kind, body)?;
         match entry {
@@ -692,6 +675,51 @@ impl State {
             }
             Entry::NoOp => {}
         }
+        self.push_record(header, offset);
+        Ok(())
+    }
+
+    /// Applies an append record of a summarized segment whose stream table holds its events
+    /// (what [`Self::apply_tip`] does with [`Origin::Tabled`]), without its body: opening a
+    /// store then reads a few bytes per record, however many events it holds.
+    pub(crate) fn apply_tabled_append(
+        &mut self,
+        header: &RecordHeader,
+        offset: u64,
+    ) -> Result<(), ApplyError> {
+        self.continues(header)?;
+        if EntryKind::from_byte(header.kind)? != EntryKind::Append {
+            return Err(DecodeError::new("record", "not an append").into());
+        }
+        self.push_record(header, offset);
+        Ok(())
+    }
+
+    /// The record's index and position, if it continues the log. Reachable with damaged or
+    /// hostile input (a summary, a shipped segment): an error, never a panic.
+    fn continues(&self, header: &RecordHeader) -> Result<(u64, u64), ApplyError> {
+        let index = header.index.get();
+        let position = header.position.get();
+        if index != self.next_index {
+            return Err(DecodeError::new(
+                "record",
+                format!("index {index}, expected {}", self.next_index),
+            )
+            .into());
+        }
+        if position != self.next_position {
+            return Err(DecodeError::new(
+                "record",
+                format!("position {position}, expected {}", self.next_position),
+            )
+            .into());
+        }
+        Ok((index, position))
+    }
+
+    /// Adds a record that continues the log, at `offset` in the last segment.
+    fn push_record(&mut self, header: &RecordHeader, offset: u64) {
+        let (index, position) = (header.index.get(), header.position.get());
         let seg = self
             .segments
             .last_mut()
@@ -706,7 +734,6 @@ impl State {
         self.next_index = index + 1;
         self.next_position = position + header.count.get() as u64;
         self.last_term = header.term.get();
-        Ok(())
     }
 
     /// The entry of a stream named by a delete, metadata or snapshot record.

@@ -3,8 +3,18 @@
 //! Opening a store loads summaries instead of scanning segments, so restart work does not
 //! depend on how many payload bytes the store holds, and only the active segment is replayed.
 //!
+//! Two checksums cover a summary's entries. The body checksum covers all of it and is
+//! checked by whoever reads the events (the id loader, the tables' writer). The spine
+//! checksum covers what an open reads when the segment's stream table holds its streams:
+//! each entry's offset, length and record header, and the bodies of entries that are not
+//! appends (deletes, metadata, snapshots, checkpoints, membership). So such an open reads
+//! a few bytes per record, not the stripped events, and its time does not grow with the
+//! events a record holds.
+//!
 //! A summary is derived data: one that is missing or fails its checksum is ignored (the
-//! segment is scanned instead) and rewritten later.
+//! segment is scanned instead) and rewritten later. An event region that fails the body
+//! checksum after its spine loaded is read from the segment's own checked records instead
+//! ([`load_ids`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,13 +46,19 @@ pub(crate) struct SummaryHeader {
     pub(crate) body_len: U64,
     /// CRC32C of those bytes.
     pub(crate) body_crc: U32,
-    /// CRC32C of the header's first 44 bytes.
+    /// CRC32C of the spine: see [`spine_crc`].
+    pub(crate) spine_crc: U32,
+    /// CRC32C of the header's first 48 bytes.
     pub(crate) header_crc: U32,
+    /// Zero.
+    pub(crate) reserved: U32,
 }
 
 /// Size of [`SummaryHeader`].
-pub(crate) const SUMMARY_HEADER_BYTES: usize = 48;
+pub(crate) const SUMMARY_HEADER_BYTES: usize = 56;
 const _: () = assert!(std::mem::size_of::<SummaryHeader>() == SUMMARY_HEADER_BYTES);
+/// Bytes of the header its checksum covers.
+const HEADER_CHECKED_BYTES: usize = 48;
 
 /// Builds the summary of a segment from its records.
 pub(crate) fn build(
@@ -61,6 +77,7 @@ pub(crate) fn build(
         body.extend_from_slice(h.as_bytes());
         body.extend_from_slice(&stripped);
     }
+    let spine = spine_crc(&body).map_err(|e| file.corruption(0, e.to_string()))?;
     let mut header = SummaryHeader {
         magic: format::SUMMARY_MAGIC,
         first_index: U64::new(file.first_index),
@@ -68,9 +85,11 @@ pub(crate) fn build(
         end: U64::new(end),
         body_len: U64::new(body.len() as u64),
         body_crc: U32::new(crc32c::crc32c(&body)),
+        spine_crc: U32::new(spine),
         header_crc: U32::new(0),
+        reserved: U32::new(0),
     };
-    header.header_crc = U32::new(crc32c::crc32c(&header.as_bytes()[..44]));
+    header.header_crc = U32::new(crc32c::crc32c(&header.as_bytes()[..HEADER_CHECKED_BYTES]));
     let mut out = header.as_bytes().to_vec();
     out.extend_from_slice(&body);
     Ok(out)
@@ -182,7 +201,7 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(OpenError::Io { path, source }),
     };
-    let Some((header, entries)) = check(&bytes, file.first_index) else {
+    let Some((header, entries)) = check_header(&bytes, file.first_index) else {
         tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
         return Ok(None);
     };
@@ -198,12 +217,21 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         detail: e.to_string(),
     };
     // Its streams stay on disk if every summarized segment before it had a stream table
-    // and it has one: they are looked up there when needed.
+    // and it has one: they are looked up there when needed, and the open reads only the
+    // summary's spine. Otherwise it reads every event, so the whole body must check.
     let table = if st.tables_open {
         StreamTable::open(dir, file.first_index, header.body_crc.get())
     } else {
         None
     };
+    let checks = match table {
+        Some(_) => spine_crc(entries).ok() == Some(header.spine_crc.get()),
+        None => crc32c::crc32c(entries) == header.body_crc.get(),
+    };
+    if !checks {
+        tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
+        return Ok(None);
+    }
     let origin = match table {
         Some(t) => {
             st.last_created_us = st.last_created_us.max(t.max_created_us());
@@ -221,11 +249,17 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
     while at < entries.len() {
         let base = (SUMMARY_HEADER_BYTES + at) as u64;
         let (offset, h, body, next) = entry_at(entries, at).map_err(|e| corrupt(base, e))?;
-        st.apply_tip(&h, offset as u64, body, origin)
-            .map_err(|e| match e {
-                ApplyError::Decode(e) => OpenError::from(corrupt(base, e)),
-                ApplyError::Lookup(c) => OpenError::from(c),
-            })?;
+        // A tabled append's events are in the stream table; its stripped body is not
+        // covered by the spine and is not read.
+        let tabled_append = origin == Origin::Tabled && h.kind == EntryKind::Append as u8;
+        let applied = match tabled_append {
+            true => st.apply_tabled_append(&h, offset as u64),
+            false => st.apply_tip(&h, offset as u64, body, origin),
+        };
+        applied.map_err(|e| match e {
+            ApplyError::Decode(e) => OpenError::from(corrupt(base, e)),
+            ApplyError::Lookup(c) => OpenError::from(c),
+        })?;
         at = next;
         count += 1;
     }
@@ -261,9 +295,9 @@ fn ends_the_segment(file: &SegmentFile, end: u64) -> bool {
     format::all_zero(&file.map[end as usize..stop as usize])
 }
 
-/// Adds the event ids of a summary to `ids`. Used by the background id loader: the summary
-/// was checked when it was loaded, so a failure here means it changed underneath (a scavenge
-/// rewrote it), and the caller falls back to the segment.
+/// Adds the event ids of a summary to `ids`. Used by the background id loader. An open that
+/// had the segment's stream table checked only the summary's spine, so its events may fail
+/// the body checksum here: they are then read from the segment's own checked records.
 pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
     let bytes = segment::map_whole(path).map_err(|e| DecodeError::new("summary", e.to_string()))?;
     let first_index = SummaryHeader::read_from_prefix(&bytes)
@@ -271,11 +305,39 @@ pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(),
         .0
         .first_index
         .get();
-    let (_, entries) =
-        check(&bytes, first_index).ok_or_else(|| DecodeError::new("summary", "damaged"))?;
-    walk_events(entries, |_, e, position| {
-        ids.insert(u128::from_be_bytes(e.id), position);
+    match check(&bytes, first_index) {
+        Some((_, entries)) => walk_events(entries, |_, e, position| {
+            ids.insert(u128::from_be_bytes(e.id), position);
+        }),
+        None => {
+            tracing::warn!(file = %path.display(), "a summary's events do not check; reading its segment's");
+            segment_ids(&path.with_extension(segment::SEGMENT_EXT), ids)
+        }
+    }
+}
+
+/// Adds the event ids of a sealed segment's records to `ids`, each record checked.
+fn segment_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
+    let seg =
+        SegmentFile::open(path, false).map_err(|e| DecodeError::new("segment", e.to_string()))?;
+    let start = format::SEGMENT_HEADER_BYTES as u64;
+    let outcome = segment::scan(&seg, start, u64::MAX, |rec, body| {
+        let bad = |e: DecodeError| seg.corruption(rec.offset, e.to_string());
+        let kind = EntryKind::from_byte(rec.header.kind).map_err(bad)?;
+        if let Entry::Append(view) = decode_entry_lazy(kind, body).map_err(bad)? {
+            for h in view.headers() {
+                let h = h.map_err(bad)?;
+                let position = rec.header.position.get() + h.pos_delta.get() as u64;
+                ids.insert(u128::from_be_bytes(h.id), position);
+            }
+        }
+        Ok(())
     })
+    .map_err(|c| DecodeError::new("segment", c.to_string()))?;
+    match outcome.bad {
+        None => Ok(()),
+        Some((at, why)) => Err(DecodeError::new("segment", format!("at {at}: {why}"))),
+    }
 }
 
 /// Calls `add` with the stream, header and position of every event of a summary's entries.
@@ -323,15 +385,44 @@ fn add_events(
     Ok(())
 }
 
+/// The header and entries of a summary whose header checks and whose entries, all of them,
+/// match the body checksum.
 fn check(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, &[u8])> {
+    let (h, rest) = check_header(bytes, first_index)?;
+    (h.body_crc.get() == crc32c::crc32c(rest)).then_some((h, rest))
+}
+
+/// The header and entries of a summary of the segment starting at `first_index` whose header
+/// checks; the entries are not checked yet.
+fn check_header(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, &[u8])> {
     let (h, rest) = SummaryHeader::read_from_prefix(bytes).ok()?;
     let ok = h.magic == format::SUMMARY_MAGIC
-        && h.header_crc.get() == crc32c::crc32c(&h.as_bytes()[..44])
+        && h.header_crc.get() == crc32c::crc32c(&h.as_bytes()[..HEADER_CHECKED_BYTES])
         && h.first_index.get() == first_index
-        && h.body_len.get() == rest.len() as u64
-        && h.body_crc.get() == crc32c::crc32c(rest);
+        && h.body_len.get() == rest.len() as u64;
     ok.then_some((h, rest))
 }
+
+/// The spine checksum of a summary's entries: CRC32C over, entry by entry, its offset,
+/// length and record header, and its body unless it is an append's. Reading it touches a few
+/// bytes per record; an error means entries that do not even parse.
+fn spine_crc(entries: &[u8]) -> Result<u32, DecodeError> {
+    let mut crc = 0u32;
+    let mut at = 0usize;
+    while at < entries.len() {
+        let (_, h, body, next) = entry_at(entries, at)?;
+        let head = at + ENTRY_PREFIX_BYTES + RECORD_HEADER_BYTES;
+        crc = crc32c::crc32c_append(crc, &entries[at..head]);
+        if h.kind != EntryKind::Append as u8 {
+            crc = crc32c::crc32c_append(crc, body);
+        }
+        at = next;
+    }
+    Ok(crc)
+}
+
+/// An entry's offset and body length, before its record header.
+const ENTRY_PREFIX_BYTES: usize = 8;
 
 fn entry_at(b: &[u8], at: usize) -> Result<(u32, RecordHeader, &[u8], usize), DecodeError> {
     let mut c = format::Cursor::new(&b[at..], "summary entry");

@@ -415,14 +415,19 @@ fn flipped_bit_in_a_sealed_segment_header() {
     }
 }
 
+/// Where a summary's first entry's record header lies: after the 56-byte summary header and
+/// the entry's offset and length (docs/STORAGE.md, "Segment summary"). It is in the spine,
+/// which an open checks.
+const SUMMARY_FIRST_RECORD_HEADER: u64 = 56 + 8;
+
 #[test]
 fn damaged_summary_is_ignored_and_the_segment_scanned() {
     let dir = tempfile::tempdir().unwrap();
     let before = build_store(dir.path());
     let clean = Engine::open(dir.path(), config()).unwrap().open_stats();
     let summary = files_with(dir.path(), SUMMARY_EXT)[1].clone();
-    let len = std::fs::metadata(&summary).unwrap().len();
-    flip_bit(&summary, len / 2);
+    // In the record's term: nothing but the spine's checksum would notice.
+    flip_bit(&summary, SUMMARY_FIRST_RECORD_HEADER + 18);
     let e = Engine::open(dir.path(), config()).expect("a summary is derived data");
     let stats = e.open_stats();
     assert_eq!(
@@ -436,6 +441,118 @@ fn damaged_summary_is_ignored_and_the_segment_scanned() {
         clean.records_replayed + clean.records_from_summaries
     );
     assert_eq!(read_all_ok(&e), before);
+}
+
+/// An open that has the stream tables reads a summary's spine only, not the events an
+/// append's entry keeps: damage there is found by the id loader, which then takes the
+/// segment's own records. The open is as fast as with a clean summary, and a retry of an
+/// append in that segment is still recognised once the index is built from the segment.
+#[test]
+fn damaged_events_in_a_summary_are_read_from_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = build_store(dir.path());
+    let clean = Engine::open(dir.path(), config()).unwrap().open_stats();
+    assert_eq!(clean.stream_tables, clean.summaries_loaded, "{clean:?}");
+    let summary = files_with(dir.path(), SUMMARY_EXT)[1].clone();
+    let segment = summary.with_extension(SEGMENT_EXT);
+    // The last entry's last stripped event header: an append's, outside the spine.
+    let len = std::fs::metadata(&summary).unwrap().len();
+    flip_bit(&summary, len - 3);
+    let first = records(&segment)[0];
+    let e = Engine::open(dir.path(), config()).expect("the spine checks");
+    assert_eq!(
+        e.open_stats(),
+        clean,
+        "the summary was used, not the segment scanned"
+    );
+    assert_eq!(read_all_ok(&e), before);
+    let stored: Vec<RecordedEvent> = e
+        .read_all(
+            ReadFrom::At(first.position),
+            Direction::Forward,
+            first.count,
+            AllFilter::default(),
+        )
+        .map(|x| x.expect("read"))
+        .collect();
+    let start = std::time::Instant::now();
+    while !e.id_index_loaded() {
+        assert!(
+            e.is_writable(),
+            "the id index could not be built: the store failed"
+        );
+        assert!(start.elapsed().as_secs() < 30, "the id index never loaded");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let retry = stored
+        .iter()
+        .map(|x| EventData {
+            id: x.id,
+            event_type: x.event_type().to_string(),
+            content_type: x.content_type,
+            data: x.data.clone(),
+            metadata: x.metadata.clone(),
+        })
+        .collect();
+    let r = e
+        .append(&stored[0].stream, ExpectedVersion::Any, retry)
+        .expect("the store did not fail");
+    assert!(r.idempotent, "{r:?}");
+    assert_eq!(r.position_first, first.position);
+}
+
+/// The body of a record that is not an append (here a delete) is in the spine: damage there
+/// makes the open ignore the summary and scan the segment, never apply a delete of the
+/// wrong stream.
+#[test]
+fn damaged_delete_in_a_summary_is_ignored_and_the_segment_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let doomed = "doomed-stream-with-a-long-name";
+    let e = Engine::open(dir.path(), config()).unwrap();
+    let one = vec![EventData::json("T", &b"1"[..])];
+    e.append(doomed, ExpectedVersion::NoStream, one).unwrap();
+    e.delete_stream(doomed, ExpectedVersion::Any, DeleteKind::Soft)
+        .unwrap();
+    for i in 0..30u8 {
+        let events = (0..4)
+            .map(|_| EventData::binary("F", vec![i; 200]))
+            .collect();
+        e.append("filler", ExpectedVersion::Any, events).unwrap();
+    }
+    drop(e);
+    let e = Engine::open(dir.path(), config()).unwrap();
+    let (clean, before) = (e.open_stats(), read_all_ok(&e));
+    drop(e);
+    // The delete's entry is the last place its stream's name is written in a summary.
+    let (summary, at) = files_with(dir.path(), SUMMARY_EXT)
+        .into_iter()
+        .rev()
+        .find_map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let at = bytes
+                .windows(doomed.len())
+                .rposition(|w| w == doomed.as_bytes())?;
+            Some((p, at))
+        })
+        .expect("a summary names the stream");
+    flip_bit(&summary, (at + 3) as u64);
+    let e = Engine::open(dir.path(), config()).expect("a summary is derived data");
+    let stats = e.open_stats();
+    assert_eq!(
+        stats.summaries_loaded,
+        clean.summaries_loaded - 1,
+        "{stats:?}"
+    );
+    assert_eq!(read_all_ok(&e), before);
+    let read = e.read_stream(doomed, ReadFrom::Start, Direction::Forward, 10);
+    assert!(
+        matches!(
+            read,
+            Err(ReadError::StreamDeleted(_)) | Err(ReadError::StreamNotFound(_))
+        ),
+        "the delete still holds: {:?}",
+        read.map(|r| r.count())
+    );
 }
 
 #[test]
