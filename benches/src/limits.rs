@@ -1,5 +1,5 @@
-//! `quiver-bench limits`: the floors under the client path, measured on this machine, to put
-//! beside the stage timings (`client --stages`).
+//! `quiver-bench limits`: the floors under the client path and the engine's, measured on this
+//! machine, to put beside the stage timings (`client --stages`, `engine --stages`).
 //!
 //! | scenario | what is measured | latency sample |
 //! |---|---|---|
