@@ -154,10 +154,14 @@ pub(crate) fn mix(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
-    /// 10,000 keys: every one is "maybe", and fewer than `max` of 100,000 others.
+    /// The keys the filters of these tests hold.
+    fn keys() -> Vec<u64> {
+        (0..10_000u64).map(mix).collect()
+    }
+
+    /// Every one of [`keys`] is "maybe", and fewer than `max` of 100,000 others.
     fn keys_maybe_others_rarely(may_contain: impl Fn(u64) -> bool, max: usize) {
-        let keys: Vec<u64> = (0..10_000u64).map(mix).collect();
-        assert!(keys.iter().all(|k| may_contain(*k)));
+        assert!(keys().iter().all(|k| may_contain(*k)));
         let false_positives = (10_000..110_000u64)
             .filter(|i| may_contain(mix(*i)))
             .count();
@@ -166,8 +170,7 @@ mod tests {
 
     #[test]
     fn every_key_is_maybe_and_few_others_are() {
-        let keys: Vec<u64> = (0..10_000u64).map(mix).collect();
-        let b = Bloom::with_keys(&keys, 10, 7);
+        let b = Bloom::with_keys(&keys(), 10, 7);
         keys_maybe_others_rarely(|k| b.may_contain(k), 2_000);
         let back = Bloom::from_bytes(&b.to_bytes(), 7).unwrap();
         keys_maybe_others_rarely(|k| back.may_contain(k), 2_000);
@@ -175,8 +178,7 @@ mod tests {
 
     #[test]
     fn a_blocked_filter_says_maybe_for_every_key_and_rarely_for_others() {
-        let keys: Vec<u64> = (0..10_000u64).map(mix).collect();
-        let b = Blocked::with_keys(&keys, 10, 7);
+        let b = Blocked::with_keys(&keys(), 10, 7);
         keys_maybe_others_rarely(|k| b.may_contain(k), 3_000);
         let back = Blocked::from_bytes(&b.to_bytes(), 7).unwrap();
         keys_maybe_others_rarely(|k| back.may_contain(k), 3_000);

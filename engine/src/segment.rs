@@ -24,12 +24,12 @@ pub const SUMMARY_EXT: &str = "qidx";
 /// The file name of the segment whose first record has Raft index `first_index`: zero-padded
 /// so that names sort in log order.
 pub fn segment_name(first_index: u64) -> String {
-    format!("{first_index:020}.{SEGMENT_EXT}")
+    table::name(first_index, SEGMENT_EXT)
 }
 
 /// The file name of a segment's summary.
 pub fn summary_name(first_index: u64) -> String {
-    format!("{first_index:020}.{SUMMARY_EXT}")
+    table::name(first_index, SUMMARY_EXT)
 }
 
 /// Removes what is derived from the segment file at `path`: its summary and its tables,

@@ -580,7 +580,10 @@ impl State {
     }
 
     /// Adds a record to the log's in-memory view: index, stream versions, ids, and the
-    /// commit-time actions. `body` may be a summary's stripped body.
+    /// commit-time actions. `body` may be a summary's stripped body. An append with
+    /// [`Origin::Tabled`] has its events in the stream table (and its newest creation time):
+    /// its body is not read, and an open that checked only the summary's spine need not have
+    /// checked it.
     pub(crate) fn apply_tip(
         &mut self,
         header: &RecordHeader,
@@ -590,10 +593,12 @@ impl State {
     ) -> Result<(), ApplyError> {
         let (index, position) = self.continues(header)?;
         let kind = EntryKind::from_byte(header.kind)?;
+        if kind == EntryKind::Append && origin == Origin::Tabled {
+            self.push_record(header, offset);
+            return Ok(());
+        }
         let entry = decode_entry_lazy(kind, body)?;
         match entry {
-            // The stream table has these events (and their newest creation time).
-            Entry::Append(_) if origin == Origin::Tabled => {}
             Entry::Append(view) => {
                 // Check every event before changing anything, so a bad record (from a faulty
                 // leader or a damaged summary) leaves the state as it was.
@@ -674,22 +679,6 @@ impl State {
                 self.membership = Some((index, Bytes::copy_from_slice(config)));
             }
             Entry::NoOp => {}
-        }
-        self.push_record(header, offset);
-        Ok(())
-    }
-
-    /// Applies an append record of a summarized segment whose stream table holds its events
-    /// (what [`Self::apply_tip`] does with [`Origin::Tabled`]), without its body: opening a
-    /// store then reads a few bytes per record, however many events it holds.
-    pub(crate) fn apply_tabled_append(
-        &mut self,
-        header: &RecordHeader,
-        offset: u64,
-    ) -> Result<(), ApplyError> {
-        self.continues(header)?;
-        if EntryKind::from_byte(header.kind)? != EntryKind::Append {
-            return Err(DecodeError::new("record", "not an append").into());
         }
         self.push_record(header, offset);
         Ok(())

@@ -226,7 +226,7 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
     };
     let checks = match table {
         Some(_) => spine_crc(entries).ok() == Some(header.spine_crc.get()),
-        None => crc32c::crc32c(entries) == header.body_crc.get(),
+        None => body_checks(&header, entries),
     };
     if !checks {
         tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
@@ -249,17 +249,12 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
     while at < entries.len() {
         let base = (SUMMARY_HEADER_BYTES + at) as u64;
         let (offset, h, body, next) = entry_at(entries, at).map_err(|e| corrupt(base, e))?;
-        // A tabled append's events are in the stream table; its stripped body is not
-        // covered by the spine and is not read.
-        let tabled_append = origin == Origin::Tabled && h.kind == EntryKind::Append as u8;
-        let applied = match tabled_append {
-            true => st.apply_tabled_append(&h, offset as u64),
-            false => st.apply_tip(&h, offset as u64, body, origin),
-        };
-        applied.map_err(|e| match e {
-            ApplyError::Decode(e) => OpenError::from(corrupt(base, e)),
-            ApplyError::Lookup(c) => OpenError::from(c),
-        })?;
+        // A tabled append's stripped body (not covered by the spine) is not read.
+        st.apply_tip(&h, offset as u64, body, origin)
+            .map_err(|e| match e {
+                ApplyError::Decode(e) => OpenError::from(corrupt(base, e)),
+                ApplyError::Lookup(c) => OpenError::from(c),
+            })?;
         at = next;
         count += 1;
     }
@@ -389,7 +384,12 @@ fn add_events(
 /// match the body checksum.
 fn check(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, &[u8])> {
     let (h, rest) = check_header(bytes, first_index)?;
-    (h.body_crc.get() == crc32c::crc32c(rest)).then_some((h, rest))
+    body_checks(&h, rest).then_some((h, rest))
+}
+
+/// Whether every byte of a summary's entries matches its header's body checksum.
+fn body_checks(h: &SummaryHeader, entries: &[u8]) -> bool {
+    h.body_crc.get() == crc32c::crc32c(entries)
 }
 
 /// The header and entries of a summary of the segment starting at `first_index` whose header

@@ -19,8 +19,8 @@ pub(crate) const STREAM_TABLE_EXT: &str = "qstm";
 /// Bytes of a table's header.
 pub(crate) const HEADER_BYTES: usize = 64;
 
-/// The file name of the table with extension `ext` of the segment whose first record has
-/// Raft index `first_index`.
+/// The file name with extension `ext` of the segment whose first record has Raft index
+/// `first_index`, or of a file derived from it (its summary, its tables).
 pub(crate) fn name(first_index: u64, ext: &str) -> String {
     format!("{first_index:020}.{ext}")
 }
