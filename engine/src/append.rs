@@ -239,7 +239,7 @@ pub(crate) fn prepare_append(
     let mut read_back = Vec::new();
     for w in writes {
         let s = st
-            .stream(w.stream.as_str())
+            .stream_tip(w.stream.as_str())
             .map_err(AppendError::Corruption)?;
         check_expected(&w.stream, w.expected, s.as_deref())?;
         next_versions.push(s.as_ref().map_or(0, |s| s.next_version));
@@ -315,7 +315,7 @@ pub(crate) fn prepare_op(st: &State, op: &WriteOp<'_>) -> Result<AppendPlan, App
             kind,
         } => {
             named(stream)?;
-            let s = st.stream(stream).map_err(AppendError::Corruption)?;
+            let s = st.stream_tip(stream).map_err(AppendError::Corruption)?;
             let s = s.as_deref();
             check_expected(stream, expected, s)?;
             let next_version = s.map_or(0, |s| s.next_version);
@@ -324,7 +324,7 @@ pub(crate) fn prepare_op(st: &State, op: &WriteOp<'_>) -> Result<AppendPlan, App
         }
         WriteOp::SetMetadata { stream, metadata } => {
             named(stream)?;
-            let s = st.stream(stream).map_err(AppendError::Corruption)?;
+            let s = st.stream_tip(stream).map_err(AppendError::Corruption)?;
             check_expected(stream, ExpectedVersion::Any, s.as_deref())?;
             format::encode_metadata(&mut body, stream, metadata);
             EntryKind::Metadata
@@ -401,13 +401,20 @@ fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, Appen
         return Ok(None);
     }
     let mismatch = || AppendError::IdempotencyMismatch(w.stream.clone());
-    let s = st
-        .stream(w.stream.as_str())
+    let first = found[0].ok_or_else(mismatch)?;
+    let tip = st
+        .stream_tip(w.stream.as_str())
         .map_err(AppendError::Corruption)?;
+    // A retry of events below a tail held in memory needs the stream whole.
+    let s = match tip {
+        Some(t) if t.head_tabled && t.positions.first().is_none_or(|p| first < *p) => st
+            .stream(w.stream.as_str())
+            .map_err(AppendError::Corruption)?,
+        other => other,
+    };
     let Some(s) = s.as_deref() else {
         return Err(mismatch());
     };
-    let first = found[0].ok_or_else(mismatch)?;
     let i = s.positions.binary_search(&first).map_err(|_| mismatch())?;
     for (k, p) in found.iter().enumerate() {
         if p.is_none() || *p != s.positions.get(i + k).copied() {

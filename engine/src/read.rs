@@ -259,6 +259,29 @@ fn loc(st: &State, s: usize, r: usize) -> Loc {
     }
 }
 
+/// A stream as a reader walks it: `tail` from memory (or read back whole), and `head`, the
+/// stream read back from every table, when that entry holds only the stream's tail.
+struct Walk<'a> {
+    tail: &'a StreamState,
+    head: Option<&'a StreamState>,
+}
+
+impl Walk<'_> {
+    fn first_version(&self) -> u64 {
+        match self.head {
+            Some(h) if StreamState::reaches(h, self.tail) => h.first_version,
+            _ => self.tail.first_version,
+        }
+    }
+
+    fn position_of(&self, version: u64) -> Option<u64> {
+        match self.head {
+            Some(h) if version < self.tail.first_version => h.position_of(version),
+            _ => self.tail.position_of(version),
+        }
+    }
+}
+
 /// Events of one stream, read lazily. Created by [`Engine::read_stream`].
 pub struct StreamRead {
     inner: Arc<Inner>,
@@ -269,28 +292,33 @@ pub struct StreamRead {
     remaining: u64,
     buffer: VecDeque<RecordedEvent>,
     cached: Option<RecordCursor>,
-    /// The stream read back from the stream tables, while it is not in memory, with the
-    /// number of tables it was read from: a stream leaves memory only when a table is added,
-    /// and a stream not in memory gets no events, so this stays true until then.
+    /// The stream read back from the stream tables, with the number of tables it was read
+    /// from: the whole stream while it is not in memory, or the head of one whose entry in
+    /// memory holds only its tail. Tables hold only finished segments and a stream not in
+    /// memory gets no events, so this stays true until a table is added.
     cold: Option<(usize, StreamState)>,
     failed: bool,
 }
 
 impl StreamRead {
-    /// The stream as it is now: in memory, or read back from the stream tables (once).
-    fn state<'a>(&'a mut self, st: &'a State) -> Result<Option<&'a StreamState>, ReadError> {
-        if let Some(s) = st.streams.get(&self.stream) {
-            return Ok(Some(s));
+    /// The stream as it is now, for versions from `below` on: in memory, or read back from
+    /// the stream tables (once), joined to its head in the tables when the entry in memory
+    /// holds only a tail that starts above `below`.
+    fn state<'a>(&'a mut self, st: &'a State, below: u64) -> Result<Option<Walk<'a>>, ReadError> {
+        let in_memory = st.streams.get(&self.stream);
+        let need_cold = in_memory.is_none_or(|s| s.head_tabled && below < s.first_version);
+        let n = st.tables.len();
+        if need_cold && self.cold.as_ref().is_none_or(|(k, _)| *k != n) {
+            self.cold = st.read_back(&self.stream)?.map(|s| (n, s));
         }
-        if self
-            .cold
-            .as_ref()
-            .is_none_or(|(n, _)| *n != st.tables.len())
-        {
-            let n = st.tables.len();
-            self.cold = st.stream(&self.stream)?.map(|s| (n, s.into_owned()));
-        }
-        Ok(self.cold.as_ref().map(|(_, s)| s))
+        let cold = self.cold.as_ref().map(|(_, s)| s);
+        Ok(match in_memory {
+            Some(tail) => Some(Walk {
+                tail,
+                head: cold.filter(|_| need_cold),
+            }),
+            None => cold.map(|tail| Walk { tail, head: None }),
+        })
     }
 
     /// Looks up the next chunk of versions and decodes them.
@@ -303,26 +331,32 @@ impl StreamRead {
         let direction = self.direction;
         let remaining = self.remaining;
         let mut next = self.next;
+        let chunk = (READ_CHUNK_MAX as u64).min(remaining);
+        let below = match direction {
+            Direction::Forward => v,
+            Direction::Backward => v.saturating_sub(chunk),
+        };
         let (max_age, now) = {
             let st = inner.state.read();
-            let Some(s) = self.state(&st)? else {
+            let Some(walk) = self.state(&st, below)? else {
                 self.next = None;
                 return Ok(());
             };
+            let s = walk.tail;
             let from = s.visible_from(st.commit_position);
             let upto = s.committed_next_version(st.commit_position);
-            let chunk = (READ_CHUNK_MAX as u64).min(remaining);
+            let first = walk.first_version();
             while (wanted.len() as u64) < chunk {
-                let in_range = v >= from.max(s.first_version) && v < upto;
+                let in_range = v >= from.max(first) && v < upto;
                 if !in_range {
-                    if direction == Direction::Forward && v < from.max(s.first_version) {
-                        v = from.max(s.first_version);
+                    if direction == Direction::Forward && v < from.max(first) {
+                        v = from.max(first);
                         continue;
                     }
                     next = None;
                     break;
                 }
-                let p = s.position_of(v).expect("versions in range are indexed");
+                let p = walk.position_of(v).expect("versions in range are indexed");
                 let (si, ri) = st
                     .locate_position(p)
                     .expect("committed positions are located");
@@ -534,6 +568,7 @@ static PLAIN: StreamState = StreamState {
     vis_deleted: None,
     vis_soft_before: 0,
     metadata: crate::types::StreamMetadata::NONE,
+    head_tabled: false,
 };
 
 fn step_forward(st: &State, s: usize, r: usize) -> Option<(usize, usize)> {
@@ -582,7 +617,7 @@ impl Engine {
         max_count: u64,
     ) -> Result<StreamRead, ReadError> {
         let st = self.inner.state.read();
-        let Some(s) = st.stream(stream)? else {
+        let Some(s) = st.stream_tip(stream)? else {
             return Err(ReadError::StreamNotFound(stream.to_string()));
         };
         let name = st
@@ -655,7 +690,7 @@ impl Engine {
     /// A stream's state as readers see it, or `None` for a stream never written.
     pub fn stream_info(&self, stream: &str) -> Option<StreamInfo> {
         let st = self.inner.state.read();
-        let s = match st.stream(stream) {
+        let s = match st.stream_tip(stream) {
             Ok(s) => s?,
             Err(c) => {
                 tracing::error!(stream, error = %c, "a stream could not be read back");
@@ -681,7 +716,7 @@ impl Engine {
             let names = names_after(&st, prefix, &from, batch);
             for name in &names {
                 from = Bound::Excluded(name.to_string());
-                let s = match st.stream(name) {
+                let s = match st.stream_tip(name) {
                     Ok(Some(s)) => s,
                     Ok(None) => continue,
                     Err(c) => {

@@ -14,6 +14,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::EngineConfig;
@@ -200,6 +201,7 @@ fn load_files(dir: &Path, config: &EngineConfig, clean: bool) -> Result<State, O
     }
     st.durable_index = st.next_index - 1;
     st.term = st.last_term.max(1);
+    st.open_stats.stream_entries_read = st.table_runs_read.load(Ordering::Relaxed);
     if !config.commit_on_durable {
         // Summaries are only written for committed segments; Raft moves the rest.
         st.commit_allowed = summarized_through;

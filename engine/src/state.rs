@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -74,6 +75,10 @@ pub(crate) struct StreamState {
     pub(crate) vis_soft_before: u64,
     /// Readers' view: committed metadata.
     pub(crate) metadata: StreamMetadata,
+    /// Versions below `first_version` may be in the stream tables, not read back: the entry
+    /// holds only the stream's tail (its events in the newest table that has it, and any
+    /// after), which is all a writer needs. [`State::stream`] joins the rest for readers.
+    pub(crate) head_tabled: bool,
 }
 
 impl StreamState {
@@ -138,6 +143,26 @@ impl StreamState {
     pub(crate) fn position_of(&self, version: u64) -> Option<u64> {
         let i = version.checked_sub(self.first_version)?;
         self.positions.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// Whether `head` (the stream read back from every table) reaches this tail's first
+    /// version, so that its versions below it continue into the tail. A head that stops
+    /// short was scavenged between them: the tail is then all there is.
+    pub(crate) fn reaches(head: &StreamState, tail: &StreamState) -> bool {
+        head.first_version <= tail.first_version && head.next_version >= tail.first_version
+    }
+
+    /// This tail with the versions below it taken from `head` (see [`StreamState::reaches`]).
+    fn joined(&self, head: Option<&StreamState>) -> StreamState {
+        let mut out = self.clone();
+        out.head_tabled = false;
+        if let Some(h) = head.filter(|h| StreamState::reaches(h, self)) {
+            let below = (self.first_version - h.first_version) as usize;
+            out.positions = h.positions[..below].to_vec();
+            out.positions.extend_from_slice(&self.positions);
+            out.first_version = h.first_version;
+        }
+        out
     }
 }
 
@@ -271,6 +296,10 @@ pub struct OpenStats {
     pub id_tables: bool,
     /// Summaries loaded with their stream tables: their streams were not loaded into memory.
     pub stream_tables: u64,
+    /// Stream-table entries read back while opening (a stream's events in one table): the
+    /// streams that the unsummarized records and the control entries name, each from the
+    /// newest table that has it, however many tables hold it.
+    pub stream_entries_read: u64,
 }
 
 /// Bytes of a batch refused for want of space, to be cut before the log goes on.
@@ -339,6 +368,9 @@ pub(crate) struct State {
     pub(crate) no_space: bool,
     pub(crate) closed: bool,
     pub(crate) open_stats: OpenStats,
+    /// Stream-table entries read back (each one block of one table), for
+    /// [`OpenStats::stream_entries_read`].
+    pub(crate) table_runs_read: AtomicU64,
 }
 
 impl State {
@@ -373,6 +405,7 @@ impl State {
             no_space: false,
             closed: false,
             open_stats: OpenStats::default(),
+            table_runs_read: AtomicU64::new(0),
         }
     }
 
@@ -402,31 +435,56 @@ impl State {
         Ok(None)
     }
 
-    /// A stream as writers and readers see it: from memory, or read back from the stream
-    /// tables. `None` for a stream never written.
+    /// A stream whole, as readers see it: from memory, or read back from the stream tables
+    /// (an entry in memory that holds only a tail is joined to the rest). `None` for a
+    /// stream never written.
     pub(crate) fn stream(&self, name: &str) -> Result<Option<Cow<'_, StreamState>>, Corruption> {
+        match self.streams.get(name) {
+            Some(s) if !s.head_tabled => Ok(Some(Cow::Borrowed(s))),
+            Some(s) => Ok(Some(Cow::Owned(s.joined(self.read_back(name)?.as_ref())))),
+            None => Ok(self.read_back(name)?.map(Cow::Owned)),
+        }
+    }
+
+    /// A stream as writers see it: its versions, deletes and metadata right, its positions
+    /// perhaps only a tail ([`StreamState::head_tabled`]): from memory, or read back from the
+    /// newest stream table that has it, whatever the number of tables. `None` for a stream
+    /// never written.
+    pub(crate) fn stream_tip(
+        &self,
+        name: &str,
+    ) -> Result<Option<Cow<'_, StreamState>>, Corruption> {
         if let Some(s) = self.streams.get(name) {
             return Ok(Some(Cow::Borrowed(s)));
         }
-        Ok(self.read_back(name)?.map(Cow::Owned))
+        Ok(self.read_back_tail(name)?.map(Cow::Owned))
     }
 
-    /// A stream's events read back from the stream tables (each damaged block read from its
-    /// segment instead). `None` if no table has it.
-    fn read_back(&self, name: &str) -> Result<Option<StreamState>, Corruption> {
+    /// Table `i`'s events of stream `name` (whose [`crate::bloom::name_key`] is `key`); from
+    /// the segment's own checked records when the table's block is damaged.
+    fn table_run(&self, i: usize, name: &str, key: u64) -> Result<Run, Corruption> {
+        let run = match self.tables[i].lookup(name, key) {
+            Ok(run) => run,
+            Err(_) if cfg!(feature = "mutation-stream-table-guess") => Vec::new(),
+            Err(doubt) => {
+                tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
+                self.segment_streams(i, Some(name))?
+                    .remove(name)
+                    .unwrap_or_default()
+            }
+        };
+        if !run.is_empty() {
+            self.table_runs_read.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(run)
+    }
+
+    /// A stream's events read back from every stream table. `None` if no table has it.
+    pub(crate) fn read_back(&self, name: &str) -> Result<Option<StreamState>, Corruption> {
         let mut out = None::<StreamState>;
         let key = crate::bloom::name_key(name);
-        for (i, t) in self.tables.iter().enumerate() {
-            let run = match t.lookup(name, key) {
-                Ok(run) => run,
-                Err(_) if cfg!(feature = "mutation-stream-table-guess") => Vec::new(),
-                Err(doubt) => {
-                    tracing::warn!(doubt = %doubt.0, "a stream table block is damaged; reading its segment");
-                    self.segment_streams(i, Some(name))?
-                        .remove(name)
-                        .unwrap_or_default()
-                }
-            };
+        for i in 0..self.tables.len() {
+            let run = self.table_run(i, name, key)?;
             if run.is_empty() {
                 continue;
             }
@@ -436,6 +494,26 @@ impl State {
             }
         }
         Ok(out)
+    }
+
+    /// A stream's tail read back from the newest stream table that has it: one table's
+    /// entry, however many hold the stream. `None` if no table has it.
+    fn read_back_tail(&self, name: &str) -> Result<Option<StreamState>, Corruption> {
+        let key = crate::bloom::name_key(name);
+        for i in (0..self.tables.len()).rev() {
+            let run = self.table_run(i, name, key)?;
+            if run.is_empty() {
+                continue;
+            }
+            let mut s = StreamState::default();
+            for (version, position) in run {
+                s.push_event(version, position);
+            }
+            s.head_tabled =
+                i > 0 && s.first_version > 0 && !cfg!(feature = "mutation-stream-tail-whole");
+            return Ok(Some(s));
+        }
+        Ok(None)
     }
 
     /// The streams of segment `s` with their events, read from its records (each checked):
@@ -479,7 +557,7 @@ impl State {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(name);
-                let s = self.read_back(name)?.unwrap_or_default();
+                let s = self.read_back_tail(name)?.unwrap_or_default();
                 self.streams.insert(k.clone(), s);
                 k
             }
@@ -519,7 +597,7 @@ impl State {
     pub(crate) fn close_tables(&mut self) -> Result<(), Corruption> {
         self.tables_open = false;
         for name in std::mem::take(&mut self.unmaterialized) {
-            let Some(found) = self.read_back(&name)? else {
+            let Some(found) = self.read_back_tail(&name)? else {
                 continue;
             };
             let s = self.streams.get_mut(&name).expect("entered when deferred");
@@ -527,6 +605,7 @@ impl State {
             s.next_version = s.next_version.max(found.next_version);
             s.first_version = found.first_version;
             s.positions = found.positions;
+            s.head_tabled = found.head_tabled;
         }
         Ok(())
     }

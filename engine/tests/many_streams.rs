@@ -336,3 +336,146 @@ fn a_damaged_stream_table_is_read_around_never_trusted() {
     check_all(&e, N, &written);
     check_writes(&e, N);
 }
+
+/// A stream's events as a reader sees them: (version, position, data).
+fn read_whole(e: &Engine, s: &str, direction: Direction) -> Vec<(u64, u64, Vec<u8>)> {
+    let from = match direction {
+        Direction::Forward => ReadFrom::Start,
+        Direction::Backward => ReadFrom::End,
+    };
+    e.read_stream(s, from, direction, u64::MAX)
+        .unwrap_or_else(|err| panic!("{s}: {err}"))
+        .map(|ev| {
+            let ev = ev.unwrap();
+            (ev.version, ev.position, ev.data.to_vec())
+        })
+        .collect()
+}
+
+/// What a reader of `long` (every event) and of `capped` (max count 7) must see.
+fn check_long(e: &Engine, long: &[(u64, u64, Vec<u8>)], capped: &[(u64, u64, Vec<u8>)]) {
+    assert_eq!(read_whole(e, "long", Direction::Forward), long);
+    let mut backward = read_whole(e, "long", Direction::Backward);
+    backward.reverse();
+    assert_eq!(backward, long);
+    // From the middle, across the end of any tail held in memory.
+    let mid = long.len() as u64 / 2;
+    let some: Vec<u64> = e
+        .read_stream("long", ReadFrom::At(mid), Direction::Forward, 600)
+        .unwrap()
+        .map(|ev| ev.unwrap().version)
+        .collect();
+    assert_eq!(
+        some,
+        (mid..(mid + 600).min(long.len() as u64)).collect::<Vec<_>>()
+    );
+    let info = e.stream_info("long").unwrap();
+    assert_eq!(info.current_version, Some(long.len() as u64 - 1));
+    assert_eq!(
+        read_whole(e, "capped", Direction::Forward),
+        capped[capped.len() - 7..]
+    );
+}
+
+/// A stream with events in every segment (one that lives as long as the store) is reopened
+/// and written from the newest table that holds it, not read back from all of them; readers
+/// still get it whole, retries of its oldest events are still recognised, and a scavenge
+/// still trims it by its metadata.
+#[test]
+fn a_long_stream_is_written_from_its_newest_table_and_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), config()).unwrap();
+    let mut long = Vec::new();
+    let mut capped = Vec::new();
+    let mut first_batch = Vec::new();
+    for round in 0..300usize {
+        let batch: Vec<EventData> = (0..5)
+            .map(|k| EventData::binary("L", format!("long {round}:{k}").into_bytes()))
+            .collect();
+        if round == 0 {
+            first_batch = batch.clone();
+        }
+        let r = e
+            .append("long", ExpectedVersion::Any, batch.clone())
+            .unwrap();
+        for (k, ev) in batch.iter().enumerate() {
+            long.push((
+                r.next_expected_version + 1 - 5 + k as u64,
+                r.position_first + k as u64,
+                ev.data.to_vec(),
+            ));
+        }
+        let data = format!("capped {round}").into_bytes();
+        let r = e
+            .append(
+                "capped",
+                ExpectedVersion::Any,
+                vec![EventData::binary("C", data.clone())],
+            )
+            .unwrap();
+        capped.push((r.next_expected_version, r.position_first, data));
+        if round == 150 {
+            let meta = StreamMetadata {
+                max_count: Some(7),
+                ..StreamMetadata::default()
+            };
+            e.set_metadata("capped", meta).unwrap();
+        }
+    }
+    wait_until("tables for most segments", || e.streams_in_memory().1 >= 8);
+    check_long(&e, &long, &capped);
+
+    let e = reopen(e, dir.path());
+    let tables = e.streams_in_memory().1 as u64;
+    assert!(tables >= 8, "{tables} stream tables");
+    // The unsummarized segment names `long` and `capped`; `capped`'s metadata entry names it
+    // too. Each is read from one table, not from every table that holds it.
+    let read = e.open_stats().stream_entries_read;
+    assert!(
+        read <= 3,
+        "{read} stream-table entries read on open, with {tables} tables"
+    );
+    check_long(&e, &long, &capped);
+
+    // Writes continue the stream from its tail; a wrong expected version is refused.
+    let last = long.len() as u64 - 1;
+    let wrong = e.append(
+        "long",
+        ExpectedVersion::Exact(last - 1),
+        vec![EventData::binary("L", "x")],
+    );
+    assert!(
+        matches!(wrong, Err(AppendError::WrongExpectedVersion { actual: Some(a), .. }) if a == last),
+        "{wrong:?}"
+    );
+    let r = e
+        .append(
+            "long",
+            ExpectedVersion::Exact(last),
+            vec![EventData::binary("L", "next")],
+        )
+        .unwrap();
+    assert_eq!(r.next_expected_version, last + 1);
+    long.push((last + 1, r.position_first, b"next".to_vec()));
+    // A retry of the first batch, whose events lie in the first segment, below the tail.
+    let retry = e
+        .append("long", ExpectedVersion::Any, first_batch.clone())
+        .unwrap();
+    assert!(retry.idempotent, "{retry:?}");
+    assert_eq!(
+        (retry.position_first, retry.next_expected_version),
+        (long[0].1, 4)
+    );
+    let elsewhere = e.append("capped", ExpectedVersion::Any, first_batch);
+    assert!(
+        matches!(elsewhere, Err(AppendError::IdempotencyMismatch(_))),
+        "{elsewhere:?}"
+    );
+    check_long(&e, &long, &capped);
+
+    let stats = e.scavenge().unwrap();
+    assert!(stats.events_removed > 0, "{stats:?}");
+    check_long(&e, &long, &capped);
+    let e = reopen(e, dir.path());
+    check_long(&e, &long, &capped);
+}
