@@ -4,13 +4,15 @@
 //!
 //! ```sh
 //! cargo run --release -p quiver-bench --example restart_probe -- fill DIR 30000000
+//! cargo run --release -p quiver-bench --example restart_probe -- fill1 DIR 10000000
 //! cargo run --release -p quiver-bench --example restart_probe -- open DIR   # 3 restarts
 //! ```
 //!
 //! `fill` appends the given number of 256-byte events to a new store in DIR, in appends of
-//! 1,000 events to 1,000 streams in turn; `open` opens it three times, appends one event each
-//! time, and prints the time to the open and to that append acknowledged, with what the open
-//! did (`OpenStats`).
+//! 1,000 events to 1,000 streams in turn; `fill1` appends them one event per append (one
+//! record each: what open's per-record work costs), from 64 threads; `open` opens it three
+//! times, appends one event each time, and prints the time to the open and to that append
+//! acknowledged, with what the open did (`OpenStats`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -26,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_slice()
     {
         ["fill", dir, events] => fill(Path::new(dir), events.parse()?),
+        ["fill1", dir, events] => fill_single(Path::new(dir), events.parse()?),
         ["open", dir] => open(Path::new(dir)),
         _ => Err("usage: restart_probe fill DIR EVENTS | restart_probe open DIR".into()),
     }
@@ -40,6 +43,24 @@ fn fill(dir: &Path, events: u64) -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         engine.append(&format!("s-{}", call % 1000), ExpectedVersion::Any, batch)?;
     }
+    Ok(())
+}
+
+fn fill_single(dir: &Path, events: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = Engine::open(dir, EngineConfig::default())?;
+    std::thread::scope(|s| {
+        for t in 0..64u64 {
+            let engine = &engine;
+            s.spawn(move || {
+                for k in (t..events).step_by(64) {
+                    let one = vec![EventData::binary("Filled", vec![7u8; 256])];
+                    engine
+                        .append(&format!("s-{}", k % 1000), ExpectedVersion::Any, one)
+                        .unwrap();
+                }
+            });
+        }
+    });
     Ok(())
 }
 

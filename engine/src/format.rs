@@ -12,8 +12,9 @@ use crate::types::{ContentType, DeleteKind, EventData, StreamMetadata};
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"QUIVSEG\x01";
 /// First bytes of every segment summary (`.qidx`) file. Version 2 added the spine checksum;
-/// a version 1 summary is not read (its segment is scanned and the summary written anew).
-pub const SUMMARY_MAGIC: [u8; 8] = *b"QUIVIDX\x02";
+/// version 3 the records' locations as one array before the entries. An older summary is
+/// not read (its segment is scanned and the summary written anew).
+pub const SUMMARY_MAGIC: [u8; 8] = *b"QUIVIDX\x03";
 /// Format version written in segment headers.
 pub const FORMAT_VERSION: u32 = 1;
 /// Size of [`SegmentHeader`].

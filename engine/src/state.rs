@@ -238,8 +238,9 @@ pub(crate) enum Origin {
     /// Read from a segment summary on open: like `Own`, but event ids are left to the
     /// background id loader (see `ids.rs`), so that opening does not wait for them.
     Summary,
-    /// Read from a segment summary whose stream table is in [`State::tables`]: like
-    /// `Summary`, and its events are not added to the streams either (the table has them).
+    /// A record that is not an append, read from a segment summary whose stream table is in
+    /// [`State::tables`]: like `Summary`, and the streams it names are filled in from the
+    /// tables once all are known ([`State::close_tables`]).
     Tabled,
     /// Received from another node: every event is checked before anything changes.
     Foreign,
@@ -659,10 +660,9 @@ impl State {
     }
 
     /// Adds a record to the log's in-memory view: index, stream versions, ids, and the
-    /// commit-time actions. `body` may be a summary's stripped body. An append with
-    /// [`Origin::Tabled`] has its events in the stream table (and its newest creation time):
-    /// its body is not read, and an open that checked only the summary's spine need not have
-    /// checked it.
+    /// commit-time actions. `body` may be a summary's stripped body. (The appends of a
+    /// summary with its stream table do not come here: their locations go in whole,
+    /// [`State::push_locations`].)
     pub(crate) fn apply_tip(
         &mut self,
         header: &RecordHeader,
@@ -672,10 +672,6 @@ impl State {
     ) -> Result<(), ApplyError> {
         let (index, position) = self.continues(header)?;
         let kind = EntryKind::from_byte(header.kind)?;
-        if kind == EntryKind::Append && origin == Origin::Tabled {
-            self.push_record(header, offset);
-            return Ok(());
-        }
         let entry = decode_entry_lazy(kind, body)?;
         match entry {
             Entry::Append(view) => {
@@ -802,6 +798,22 @@ impl State {
         self.next_index = index + 1;
         self.next_position = position + header.count.get() as u64;
         self.last_term = header.term.get();
+    }
+
+    /// Adds the locations of records whose entries need nothing else (appends whose
+    /// streams are in a stream table), continuing the log.
+    pub(crate) fn push_locations(&mut self, locations: &[RecLoc]) {
+        let Some(last) = locations.last() else {
+            return;
+        };
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("a record lives in a segment");
+        seg.records.extend_from_slice(locations);
+        self.next_index += locations.len() as u64;
+        self.next_position = last.position + last.count as u64;
+        self.last_term = last.term;
     }
 
     /// The entry of a stream named by a delete, metadata or snapshot record.

@@ -3,13 +3,15 @@
 //! Opening a store loads summaries instead of scanning segments, so restart work does not
 //! depend on how many payload bytes the store holds, and only the active segment is replayed.
 //!
-//! Two checksums cover a summary's entries. The body checksum covers all of it and is
-//! checked by whoever reads the events (the id loader, the tables' writer). The spine
-//! checksum covers what an open reads when the segment's stream table holds its streams:
-//! each entry's offset, length and record header, and the bodies of entries that are not
-//! appends (deletes, metadata, snapshots, checkpoints, membership). So such an open reads
-//! a few bytes per record, not the stripped events, and its time does not grow with the
-//! events a record holds.
+//! A summary holds its records' locations (term, position, offset, event count) as one
+//! array after the header, the entry offsets of the records that are not appends, then the
+//! entries. Two checksums cover it. The body checksum covers the entries and is checked by
+//! whoever reads the events (the id loader, the tables' writer). The spine checksum covers
+//! what an open reads when the segment's stream table holds its streams: the locations,
+//! the control offsets, and the entries of records that are not appends (deletes,
+//! metadata, snapshots, checkpoints, membership). So such an open copies 24 bytes per
+//! record in one piece and decodes only the control records: its time does not grow with
+//! the events a record holds, and barely with the records.
 //!
 //! A summary is derived data: one that is missing or fails its checksum is ignored (the
 //! segment is scanned instead) and rewritten later. An event region that fails the body
@@ -48,17 +50,40 @@ pub(crate) struct SummaryHeader {
     pub(crate) body_crc: U32,
     /// CRC32C of the spine: see [`spine_crc`].
     pub(crate) spine_crc: U32,
-    /// CRC32C of the header's first 48 bytes.
+    /// Records that are not appends (their entries' offsets follow the locations).
+    pub(crate) controls: U32,
+    /// CRC32C of the header's first 52 bytes.
     pub(crate) header_crc: U32,
-    /// Zero.
-    pub(crate) reserved: U32,
 }
 
 /// Size of [`SummaryHeader`].
 pub(crate) const SUMMARY_HEADER_BYTES: usize = 56;
 const _: () = assert!(std::mem::size_of::<SummaryHeader>() == SUMMARY_HEADER_BYTES);
 /// Bytes of the header its checksum covers.
-const HEADER_CHECKED_BYTES: usize = 48;
+const HEADER_CHECKED_BYTES: usize = 52;
+
+/// One record's location, as kept in memory ([`RecLoc`]), stored after the header: the
+/// records' locations are read at open as one array, not entry by entry.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct Location {
+    term: U64,
+    position: U64,
+    offset: U32,
+    count: U32,
+}
+
+/// Size of [`Location`].
+const LOCATION_BYTES: usize = 24;
+const _: () = assert!(std::mem::size_of::<Location>() == LOCATION_BYTES);
+
+/// A summary's parts after its header: the records' locations, the entry offsets of the
+/// records that are not appends, and the entries.
+struct Sections<'a> {
+    locations: &'a [u8],
+    controls: &'a [u8],
+    entries: &'a [u8],
+}
 
 /// Builds the summary of a segment from its records.
 pub(crate) fn build(
@@ -67,17 +92,34 @@ pub(crate) fn build(
     end: u64,
 ) -> Result<Vec<u8>, Corruption> {
     let mut body = Vec::with_capacity(records.len() * 96);
+    let mut locations = Vec::with_capacity(records.len() * LOCATION_BYTES);
+    let mut controls = Vec::new();
     let mut stripped = Vec::new();
     for r in records {
         let (h, rec) = file.record_at(r.offset as u64, end)?;
         strip(&mut stripped, &h, &rec)
             .map_err(|e| file.corruption(r.offset as u64, e.to_string()))?;
+        let location = Location {
+            term: h.term,
+            position: h.position,
+            offset: U32::new(r.offset),
+            count: h.count,
+        };
+        locations.extend_from_slice(location.as_bytes());
+        if h.kind != EntryKind::Append as u8 {
+            controls.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        }
         body.extend_from_slice(&r.offset.to_le_bytes());
         body.extend_from_slice(&(stripped.len() as u32).to_le_bytes());
         body.extend_from_slice(h.as_bytes());
         body.extend_from_slice(&stripped);
     }
-    let spine = spine_crc(&body).map_err(|e| file.corruption(0, e.to_string()))?;
+    let sections = Sections {
+        locations: &locations,
+        controls: &controls,
+        entries: &body,
+    };
+    let spine = spine_crc(&sections).map_err(|e| file.corruption(0, e.to_string()))?;
     let mut header = SummaryHeader {
         magic: format::SUMMARY_MAGIC,
         first_index: U64::new(file.first_index),
@@ -86,11 +128,13 @@ pub(crate) fn build(
         body_len: U64::new(body.len() as u64),
         body_crc: U32::new(crc32c::crc32c(&body)),
         spine_crc: U32::new(spine),
+        controls: U32::new((controls.len() / 4) as u32),
         header_crc: U32::new(0),
-        reserved: U32::new(0),
     };
     header.header_crc = U32::new(crc32c::crc32c(&header.as_bytes()[..HEADER_CHECKED_BYTES]));
     let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(&locations);
+    out.extend_from_slice(&controls);
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -201,7 +245,7 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(OpenError::Io { path, source }),
     };
-    let Some((header, entries)) = check_header(&bytes, file.first_index) else {
+    let Some((header, sections)) = check_header(&bytes, file.first_index) else {
         tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
         return Ok(None);
     };
@@ -216,52 +260,70 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         offset,
         detail: e.to_string(),
     };
+    let apply_err = |base: u64| {
+        let corrupt = &corrupt;
+        move |e| match e {
+            ApplyError::Decode(e) => OpenError::from(corrupt(base, e)),
+            ApplyError::Lookup(c) => OpenError::from(c),
+        }
+    };
     // Its streams stay on disk if every summarized segment before it had a stream table
     // and it has one: they are looked up there when needed, and the open reads only the
-    // summary's spine. Otherwise it reads every event, so the whole body must check.
+    // summary's spine (the records' locations, and the records that are not appends).
+    // Otherwise it reads every event, so the whole body must check.
     let table = if st.tables_open {
         StreamTable::open(dir, file.first_index, header.body_crc.get())
     } else {
         None
     };
-    let checks = match table {
-        Some(_) => spine_crc(entries).ok() == Some(header.spine_crc.get()),
-        None => body_checks(&header, entries),
-    };
-    if !checks {
-        tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
-        return Ok(None);
-    }
+    let entries = sections.entries;
     let origin = match table {
         Some(t) => {
+            let Some(spine) = Spine::read(&header, &sections, file, st.next_position) else {
+                tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
+                return Ok(None);
+            };
             st.last_created_us = st.last_created_us.max(t.max_created_us());
             st.tables.push(Arc::new(t));
             st.open_stats.stream_tables += 1;
+            // Appends change nothing but the records' list here (their streams are in the
+            // table): the locations go in whole, each control record in its place.
+            let mut next = 0usize;
+            for c in &spine.controls {
+                st.push_locations(&spine.locations[next..c.record]);
+                let base = (SUMMARY_HEADER_BYTES + c.at) as u64;
+                st.apply_tip(&c.header, c.offset as u64, c.body, Origin::Tabled)
+                    .map_err(apply_err(base))?;
+                next = c.record + 1;
+            }
+            st.push_locations(&spine.locations[next..]);
             Origin::Tabled
         }
         None => {
+            if !body_checks(&header, entries) {
+                tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
+                return Ok(None);
+            }
             st.close_tables()?;
+            let mut at = 0usize;
+            let mut count = 0u64;
+            while at < entries.len() {
+                let base = (SUMMARY_HEADER_BYTES + at) as u64;
+                let (offset, h, body, next) =
+                    entry_at(entries, at).map_err(|e| corrupt(base, e))?;
+                st.apply_tip(&h, offset as u64, body, Origin::Summary)
+                    .map_err(apply_err(base))?;
+                at = next;
+                count += 1;
+            }
+            if count != header.record_count.get() {
+                let e = DecodeError::new("summary", "record count does not match");
+                return Err(corrupt(0, e).into());
+            }
             Origin::Summary
         }
     };
-    let mut at = 0usize;
-    let mut count = 0u64;
-    while at < entries.len() {
-        let base = (SUMMARY_HEADER_BYTES + at) as u64;
-        let (offset, h, body, next) = entry_at(entries, at).map_err(|e| corrupt(base, e))?;
-        // A tabled append's stripped body (not covered by the spine) is not read.
-        st.apply_tip(&h, offset as u64, body, origin)
-            .map_err(|e| match e {
-                ApplyError::Decode(e) => OpenError::from(corrupt(base, e)),
-                ApplyError::Lookup(c) => OpenError::from(c),
-            })?;
-        at = next;
-        count += 1;
-    }
-    if count != header.record_count.get() {
-        let e = DecodeError::new("summary", "record count does not match");
-        return Err(corrupt(0, e).into());
-    }
+    let count = header.record_count.get();
     if origin == Origin::Tabled {
         st.tabled_below = st.next_position;
     }
@@ -383,8 +445,8 @@ fn add_events(
 /// The header and entries of a summary whose header checks and whose entries, all of them,
 /// match the body checksum.
 fn check(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, &[u8])> {
-    let (h, rest) = check_header(bytes, first_index)?;
-    body_checks(&h, rest).then_some((h, rest))
+    let (h, s) = check_header(bytes, first_index)?;
+    body_checks(&h, s.entries).then_some((h, s.entries))
 }
 
 /// Whether every byte of a summary's entries matches its header's body checksum.
@@ -392,37 +454,131 @@ fn body_checks(h: &SummaryHeader, entries: &[u8]) -> bool {
     h.body_crc.get() == crc32c::crc32c(entries)
 }
 
-/// The header and entries of a summary of the segment starting at `first_index` whose header
-/// checks; the entries are not checked yet.
-fn check_header(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, &[u8])> {
+/// The header and sections of a summary of the segment starting at `first_index` whose
+/// header checks and whose sections have the sizes it gives; nothing after it is checked.
+fn check_header(bytes: &[u8], first_index: u64) -> Option<(SummaryHeader, Sections<'_>)> {
     let (h, rest) = SummaryHeader::read_from_prefix(bytes).ok()?;
     let ok = h.magic == format::SUMMARY_MAGIC
         && h.header_crc.get() == crc32c::crc32c(&h.as_bytes()[..HEADER_CHECKED_BYTES])
-        && h.first_index.get() == first_index
-        && h.body_len.get() == rest.len() as u64;
-    ok.then_some((h, rest))
+        && h.first_index.get() == first_index;
+    let locations = usize::try_from(h.record_count.get())
+        .ok()?
+        .checked_mul(LOCATION_BYTES)?;
+    let controls = usize::try_from(h.controls.get()).ok()?.checked_mul(4)?;
+    let entries = usize::try_from(h.body_len.get()).ok()?;
+    let sizes = locations.checked_add(controls)?.checked_add(entries)? == rest.len();
+    if !(ok && sizes) {
+        return None;
+    }
+    let (locations, rest) = rest.split_at(locations);
+    let (controls, entries) = rest.split_at(controls);
+    Some((
+        h,
+        Sections {
+            locations,
+            controls,
+            entries,
+        },
+    ))
 }
 
-/// The spine checksum of a summary's entries: CRC32C over, entry by entry, its offset,
-/// length and record header, and its body unless it is an append's. Reading it touches a few
-/// bytes per record; an error means entries that do not even parse.
-fn spine_crc(entries: &[u8]) -> Result<u32, DecodeError> {
-    let mut crc = 0u32;
-    let mut at = 0usize;
-    while at < entries.len() {
-        let (_, h, body, next) = entry_at(entries, at)?;
-        let head = at + ENTRY_PREFIX_BYTES + RECORD_HEADER_BYTES;
-        crc = crc32c::crc32c_append(crc, &entries[at..head]);
-        if h.kind != EntryKind::Append as u8 {
-            crc = crc32c::crc32c_append(crc, body);
+/// The spine checksum of a summary: CRC32C over the records' locations, the offsets of the
+/// entries that are not appends, and those entries whole (offset, length, record header,
+/// body). An error means a control offset that does not lead to an entry.
+fn spine_crc(s: &Sections<'_>) -> Result<u32, DecodeError> {
+    let mut crc = crc32c::crc32c(s.locations);
+    crc = crc32c::crc32c_append(crc, s.controls);
+    for raw in s.controls.chunks_exact(4) {
+        let at = u32::from_le_bytes(raw.try_into().expect("chunks of 4")) as usize;
+        if at >= s.entries.len() {
+            return Err(DecodeError::new("summary", "control entry out of range"));
         }
-        at = next;
+        let (.., next) = entry_at(s.entries, at)?;
+        crc = crc32c::crc32c_append(crc, &s.entries[at..next]);
     }
     Ok(crc)
 }
 
-/// An entry's offset and body length, before its record header.
-const ENTRY_PREFIX_BYTES: usize = 8;
+/// What an open with the stream table takes from a summary: every record's location, and
+/// the records that are not appends, each matching its location.
+struct Spine<'a> {
+    locations: Vec<RecLoc>,
+    controls: Vec<Control<'a>>,
+}
+
+/// A record of a summary that is not an append.
+struct Control<'a> {
+    /// Its place in the segment's records.
+    record: usize,
+    /// Where its entry starts among the summary's entries.
+    at: usize,
+    /// Its offset in the segment.
+    offset: u32,
+    header: RecordHeader,
+    body: &'a [u8],
+}
+
+impl<'a> Spine<'a> {
+    /// The spine of a summary whose header checked, if it matches its checksum and its
+    /// locations continue the log from `next_position`, in order, inside the segment.
+    fn read(
+        h: &SummaryHeader,
+        s: &Sections<'a>,
+        file: &SegmentFile,
+        next_position: u64,
+    ) -> Option<Spine<'a>> {
+        if spine_crc(s).ok()? != h.spine_crc.get() {
+            return None;
+        }
+        let mut locations = Vec::with_capacity(s.locations.len() / LOCATION_BYTES);
+        let mut position = next_position;
+        let mut floor = format::SEGMENT_HEADER_BYTES as u64;
+        for raw in s.locations.chunks_exact(LOCATION_BYTES) {
+            let l = Location::read_from_bytes(raw).ok()?;
+            let (offset, count) = (l.offset.get(), l.count.get());
+            if l.position.get() != position || u64::from(offset) < floor {
+                return None;
+            }
+            position += u64::from(count);
+            floor = u64::from(offset) + RECORD_HEADER_BYTES as u64;
+            locations.push(RecLoc {
+                term: l.term.get(),
+                position: l.position.get(),
+                offset,
+                count,
+            });
+        }
+        if floor > h.end.get() {
+            return None;
+        }
+        let mut controls: Vec<Control<'a>> = Vec::with_capacity(s.controls.len() / 4);
+        for raw in s.controls.chunks_exact(4) {
+            let at = u32::from_le_bytes(raw.try_into().ok()?) as usize;
+            let (offset, header, body, _) = entry_at(s.entries, at).ok()?;
+            let record = usize::try_from(header.index.get().checked_sub(file.first_index)?).ok()?;
+            let l = locations.get(record)?;
+            let matches = l.term == header.term.get()
+                && l.position == header.position.get()
+                && l.offset == offset
+                && l.count == header.count.get()
+                && header.kind != EntryKind::Append as u8;
+            if !matches || controls.last().is_some_and(|c| c.record >= record) {
+                return None;
+            }
+            controls.push(Control {
+                record,
+                at,
+                offset,
+                header,
+                body,
+            });
+        }
+        Some(Spine {
+            locations,
+            controls,
+        })
+    }
+}
 
 fn entry_at(b: &[u8], at: usize) -> Result<(u32, RecordHeader, &[u8], usize), DecodeError> {
     let mut c = format::Cursor::new(&b[at..], "summary entry");

@@ -415,10 +415,10 @@ fn flipped_bit_in_a_sealed_segment_header() {
     }
 }
 
-/// Where a summary's first entry's record header lies: after the 56-byte summary header and
-/// the entry's offset and length (docs/STORAGE.md, "Segment summary"). It is in the spine,
+/// Where a summary's second record's location lies: after the 56-byte summary header and
+/// the first record's 24-byte location (docs/STORAGE.md, "Summary"). It is in the spine,
 /// which an open checks.
-const SUMMARY_FIRST_RECORD_HEADER: u64 = 56 + 8;
+const SUMMARY_SECOND_LOCATION: u64 = 56 + 24;
 
 /// Opens a store one of whose summaries is damaged: the open ignores that summary and scans
 /// its segment instead, and loads every other one.
@@ -439,8 +439,9 @@ fn damaged_summary_is_ignored_and_the_segment_scanned() {
     let before = build_store(dir.path());
     let clean = Engine::open(dir.path(), config()).unwrap().open_stats();
     let summary = files_with(dir.path(), SUMMARY_EXT)[1].clone();
-    // In the record's term: nothing but the spine's checksum would notice.
-    flip_bit(&summary, SUMMARY_FIRST_RECORD_HEADER + 18);
+    // In the record's term (the location's first 8 bytes): nothing but the spine's checksum
+    // would notice.
+    flip_bit(&summary, SUMMARY_SECOND_LOCATION + 2);
     let e = open_without_one_summary(dir.path(), clean);
     let stats = e.open_stats();
     assert!(stats.records_replayed > clean.records_replayed, "{stats:?}");
