@@ -13,7 +13,7 @@
 //! | `engine_read_stream` | forward read of a 1,000,000-event stream | 1,000 events |
 //! | `engine_scan_all` | forward `$all` scan of a 1,000,000-event store | 1,000 events |
 //! | `engine_many_streams_1m`, `engine_many_streams_10m` | 1 M / 10 M streams of one event (2 M `--quick`), appended 1,000 new streams a call; then a restart in a fresh process: `reopen_ms`, `writable_ms`, anonymous memory per stream, cold-stream append and read latency (see [`crate::many_streams`]) | one fill append |
-//! | `engine_reopen_10m` | fill 10,000,000 events, close, reopen (`reopen_ms`: open → reads; `writable_ms`: open → first append acknowledged; `id_tables`: taken from the event-id tables; `writable_ms_without_id_tables`: the same restart with the tables deleted) | one fill append |
+//! | `engine_reopen_1m`, `engine_reopen_10m`, `engine_reopen_30m` | fill 1 M / 10 M / 30 M events (1 M / 1 M / 3 M `--quick`), close, reopen (`reopen_ms`: open → reads; `writable_ms`: open → first append acknowledged; `id_tables`: taken from the event-id tables; `writable_ms_without_id_tables`: the same restart with the tables deleted): side by side, whether a restart grows with the store | one fill append |
 //!
 //! Reads run right after the fill, so the segments are in the page cache: they measure the
 //! engine, not the disk. The same holds for the reopen (it reads summaries, not payloads).
@@ -46,28 +46,25 @@ pub const SCENARIOS: &[&str] = &[
     "engine_append_concurrent64_inflight",
     "engine_read_stream",
     "engine_scan_all",
+    "engine_reopen_1m",
     "engine_reopen_10m",
+    "engine_reopen_30m",
     "engine_many_streams_1m",
     "engine_many_streams_10m",
 ];
-
-/// Events in the store `engine_reopen_10m` reopens.
-const REOPEN_EVENTS: u64 = 10_000_000;
-/// The same with `--quick`.
-const REOPEN_EVENTS_QUICK: u64 = 1_000_000;
 
 /// How the suite runs.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Parent of the scenarios' scratch stores (each is deleted after its scenario).
     pub data_dir: PathBuf,
-    /// Shorter timed scenarios (1 s) and a 1,000,000-event reopen.
+    /// Shorter timed scenarios (1 s) and smaller reopens (1, 1 and 3 million events).
     pub quick: bool,
     /// Commit being measured, copied into every report.
     pub git_rev: Option<String>,
     /// Write path the stores are opened with; reports say which one was used.
     pub io_mode: IoMode,
-    /// Events in the reopened store, instead of 10,000,000 (1,000,000 with `quick`).
+    /// Events in `engine_reopen_10m`'s store, instead of 10,000,000 (1,000,000 with `quick`).
     pub reopen_events: Option<u64>,
 }
 
@@ -95,7 +92,15 @@ pub fn run(scenario: &str, opts: &Options) -> Result<Report> {
         "engine_append_concurrent64_inflight" => append_in_flight(opts, scenario, 64)?,
         "engine_read_stream" => read_stream(opts, scenario)?,
         "engine_scan_all" => scan_all(opts, scenario)?,
-        "engine_reopen_10m" => reopen(opts, scenario)?,
+        "engine_reopen_1m" => reopen(opts, scenario, 1_000_000)?,
+        "engine_reopen_10m" => {
+            let events = if opts.quick { 1_000_000 } else { 10_000_000 };
+            reopen(opts, scenario, opts.reopen_events.unwrap_or(events))?
+        }
+        "engine_reopen_30m" => {
+            let events = if opts.quick { 3_000_000 } else { 30_000_000 };
+            reopen(opts, scenario, events)?
+        }
         "engine_many_streams_1m" => {
             many_streams::run(&opts.data_dir, scenario, 1_000_000, opts.io_mode)?
         }
@@ -311,12 +316,7 @@ fn scan_all(opts: &Options, scenario: &str) -> Result<Report> {
 /// Fills a store, closes it, and times the reopen; then reads the last event (through
 /// `$all` and its stream) and appends one more, to show the reopened store serves.
 /// `events_per_sec` and the latencies are the fill's (batches of 1,000 from 4 threads).
-fn reopen(opts: &Options, scenario: &str) -> Result<Report> {
-    let events = opts.reopen_events.unwrap_or(if opts.quick {
-        REOPEN_EVENTS_QUICK
-    } else {
-        REOPEN_EVENTS
-    });
+fn reopen(opts: &Options, scenario: &str, events: u64) -> Result<Report> {
     let layout = Fill {
         events,
         batch: FILL_BATCH,
@@ -405,6 +405,7 @@ fn reopen(opts: &Options, scenario: &str) -> Result<Report> {
         .with("records_replayed", stats.records_replayed)
         .with("records_from_summaries", stats.records_from_summaries)
         .with("summaries_loaded", stats.summaries_loaded)
+        .with("stream_entries_read", stats.stream_entries_read)
         .with("torn_bytes_cut", stats.torn_bytes_cut)
         .with("first_read_us", micros(first_read))
         .with("first_append_us", micros(first_append))
