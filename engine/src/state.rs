@@ -680,12 +680,26 @@ impl State {
                 if origin == Origin::Foreign {
                     self.check_append(&view, header.count.get())?;
                 }
-                let names: Vec<Arc<str>> = view
-                    .streams
-                    .iter()
-                    .map(|s| Ok(self.stream_entry(s)?.0))
-                    .collect::<Result<_, Corruption>>()
-                    .map_err(ApplyError::Lookup)?;
+                // A stream not in memory is plain (deletes and metadata keep theirs there),
+                // so a checked record's versions say all a writer needs of it: version 0 is a
+                // new stream, a higher one continues events in the tables. Only a record
+                // from another node, not yet trusted, has its streams looked up.
+                let mut fresh = Vec::new();
+                let mut names = Vec::with_capacity(view.streams.len());
+                for s in &view.streams {
+                    match self.streams.get_key_value(*s) {
+                        Some((k, _)) => names.push(k.clone()),
+                        None if origin == Origin::Foreign => {
+                            names.push(self.stream_entry(s).map_err(ApplyError::Lookup)?.0)
+                        }
+                        None => {
+                            let k: Arc<str> = Arc::from(*s);
+                            self.streams.insert(k.clone(), StreamState::default());
+                            fresh.push(k.clone());
+                            names.push(k);
+                        }
+                    }
+                }
                 let single = (names.len() == 1).then(|| names[0].clone());
                 for h in view.headers() {
                     let h = h?;
@@ -702,6 +716,13 @@ impl State {
                         self.ids.insert(u128::from_be_bytes(h.id), pos);
                     }
                     self.last_created_us = self.last_created_us.max(h.created_us.get());
+                }
+                let tabled = !self.tables.is_empty();
+                for k in fresh {
+                    let s = self.streams.get_mut(&k).expect("inserted above");
+                    s.head_tabled = tabled
+                        && s.first_version > 0
+                        && !cfg!(feature = "mutation-stream-tail-whole");
                 }
             }
             Entry::Delete {
@@ -837,7 +858,7 @@ impl State {
         let mut next: Vec<Option<u64>> = view
             .streams
             .iter()
-            .map(|s| Ok(self.stream(s)?.map(|st| st.next_version)))
+            .map(|s| Ok(self.stream_tip(s)?.map(|st| st.next_version)))
             .collect::<Result<_, Corruption>>()
             .map_err(ApplyError::Lookup)?;
         let mut last_delta = None::<u32>;
