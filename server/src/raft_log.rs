@@ -348,7 +348,7 @@ impl EngineLog {
         if c.offset == 0 {
             let dir = self.engine.dir().join(INCOMING_DIR);
             fs::create_dir_all(&dir)?;
-            let path = dir.join(format!("{:020}.qseg", c.first));
+            let path = dir.join(quiver_engine::segment::segment_name(c.first));
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(true)
