@@ -720,6 +720,13 @@ impl State {
                 let tabled = !self.tables.is_empty();
                 for k in fresh {
                     let s = self.streams.get_mut(&k).expect("inserted above");
+                    if s.positions.is_empty() {
+                        // Named without events (not what this engine writes): no versions to
+                        // go by, so the tables say.
+                        let found = self.read_back_tail(&k).map_err(ApplyError::Lookup)?;
+                        self.streams.insert(k, found.unwrap_or_default());
+                        continue;
+                    }
                     s.head_tabled = tabled
                         && s.first_version > 0
                         && !cfg!(feature = "mutation-stream-tail-whole");

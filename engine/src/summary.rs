@@ -277,6 +277,8 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
         None
     };
     let entries = sections.entries;
+    // Where the entries start in the file, for errors' offsets.
+    let entries_at = SUMMARY_HEADER_BYTES + sections.locations.len() + sections.controls.len();
     let origin = match table {
         Some(t) => {
             let Some(spine) = Spine::read(&header, &sections, file, st.next_position) else {
@@ -291,7 +293,7 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
             let mut next = 0usize;
             for c in &spine.controls {
                 st.push_locations(&spine.locations[next..c.record]);
-                let base = (SUMMARY_HEADER_BYTES + c.at) as u64;
+                let base = (entries_at + c.at) as u64;
                 st.apply_tip(&c.header, c.offset as u64, c.body, Origin::Tabled)
                     .map_err(apply_err(base))?;
                 next = c.record + 1;
@@ -308,7 +310,7 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
             let mut at = 0usize;
             let mut count = 0u64;
             while at < entries.len() {
-                let base = (SUMMARY_HEADER_BYTES + at) as u64;
+                let base = (entries_at + at) as u64;
                 let (offset, h, body, next) =
                     entry_at(entries, at).map_err(|e| corrupt(base, e))?;
                 st.apply_tip(&h, offset as u64, body, Origin::Summary)
