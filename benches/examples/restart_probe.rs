@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ["fill", dir, events] => fill(Path::new(dir), events.parse()?),
         ["fill1", dir, events] => fill_single(Path::new(dir), events.parse()?),
         ["open", dir] => open(Path::new(dir)),
-        _ => Err("usage: restart_probe fill DIR EVENTS | restart_probe open DIR".into()),
+        _ => Err("usage: restart_probe fill DIR EVENTS | fill1 DIR EVENTS | open DIR".into()),
     }
 }
 

@@ -319,6 +319,18 @@ fn scan_all(opts: &Options, scenario: &str) -> Result<Report> {
 /// Restarts timed by each `engine_reopen_*` scenario.
 const RESTARTS: u64 = 3;
 
+/// One timed restart of `engine_reopen_*`.
+#[derive(Clone, Copy)]
+struct Restart {
+    /// Open → the first append acknowledged.
+    writable: Duration,
+    /// Open → the store returned (reads served).
+    reopen: Duration,
+    first_read: Duration,
+    first_append: Duration,
+    stats: OpenStats,
+}
+
 fn reopen(opts: &Options, scenario: &str, events: u64) -> Result<Report> {
     let layout = Fill {
         events,
@@ -379,21 +391,25 @@ fn reopen(opts: &Options, scenario: &str, events: u64) -> Result<Report> {
             "appended at {}",
             appended.position_first
         );
-        restarts.push((
+        restarts.push(Restart {
             writable,
             reopen,
             first_read,
             first_append,
-            engine.open_stats(),
-        ));
+            stats: engine.open_stats(),
+        });
         last_stream = last.stream.to_string();
     }
-    restarts.sort_by_key(|r| r.0);
-    let each = |f: fn(&(Duration, Duration, Duration, Duration, OpenStats)) -> Duration| {
-        restarts.iter().map(|r| millis(f(r))).collect::<Vec<_>>()
-    };
-    let (writable_each, reopen_each) = (each(|r| r.0), each(|r| r.1));
-    let (writable, reopen, first_read, first_append, stats) = restarts[restarts.len() / 2];
+    restarts.sort_by_key(|r| r.writable);
+    let writable_each: Vec<f64> = restarts.iter().map(|r| millis(r.writable)).collect();
+    let reopen_each: Vec<f64> = restarts.iter().map(|r| millis(r.reopen)).collect();
+    let Restart {
+        writable,
+        reopen,
+        first_read,
+        first_append,
+        stats,
+    } = restarts[restarts.len() / 2];
 
     // The same restart without the event-id tables (as before they existed): appends then
     // wait for the in-memory id index, whose build grows with the store.

@@ -405,11 +405,13 @@ fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, Appen
     let tip = st
         .stream_tip(w.stream.as_str())
         .map_err(AppendError::Corruption)?;
-    // A retry of events below a tail held in memory needs the stream whole.
+    // A record lies in one segment: a retry of events below a tail held in memory is
+    // wholly in the older tables.
     let s = match tip {
         Some(t) if t.head_tabled && t.positions.first().is_none_or(|p| first < *p) => st
-            .stream(w.stream.as_str())
-            .map_err(AppendError::Corruption)?,
+            .read_back(w.stream.as_str())
+            .map_err(AppendError::Corruption)?
+            .map(Cow::Owned),
         other => other,
     };
     let Some(s) = s.as_deref() else {

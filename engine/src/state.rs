@@ -77,7 +77,8 @@ pub(crate) struct StreamState {
     pub(crate) metadata: StreamMetadata,
     /// Versions below `first_version` may be in the stream tables, not read back: the entry
     /// holds only the stream's tail (its events in the newest table that has it, and any
-    /// after), which is all a writer needs. [`State::stream`] joins the rest for readers.
+    /// after), which is all a writer needs. Readers join the rest from the tables
+    /// ([`State::read_back`]).
     pub(crate) head_tabled: bool,
 }
 
@@ -152,17 +153,11 @@ impl StreamState {
         head.first_version <= tail.first_version && head.next_version >= tail.first_version
     }
 
-    /// This tail with the versions below it taken from `head` (see [`StreamState::reaches`]).
-    fn joined(&self, head: Option<&StreamState>) -> StreamState {
-        let mut out = self.clone();
-        out.head_tabled = false;
-        if let Some(h) = head.filter(|h| StreamState::reaches(h, self)) {
-            let below = (self.first_version - h.first_version) as usize;
-            out.positions = h.positions[..below].to_vec();
-            out.positions.extend_from_slice(&self.positions);
-            out.first_version = h.first_version;
-        }
-        out
+    /// Marks a stream built from its newest events alone as holding a tail if versions
+    /// before them may be in tables: it starts above version 0 and older tables exist.
+    fn mark_tail(&mut self, older_tables: bool) {
+        self.head_tabled =
+            older_tables && self.first_version > 0 && !cfg!(feature = "mutation-stream-tail-whole");
     }
 }
 
@@ -330,7 +325,7 @@ pub(crate) struct State {
     pub(crate) commit_allowed: u64,
     /// The streams kept in memory: those with events past [`State::tabled_below`], with a
     /// delete or metadata, or looked up for a write. Any other stream is read back from
-    /// [`State::tables`] when needed ([`State::stream`]).
+    /// [`State::tables`] when needed ([`State::stream_tip`], [`State::read_back`]).
     pub(crate) streams: BTreeMap<Arc<str>, StreamState>,
     /// The stream tables of the first `tables.len()` segments, in order.
     pub(crate) tables: Vec<Arc<StreamTable>>,
@@ -436,17 +431,6 @@ impl State {
         Ok(None)
     }
 
-    /// A stream whole, as readers see it: from memory, or read back from the stream tables
-    /// (an entry in memory that holds only a tail is joined to the rest). `None` for a
-    /// stream never written.
-    pub(crate) fn stream(&self, name: &str) -> Result<Option<Cow<'_, StreamState>>, Corruption> {
-        match self.streams.get(name) {
-            Some(s) if !s.head_tabled => Ok(Some(Cow::Borrowed(s))),
-            Some(s) => Ok(Some(Cow::Owned(s.joined(self.read_back(name)?.as_ref())))),
-            None => Ok(self.read_back(name)?.map(Cow::Owned)),
-        }
-    }
-
     /// A stream as writers see it: its versions, deletes and metadata right, its positions
     /// perhaps only a tail ([`StreamState::head_tabled`]): from memory, or read back from the
     /// newest stream table that has it, whatever the number of tables. `None` for a stream
@@ -510,8 +494,7 @@ impl State {
             for (version, position) in run {
                 s.push_event(version, position);
             }
-            s.head_tabled =
-                i > 0 && s.first_version > 0 && !cfg!(feature = "mutation-stream-tail-whole");
+            s.mark_tail(i > 0);
             return Ok(Some(s));
         }
         Ok(None)
@@ -660,9 +643,9 @@ impl State {
     }
 
     /// Adds a record to the log's in-memory view: index, stream versions, ids, and the
-    /// commit-time actions. `body` may be a summary's stripped body. (The appends of a
-    /// summary with its stream table do not come here: their locations go in whole,
-    /// [`State::push_locations`].)
+    /// commit-time actions. `body` may be a summary's stripped body. (A summary with its
+    /// stream table adds its records' locations whole, [`State::push_locations`], and
+    /// applies only its control records, [`State::apply_entry`].)
     pub(crate) fn apply_tip(
         &mut self,
         header: &RecordHeader,
@@ -670,7 +653,21 @@ impl State {
         body: &[u8],
         origin: Origin,
     ) -> Result<(), ApplyError> {
-        let (index, position) = self.continues(header)?;
+        self.continues(header)?;
+        self.apply_entry(header, body, origin)?;
+        self.push_record(header, offset);
+        Ok(())
+    }
+
+    /// What a record's entry changes besides the log's list of records: stream versions,
+    /// ids, commit-time actions. The caller has checked that the record continues the log.
+    pub(crate) fn apply_entry(
+        &mut self,
+        header: &RecordHeader,
+        body: &[u8],
+        origin: Origin,
+    ) -> Result<(), ApplyError> {
+        let (index, position) = (header.index.get(), header.position.get());
         let kind = EntryKind::from_byte(header.kind)?;
         let entry = decode_entry_lazy(kind, body)?;
         match entry {
@@ -727,9 +724,7 @@ impl State {
                         self.streams.insert(k, found.unwrap_or_default());
                         continue;
                     }
-                    s.head_tabled = tabled
-                        && s.first_version > 0
-                        && !cfg!(feature = "mutation-stream-tail-whole");
+                    s.mark_tail(tabled);
                 }
             }
             Entry::Delete {
@@ -783,7 +778,6 @@ impl State {
             }
             Entry::NoOp => {}
         }
-        self.push_record(header, offset);
         Ok(())
     }
 
@@ -811,35 +805,44 @@ impl State {
 
     /// Adds a record that continues the log, at `offset` in the last segment.
     fn push_record(&mut self, header: &RecordHeader, offset: u64) {
-        let (index, position) = (header.index.get(), header.position.get());
-        let seg = self
-            .segments
-            .last_mut()
-            .expect("a record lives in a segment");
-        debug_assert_eq!(seg.next_index(), index);
-        seg.records.push(RecLoc {
+        let location = RecLoc {
             term: header.term.get(),
-            position,
+            position: header.position.get(),
             offset: u32::try_from(offset).expect("segments are below 4 GiB"),
             count: header.count.get(),
-        });
-        self.next_index = index + 1;
-        self.next_position = position + header.count.get() as u64;
-        self.last_term = header.term.get();
-    }
-
-    /// Adds the locations of records whose entries need nothing else (appends whose
-    /// streams are in a stream table), continuing the log.
-    pub(crate) fn push_locations(&mut self, locations: &[RecLoc]) {
-        let Some(last) = locations.last() else {
-            return;
         };
         let seg = self
             .segments
             .last_mut()
             .expect("a record lives in a segment");
-        seg.records.extend_from_slice(locations);
-        self.next_index += locations.len() as u64;
+        debug_assert_eq!(seg.next_index(), header.index.get());
+        seg.records.push(location);
+        self.advance(1, &location);
+    }
+
+    /// Adds the locations of records that continue the log, in the last segment: a summary's
+    /// (checked to continue it), taken whole when the segment has none yet.
+    pub(crate) fn push_locations(&mut self, locations: Vec<RecLoc>) {
+        let Some(&last) = locations.last() else {
+            return;
+        };
+        let n = locations.len();
+        let records = &mut self
+            .segments
+            .last_mut()
+            .expect("a record lives in a segment")
+            .records;
+        if records.is_empty() {
+            *records = locations;
+        } else {
+            records.extend_from_slice(&locations);
+        }
+        self.advance(n as u64, &last);
+    }
+
+    /// Moves the log's end past `n` records, `last` the newest of them.
+    fn advance(&mut self, n: u64, last: &RecLoc) {
+        self.next_index += n;
         self.next_position = last.position + last.count as u64;
         self.last_term = last.term;
     }

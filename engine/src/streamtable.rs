@@ -3,7 +3,7 @@
 //! a Bloom filter of the names. With them the engine keeps in memory only the streams it is
 //! writing to (and those with deletes or metadata): a stream all of whose events lie in
 //! summarized segments is looked up here when it is needed, so memory and restart work do
-//! not grow with the number of streams (see `state.rs`, [`crate::state::State::stream`]).
+//! not grow with the number of streams (see `state.rs`, [`crate::state::State::stream_tip`]).
 //!
 //! Opening reads the header, the filter and the block index only (a few bytes per stream):
 //! entries stay on disk, read a block at a time, each block checked by its own CRC. A table

@@ -289,16 +289,13 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
             st.tables.push(Arc::new(t));
             st.open_stats.stream_tables += 1;
             // Appends change nothing but the records' list here (their streams are in the
-            // table): the locations go in whole, each control record in its place.
-            let mut next = 0usize;
+            // table): the control records are applied, then the locations go in whole.
             for c in &spine.controls {
-                st.push_locations(&spine.locations[next..c.record]);
                 let base = (entries_at + c.at) as u64;
-                st.apply_tip(&c.header, c.offset as u64, c.body, Origin::Tabled)
+                st.apply_entry(&c.header, c.body, Origin::Tabled)
                     .map_err(apply_err(base))?;
-                next = c.record + 1;
             }
-            st.push_locations(&spine.locations[next..]);
+            st.push_locations(spine.locations);
             Origin::Tabled
         }
         None => {
@@ -514,8 +511,6 @@ struct Control<'a> {
     record: usize,
     /// Where its entry starts among the summary's entries.
     at: usize,
-    /// Its offset in the segment.
-    offset: u32,
     header: RecordHeader,
     body: &'a [u8],
 }
@@ -570,7 +565,6 @@ impl<'a> Spine<'a> {
             controls.push(Control {
                 record,
                 at,
-                offset,
                 header,
                 body,
             });
