@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use crate::error::AppendError;
 use crate::format::{self, EntryKind, EventToEncode, RECORD_BODY_BYTES_MAX};
+use crate::idindex::IdUnknown;
 use crate::state::{State, StreamState};
 use crate::types::{
     validate_event_type, validate_stream_name, AppendResult, DeleteKind, ExpectedVersion,
@@ -396,7 +397,10 @@ fn find_retry(st: &State, w: &StreamWrite) -> Result<Option<AppendResult>, Appen
         .iter()
         .map(|e| st.id_position(e.id.as_u128()))
         .collect::<Result<_, _>>()
-        .map_err(|_| AppendError::Loading)?;
+        .map_err(|e| match e {
+            IdUnknown::Loading => AppendError::Loading,
+            IdUnknown::Damaged(c) => AppendError::Corruption(c),
+        })?;
     if found.iter().all(Option::is_none) {
         return Ok(None);
     }

@@ -1,10 +1,13 @@
-//! The background threads: one writes the summaries of sealed, committed segments and
-//! prepares the next pre-zeroed segment, off the writer's path, so neither ever delays an
-//! append; one builds the event-id index of summarized segments right after open.
+//! The background threads: one writes the summaries of sealed, committed segments (and hands
+//! their event ids to their id tables) and prepares the next pre-zeroed segment, off the
+//! writer's path, so neither ever delays an append; one checks the event-id tables of
+//! summarized segments right after open.
 
 use std::sync::Arc;
 
 use crate::error::Failed;
+use crate::idindex::PendingIds;
+use crate::idtable::IdTable;
 use crate::inner::Inner;
 use crate::streamtable::StreamTable;
 use crate::{ids, segment, summary};
@@ -37,8 +40,8 @@ pub(crate) fn summarizer_loop(inner: &Inner) {
     }
 }
 
-/// Writes the summaries of sealed segments that are now fully committed. Runs on the writer
-/// thread between batches; a failure only logs (the segment is scanned on the next open).
+/// Writes the summaries of sealed segments that are now fully committed. Runs on the
+/// background thread; a failure only logs (the segment is scanned on the next open).
 pub(crate) fn write_due(inner: &Inner) {
     loop {
         // Held while the summary is built and written: a truncation meanwhile could remove
@@ -63,18 +66,30 @@ pub(crate) fn write_due(inner: &Inner) {
                 summary::write(s, &inner.dir, file.first_index, &bytes)?;
                 Ok(summary::body_crc(&bytes))
             });
-        let table = match &written {
+        let crc = match written {
             Err(e) => {
                 tracing::warn!(file = %file.path.display(), error = %e, "could not write a summary");
                 None
             }
-            Ok(crc) => crc.and_then(|crc| written_table(inner, file.first_index, crc)),
+            Ok(crc) => crc,
         };
+        let table = crc.and_then(|crc| written_table(inner, file.first_index, crc));
         let mut st = inner.state.write();
         if let Some(s) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, &file)) {
             // Marked even on failure so the writer does not retry every batch.
             s.summarized = true;
         }
+        let closing = st.closed;
+        drop(st);
+        // The segment's ids leave memory for its id table (not when closing: the next open
+        // takes them from the table anyway).
+        if let Some(ids) = crc
+            .filter(|_| !closing)
+            .and_then(|crc| IdTable::open(&inner.dir, file.first_index, crc))
+        {
+            ids::adopt(&inner.state, ids);
+        }
+        let mut st = inner.state.write();
         let Some((table, names)) = table else {
             continue;
         };
@@ -113,82 +128,85 @@ fn written_table(
     Some((Arc::new(table), names))
 }
 
-/// Runs on the id loader thread: builds the index of what `State::ids_pending` names and
-/// merges it with the ids added since open (which are newer, so they win).
+/// Runs on the id loader thread after an open (see `ids.rs`): checks every id table into the
+/// store-wide filter and reads the ids of summaries without a usable table into memory; then
+/// says the index is whole, writes the tables the store lacked and hands those ids to them.
 pub(crate) fn load_ids(inner: &Inner) {
-    let (pending, count) = {
-        let mut st = inner.state.write();
-        let count = st
-            .id_tables
-            .as_ref()
-            .map(|t| t.iter().map(|t| t.len()).sum());
-        (std::mem::take(&mut st.ids_pending), count)
-    };
+    let summaries = std::mem::take(&mut inner.state.write().ids_pending);
     let started = std::time::Instant::now();
     #[cfg(test)]
     crate::inner::held_loaders::wait(&inner.dir);
-    match ids::build(&pending, count) {
-        Ok(mut ids) => {
-            let mut st = inner.state.write();
-            ids.merge(std::mem::take(&mut st.ids));
-            st.ids = ids;
-            st.ids_whole = true;
-            let had_tables = st.id_tables.take().is_some();
+    let rewrite = match ids::load(&inner.state, &summaries) {
+        Ok(Some(rewrite)) => {
+            let stats = inner.state.read().ids.stats();
             tracing::info!(
-                ids = st.ids.len(),
+                in_memory = stats.in_memory,
+                in_tables = stats.in_tables,
                 ms = started.elapsed().as_millis() as u64,
                 "event-id index loaded"
             );
-            drop(st);
-            // Appends and truncations wait for this, and a truncation holds the files lock
-            // that writing the tables takes: say the index is whole first.
-            *inner.ids_ready.lock() = true;
-            inner.ids_cv.notify_all();
-            write_missing_tables(inner, &pending, !had_tables);
-            return;
+            Some(rewrite)
         }
+        // The store is closing.
+        Ok(None) => None,
         Err(e) => {
             // A summary that loaded a moment ago no longer reads: refuse writes rather than
             // accept appends whose retries could not be recognised.
             tracing::error!(error = %e, "event-id index could not be built");
             let failed = Failed(std::sync::Arc::new(std::io::Error::other(e.to_string())));
-            let mut st = inner.state.write();
-            st.failed = Some(failed);
-            st.id_tables = None;
+            inner.state.write().failed = Some(failed);
+            None
         }
-    }
+    };
+    // Appends and truncations wait for this, and a truncation holds the files lock that
+    // writing the tables takes: say the index is whole first.
     *inner.ids_ready.lock() = true;
     inner.ids_cv.notify_all();
+    if let Some(rewrite) = rewrite {
+        write_missing_tables(inner, &summaries, &rewrite);
+    }
 }
 
 /// Writes the tables a store opened without (one written before they existed, or whose
-/// tables were lost): the id tables when `ids` (the open found one missing), and the stream
-/// tables, so that its next open takes appends at once and leaves streams on disk.
-fn write_missing_tables(inner: &Inner, summaries: &[crate::state::PendingIds], ids: bool) {
+/// tables were lost or damaged): the id tables of `ids` (whose ids were read into memory
+/// instead, and now go to their tables), and the stream tables of `summaries` that have
+/// none, so that its next open takes appends at once and leaves streams on disk.
+fn write_missing_tables(inner: &Inner, summaries: &[PendingIds], ids: &[PendingIds]) {
     // Not while a summary is being written or a truncation removes files.
     let _files = inner.files_lock.lock();
     let s = &*inner.config.storage;
-    let mut written = 0;
+    let mut written = Vec::new();
     for p in summaries {
+        if inner.state.read().closed {
+            return;
+        }
         let (first, crc) = (p.first_index, p.summary_crc);
-        let want_ids = ids && crate::idtable::IdTable::open(&inner.dir, first, crc).is_none();
+        let want_ids = ids.iter().any(|i| i.first_index == first);
         let want_streams = StreamTable::open(&inner.dir, first, crc).is_none();
         if !want_ids && !want_streams {
             continue;
         }
         // Made from the summary as it is now (a scavenge may have rewritten it since open).
         let made = std::fs::read(&p.path).and_then(|bytes| {
-            summary::write_tables(s, &inner.dir, first, &bytes, want_ids, want_streams)
+            summary::write_tables(s, &inner.dir, first, &bytes, want_ids, want_streams)?;
+            Ok(summary::body_crc(&bytes))
         });
         match made {
-            Ok(()) => written += 1,
+            Ok(crc) => written.push((first, crc.filter(|_| want_ids))),
             Err(e) => tracing::warn!(summary = %p.path.display(), error = %e, "no table"),
         }
     }
-    if written > 0 {
-        if let Err(e) = crate::storage::sync_dir(s, &inner.dir) {
-            tracing::warn!(error = %e, "could not sync the directory after writing tables");
+    if written.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::storage::sync_dir(s, &inner.dir) {
+        tracing::warn!(error = %e, "could not sync the directory after writing tables");
+        return;
+    }
+    tracing::info!(summaries = written.len(), "wrote the missing tables");
+    for (first, crc) in written {
+        if let Some(table) = crc.and_then(|crc| IdTable::open(&inner.dir, first, crc)) {
+            ids::adopt(&inner.state, table);
         }
-        tracing::info!(summaries = written, "wrote the missing tables");
     }
 }

@@ -20,6 +20,7 @@ use crate::append::{prepare_append, prepare_op, AppendPlan, Plan, Prepared, Writ
 use crate::config::EngineConfig;
 use crate::error::{AppendError, Failed, OpenError};
 use crate::format::{self, EntryKind};
+use crate::idindex::IdIndexStats;
 #[cfg(test)]
 use crate::inner::TestFaults;
 use crate::inner::{writer_loop, Counters, Inner, Queue};
@@ -171,11 +172,11 @@ impl Engine {
         let spare = find_spare(&dir, &config, state.segments.is_empty())?;
         let ids_ready = state.ids_pending.is_empty();
         if !ids_ready {
-            // Until the loader has read the summaries, their segments' ids are answered from
-            // their id tables, if every one has a usable table.
-            state.ids_whole = false;
-            state.id_tables = crate::summary::id_tables(&dir, &state.ids_pending).map(Arc::new);
-            state.open_stats.id_tables = state.id_tables.is_some();
+            // The summarized segments' ids are answered from their id tables at once, if
+            // every one has a usable table; the loader checks them meanwhile.
+            let summaries = std::mem::take(&mut state.ids_pending);
+            state.open_stats.id_tables = state.ids.open_tables(&dir, &summaries);
+            state.ids_pending = summaries;
         }
         let io = SyncIo::new(config.io_mode, &*config.storage).map_err(|e| OpenError::Io {
             path: dir.clone(),
@@ -279,16 +280,21 @@ impl Engine {
     }
 
     /// Whether appends are served without waiting: the store is open, has not failed, and
-    /// its event-id index is whole, or can be answered from the id tables meanwhile.
+    /// its event-id index can answer (it waits only for summaries without an id table).
     pub fn is_writable(&self) -> bool {
         let st = self.inner.state.read();
-        (st.ids_whole || st.id_tables.is_some()) && st.failed.is_none() && !st.no_space
+        st.ids.answers() && st.failed.is_none() && !st.no_space
     }
 
-    /// Whether the in-memory event-id index holds every stored event's id (after an open,
-    /// once the background loader is done).
+    /// Whether the event-id index is whole after an open: the background loader has checked
+    /// every id table and read the ids of summaries without one.
     pub fn id_index_loaded(&self) -> bool {
-        self.inner.state.read().ids_whole
+        self.inner.state.read().ids.loaded()
+    }
+
+    /// What the event-id index holds now (see `ids.rs`).
+    pub fn id_index_stats(&self) -> IdIndexStats {
+        self.inner.state.read().ids.stats()
     }
 
     /// What the last open did.
@@ -345,11 +351,16 @@ impl Engine {
                     drop(st);
                     self.inner.wait_ids();
                     st = self.inner.state.write();
-                    // A loader that could not build the index failed the store: the index
-                    // will never be whole, so planning again would only spin.
+                    // A loader that could not build the index failed the store, and one
+                    // that stopped for a close never finishes: planning again would only
+                    // spin.
                     if let Some(f) = st.failed.clone() {
                         drop(st);
                         return done(Err(f.into()));
+                    }
+                    if st.closed {
+                        drop(st);
+                        return done(Err(AppendError::Closed));
                     }
                 }
                 Err(e) => {

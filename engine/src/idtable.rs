@@ -1,15 +1,14 @@
 //! Event-id tables (`.qids`): beside each segment summary, the segment's event ids sorted,
-//! each with its position, behind a Bloom filter. They let a store that just opened answer
-//! "is this id stored, and where?" before the in-memory id index of old segments is built
-//! (see `ids.rs`), so it takes appends at once instead of after that build, whose time grows
-//! with the store.
+//! each with its position, behind a Bloom filter. Once a segment is summarized its ids live
+//! here, not in memory: the event-id index (`idindex.rs`) asks a table only when its
+//! store-wide filter says an id may be stored.
 //!
 //! Opening reads only each table's header and filter (about 1.3 bytes per event); a lookup
 //! skips a table whose filter says no, and otherwise binary-searches its entries on disk,
 //! each entry checked by its own CRC. A table is derived data, bound to the summary it was
 //! made from by that summary's checksum: one that is missing, damaged or stale is not used,
-//! and appends then wait for the in-memory index as before. A lookup that meets a damaged
-//! entry answers [`Doubt`]: never a guess.
+//! and its segment's ids are read from the summary into memory instead. A lookup that meets
+//! a damaged entry answers [`Doubt`]: never a guess.
 //!
 //! ```text
 //! header (64 bytes, little-endian):
@@ -110,6 +109,7 @@ pub(crate) fn write(
 pub(crate) struct IdTable {
     file: File,
     path: PathBuf,
+    first_index: u64,
     filter: Bloom,
     count: u64,
     entries_at: u64,
@@ -145,6 +145,7 @@ impl IdTable {
         Some(IdTable {
             file,
             path,
+            first_index,
             filter,
             count: h.count.get(),
             entries_at,
@@ -154,6 +155,42 @@ impl IdTable {
     /// Ids in the table.
     pub(crate) fn len(&self) -> u64 {
         self.count
+    }
+
+    /// Its file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The Raft index of its segment's first record.
+    pub(crate) fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// Calls `each` with every (id, position) of the table in id order, each entry checked;
+    /// a [`Doubt`] at the first that fails its check or cannot be read.
+    pub(crate) fn for_each(&self, mut each: impl FnMut(u128, u64)) -> Result<(), Doubt> {
+        const CHUNK: u64 = 1 << 15;
+        let mut raw = vec![0u8; (CHUNK * ENTRY_BYTES) as usize];
+        let mut done = 0u64;
+        while done < self.count {
+            let n = CHUNK.min(self.count - done);
+            let raw = &mut raw[..(n * ENTRY_BYTES) as usize];
+            self.file
+                .read_exact_at(raw, self.entries_at + done * ENTRY_BYTES)
+                .map_err(|e| self.doubt(done, e.to_string()))?;
+            for (k, e) in raw.chunks_exact(ENTRY_BYTES as usize).enumerate() {
+                let (id, position) = parse_entry(e)
+                    .ok_or_else(|| self.doubt(done + k as u64, "checksum mismatch".into()))?;
+                each(id, position);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn doubt(&self, i: u64, why: String) -> Doubt {
+        Doubt(format!("{} entry {i}: {why}", self.path.display()))
     }
 
     /// The position of event `id` if this table holds it.
@@ -177,18 +214,22 @@ impl IdTable {
 
     fn entry(&self, i: u64) -> Result<(u128, u64), Doubt> {
         let mut raw = [0u8; ENTRY_BYTES as usize];
-        let doubt = |why: String| Doubt(format!("{} entry {i}: {why}", self.path.display()));
         self.file
             .read_exact_at(&mut raw, self.entries_at + i * ENTRY_BYTES)
-            .map_err(|e| doubt(e.to_string()))?;
-        let crc = u32::from_le_bytes(raw[24..].try_into().expect("4 bytes"));
-        if crc32c::crc32c(&raw[..24]) != crc {
-            return Err(doubt("checksum mismatch".into()));
-        }
-        let id = u128::from_be_bytes(raw[..16].try_into().expect("16 bytes"));
-        let position = u64::from_le_bytes(raw[16..24].try_into().expect("8 bytes"));
-        Ok((id, position))
+            .map_err(|e| self.doubt(i, e.to_string()))?;
+        parse_entry(&raw).ok_or_else(|| self.doubt(i, "checksum mismatch".into()))
     }
+}
+
+/// The id and position of an entry's bytes, if its checksum holds.
+fn parse_entry(raw: &[u8]) -> Option<(u128, u64)> {
+    let crc = u32::from_le_bytes(raw[24..28].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&raw[..24]) != crc {
+        return None;
+    }
+    let id = u128::from_be_bytes(raw[..16].try_into().expect("16 bytes"));
+    let position = u64::from_le_bytes(raw[16..24].try_into().expect("8 bytes"));
+    Some((id, position))
 }
 
 #[cfg(test)]
@@ -216,6 +257,12 @@ mod tests {
         }
         let absent = (0..5_000u64).filter(|i| t.lookup(u128::from(*i)).unwrap().is_some());
         assert_eq!(absent.count(), 0);
+        let mut listed = Vec::new();
+        t.for_each(|id, position| listed.push((id, position)))
+            .unwrap();
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        assert_eq!(listed, sorted, "every entry, in id order");
     }
 
     #[test]
@@ -263,5 +310,6 @@ mod tests {
         for (id, _) in all.iter().take(50) {
             assert!(t.lookup(*id).is_err(), "a damaged entry answered");
         }
+        assert!(t.for_each(|_, _| {}).is_err(), "a damaged entry listed");
     }
 }

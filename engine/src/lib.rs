@@ -19,19 +19,21 @@
 //!    renames, failed writes and syncs); `io.rs`: the durable write (io_uring, or pwrite +
 //!    fdatasync through the storage); `segment.rs`: segment files, memory maps, the scan;
 //!    `failmark.rs`: the mark a failed sync leaves; `idtable.rs`: per-segment sorted event-id
-//!    tables that let a store take appends before its id index is loaded; `streamtable.rs`:
+//!    tables, where a summarized segment's event ids live; `streamtable.rs`:
 //!    per-segment stream tables, so that streams not being written need not stay in memory;
 //!    `bloom.rs`: the filters both kinds of table put in front of their entries; `table.rs`:
 //!    what the two kinds of table share (names, the header's binding, `Doubt`); `config.rs`:
-//!    `EngineConfig`.
+//!    `EngineConfig`; `idindex.rs`: the event-id index (recent ids in memory, the rest in
+//!    the id tables behind one store-wide filter).
 //! 2. The log's state. `state.rs`: the in-memory index built from the log, tip and committed
 //!    views; `summary.rs`: per-segment summaries that keep restart work flat; `append.rs`: an
-//!    append's validation, idempotent retries, versions and positions; `ids.rs`: the event-id
-//!    index of summarized segments; `recovery.rs`: opening a directory, torn tail or
-//!    corruption by the durable watermark.
+//!    append's validation, idempotent retries, versions and positions; `ids.rs`: the id
+//!    index's loader after open and the hand-over of a summarized segment's ids to its
+//!    table; `recovery.rs`: opening a directory, torn tail or corruption by the durable
+//!    watermark.
 //! 3. The core. `inner.rs`: the state lock, framing, the writer's queue and thread (group
-//!    commit, fail-stop, refusing a batch on a full disk); `background.rs`: summaries, the
-//!    next spare, the id index, off the writer's path.
+//!    commit, fail-stop, refusing a batch on a full disk); `background.rs`: summaries (and
+//!    their ids handed to their tables), the next spare, the id loader, off the writer's path.
 //! 4. The API. `engine.rs`: open, append, delete, metadata, snapshots, checkpoints;
 //!    `read.rs`: lazy stream and `$all` reads, listing, snapshots; `log.rs`: what Raft needs
 //!    (follower appends, suffix truncation, segment shipping); `scavenge.rs`: reclaiming the
@@ -46,6 +48,7 @@ mod engine;
 mod error;
 mod failmark;
 pub mod format;
+mod idindex;
 mod ids;
 mod idtable;
 mod inner;
@@ -74,6 +77,7 @@ pub use error::{
     AppendError, Corruption, DecodeError, Failed, LogError, NameError, OpenError, ReadError,
     ScavengeError,
 };
+pub use idindex::IdIndexStats;
 pub use io::IoMode;
 pub use log::{RawRecord, SealedSegment, ENTRIES_BYTES_MAX};
 pub use read::{AllRead, ReadFrom, StreamRead, VerifyStats, READ_CHUNK_MAX};

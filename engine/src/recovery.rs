@@ -59,13 +59,11 @@ pub(crate) fn segment_paths(
 /// truncation or a failed install, which are rare and must not race a background loader).
 pub(crate) fn load_with_ids(dir: &Path, config: &EngineConfig) -> Result<State, OpenError> {
     let mut st = load_files(dir, config, false)?;
-    let pending = std::mem::take(&mut st.ids_pending);
-    let tail = std::mem::take(&mut st.ids);
-    st.ids = crate::ids::build(&pending, None).map_err(|e| OpenError::Io {
+    let summaries = std::mem::take(&mut st.ids_pending);
+    crate::ids::load_whole(&mut st, dir, &summaries).map_err(|e| OpenError::Io {
         path: dir.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    st.ids.merge(tail);
     Ok(st)
 }
 
@@ -278,7 +276,7 @@ fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(),
         // Its event ids were left to the background loader, which reads the summary: take
         // them now, before the summary goes.
         st.ids_pending.remove(at);
-        summary::load_ids(&summary, &mut st.ids).map_err(|e| Corruption {
+        summary::load_ids(&summary, &mut st.ids.recent).map_err(|e| Corruption {
             file: summary.clone(),
             offset: 0,
             detail: e.to_string(),

@@ -14,10 +14,11 @@ use zerocopy::IntoBytes;
 use crate::engine::Engine;
 use crate::error::{DecodeError, ScavengeError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, SEGMENT_HEADER_BYTES};
+use crate::idindex::PendingIds;
 use crate::segment::{summary_name, SegmentFile};
 use crate::state::{RecLoc, State};
 use crate::storage;
-use crate::summary;
+use crate::{ids, summary};
 
 /// What a scavenge did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -160,6 +161,15 @@ impl Engine {
         let end = new.bytes.len() as u64;
         let bytes = summary::build(&file, &new.records, end)?;
         summary::write(s, dir, file.first_index, &bytes)?;
+        if let Some(summary_crc) = summary::body_crc(&bytes) {
+            let rewritten = PendingIds {
+                path: summary_path.clone(),
+                first_index: file.first_index,
+                summary_crc,
+            };
+            ids::replace(&self.inner.state, dir, &rewritten)
+                .map_err(|e| ScavengeError::Io(std::io::Error::other(e.to_string())))?;
+        }
         let mut st = self.inner.state.write();
         if let Some(seg) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, old)) {
             seg.file = file;
@@ -167,7 +177,7 @@ impl Engine {
             seg.end = end;
         }
         for id in new.removed_ids {
-            st.ids.remove(id);
+            st.ids.recent.remove(id);
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! snapshots, checkpoints) are queued and applied by [`State::advance_commit`].
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -15,10 +15,9 @@ use bytes::Bytes;
 
 use crate::error::{Corruption, DecodeError, Failed};
 use crate::format::{decode_entry_lazy, Entry, EntryKind, RecordHeader};
-use crate::idtable::IdTable;
+use crate::idindex::{IdIndex, IdUnknown, PendingIds};
 use crate::segment::SegmentFile;
 use crate::streamtable::{Run, StreamTable};
-use crate::table::Doubt;
 use crate::types::{DeleteKind, StreamMetadata};
 
 /// Where one record lives inside its segment. Its Raft index is the segment's first index
@@ -161,43 +160,6 @@ impl StreamState {
     }
 }
 
-/// Event id → position. The id is kept as two u64 words: a `u128` key is 16-byte aligned,
-/// which pads every entry to 32 bytes; as words it takes 24 (with one event per stream, the
-/// larger part of a stream's memory).
-#[derive(Debug, Default)]
-pub(crate) struct IdMap(HashMap<[u64; 2], u64, foldhash::fast::RandomState>);
-
-impl IdMap {
-    fn key(id: u128) -> [u64; 2] {
-        [(id >> 64) as u64, id as u64]
-    }
-
-    pub(crate) fn insert(&mut self, id: u128, position: u64) {
-        self.0.insert(Self::key(id), position);
-    }
-
-    pub(crate) fn get(&self, id: u128) -> Option<u64> {
-        self.0.get(&Self::key(id)).copied()
-    }
-
-    pub(crate) fn remove(&mut self, id: u128) {
-        self.0.remove(&Self::key(id));
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub(crate) fn reserve(&mut self, n: usize) {
-        self.0.reserve(n);
-    }
-
-    /// Adds every entry of `other` (whose entries win).
-    pub(crate) fn merge(&mut self, other: IdMap) {
-        self.0.extend(other.0);
-    }
-}
-
 /// A change readers see only once its entry is committed.
 #[derive(Debug)]
 pub(crate) enum CommitAction {
@@ -239,16 +201,6 @@ pub(crate) enum Origin {
     Tabled,
     /// Received from another node: every event is checked before anything changes.
     Foreign,
-}
-
-/// A summary whose event ids the background loader has still to add, with what its id
-/// table must be bound to (read with the summary on open, not again).
-#[derive(Debug, Clone)]
-pub(crate) struct PendingIds {
-    pub(crate) path: std::path::PathBuf,
-    pub(crate) first_index: u64,
-    /// The CRC32C of the summary's body.
-    pub(crate) summary_crc: u32,
 }
 
 /// Why a record did not apply.
@@ -337,18 +289,11 @@ pub(crate) struct State {
     /// snapshot) whose events are still to be read from the tables: see
     /// [`State::close_tables`].
     pub(crate) unmaterialized: Vec<Arc<str>>,
-    /// Event id → position. Ids come from clients, so the hasher is seeded per process
-    /// (foldhash), which keeps crafted ids from degrading the table.
-    pub(crate) ids: IdMap,
-    /// Summaries whose event ids are not in `ids` yet (the background loader adds them).
+    /// Event id → position (`ids.rs`).
+    pub(crate) ids: IdIndex,
+    /// The summaries loaded on open, whose event ids the id index takes from their id
+    /// tables (or, without one, the background loader reads into memory).
     pub(crate) ids_pending: Vec<PendingIds>,
-    /// Whether `ids` holds every stored event's id. False from an open that left summaries
-    /// to the background loader until it has merged them in.
-    pub(crate) ids_whole: bool,
-    /// While `ids` is not whole: the id tables of every summary the loader is reading, so
-    /// that [`State::id_position`] can answer meanwhile. `None` when a summarized segment
-    /// has no usable table: lookups then wait for the loader.
-    pub(crate) id_tables: Option<Arc<Vec<IdTable>>>,
     /// (stream, version) → Raft index of the snapshot's record.
     pub(crate) snapshots: BTreeMap<(Arc<str>, u64), u64>,
     pub(crate) checkpoints: BTreeMap<String, (u64, Bytes)>,
@@ -386,10 +331,8 @@ impl State {
             tabled_below: 0,
             tables_open: true,
             unmaterialized: Vec::new(),
-            ids: IdMap::default(),
+            ids: IdIndex::default(),
             ids_pending: Vec::new(),
-            ids_whole: true,
-            id_tables: None,
             snapshots: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
             membership: None,
@@ -405,30 +348,9 @@ impl State {
         }
     }
 
-    /// The position of the stored event whose id is `id`: from the in-memory index, and,
-    /// while that is still being loaded, from the id tables of the segments it lacks.
-    /// `Err` when it cannot be told yet (no usable tables, or a damaged entry): wait for the
-    /// loader ([`State::ids_whole`]) and ask again.
-    pub(crate) fn id_position(&self, id: u128) -> Result<Option<u64>, Doubt> {
-        if let Some(p) = self.ids.get(id) {
-            return Ok(Some(p));
-        }
-        if self.ids_whole {
-            return Ok(None);
-        }
-        let Some(tables) = &self.id_tables else {
-            return Err(Doubt("the event-id index is loading".into()));
-        };
-        for t in tables.iter().rev() {
-            let found = match t.lookup(id) {
-                Err(_) if cfg!(feature = "mutation-id-table-guess") => None,
-                found => found?,
-            };
-            if let Some(p) = found {
-                return Ok(Some(p));
-            }
-        }
-        Ok(None)
+    /// The position of the stored event whose id is `id`, if any (`ids.rs`).
+    pub(crate) fn id_position(&self, id: u128) -> Result<Option<u64>, IdUnknown> {
+        self.ids.position(id)
     }
 
     /// A stream as writers see it: its versions, deletes and metadata right, its positions
@@ -710,7 +632,7 @@ impl State {
                     let pos = position + h.pos_delta.get() as u64;
                     st.push_event(h.version.get(), pos);
                     if origin == Origin::Own || origin == Origin::Foreign {
-                        self.ids.insert(u128::from_be_bytes(h.id), pos);
+                        self.ids.recent.insert(u128::from_be_bytes(h.id), pos);
                     }
                     self.last_created_us = self.last_created_us.max(h.created_us.get());
                 }

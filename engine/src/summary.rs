@@ -26,8 +26,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
+use crate::idindex::PendingIds;
 use crate::segment::{self, summary_name, SegmentFile};
-use crate::state::{ApplyError, Origin, PendingIds, RecLoc, State};
+use crate::state::{ApplyError, Origin, RecLoc, State};
 use crate::storage::{self, Storage};
 use crate::streamtable::StreamTable;
 use crate::{idtable, streamtable};
@@ -157,8 +158,9 @@ fn strip(out: &mut Vec<u8>, h: &RecordHeader, body: &[u8]) -> Result<(), DecodeE
 }
 
 /// Writes a summary durably: temporary file, fsync, rename, fsync of the directory; and,
-/// beside it, the segment's event-id table (`idtable.rs`), derived from it. The table is
-/// only an aid to a fast restart: failing to write it is logged, not an error.
+/// beside it, the segment's event-id and stream tables (`idtable.rs`, `streamtable.rs`),
+/// derived from it. Failing to write those is logged, not an error: the segment's ids and
+/// streams then stay in memory.
 pub(crate) fn write(
     s: &dyn Storage,
     dir: &Path,
@@ -225,14 +227,6 @@ pub(crate) fn body_crc(bytes: &[u8]) -> Option<u32> {
     SummaryHeader::read_from_prefix(bytes)
         .ok()
         .map(|(h, _)| h.body_crc.get())
-}
-
-/// Opens the id table of every summary in `summaries`; `None` if one has none usable.
-pub(crate) fn id_tables(dir: &Path, summaries: &[PendingIds]) -> Option<Vec<idtable::IdTable>> {
-    summaries
-        .iter()
-        .map(|p| idtable::IdTable::open(dir, p.first_index, p.summary_crc))
-        .collect()
 }
 
 /// Loads the summary of `file` into the state if it exists and is intact; returns the
@@ -354,7 +348,7 @@ fn ends_the_segment(file: &SegmentFile, end: u64) -> bool {
 /// Adds the event ids of a summary to `ids`. Used by the background id loader. An open that
 /// had the segment's stream table checked only the summary's spine, so its events may fail
 /// the body checksum here: they are then read from the segment's own checked records.
-pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
+pub(crate) fn load_ids(path: &Path, ids: &mut crate::idindex::IdMap) -> Result<(), DecodeError> {
     let bytes = segment::map_whole(path).map_err(|e| DecodeError::new("summary", e.to_string()))?;
     let first_index = SummaryHeader::read_from_prefix(&bytes)
         .map_err(|_| DecodeError::new("summary", "short header"))?
@@ -373,7 +367,7 @@ pub(crate) fn load_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(),
 }
 
 /// Adds the event ids of a sealed segment's records to `ids`, each record checked.
-fn segment_ids(path: &Path, ids: &mut crate::state::IdMap) -> Result<(), DecodeError> {
+fn segment_ids(path: &Path, ids: &mut crate::idindex::IdMap) -> Result<(), DecodeError> {
     let seg =
         SegmentFile::open(path, false).map_err(|e| DecodeError::new("segment", e.to_string()))?;
     let start = format::SEGMENT_HEADER_BYTES as u64;

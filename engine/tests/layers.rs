@@ -24,20 +24,21 @@ const LAYERS: &[(&str, u32)] = &[
     ("idtable", 2),
     ("streamtable", 2),
     ("config", 3),
+    ("idindex", 3),
     // The log's state, built from files.
-    ("state", 3),
-    ("summary", 4),
-    ("append", 4),
-    ("ids", 5),
-    ("recovery", 6),
+    ("state", 4),
+    ("summary", 5),
+    ("append", 5),
+    ("ids", 6),
+    ("recovery", 7),
     // The core: the state lock, the writer's queue and thread.
-    ("inner", 7),
-    ("background", 8),
+    ("inner", 8),
+    ("background", 9),
     // The API.
-    ("engine", 9),
-    ("read", 10),
-    ("log", 10),
-    ("scavenge", 10),
+    ("engine", 10),
+    ("read", 11),
+    ("log", 11),
+    ("scavenge", 11),
 ];
 
 /// Re-exports from lib.rs, by the module that defines them.
@@ -48,6 +49,7 @@ fn owner_of(name: &str) -> Option<&'static str> {
         "ExpectedVersion" | "EventData" | "DeleteKind" | "StreamMetadata" | "StreamWrite"
         | "RecordedEvent" | "AppendResult" | "ContentType" => "types",
         "OpenStats" => "state",
+        "IdIndexStats" => "idindex",
         "IoMode" => "io",
         "EngineConfig" => "config",
         "Engine" | "EngineCounters" => "engine",

@@ -1,0 +1,280 @@
+//! The event-id index: the position of the event with a given id, which is how a retry is
+//! recognised (DESIGN.md: retrying the same ids is idempotent, durably).
+//!
+//! Only the ids of segments not yet summarized are kept in memory ([`IdIndex::recent`], a
+//! hash map). A summarized segment's ids are in its id table on disk (`idtable.rs`), and
+//! memory holds one filter over all of them (2 bytes per id) besides each table's own
+//! header and filter: a new id, an append's usual case, costs one cache miss in that filter
+//! and reads nothing; an id it says "maybe" for is looked up in the tables, newest first
+//! (each table's filter, then a binary search of its entries). Memory per event stays a few
+//! bytes however large the store grows.
+//!
+//! After an open the tables answer at once, each through its own filter, until the loader
+//! (`ids.rs`) has checked them all into the store-wide filter.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::bloom::{self, SharedBlocked};
+use crate::error::Corruption;
+use crate::idtable::IdTable;
+
+/// A summary loaded on open, with what its id table must be bound to (read with the summary
+/// on open, not again).
+#[derive(Debug, Clone)]
+pub(crate) struct PendingIds {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) first_index: u64,
+    /// The CRC32C of the summary's body.
+    pub(crate) summary_crc: u32,
+}
+
+/// Event id → position, in memory. Ids come from clients, so the hasher is seeded per
+/// process (foldhash), which keeps crafted ids from degrading the table. The id is kept as
+/// two u64 words: a `u128` key is 16-byte aligned, which pads every entry to 32 bytes; as
+/// words it takes 24.
+#[derive(Debug, Default)]
+pub(crate) struct IdMap(HashMap<[u64; 2], u64, foldhash::fast::RandomState>);
+
+impl IdMap {
+    fn key(id: u128) -> [u64; 2] {
+        [(id >> 64) as u64, id as u64]
+    }
+
+    pub(crate) fn insert(&mut self, id: u128, position: u64) {
+        self.0.insert(Self::key(id), position);
+    }
+
+    pub(crate) fn get(&self, id: u128) -> Option<u64> {
+        self.0.get(&Self::key(id)).copied()
+    }
+
+    pub(crate) fn remove(&mut self, id: u128) {
+        self.0.remove(&Self::key(id));
+    }
+
+    /// Removes `id` if it is at `position`.
+    pub(crate) fn remove_at(&mut self, id: u128, position: u64) {
+        let key = Self::key(id);
+        if self.0.get(&key) == Some(&position) {
+            self.0.remove(&key);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
+    /// Adds every entry of `other` (whose entries win).
+    pub(crate) fn merge(&mut self, other: IdMap) {
+        self.0.extend(other.0);
+    }
+}
+
+/// Bits per id of the store-wide filter, and its hashes: about 0.2 % false positives (each
+/// costs a look at every table's own filter).
+const FILTER_BITS_PER_ID: u64 = 16;
+const FILTER_HASHES: u32 = 8;
+/// Ids the smallest part of the filter is made for.
+const FILTER_PART_MIN: u64 = 1 << 20;
+/// Ids let go of per write lock when a table takes over a segment's ids.
+pub(crate) const CHUNK: usize = 4096;
+
+/// A part of the filter, made for `capacity` ids of which `used` are reserved.
+#[derive(Debug)]
+struct Part {
+    filter: Arc<SharedBlocked>,
+    capacity: u64,
+    used: u64,
+}
+
+/// The filter over every id in the tables. A full part is never added to: the next is as
+/// large as all before it together, so a store of n ids asks O(log n) parts.
+#[derive(Debug, Default)]
+pub(crate) struct IdFilter {
+    parts: Vec<Part>,
+}
+
+impl IdFilter {
+    /// The part to add `n` ids to, with room reserved for them.
+    pub(crate) fn reserve(&mut self, n: u64) -> Arc<SharedBlocked> {
+        match self.parts.last_mut() {
+            Some(p) if p.used + n <= p.capacity => {
+                p.used += n;
+                p.filter.clone()
+            }
+            _ => {
+                let before: u64 = self.parts.iter().map(|p| p.capacity).sum();
+                let capacity = n.max(before).max(FILTER_PART_MIN);
+                let filter = Arc::new(SharedBlocked::new(
+                    capacity,
+                    FILTER_BITS_PER_ID,
+                    FILTER_HASHES,
+                ));
+                self.parts.push(Part {
+                    filter: filter.clone(),
+                    capacity,
+                    used: n,
+                });
+                filter
+            }
+        }
+    }
+
+    fn may_contain(&self, key: u64) -> bool {
+        self.parts.iter().any(|p| p.filter.may_contain(key))
+    }
+}
+
+/// Why a lookup could not tell whether an id is stored.
+#[derive(Debug)]
+pub(crate) enum IdUnknown {
+    /// Some summaries' ids are still being read, or a table is not checked yet: wait for the
+    /// loader ([`IdIndex::loaded`]) and ask again.
+    Loading,
+    /// A checked table's entry no longer reads back: stored data is damaged.
+    Damaged(Corruption),
+}
+
+/// What the id index holds, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdIndexStats {
+    /// Ids held in memory: those of segments not yet summarized (or whose table could not
+    /// be used).
+    pub in_memory: u64,
+    /// Id tables in use, and the ids in them.
+    pub tables: u64,
+    /// Ids in the tables.
+    pub in_tables: u64,
+    /// Bytes of the store-wide filter over the tables' ids.
+    pub filter_bytes: u64,
+    /// The loader is done: every table is checked and in the filter, and every summary
+    /// without one has its ids in memory.
+    pub loaded: bool,
+}
+
+/// The event-id index; see the module's comment.
+#[derive(Debug)]
+pub(crate) struct IdIndex {
+    /// Ids of the records whose segment has no table in `tables`.
+    pub(crate) recent: IdMap,
+    /// The id tables of summarized segments, by first index.
+    pub(crate) tables: Vec<Arc<IdTable>>,
+    pub(crate) filter: IdFilter,
+    /// Every table's ids are in `filter`, and each of their entries passed its check.
+    pub(crate) filtered: bool,
+    /// Summaries whose ids are in neither `recent` nor `tables` yet: the loader reads them.
+    pub(crate) untabled: Vec<PendingIds>,
+}
+
+impl Default for IdIndex {
+    fn default() -> Self {
+        IdIndex {
+            recent: IdMap::default(),
+            tables: Vec::new(),
+            filter: IdFilter::default(),
+            filtered: true,
+            untabled: Vec::new(),
+        }
+    }
+}
+
+impl IdIndex {
+    /// The position of the stored event whose id is `id`, if any.
+    pub(crate) fn position(&self, id: u128) -> Result<Option<u64>, IdUnknown> {
+        if let Some(p) = self.recent.get(id) {
+            return Ok(Some(p));
+        }
+        if !self.untabled.is_empty() {
+            return Err(IdUnknown::Loading);
+        }
+        if self.filtered
+            && (cfg!(feature = "mutation-id-filter-blind")
+                || !self.filter.may_contain(bloom::id_key(id)))
+        {
+            return Ok(None);
+        }
+        for t in self.tables.iter().rev() {
+            let found = match t.lookup(id) {
+                Err(_) if cfg!(feature = "mutation-id-table-guess") => None,
+                Err(doubt) if self.filtered => {
+                    return Err(IdUnknown::Damaged(Corruption {
+                        file: t.path().to_path_buf(),
+                        offset: 0,
+                        detail: doubt.0,
+                    }))
+                }
+                // Not checked yet: the loader will find the damage and read the ids from
+                // the summary instead.
+                Err(_) => return Err(IdUnknown::Loading),
+                Ok(found) => found,
+            };
+            if let Some(p) = found {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether every lookup can be answered now (none waits for the loader to read a
+    /// summary without a table).
+    pub(crate) fn answers(&self) -> bool {
+        self.untabled.is_empty()
+    }
+
+    /// Whether the loader is done (see [`IdIndexStats::loaded`]).
+    pub(crate) fn loaded(&self) -> bool {
+        self.untabled.is_empty() && self.filtered
+    }
+
+    pub(crate) fn stats(&self) -> IdIndexStats {
+        IdIndexStats {
+            in_memory: self.recent.len() as u64,
+            tables: self.tables.len() as u64,
+            in_tables: self.tables.iter().map(|t| t.len()).sum(),
+            filter_bytes: self.filter.parts.iter().map(|p| p.filter.bytes()).sum(),
+            loaded: self.loaded(),
+        }
+    }
+
+    /// Right after the summaries are loaded: opens the id table of each of `summaries`. The
+    /// tables answer at once; the ids of a summary without a usable one wait for the loader.
+    /// Whether every summary had one.
+    pub(crate) fn open_tables(&mut self, dir: &Path, summaries: &[PendingIds]) -> bool {
+        for p in summaries {
+            match IdTable::open(dir, p.first_index, p.summary_crc) {
+                Some(t) => self.tables.push(Arc::new(t)),
+                None => self.untabled.push(p.clone()),
+            }
+        }
+        self.filtered = self.tables.is_empty();
+        self.untabled.is_empty()
+    }
+
+    /// Adds a table whose ids are in the filter already, in its place by first index.
+    pub(crate) fn insert_table(&mut self, table: Arc<IdTable>) {
+        let at = self
+            .tables
+            .partition_point(|t| t.first_index() < table.first_index());
+        if self
+            .tables
+            .get(at)
+            .is_some_and(|t| t.first_index() == table.first_index())
+        {
+            self.tables[at] = table;
+        } else {
+            self.tables.insert(at, table);
+        }
+    }
+
+    /// Stops using the table of the segment starting at `first_index` (its ids must be in
+    /// `recent` by now).
+    pub(crate) fn remove_table(&mut self, first_index: u64) {
+        self.tables.retain(|t| t.first_index() != first_index);
+    }
+}
