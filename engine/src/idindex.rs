@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::bloom::{self, SharedBlocked};
+use crate::bloom::{self, Blocked, SharedBlocked};
 use crate::error::Corruption;
 use crate::idtable::IdTable;
 
@@ -124,6 +124,21 @@ impl IdFilter {
                 filter
             }
         }
+    }
+
+    /// An empty part for `n` ids, to be filled by its owner alone and then added full
+    /// ([`IdFilter::add_full`]): no atomic operations while it is filled.
+    pub(crate) fn private(n: u64) -> Blocked {
+        Blocked::empty(n, FILTER_BITS_PER_ID, FILTER_HASHES)
+    }
+
+    /// Adds a part made by [`IdFilter::private`] that holds `n` ids.
+    pub(crate) fn add_full(&mut self, filter: Blocked, n: u64) {
+        self.parts.push(Part {
+            filter: Arc::new(filter.into()),
+            capacity: n,
+            used: n,
+        });
     }
 
     fn may_contain(&self, key: u64) -> bool {

@@ -10,31 +10,34 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::bloom::{self, SharedBlocked};
+use crate::bloom::{self, Blocked};
 use crate::error::DecodeError;
-use crate::idindex::{IdMap, PendingIds, CHUNK};
+use crate::idindex::{IdFilter, IdMap, PendingIds, CHUNK};
 use crate::idtable::IdTable;
 use crate::state::State;
 use crate::summary;
 
-/// Checks every entry of `tables` and adds their ids to `filter`; the first indexes of the
-/// tables that fail, or `None` if `stop` said to stop first.
-fn check_tables(
-    tables: &[Arc<IdTable>],
-    filter: &SharedBlocked,
-    stop: impl Fn() -> bool,
-) -> Option<Vec<u64>> {
+/// The ids of `tables` as a filter part, every entry checked, and the first indexes of the
+/// tables that fail; `None` if `stop` said to stop first.
+fn check_tables(tables: &[Arc<IdTable>], stop: impl Fn() -> bool) -> Option<(Blocked, Vec<u64>)> {
+    let n = tables.iter().map(|t| t.len()).sum();
+    let mut filter = IdFilter::private(n);
     let mut damaged = Vec::new();
+    let mut keys = Vec::new();
     for t in tables {
         if stop() {
             return None;
         }
-        if let Err(doubt) = t.for_each(|id, _| filter.insert(bloom::id_key(id))) {
-            tracing::warn!(doubt = %doubt.0, "an id table does not read back; reading its summary");
-            damaged.push(t.first_index());
+        keys.clear();
+        match t.for_each(|id, _| keys.push(bloom::id_key(id))) {
+            Ok(()) => filter.insert_all(&keys),
+            Err(doubt) => {
+                tracing::warn!(doubt = %doubt.0, "an id table does not read back; reading its summary");
+                damaged.push(t.first_index());
+            }
         }
     }
-    Some(damaged)
+    Some((filter, damaged))
 }
 
 /// The in-memory ids of the given summaries.
@@ -63,9 +66,7 @@ pub(crate) fn load_whole(
 ) -> Result<(), DecodeError> {
     let ids = &mut st.ids;
     ids.open_tables(dir, summaries);
-    let n = ids.tables.iter().map(|t| t.len()).sum();
-    let filter = ids.filter.reserve(n);
-    let damaged = check_tables(&ids.tables, &filter, || false).expect("never stopped");
+    let (filter, damaged) = check_tables(&ids.tables, || false).expect("never stopped");
     let mut read: Vec<PendingIds> = std::mem::take(&mut ids.untabled);
     read.extend(
         summaries
@@ -79,6 +80,8 @@ pub(crate) fn load_whole(
     for first in damaged {
         ids.remove_table(first);
     }
+    let n = ids.tables.iter().map(|t| t.len()).sum();
+    ids.filter.add_full(filter, n);
     ids.filtered = true;
     Ok(())
 }
@@ -90,15 +93,11 @@ pub(crate) fn load(
     state: &RwLock<State>,
     summaries: &[PendingIds],
 ) -> Result<Option<Vec<PendingIds>>, DecodeError> {
-    let (tables, filter) = {
-        let mut st = state.write();
-        let tables = st.ids.tables.clone();
-        let n = tables.iter().map(|t| t.len()).sum();
-        (tables, st.ids.filter.reserve(n))
-    };
-    let Some(damaged) = check_tables(&tables, &filter, || state.read().closed) else {
+    let tables = state.read().ids.tables.clone();
+    let Some((filter, damaged)) = check_tables(&tables, || state.read().closed) else {
         return Ok(None);
     };
+    let n = tables.iter().map(|t| t.len()).sum();
     let untabled = state.read().ids.untabled.clone();
     let mut read = untabled;
     read.extend(
@@ -115,6 +114,7 @@ pub(crate) fn load(
     for first in damaged {
         st.ids.remove_table(first);
     }
+    st.ids.filter.add_full(filter, n);
     st.ids.untabled.clear();
     st.ids.filtered = true;
     Ok(Some(read))
