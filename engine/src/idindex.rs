@@ -2,7 +2,7 @@
 //! recognised (DESIGN.md: retrying the same ids is idempotent, durably).
 //!
 //! Only the ids of segments not yet summarized are kept in memory ([`IdIndex::recent`], a
-//! hash map). A summarized segment's ids are in its id table on disk (`idtable.rs`), and
+//! hash map per segment). A summarized segment's ids are in its id table on disk (`idtable.rs`), and
 //! memory holds one filter over all of them (2 bytes per id) besides each table's own
 //! header and filter: a new id, an append's usual case, costs one cache miss in that filter
 //! and reads nothing; an id it says "maybe" for is looked up in the tables, newest first
@@ -46,33 +46,68 @@ impl IdMap {
         self.0.insert(Self::key(id), position);
     }
 
-    pub(crate) fn get(&self, id: u128) -> Option<u64> {
+    fn get(&self, id: u128) -> Option<u64> {
         self.0.get(&Self::key(id)).copied()
     }
 
-    pub(crate) fn remove(&mut self, id: u128) {
+    fn remove(&mut self, id: u128) {
         self.0.remove(&Self::key(id));
     }
 
-    /// Removes `id` if it is at `position`.
-    pub(crate) fn remove_at(&mut self, id: u128, position: u64) {
-        let key = Self::key(id);
-        if self.0.get(&key) == Some(&position) {
-            self.0.remove(&key);
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.0.len()
     }
 
     pub(crate) fn reserve(&mut self, n: usize) {
         self.0.reserve(n);
     }
+}
 
-    /// Adds every entry of `other` (whose entries win).
-    pub(crate) fn merge(&mut self, other: IdMap) {
-        self.0.extend(other.0);
+/// The ids held in memory, a map per segment (by the Raft index of its first record), so
+/// that a segment's ids leave memory in one move when its table takes them over. Ids are
+/// added to the newest segment's; there are few segments here (those not yet summarized).
+#[derive(Debug, Default)]
+pub(crate) struct RecentIds(Vec<(u64, IdMap)>);
+
+impl RecentIds {
+    /// Adds `id` at `position`, stored in the segment starting at `segment`.
+    pub(crate) fn insert(&mut self, segment: u64, id: u128, position: u64) {
+        match self.0.last_mut() {
+            Some((first, map)) if *first == segment => map.insert(id, position),
+            _ => {
+                let mut map = IdMap::default();
+                map.insert(id, position);
+                self.add(segment, map);
+            }
+        }
+    }
+
+    /// Adds the ids of the segment starting at `segment` (it has none here yet).
+    pub(crate) fn add(&mut self, segment: u64, ids: IdMap) {
+        let at = self.0.partition_point(|(first, _)| *first < segment);
+        self.0.insert(at, (segment, ids));
+    }
+
+    /// Takes the ids of the segment starting at `segment` out (to be dropped outside the
+    /// state lock).
+    pub(crate) fn take(&mut self, segment: u64) -> Option<IdMap> {
+        let at = self.0.iter().position(|(first, _)| *first == segment)?;
+        Some(self.0.remove(at).1)
+    }
+
+    fn get(&self, id: u128) -> Option<u64> {
+        self.0.iter().rev().find_map(|(_, map)| map.get(id))
+    }
+
+    /// Forgets `id` (a scavenge dropped its event).
+    pub(crate) fn remove(&mut self, id: u128) {
+        for (_, map) in &mut self.0 {
+            map.remove(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|(_, map)| map.len()).sum()
     }
 }
 
@@ -82,8 +117,6 @@ const FILTER_BITS_PER_ID: u64 = 16;
 const FILTER_HASHES: u32 = 8;
 /// Ids the smallest part of the filter is made for.
 const FILTER_PART_MIN: u64 = 1 << 20;
-/// Ids let go of per write lock when a table takes over a segment's ids.
-pub(crate) const CHUNK: usize = 4096;
 
 /// A part of the filter, made for `capacity` ids of which `used` are reserved.
 #[derive(Debug)]
@@ -177,7 +210,7 @@ pub struct IdIndexStats {
 #[derive(Debug)]
 pub(crate) struct IdIndex {
     /// Ids of the records whose segment has no table in `tables`.
-    pub(crate) recent: IdMap,
+    pub(crate) recent: RecentIds,
     /// The id tables of summarized segments, by first index.
     pub(crate) tables: Vec<Arc<IdTable>>,
     pub(crate) filter: IdFilter,
@@ -190,7 +223,7 @@ pub(crate) struct IdIndex {
 impl Default for IdIndex {
     fn default() -> Self {
         IdIndex {
-            recent: IdMap::default(),
+            recent: RecentIds::default(),
             tables: Vec::new(),
             filter: IdFilter::default(),
             filtered: true,

@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 
 use crate::bloom::{self, Blocked};
 use crate::error::DecodeError;
-use crate::idindex::{IdFilter, IdMap, PendingIds, CHUNK};
+use crate::idindex::{IdFilter, IdMap, PendingIds};
 use crate::idtable::IdTable;
 use crate::state::State;
 use crate::summary;
@@ -40,21 +40,20 @@ fn check_tables(tables: &[Arc<IdTable>], stop: impl Fn() -> bool) -> Option<(Blo
     Some((filter, damaged))
 }
 
-/// The in-memory ids of the given summaries.
-fn read_summaries(summaries: &[PendingIds]) -> Result<IdMap, DecodeError> {
-    let mut ids = IdMap::default();
-    // Sized once: growing it would leave the smaller tables' memory with the allocator.
-    let bytes: u64 = summaries
+/// The ids of each of the given summaries, read into memory.
+fn read_summaries(summaries: &[PendingIds]) -> Result<Vec<(u64, IdMap)>, DecodeError> {
+    summaries
         .iter()
-        .filter_map(|p| std::fs::metadata(&p.path).ok())
-        .map(|m| m.len())
-        .sum();
-    // A stripped event takes at least an event header in a summary.
-    ids.reserve((bytes / crate::format::EVENT_HEADER_BYTES as u64) as usize);
-    for p in summaries {
-        summary::load_ids(&p.path, &mut ids)?;
-    }
-    Ok(ids)
+        .map(|p| {
+            let mut ids = IdMap::default();
+            // Sized once: growing it would leave the smaller tables' memory with the
+            // allocator. A stripped event takes at least an event header in a summary.
+            let bytes = std::fs::metadata(&p.path).map_or(0, |m| m.len());
+            ids.reserve((bytes / crate::format::EVENT_HEADER_BYTES as u64) as usize);
+            summary::load_ids(&p.path, &mut ids)?;
+            Ok((p.first_index, ids))
+        })
+        .collect()
 }
 
 /// Builds the whole index of `summaries` at once (a reload after a truncation or a failed
@@ -74,9 +73,9 @@ pub(crate) fn load_whole(
             .filter(|p| damaged.contains(&p.first_index))
             .cloned(),
     );
-    let mut loaded = read_summaries(&read)?;
-    loaded.merge(std::mem::take(&mut ids.recent));
-    ids.recent = loaded;
+    for (segment, loaded) in read_summaries(&read)? {
+        ids.recent.add(segment, loaded);
+    }
     for first in damaged {
         ids.remove_table(first);
     }
@@ -106,11 +105,11 @@ pub(crate) fn load(
             .filter(|p| damaged.contains(&p.first_index))
             .cloned(),
     );
-    let mut loaded = read_summaries(&read)?;
+    let loaded = read_summaries(&read)?;
     let mut st = state.write();
-    // Ids added since open are newer: theirs win.
-    loaded.merge(std::mem::take(&mut st.ids.recent));
-    st.ids.recent = loaded;
+    for (segment, ids) in loaded {
+        st.ids.recent.add(segment, ids);
+    }
     for first in damaged {
         st.ids.remove_table(first);
     }
@@ -121,26 +120,22 @@ pub(crate) fn load(
 }
 
 /// Hands the ids of a summarized segment over to its id table (just written and opened):
-/// they go into the filter, the table joins the index, and then they leave memory, a chunk
-/// per write lock. False if the table does not read back whole; its ids then stay in memory.
+/// they go into the filter, then, in one move under the lock, the table joins the index and
+/// the segment's ids leave memory. False if the table does not read back whole; its ids then
+/// stay in memory.
 pub(crate) fn adopt(state: &RwLock<State>, table: IdTable) -> bool {
     let filter = state.write().ids.filter.reserve(table.len());
-    let mut ids = Vec::with_capacity(table.len() as usize);
-    let read = table.for_each(|id, position| {
-        filter.insert(bloom::id_key(id));
-        ids.push((id, position));
-    });
-    if let Err(doubt) = read {
+    if let Err(doubt) = table.for_each(|id, _| filter.insert(bloom::id_key(id))) {
         tracing::warn!(doubt = %doubt.0, "an id table just written does not read back");
         return false;
     }
-    state.write().ids.insert_table(Arc::new(table));
-    for chunk in ids.chunks(CHUNK) {
+    let segment = table.first_index();
+    let gone = {
         let mut st = state.write();
-        for (id, position) in chunk {
-            st.ids.recent.remove_at(*id, *position);
-        }
-    }
+        st.ids.insert_table(Arc::new(table));
+        st.ids.recent.take(segment)
+    };
+    drop(gone);
     true
 }
 
@@ -169,9 +164,11 @@ pub(crate) fn replace(
         state.write().ids.insert_table(Arc::new(t));
         return Ok(());
     }
-    let ids = read_summaries(std::slice::from_ref(summary))?;
+    let read = read_summaries(std::slice::from_ref(summary))?;
     let mut st = state.write();
-    st.ids.recent.merge(ids);
+    for (segment, ids) in read {
+        st.ids.recent.add(segment, ids);
+    }
     st.ids.remove_table(summary.first_index);
     Ok(())
 }

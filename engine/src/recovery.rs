@@ -276,11 +276,14 @@ fn reactivate_last(disk: &dyn Storage, st: &mut State, dir: &Path) -> Result<(),
         // Its event ids were left to the background loader, which reads the summary: take
         // them now, before the summary goes.
         st.ids_pending.remove(at);
-        summary::load_ids(&summary, &mut st.ids.recent).map_err(|e| Corruption {
+        let mut ids = crate::idindex::IdMap::default();
+        summary::load_ids(&summary, &mut ids).map_err(|e| Corruption {
             file: summary.clone(),
             offset: 0,
             detail: e.to_string(),
         })?;
+        let first = st.segments[st.segments.len() - 1].first_index();
+        st.ids.recent.add(first, ids);
     }
     let last = st.segments.len() - 1;
     if st.tables.len() == st.segments.len() {

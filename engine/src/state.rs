@@ -620,6 +620,8 @@ impl State {
                     }
                 }
                 let single = (names.len() == 1).then(|| names[0].clone());
+                // The record goes into the last segment (`push_record`).
+                let segment = self.segments.last().map_or(0, Seg::first_index);
                 for h in view.headers() {
                     let h = h?;
                     if h.stream_slot.get() as usize >= names.len() {
@@ -632,7 +634,9 @@ impl State {
                     let pos = position + h.pos_delta.get() as u64;
                     st.push_event(h.version.get(), pos);
                     if origin == Origin::Own || origin == Origin::Foreign {
-                        self.ids.recent.insert(u128::from_be_bytes(h.id), pos);
+                        self.ids
+                            .recent
+                            .insert(segment, u128::from_be_bytes(h.id), pos);
                     }
                     self.last_created_us = self.last_created_us.max(h.created_us.get());
                 }
