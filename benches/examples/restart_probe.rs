@@ -12,7 +12,9 @@
 //! 1,000 events to 1,000 streams in turn; `fill1` appends them one event per append (one
 //! record each: what open's per-record work costs), from 64 threads; `open` opens it three
 //! times, appends one event each time, and prints the time to the open and to that append
-//! acknowledged, with what the open did (`OpenStats`).
+//! acknowledged, with what the open did (`OpenStats`); then the time until the event-id
+//! loader is done, the process's anonymous memory then (`RssAnon`), what the id index holds,
+//! and how long closing the store takes.
 
 use std::path::Path;
 use std::time::Instant;
@@ -78,6 +80,32 @@ fn open(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             writable.as_secs_f64() * 1e3,
             engine.open_stats()
         );
+        while !engine.id_index_loaded() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let loaded = started.elapsed();
+        println!(
+            "  id index loaded {:.0} ms, RssAnon {} MB, {:?}",
+            loaded.as_secs_f64() * 1e3,
+            rss_anon_kb()? / 1000,
+            engine.id_index_stats()
+        );
+        let closing = Instant::now();
+        drop(engine);
+        println!(
+            "  closed in {:.0} ms",
+            closing.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(())
+}
+
+/// `RssAnon` of this process, kB.
+fn rss_anon_kb() -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .ok_or("no RssAnon")?;
+    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }

@@ -12,7 +12,7 @@
 //! | `engine_append_concurrent64_inflight` | 1 thread, 64 `append_with` in flight | to callback |
 //! | `engine_read_stream` | forward read of a 1,000,000-event stream | 1,000 events |
 //! | `engine_scan_all` | forward `$all` scan of a 1,000,000-event store | 1,000 events |
-//! | `engine_many_streams_1m`, `engine_many_streams_10m` | 1 M / 10 M streams of one event (2 M `--quick`), appended 1,000 new streams a call; then a restart in a fresh process: `reopen_ms`, `writable_ms`, anonymous memory per stream, cold-stream append and read latency (see [`crate::many_streams`]) | one fill append |
+//! | `engine_many_streams_1m`, `engine_many_streams_10m` | 1 M streams of three events / 10 M streams of one event (2 M `--quick`), appended one event to each of 1,000 streams a call, in rounds; then a restart in a fresh process: `reopen_ms`, `writable_ms`, anonymous memory per stream, cold-stream append and read latency (see [`crate::many_streams`]) | one fill append |
 //! | `engine_reopen_1m`, `engine_reopen_10m`, `engine_reopen_30m` | fill 1 M / 10 M / 30 M events (1 M / 1 M / 3 M `--quick`), close, reopen three times, each appending one event (the median restart's `reopen_ms`: open → reads, and `writable_ms`: open → first append acknowledged; all three in `reopen_ms_each`, `writable_ms_each`; `id_tables`: taken from the event-id tables; `writable_ms_without_id_tables`: the same restart with the tables deleted): side by side, whether a restart grows with the store | one fill append |
 //!
 //! Reads run right after the fill, so the segments are in the page cache: they measure the
@@ -102,11 +102,11 @@ pub fn run(scenario: &str, opts: &Options) -> Result<Report> {
             reopen(opts, scenario, events)?
         }
         "engine_many_streams_1m" => {
-            many_streams::run(&opts.data_dir, scenario, 1_000_000, opts.io_mode)?
+            many_streams::run(&opts.data_dir, scenario, 1_000_000, 3, opts.io_mode)?
         }
         "engine_many_streams_10m" => {
             let streams = if opts.quick { 2_000_000 } else { 10_000_000 };
-            many_streams::run(&opts.data_dir, scenario, streams, opts.io_mode)?
+            many_streams::run(&opts.data_dir, scenario, streams, 1, opts.io_mode)?
         }
         other => anyhow::bail!("no scenario {other:?}; known: {}", SCENARIOS.join(", ")),
     };

@@ -120,6 +120,9 @@ struct ProbeArgs {
     dir: PathBuf,
     #[arg(long)]
     streams: u64,
+    /// Events per stream.
+    #[arg(long, default_value_t = 1)]
+    events: u64,
     #[arg(long, value_enum, default_value_t = IoModeArg::Auto)]
     io_mode: IoModeArg,
 }
@@ -305,9 +308,12 @@ fn main() -> Result<()> {
                 })
             })
         }
-        Suite::EngineProbe(args) => {
-            quiver_bench::many_streams::probe(&args.dir, args.streams, args.io_mode.into())
-        }
+        Suite::EngineProbe(args) => quiver_bench::many_streams::probe(
+            &args.dir,
+            args.streams,
+            args.events,
+            args.io_mode.into(),
+        ),
         Suite::Raft(args) => {
             let opts = raft_suite::Options {
                 data_dir: args.dir,

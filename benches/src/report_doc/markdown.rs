@@ -370,6 +370,7 @@ mod tests {
 |  | `engine_reopen_10m` | 97.5 ms to serving, 98.1 ms to writable, 1,000,000 events | ≤ 2,000 ms to serving, 10,000,000 events | met (at 1,000,000 events, not 10,000,000) |
 |  | `engine_reopen_30m` | — | ≤ 2,000 ms to serving, 30,000,000 events | not run |
 | 10 million streams of a few events each (one per aggregate) | `engine_many_streams_10m` | — | ≤ 64 B per stream, ≤ 2,000 ms to writable, 10,000,000 streams | not run |
+|  | `engine_many_streams_1m` | — | ≤ 64 B per stream, ≤ 2,000 ms to writable, 1,000,000 streams | not run |
 | versus PostgreSQL as an event store, same machine, same run | `client_append_batch100` | 1.77× (PostgreSQL 88,944 events/s) | ≥ 10× PostgreSQL's events/s | **not met** |
 |  | `client_append_batch100_c16` | 4.24× (PostgreSQL 145,942 events/s) | ≥ 10× PostgreSQL's events/s | **not met** |";
         assert_eq!(

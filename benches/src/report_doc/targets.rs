@@ -99,6 +99,15 @@ pub(super) const SINGLE_NODE_TARGETS: &[Target] = &[
         },
     },
     Target {
+        design: "10 million streams of a few events each (one per aggregate)",
+        scenario: "engine_many_streams_1m",
+        check: Check::ManyStreams {
+            bytes_max: 64.0,
+            ms_max: 2_000.0,
+            streams: 1_000_000,
+        },
+    },
+    Target {
         design: "versus PostgreSQL as an event store, same machine, same run",
         scenario: "client_append_batch100",
         check: Check::VsPostgres { min: 10.0 },
@@ -371,10 +380,12 @@ impl Check {
                 let bytes = field("resident_bytes_per_stream").unwrap_or(f64::INFINITY);
                 let writable = field("writable_ms").unwrap_or(f64::INFINITY);
                 let stored = field("streams").unwrap_or(0.0) as u64;
+                let each = field("events_per_stream").unwrap_or(1.0);
                 let measured = format!(
-                    "{bytes} B resident per stream, {} ms to writable, {} streams",
+                    "{bytes} B resident per stream, {} ms to writable, {} streams of {each} event{}",
                     millis(writable),
-                    grouped(stored)
+                    grouped(stored),
+                    if each == 1.0 { "" } else { "s" }
                 );
                 let caveat = (stored < streams)
                     .then(|| format!("at {} streams, not {}", grouped(stored), grouped(streams)));
