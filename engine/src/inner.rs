@@ -25,7 +25,7 @@ use crate::format::{self, RECORD_BODY_BYTES_MAX, RECORD_HEADER_BYTES};
 use crate::io::{IoMode, SyncIo, Write, BATCH_WRITES_MAX};
 use crate::recovery;
 use crate::segment::SegmentFile;
-use crate::state::{ApplyError, Callback, Cut, Origin, Seg, State};
+use crate::state::{ApplyError, Callback, Cut, Origin, Records, Seg, State};
 use crate::storage;
 
 /// A write queued for the writer thread: bytes for one segment file at one offset.
@@ -223,7 +223,7 @@ impl Inner {
             });
             st.segments.push(Seg {
                 file,
-                records: Vec::new(),
+                records: Records::default(),
                 end: head.len() as u64,
                 summarized: false,
                 sealed: false,

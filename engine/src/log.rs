@@ -14,7 +14,7 @@ use crate::format::{self, decode_entry, EntryKind};
 use crate::inner::EnqueueError;
 use crate::recovery;
 use crate::segment::{self, scan, segment_name, SegmentFile};
-use crate::state::{Callback, Origin, Seg};
+use crate::state::{Callback, Origin, Records, Seg};
 use crate::storage::{self, Storage};
 
 /// A record as Raft sends it between nodes: the frame's fields and the body.
@@ -364,7 +364,7 @@ impl Engine {
         }
         st.segments.push(Seg {
             file: file.clone(),
-            records: Vec::new(),
+            records: Records::default(),
             end: format::SEGMENT_HEADER_BYTES as u64,
             summarized: false,
             sealed: true,

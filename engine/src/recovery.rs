@@ -22,7 +22,7 @@ use crate::error::{Corruption, OpenError};
 use crate::failmark;
 use crate::format::SEGMENT_HEADER_BYTES;
 use crate::segment::{self, scan, watermark_after, SegmentFile, SEGMENT_EXT, SUMMARY_EXT};
-use crate::state::{Origin, Seg, State};
+use crate::state::{Origin, Records, Seg, State};
 use crate::storage::{self, Storage};
 use crate::summary;
 
@@ -134,7 +134,7 @@ fn load_files(dir: &Path, config: &EngineConfig, clean: bool) -> Result<State, O
         let file = Arc::new(opened.expect("a bad header is a problem above"));
         st.segments.push(Seg {
             file: file.clone(),
-            records: Vec::new(),
+            records: Records::default(),
             end: SEGMENT_HEADER_BYTES as u64,
             summarized: false,
             sealed: !is_last,

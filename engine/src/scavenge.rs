@@ -16,7 +16,7 @@ use crate::error::{DecodeError, ScavengeError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, SEGMENT_HEADER_BYTES};
 use crate::idindex::PendingIds;
 use crate::segment::{summary_name, SegmentFile};
-use crate::state::{RecLoc, State};
+use crate::state::{RecLoc, Records, State};
 use crate::storage;
 use crate::{ids, summary};
 
@@ -173,7 +173,7 @@ impl Engine {
         let mut st = self.inner.state.write();
         if let Some(seg) = st.segments.iter_mut().find(|s| Arc::ptr_eq(&s.file, old)) {
             seg.file = file;
-            seg.records = new.records;
+            seg.records = Records::Owned(new.records);
             seg.end = end;
         }
         for id in new.removed_ids {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::{Corruption, DecodeError, Failed};
 use crate::format::{decode_entry_lazy, Entry, EntryKind, RecordHeader};
@@ -21,8 +22,10 @@ use crate::streamtable::{Run, StreamTable};
 use crate::types::{DeleteKind, StreamMetadata};
 
 /// Where one record lives inside its segment. Its Raft index is the segment's first index
-/// plus its place in the segment's list.
-#[derive(Debug, Clone, Copy)]
+/// plus its place in the segment's list. Laid out as a summary stores it (little-endian),
+/// so a summary's array can be used where it is mapped ([`Records::Mapped`]).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
 pub(crate) struct RecLoc {
     pub(crate) term: u64,
     pub(crate) position: u64,
@@ -30,11 +33,77 @@ pub(crate) struct RecLoc {
     pub(crate) count: u32,
 }
 
+/// A segment's records' locations: in memory, or, for a summarized segment, the summary's
+/// location array where the file is mapped (checked when the summary was loaded), which
+/// costs no anonymous memory and no copy at open.
+#[derive(Debug, Clone)]
+pub(crate) enum Records {
+    Owned(Vec<RecLoc>),
+    /// Bytes that [`Records::mapped`] found to be a whole, aligned array of [`RecLoc`].
+    Mapped(Bytes),
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Records::Owned(Vec::new())
+    }
+}
+
+impl Records {
+    /// The location array `bytes` (a summary's, already checked) used in place, if this
+    /// machine's byte order and the bytes' alignment allow it; else copied.
+    pub(crate) fn mapped(bytes: Bytes) -> Records {
+        let usable =
+            cfg!(target_endian = "little") && <[RecLoc]>::ref_from_bytes(&bytes[..]).is_ok();
+        if usable {
+            return Records::Mapped(bytes);
+        }
+        let copied = bytes
+            .chunks_exact(std::mem::size_of::<RecLoc>())
+            .map(|raw| {
+                let word = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().expect("8"));
+                let half = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().expect("4"));
+                RecLoc {
+                    term: word(0),
+                    position: word(8),
+                    offset: half(16),
+                    count: half(20),
+                }
+            })
+            .collect();
+        Records::Owned(copied)
+    }
+
+    /// The locations as a list that records can be added to (copied out of a mapping).
+    pub(crate) fn to_mut(&mut self) -> &mut Vec<RecLoc> {
+        if let Records::Mapped(_) = self {
+            *self = Records::Owned(self.to_vec());
+        }
+        match self {
+            Records::Owned(v) => v,
+            Records::Mapped(_) => unreachable!("copied out above"),
+        }
+    }
+}
+
+impl std::ops::Deref for Records {
+    type Target = [RecLoc];
+
+    fn deref(&self) -> &[RecLoc] {
+        match self {
+            Records::Owned(v) => v,
+            Records::Mapped(bytes) => {
+                <[RecLoc]>::ref_from_bytes(&bytes[..]).expect("checked by Records::mapped")
+            }
+        }
+    }
+}
+
 /// A segment and the records in it.
 #[derive(Debug)]
 pub(crate) struct Seg {
     pub(crate) file: Arc<SegmentFile>,
-    pub(crate) records: Vec<RecLoc>,
+    pub(crate) records: Records,
     /// Bytes of the file that hold records (written or queued).
     pub(crate) end: u64,
     /// A summary file exists for it (it is sealed and fully committed).
@@ -431,7 +500,7 @@ impl State {
     ) -> Result<BTreeMap<String, Run>, Corruption> {
         let seg = &self.segments[s];
         let mut out: BTreeMap<String, Run> = BTreeMap::new();
-        for rec in &seg.records {
+        for rec in seg.records.iter() {
             let (h, body) = seg.file.record_at(rec.offset as u64, seg.end)?;
             let bad = |e: DecodeError| seg.file.corruption(rec.offset as u64, e.to_string());
             let kind = EntryKind::from_byte(h.kind).map_err(bad)?;
@@ -742,13 +811,13 @@ impl State {
             .last_mut()
             .expect("a record lives in a segment");
         debug_assert_eq!(seg.next_index(), header.index.get());
-        seg.records.push(location);
+        seg.records.to_mut().push(location);
         self.advance(1, &location);
     }
 
     /// Adds the locations of records that continue the log, in the last segment: a summary's
     /// (checked to continue it), taken whole when the segment has none yet.
-    pub(crate) fn push_locations(&mut self, locations: Vec<RecLoc>) {
+    pub(crate) fn push_locations(&mut self, locations: Records) {
         let Some(&last) = locations.last() else {
             return;
         };
@@ -761,7 +830,7 @@ impl State {
         if records.is_empty() {
             *records = locations;
         } else {
-            records.extend_from_slice(&locations);
+            records.to_mut().extend_from_slice(&locations);
         }
         self.advance(n as u64, &last);
     }
@@ -952,5 +1021,74 @@ impl State {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locations() -> Vec<RecLoc> {
+        (0..100u32)
+            .map(|i| RecLoc {
+                term: 7 + u64::from(i / 10),
+                position: 1_000 + u64::from(i) * 3,
+                offset: 4_096 + i * 200,
+                count: 3,
+            })
+            .collect()
+    }
+
+    /// As a summary stores them: term, position (u64), offset, count (u32), little-endian.
+    fn stored(locations: &[RecLoc]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in locations {
+            out.extend_from_slice(&l.term.to_le_bytes());
+            out.extend_from_slice(&l.position.to_le_bytes());
+            out.extend_from_slice(&l.offset.to_le_bytes());
+            out.extend_from_slice(&l.count.to_le_bytes());
+        }
+        out
+    }
+
+    fn same(a: &[RecLoc], b: &[RecLoc]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                (x.term, x.position, x.offset, x.count) == (y.term, y.position, y.offset, y.count)
+            })
+    }
+
+    #[test]
+    fn a_summarys_location_array_is_used_in_place_and_reads_as_stored() {
+        let want = locations();
+        // In a buffer of u64s, so that the bytes are aligned as a mapping's are.
+        let bytes = stored(&want);
+        let mut words = vec![0u64; bytes.len() / 8];
+        words.as_mut_bytes().copy_from_slice(&bytes);
+        let aligned = Bytes::from(words.as_bytes().to_vec());
+        let mut records = Records::mapped(aligned.clone());
+        if cfg!(target_endian = "little") && aligned.as_ptr().align_offset(8) == 0 {
+            assert!(matches!(records, Records::Mapped(_)), "copied");
+        }
+        assert!(same(&records, &want));
+        // Not aligned: copied, the same locations.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        let unaligned = Bytes::from(shifted).slice(1..);
+        let copied = Records::mapped(unaligned);
+        assert!(matches!(copied, Records::Owned(_)));
+        assert!(same(&copied, &want));
+        // Adding a record copies the array out first.
+        let more = RecLoc {
+            term: 9,
+            position: 1_300,
+            offset: 30_000,
+            count: 1,
+        };
+        records.to_mut().push(more);
+        assert!(matches!(records, Records::Owned(_)));
+        let mut all = want;
+        all.push(more);
+        assert!(same(&records, &all));
     }
 }

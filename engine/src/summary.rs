@@ -21,6 +21,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -28,7 +30,7 @@ use crate::error::{Corruption, DecodeError, OpenError};
 use crate::format::{self, decode_entry_lazy, Entry, EntryKind, RecordHeader, RECORD_HEADER_BYTES};
 use crate::idindex::PendingIds;
 use crate::segment::{self, summary_name, SegmentFile};
-use crate::state::{ApplyError, Origin, RecLoc, State};
+use crate::state::{ApplyError, Origin, RecLoc, Records, State};
 use crate::storage::{self, Storage};
 use crate::streamtable::StreamTable;
 use crate::{idtable, streamtable};
@@ -275,7 +277,8 @@ pub(crate) fn load(st: &mut State, file: &Arc<SegmentFile>) -> Result<Option<u64
     let entries_at = SUMMARY_HEADER_BYTES + sections.locations.len() + sections.controls.len();
     let origin = match table {
         Some(t) => {
-            let Some(spine) = Spine::read(&header, &sections, file, st.next_position) else {
+            let Some(spine) = Spine::read(&header, &bytes, &sections, file, st.next_position)
+            else {
                 tracing::warn!(file = %path.display(), "ignoring a damaged segment summary; scanning");
                 return Ok(None);
             };
@@ -495,7 +498,7 @@ fn spine_crc(s: &Sections<'_>) -> Result<u32, DecodeError> {
 /// What an open with the stream table takes from a summary: every record's location, and
 /// the records that are not appends, each matching its location.
 struct Spine<'a> {
-    locations: Vec<RecLoc>,
+    locations: Records,
     controls: Vec<Control<'a>>,
 }
 
@@ -510,10 +513,12 @@ struct Control<'a> {
 }
 
 impl<'a> Spine<'a> {
-    /// The spine of a summary whose header checked, if it matches its checksum and its
-    /// locations continue the log from `next_position`, in order, inside the segment.
+    /// The spine of a summary whose header checked (`s`, sections of `whole`), if it
+    /// matches its checksum and its locations continue the log from `next_position`, in
+    /// order, inside the segment. The locations are used where `whole` is mapped.
     fn read(
         h: &SummaryHeader,
+        whole: &Bytes,
         s: &Sections<'a>,
         file: &SegmentFile,
         next_position: u64,
@@ -521,7 +526,6 @@ impl<'a> Spine<'a> {
         if spine_crc(s).ok()? != h.spine_crc.get() {
             return None;
         }
-        let mut locations = Vec::with_capacity(s.locations.len() / LOCATION_BYTES);
         let mut position = next_position;
         let mut floor = format::SEGMENT_HEADER_BYTES as u64;
         for raw in s.locations.chunks_exact(LOCATION_BYTES) {
@@ -532,16 +536,11 @@ impl<'a> Spine<'a> {
             }
             position += u64::from(count);
             floor = u64::from(offset) + RECORD_HEADER_BYTES as u64;
-            locations.push(RecLoc {
-                term: l.term.get(),
-                position: l.position.get(),
-                offset,
-                count,
-            });
         }
         if floor > h.end.get() {
             return None;
         }
+        let locations = Records::mapped(whole.slice_ref(s.locations));
         let mut controls: Vec<Control<'a>> = Vec::with_capacity(s.controls.len() / 4);
         for raw in s.controls.chunks_exact(4) {
             let at = u32::from_le_bytes(raw.try_into().ok()?) as usize;
