@@ -12,9 +12,10 @@
 //! 1,000 events to 1,000 streams in turn; `fill1` appends them one event per append (one
 //! record each: what open's per-record work costs), from 64 threads; `open` opens it three
 //! times, appends one event each time, and prints the time to the open and to that append
-//! acknowledged, with what the open did (`OpenStats`); then the time until the event-id
-//! loader is done, the process's anonymous memory then (`RssAnon`), what the id index holds,
-//! and how long closing the store takes.
+//! acknowledged, with what the open did (`OpenStats`); then how long 200 appends of 100
+//! events take right away and once the event-id loader is done, the time until it is done,
+//! the process's anonymous memory then (`RssAnon`), what the id index holds, and how long
+//! closing the store takes.
 
 use std::path::Path;
 use std::time::Instant;
@@ -80,10 +81,17 @@ fn open(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             writable.as_secs_f64() * 1e3,
             engine.open_stats()
         );
+        let early = appends_ms(&engine)?;
+        let done_by_then = engine.id_index_loaded();
         while !engine.id_index_loaded() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let loaded = started.elapsed();
+        println!(
+            "  200 appends of 100 events: {early:.0} ms right after open (loader {}), {:.0} ms once loaded",
+            if done_by_then { "done" } else { "running" },
+            appends_ms(&engine)?
+        );
         println!(
             "  id index loaded {:.0} ms, RssAnon {} MB, {:?}",
             loaded.as_secs_f64() * 1e3,
@@ -98,6 +106,18 @@ fn open(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Milliseconds that 200 appends of 100 new events take.
+fn appends_ms(engine: &Engine) -> Result<f64, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    for _ in 0..200 {
+        let batch = (0..100)
+            .map(|_| EventData::binary("Probe", vec![1u8; 10]))
+            .collect();
+        engine.append("probe", ExpectedVersion::Any, batch)?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// `RssAnon` of this process, kB.

@@ -79,14 +79,10 @@ pub(crate) fn write_due(inner: &Inner) {
             // Marked even on failure so the writer does not retry every batch.
             s.summarized = true;
         }
-        let closing = st.closed;
         drop(st);
-        // The segment's ids leave memory for its id table (not when closing: the next open
-        // takes them from the table anyway).
-        if let Some(ids) = crc
-            .filter(|_| !closing)
-            .and_then(|crc| IdTable::open(&inner.dir, file.first_index, crc))
-        {
+        // The segment's ids leave memory for its id table (when closing too: the filter
+        // saved at close must cover every table the next open finds).
+        if let Some(ids) = crc.and_then(|crc| IdTable::open(&inner.dir, file.first_index, crc)) {
             ids::adopt(&inner.state, ids);
         }
         let mut st = inner.state.write();
@@ -134,6 +130,7 @@ fn written_table(
 pub(crate) fn load_ids(inner: &Inner) {
     let summaries = std::mem::take(&mut inner.state.write().ids_pending);
     let started = std::time::Instant::now();
+    ids::take_saved(&inner.state, &inner.dir);
     #[cfg(test)]
     crate::inner::held_loaders::wait(&inner.dir);
     let rewrite = match ids::load(&inner.state, &summaries) {

@@ -164,6 +164,20 @@ impl SharedBlocked {
     pub(crate) fn bytes(&self) -> u64 {
         self.words.len() as u64 * 8
     }
+
+    /// The filter's words, little-endian, appended to `out`.
+    pub(crate) fn save(&self, out: &mut Vec<u8>) {
+        for w in self.words.iter() {
+            out.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+    }
+
+    /// The filter saved as `bytes` (a whole number of blocks, at least one), or `None`.
+    pub(crate) fn from_bytes(bytes: &[u8], hashes: u32) -> Option<SharedBlocked> {
+        let words = words_of(bytes, BLOCK_WORDS, hashes)?;
+        let words = words.into_iter().map(AtomicU64::new).collect();
+        Some(SharedBlocked { words, hashes })
+    }
 }
 
 impl From<Blocked> for SharedBlocked {
@@ -292,6 +306,15 @@ mod tests {
         let shared = SharedBlocked::from(owned);
         keys_maybe_others_rarely(|k| shared.may_contain(k), 600);
         assert_eq!(shared.bytes(), 20_032);
+        // Saved and read back, the same.
+        let mut saved = Vec::new();
+        shared.save(&mut saved);
+        let back = SharedBlocked::from_bytes(&saved, 8).unwrap();
+        keys_maybe_others_rarely(|k| back.may_contain(k), 600);
+        assert!(
+            SharedBlocked::from_bytes(&saved[8..], 8).is_none(),
+            "not whole blocks"
+        );
     }
 
     #[test]

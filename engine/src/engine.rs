@@ -82,6 +82,12 @@ impl Drop for WriterHandle {
         if let Some(t) = self.id_loader.lock().take() {
             let _ = t.join();
         }
+        // For the next open: its id lookups then use this filter at once.
+        crate::ids::save(
+            &self.inner.state,
+            &self.inner.dir,
+            &*self.inner.config.storage,
+        );
     }
 }
 

@@ -14,7 +14,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::bloom::{self, Blocked, SharedBlocked};
 use crate::error::Corruption;
@@ -179,6 +183,29 @@ impl IdFilter {
     }
 }
 
+/// File name of the store-wide filter saved at a clean close (`ids.rs`).
+pub(crate) const SAVED_FILTER: &str = "ids.qflt";
+/// First bytes of a saved filter.
+const SAVED_MAGIC: [u8; 8] = *b"QUIVIDF\x01";
+/// Bytes of a saved filter's header.
+const SAVED_HEADER_BYTES: usize = 32;
+
+/// A saved filter's header: magic | tables u32 | parts u32 | hashes u32 | reserved u32 |
+/// body CRC32C u32 | CRC32C of the header's first 28 bytes u32; all little-endian.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct SavedHeader {
+    magic: [u8; 8],
+    tables: U32,
+    parts: U32,
+    hashes: U32,
+    reserved: U32,
+    body_crc: U32,
+    header_crc: U32,
+}
+
+const _: () = assert!(std::mem::size_of::<SavedHeader>() == SAVED_HEADER_BYTES);
+
 /// Why a lookup could not tell whether an id is stored.
 #[derive(Debug)]
 pub(crate) enum IdUnknown {
@@ -201,6 +228,11 @@ pub struct IdIndexStats {
     pub in_tables: u64,
     /// Bytes of the store-wide filter over the tables' ids.
     pub filter_bytes: u64,
+    /// The filter saved at the last clean close was taken, not rebuilt from the tables.
+    pub filter_from_file: bool,
+    /// Lookups that went to the tables since open (an id the filter did not rule out, or
+    /// any id while there was no filter).
+    pub table_lookups: u64,
     /// The loader is done: every table is checked and in the filter, and every summary
     /// without one has its ids in memory.
     pub loaded: bool,
@@ -214,10 +246,16 @@ pub(crate) struct IdIndex {
     /// The id tables of summarized segments, by first index.
     pub(crate) tables: Vec<Arc<IdTable>>,
     pub(crate) filter: IdFilter,
-    /// Every table's ids are in `filter`, and each of their entries passed its check.
+    /// Every table's ids are in `filter`.
     pub(crate) filtered: bool,
+    /// Every entry of every table passed the loader's check.
+    pub(crate) checked: bool,
+    /// `filter` is the one saved at the last clean close.
+    pub(crate) from_file: bool,
     /// Summaries whose ids are in neither `recent` nor `tables` yet: the loader reads them.
     pub(crate) untabled: Vec<PendingIds>,
+    /// Lookups that went to the tables.
+    table_lookups: AtomicU64,
 }
 
 impl Default for IdIndex {
@@ -227,7 +265,10 @@ impl Default for IdIndex {
             tables: Vec::new(),
             filter: IdFilter::default(),
             filtered: true,
+            checked: true,
+            from_file: false,
             untabled: Vec::new(),
+            table_lookups: AtomicU64::new(0),
         }
     }
 }
@@ -247,10 +288,13 @@ impl IdIndex {
         {
             return Ok(None);
         }
+        if !self.tables.is_empty() {
+            self.table_lookups.fetch_add(1, Ordering::Relaxed);
+        }
         for t in self.tables.iter().rev() {
             let found = match t.lookup(id) {
                 Err(_) if cfg!(feature = "mutation-id-table-guess") => None,
-                Err(doubt) if self.filtered => {
+                Err(doubt) if self.checked => {
                     return Err(IdUnknown::Damaged(Corruption {
                         file: t.path().to_path_buf(),
                         offset: 0,
@@ -277,7 +321,7 @@ impl IdIndex {
 
     /// Whether the loader is done (see [`IdIndexStats::loaded`]).
     pub(crate) fn loaded(&self) -> bool {
-        self.untabled.is_empty() && self.filtered
+        self.untabled.is_empty() && self.filtered && self.checked
     }
 
     pub(crate) fn stats(&self) -> IdIndexStats {
@@ -286,6 +330,8 @@ impl IdIndex {
             tables: self.tables.len() as u64,
             in_tables: self.tables.iter().map(|t| t.len()).sum(),
             filter_bytes: self.filter.parts.iter().map(|p| p.filter.bytes()).sum(),
+            filter_from_file: self.from_file,
+            table_lookups: self.table_lookups.load(Ordering::Relaxed),
             loaded: self.loaded(),
         }
     }
@@ -301,7 +347,60 @@ impl IdIndex {
             }
         }
         self.filtered = self.tables.is_empty();
+        self.checked = self.tables.is_empty();
         self.untabled.is_empty()
+    }
+
+    /// The store-wide filter to save at a clean close, bound to the tables it covers (their
+    /// first indexes and summary checksums); `None` unless the loader is done.
+    pub(crate) fn saved(&self) -> Option<Vec<u8>> {
+        if !self.loaded() || self.tables.is_empty() {
+            return None;
+        }
+        let mut body = Vec::new();
+        for t in &self.tables {
+            body.extend_from_slice(&t.first_index().to_le_bytes());
+            body.extend_from_slice(&t.summary_crc().to_le_bytes());
+        }
+        for p in &self.filter.parts {
+            for n in [p.capacity, p.used, p.filter.bytes()] {
+                body.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        for p in &self.filter.parts {
+            p.filter.save(&mut body);
+        }
+        let mut h = SavedHeader {
+            magic: SAVED_MAGIC,
+            tables: U32::new(u32::try_from(self.tables.len()).ok()?),
+            parts: U32::new(u32::try_from(self.filter.parts.len()).ok()?),
+            hashes: U32::new(FILTER_HASHES),
+            reserved: U32::new(0),
+            body_crc: U32::new(crc32c::crc32c(&body)),
+            header_crc: U32::new(0),
+        };
+        h.header_crc = U32::new(crc32c::crc32c(&h.as_bytes()[..28]));
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    /// Right after open, before the loader checks the tables: takes the filter saved as
+    /// `bytes` if it is intact and was saved for exactly the tables in use (so it holds
+    /// every id in them), and no filter was built meanwhile. Whether it was taken.
+    pub(crate) fn take_saved(&mut self, bytes: &[u8]) -> bool {
+        if self.filtered || !self.filter.parts.is_empty() {
+            return false;
+        }
+        match parse_saved(bytes, &self.tables) {
+            Some(parts) => {
+                self.filter.parts = parts;
+                self.filtered = true;
+                self.from_file = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Adds a table whose ids are in the filter already, in its place by first index.
@@ -325,4 +424,38 @@ impl IdIndex {
     pub(crate) fn remove_table(&mut self, first_index: u64) {
         self.tables.retain(|t| t.first_index() != first_index);
     }
+}
+
+/// The parts of a saved filter, if it is intact and bound to exactly `tables`.
+fn parse_saved(bytes: &[u8], tables: &[Arc<IdTable>]) -> Option<Vec<Part>> {
+    let (h, body) = SavedHeader::read_from_prefix(bytes).ok()?;
+    let sound = h.magic == SAVED_MAGIC
+        && h.header_crc.get() == crc32c::crc32c(&h.as_bytes()[..28])
+        && h.hashes.get() == FILTER_HASHES
+        && h.body_crc.get() == crc32c::crc32c(body)
+        && h.tables.get() as usize == tables.len();
+    if !sound {
+        return None;
+    }
+    let mut c = crate::format::Cursor::new(body, "saved id filter");
+    for t in tables {
+        if c.u64().ok()? != t.first_index() || c.u32().ok()? != t.summary_crc() {
+            return None;
+        }
+    }
+    let mut sizes = Vec::new();
+    for _ in 0..h.parts.get() {
+        let (capacity, used, bytes) = (c.u64().ok()?, c.u64().ok()?, c.u64().ok()?);
+        sizes.push((capacity, used, usize::try_from(bytes).ok()?));
+    }
+    let mut parts = Vec::with_capacity(sizes.len());
+    for (capacity, used, n) in sizes {
+        let filter = SharedBlocked::from_bytes(c.take(n).ok()?, FILTER_HASHES)?;
+        parts.push(Part {
+            filter: Arc::new(filter),
+            capacity,
+            used,
+        });
+    }
+    (c.offset() == body.len()).then_some(parts)
 }

@@ -12,16 +12,22 @@ use parking_lot::RwLock;
 
 use crate::bloom::{self, Blocked};
 use crate::error::DecodeError;
-use crate::idindex::{IdFilter, IdMap, PendingIds};
+use crate::idindex::{IdFilter, IdMap, PendingIds, SAVED_FILTER};
 use crate::idtable::IdTable;
 use crate::state::State;
+use crate::storage::{self, Storage};
 use crate::summary;
 
-/// The ids of `tables` as a filter part, every entry checked, and the first indexes of the
-/// tables that fail; `None` if `stop` said to stop first.
-fn check_tables(tables: &[Arc<IdTable>], stop: impl Fn() -> bool) -> Option<(Blocked, Vec<u64>)> {
+/// Checks every entry of `tables`, and with `build` makes their ids a filter part; the
+/// part and the first indexes of the tables that fail, or `None` if `stop` said to stop
+/// first.
+fn check_tables(
+    tables: &[Arc<IdTable>],
+    build: bool,
+    stop: impl Fn() -> bool,
+) -> Option<(Option<Blocked>, Vec<u64>)> {
     let n = tables.iter().map(|t| t.len()).sum();
-    let mut filter = IdFilter::private(n);
+    let mut filter = build.then(|| IdFilter::private(n));
     let mut damaged = Vec::new();
     let mut keys = Vec::new();
     for t in tables {
@@ -29,8 +35,16 @@ fn check_tables(tables: &[Arc<IdTable>], stop: impl Fn() -> bool) -> Option<(Blo
             return None;
         }
         keys.clear();
-        match t.for_each(|id, _| keys.push(bloom::id_key(id))) {
-            Ok(()) => filter.insert_all(&keys),
+        let read = match &filter {
+            Some(_) => t.for_each(|id, _| keys.push(bloom::id_key(id))),
+            None => t.for_each(|_, _| {}),
+        };
+        match read {
+            Ok(()) => {
+                if let Some(f) = &mut filter {
+                    f.insert_all(&keys);
+                }
+            }
             Err(doubt) => {
                 tracing::warn!(doubt = %doubt.0, "an id table does not read back; reading its summary");
                 damaged.push(t.first_index());
@@ -65,7 +79,7 @@ pub(crate) fn load_whole(
 ) -> Result<(), DecodeError> {
     let ids = &mut st.ids;
     ids.open_tables(dir, summaries);
-    let (filter, damaged) = check_tables(&ids.tables, || false).expect("never stopped");
+    let (filter, damaged) = check_tables(&ids.tables, true, || false).expect("never stopped");
     let mut read: Vec<PendingIds> = std::mem::take(&mut ids.untabled);
     read.extend(
         summaries
@@ -80,20 +94,54 @@ pub(crate) fn load_whole(
         ids.remove_table(first);
     }
     let n = ids.tables.iter().map(|t| t.len()).sum();
-    ids.filter.add_full(filter, n);
+    ids.filter.add_full(filter.expect("built"), n);
     ids.filtered = true;
+    ids.checked = true;
     Ok(())
 }
 
-/// The loader's work after an open ([`IdIndex::open_tables`]): every table checked into the
-/// filter, the ids of summaries without a usable table read into memory. Returns the
-/// summaries whose id tables are to be written anew, or `None` if the store closed first.
+/// The loader's first step after an open: the store-wide filter saved at the last clean
+/// close, if it is there and bound to exactly the tables opened (then lookups use it at
+/// once, and the loader only checks the tables' entries). Whether it was taken.
+pub(crate) fn take_saved(state: &RwLock<State>, dir: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(dir.join(SAVED_FILTER)) else {
+        return false;
+    };
+    let taken = state.write().ids.take_saved(&bytes);
+    if !taken {
+        tracing::info!(
+            "the saved event-id filter is stale or damaged; building it from the tables"
+        );
+    }
+    taken
+}
+
+/// Saves the store-wide filter at a clean close, for the next open ([`take_saved`]); it is
+/// derived data (bound to the tables, checksummed), so a failure only logs.
+pub(crate) fn save(state: &RwLock<State>, dir: &Path, s: &dyn Storage) {
+    let Some(bytes) = state.read().ids.saved() else {
+        return;
+    };
+    let path = dir.join(SAVED_FILTER);
+    let tmp = path.with_extension("qflt.tmp");
+    if let Err(e) = storage::write_file_atomic(s, &tmp, &path, &bytes, 0) {
+        tracing::warn!(error = %e, "could not save the event-id filter");
+    }
+}
+
+/// The loader's work after an open ([`IdIndex::open_tables`]): every table checked (into
+/// the filter, unless a saved one was taken), the ids of summaries without a usable table
+/// read into memory. Returns the summaries whose id tables are to be written anew, or
+/// `None` if the store closed first.
 pub(crate) fn load(
     state: &RwLock<State>,
     summaries: &[PendingIds],
 ) -> Result<Option<Vec<PendingIds>>, DecodeError> {
-    let tables = state.read().ids.tables.clone();
-    let Some((filter, damaged)) = check_tables(&tables, || state.read().closed) else {
+    let (tables, build) = {
+        let st = state.read();
+        (st.ids.tables.clone(), !st.ids.filtered)
+    };
+    let Some((filter, damaged)) = check_tables(&tables, build, || state.read().closed) else {
         return Ok(None);
     };
     let n = tables.iter().map(|t| t.len()).sum();
@@ -113,9 +161,12 @@ pub(crate) fn load(
     for first in damaged {
         st.ids.remove_table(first);
     }
-    st.ids.filter.add_full(filter, n);
+    if let Some(filter) = filter {
+        st.ids.filter.add_full(filter, n);
+    }
     st.ids.untabled.clear();
     st.ids.filtered = true;
+    st.ids.checked = true;
     Ok(Some(read))
 }
 

@@ -110,6 +110,7 @@ pub(crate) struct IdTable {
     file: File,
     path: PathBuf,
     first_index: u64,
+    summary_crc: u32,
     filter: Bloom,
     count: u64,
     entries_at: u64,
@@ -146,6 +147,7 @@ impl IdTable {
             file,
             path,
             first_index,
+            summary_crc,
             filter,
             count: h.count.get(),
             entries_at,
@@ -160,6 +162,11 @@ impl IdTable {
     /// Its file.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The body checksum of the summary it was made from.
+    pub(crate) fn summary_crc(&self) -> u32 {
+        self.summary_crc
     }
 
     /// The Raft index of its segment's first record.

@@ -283,3 +283,130 @@ fn an_append_waiting_for_an_index_that_cannot_be_built_gets_the_failure() {
         "{answer:?}"
     );
 }
+
+/// Waits until the held-back loader has taken the saved filter, or gives up after 10 s.
+fn wait_for_saved_filter(engine: &Engine) -> crate::IdIndexStats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = engine.id_index_stats();
+        if stats.filter_from_file || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn after_a_clean_close_lookups_use_the_saved_filter_before_the_tables_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, stored, n) = fill(dir.path());
+    assert!(dir.path().join(crate::idindex::SAVED_FILTER).exists());
+    let engine = Held::open(dir.path());
+    let stats = wait_for_saved_filter(&engine);
+    assert!(stats.filter_from_file && !stats.loaded, "{stats:?}");
+    // New ids: the filter rules (nearly) every one out, so the tables are not read.
+    let before = stats.table_lookups;
+    let wait = Duration::from_secs(10);
+    for b in 0..100 {
+        let batch = (0..10).map(|i| event(200_000 + b * 10 + i)).collect();
+        let (r, _) = append_within(&engine, "acct-8", batch, wait);
+        assert!(!r.expect("answered").unwrap().idempotent);
+    }
+    let lookups = engine.id_index_stats().table_lookups - before;
+    assert!(
+        lookups < 20,
+        "{lookups} of 1,000 new ids went to the tables"
+    );
+    // A retry is still recognised: the filter says maybe, the oldest table has it.
+    let (retry, _) = append_within(&engine, "acct-1", first, wait);
+    let retry = retry.expect("answered").unwrap();
+    assert!(retry.idempotent && retry.position_first == stored.position_first);
+    engine.release();
+    assert_eq!(engine.commit_position(), (n + 1_000) as u64);
+}
+
+#[test]
+fn a_saved_filter_for_other_tables_or_damaged_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let saved = dir.path().join(crate::idindex::SAVED_FILTER);
+    let old = std::fs::read(&saved).unwrap();
+    // More segments summarized since that filter was saved (as if the store then crashed,
+    // leaving the old file): a retry of an event in them must still be recognised.
+    let (later, stored) = grow(dir.path());
+    std::fs::write(&saved, &old).unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let retry = engine
+        .append("acct-2", ExpectedVersion::Any, later.clone())
+        .unwrap();
+    assert!(retry.idempotent && retry.position_first == stored.position_first);
+    wait_loaded(&engine);
+    assert!(
+        !engine.id_index_stats().filter_from_file,
+        "a stale filter taken"
+    );
+    drop(engine);
+    // One saved by another store of the same shape (the same segments and tables by first
+    // index, other events): not taken.
+    let other = tempfile::tempdir().unwrap();
+    fill(other.path());
+    grow(other.path());
+    let mine = std::fs::read(&saved).unwrap();
+    std::fs::copy(other.path().join(crate::idindex::SAVED_FILTER), &saved).unwrap();
+    {
+        let engine = Engine::open(dir.path(), config()).unwrap();
+        let retry = engine
+            .append("acct-2", ExpectedVersion::Any, later.clone())
+            .unwrap();
+        assert!(retry.idempotent);
+        wait_loaded(&engine);
+        assert!(
+            !engine.id_index_stats().filter_from_file,
+            "another store's taken"
+        );
+    }
+    std::fs::write(&saved, &mine).unwrap();
+    // The filter saved at this close, with one bit flipped in its words: not taken.
+    let mut bytes = std::fs::read(&saved).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&saved, &bytes).unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let retry = engine
+        .append("acct-2", ExpectedVersion::Any, later)
+        .unwrap();
+    assert!(retry.idempotent);
+    wait_loaded(&engine);
+    assert!(
+        !engine.id_index_stats().filter_from_file,
+        "a damaged filter taken"
+    );
+}
+
+/// Appends to the store in `dir` enough for a few more summarized segments; the first
+/// append's events and result.
+fn grow(dir: &Path) -> (Vec<EventData>, AppendResult) {
+    let engine = Engine::open(dir, config()).unwrap();
+    let later: Vec<EventData> = (0..10).map(|i| event(300_000 + i)).collect();
+    let r = engine
+        .append("acct-2", ExpectedVersion::Any, later.clone())
+        .unwrap();
+    for b in 0..100 {
+        let batch = (0..10).map(|i| event(310_000 + b * 10 + i)).collect();
+        engine
+            .append("acct-3", ExpectedVersion::Any, batch)
+            .unwrap();
+    }
+    (later, r)
+}
+
+fn wait_loaded(engine: &Engine) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !engine.id_index_loaded() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the id index did not load"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
