@@ -432,14 +432,18 @@ fn parse_saved(bytes: &[u8], tables: &[Arc<IdTable>]) -> Option<Vec<Part>> {
     let sound = h.magic == SAVED_MAGIC
         && h.header_crc.get() == crc32c::crc32c(&h.as_bytes()[..28])
         && h.hashes.get() == FILTER_HASHES
-        && h.body_crc.get() == crc32c::crc32c(body)
-        && h.tables.get() as usize == tables.len();
-    if !sound {
+        && h.body_crc.get() == crc32c::crc32c(body);
+    let unbound = cfg!(feature = "mutation-id-filter-unbound");
+    if !sound || (h.tables.get() as usize != tables.len() && !unbound) {
         return None;
     }
     let mut c = crate::format::Cursor::new(body, "saved id filter");
-    for t in tables {
-        if c.u64().ok()? != t.first_index() || c.u32().ok()? != t.summary_crc() {
+    for i in 0..h.tables.get() as usize {
+        let (first, crc) = (c.u64().ok()?, c.u32().ok()?);
+        let bound = tables
+            .get(i)
+            .is_some_and(|t| t.first_index() == first && t.summary_crc() == crc);
+        if !bound && !unbound {
             return None;
         }
     }
