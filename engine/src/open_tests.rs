@@ -335,52 +335,33 @@ fn a_saved_filter_for_other_tables_or_damaged_is_not_taken() {
     // leaving the old file): a retry of an event in them must still be recognised.
     let (later, stored) = grow(dir.path());
     std::fs::write(&saved, &old).unwrap();
-    let engine = Engine::open(dir.path(), config()).unwrap();
-    let retry = engine
-        .append("acct-2", ExpectedVersion::Any, later.clone())
-        .unwrap();
-    assert!(retry.idempotent && retry.position_first == stored.position_first);
-    wait_loaded(&engine);
-    assert!(
-        !engine.id_index_stats().filter_from_file,
-        "a stale filter taken"
-    );
-    drop(engine);
+    not_taken(dir.path(), &later, &stored, "a stale filter taken");
     // One saved by another store of the same shape (the same segments and tables by first
     // index, other events): not taken.
+    let mine = std::fs::read(&saved).unwrap();
     let other = tempfile::tempdir().unwrap();
     fill(other.path());
     grow(other.path());
-    let mine = std::fs::read(&saved).unwrap();
     std::fs::copy(other.path().join(crate::idindex::SAVED_FILTER), &saved).unwrap();
-    {
-        let engine = Engine::open(dir.path(), config()).unwrap();
-        let retry = engine
-            .append("acct-2", ExpectedVersion::Any, later.clone())
-            .unwrap();
-        assert!(retry.idempotent);
-        wait_loaded(&engine);
-        assert!(
-            !engine.id_index_stats().filter_from_file,
-            "another store's taken"
-        );
-    }
-    std::fs::write(&saved, &mine).unwrap();
-    // The filter saved at this close, with one bit flipped in its words: not taken.
-    let mut bytes = std::fs::read(&saved).unwrap();
+    not_taken(dir.path(), &later, &stored, "another store's taken");
+    // The filter saved by this store, with one bit flipped in its words: not taken.
+    let mut bytes = mine;
     let last = bytes.len() - 3;
     bytes[last] ^= 0x10;
     std::fs::write(&saved, &bytes).unwrap();
-    let engine = Engine::open(dir.path(), config()).unwrap();
+    not_taken(dir.path(), &later, &stored, "a damaged filter taken");
+}
+
+/// Opens the store in `dir` (whose saved filter is not to be taken), checks that a retry
+/// of `events` (stored as `stored`) is recognised, and that the loader built the filter.
+fn not_taken(dir: &Path, events: &[EventData], stored: &AppendResult, why: &str) {
+    let engine = Engine::open(dir, config()).unwrap();
     let retry = engine
-        .append("acct-2", ExpectedVersion::Any, later)
+        .append("acct-2", ExpectedVersion::Any, events.to_vec())
         .unwrap();
-    assert!(retry.idempotent);
+    assert!(retry.idempotent && retry.position_first == stored.position_first);
     wait_loaded(&engine);
-    assert!(
-        !engine.id_index_stats().filter_from_file,
-        "a damaged filter taken"
-    );
+    assert!(!engine.id_index_stats().filter_from_file, "{why}");
 }
 
 /// Appends to the store in `dir` enough for a few more summarized segments; the first

@@ -5,14 +5,11 @@
 //! and metadata; and a damaged table must be read around (from its segment), never trusted.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use quiver_engine::*;
 
-/// Small segments, so that a few thousand events fill many.
-fn config() -> EngineConfig {
-    EngineConfig::default().segment_bytes_max(16 * 1024)
-}
+mod common;
+use common::{config, wait_until};
 
 fn name(i: usize) -> String {
     format!("order-{i:05}")
@@ -121,17 +118,6 @@ fn check_writes(e: &Engine, n: usize) {
         );
         let none = e.append(&s, ExpectedVersion::NoStream, vec![event(i, 9)]);
         assert!(none.is_err(), "{s}: NoStream accepted");
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
