@@ -252,6 +252,9 @@ pub(crate) struct IdIndex {
     pub(crate) checked: bool,
     /// `filter` is the one saved at the last clean close.
     pub(crate) from_file: bool,
+    /// The tables (first index, summary checksum) that the saved filter taken was bound to:
+    /// while they are the ones in use, the file already holds this filter.
+    saved_for: Vec<(u64, u32)>,
     /// Summaries whose ids are in neither `recent` nor `tables` yet: the loader reads them.
     pub(crate) untabled: Vec<PendingIds>,
     /// Lookups that went to the tables.
@@ -267,6 +270,7 @@ impl Default for IdIndex {
             filtered: true,
             checked: true,
             from_file: false,
+            saved_for: Vec::new(),
             untabled: Vec::new(),
             table_lookups: AtomicU64::new(0),
         }
@@ -354,13 +358,13 @@ impl IdIndex {
     /// The store-wide filter to save at a clean close, bound to the tables it covers (their
     /// first indexes and summary checksums); `None` unless the loader is done.
     pub(crate) fn saved(&self) -> Option<Vec<u8>> {
-        if !self.loaded() || self.tables.is_empty() {
+        if !self.loaded() || self.tables.is_empty() || self.binding() == self.saved_for {
             return None;
         }
         let mut body = Vec::new();
-        for t in &self.tables {
-            body.extend_from_slice(&t.first_index().to_le_bytes());
-            body.extend_from_slice(&t.summary_crc().to_le_bytes());
+        for (first, crc) in self.binding() {
+            body.extend_from_slice(&first.to_le_bytes());
+            body.extend_from_slice(&crc.to_le_bytes());
         }
         for p in &self.filter.parts {
             for n in [p.capacity, p.used, p.filter.bytes()] {
@@ -385,6 +389,14 @@ impl IdIndex {
         Some(out)
     }
 
+    /// The tables in use, as a saved filter is bound to them.
+    fn binding(&self) -> Vec<(u64, u32)> {
+        self.tables
+            .iter()
+            .map(|t| (t.first_index(), t.summary_crc()))
+            .collect()
+    }
+
     /// Right after open, before the loader checks the tables: takes the filter saved as
     /// `bytes` if it is intact and was saved for exactly the tables in use (so it holds
     /// every id in them), and no filter was built meanwhile. Whether it was taken.
@@ -397,6 +409,7 @@ impl IdIndex {
                 self.filter.parts = parts;
                 self.filtered = true;
                 self.from_file = true;
+                self.saved_for = self.binding();
                 true
             }
             None => false,

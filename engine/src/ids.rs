@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 
 use crate::bloom::{self, Blocked};
 use crate::error::DecodeError;
-use crate::idindex::{IdFilter, IdMap, PendingIds, SAVED_FILTER};
+use crate::idindex::{IdFilter, IdIndex, IdMap, PendingIds, SAVED_FILTER};
 use crate::idtable::IdTable;
 use crate::state::State;
 use crate::storage::{self, Storage};
@@ -77,27 +77,52 @@ pub(crate) fn load_whole(
     dir: &Path,
     summaries: &[PendingIds],
 ) -> Result<(), DecodeError> {
-    let ids = &mut st.ids;
-    ids.open_tables(dir, summaries);
-    let (filter, damaged) = check_tables(&ids.tables, true, || false).expect("never stopped");
-    let mut read: Vec<PendingIds> = std::mem::take(&mut ids.untabled);
+    st.ids.open_tables(dir, summaries);
+    let (filter, damaged) = check_tables(&st.ids.tables, true, || false).expect("never stopped");
+    let read = to_read(st.ids.untabled.clone(), summaries, &damaged);
+    let loaded = read_summaries(&read)?;
+    let n = st.ids.tables.iter().map(|t| t.len()).sum();
+    finish(&mut st.ids, loaded, &damaged, filter.map(|f| (f, n)));
+    Ok(())
+}
+
+/// The summaries whose ids go into memory: those without a usable table, and those whose
+/// table failed its check (by first index, `damaged`).
+fn to_read(
+    untabled: Vec<PendingIds>,
+    summaries: &[PendingIds],
+    damaged: &[u64],
+) -> Vec<PendingIds> {
+    let mut read = untabled;
     read.extend(
         summaries
             .iter()
             .filter(|p| damaged.contains(&p.first_index))
             .cloned(),
     );
-    for (segment, loaded) in read_summaries(&read)? {
-        ids.recent.add(segment, loaded);
+    read
+}
+
+/// The loader's result into the index: the ids read into memory, the damaged tables gone,
+/// the filter built from the tables (with the ids it holds), and the index whole.
+fn finish(
+    ids: &mut IdIndex,
+    loaded: Vec<(u64, IdMap)>,
+    damaged: &[u64],
+    filter: Option<(Blocked, u64)>,
+) {
+    for (segment, map) in loaded {
+        ids.recent.add(segment, map);
     }
     for first in damaged {
-        ids.remove_table(first);
+        ids.remove_table(*first);
     }
-    let n = ids.tables.iter().map(|t| t.len()).sum();
-    ids.filter.add_full(filter.expect("built"), n);
+    if let Some((filter, n)) = filter {
+        ids.filter.add_full(filter, n);
+    }
+    ids.untabled.clear();
     ids.filtered = true;
     ids.checked = true;
-    Ok(())
 }
 
 /// The loader's first step after an open: the store-wide filter saved at the last clean
@@ -145,28 +170,14 @@ pub(crate) fn load(
         return Ok(None);
     };
     let n = tables.iter().map(|t| t.len()).sum();
-    let untabled = state.read().ids.untabled.clone();
-    let mut read = untabled;
-    read.extend(
-        summaries
-            .iter()
-            .filter(|p| damaged.contains(&p.first_index))
-            .cloned(),
-    );
+    let read = to_read(state.read().ids.untabled.clone(), summaries, &damaged);
     let loaded = read_summaries(&read)?;
-    let mut st = state.write();
-    for (segment, ids) in loaded {
-        st.ids.recent.add(segment, ids);
-    }
-    for first in damaged {
-        st.ids.remove_table(first);
-    }
-    if let Some(filter) = filter {
-        st.ids.filter.add_full(filter, n);
-    }
-    st.ids.untabled.clear();
-    st.ids.filtered = true;
-    st.ids.checked = true;
+    finish(
+        &mut state.write().ids,
+        loaded,
+        &damaged,
+        filter.map(|f| (f, n)),
+    );
     Ok(Some(read))
 }
 

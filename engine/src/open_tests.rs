@@ -326,6 +326,20 @@ fn after_a_clean_close_lookups_use_the_saved_filter_before_the_tables_are_checke
 }
 
 #[test]
+fn a_store_closed_with_the_filter_it_took_does_not_save_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let saved = dir.path().join(crate::idindex::SAVED_FILTER);
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&saved).unwrap());
+    let before = inode();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    wait_loaded(&engine);
+    assert!(engine.id_index_stats().filter_from_file);
+    drop(engine);
+    assert_eq!(inode(), before, "an unchanged filter was saved again");
+}
+
+#[test]
 fn a_saved_filter_for_other_tables_or_damaged_is_not_taken() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path());
