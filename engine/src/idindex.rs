@@ -2,15 +2,16 @@
 //! recognised (DESIGN.md: retrying the same ids is idempotent, durably).
 //!
 //! Only the ids of segments not yet summarized are kept in memory ([`IdIndex::recent`], a
-//! hash map per segment). A summarized segment's ids are in its id table on disk (`idtable.rs`), and
-//! memory holds one filter over all of them (2 bytes per id) besides each table's own
-//! header and filter: a new id, an append's usual case, costs one cache miss in that filter
-//! and reads nothing; an id it says "maybe" for is looked up in the tables, newest first
-//! (each table's filter, then a binary search of its entries). Memory per event stays a few
-//! bytes however large the store grows.
+//! hash map per segment). A summarized segment's ids are in its id table on disk
+//! (`idtable.rs`), and memory holds one filter over all of them (2 bytes per id) besides
+//! each table's own header and filter: a new id, an append's usual case, costs one cache
+//! miss in that filter and reads nothing; an id it says "maybe" for is looked up in the
+//! tables, newest first (each table's filter, then a binary search of its entries). Memory
+//! per event stays a few bytes however large the store grows.
 //!
 //! After an open the tables answer at once, each through its own filter, until the loader
-//! (`ids.rs`) has checked them all into the store-wide filter.
+//! (`ids.rs`) has taken the filter saved at the last clean close ([`SAVED_FILTER`]) or
+//! built it from the tables.
 
 use std::collections::HashMap;
 use std::path::Path;
