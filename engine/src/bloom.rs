@@ -78,23 +78,9 @@ impl Blocked {
         }
     }
 
-    /// Adds `keys`. A filter larger than the caches costs a miss per key, so a group of keys
-    /// has its blocks read first, all at once (the loads do not depend on each other, so
-    /// their misses overlap), and only then its bits set.
+    /// Adds `keys` (see [`insert_all`]).
     pub(crate) fn insert_all(&mut self, keys: &[u64]) {
-        let blocks = self.words.len() / BLOCK_WORDS;
-        for group in keys.chunks(16) {
-            let touched = group.iter().fold(0, |acc, k| {
-                acc ^ self.words[block_of(*k, blocks) * BLOCK_WORDS]
-            });
-            std::hint::black_box(touched);
-            for key in group {
-                let at = block_of(*key, blocks) * BLOCK_WORDS;
-                for bit in block_bits(*key, self.hashes) {
-                    self.words[at + (bit / 64) as usize] |= 1 << (bit % 64);
-                }
-            }
-        }
+        insert_all(&mut self.words, self.hashes, keys);
     }
 
     /// The filter stored as `bytes` (a whole number of blocks, at least one), or `None`.
@@ -140,6 +126,12 @@ impl SharedBlocked {
         &self.words[at..at + BLOCK_WORDS]
     }
 
+    /// Adds `keys` while no one else has the filter: no atomic operations (see
+    /// [`insert_all`]).
+    pub(crate) fn insert_all(&mut self, keys: &[u64]) {
+        insert_all(&mut self.words, self.hashes, keys);
+    }
+
     /// Adds `key`: one atomic OR per word of its block that lacks one of its bits.
     pub(crate) fn insert(&self, key: u64) {
         let mut masks = [0u64; BLOCK_WORDS];
@@ -174,26 +166,51 @@ impl SharedBlocked {
 
     /// The filter saved as `bytes` (a whole number of blocks, at least one), or `None`.
     pub(crate) fn from_bytes(bytes: &[u8], hashes: u32) -> Option<SharedBlocked> {
-        let words = words_of(bytes, BLOCK_WORDS, hashes)?;
-        let words = words.into_iter().map(AtomicU64::new).collect();
+        let AtomicWords(words) = words_of(bytes, BLOCK_WORDS, hashes)?;
         Some(SharedBlocked { words, hashes })
     }
 }
 
-impl From<Blocked> for SharedBlocked {
-    /// A filter filled by one owner, to be shared from now on.
-    fn from(filter: Blocked) -> SharedBlocked {
-        let words = filter.words.into_iter().map(AtomicU64::new).collect();
-        SharedBlocked {
-            words,
-            hashes: filter.hashes,
+/// A filter word that its owner can set bits in without atomic operations.
+trait Word {
+    fn word(&mut self) -> &mut u64;
+}
+
+impl Word for u64 {
+    fn word(&mut self) -> &mut u64 {
+        self
+    }
+}
+
+impl Word for AtomicU64 {
+    fn word(&mut self) -> &mut u64 {
+        self.get_mut()
+    }
+}
+
+/// Adds `keys` to the blocked filter `words` of `hashes` hashes. A filter larger than the
+/// caches costs a miss per key, so a group of keys has its blocks read first, all at once
+/// (the loads do not depend on each other, so their misses overlap), and only then its bits
+/// set.
+fn insert_all<W: Word>(words: &mut [W], hashes: u32, keys: &[u64]) {
+    let blocks = words.len() / BLOCK_WORDS;
+    for group in keys.chunks(16) {
+        let touched = group.iter().fold(0, |acc, k| {
+            acc ^ *words[block_of(*k, blocks) * BLOCK_WORDS].word()
+        });
+        std::hint::black_box(touched);
+        for key in group {
+            let at = block_of(*key, blocks) * BLOCK_WORDS;
+            for bit in block_bits(*key, hashes) {
+                *words[at + (bit / 64) as usize].word() |= 1 << (bit % 64);
+            }
         }
     }
 }
 
 /// The words a filter of `hashes` hashes is stored as, if `bytes` are a whole number (at
 /// least one) of `unit` words and `hashes` is not 0.
-fn words_of(bytes: &[u8], unit: usize, hashes: u32) -> Option<Vec<u64>> {
+fn words_of<W: FromIterator<u64>>(bytes: &[u8], unit: usize, hashes: u32) -> Option<W> {
     if bytes.is_empty() || !bytes.len().is_multiple_of(unit * 8) || hashes == 0 {
         return None;
     }
@@ -203,6 +220,15 @@ fn words_of(bytes: &[u8], unit: usize, hashes: u32) -> Option<Vec<u64>> {
             .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
             .collect(),
     )
+}
+
+/// Words made atomic as they are collected, with no list of plain words in between.
+struct AtomicWords(Box<[AtomicU64]>);
+
+impl FromIterator<u64> for AtomicWords {
+    fn from_iter<I: IntoIterator<Item = u64>>(words: I) -> Self {
+        AtomicWords(words.into_iter().map(AtomicU64::new).collect())
+    }
 }
 
 /// A filter's words as stored.
@@ -300,10 +326,9 @@ mod tests {
         // 16 bits and 8 hashes a key: well under 1 % (about 0.2 % measured).
         keys_maybe_others_rarely(|k| b.may_contain(k), 600);
         assert_eq!(b.bytes(), 20_032);
-        // One filled by an owner first, the same.
-        let mut owned = Blocked::empty(10_000, 16, 8);
-        owned.insert_all(&keys());
-        let shared = SharedBlocked::from(owned);
+        // One filled by its owner alone first, the same.
+        let mut shared = SharedBlocked::new(10_000, 16, 8);
+        shared.insert_all(&keys());
         keys_maybe_others_rarely(|k| shared.may_contain(k), 600);
         assert_eq!(shared.bytes(), 20_032);
         // Saved and read back, the same.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::bloom::{self, Blocked, SharedBlocked};
+use crate::bloom::{self, SharedBlocked};
 use crate::error::Corruption;
 use crate::idtable::IdTable;
 
@@ -166,14 +166,14 @@ impl IdFilter {
 
     /// An empty part for `n` ids, to be filled by its owner alone and then added full
     /// ([`IdFilter::add_full`]): no atomic operations while it is filled.
-    pub(crate) fn private(n: u64) -> Blocked {
-        Blocked::empty(n, FILTER_BITS_PER_ID, FILTER_HASHES)
+    pub(crate) fn private(n: u64) -> SharedBlocked {
+        SharedBlocked::new(n, FILTER_BITS_PER_ID, FILTER_HASHES)
     }
 
     /// Adds a part made by [`IdFilter::private`] that holds `n` ids.
-    pub(crate) fn add_full(&mut self, filter: Blocked, n: u64) {
+    pub(crate) fn add_full(&mut self, filter: SharedBlocked, n: u64) {
         self.parts.push(Part {
-            filter: Arc::new(filter.into()),
+            filter: Arc::new(filter),
             capacity: n,
             used: n,
         });

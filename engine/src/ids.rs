@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::bloom::{self, Blocked};
+use crate::bloom::{self, SharedBlocked};
 use crate::error::DecodeError;
 use crate::idindex::{IdFilter, IdIndex, IdMap, PendingIds, SAVED_FILTER};
 use crate::idtable::IdTable;
@@ -25,7 +25,7 @@ fn check_tables(
     tables: &[Arc<IdTable>],
     build: bool,
     stop: impl Fn() -> bool,
-) -> Option<(Option<Blocked>, Vec<u64>)> {
+) -> Option<(Option<SharedBlocked>, Vec<u64>)> {
     let n = tables.iter().map(|t| t.len()).sum();
     let mut filter = build.then(|| IdFilter::private(n));
     let mut damaged = Vec::new();
@@ -109,7 +109,7 @@ fn finish(
     ids: &mut IdIndex,
     loaded: Vec<(u64, IdMap)>,
     damaged: &[u64],
-    filter: Option<(Blocked, u64)>,
+    filter: Option<(SharedBlocked, u64)>,
 ) {
     for (segment, map) in loaded {
         ids.recent.add(segment, map);
@@ -129,7 +129,8 @@ fn finish(
 /// close, if it is there and bound to exactly the tables opened (then lookups use it at
 /// once, and the loader only checks the tables' entries). Whether it was taken.
 pub(crate) fn take_saved(state: &RwLock<State>, dir: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(dir.join(SAVED_FILTER)) else {
+    // Mapped, not read into a buffer: the filter's words are copied once, where they stay.
+    let Ok(bytes) = crate::segment::map_whole(&dir.join(SAVED_FILTER)) else {
         return false;
     };
     let taken = state.write().ids.take_saved(&bytes);
