@@ -15,7 +15,7 @@ pub struct EngineConfig {
     /// Write path.
     pub io_mode: IoMode,
     /// Single-node mode: an entry is committed as soon as it is durable. Off under Raft,
-    /// which moves the commit point with [`Engine::set_commit_index`].
+    /// which moves the commit point with [`crate::Engine::set_commit_index`].
     pub commit_on_durable: bool,
     /// An index the caller knows was durable before this open (Raft's persisted commit
     /// index): recovery treats damage at or below it as corruption, never as a torn tail.
