@@ -95,7 +95,7 @@ fn open(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "  id index loaded {:.0} ms, RssAnon {} MB, {:?}",
             loaded.as_secs_f64() * 1e3,
-            rss_anon_kb()? / 1000,
+            quiver_bench::many_streams::rss_anon()? / 1_000_000,
             engine.id_index_stats()
         );
         let closing = Instant::now();
@@ -118,14 +118,4 @@ fn appends_ms(engine: &Engine) -> Result<f64, Box<dyn std::error::Error>> {
         engine.append("probe", ExpectedVersion::Any, batch)?;
     }
     Ok(t.elapsed().as_secs_f64() * 1e3)
-}
-
-/// `RssAnon` of this process, kB.
-fn rss_anon_kb() -> Result<u64, Box<dyn std::error::Error>> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .ok_or("no RssAnon")?;
-    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }

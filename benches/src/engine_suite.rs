@@ -313,9 +313,6 @@ fn scan_all(opts: &Options, scenario: &str) -> Result<Report> {
         .with("latency_per", "1000 events read"))
 }
 
-/// Fills a store, closes it, and times the reopen; then reads the last event (through
-/// `$all` and its stream) and appends one more, to show the reopened store serves.
-/// `events_per_sec` and the latencies are the fill's (batches of 1,000 from 4 threads).
 /// Restarts timed by each `engine_reopen_*` scenario.
 const RESTARTS: u64 = 3;
 
@@ -331,6 +328,10 @@ struct Restart {
     stats: OpenStats,
 }
 
+/// Fills a store of `events` events, closes it, and times [`RESTARTS`] reopens; each reads
+/// the last event (through `$all` and its stream) and appends one more, to show the
+/// reopened store serves. `events_per_sec` and the latencies are the fill's (batches of
+/// 1,000 from 4 threads).
 fn reopen(opts: &Options, scenario: &str, events: u64) -> Result<Report> {
     let layout = Fill {
         events,

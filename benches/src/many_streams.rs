@@ -150,7 +150,7 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
 }
 
 /// Anonymous memory of this process, bytes (`RssAnon` of /proc/self/status).
-fn rss_anon() -> Result<u64> {
+pub fn rss_anon() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kb = status
         .lines()

@@ -342,6 +342,24 @@ mod tests {
         );
     }
 
+    /// The store-wide id filter's shape (16 bits, 8 hashes) full to its capacity: the rate
+    /// of false positives the docs quote (`cargo test -p quiver-engine --lib
+    /// false_positives -- --nocapture` prints it: 0.197 % when written).
+    #[test]
+    fn a_full_shared_filter_has_about_a_fifth_of_a_percent_false_positives() {
+        let b = SharedBlocked::new(200_000, 16, 8);
+        for i in 0..200_000u64 {
+            b.insert(mix(i));
+        }
+        let others = 1_000_000u64;
+        let fp = (200_000..200_000 + others)
+            .filter(|i| b.may_contain(mix(*i)))
+            .count();
+        let rate = fp as f64 * 100.0 / others as f64;
+        eprintln!("false positives: {fp} of {others} ({rate:.3} %)");
+        assert!(rate < 0.3, "{rate} %");
+    }
+
     #[test]
     fn stored_bytes_that_are_not_words_are_refused() {
         assert!(Bloom::from_bytes(&[], 7).is_none());

@@ -251,10 +251,9 @@ pub(crate) struct IdIndex {
     pub(crate) filtered: bool,
     /// Every entry of every table passed the loader's check.
     pub(crate) checked: bool,
-    /// `filter` is the one saved at the last clean close.
-    pub(crate) from_file: bool,
-    /// The tables (first index, summary checksum) that the saved filter taken was bound to:
-    /// while they are the ones in use, the file already holds this filter.
+    /// The tables (first index, summary checksum) that the saved filter taken at open was
+    /// bound to (empty if none was taken): while they are the ones in use, the file already
+    /// holds this filter.
     saved_for: Vec<(u64, u32)>,
     /// Summaries whose ids are in neither `recent` nor `tables` yet: the loader reads them.
     pub(crate) untabled: Vec<PendingIds>,
@@ -270,7 +269,6 @@ impl Default for IdIndex {
             filter: IdFilter::default(),
             filtered: true,
             checked: true,
-            from_file: false,
             saved_for: Vec::new(),
             untabled: Vec::new(),
             table_lookups: AtomicU64::new(0),
@@ -335,7 +333,7 @@ impl IdIndex {
             tables: self.tables.len() as u64,
             in_tables: self.tables.iter().map(|t| t.len()).sum(),
             filter_bytes: self.filter.parts.iter().map(|p| p.filter.bytes()).sum(),
-            filter_from_file: self.from_file,
+            filter_from_file: !self.saved_for.is_empty(),
             table_lookups: self.table_lookups.load(Ordering::Relaxed),
             loaded: self.loaded(),
         }
@@ -409,7 +407,6 @@ impl IdIndex {
             Some(parts) => {
                 self.filter.parts = parts;
                 self.filtered = true;
-                self.from_file = true;
                 self.saved_for = self.binding();
                 true
             }

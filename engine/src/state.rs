@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::error::{Corruption, DecodeError, Failed};
 use crate::format::{decode_entry_lazy, Entry, EntryKind, RecordHeader};
@@ -24,7 +24,7 @@ use crate::types::{DeleteKind, StreamMetadata};
 /// Where one record lives inside its segment. Its Raft index is the segment's first index
 /// plus its place in the segment's list. Laid out as a summary stores it (little-endian),
 /// so a summary's array can be used where it is mapped ([`Records::Mapped`]).
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(Debug, Clone, Copy, FromBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub(crate) struct RecLoc {
     pub(crate) term: u64,
@@ -39,7 +39,7 @@ pub(crate) struct RecLoc {
 #[derive(Debug, Clone)]
 pub(crate) enum Records {
     Owned(Vec<RecLoc>),
-    /// Bytes that [`Records::mapped`] found to be a whole, aligned array of [`RecLoc`].
+    /// Bytes that [`Records::in_place`] found to be a whole, aligned array of [`RecLoc`].
     Mapped(Bytes),
 }
 
@@ -51,27 +51,11 @@ impl Default for Records {
 
 impl Records {
     /// The location array `bytes` (a summary's, already checked) used in place, if this
-    /// machine's byte order and the bytes' alignment allow it; else copied.
-    pub(crate) fn mapped(bytes: Bytes) -> Records {
+    /// machine's byte order and the bytes' alignment allow it.
+    pub(crate) fn in_place(bytes: Bytes) -> Option<Records> {
         let usable =
             cfg!(target_endian = "little") && <[RecLoc]>::ref_from_bytes(&bytes[..]).is_ok();
-        if usable {
-            return Records::Mapped(bytes);
-        }
-        let copied = bytes
-            .chunks_exact(std::mem::size_of::<RecLoc>())
-            .map(|raw| {
-                let word = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().expect("8"));
-                let half = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().expect("4"));
-                RecLoc {
-                    term: word(0),
-                    position: word(8),
-                    offset: half(16),
-                    count: half(20),
-                }
-            })
-            .collect();
-        Records::Owned(copied)
+        usable.then_some(Records::Mapped(bytes))
     }
 
     /// The locations as a list that records can be added to (copied out of a mapping).
@@ -93,7 +77,7 @@ impl std::ops::Deref for Records {
         match self {
             Records::Owned(v) => v,
             Records::Mapped(bytes) => {
-                <[RecLoc]>::ref_from_bytes(&bytes[..]).expect("checked by Records::mapped")
+                <[RecLoc]>::ref_from_bytes(&bytes[..]).expect("checked by Records::in_place")
             }
         }
     }
@@ -1027,6 +1011,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerocopy::IntoBytes;
 
     fn locations() -> Vec<RecLoc> {
         (0..100u32)
@@ -1058,26 +1043,34 @@ mod tests {
             })
     }
 
+    struct Words(Vec<u64>);
+
+    impl AsRef<[u8]> for Words {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+
     #[test]
     fn a_summarys_location_array_is_used_in_place_and_reads_as_stored() {
         let want = locations();
-        // In a buffer of u64s, so that the bytes are aligned as a mapping's are.
+        // Owned by a buffer of u64s, so that the bytes are aligned as a mapping's are.
         let bytes = stored(&want);
         let mut words = vec![0u64; bytes.len() / 8];
         words.as_mut_bytes().copy_from_slice(&bytes);
-        let aligned = Bytes::from(words.as_bytes().to_vec());
-        let mut records = Records::mapped(aligned.clone());
-        if cfg!(target_endian = "little") && aligned.as_ptr().align_offset(8) == 0 {
-            assert!(matches!(records, Records::Mapped(_)), "copied");
+        let aligned = Bytes::from_owner(Words(words));
+        if cfg!(target_endian = "big") {
+            assert!(Records::in_place(aligned).is_none());
+            return;
         }
+        let mut records = Records::in_place(aligned).expect("aligned, little-endian");
+        assert!(matches!(records, Records::Mapped(_)), "copied");
         assert!(same(&records, &want));
-        // Not aligned: copied, the same locations.
+        // Not aligned: not used in place.
         let mut shifted = vec![0u8];
         shifted.extend_from_slice(&bytes);
         let unaligned = Bytes::from(shifted).slice(1..);
-        let copied = Records::mapped(unaligned);
-        assert!(matches!(copied, Records::Owned(_)));
-        assert!(same(&copied, &want));
+        assert!(Records::in_place(unaligned).is_none());
         // Adding a record copies the array out first.
         let more = RecLoc {
             term: 9,

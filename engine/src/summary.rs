@@ -9,9 +9,10 @@
 //! whoever reads the events (the id loader, the tables' writer). The spine checksum covers
 //! what an open reads when the segment's stream table holds its streams: the locations,
 //! the control offsets, and the entries of records that are not appends (deletes,
-//! metadata, snapshots, checkpoints, membership). So such an open copies 24 bytes per
-//! record in one piece and decodes only the control records: its time does not grow with
-//! the events a record holds, and barely with the records.
+//! metadata, snapshots, checkpoints, membership). So such an open checks 24 bytes per
+//! record, uses the location array where the file is mapped, and decodes only the control
+//! records: its time does not grow with the events a record holds, and barely with the
+//! records.
 //!
 //! A summary is derived data: one that is missing or fails its checksum is ignored (the
 //! segment is scanned instead) and rewritten later. An event region that fails the body
@@ -65,8 +66,9 @@ const _: () = assert!(std::mem::size_of::<SummaryHeader>() == SUMMARY_HEADER_BYT
 /// Bytes of the header its checksum covers.
 const HEADER_CHECKED_BYTES: usize = 52;
 
-/// One record's location, as kept in memory ([`RecLoc`]), stored after the header: the
-/// records' locations are read at open as one array, not entry by entry.
+/// One record's location, stored after the header: the records' locations are read at open
+/// as one array, not entry by entry, and used in place where the summary is mapped (the
+/// in-memory [`RecLoc`] has this layout on a little-endian machine).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct Location {
@@ -79,6 +81,25 @@ struct Location {
 /// Size of [`Location`].
 const LOCATION_BYTES: usize = 24;
 const _: () = assert!(std::mem::size_of::<Location>() == LOCATION_BYTES);
+
+impl From<Location> for RecLoc {
+    fn from(l: Location) -> RecLoc {
+        RecLoc {
+            term: l.term.get(),
+            position: l.position.get(),
+            offset: l.offset.get(),
+            count: l.count.get(),
+        }
+    }
+}
+
+/// The locations of a summary's location section (a whole number of them: its size was
+/// checked against the header).
+fn locations_of(section: &[u8]) -> impl Iterator<Item = Location> + '_ {
+    section
+        .chunks_exact(LOCATION_BYTES)
+        .filter_map(|raw| Location::read_from_bytes(raw).ok())
+}
 
 /// A summary's parts after its header: the records' locations, the entry offsets of the
 /// records that are not appends, and the entries.
@@ -528,8 +549,7 @@ impl<'a> Spine<'a> {
         }
         let mut position = next_position;
         let mut floor = format::SEGMENT_HEADER_BYTES as u64;
-        for raw in s.locations.chunks_exact(LOCATION_BYTES) {
-            let l = Location::read_from_bytes(raw).ok()?;
+        for l in locations_of(s.locations) {
             let (offset, count) = (l.offset.get(), l.count.get());
             if l.position.get() != position || u64::from(offset) < floor {
                 return None;
@@ -540,7 +560,11 @@ impl<'a> Spine<'a> {
         if floor > h.end.get() {
             return None;
         }
-        let locations = Records::mapped(whole.slice_ref(s.locations));
+        // Used where the summary is mapped; copied where the byte order or the alignment
+        // does not allow it.
+        let locations = Records::in_place(whole.slice_ref(s.locations)).unwrap_or_else(|| {
+            Records::Owned(locations_of(s.locations).map(RecLoc::from).collect())
+        });
         let mut controls: Vec<Control<'a>> = Vec::with_capacity(s.controls.len() / 4);
         for raw in s.controls.chunks_exact(4) {
             let at = u32::from_le_bytes(raw.try_into().ok()?) as usize;
@@ -577,4 +601,36 @@ fn entry_at(b: &[u8], at: usize) -> Result<(u32, RecordHeader, &[u8], usize), De
         .map_err(|_| DecodeError::new("summary entry", "short header"))?;
     let body = c.take(len)?;
     Ok((offset, h, body, at + c.offset()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the location array cannot be used in place it is copied: the same locations.
+    #[test]
+    fn a_location_section_reads_as_written() {
+        let written: Vec<Location> = (0..50u32)
+            .map(|i| Location {
+                term: U64::new(3 + u64::from(i / 7)),
+                position: U64::new(500 + u64::from(i) * 4),
+                offset: U32::new(64 + i * 300),
+                count: U32::new(4),
+            })
+            .collect();
+        let section = written.as_bytes();
+        let read: Vec<RecLoc> = locations_of(section).map(RecLoc::from).collect();
+        assert_eq!(read.len(), written.len());
+        for (r, w) in read.iter().zip(&written) {
+            assert_eq!(
+                (r.term, r.position, r.offset, r.count),
+                (
+                    w.term.get(),
+                    w.position.get(),
+                    w.offset.get(),
+                    w.count.get()
+                )
+            );
+        }
+    }
 }
